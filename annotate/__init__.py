@@ -1,0 +1,32 @@
+"""Annotation stages: one small module per stage behind the interface in annotate/base.py."""
+
+from __future__ import annotations
+
+import importlib
+
+from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+
+# name -> "module:Class". Modules are imported on demand so that `songmill query` never pays for
+# torch / whisper imports; stage modules import heavy libraries inside `setup`, not at top level.
+STAGE_CLASSES: dict[str, str] = {
+    "qc": "annotate.qc:QCStage",
+    "music": "annotate.music:MusicStage",
+    "separate": "annotate.separate:SeparateStage",
+    "transcribe": "annotate.transcribe:TranscribeStage",
+    "lyrics": "annotate.lyrics:LyricsStage",
+    "features": "annotate.features:FeaturesStage",
+}
+# What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
+DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
+
+
+def stage_class(name: str) -> type[Stage]:
+    try:
+        target = STAGE_CLASSES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGE_CLASSES)}") from None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+__all__ = ["DEFAULT_STAGES", "RUNTIME", "STAGE_CLASSES", "Stage", "StageConfig", "StageUnavailable", "Track", "stage_class"]

@@ -1,0 +1,104 @@
+"""Prefect flows: ingest and annotate, one task per batch of tracks (never one per track: a task
+run costs ~10-15 ms of orchestration, a batch of tracks seconds of work).
+
+Importing this module imports Prefect, so set PREFECT_HOME first (flows/prefect_env.py does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from annotate import runner
+from data_schema.store import Corpus
+from flows.config import build_config, build_stages
+from flows.ingest import (
+    FoundFile,
+    IngestConfig,
+    IngestSummary,
+    ingest_batch,
+    known_track_ids,
+    plan_ingest,
+)
+from flows.progress import terminal_progress
+
+
+class _Progress:
+    """Terminal bar plus a Prefect progress artifact, advanced together."""
+
+    def __init__(self, description: str, total: int, show: bool):
+        self.total = max(total, 1)
+        self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+        self.bar = terminal_progress(description, total, show)
+
+    def advance(self, done: int) -> None:
+        update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * done / self.total)
+        self.bar.update(done)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@task(name="ingest-batch", cache_policy=NO_CACHE)
+def ingest_batch_task(corpus_root: str, files: list[FoundFile], known_ids: set[str], run_id: str, verify: str) -> IngestSummary:
+    return ingest_batch(Corpus(corpus_root), files, known_ids, run_id, verify)
+
+
+@flow(name="songmill-ingest", log_prints=True)
+def ingest_flow(corpus_root: str, sources: list[str], settings: dict[str, Any] | None = None, show_progress: bool = True) -> IngestSummary:
+    corpus = Corpus(corpus_root)
+    config = build_config(IngestConfig, "ingest", settings)
+    todo, summary = plan_ingest(corpus, sources, config)
+    get_run_logger().info("ingest: %d files found, %d unchanged, %d to read", summary.found, summary.unchanged, len(todo))
+    known_ids = known_track_ids(corpus)
+    progress = _Progress("ingest", len(todo), show_progress)
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            # quote(): Prefect would otherwise walk these (large) arguments on every task call.
+            summary.add(ingest_batch_task(corpus.root, quote(batch), quote(known_ids), summary.run_id, config.verify))
+            progress.advance(start + len(batch))
+    finally:
+        progress.close()
+    return summary
+
+
+@task(name="annotate-batch", cache_policy=NO_CACHE)
+def annotate_batch_task(corpus_root: str, plan: runner.Plan, batch: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    return runner.run_batch(Corpus(corpus_root), plan, batch)
+
+
+@flow(name="songmill-annotate", log_prints=True)
+def annotate_flow(
+    corpus_root: str,
+    stage_names: list[str],
+    settings: dict[str, dict[str, Any]],
+    where: str | None = None,
+    batch_size: int = runner.DEFAULT_BATCH_SIZE,
+    force: bool = False,
+    show_progress: bool = True,
+) -> list[runner.RunSummary]:
+    corpus = Corpus(corpus_root)
+    logger = get_run_logger()
+    stages = build_stages(stage_names, settings)
+    plan = runner.plan(corpus, stages, where, batch_size, force=force)
+    for p in plan.stages:
+        logger.info("%s v%d (%s): %d tracks to process", p.stage.name, p.stage.version, p.stage.config_hash, len(p.pending))
+    runner.setup_stages(plan)
+    for p in plan.stages:
+        if p.unavailable:
+            logger.warning("%s unavailable, its tracks get retryable errors rows: %s", p.stage.name, p.unavailable)
+    progress = _Progress("annotate", plan.n_tracks, show_progress)
+    done = 0
+    try:
+        for batch in plan.batches:
+            annotate_batch_task(corpus.root, quote(plan), quote(batch))
+            done += len(batch)
+            progress.advance(done)
+    finally:
+        progress.close()
+    return runner.finish(corpus, plan)

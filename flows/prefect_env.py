@@ -1,0 +1,20 @@
+"""Prefect settings that must be in the environment before `import prefect`."""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_prefect(corpus_root: str | None = None) -> None:
+    """Keep Prefect's state (its SQLite database, which the UI reads) with the corpus unless the
+    user already chose a PREFECT_HOME or a server (PREFECT_API_URL)."""
+    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        if corpus_root and "://" not in corpus_root:
+            home = os.path.join(os.path.abspath(corpus_root), "_prefect")
+        else:
+            home = os.path.join(os.path.expanduser("~"), ".songmill", "prefect")
+        os.environ["PREFECT_HOME"] = home
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The ephemeral server's SQLite logs "database is locked" noise under load; it retries.
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")

@@ -1,0 +1,222 @@
+"""Configuration dataclasses for every model part and the `tiny` / `small` / `base` presets.
+
+`base` follows ACE-Step v1 (see SPEC.md "Model"); `small` fits one consumer GPU; `tiny` runs a
+training step in well under a second on CPU and is what the tests and the demo use.
+Every config round-trips through plain JSON-able dicts (`to_dict` / `from_dict`), which is what
+`model.weights` writes next to the safetensors file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="_DictConfig")
+
+
+class _DictConfig:
+    """Mixin: dict round trip that rebuilds nested config dataclasses and tuples."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, _DictConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            default = _default_of(known[name])
+            if isinstance(default, _DictConfig) and isinstance(value, dict):
+                value = type(default).from_dict(value)
+            elif isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+@dataclass
+class MelConfig(_DictConfig):
+    sample_rate: int = 44100
+    channels: int = 2
+    n_fft: int = 2048
+    hop_length: int = 512
+    win_length: int = 2048
+    n_mels: int = 128
+    f_min: float = 40.0
+    f_max: float = 16000.0
+    log_floor: float = 1e-5
+    # log-magnitude range mapped linearly onto [-1, 1]; the floor is the bottom of the range.
+    log_min: float = math.log(1e-5)
+    log_max: float = 3.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+@dataclass
+class DCAEConfig(_DictConfig):
+    in_channels: int = 2
+    latent_channels: int = 8
+    widths: tuple[int, ...] = (128, 256, 512, 1024)
+    encoder_depths: tuple[int, ...] = (2, 2, 3, 3)
+    decoder_depths: tuple[int, ...] = (3, 3, 3, 3)
+    # per stage: "res" (ResBlock) or "vit" (EfficientViT block: multiscale linear attention + GLU conv)
+    block_types: tuple[str, ...] = ("res", "res", "vit", "vit")
+    attention_head_dim: int = 32
+    qkv_multiscale_kernel: int = 5
+    ffn_expand: int = 4
+    # initial latent normalisation: latent = (z - shift) * scale (buffers; recalibrated on data)
+    latent_shift: float = 0.0
+    latent_scale: float = 1.0
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+
+@dataclass
+class TextEncoderConfig(_DictConfig):
+    # "umt5" / "mt5" / "t5": a local pretrained encoder at `path`; "tiny-random": built locally
+    kind: str = "umt5"
+    path: str = "google/umt5-base"
+    d_model: int = 768
+    max_length: int = 256
+    # only used by kind == "tiny-random"
+    vocab_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 2
+    d_kv: int = 16
+    d_ff: int = 64
+    seed: int = 0
+
+
+@dataclass
+class LyricEncoderConfig(_DictConfig):
+    vocab_size: int = 6693  # XTTS VoiceBPE size used by ACE-Step; the tokenizer decides
+    width: int = 1024
+    depth: int = 6
+    heads: int = 16
+    ffn_ratio: float = 4.0
+    conv_kernel: int = 15
+    max_tokens: int = 4096
+    dropout: float = 0.0
+
+
+@dataclass
+class DiTConfig(_DictConfig):
+    in_channels: int = 8
+    latent_height: int = 16
+    width: int = 2560
+    depth: int = 24
+    heads: int = 20
+    head_dim: int = 128
+    ffn_ratio: float = 2.5
+    text_dim: int = 768
+    speaker_dim: int = 512
+    lyrics: LyricEncoderConfig = field(default_factory=LyricEncoderConfig)
+    rope_theta: float = 10000.0
+    timestep_freq_dim: int = 256
+    # hidden state after this many blocks feeds the REPA projectors
+    repa_block: int = 8
+    repa_hidden: int = 2048
+    repa_targets: dict[str, int] = field(default_factory=lambda: {"mert": 1024, "mhubert": 768})
+    linear_attention_eps: float = 1e-6
+    gradient_checkpointing: bool = False
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.latent_height
+
+
+@dataclass
+class ModelPreset(_DictConfig):
+    name: str = "base"
+    mel: MelConfig = field(default_factory=MelConfig)
+    dcae: DCAEConfig = field(default_factory=DCAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    lyrics: LyricEncoderConfig = field(default_factory=LyricEncoderConfig)
+
+    def __post_init__(self) -> None:
+        # the DiT owns the lyric encoder: one config object for both views
+        self.dit.lyrics = self.lyrics
+        if self.dit.text_dim != self.text.d_model:
+            raise ValueError(f"dit.text_dim {self.dit.text_dim} != text.d_model {self.text.d_model}")
+
+
+PRESET_NAMES = ("tiny", "small", "base")
+
+
+def preset(name: str) -> ModelPreset:
+    """The named preset: "tiny" | "small" | "base"."""
+    if name == "base":
+        return ModelPreset(name="base")
+    if name == "small":
+        lyrics = LyricEncoderConfig(width=512, depth=4, heads=8)
+        return ModelPreset(
+            name="small",
+            dcae=DCAEConfig(
+                widths=(64, 128, 256, 512),
+                encoder_depths=(1, 1, 2, 2),
+                decoder_depths=(2, 2, 2, 2),
+            ),
+            dit=DiTConfig(
+                width=1024, depth=12, heads=16, head_dim=64, repa_block=4, repa_hidden=1024
+            ),
+            text=TextEncoderConfig(),
+            lyrics=lyrics,
+        )
+    if name == "tiny":
+        text = TextEncoderConfig(kind="tiny-random", path="", d_model=32, max_length=64)
+        lyrics = LyricEncoderConfig(
+            vocab_size=260, width=32, depth=1, heads=2, ffn_ratio=2.0, conv_kernel=3, max_tokens=256
+        )
+        return ModelPreset(
+            name="tiny",
+            dcae=DCAEConfig(
+                widths=(8, 16, 16, 32),
+                encoder_depths=(1, 1, 1, 1),
+                decoder_depths=(1, 1, 1, 1),
+                attention_head_dim=8,
+                qkv_multiscale_kernel=3,
+                ffn_expand=2,
+            ),
+            dit=DiTConfig(
+                width=64,
+                depth=2,
+                heads=4,
+                head_dim=16,
+                text_dim=text.d_model,
+                timestep_freq_dim=32,
+                repa_block=1,
+                repa_hidden=64,
+                repa_targets={"mert": 1024, "mhubert": 768},
+            ),
+            text=text,
+            lyrics=lyrics,
+        )
+    raise ValueError(f"unknown preset {name!r}; choose one of {PRESET_NAMES}")

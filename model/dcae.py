@@ -1,0 +1,235 @@
+"""Music DCAE: a deep-compression autoencoder (Sana's DC-AE, as ACE-Step adapts it) for mel images.
+
+(B, 2, 128, F) scaled stereo mel -> (B, 8, 16, F/8) latent (f8c8): every down step halves both
+axes; residual space-to-channel shortcuts surround every down / up step (pixel-unshuffle + channel
+averaging down, channel duplication + pixel-shuffle up), so each step only learns a residual.
+Early stages are ResBlocks, later ones EfficientViT blocks (multiscale ReLU linear attention +
+gated depthwise conv). The latent is normalised with a stored shift and scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import DCAEConfig
+from model.layers import ChannelRMSNorm
+
+
+def pad_to_multiple(mel: torch.Tensor, multiple: int = 8, value: float = -1.0) -> torch.Tensor:
+    """Right-pad the last (frame) axis to a multiple of `multiple`; -1 is silence in mel scale."""
+    frames = mel.shape[-1]
+    missing = (-frames) % multiple
+    if missing == 0:
+        return mel
+    return F.pad(mel, (0, missing), value=value)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = ChannelRMSNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.conv2(F.silu(self.conv1(x))))
+
+
+class MultiscaleLinearAttention(nn.Module):
+    """EfficientViT / Sana multiscale ReLU linear attention over the H*W positions of an image.
+
+    q, k, v come from 1x1 projections plus a depthwise-k aggregated copy (the "multiscale" branch);
+    attention is ReLU(q) (ReLU(k)^T v) normalised by ReLU(q) sum(ReLU(k)) in fp32.
+    """
+
+    def __init__(self, channels: int, head_dim: int, kernel: int, eps: float = 1e-15) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.heads = channels // head_dim
+        self.eps = eps
+        self.to_qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.aggregate_in = nn.Conv2d(
+            3 * channels, 3 * channels, kernel, padding=kernel // 2, groups=3 * channels, bias=False
+        )
+        self.aggregate_out = nn.Conv2d(3 * channels, 3 * channels, 1, groups=3 * self.heads, bias=False)
+        self.to_out = nn.Conv2d(2 * channels, channels, 1, bias=False)
+        self.norm = ChannelRMSNorm(channels)
+
+    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = qkv.shape
+        qkv = qkv.reshape(batch, -1, 3 * self.head_dim, height * width)
+        q, k, v = qkv.float().chunk(3, dim=2)  # (B, heads, d, N)
+        q, k = F.relu(q), F.relu(k)
+        v = F.pad(v, (0, 0, 0, 1), value=1.0)  # ones row -> normaliser in the last row
+        out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q)  # (B, heads, d+1, N)
+        out = out[:, :, :-1] / (out[:, :, -1:] + self.eps)
+        return out.reshape(batch, -1, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.to_qkv(x)
+        multiscale = torch.cat([qkv, self.aggregate_out(self.aggregate_in(qkv))], dim=1)
+        out = self._attend(multiscale).to(x.dtype)
+        return x + self.norm(self.to_out(out))
+
+
+class GLUConv(nn.Module):
+    """1x1 expand -> depthwise 3x3 -> SiLU gate -> 1x1 project (Sana's GLUMBConv), residual."""
+
+    def __init__(self, channels: int, expand: int) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.expand = nn.Conv2d(channels, 2 * hidden, 1)
+        self.depthwise = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.project = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.norm = ChannelRMSNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(F.silu(self.expand(x)))
+        h, gate = h.chunk(2, dim=1)
+        return x + self.norm(self.project(h * F.silu(gate)))
+
+
+class EfficientViTBlock(nn.Module):
+    def __init__(self, channels: int, head_dim: int, kernel: int, expand: int) -> None:
+        super().__init__()
+        self.attention = MultiscaleLinearAttention(channels, head_dim, kernel)
+        self.ffn = GLUConv(channels, expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.attention(x))
+
+
+class DownStep(nn.Module):
+    """Stride-2 conv plus the space-to-channel shortcut: pixel-unshuffle, average channel groups."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.group_size = in_channels * 4 // out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = F.pixel_unshuffle(x, 2).unflatten(1, (-1, self.group_size)).mean(dim=2)
+        return self.conv(x) + shortcut
+
+
+class UpStep(nn.Module):
+    """Nearest upsample + conv plus the channel-to-space shortcut: duplicate channels, pixel-shuffle."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.repeats = out_channels * 4 // in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")) + shortcut
+
+
+def _stage_blocks(cfg: DCAEConfig, stage: int, depth: int) -> list[nn.Module]:
+    width = cfg.widths[stage]
+    if cfg.block_types[stage] == "res":
+        return [ResBlock(width) for _ in range(depth)]
+    if cfg.block_types[stage] == "vit":
+        return [
+            EfficientViTBlock(width, cfg.attention_head_dim, cfg.qkv_multiscale_kernel, cfg.ffn_expand)
+            for _ in range(depth)
+        ]
+    raise ValueError(f"unknown DCAE block type {cfg.block_types[stage]!r}")
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DCAEConfig) -> None:
+        super().__init__()
+        widths = cfg.widths
+        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        stages = []
+        for i, depth in enumerate(cfg.encoder_depths):
+            blocks = _stage_blocks(cfg, i, depth)
+            if i < len(widths) - 1:
+                blocks.append(DownStep(widths[i], widths[i + 1]))
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.conv_out = nn.Conv2d(widths[-1], cfg.latent_channels, 3, padding=1)
+        self.out_group = widths[-1] // cfg.latent_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DCAEConfig) -> None:
+        super().__init__()
+        widths = cfg.widths
+        self.conv_in = nn.Conv2d(cfg.latent_channels, widths[-1], 3, padding=1)
+        self.in_repeats = widths[-1] // cfg.latent_channels
+        stages = []
+        for i in reversed(range(len(widths))):
+            blocks: list[nn.Module] = []
+            if i < len(widths) - 1:
+                blocks.append(UpStep(widths[i + 1], widths[i]))
+            blocks += _stage_blocks(cfg, i, cfg.decoder_depths[i])
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)  # deepest first
+        self.norm_out = ChannelRMSNorm(widths[0])
+        self.conv_out = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z) + z.repeat_interleave(self.in_repeats, dim=1)
+        for stage in self.stages:
+            x = stage(x)
+        return self.conv_out(F.relu(self.norm_out(x)))
+
+
+class MusicDCAE(nn.Module):
+    """f8c8 mel autoencoder. `encode` returns the normalised latent, `decode` takes it back."""
+
+    config_class = DCAEConfig
+
+    def __init__(self, cfg: DCAEConfig) -> None:
+        super().__init__()
+        if any(w % cfg.latent_channels for w in cfg.widths[-1:]) or len(cfg.widths) != 4:
+            raise ValueError("DCAE expects 4 stages (f8) and a last width divisible by latent channels")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        # latent = (z - shift) * scale; stored with the weights, set from data by set_latent_stats
+        self.register_buffer("latent_shift", torch.tensor(float(cfg.latent_shift)))
+        self.register_buffer("latent_scale", torch.tensor(float(cfg.latent_scale)))
+
+    @property
+    def factor(self) -> int:
+        return self.cfg.downsample_factor
+
+    def latent_frames(self, mel_frames: int) -> int:
+        return math.ceil(mel_frames / self.factor)
+
+    def encode_raw(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pad_to_multiple(mel, self.factor))
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 2, 128, F) -> (B, 8, 16, ceil(F / 8)) scaled and shifted latent."""
+        return (self.encode_raw(mel) - self.latent_shift) * self.latent_scale
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, 8, 16, L) -> (B, 2, 128, 8 L) mel."""
+        return self.decoder(latent / self.latent_scale + self.latent_shift)
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = self.encode(mel)
+        return self.decode(latent)[..., : mel.shape[-1]], latent
+
+    @torch.no_grad()
+    def set_latent_stats(self, raw_latents: torch.Tensor) -> tuple[float, float]:
+        """Set shift / scale so that encoded latents of this sample have mean 0 and std 1."""
+        shift = raw_latents.float().mean()
+        scale = 1.0 / raw_latents.float().std().clamp_min(1e-6)
+        self.latent_shift.fill_(shift)
+        self.latent_scale.fill_(scale)
+        return float(shift), float(scale)

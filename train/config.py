@@ -1,0 +1,186 @@
+"""Training settings: one dataclass for both networks, read from TOML / JSON and the command line.
+
+Fields marked RUNTIME (how often to log, how many loader workers, when to stop this invocation)
+do not change the trajectory of a run and so stay out of `config_hash`; every other change is a
+different run, and `--resume` refuses it unless forced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNTIME = {"runtime": True}
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "dit"  # dit | dcae
+    preset: str = "tiny"
+    seed: int = 0
+
+    # Optimisation: AdamW, linear warm-up then cosine / linear decay to min_lr_ratio * lr.
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    decay: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1
+    max_steps: int = 1000
+    batch_size: int = 4
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    # Data: random crops up to max_crop_s, length buckets of bucket_s seconds.
+    max_crop_s: float = 240.0
+    min_crop_s: float = 1.0
+    bucket_s: float = 30.0
+
+    # Speed switches (numerically close, not identical, so they stay hashed except compile).
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    grad_checkpointing: bool = False
+    compile: bool = field(default=False, metadata=RUNTIME)
+
+    # DiT: flow matching with logit-normal timesteps, classifier-free dropout, REPA.
+    timestep_shift: float = 3.0
+    cfg_p_text: float = 0.15
+    cfg_p_lyrics: float = 0.15
+    cfg_p_speaker: float = 0.5
+    repa_weight: float = 1.0
+    dcae_checkpoint: str = ""  # DCAE run / checkpoint dir: decodes validation samples
+
+    # DCAE: phase 1 reconstruction, phase 2 decoder-only adversarial.
+    dcae_phase: int = 1
+    spectral_weight: float = 1.0
+    adv_weight: float = 0.1
+    feature_match_weight: float = 2.0
+    disc_lr: float = 2e-4
+    init_from: str = ""  # phase 2 starts from a phase-1 checkpoint dir
+
+    # LoRA on the DiT (rank 0 = full fine-tuning).
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out"])
+    base_checkpoint: str = ""  # DiT weights LoRA adapts
+
+    # Distributed: "auto" = FSDP for the base preset, DDP otherwise.
+    strategy: str = field(default="auto", metadata=RUNTIME)
+
+    # Bookkeeping.
+    num_workers: int = field(default=0, metadata=RUNTIME)
+    log_every: int = field(default=10, metadata=RUNTIME)
+    ckpt_every: int = field(default=500, metadata=RUNTIME)
+    keep_checkpoints: int = field(default=2, metadata=RUNTIME)
+    val_every: int = field(default=500, metadata=RUNTIME)
+    val_steps: int = field(default=10, metadata=RUNTIME)
+    val_duration_s: float = field(default=10.0, metadata=RUNTIME)
+    val_guidance: float = field(default=5.0, metadata=RUNTIME)
+    griffin_lim_iters: int = field(default=32, metadata=RUNTIME)
+    progress: bool = field(default=True, metadata=RUNTIME)
+    # Stop this invocation after this optimizer step (0: run to max_steps), checkpointing first.
+    stop_at_step: int = field(default=0, metadata=RUNTIME)
+    device: str = field(default="auto", metadata=RUNTIME)
+
+    def hashed_fields(self) -> dict[str, Any]:
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not f.metadata.get("runtime", False)
+        }
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.hashed_fields(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls().updated(values)
+
+    def updated(self, values: dict[str, Any]) -> TrainConfig:
+        """A copy with `values` applied; unknown keys and wrong types are errors."""
+        hints = typing.get_type_hints(type(self))
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainConfigError(f"unknown training setting(s) {unknown}; known: {sorted(names)}")
+        coerced = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+        config = dataclasses.replace(self, **coerced)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.kind not in ("dit", "dcae"):
+            raise TrainConfigError(f"kind must be dit or dcae, got {self.kind!r}")
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise TrainConfigError(f"decay must be cosine, linear or constant, got {self.decay!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise TrainConfigError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.dcae_phase not in (1, 2):
+            raise TrainConfigError(f"dcae_phase must be 1 or 2, got {self.dcae_phase}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
+            raise TrainConfigError("batch_size, grad_accum and max_steps must be >= 1")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            raise TrainConfigError(f"strategy must be auto, ddp or fsdp, got {self.strategy!r}")
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Settings from TOML (a `[train]` table or top-level keys) or JSON."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise TrainConfigError(f"training config not found: {path}")
+    with open(path, "rb") as f:
+        if path.endswith(".json"):
+            data = json.load(f)
+        else:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise TrainConfigError(f"{path}: {exc}") from None
+    if "train" in data and isinstance(data["train"], dict):
+        data = data["train"]
+    return dict(data)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    kind = typing.get_origin(hint) or hint
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+        elif kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+        elif kind is float and not isinstance(value, bool):
+            return float(value)
+        elif kind is str and isinstance(value, str):
+            return value
+        elif kind is tuple and isinstance(value, list | tuple):
+            return tuple(float(v) for v in value)
+        elif kind is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list | tuple):
+                return [str(v) for v in value]
+    except (TypeError, ValueError):
+        pass
+    raise TrainConfigError(f"training setting {name} = {value!r} is not a valid {hint}")
