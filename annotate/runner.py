@@ -95,12 +95,8 @@ def pending_track_ids(
             conditions.append(f"EXISTS (SELECT 1 FROM {required} q WHERE q.track_id = m.track_id)")
     if where:
         conditions.append(f"({where})")
-    con = corpus.connect()
-    try:
-        rows = con.execute(f"SELECT m.track_id FROM manifest m WHERE {' AND '.join(conditions) or 'true'}").fetchall()
-    finally:
-        con.close()
-    return {r[0] for r in rows}
+    result = corpus.sql(f"SELECT m.track_id FROM manifest m WHERE {' AND '.join(conditions) or 'true'}")
+    return set(result.column("track_id").to_pylist())
 
 
 def plan(
@@ -118,14 +114,10 @@ def plan(
         progress.append(StageProgress(stage, pending, set(stage.requires) & produced))
         produced.add(stage.table)
     wanted = set().union(*(p.pending for p in progress)) if progress else set()
-    con = corpus.connect()
-    try:
-        rows = con.execute(
-            "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
-            [sorted(wanted)],
-        ).arrow().to_pylist()
-    finally:
-        con.close()
+    rows = corpus.sql(
+        "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
+        [sorted(wanted)],
+    ).to_pylist()
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), max(1, batch_size))]
     return Plan(run_id or new_run_id(), progress, batches)
 
@@ -142,13 +134,7 @@ def setup_stages(plan: Plan) -> None:
 
 
 def _current_rows(corpus: Corpus, table: str, track_ids: list[str]) -> dict[str, dict[str, Any]]:
-    con = corpus.connect()
-    try:
-        rows = con.execute(
-            f"SELECT * FROM {table} WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [track_ids]
-        ).arrow().to_pylist()
-    finally:
-        con.close()
+    rows = corpus.sql(f"SELECT * FROM {table} WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [track_ids]).to_pylist()
     return {r["track_id"]: r for r in rows}
 
 

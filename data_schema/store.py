@@ -171,10 +171,14 @@ class Corpus:
         create_views(con, self)
         return con
 
-    def read(self, table: str) -> pa.Table:
-        """All raw rows of a table (every part), as Arrow."""
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run one query on a fresh connection and return the result as Arrow."""
         con = self.connect()
         try:
-            return con.sql(f"SELECT * FROM raw_{table}").arrow()
+            return con.sql(query, params=params).to_arrow_table()
         finally:
             con.close()
+
+    def read(self, table: str) -> pa.Table:
+        """All raw rows of a table (every part), as Arrow."""
+        return self.sql(f"SELECT * FROM raw_{table}")

@@ -104,20 +104,12 @@ def discover(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSION
 
 
 def known_sources(corpus: Corpus) -> dict[str, tuple[int, float, str | None]]:
-    con = corpus.connect()
-    try:
-        rows = con.execute("SELECT uri, size_bytes, mtime, track_id FROM sources").fetchall()
-    finally:
-        con.close()
-    return {uri: (size, mtime, track_id) for uri, size, mtime, track_id in rows}
+    rows = corpus.sql("SELECT uri, size_bytes, mtime, track_id FROM sources").to_pylist()
+    return {r["uri"]: (r["size_bytes"], r["mtime"], r["track_id"]) for r in rows}
 
 
 def known_track_ids(corpus: Corpus) -> set[str]:
-    con = corpus.connect()
-    try:
-        return {r[0] for r in con.execute("SELECT track_id FROM raw_tracks").fetchall()}
-    finally:
-        con.close()
+    return set(corpus.sql("SELECT track_id FROM raw_tracks").column("track_id").to_pylist())
 
 
 def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], known_ids: set[str], run_id: str, verify: str = "header") -> IngestSummary:

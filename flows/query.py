@@ -43,10 +43,9 @@ def run_query(corpus: Corpus, sql: str) -> pa.Table:
                     f"`songmill query` is read-only: a {kind} statement is not allowed "
                     "(corpus tables change only through ingest / annotate / reprocess)."
                 )
-        result = None
-        for statement in statements:
-            result = con.execute(statement)
-        return result.arrow() if result is not None else pa.table({})
+        for statement in statements[:-1]:
+            con.execute(statement).fetchall()
+        return con.sql(statements[-1].query).to_arrow_table()
     finally:
         con.close()
 

@@ -12,8 +12,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "ERROR"
 os.environ.pop("PREFECT_API_URL", None)
-# Each flow exit otherwise waits on its heartbeat thread.
-os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = ""
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -25,9 +23,11 @@ from data_schema.store import Corpus  # noqa: E402
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server (SQLite) for the whole session (~15 s to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # No heartbeats: each flow exit otherwise waits on its heartbeat thread.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -168,7 +168,7 @@ def test_decoded_track_audio_matches_what_was_written(tmp_path, corpus):
     data = tone(1.0, sr=22050, seed=3)
     path = write_audio(tmp_path / "s.flac", data, 22050, subtype="PCM_24")
     ingest(corpus, [path])
-    (row,) = corpus.connect().execute("SELECT * FROM tracks").arrow().to_pylist()
+    (row,) = corpus.connect().execute("SELECT * FROM tracks").to_arrow_table().to_pylist()
     assert row["bit_depth"] == 24 and row["sample_rate"] == 22050
     audio, sr = Track(row).audio()
     assert sr == 22050 and audio.shape == data.shape

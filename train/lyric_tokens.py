@@ -1,8 +1,9 @@
 """Lyric tokenizers: a byte-level BPE trained on the corpus lyrics with `tokenizers`, or plain
 UTF-8 bytes when no trained tokenizer is configured.
 
-Ids 0-3 are the special tokens in both: 0 = <pad> (also what classifier-free dropout writes),
-1 = <unk>, 2 = <bos>, 3 = <eos>. The byte fallback maps byte b to b + 4 (vocabulary 260).
+Ids 0-3 are the special tokens in both, as model.encoders.ByteLyricTokenizer numbers them:
+0 = <pad> (also what classifier-free dropout writes), 1 = <bos>, 2 = <eos>, 3 = <unk>. The byte
+fallback is that class itself: byte b -> b + 4 (vocabulary 260).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 
-SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 BYTES = "bytes"
 
 
@@ -82,9 +83,12 @@ class LyricTokenizer:
 
         return cls(Tokenizer.from_str(text), "embedded")
 
-    def encode(self, text: str) -> list[int]:
+    def encode_ids(self, text: str) -> list[int]:
+        """<bos> ids <eos>; [] for no lyrics. (model.encoders.tokenize_lyrics calls this.)"""
         if not text:
             return []
         if self._tokenizer is None:
-            return [b + len(SPECIAL_TOKENS) for b in text.encode("utf-8")]
-        return self._tokenizer.encode(text).ids
+            from model.encoders import ByteLyricTokenizer
+
+            return ByteLyricTokenizer().encode_ids(text)
+        return [1, *self._tokenizer.encode(text).ids, 2]

@@ -1,0 +1,509 @@
+"""features: everything the DiT trainer needs from frozen models, computed once per track.
+
+Per track, one float16 safetensors shard, stored under its own sha256
+(`features/<aa>/<sha256>.safetensors`, so identical content is stored once and a shard never
+changes under a reader), holding:
+
+    latent            (8, 16, F)   DCAE latent of the whole track (mel at 86.13 fps, /8 in time)
+    text.<style>      (L, D)       text-encoder states of each caption style (valid tokens only)
+    lyrics            (N,)         lyric token ids (int32)
+    repa.mert         (T75, 1024)  MERT-v1 hidden states, 24 kHz input, 75 frames / s
+    repa.mhubert      (T50, 768)   mHuBERT-147 hidden states, 16 kHz input, 50 frames / s
+    speaker           (512,)       x-vector of the vocals (zeros for instrumentals)
+
+and metadata (captions per style, REPA frame rates, which models made it). The `features` table
+row points at the shard. Training then never runs the DCAE encoder, the text encoder or the SSL
+models: see benchmarks/bench_train.py for what that saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from data_schema.tables import TABLES
+
+SHARD_FORMAT = "songmill-features/1"
+LATENT_FPS = 44100 / 512 / 8
+NONE = "none"  # a model setting of "none" leaves that feature out
+# Tables whose current rows give captions, lyrics and the instrumental flag, when they exist.
+OPTIONAL_INPUTS = ("music", "captions", "transcripts", "lyrics_matches", "separation")
+
+
+@dataclass
+class FeaturesConfig(StageConfig):
+    # DCAE checkpoint: a `songmill train dcae` run dir or checkpoint dir (EMA weights preferred).
+    dcae_checkpoint: str = ""
+    # Local model dirs (or Hugging Face ids already in the local cache). "none" skips a feature.
+    text_encoder: str = "google/umt5-base"  # "tiny-random" builds the tiny preset's encoder
+    mert: str = "m-a-p/MERT-v1-330M"
+    mhubert: str = "utter-project/mHuBERT-147"
+    speaker: str = "microsoft/wavlm-base-plus-sv"
+    # MERT ships its model code with its weights: loading it runs that (local) code.
+    trust_remote_code: bool = True
+    mert_layer: int = -1  # hidden_states index used as the REPA target
+    mhubert_layer: int = -1
+    ssl_chunk_s: float = 30.0  # SSL models see the track in chunks of this length
+    lyric_tokenizer: str = ""  # tokenizer.json from `songmill train tokenizer`; "" = UTF-8 bytes
+    max_duration_s: float = 600.0  # longer tracks: features of the first max_duration_s only
+    batch_size: int = field(default=4, metadata=RUNTIME)
+
+
+def _registered_inputs() -> tuple[str, ...]:
+    return tuple(t for t in OPTIONAL_INPUTS if t in TABLES)
+
+
+# -- captions and lyrics from the other stages' rows -------------------------------------------
+
+_NOT_CAPTIONS = {"track_id", "stage_version", "config_hash", "run_id", "created_at", "model", "language"}
+
+
+def caption_texts(track: Track) -> dict[str, str]:
+    """Caption style -> text. Every text column of the `captions` row is a style; a `tags` style
+    is always derived from the music row (BPM, key), so tracks without captions still train."""
+    styles: dict[str, str] = {}
+    row = track.inputs.get("captions") or {}
+    for name, value in row.items():
+        if name in _NOT_CAPTIONS or value is None:
+            continue
+        if isinstance(value, str) and value.strip():
+            styles[name.removeprefix("caption_")] = value.strip()
+        elif isinstance(value, dict):  # a map/struct of style -> text
+            styles.update({str(k): str(v) for k, v in value.items() if v})
+    if "tags" not in styles:
+        styles["tags"] = tag_text(track)
+    return styles
+
+
+def tag_text(track: Track) -> str:
+    music = track.inputs.get("music") or {}
+    parts = []
+    if music.get("bpm"):
+        parts.append(f"{round(float(music['bpm']))} bpm")
+    if music.get("keyscale"):
+        parts.append(str(music["keyscale"]))
+    if music.get("time_signature"):
+        parts.append(f"{music['time_signature']} time")
+    if is_instrumental(track):
+        parts.append("instrumental")
+    return ", ".join(parts) or "music"
+
+
+def is_instrumental(track: Track) -> bool:
+    return bool((track.inputs.get("separation") or {}).get("is_instrumental"))
+
+
+def lyrics_text(track: Track) -> str:
+    """The matched canonical lyric if there is one, else the transcript, else "" (instrumental)."""
+    if is_instrumental(track):
+        return ""
+    match = track.inputs.get("lyrics_matches") or {}
+    for column in ("lyrics", "lyric_text", "text"):
+        if isinstance(match.get(column), str) and match[column].strip():
+            return match[column]
+    transcript = track.inputs.get("transcripts") or {}
+    text = transcript.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def vocals_uri(track: Track) -> str | None:
+    row = track.inputs.get("separation") or {}
+    for column in ("vocals_url", "vocals_uri", "vocals_path"):
+        if row.get(column):
+            return row[column]
+    return None
+
+
+# -- the shard --------------------------------------------------------------------------------
+
+
+def shard_bytes(tensors: dict[str, Any], metadata: dict[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    meta = {"format": SHARD_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+
+
+def shard_relpath(sha256: str) -> str:
+    return f"features/{sha256[:2]}/{sha256}.safetensors"
+
+
+class FeatureShard:
+    """Read access to one track's shard; local files are memory-mapped and sliced lazily."""
+
+    def __init__(self, get, keys: set[str], metadata: dict[str, str]):
+        self._get = get  # (key, start, stop) -> tensor rows [start, stop) along axis 0 / last
+        self.keys = keys
+        if metadata.get("format") != SHARD_FORMAT:
+            raise ValueError(f"not a songmill features shard (format {metadata.get('format')!r})")
+        self.meta = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+
+    @classmethod
+    def open(cls, url: str) -> FeatureShard:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+            from safetensors import safe_open
+
+            handle = safe_open(path, framework="pt")
+
+            def get(key, start=None, stop=None, axis=0):
+                if start is None:
+                    return handle.get_tensor(key)
+                sl = handle.get_slice(key)
+                index = (slice(None),) * axis + (slice(start, stop),)
+                return sl[index]
+
+            return cls(get, set(handle.keys()), handle.metadata() or {})
+        from safetensors.torch import load
+
+        with fs.open(path, "rb") as f:
+            blob = f.read()
+        tensors = load(blob)
+        metadata = _safetensors_metadata(blob)
+
+        def get_loaded(key, start=None, stop=None, axis=0):
+            t = tensors[key]
+            return t if start is None else t.narrow(axis, start, min(stop, t.shape[axis]) - start)
+
+        return cls(get_loaded, set(tensors), metadata)
+
+    @property
+    def latent_frames(self) -> int:
+        return int(self.meta["latent_frames"])
+
+    @property
+    def text_styles(self) -> list[str]:
+        return sorted(k.removeprefix("text.") for k in self.keys if k.startswith("text."))
+
+    def latent(self, start: int = 0, frames: int | None = None):
+        frames = self.latent_frames - start if frames is None else frames
+        return self._get("latent", start, start + frames, 2).float()
+
+    def caption(self, style: str) -> str:
+        return self.meta.get("captions", {}).get(style, "")
+
+    def text_embedding(self, style: str):
+        return self._get(f"text.{style}").float()
+
+    def lyric_ids(self):
+        import torch
+
+        return self._get("lyrics").long() if "lyrics" in self.keys else torch.zeros(0, dtype=torch.long)
+
+    def speaker(self):
+        import torch
+
+        if "speaker" in self.keys:
+            return self._get("speaker").float()
+        return torch.zeros(int(self.meta.get("speaker_dim", 512)))
+
+    def repa_targets(self, start_s: float = 0.0, length_s: float | None = None) -> dict[str, Any]:
+        """name -> (T, D) target frames covering [start_s, start_s + length_s)."""
+        out = {}
+        for name, fps in self.meta.get("repa_fps", {}).items():
+            key = f"repa.{name}"
+            if key not in self.keys:
+                continue
+            if length_s is None:
+                out[name] = self._get(key).float()
+                continue
+            first = int(math.floor(start_s * fps))
+            count = max(1, int(round(length_s * fps)))
+            out[name] = self._get(key, first, first + count).float()
+        return out
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + header_len])
+    return header.get("__metadata__", {})
+
+
+# -- model loading --------------------------------------------------------------------------------
+
+
+def _unavailable(what: str, setting: str, path: str, hint: str) -> StageUnavailable:
+    return StageUnavailable(
+        f"features: {what} weights not found at {path!r}. {hint} Then set "
+        f"`--set features.{setting}=DIR` (or `{setting} = \"DIR\"` under [features] in songmill.toml), "
+        f"or `{setting} = \"none\"` to leave this feature out."
+    )
+
+
+def _local_pretrained_dir(path: str, what: str, setting: str, hub_id_hint: str) -> str:
+    """A local dir (or a hub id resolved from the local cache only) holding config.json."""
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise _unavailable(what, setting, path, f"{os.path.join(path, 'config.json')} is missing.")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, local_files_only=True)
+    except Exception:
+        raise _unavailable(
+            what, setting, path, f"Download them where there is network: `hf download {hub_id_hint} --local-dir DIR`."
+        ) from None
+
+
+class SSLTarget:
+    """A self-supervised speech / music encoder (MERT, mHuBERT) giving REPA targets."""
+
+    def __init__(self, name: str, path: str, layer: int, trust_remote_code: bool, device: str):
+        import torch
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+
+        self.name, self.layer, self.device = name, layer, device
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        self.model.eval().requires_grad_(False).to(device)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        try:
+            self.extractor = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        except (OSError, ValueError):  # no preprocessor_config.json: the wav2vec2 defaults
+            self.extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
+        self.sample_rate = int(self.extractor.sampling_rate)
+        self.fps = self.sample_rate / float(np.prod(config.conv_stride))
+        self.dim = int(config.hidden_size)
+        self._torch = torch
+
+    def __call__(self, mono: np.ndarray, chunk_s: float):
+        """(samples,) mono at self.sample_rate -> (frames, dim) float32 on CPU."""
+        torch = self._torch
+        chunk = max(int(chunk_s * self.sample_rate), 400)
+        outputs = []
+        for start in range(0, len(mono), chunk):
+            piece = mono[start : start + chunk]
+            if len(piece) < 400:  # shorter than one conv receptive field: pad with silence
+                piece = np.pad(piece, (0, 400 - len(piece)))
+            inputs = self.extractor(piece, sampling_rate=self.sample_rate, return_tensors="pt")
+            with torch.no_grad():
+                out = self.model(inputs["input_values"].to(self.device), output_hidden_states=True)
+            outputs.append(out.hidden_states[self.layer][0].float().cpu())
+        frames = torch.cat(outputs)
+        expected = max(1, int(round(len(mono) / self.sample_rate * self.fps)))
+        return frames[:expected]
+
+
+class SpeakerEmbedder:
+    """x-vector (512-d) of the vocals through a transformers audio x-vector model (WavLM-SV)."""
+
+    def __init__(self, path: str, device: str):
+        import torch
+        from transformers import AutoFeatureExtractor, AutoModelForAudioXVector, Wav2Vec2FeatureExtractor
+
+        self.model = AutoModelForAudioXVector.from_pretrained(path, local_files_only=True).eval().to(device)
+        try:
+            self.extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError):
+            self.extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
+        self.sample_rate = int(self.extractor.sampling_rate)
+        self.dim = int(self.model.config.xvector_output_dim)
+        self.device = device
+        self._torch = torch
+
+    def __call__(self, mono: np.ndarray, max_s: float = 30.0):
+        piece = mono[: int(max_s * self.sample_rate)]
+        if len(piece) < self.sample_rate:
+            piece = np.pad(piece, (0, self.sample_rate - len(piece)))
+        inputs = self.extractor(piece, sampling_rate=self.sample_rate, return_tensors="pt")
+        with self._torch.no_grad():
+            out = self.model(inputs["input_values"].to(self.device))
+        return out.embeddings[0].float().cpu()
+
+
+def build_text_encoder(spec: str, device: str = "cpu"):
+    """The frozen text encoder named by a features / checkpoint setting."""
+    from model.encoders import TextEncoder
+
+    if spec == "tiny-random":
+        return TextEncoder.tiny_random().to(device)
+    return TextEncoder.from_pretrained(spec).to(device)
+
+
+def load_dcae_for_features(path: str, device: str):
+    """The DCAE of a checkpoint (EMA weights when present), frozen."""
+    from model.dcae import MusicDCAE
+    from model.weights import load_module
+    from train.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        ckpt = resolve_checkpoint(path)
+    except CheckpointError as exc:
+        raise StageUnavailable(
+            f"features: no DCAE checkpoint at {path!r} ({exc}). Train one with "
+            "`songmill train dcae --manifest FILE` and set `--set features.dcae_checkpoint=RUN_DIR`."
+        ) from None
+    name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"
+    dcae = load_module(MusicDCAE, ckpt, name, device=device)
+    with open(os.path.join(ckpt, f"{name}.safetensors"), "rb") as f:
+        dcae_id = hashlib.sha256(f.read()).hexdigest()[:16]
+    return dcae.eval().requires_grad_(False), dcae_id, ckpt
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+
+class FeaturesStage(Stage):
+    name = "features"
+    version = 1
+    table = "features"
+    reads = _registered_inputs()
+    resources = "gpu"
+    config_class = FeaturesConfig
+
+    def __init__(self, config: FeaturesConfig | None = None, corpus=None):
+        super().__init__(config)
+        self.corpus = corpus  # where shards go; the runner's corpus when it hands us one
+        self.extractors = None
+
+    def setup(self) -> None:
+        cfg: FeaturesConfig = self.config
+        if not cfg.dcae_checkpoint:
+            raise StageUnavailable(
+                "features: no DCAE checkpoint configured. Train one with `songmill train dcae "
+                "--manifest FILE --run-dir RUN`, then `--set features.dcae_checkpoint=RUN`."
+            )
+        self.extractors = FeatureExtractors.from_config(cfg)
+
+    def bind_corpus(self, corpus) -> None:
+        self.corpus = corpus
+
+    def process_track(self, track: Track) -> dict[str, Any]:
+        if self.corpus is None:
+            raise RuntimeError("features stage has no corpus to write shards to (bind_corpus)")
+        if self.extractors is None:
+            self.setup()
+        tensors, metadata = self.extractors.track_features(track)
+        blob = shard_bytes(tensors, metadata)
+        sha = hashlib.sha256(blob).hexdigest()
+        url = self.corpus.write_bytes(shard_relpath(sha), blob)
+        ext = self.extractors
+        return {
+            "features_url": url,
+            "features_sha256": sha,
+            "features_bytes": len(blob),
+            "latent_frames": int(metadata["latent_frames"]),
+            "latent_fps": LATENT_FPS,
+            "caption_styles": sorted(metadata["captions"]),
+            "lyric_tokens": int(tensors["lyrics"].numel()) if "lyrics" in tensors else 0,
+            "lyric_tokenizer": ext.tokenizer.name,
+            "repa_targets": sorted(metadata["repa_fps"]),
+            "has_speaker": "speaker" in tensors,
+            "dcae_id": ext.dcae_id,
+            "text_encoder_id": ext.text_encoder_spec,
+        }
+
+
+class FeatureExtractors:
+    """The frozen models and the per-track computation (also what the benchmark's
+    "compute every step" baseline runs)."""
+
+    def __init__(self, cfg: FeaturesConfig, device: str):
+        self.cfg, self.device = cfg, device
+        self.dcae = None
+        self.dcae_id = ""
+        self.dcae_path = ""
+        self.mel = None
+        self.text_encoder = None
+        self.text_encoder_spec = NONE
+        self.ssl: dict[str, SSLTarget] = {}
+        self.speaker: SpeakerEmbedder | None = None
+        self.tokenizer = None
+
+    @classmethod
+    def from_config(cls, cfg: FeaturesConfig) -> FeatureExtractors:
+        import torch
+
+        from model.mel import MelSpectrogram
+        from train.lyric_tokens import LyricTokenizer
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        ext = cls(cfg, device)
+        ext.dcae, ext.dcae_id, ext.dcae_path = load_dcae_for_features(cfg.dcae_checkpoint, device)
+        ext.mel = MelSpectrogram().to(device)
+        if cfg.text_encoder != NONE:
+            if cfg.text_encoder != "tiny-random":
+                _local_pretrained_dir(cfg.text_encoder, "text encoder (umT5)", "text_encoder", "google/umt5-base")
+            ext.text_encoder = build_text_encoder(cfg.text_encoder, device)
+            ext.text_encoder_spec = cfg.text_encoder
+        for name, path, layer, hub in (
+            ("mert", cfg.mert, cfg.mert_layer, "m-a-p/MERT-v1-330M"),
+            ("mhubert", cfg.mhubert, cfg.mhubert_layer, "utter-project/mHuBERT-147"),
+        ):
+            if path != NONE:
+                local = _local_pretrained_dir(path, name, name, hub)
+                ext.ssl[name] = SSLTarget(name, local, layer, cfg.trust_remote_code, device)
+        if cfg.speaker != NONE:
+            local = _local_pretrained_dir(cfg.speaker, "speaker x-vector", "speaker", "microsoft/wavlm-base-plus-sv")
+            ext.speaker = SpeakerEmbedder(local, device)
+        try:
+            ext.tokenizer = LyricTokenizer.load(cfg.lyric_tokenizer)
+        except FileNotFoundError as exc:
+            raise StageUnavailable(f"features: {exc}") from None
+        return ext
+
+    def latent(self, stereo_44k):
+        """(2, samples) float32 tensor -> (8, 16, F) latent, F = ceil(mel frames / 8)."""
+        import torch
+
+        with torch.no_grad():
+            mel = self.mel(stereo_44k.to(self.device).unsqueeze(0))
+            return self.dcae.encode(mel)[0].float().cpu()
+
+    def track_features(self, track: Track) -> tuple[dict[str, Any], dict[str, Any]]:
+        import torch
+
+        cfg = self.cfg
+        audio, sr = track.audio(44100)
+        audio = audio[: int(cfg.max_duration_s * sr)]
+        stereo = audio if audio.shape[1] >= 2 else np.repeat(audio, 2, axis=1)
+        tensors: dict[str, torch.Tensor] = {}
+        latent = self.latent(torch.from_numpy(np.ascontiguousarray(stereo[:, :2].T)))
+        tensors["latent"] = latent.half()
+        captions = caption_texts(track)
+        if self.text_encoder is not None:
+            for style, text in captions.items():
+                with torch.no_grad():
+                    emb, mask = self.text_encoder([text])
+                tensors[f"text.{style}"] = emb[0][mask[0].bool()].float().cpu().half()
+        lyrics = lyrics_text(track)
+        tensors["lyrics"] = torch.tensor(self.tokenizer.encode_ids(lyrics), dtype=torch.int32)
+        repa_fps = {}
+        duration = len(audio) / sr
+        for name, model in self.ssl.items():
+            mono, _ = track.audio(model.sample_rate, mono=True)
+            mono = mono[: int(duration * model.sample_rate)]
+            tensors[f"repa.{name}"] = model(mono, cfg.ssl_chunk_s).half()
+            repa_fps[name] = model.fps
+        speaker_dim = 512
+        if self.speaker is not None:
+            speaker_dim = self.speaker.dim
+            if lyrics and not is_instrumental(track):
+                vocals = vocals_uri(track)
+                source = Track({"track_id": track.track_id, "uri": vocals}) if vocals else track
+                mono, _ = source.audio(self.speaker.sample_rate, mono=True)
+                tensors["speaker"] = self.speaker(mono).half()
+        metadata = {
+            "latent_frames": int(latent.shape[-1]),
+            "latent_fps": LATENT_FPS,
+            "captions": captions,
+            "repa_fps": repa_fps,
+            "speaker_dim": speaker_dim,
+            "lyrics_text_chars": len(lyrics),
+            "lyric_tokenizer": self.tokenizer.name,
+            "lyric_tokenizer_path": self.tokenizer.source,
+            "lyric_vocab_size": self.tokenizer.vocab_size,
+            "dcae_id": self.dcae_id,
+            "dcae_checkpoint": self.dcae_path,
+            "text_encoder": self.text_encoder_spec,
+        }
+        return tensors, metadata

@@ -1,0 +1,54 @@
+"""Small real stages used by the runner tests (they compute from the decoded audio)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable
+from data_schema.tables import register_table
+
+register_table("test_level", [pa.field("rms", pa.float64()), pa.field("gain", pa.float64())])
+register_table("test_derived", [pa.field("rms_db", pa.float64())])
+
+
+@dataclass
+class LevelConfig(StageConfig):
+    gain: float = 1.0
+    delay_s: float = field(default=0.0, metadata=RUNTIME)  # slows the stage so a test can kill it mid-run
+    fail_on_substring: str = "broken"
+    weights: str = ""
+
+
+class LevelStage(Stage):
+    name = "test_level"
+    version = 1
+    table = "test_level"
+    config_class = LevelConfig
+
+    def setup(self) -> None:
+        if self.config.weights and not os.path.exists(self.config.weights):
+            raise StageUnavailable(f"missing weights file {self.config.weights}: copy it there")
+
+    def process_track(self, track):
+        if self.config.fail_on_substring and self.config.fail_on_substring in track.uri:
+            raise ValueError(f"refusing {os.path.basename(track.uri)}")
+        time.sleep(self.config.delay_s)
+        audio, _ = track.audio()
+        return {"rms": float(np.sqrt(np.mean(audio**2))) * self.config.gain, "gain": self.config.gain}
+
+
+class DerivedStage(Stage):
+    """Reads the level stage's rows: exercises `reads` / `requires` within one run."""
+
+    name = "test_derived"
+    table = "test_derived"
+    reads = ("test_level",)
+    requires = ("test_level",)
+
+    def process_track(self, track):
+        return {"rms_db": 20 * np.log10(max(track.inputs["test_level"]["rms"], 1e-9))}
