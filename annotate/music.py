@@ -267,7 +267,7 @@ def tuning_and_key(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) ->
     hpcp = es.HPCP(
         size=36, referenceFrequency=float(tuning_hz), sampleRate=sr, minFrequency=config.key_min_hz,
         maxFrequency=config.key_max_hz, bandPreset=False, weightType="cosine", windowSize=1.0,
-        harmonics=4, nonLinear=False, normalized="unitMax",
+        harmonics=0, nonLinear=False, normalized="unitMax",
     )
     profile = np.zeros(36, np.float64)
     for freqs, mags in frame_peaks:

@@ -7,6 +7,7 @@ byte-level tokenizer (no files, no download) for tests and the tiny preset.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,11 @@ class TextEncoder:
         cls, path: str | Path, max_length: int = 256, dtype: torch.dtype | None = None
     ) -> TextEncoder:
         """A local umT5 / mT5 / T5 encoder: a directory, or a repo id already in the HF cache."""
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         try:
             config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tokenizer = _load_tokenizer(path)
         except (OSError, ValueError) as exc:
             from annotate.base import StageUnavailable
 
@@ -99,6 +100,20 @@ class TextEncoder:
         mask = batch["attention_mask"].to(self.device)
         states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return states.float(), mask.bool()
+
+
+def _load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer class a local directory names in tokenizer_config.json, else AutoTokenizer
+    (from the HF cache, offline)."""
+    import transformers
+
+    directory = Path(path)
+    config_file = directory / "tokenizer_config.json"
+    if config_file.is_file():
+        name = json.loads(config_file.read_text()).get("tokenizer_class")
+        if name and hasattr(transformers, name):
+            return getattr(transformers, name).from_pretrained(str(directory))
+    return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def _encoder_class(model_type: str) -> type:

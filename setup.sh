@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up songmill in ./.venv (idempotent). Offline-safe: needs only the package registries.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/pip --disable-pip-version-check -q"
+# torch first and pinned: the CPU wheel of 2.13.0 is on local disk here; an unpinned torch would
+# pull gigabytes of CUDA wheels.
+$PIP install "torch==2.13.0"
+$PIP install -e ".[test]"
+# These declare torchaudio (demucs) or an unpinned torch (openai-whisper) as dependencies, which
+# would replace the torch above; their real needs are installed by the line before.
+$PIP install --no-deps -r requirements-nodeps.txt
+echo "songmill is set up in .venv"

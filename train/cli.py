@@ -1,0 +1,202 @@
+"""`songmill train ...` and `songmill generate ...`.
+
+    songmill train dcae --manifest m.parquet --preset tiny --run-dir runs/dcae
+    songmill train dit  --manifest m_features.parquet --run-dir runs/dit --max-steps 20000
+    songmill train dit  --manifest m_features.parquet --resume runs/dit
+    songmill train dit  --manifest m.parquet --lora-rank 16 --base-checkpoint runs/dit --run-dir runs/lora
+    songmill train merge-lora --checkpoint runs/lora --out exported/
+    songmill train tokenizer --out lyrics_bpe.json
+    songmill generate --checkpoint runs/dit --prompt "funk, 104 bpm" --duration 30 --out song.wav
+
+Settings: defaults < the resumed checkpoint's settings < --config FILE ([train] table) <
+explicit flags < --set key=value. Multi-GPU: `torchrun --nproc-per-node 8 -m train dit ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+FLAG_SETTINGS = {  # argparse dest -> TrainConfig field
+    "preset": "preset",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_targets": "lora_targets",
+    "base_checkpoint": "base_checkpoint",
+    "dcae_checkpoint": "dcae_checkpoint",
+    "phase": "dcae_phase",
+    "init_from": "init_from",
+    "device": "device",
+    "num_workers": "num_workers",
+    "seed": "seed",
+}
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser | None = None) -> None:
+    parents = [common] if common is not None else []
+    train = subparsers.add_parser("train", parents=parents, help="train the DCAE or the DiT from a manifest")
+    kinds = train.add_subparsers(dest="train_command", required=True)
+    for kind in ("dcae", "dit"):
+        p = kinds.add_parser(kind, parents=parents, help=f"train the {kind.upper()}")
+        add_train_arguments(p)
+        p.set_defaults(func=run_train, kind=kind)
+    tok = kinds.add_parser("tokenizer", parents=parents, help="train the lyric BPE tokenizer on the corpus lyrics")
+    tok.add_argument("--out", required=True, help="tokenizer.json to write")
+    tok.add_argument("--vocab-size", type=int, default=4096)
+    tok.set_defaults(func=run_tokenizer)
+    merge = kinds.add_parser("merge-lora", parents=parents, help="fold a LoRA run's adapters into its base DiT")
+    merge.add_argument("--checkpoint", required=True, help="LoRA run or checkpoint dir")
+    merge.add_argument("--out", required=True, help="directory for the merged DiT checkpoint")
+    merge.set_defaults(func=run_merge_lora)
+
+    gen = subparsers.add_parser("generate", parents=parents, help="generate audio from a DiT checkpoint")
+    gen.add_argument("--checkpoint", required=True, help="DiT run dir or checkpoint dir")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--lyrics", help="text file with the lyrics (none: instrumental)")
+    gen.add_argument("--duration", type=float, required=True, help="seconds")
+    gen.add_argument("--out", required=True, help="output .wav")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=27)
+    gen.add_argument("--guidance", type=float, default=7.0)
+    gen.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    gen.add_argument("--dcae", help="DCAE checkpoint (default: the one the DiT was trained with)")
+    gen.add_argument("--vocoder", help="vocoder dir (default: Griffin-Lim)")
+    gen.add_argument("--device", default="auto")
+    gen.set_defaults(func=run_generate)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="Parquet from `songmill manifest --out`")
+    p.add_argument("--preset", choices=("tiny", "small", "base"))
+    p.add_argument("--config", help="TOML ([train] table) or JSON training settings")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-dir", help="where checkpoints, samples and TensorBoard logs go")
+    p.add_argument("--resume", help="run or checkpoint dir to continue from")
+    p.add_argument("--force", action="store_true", help="resume even though the settings changed")
+    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank (DiT)")
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--lora-targets", help="comma-separated module names to adapt")
+    p.add_argument("--base-checkpoint", help="DiT checkpoint LoRA adapts")
+    p.add_argument("--dcae-checkpoint", help="DCAE checkpoint for validation audio (DiT)")
+    p.add_argument("--phase", type=int, choices=(1, 2), help="DCAE phase: 1 reconstruction, 2 adversarial")
+    p.add_argument("--init-from", help="DCAE phase 2: the phase-1 checkpoint to start from")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training setting")
+
+
+def build_config(args: argparse.Namespace):
+    from flows.config import _parse_value  # TOML literal parsing shared with stage settings
+    from train.checkpoint import load_checkpoint
+    from train.config import TrainConfig, load_config_file
+
+    config = TrainConfig(kind=args.kind)
+    if getattr(args, "resume", None):
+        config = config.updated(load_checkpoint(args.resume, with_state=False).trainer["full_config"])
+    if getattr(args, "config", None):
+        config = config.updated(load_config_file(args.config))
+    explicit = {field: getattr(args, dest) for dest, field in FLAG_SETTINGS.items() if getattr(args, dest, None) is not None}
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    return config.updated({**explicit, **overrides, "kind": args.kind})
+
+
+def default_run_dir(args: argparse.Namespace) -> str:
+    if args.run_dir:
+        return args.run_dir
+    if args.resume:
+        from train.checkpoint import resolve_checkpoint
+
+        return os.path.dirname(os.path.dirname(resolve_checkpoint(args.resume)))
+    return os.path.join("runs", f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from train.loop import train
+
+    config = build_config(args)
+    if config.kind == "dcae" and config.dcae_phase == 2 and not (config.init_from or args.resume):
+        print("DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR", file=sys.stderr)
+        return 2
+    result = train(config, args.manifest, default_run_dir(args), resume=args.resume, force=args.force)
+    summary = {"run_dir": result.run_dir, "step": result.step, "checkpoint": result.checkpoint,
+               "final_loss": result.losses[-1] if result.losses else None,
+               "stopped_by_signal": result.stopped_by_signal}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def run_tokenizer(args: argparse.Namespace) -> int:
+    from data_schema.store import Corpus, default_corpus_root
+    from train.lyric_tokens import LyricTokenizer
+
+    corpus = Corpus(getattr(args, "corpus", None) or default_corpus_root(), create=False)
+    texts = corpus_lyrics(corpus)
+    if not texts:
+        print("no lyrics in the corpus yet (lyrics catalog or transcripts)", file=sys.stderr)
+        return 1
+    LyricTokenizer.train(texts, vocab_size=args.vocab_size).save(args.out)
+    print(json.dumps({"out": args.out, "texts": len(texts)}))
+    return 0
+
+
+def corpus_lyrics(corpus) -> list[str]:
+    """Every lyric text the corpus knows: the lyrics catalog and the transcripts."""
+    con = corpus.connect()
+    texts: list[str] = []
+    try:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        for view, column in (("lyrics", "lyrics"), ("transcripts", "text")):
+            if view in views:
+                columns = {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
+                if column in columns:
+                    texts += [r[0] for r in con.execute(f"SELECT {column} FROM {view} WHERE {column} IS NOT NULL").fetchall()]
+    finally:
+        con.close()
+    return [t for t in texts if t.strip()]
+
+
+def run_merge_lora(args: argparse.Namespace) -> int:
+    from train.export import merge_lora_checkpoint
+
+    print(json.dumps({"out": merge_lora_checkpoint(args.checkpoint, args.out)}))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from train.export import generate_from_checkpoint
+
+    lyrics = None
+    if args.lyrics:
+        with open(args.lyrics, encoding="utf-8") as f:
+            lyrics = f.read()
+    path = generate_from_checkpoint(
+        args.checkpoint, args.prompt, lyrics, args.duration, args.out, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, sampler=args.sampler, dcae=args.dcae, vocoder=args.vocoder, device=args.device,
+    )
+    print(json.dumps({"out": path, "duration_s": args.duration}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m train dit --manifest ...` (what torchrun launches): the train sub-commands alone."""
+    parser = argparse.ArgumentParser(prog="python -m train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)

@@ -1,0 +1,89 @@
+"""From a DiT checkpoint to audio and to a merged export.
+
+A checkpoint dir holds the DiT (`dit.safetensors`, `dit_ema.safetensors`) or, for a LoRA run,
+only `dit_lora.safetensors` plus the base checkpoint's path; `trainer.json` carries the
+conditioning (text encoder, lyric tokenizer, DCAE path) generation needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from torch import nn
+
+from train.checkpoint import TRAINER_FILE, resolve_checkpoint, save_weights
+
+
+def load_dit(checkpoint: str, device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[nn.Module, dict]:
+    """The DiT of a checkpoint (EMA weights when present; LoRA adapters merged in) and its
+    trainer record."""
+    from model.dit import LinearDiT
+    from model.weights import load_module
+
+    path = resolve_checkpoint(checkpoint)
+    with open(os.path.join(path, TRAINER_FILE)) as f:
+        trainer = json.load(f)
+    if trainer.get("lora"):
+        from train.lora import load_adapter, merge_lora
+
+        with open(os.path.join(path, "dit_lora.json")) as f:
+            spec = json.load(f)
+        base, _ = load_dit(spec["base_checkpoint"], "cpu", prefer_ema)
+        dit = merge_lora(load_adapter(base, path))
+        return dit.to(device).eval(), trainer
+    name = "dit_ema" if prefer_ema and os.path.exists(os.path.join(path, "dit_ema.safetensors")) else "dit"
+    return load_module(LinearDiT, path, name, device=device).eval(), trainer
+
+
+def merge_lora_checkpoint(checkpoint: str, out_dir: str) -> str:
+    """A plain DiT checkpoint (dit.safetensors + dit.json + trainer.json) with the adapters folded in."""
+    path = resolve_checkpoint(checkpoint)
+    dit, trainer = load_dit(path)
+    os.makedirs(out_dir, exist_ok=True)
+    save_weights(os.path.join(out_dir, "dit.safetensors"), dit.state_dict())
+    with open(os.path.join(out_dir, "dit.json"), "w") as f:
+        json.dump(dit.cfg.to_dict(), f, indent=2, sort_keys=True)
+    record = {**trainer, "lora": False, "merged_from": path}
+    with open(os.path.join(out_dir, TRAINER_FILE), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    shutil.copy(os.path.join(path, "dit_lora.json"), os.path.join(out_dir, "merged_lora.json"))
+    return out_dir
+
+
+def generate_from_checkpoint(
+    checkpoint: str,
+    prompt: str,
+    lyrics: str | None,
+    duration_s: float,
+    out: str,
+    seed: int = 0,
+    steps: int = 27,
+    guidance: float = 7.0,
+    sampler: str = "euler",
+    dcae: str | None = None,
+    vocoder: str | None = None,
+    device: str = "auto",
+) -> str:
+    from model.config import MelConfig
+    from model.generate import generate
+    from model.mel import load_vocoder
+    from train.dist import pick_device
+    from train.samples import write_wav
+    from train.tasks import load_conditioning
+
+    dev = pick_device(device)
+    dit, trainer = load_dit(checkpoint, dev)
+    conditioning = trainer.get("conditioning", {})
+    parts = load_conditioning(conditioning, dev, dcae_override=dcae)
+    if parts["dcae"] is None:
+        raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")
+    mel_cfg = MelConfig.from_dict(conditioning["mel"]) if "mel" in conditioning else MelConfig()
+    wav, sr = generate(
+        parts["dcae"], dit, parts["text_encoder"], load_vocoder(vocoder, mel_cfg, dev), prompt, lyrics,
+        duration_s, seed, steps=steps, guidance_scale=guidance, lyric_tokenizer=parts["tokenizer"],
+        sampler=sampler, shift=float(conditioning.get("timestep_shift", 3.0)),
+    )
+    return write_wav(out, wav, sr)
