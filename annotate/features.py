@@ -260,7 +260,12 @@ class SSLTarget:
 
     def __init__(self, name: str, path: str, layer: int, trust_remote_code: bool, device: str):
         import torch
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+        from transformers import (
+            AutoConfig,
+            AutoFeatureExtractor,
+            AutoModel,
+            Wav2Vec2FeatureExtractor,
+        )
 
         self.name, self.layer, self.device = name, layer, device
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -298,7 +303,11 @@ class SpeakerEmbedder:
 
     def __init__(self, path: str, device: str):
         import torch
-        from transformers import AutoFeatureExtractor, AutoModelForAudioXVector, Wav2Vec2FeatureExtractor
+        from transformers import (
+            AutoFeatureExtractor,
+            AutoModelForAudioXVector,
+            Wav2Vec2FeatureExtractor,
+        )
 
         self.model = AutoModelForAudioXVector.from_pretrained(path, local_files_only=True).eval().to(device)
         try:

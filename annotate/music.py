@@ -45,7 +45,7 @@ ODF_FRAME = 512
 ODF_HOP = 128
 ODF_RATE = ANALYSIS_SR / ODF_HOP  # 86.13 frames/s
 KEY_FRAME = 4096
-KEY_HOP = 2048
+KEY_HOP = 4096
 
 
 def sharp_name(tonic: str) -> str:
@@ -58,11 +58,12 @@ def sharp_name(tonic: str) -> str:
 class MusicConfig(StageConfig):
     min_bpm: float = 40.0
     max_bpm: float = 220.0
-    # Log-normal prior over tempo for the metrical level when the drums do not decide.
-    prior_center_bpm: float = 120.0
-    prior_octaves: float = 1.0
-    # |alternation| product needed to call a level a backbeat (beat) or a subdivision.
-    backbeat_threshold: float = 0.04
+    # Metrical level: a level whose positions alternate in strength by more than
+    # `subdivision_contrast` subdivides the beat; one whose positions are even (below
+    # `even_strength`) while kick and snare alternate (above `backbeat_contrast`) is the beat.
+    subdivision_contrast: float = 0.5
+    even_strength: float = 0.15
+    backbeat_contrast: float = 0.2
     key_profile: str = "bgate"
     key_min_hz: float = 40.0
     key_max_hz: float = 5000.0
@@ -94,8 +95,10 @@ def onset_strength(y: np.ndarray, sr: int = ANALYSIS_SR) -> dict[str, np.ndarray
     high = (freqs >= 1500) & (freqs < 5000)
     return {
         "all": rise.mean(axis=1),
-        "low": rise[:, low].mean(axis=1),
-        "high": rise[:, high].mean(axis=1),
+        # Median over the band's bins: drums rise across the whole band at once, a bass note or
+        # a chord only in the few bins of its partials, so the median keeps mostly drums.
+        "low": np.median(rise[:, low], axis=1),
+        "high": np.median(rise[:, high], axis=1),
     }
 
 
@@ -111,12 +114,38 @@ def _accent(odf: np.ndarray, times: np.ndarray, radius: int = 3) -> np.ndarray:
     return odf[windows].max(axis=1)
 
 
-def _alternation(values: np.ndarray) -> float:
-    """(even - odd) / (even + odd) of the mean accents: +-1 strictly alternating, 0 uniform."""
-    if values.shape[0] < 8:
+def _alternation(values: np.ndarray, window: int = 8) -> float:
+    """How strongly a per-position sequence alternates (even vs odd positions), in [0, 1].
+
+    |mean(even) - mean(odd)| / (mean(even) + mean(odd)) per window of `window` positions, median
+    over windows: a tracker that skips a beat flips the phase for the rest of the track, and
+    windows make the measure immune to that.
+    """
+    n = (values.shape[0] // window) * window
+    if n == 0:
         return 0.0
-    even, odd = values[0::2].mean(), values[1::2].mean()
-    return float((even - odd) / (even + odd + 1e-9))
+    blocks = values[:n].reshape(-1, window)
+    even, odd = blocks[:, 0::2].mean(axis=1), blocks[:, 1::2].mean(axis=1)
+    return float(np.median(np.abs(even - odd) / (np.abs(even) + np.abs(odd) + 1e-9)))
+
+
+def _level_evidence(odf: dict[str, np.ndarray], times: np.ndarray) -> tuple[float, float] | None:
+    """(strength alternation, kick/snare alternation) of a pulse level; None without drums.
+
+    Strength alternation: strong / weak positions, the signature of a subdivision.
+    Kick/snare alternation: the share of low-band accent swaps between neighbours while the
+    strength does not, the signature of a backbeat at that level.
+    """
+    low, high = _accent(odf["low"], times), _accent(odf["high"], times)
+    if times.shape[0] < 8 or low.mean() <= 1e-6 or high.mean() <= 1e-6:
+        return None
+    low, high = low / low.mean(), high / high.mean()
+    strength = _alternation(low + high)
+    kickness = low / (low + high + 1e-9)
+    n = (kickness.shape[0] // 8) * 8
+    blocks = kickness[:n].reshape(-1, 8)
+    kick_snare = float(np.median(np.abs(blocks[:, 0::2].mean(axis=1) - blocks[:, 1::2].mean(axis=1))))
+    return strength, kick_snare
 
 
 def _regular_grid(beats: np.ndarray) -> tuple[float, float]:
@@ -148,48 +177,29 @@ def _salience(odf: np.ndarray, period_s: float) -> float:
     return (1 - frac) * a + frac * b
 
 
-def _log_prior(bpm: float, config: MusicConfig) -> float:
-    return -0.5 * (np.log2(bpm / config.prior_center_bpm) / config.prior_octaves) ** 2
-
-
 def choose_metrical_level(
     beats: np.ndarray, odf: dict[str, np.ndarray], config: MusicConfig
 ) -> tuple[np.ndarray, str]:
-    """Halve, keep or double the tracked beats; returns the beats and why (for debugging)."""
-    period = float(np.median(np.diff(beats)))
-    bpm = 60.0 / period
+    """Halve, keep or double the tracked beats; returns the beats and the reason.
 
-    def backbeat(times: np.ndarray) -> float:
-        """< 0: low and high bands alternate in opposition (kick / snare): a beat level.
-        > 0: both strong on the same positions: the positions subdivide a slower beat."""
-        return _alternation(_accent(odf["low"], times)) * _alternation(_accent(odf["high"], times))
-
+    Double when the points halfway between beats are as strong as the beats and kick and snare
+    alternate across them (a backbeat one level down: drum & bass tracked at half tempo). Halve
+    when the tracked beats alternate strong / weak (the tracker followed eighth notes). Otherwise
+    keep what the tracker chose: Degara's tracker already weighs tempi with a prior near 120 BPM.
+    """
+    bpm = 60.0 / float(np.median(np.diff(beats)))
     midpoints = beats[:-1] + np.diff(beats) / 2
     finer = np.sort(np.concatenate([beats, midpoints]))
-    evidence_fine = backbeat(finer)  # is doubling the tempo the beat level?
-    evidence_here = backbeat(beats)  # are the tracked beats a subdivision?
-    t = config.backbeat_threshold
-    can_double = 2 * bpm <= config.max_bpm
-    can_halve = bpm / 2 >= config.min_bpm
-
-    if evidence_fine < -t and can_double:
-        return finer, "double:backbeat"
-    if evidence_here > t and evidence_fine >= -t and can_halve:
-        return _every_other(beats, odf), "halve:subdivision"
-    if evidence_here < -t:
-        return beats, "keep:backbeat"
-    # The drums do not decide: onset salience of each level times the tempo prior.
-    scores = {"keep": np.log(max(_salience(odf["all"], period), 1e-3)) + _log_prior(bpm, config)}
-    if can_double:
-        scores["double"] = np.log(max(_salience(odf["all"], period / 2), 1e-3)) + _log_prior(2 * bpm, config)
-    if can_halve:
-        scores["halve"] = np.log(max(_salience(odf["all"], period * 2), 1e-3)) + _log_prior(bpm / 2, config)
-    choice = max(scores, key=scores.get)
-    if choice == "double":
-        return finer, "double:prior"
-    if choice == "halve":
-        return _every_other(beats, odf), "halve:prior"
-    return beats, "keep:prior"
+    here, fine = _level_evidence(odf, beats), _level_evidence(odf, finer)
+    if fine is not None and 2 * bpm <= config.max_bpm:
+        strength, kick_snare = fine
+        if strength < config.even_strength and kick_snare > config.backbeat_contrast:
+            return finer, "double:backbeat"
+    if here is not None and bpm / 2 >= config.min_bpm:
+        strength, _ = here
+        if strength > config.subdivision_contrast:
+            return _every_other(beats, odf), "halve:subdivision"
+    return beats, "keep"
 
 
 def _every_other(beats: np.ndarray, odf: dict[str, np.ndarray]) -> np.ndarray:
@@ -241,47 +251,47 @@ def time_signature(beats: np.ndarray, odf: dict[str, np.ndarray]) -> str:
 # Tuning and key
 
 
-def tuning_and_key(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) -> dict[str, Any]:
+def estimate_tuning(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) -> float | None:
+    """Concert-A frequency from the deviation of spectral peaks from equal temperament."""
     import essentia.standard as es
 
-    if y.shape[0] < KEY_FRAME:
-        y = np.pad(y, (0, KEY_FRAME - y.shape[0]))
     window = es.Windowing(type="blackmanharris62", size=KEY_FRAME)
     spectrum = es.Spectrum(size=KEY_FRAME)
     peaks = es.SpectralPeaks(
         sampleRate=sr, minFrequency=config.key_min_hz, maxFrequency=config.key_max_hz,
         maxPeaks=60, magnitudeThreshold=1e-5, orderBy="magnitude",
     )
-    tuning = es.TuningFrequency()
-    frame_peaks = []
-    tuning_hz = 440.0
+    tuning = es.TuningFrequency()  # accumulates a histogram over the frames it sees
+    tuning_hz = None
     for frame in es.FrameGenerator(y, frameSize=KEY_FRAME, hopSize=KEY_HOP, startFromZero=True):
         freqs, mags = peaks(spectrum(window(frame)))
-        if freqs.shape[0] == 0:
-            continue
-        frame_peaks.append((freqs, mags))
-        tuning_hz, _ = tuning(freqs, mags)
-    if not frame_peaks:
+        if freqs.shape[0]:
+            tuning_hz, _ = tuning(freqs, mags)
+    return float(tuning_hz) if tuning_hz is not None else None
+
+
+def estimate_key(y: np.ndarray, tuning_hz: float, config: MusicConfig, sr: int = ANALYSIS_SR) -> dict[str, Any]:
+    """essentia KeyExtractor (spectral whitening, HPCP, profile correlation) at the analysis rate."""
+    import essentia.standard as es
+
+    extractor = es.KeyExtractor(
+        sampleRate=sr, frameSize=KEY_FRAME, hopSize=KEY_HOP, tuningFrequency=tuning_hz,
+        profileType=config.key_profile,
+    )
+    key, scale, strength = extractor(y)
+    tonic = sharp_name(key)
+    return {"key_tonic": tonic, "key_mode": scale, "keyscale": f"{tonic} {scale}",
+            "key_strength": float(strength)}
+
+
+def tuning_and_key(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) -> dict[str, Any]:
+    if y.shape[0] < KEY_FRAME or float(np.abs(y).max()) < 1e-5:  # too short or silent: no key
         return {"key_tonic": None, "key_mode": None, "keyscale": None, "key_strength": 0.0,
                 "tuning_hz": None}
-    hpcp = es.HPCP(
-        size=36, referenceFrequency=float(tuning_hz), sampleRate=sr, minFrequency=config.key_min_hz,
-        maxFrequency=config.key_max_hz, bandPreset=False, weightType="cosine", windowSize=1.0,
-        harmonics=0, nonLinear=False, normalized="unitMax",
-    )
-    profile = np.zeros(36, np.float64)
-    for freqs, mags in frame_peaks:
-        profile += hpcp(freqs, mags)
-    profile = (profile / (profile.max() or 1.0)).astype(np.float32)
-    key, scale, strength, _ = es.Key(profileType=config.key_profile, pcpSize=36)(profile)
-    tonic = sharp_name(key)
-    return {
-        "key_tonic": tonic,
-        "key_mode": scale,
-        "keyscale": f"{tonic} {scale}",
-        "key_strength": float(strength),
-        "tuning_hz": float(tuning_hz),
-    }
+    tuning_hz = estimate_tuning(y, config, sr)
+    row = estimate_key(y, tuning_hz or 440.0, config, sr)
+    row["tuning_hz"] = tuning_hz
+    return row
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,6 +258,7 @@ def finish(corpus: Corpus, plan: Plan) -> list[RunSummary]:
             row = {k: v for k, v in summary.__dict__.items() if k != "unavailable"}
             rows.append(row | {"host": host, "started_at": plan.started_at, "finished_at": finished})
     corpus.write("runs", rows)
+    corpus.compact_if_needed([p.stage.table for p in plan.stages] + ["errors", "runs"])
     return summaries
 
 

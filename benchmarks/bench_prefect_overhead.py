@@ -85,8 +85,8 @@ def main() -> None:
         for i in range(args.repeats):
             for name, call in (
                 ("bare", bare_run),
-                ("runner", lambda: run_stages(corpora[f"runner{i}"], [QCStage(), MusicStage()], batch_size=args.batch_size)),
-                ("prefect", lambda: annotate_flow(corpora[f"prefect{i}"].root, ["qc", "music"], {}, batch_size=args.batch_size, show_progress=False)),
+                ("runner", lambda i=i: run_stages(corpora[f"runner{i}"], [QCStage(), MusicStage()], batch_size=args.batch_size)),
+                ("prefect", lambda i=i: annotate_flow(corpora[f"prefect{i}"].root, ["qc", "music"], {}, batch_size=args.batch_size, show_progress=False)),
             ):
                 t0 = time.perf_counter()
                 call()

@@ -140,6 +140,39 @@ class Corpus:
         self._atomic_write_bytes(dest, data)
         return self.url(dest)
 
+    def compact(self, table: str, min_parts: int = 2) -> int:
+        """Merge a table's part files into one. Every batch writes a part, and DuckDB reads the
+        metadata of every part on each query, so a long-lived corpus needs this now and then.
+
+        The merged part is renamed into place before the old parts are removed, so a reader (or a
+        kill) in between sees rows twice in `raw_<table>`, never missing; the views deduplicate.
+        Parts written while this runs are left alone. Returns the number of parts merged.
+        """
+        parts = self.part_files(table)
+        if len(parts) < min_parts:
+            return 0
+        spec = table_spec(table)
+        con = duckdb.connect(":memory:")
+        try:
+            if not self.is_local:
+                con.register_filesystem(self.fs)
+            urls = [self.url(p) for p in parts]
+            merged = con.sql("SELECT * FROM read_parquet(?, union_by_name = true)", params=[urls]).to_arrow_table()
+        finally:
+            con.close()
+        for f in spec.schema:  # columns added to the schema after old parts were written
+            if f.name not in merged.column_names:
+                merged = merged.append_column(f, pa.nulls(merged.num_rows, f.type))
+        self.write(table, merged)
+        for p in parts:
+            self.fs.rm(p)
+        return len(parts)
+
+    def compact_if_needed(self, tables: Iterable[str], max_parts: int = 256) -> None:
+        for table in tables:
+            if len(self.part_files(table)) > max_parts:
+                self.compact(table)
+
     def clean_stale_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
         """Remove temporaries left by killed runs. Readers never look at them anyway."""
         removed = 0

@@ -185,6 +185,10 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], known_ids: set[str]
     return summary
 
 
+def finish_ingest(corpus: Corpus) -> None:
+    corpus.compact_if_needed(["tracks", "sources", "errors"])
+
+
 def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig) -> tuple[list[FoundFile], IngestSummary]:
     """Discover files and drop those unchanged since the last run (path + size + mtime)."""
     files, missing = discover(sources, config.extensions)
@@ -215,4 +219,5 @@ def ingest(
         summary.add(ingest_batch(corpus, batch, known_ids, summary.run_id, config.verify))
         if on_batch is not None:
             on_batch(start + len(batch), len(todo))
+    finish_ingest(corpus)
     return summary

@@ -20,6 +20,7 @@ from flows.ingest import (
     FoundFile,
     IngestConfig,
     IngestSummary,
+    finish_ingest,
     ingest_batch,
     known_track_ids,
     plan_ingest,
@@ -64,6 +65,7 @@ def ingest_flow(corpus_root: str, sources: list[str], settings: dict[str, Any] |
             progress.advance(start + len(batch))
     finally:
         progress.close()
+    finish_ingest(corpus)
     return summary
 
 

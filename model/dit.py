@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from model.conditions import Conditions
 from model.config import DiTConfig
 from model.encoders import LyricEncoder
-from model.layers import apply_rope, relu_linear_attention, rope_angles, timestep_features
+from model.layers import RMSNorm, apply_rope, relu_linear_attention, rope_angles, timestep_features
 
 
 @dataclass
@@ -83,11 +83,11 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         width = cfg.width
-        self.norm1 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.norm1 = RMSNorm(width, affine=False)
         self.attention = LinearSelfAttention(width, cfg.heads, cfg.head_dim, cfg.linear_attention_eps)
-        self.norm_cross = nn.RMSNorm(width, eps=1e-6)
+        self.norm_cross = RMSNorm(width)
         self.cross_attention = CrossAttention(width, cfg.heads, cfg.head_dim)
-        self.norm2 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.norm2 = RMSNorm(width, affine=False)
         self.ffn = MixFFN(width, cfg.ffn_ratio)
         self.scale_shift_table = nn.Parameter(torch.randn(6, width) / width**0.5)
 
@@ -128,7 +128,7 @@ class LinearDiT(nn.Module):
         self.lyric_encoder = LyricEncoder(cfg.lyrics)
         self.lyric_proj = nn.Linear(cfg.lyrics.width, width)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
-        self.norm_out = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.norm_out = RMSNorm(width, affine=False)
         self.final_scale_shift = nn.Parameter(torch.randn(2, width) / width**0.5)
         self.proj_out = nn.Linear(width, cfg.patch_dim)
         self.repa_projectors = nn.ModuleDict(

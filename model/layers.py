@@ -24,6 +24,19 @@ class ChannelRMSNorm(nn.Module):
         return h.movedim(-1, 1)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis; the optional weight follows the input dtype (autocast-safe)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, (self.dim,), weight, self.eps)
+
+
 def rope_angles(
     length: int, dim: int, theta: float = 10000.0, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,7 +92,7 @@ def test_tiny_dcae_overfits_one_batch():
     mel = (torch.cos(3 * rows)[None, None, :, None] * cols).clamp(-1, 1)
     optimizer = torch.optim.AdamW(dcae.parameters(), lr=3e-3)
     losses = []
-    for _ in range(80):
+    for _ in range(40):
         recon, _ = dcae(mel)
         loss = torch.nn.functional.mse_loss(recon, mel)
         optimizer.zero_grad()

@@ -127,16 +127,16 @@ def test_tiny_dit_overfits_one_batch():
     noise = torch.randn(2, 8, 16, 16, generator=generator)
     sigma = torch.tensor([0.3, 0.7])
     cond = _conditions()
-    optimizer = torch.optim.AdamW(dit.parameters(), lr=2e-3)
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=5e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(25):
         out = dit(add_noise(x0, noise, sigma), sigma, cond)
         loss = flow_matching_loss(out.sample, x0, noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

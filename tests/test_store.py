@@ -96,3 +96,15 @@ def test_manifest_export_joins_latest_stage_rows_and_loads_with_datasets(corpus,
 
     ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds[0]["bpm"] == 120.0 and ds.num_rows == 1
+
+
+def test_compact_merges_parts_and_keeps_every_view_row(corpus):
+    for i in range(5):
+        corpus.write("qc", [_qc(f"t{i}"), _qc("shared", duration_s=float(i))])
+    before = corpus.sql("SELECT * EXCLUDE (created_at) FROM qc ORDER BY track_id").to_pylist()
+    raw_before = corpus.sql("SELECT count(*) AS n FROM raw_qc").column("n")[0].as_py()
+    assert corpus.compact("qc") == 5
+    assert len(corpus.part_files("qc")) == 1
+    assert corpus.sql("SELECT * EXCLUDE (created_at) FROM qc ORDER BY track_id").to_pylist() == before
+    assert corpus.sql("SELECT count(*) AS n FROM raw_qc").column("n")[0].as_py() == raw_before
+    assert corpus.compact("qc") == 0  # one part: nothing to do

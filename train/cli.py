@@ -41,7 +41,9 @@ FLAG_SETTINGS = {  # argparse dest -> TrainConfig field
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser | None = None) -> None:
     parents = [common] if common is not None else []
-    train = subparsers.add_parser("train", parents=parents, help="train the DCAE or the DiT from a manifest")
+    # --corpus (in `common`) sits on the leaf parsers only: a parent's value would be overwritten
+    # by the leaf's default.
+    train = subparsers.add_parser("train", help="train the DCAE or the DiT from a manifest")
     kinds = train.add_subparsers(dest="train_command", required=True)
     for kind in ("dcae", "dit"):
         p = kinds.add_parser(kind, parents=parents, help=f"train the {kind.upper()}")

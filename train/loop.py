@@ -59,7 +59,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of a module's parameters and float buffers (fp32 copies).
+    """Exponential moving average of a module's parameters (fp32 copies). Buffers (the DCAE's
+    latent shift / scale) are not averaged: the EMA state takes the live model's.
 
     Works on FSDP-sharded (DTensor) parameters too: each rank averages its own shard.
     """
@@ -70,9 +71,7 @@ class EMA:
 
     @staticmethod
     def _tracked(module: nn.Module) -> dict[str, torch.Tensor]:
-        state = dict(module.named_parameters())
-        state.update({k: b for k, b in module.named_buffers() if b.is_floating_point()})
-        return state
+        return dict(module.named_parameters())
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -296,7 +295,10 @@ def _progress_bar(cfg: TrainConfig, info: dist.DistInfo, start: int):
 
 def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict[str, Any]:
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
 
         return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
@@ -304,7 +306,10 @@ def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: b
 
 def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool) -> None:
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:

@@ -15,7 +15,6 @@ from torch import nn
 
 from train.config import TrainConfig
 from train.data import (
-    LATENT_FPS,
     FeatureDataset,
     MelCropDataset,
     collate_features,
