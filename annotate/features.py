@@ -339,23 +339,27 @@ def build_text_encoder(spec: str, device: str = "cpu"):
 
 
 def load_dcae_for_features(path: str, device: str):
-    """The DCAE of a checkpoint (EMA weights when present), frozen."""
+    """The frozen DCAE of a training run / checkpoint (EMA weights when present) or of a plain
+    directory holding dcae.safetensors + dcae.json; with its id and resolved directory."""
     from model.dcae import MusicDCAE
     from model.weights import load_module
     from train.checkpoint import CheckpointError, resolve_checkpoint
 
-    try:
-        ckpt = resolve_checkpoint(path)
-    except CheckpointError as exc:
-        raise StageUnavailable(
-            f"features: no DCAE checkpoint at {path!r} ({exc}). Train one with "
-            "`songmill train dcae --manifest FILE` and set `--set features.dcae_checkpoint=RUN_DIR`."
-        ) from None
+    if os.path.exists(os.path.join(path, "dcae.safetensors")):
+        ckpt = path
+    else:
+        try:
+            ckpt = resolve_checkpoint(path)
+        except CheckpointError as exc:
+            raise StageUnavailable(
+                f"features: no DCAE checkpoint at {path!r} ({exc}). Train one with "
+                "`songmill train dcae --manifest FILE` and set `--set features.dcae_checkpoint=RUN_DIR`."
+            ) from None
     name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"
     dcae = load_module(MusicDCAE, ckpt, name, device=device)
     with open(os.path.join(ckpt, f"{name}.safetensors"), "rb") as f:
         dcae_id = hashlib.sha256(f.read()).hexdigest()[:16]
-    return dcae.eval().requires_grad_(False), dcae_id, ckpt
+    return dcae.eval().requires_grad_(False), dcae_id, os.path.abspath(ckpt)
 
 
 # -- the stage --------------------------------------------------------------------------------

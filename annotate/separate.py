@@ -94,23 +94,17 @@ def _bag_definition(name: str, model_dir: str | None) -> tuple[dict[str, Any], s
     return {"models": [name]}, None  # a single signature
 
 
-def _find_signature(sig: str, model_dir: str | None, hf_name: str | None, remote: dict[str, str]) -> tuple[Path | None, list[str]]:
-    """The weights file of one signature, or None and the places that were tried."""
-    tried = []
+def _find_signature(sig: str, model_dir: str | None, hf_name: str | None, remote: dict[str, str]) -> Path | None:
+    """The local weights file of one signature, or None."""
     if model_dir:
         folder = Path(model_dir)
         for pattern in (f"{sig}-*.th", f"{sig}.th", f"{sig}.safetensors"):
             hits = sorted(folder.glob(pattern))
             if hits:
-                return hits[0], tried
-        tried.append(str(folder / f"{sig}.th"))
-    import torch
-
-    filename = os.path.basename(remote.get(sig, f"{sig}.th"))
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / filename
+                return hits[0]
+    hub_file = _hub_checkpoint(sig, remote)
     if hub_file.is_file():
-        return hub_file, tried
-    tried.append(str(hub_file))
+        return hub_file
     if hf_name is not None:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -119,9 +113,15 @@ def _find_signature(sig: str, model_dir: str | None, hf_name: str | None, remote
         except Exception:  # no huggingface_hub, or an unreadable cache
             cached = None
         if isinstance(cached, str) and os.path.isfile(cached):
-            return Path(cached), tried
-        tried.append(f"Hugging Face cache of {_hf_repo(hf_name)}/{sig}.safetensors")
-    return None, tried
+            return Path(cached)
+    return None
+
+
+def _hub_checkpoint(sig: str, remote: dict[str, str]) -> Path:
+    """Where `demucs` caches a downloaded signature: the torch hub checkpoints folder."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(remote.get(sig, f"{sig}.th"))
 
 
 def load_demucs(name: str, model_dir: str | None = None):
@@ -146,19 +146,20 @@ def load_demucs(name: str, model_dir: str | None = None):
     bag, hf_name = _bag_definition(name, model_dir)
     remote = _remote_files()
     paths, missing = [], []
-    for sig in bag["models"]:
-        path, tried = _find_signature(str(sig), model_dir, hf_name, remote)
+    for sig in map(str, bag["models"]):
+        path = _find_signature(sig, model_dir, hf_name, remote)
         if path is None:
-            url = DEMUCS_ROOT_URL + remote[sig] if sig in remote else None
-            how = f"download {url}" if url else f"place {sig}.th"
-            missing.append(f"{sig}: {how} into {tried[0] if model_dir else tried[-2 if hf_name else -1]}")
+            filename = os.path.basename(remote.get(sig, f"{sig}.th"))
+            target = Path(model_dir) / filename if model_dir else _hub_checkpoint(sig, remote)
+            source = DEMUCS_ROOT_URL + remote[sig] if sig in remote else f"the {sig} checkpoint"
+            missing.append(f"{target} (download {source})")
         paths.append(path)
     if missing:
         raise StageUnavailable(
-            f"demucs model {name!r} weights missing (looked in {model_dir or 'no model_dir'}, the torch hub "
-            f"cache and the Hugging Face cache): " + "; ".join(missing)
-            + f". Online, `python -c \"import demucs.pretrained as p; p.get_model('{name}')\"` fetches them "
-            "into those caches; or set separate.model_dir to a folder holding the files."
+            f"demucs model {name!r}: weights file(s) missing: " + "; ".join(missing)
+            + f". Looked in {'separate.model_dir, ' if model_dir else ''}the torch hub cache and the "
+            f"Hugging Face cache. Online, `python -c \"import demucs.pretrained as p; p.get_model('{name}')\"` "
+            "fills those caches; offline, copy the files there or into a folder named by separate.model_dir."
         )
     return BagOfModels([load_file(p) for p in paths], bag.get("weights"), bag.get("segment"))
 

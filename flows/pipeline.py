@@ -69,9 +69,32 @@ def ingest_flow(corpus_root: str, sources: list[str], settings: dict[str, Any] |
     return summary
 
 
-@task(name="annotate-batch", cache_policy=NO_CACHE)
-def annotate_batch_task(corpus_root: str, plan: runner.Plan, batch: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    return runner.run_batch(Corpus(corpus_root), plan, batch)
+# A task run costs ~10-40 ms of API calls to the Prefect server; a task should carry minutes of
+# audio, while a batch (the unit of decoding and of Parquet parts) stays small for memory.
+TASK_MIN_AUDIO_S = 600.0
+TASK_MAX_TRACKS = 512
+
+
+def group_batches(batches: list[list[dict[str, Any]]]) -> list[list[list[dict[str, Any]]]]:
+    """Consecutive batches grouped so that each task holds >= TASK_MIN_AUDIO_S of audio."""
+    groups: list[list[list[dict[str, Any]]]] = []
+    audio = tracks = 0.0
+    for batch in batches:
+        if not groups or audio >= TASK_MIN_AUDIO_S or tracks + len(batch) > TASK_MAX_TRACKS:
+            groups.append([])
+            audio = tracks = 0.0
+        groups[-1].append(batch)
+        audio += sum(float(r.get("duration_s") or 0.0) for r in batch)
+        tracks += len(batch)
+    return groups
+
+
+@task(name="annotate-batches", cache_policy=NO_CACHE)
+def annotate_batches_task(corpus_root: str, plan: runner.Plan, batches: list[list[dict[str, Any]]]) -> int:
+    corpus = Corpus(corpus_root)
+    for batch in batches:
+        runner.run_batch(corpus, plan, batch)
+    return sum(len(b) for b in batches)
 
 
 @flow(name="songmill-annotate", log_prints=True)
@@ -97,9 +120,8 @@ def annotate_flow(
     progress = _Progress("annotate", plan.n_tracks, show_progress)
     done = 0
     try:
-        for batch in plan.batches:
-            annotate_batch_task(corpus.root, quote(plan), quote(batch))
-            done += len(batch)
+        for group in group_batches(plan.batches):
+            done += annotate_batches_task(corpus.root, quote(plan), quote(group))
             progress.advance(done)
     finally:
         progress.close()

@@ -167,7 +167,8 @@ class LinearDiT(nn.Module):
     ) -> DiTOutput:
         """x (B, 8, 16, F) noisy latent; timestep (B,) sigma in [0, 1]; frame_mask (B, F) True = real."""
         batch, channels, rows, frames = x.shape
-        tokens = self.patch_embed(x.permute(0, 3, 1, 2).reshape(batch, frames, channels * rows))
+        patches = x.permute(0, 3, 1, 2).reshape(batch, frames, channels * rows)
+        tokens = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
         if frame_mask is not None:
             frame_mask = frame_mask.bool()
             tokens = tokens.masked_fill(~frame_mask[..., None], 0.0)

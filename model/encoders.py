@@ -54,7 +54,10 @@ class TextEncoder:
         try:
             config = AutoConfig.from_pretrained(str(path), local_files_only=True)
             tokenizer = _load_tokenizer(path)
-        except (OSError, ValueError) as exc:
+            model = _encoder_class(config.model_type).from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, dtype=dtype
+            )
+        except OSError as exc:
             from annotate.base import StageUnavailable
 
             raise StageUnavailable(
@@ -62,10 +65,6 @@ class TextEncoder:
                 "tokenizer): run `huggingface-cli download google/umt5-base --local-dir <dir>` on "
                 "a connected machine and pass that directory"
             ) from exc
-        encoder_class = _encoder_class(config.model_type)
-        model = encoder_class.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, dtype=dtype
-        )
         return cls(model, tokenizer, max_length)
 
     @classmethod

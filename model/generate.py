@@ -59,7 +59,8 @@ def generate(
     """Returns ((2, T) float32 waveform on CPU, sample rate). Same seed -> same waveform."""
     device = next(dit.parameters()).device
     num_samples = int(round(duration_s * vocoder.sample_rate))
-    frames = mel_frames(num_samples, vocoder.hop_length)
+    # enough mel frames that the vocoder's (frames - 1) * hop samples cover the duration
+    frames = mel_frames(num_samples + vocoder.hop_length - 1, vocoder.hop_length)
     latent_frames = math.ceil(frames / dcae.factor)
     cond = build_conditions(
         text_encoder, prompt, lyrics, dit.cfg.lyrics.max_tokens, lyric_tokenizer, speaker,

@@ -61,7 +61,12 @@ def param_counts(preset_name: str) -> dict[str, Any]:
             "total": dit_total,
         },
         "text_encoder": {"frozen": True, "total": _text_encoder_params(cfg.text)},
-        "vocoder": {"kind": "hifigan", "total": _count(vocoder)},
+        # tiny decodes with Griffin-Lim (no weights); the others expect a HiFi-GAN-type vocoder
+        "vocoder": (
+            {"kind": "griffin-lim", "total": 0}
+            if preset_name == "tiny"
+            else {"kind": "hifigan", "total": _count(vocoder)}
+        ),
     }
     counts["total"] = sum(counts[p]["total"] for p in ("dcae", "dit", "text_encoder", "vocoder"))
     counts["generator_total"] = counts["dit"]["total"] + counts["text_encoder"]["total"]

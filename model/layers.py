@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -70,7 +71,13 @@ def relu_linear_attention(
     normaliser, so numerator and denominator come from one pair of matmuls; O(N d^2).
     `mask` (B, N) bool keeps padded positions (False) out of every sum.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    device_type = q.device.type
+    no_autocast = (
+        torch.autocast(device_type, enabled=False)
+        if device_type in ("cuda", "cpu", "xpu", "mps")
+        else contextlib.nullcontext()  # meta tensors (FLOP counting) have no autocast
+    )
+    with no_autocast:
         q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
         if mask is not None:
             keep = mask[:, None, :, None]

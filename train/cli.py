@@ -8,8 +8,9 @@
     songmill train tokenizer --out lyrics_bpe.json
     songmill generate --checkpoint runs/dit --prompt "funk, 104 bpm" --duration 30 --out song.wav
 
-Settings: defaults < the resumed checkpoint's settings < --config FILE ([train] table) <
-explicit flags < --set key=value. Multi-GPU: `torchrun --nproc-per-node 8 -m train dit ...`.
+Settings: defaults < the resumed checkpoint's settings < the [train] table of the settings TOML
+(--config FILE, default <corpus>/songmill.toml) with `--set train.key=value` overrides < the
+explicit flags below. Multi-GPU: `torchrun --nproc-per-node 8 -m train dit ...`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 FLAG_SETTINGS = {  # argparse dest -> TrainConfig field
     "preset": "preset",
@@ -77,7 +77,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="Parquet from `songmill manifest --out`")
     p.add_argument("--preset", choices=("tiny", "small", "base"))
-    p.add_argument("--config", help="TOML ([train] table) or JSON training settings")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -94,27 +93,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", help="DCAE phase 2: the phase-1 checkpoint to start from")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training setting")
 
 
 def build_config(args: argparse.Namespace):
-    from flows.config import _parse_value  # TOML literal parsing shared with stage settings
+    from flows.config import load_settings
     from train.checkpoint import load_checkpoint
-    from train.config import TrainConfig, load_config_file
+    from train.config import TrainConfig
 
     config = TrainConfig(kind=args.kind)
     if getattr(args, "resume", None):
         config = config.updated(load_checkpoint(args.resume, with_state=False).trainer["full_config"])
-    if getattr(args, "config", None):
-        config = config.updated(load_config_file(args.config))
+    settings = load_settings(getattr(args, "config", None), getattr(args, "corpus", None), getattr(args, "overrides", []))
+    config = config.updated(settings.get("train", {}))
     explicit = {field: getattr(args, dest) for dest, field in FLAG_SETTINGS.items() if getattr(args, dest, None) is not None}
-    overrides: dict[str, Any] = {}
-    for item in getattr(args, "set", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
-    return config.updated({**explicit, **overrides, "kind": args.kind})
+    return config.updated({**explicit, "kind": args.kind})
 
 
 def default_run_dir(args: argparse.Namespace) -> str:
@@ -195,10 +187,19 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common_parser() -> argparse.ArgumentParser:
+    """What `songmill` gives every command (flows/cli.py), for `python -m train` on its own."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--corpus", default=None, help="corpus directory (default $SONGMILL_CORPUS or ./corpus)")
+    common.add_argument("--config", default=None, help="settings TOML with a [train] table")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="train.KEY=VALUE")
+    return common
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m train dit --manifest ...` (what torchrun launches): the train sub-commands alone."""
     parser = argparse.ArgumentParser(prog="python -m train")
     sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
+    register(sub, _common_parser())
     args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
     return args.func(args)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +70,10 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out"])
+    # Module names (suffixes) to adapt: self- and cross-attention projections of every block.
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["attention.qkv", "attention.out", "cross_attention.q", "cross_attention.kv", "cross_attention.out"]
+    )
     base_checkpoint: str = ""  # DiT weights LoRA adapts
 
     # Distributed: "auto" = FSDP for the base preset, DDP otherwise.
@@ -92,6 +93,9 @@ class TrainConfig:
     # Stop this invocation after this optimizer step (0: run to max_steps), checkpointing first.
     stop_at_step: int = field(default=0, metadata=RUNTIME)
     device: str = field(default="auto", metadata=RUNTIME)
+    # Debugging / tests: each rank appends the track ids of its batches and, at the end, a digest
+    # of its weights to <run_dir>/trace-rank<r>.jsonl.
+    trace: bool = field(default=False, metadata=RUNTIME)
 
     def hashed_fields(self) -> dict[str, Any]:
         return {
@@ -136,24 +140,6 @@ class TrainConfig:
             raise TrainConfigError("batch_size, grad_accum and max_steps must be >= 1")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise TrainConfigError(f"strategy must be auto, ddp or fsdp, got {self.strategy!r}")
-
-
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Settings from TOML (a `[train]` table or top-level keys) or JSON."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise TrainConfigError(f"training config not found: {path}")
-    with open(path, "rb") as f:
-        if path.endswith(".json"):
-            data = json.load(f)
-        else:
-            try:
-                data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as exc:
-                raise TrainConfigError(f"{path}: {exc}") from None
-    if "train" in data and isinstance(data["train"], dict):
-        data = data["train"]
-    return dict(data)
 
 
 def _jsonable(value: Any) -> Any:

@@ -81,10 +81,13 @@ class EMA:
 
     def full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """Unsharded EMA weights on CPU, as a complete state dict of `module` (collective under FSDP)."""
+        # Gather every shard first (all ranks take part); under FSDP only rank 0 gets the state.
+        gathered = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in self.shadow.items()}
         state = {k: v.detach() for k, v in dist.full_state_dict(module).items()}
-        for k, v in self.shadow.items():
-            full = v.full_tensor() if hasattr(v, "full_tensor") else v
-            state[k] = full.detach().cpu().to(state[k].dtype)
+        if not state:
+            return {}
+        for k, v in gathered.items():
+            state[k] = v.to(state[k].dtype)
         return state
 
     def load_full_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -202,6 +205,8 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
             step_loss, logs = 0.0, {}
             for micro in range(cfg.grad_accum):
                 batch = next(stream)
+                if cfg.trace:
+                    _trace(run_dir, info, {"step": step, "micro": micro, "track_ids": batch["track_ids"]})
                 sync = micro == cfg.grad_accum - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
                 with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(cfg, device):
                     loss, logs = task.loss(wrapped, batch, generator, device)
@@ -248,6 +253,8 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
                 break
     if progress is not None:
         progress.close()
+    if cfg.trace:
+        _trace(run_dir, info, {"final_step": result.step, "weights_sha256": weights_digest(model)})
     if writer is not None:
         writer.close()
     dist.barrier(info)
@@ -255,6 +262,23 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
 
 
 # -- pieces of the loop -----------------------------------------------------------------------
+
+
+def weights_digest(model: nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(dist.full_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _trace(run_dir: str, info: dist.DistInfo, record: dict[str, Any]) -> None:
+    import json
+
+    with open(os.path.join(run_dir, f"trace-rank{info.rank}.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _prepare_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -373,21 +397,21 @@ def _save(task, model, ema, optimizer, scheduler, generator, position, cfg, info
 
 def _validate(task, model, ema, cfg, info, sample_dir, step, device) -> dict[str, str] | None:
     """A sample from the EMA weights (the live ones under LoRA), written by rank 0."""
-    weights = ema.full_state(model) if ema is not None else None
+    weights = ema.full_state(model) if ema is not None else None  # collective under FSDP
     if not info.is_main:
         return None
-    if weights is None:
+    # Building the copy and sampling must not move the global RNG: the run would then depend on
+    # val_every, which is not part of the run's identity.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         net = dist.unwrap(model)
-    else:
-        net = type(dist.unwrap(model))(dist.unwrap(model).cfg) if not dist.is_fsdp(model) else None
-        if net is None:  # FSDP: rebuild a plain copy from the task's config
-            net = type(model)(model.cfg)
-        net.load_state_dict(weights)
-        net.to(device)
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return task.validate(net, sample_dir, step, device) or None
-    finally:
-        net.train(was_training)
+        if weights is not None:
+            net = type(net)(net.cfg)
+            net.load_state_dict(weights)
+            net.to(device)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                return task.validate(net, sample_dir, step, device) or None
+        finally:
+            net.train(was_training)

@@ -242,7 +242,10 @@ class DCAETask:
         self.discriminator: nn.Module | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
         if cfg.dcae_phase == 2:
-            # Phase 2: the encoder (and so the latent space the DiT sees) is frozen.
+            # Phase 2 starts from the phase-1 weights; the encoder (and so the latent space the
+            # DiT sees) is frozen, the decoder learns against a discriminator.
+            if cfg.init_from:
+                self.model.load_state_dict(_phase1_weights(cfg.init_from))
             self.model.encoder.requires_grad_(False)
             self.discriminator = PatchDiscriminator(self.dcae_cfg.in_channels)
             self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
@@ -317,6 +320,17 @@ class DCAETask:
         mse = float(((recon - mel) ** 2).mean())
         text = f"reconstruction of {self.rows[0]['uri']} (first {self.cfg.val_duration_s:g} s)\nstep: {step}\nmse: {mse:.5f}"
         return write_sample(sample_dir, step, wav, self.model_preset.mel.sample_rate, both, text)
+
+
+def _phase1_weights(path: str) -> dict[str, torch.Tensor]:
+    """A DCAE checkpoint's weights, EMA when present (what phase 1 would export)."""
+    from safetensors.torch import load_file
+
+    from train.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"
+    return load_file(os.path.join(ckpt, f"{name}.safetensors"))
 
 
 def _average_gradients_across_ranks(module: nn.Module) -> None:
