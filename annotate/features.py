@@ -100,25 +100,43 @@ def is_instrumental(track: Track) -> bool:
     return bool((track.inputs.get("separation") or {}).get("is_instrumental"))
 
 
-def lyrics_text(track: Track) -> str:
-    """The matched canonical lyric if there is one, else the transcript, else "" (instrumental)."""
+def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str:
+    """The matched canonical lyric if there is one, else the transcript (unless flagged as a
+    hallucination), else "" (instrumental)."""
     if is_instrumental(track):
         return ""
     match = track.inputs.get("lyrics_matches") or {}
-    for column in ("lyrics", "lyric_text", "text"):
-        if isinstance(match.get(column), str) and match[column].strip():
-            return match[column]
+    if isinstance(match.get("lyrics"), str) and match["lyrics"].strip():  # text carried inline
+        return match["lyrics"]
+    if match.get("lyric_id") and match.get("matched") is not False and lyrics_by_id:
+        text = lyrics_by_id.get(match["lyric_id"])
+        if text:
+            return text
     transcript = track.inputs.get("transcripts") or {}
     text = transcript.get("text")
-    return text if isinstance(text, str) else ""
+    if isinstance(text, str) and not transcript.get("hallucination"):
+        return text
+    return ""
+
+
+def corpus_lyrics_by_id(corpus) -> dict[str, str]:
+    """lyric_id -> text of the corpus lyrics catalog (`songmill lyrics add`), newest row wins."""
+    if corpus is None or "lyrics" not in TABLES:
+        return {}
+    con = corpus.connect()
+    try:
+        rows = con.execute(
+            """SELECT lyric_id, arg_max(lyrics, created_at) FROM raw_lyrics
+               WHERE lyrics IS NOT NULL GROUP BY lyric_id"""
+        ).fetchall()
+    finally:
+        con.close()
+    return dict(rows)
 
 
 def vocals_uri(track: Track) -> str | None:
     row = track.inputs.get("separation") or {}
-    for column in ("vocals_url", "vocals_uri", "vocals_path"):
-        if row.get(column):
-            return row[column]
-    return None
+    return row.get("vocals_uri") or None
 
 
 # -- the shard --------------------------------------------------------------------------------
@@ -375,24 +393,22 @@ class FeaturesStage(Stage):
 
     def __init__(self, config: FeaturesConfig | None = None, corpus=None):
         super().__init__(config)
-        self.corpus = corpus  # where shards go; the runner's corpus when it hands us one
-        self.extractors = None
+        self.corpus = corpus  # where the shards go, and the lyrics catalog
+        self.extractors: FeatureExtractors | None = None
 
     def setup(self) -> None:
         cfg: FeaturesConfig = self.config
+        if self.corpus is None:
+            raise StageUnavailable("the features stage needs its corpus (stage.corpus) to write the shards")
         if not cfg.dcae_checkpoint:
             raise StageUnavailable(
                 "features: no DCAE checkpoint configured. Train one with `songmill train dcae "
                 "--manifest FILE --run-dir RUN`, then `--set features.dcae_checkpoint=RUN`."
             )
         self.extractors = FeatureExtractors.from_config(cfg)
-
-    def bind_corpus(self, corpus) -> None:
-        self.corpus = corpus
+        self.extractors.lyrics_by_id = corpus_lyrics_by_id(self.corpus)
 
     def process_track(self, track: Track) -> dict[str, Any]:
-        if self.corpus is None:
-            raise RuntimeError("features stage has no corpus to write shards to (bind_corpus)")
         if self.extractors is None:
             self.setup()
         tensors, metadata = self.extractors.track_features(track)
@@ -431,6 +447,7 @@ class FeatureExtractors:
         self.ssl: dict[str, SSLTarget] = {}
         self.speaker: SpeakerEmbedder | None = None
         self.tokenizer = None
+        self.lyrics_by_id: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: FeaturesConfig) -> FeatureExtractors:
@@ -488,7 +505,7 @@ class FeatureExtractors:
                 with torch.no_grad():
                     emb, mask = self.text_encoder([text])
                 tensors[f"text.{style}"] = emb[0][mask[0].bool()].float().cpu().half()
-        lyrics = lyrics_text(track)
+        lyrics = lyrics_text(track, self.lyrics_by_id)
         tensors["lyrics"] = torch.tensor(self.tokenizer.encode_ids(lyrics), dtype=torch.int32)
         repa_fps = {}
         duration = len(audio) / sr

@@ -202,3 +202,18 @@ def test_lr_warms_up_then_decays():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_lyric_tokenizer_is_trained_on_the_corpus_lyrics(corpus, tmp_path):
+    from data_schema.store import utcnow
+    from flows.cli import main
+    from train.lyric_tokens import LyricTokenizer
+
+    lines = ["sing the night away", "light my heart again", "dance slow tonight", "sing my heart away"]
+    corpus.write("lyrics", [{"lyric_id": f"L{i}", "lyrics": line, "created_at": utcnow()} for i, line in enumerate(lines * 5)])
+    out = str(tmp_path / "bpe.json")
+    assert main(["train", "tokenizer", "--corpus", corpus.root, "--out", out, "--vocab-size", "300"]) == 0
+    tokenizer = LyricTokenizer.load(out)
+    ids = tokenizer.encode_ids("sing my heart away")
+    assert ids[0] == 1 and ids[-1] == 2 and len(ids) < len("sing my heart away")
+    assert tokenizer.name.startswith("bpe-") and LyricTokenizer.load("").name == "bytes"

@@ -150,19 +150,23 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def corpus_lyrics(corpus) -> list[str]:
-    """Every lyric text the corpus knows: the lyrics catalog and the transcripts."""
+    """Every lyric text the corpus knows: the lyrics catalog and the (non-hallucinated) transcripts."""
+    from annotate.features import corpus_lyrics_by_id
+
+    texts = list(corpus_lyrics_by_id(corpus).values())
     con = corpus.connect()
-    texts: list[str] = []
     try:
-        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-        for view, column in (("lyrics", "lyrics"), ("transcripts", "text")):
-            if view in views:
-                columns = {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
-                if column in columns:
-                    texts += [r[0] for r in con.execute(f"SELECT {column} FROM {view} WHERE {column} IS NOT NULL").fetchall()]
+        columns = {r[0] for r in con.execute("DESCRIBE transcripts").fetchall()} if _has_view(con, "transcripts") else set()
+        if "text" in columns:
+            flag = "AND NOT coalesce(hallucination, false)" if "hallucination" in columns else ""
+            texts += [r[0] for r in con.execute(f"SELECT text FROM transcripts WHERE text IS NOT NULL {flag}").fetchall()]
     finally:
         con.close()
-    return [t for t in texts if t.strip()]
+    return [t for t in texts if t and t.strip()]
+
+
+def _has_view(con, name: str) -> bool:
+    return bool(con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = ?", [name]).fetchall())
 
 
 def run_merge_lora(args: argparse.Namespace) -> int:

@@ -185,7 +185,11 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
             opt.load_state_dict(ckpt.state[name])
         if ema is not None:
             ema.load_full_state(ckpt.weights(f"{task.name}_ema"))
-        set_rng_state(ckpt.state["rng"][info.rank], {"train": generator})
+        rngs = ckpt.state["rng"]
+        if info.rank < len(rngs):
+            set_rng_state(rngs[info.rank], {"train": generator})
+        else:  # more ranks than the run was saved with: new ranks start fresh streams
+            _log(f"checkpoint has RNG states for {len(rngs)} ranks; ranks beyond start fresh", info)
 
     order = BucketBatchOrder(task.dataset.lengths(), cfg.batch_size, cfg.bucket_s, cfg.seed, info.rank, info.world_size)
     stream = BatchStream(task.dataset, order, task.collate, cfg.num_workers, position)

@@ -47,7 +47,7 @@ def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0,
     return manifest
 
 
-def _track_inputs(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def track_inputs(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The stage inputs a manifest row carries (it is the join of every stage table)."""
     inputs: dict[str, dict[str, Any]] = {"music": row}
     if row.get("lyrics"):
@@ -75,7 +75,7 @@ def cache_features(manifest: str, corpus_root: str, out_manifest: str, **feature
     out_rows, stage_rows = [], []
     run_id, now = new_run_id(), utcnow()
     for row in rows:
-        result = stage.process([Track(row, _track_inputs(row))])[0]
+        result = stage.process([Track(row, track_inputs(row))])[0]
         if isinstance(result, BaseException):
             raise result
         stage_rows.append({**result, "track_id": row["track_id"], "stage_version": stage.version,
