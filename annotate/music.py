@@ -12,10 +12,10 @@ Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
    'degara'; its tempo preference curve peaks near 120 BPM) on that onset strength.
 4. Metrical level, the guard against half / double tempo: the tracked beats are halved when
    they alternate strong / weak (the tracker followed eighth notes: ballads, hip-hop), doubled
-   when the points halfway between them are as strong as the beats while kick and snare
-   alternate across them (a backbeat one level down: drum & bass, fast rock tracked at half
-   speed), and kept otherwise, and always kept when the track has no drums to read (piano,
-   organ, strings: the drum bands carry little of the onset strength).
+   when the points halfway between them are about as strong as the beats while kick and snare
+   alternate across them more than the strength does (a backbeat one level down: drum & bass,
+   fast rock tracked at half speed), and kept otherwise; always kept when the track has no
+   drums to read (organ, strings: the drum bands carry little of the onset strength).
 5. BPM: least-squares slope of beat times over beat index (well under 1 % error although beats
    sit on an 11.6 ms grid). Confidence: regularity of the beats times their onset salience.
 6. Time signature: per-beat accents folded by 3 and by 4 beats; "3/4" when the three-beat grouping
@@ -23,12 +23,13 @@ Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
 7. Tuning: essentia `TuningFrequency` on spectral peaks (4096-sample frames, 2.7 Hz bins),
    folded into +-50 cents of 440 Hz.
 8. Key: essentia `KeyExtractor` (spectral whitening, HPCP, profile correlation) at 11025 Hz on
-   93 ms frames, referenced to that tuning, with the 'bgate' profile (Faraldo's, built from pop
-   and electronic corpora). Chosen on evidence: on 60 Bach chorales (music21 scores rendered
-   with FluidSynth's sampled piano / organ / strings) bgate got 54-55 right against 52 (braw,
-   shaath), 50 (krumhansl), 46 (edma), 42 (temperley: 15 relative-key errors); on the synthetic
-   corpus bgate and edma were perfect and temperley made relative / neighbour errors. Referencing
-   the HPCP to the measured tuning keeps tracks tuned ~40 cents off 440 Hz on the right key.
+   93 ms frames, referenced to that tuning, with the 'bgate' profile (median per-mode profiles
+   of a Beatport subset with the four least relevant pitch classes zeroed). Chosen on evidence: on 60 Bach chorales (music21 scores rendered
+   with FluidSynth's sampled piano / organ / strings; `benchmarks/bench_dsp.py --chorales`)
+   bgate got 55 right, as many as the 44.1 kHz KeyExtractor baseline, against shaath 54,
+   braw 53, krumhansl 50, edma 45 and temperley 42 (16 relative-key errors); on the synthetic
+   corpus bgate and edma were perfect. Referencing the HPCP to the measured tuning keeps
+   tracks tuned ~40 cents off 440 Hz on the right key (16/16 against 14/16 without).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from annotate.audio import to_mono_resampled
 from annotate.base import Stage, StageConfig, Track
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -87,8 +89,8 @@ class MusicConfig(StageConfig):
     # (below `even_strength`) while kick and snare alternate across them by
     # `backbeat_contrast` more than the strength does is the beat.
     subdivision_contrast: float = 0.5
-    even_strength: float = 0.3
-    backbeat_contrast: float = 0.1
+    even_strength: float = 0.45
+    backbeat_contrast: float = 0.0
     key_profile: str = "bgate"
     # Reference the key's HPCP to the measured tuning only when it is this far from 440 Hz.
     min_tuning_cents: float = 15.0
@@ -384,26 +386,14 @@ class MusicStage(Stage):
         _essentia()
 
     def process_track(self, track: Track) -> dict[str, Any]:
-        samples, sr = track.audio()
-        if samples.shape[0] < MIN_ANALYSIS_S * sr:
+        mono, sr = track.audio(ANALYSIS_SR, mono=True)  # cached: shared with other stages
+        if mono.shape[0] < MIN_ANALYSIS_S * sr:
             raise ValueError(
-                f"too short for music analysis: {samples.shape[0] / sr:.3f} s (needs {MIN_ANALYSIS_S} s)"
+                f"too short for music analysis: {mono.shape[0] / sr:.3f} s (needs {MIN_ANALYSIS_S} s)"
             )
-        return analyse(analysis_signal(samples, sr), self.config)
+        return analyse(mono, self.config)
 
 
 def analysis_signal(samples: np.ndarray, sr: int) -> np.ndarray:
-    """Mono at ANALYSIS_SR. The down-mix adds channel columns one by one: numpy's mean over
-    axis 1 of a (frames, channels) array is ~50x slower and would cost more than the analysis."""
-    import soxr
-
-    if samples.ndim == 1:
-        mono = samples.astype(np.float32, copy=False)
-    else:
-        mono = np.zeros(samples.shape[0], np.float32)
-        for c in range(samples.shape[1]):
-            mono += samples[:, c]
-        mono /= samples.shape[1]
-    if sr == ANALYSIS_SR:
-        return mono
-    return soxr.resample(mono, sr, ANALYSIS_SR, quality="HQ").astype(np.float32, copy=False)
+    """Mono at ANALYSIS_SR."""
+    return to_mono_resampled(samples, sr, ANALYSIS_SR)
