@@ -15,11 +15,14 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from annotate.audio import decode, to_mono_resampled
+from annotate.audio import decode, resample, to_mono_resampled
+
+if TYPE_CHECKING:
+    from data_schema.store import Corpus
 
 # Config fields marked this way (dataclasses.field(metadata=RUNTIME)) do not change results
 # (batch size, device...) and so stay out of config_hash.
@@ -88,12 +91,8 @@ class Track:
             return samples, sr
         key = (sr, mono)
         if key not in self._variants:
-            if mono:
-                self._variants[key] = to_mono_resampled(samples, native_sr, sr)
-            else:
-                from annotate.audio import resample
-
-                self._variants[key] = resample(samples, native_sr, sr)
+            convert = to_mono_resampled if mono else resample
+            self._variants[key] = convert(samples, native_sr, sr)
         return self._variants[key], sr
 
     def release_audio(self) -> None:
@@ -113,8 +112,10 @@ class Stage:
     # Tracks must have a current row in each of these tables before the stage runs on them.
     requires: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: StageConfig | None = None):
+    def __init__(self, config: StageConfig | None = None, corpus: Corpus | None = None):
         self.config = config if config is not None else self.config_class()
+        # Stages that write blobs (stems, feature shards) or read catalogs (lyrics) use it.
+        self.corpus = corpus
 
     @property
     def config_hash(self) -> str:

@@ -148,11 +148,15 @@ class MinHasher:
             return phv
         # legacy: uint64 products wrap exactly as datasketch's do; the Mersenne reduction
         # x mod (2^61 - 1) = (x & p) + (x >> 61), minus p once if needed, equals numpy's `%`.
+        # In place: this scheme's matrix is uint64 and memory traffic is what costs.
         x = a[:, None] * hashes.astype(np.uint64)[None, :]
         x += b[:, None]
-        r = (x & _MERSENNE) + (x >> np.uint64(61))
-        r -= _MERSENNE * (r >= _MERSENNE)
-        return r & np.uint64(_MASK32)
+        high = x >> np.uint64(61)
+        x &= _MERSENNE
+        x += high
+        np.subtract(x, _MERSENNE, out=x, where=x >= _MERSENNE)
+        x &= np.uint64(_MASK32)
+        return x.astype(np.uint32)  # < 2^32 now: the minimum runs on half the bytes
 
     def signatures_from_hashes(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Signatures (n_docs, num_perm) from concatenated per-document shingle hashes.
@@ -177,7 +181,7 @@ class MinHasher:
             docs = nonempty[i:j]
             lo, hi = starts[docs[0]], ends[docs[-1]]
             permuted = self._permute(hashes[lo:hi])
-            out[docs] = np.minimum.reduceat(permuted, starts[docs] - lo, axis=1).T
+            out[docs] = np.minimum.reduceat(permuted, starts[docs] - lo, axis=1).T.astype(self.dtype)
             i = j
         return out
 

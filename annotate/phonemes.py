@@ -65,7 +65,7 @@ def normalise_language(language: str | None) -> str:
     code = _LANGUAGE_NAMES.get(code, code)
     if code.startswith("zh"):
         return "zh"
-    return code.split("-")[0] if code not in _ESPEAK_VOICES.values() else code
+    return code.split("-")[0]
 
 
 def strip_section_tags(text: str) -> str:

@@ -71,9 +71,9 @@ def annotate(args: argparse.Namespace, stage_names: list[str], where: str | None
     from annotate import runner
 
     stage_settings = settings(args)
-    stages = build_stages(stage_names, stage_settings)  # fail on bad settings before any work
-    batch_size = int(stage_settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
     corpus = Corpus(corpus_root(args), create=False)
+    stages = build_stages(stage_names, stage_settings, corpus)  # fail on bad settings before any work
+    batch_size = int(stage_settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
     if _use_prefect(args):
         from flows.pipeline import annotate_flow
 

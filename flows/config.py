@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from annotate.base import Stage, StageConfig
+from data_schema.store import Corpus
 
 CONFIG_FILE = "songmill.toml"
 
@@ -100,7 +101,7 @@ def _coerce(stage: str, name: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"[{stage}] {name} = {json.dumps(value, default=str)} is not a valid {hint}")
 
 
-def build_stages(names: Iterable[str], settings: dict[str, dict[str, Any]]) -> list[Stage]:
+def build_stages(names: Iterable[str], settings: dict[str, dict[str, Any]], corpus: Corpus | None = None) -> list[Stage]:
     """Stage objects, in the given order, configured from their settings tables."""
     from annotate import stage_class
 
@@ -110,5 +111,5 @@ def build_stages(names: Iterable[str], settings: dict[str, dict[str, Any]]) -> l
             cls = stage_class(name)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
-        stages.append(cls(build_config(cls.config_class, name, settings.get(name))))
+        stages.append(cls(build_config(cls.config_class, name, settings.get(name)), corpus=corpus))
     return stages

@@ -109,7 +109,7 @@ def annotate_flow(
 ) -> list[runner.RunSummary]:
     corpus = Corpus(corpus_root)
     logger = get_run_logger()
-    stages = build_stages(stage_names, settings)
+    stages = build_stages(stage_names, settings, corpus)
     plan = runner.plan(corpus, stages, where, batch_size, force=force)
     for p in plan.stages:
         logger.info("%s v%d (%s): %d tracks to process", p.stage.name, p.stage.version, p.stage.config_hash, len(p.pending))

@@ -21,6 +21,15 @@ SMALL_SSL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, int
                  conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models run faster on one thread (far faster when other jobs share the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     from transformers import (
@@ -159,14 +168,9 @@ def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, model
     run_stages(corpus, [stage])
     manifest = str(tmp_path / "manifest.parquet")
     pq.write_table(corpus.connect().sql("SELECT * FROM manifest").to_arrow_table(), manifest)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = TrainConfig(kind="dit", batch_size=2, max_steps=2, max_crop_s=1.0, repa_weight=1.0, progress=False,
-                          val_every=0, ckpt_every=0, log_every=1, warmup_steps=1)
-        result = train(cfg, manifest, str(tmp_path / "run"))
-    finally:
-        torch.set_num_threads(threads)
+    cfg = TrainConfig(kind="dit", batch_size=2, max_steps=2, max_crop_s=1.0, repa_weight=1.0, progress=False,
+                      val_every=0, ckpt_every=0, log_every=1, warmup_steps=1)
+    result = train(cfg, manifest, str(tmp_path / "run"))
     from train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(result.checkpoint)

@@ -7,7 +7,13 @@ import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 
-from annotate.minhash import MinHasher, batch_shingle_hashes, shingle_hash32, shingle_hashes, shingles
+from annotate.minhash import (
+    MinHasher,
+    batch_shingle_hashes,
+    shingle_hash32,
+    shingle_hashes,
+    shingles,
+)
 
 ALPHABET = "abdefhijklmnopstuvwzæðŋɑɔəɛɪʊʃʒθʌɾ "
 

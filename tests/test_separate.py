@@ -8,12 +8,12 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tone, write_audio
 
 from annotate.base import StageUnavailable, Track
 from annotate.runner import run_stages
 from annotate.separate import SeparateConfig, SeparateStage, load_demucs, vocal_activity
 from flows.ingest import ingest
-from conftest import tone, write_audio
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("demucs")

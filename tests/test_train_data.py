@@ -217,3 +217,10 @@ def test_lyric_tokenizer_is_trained_on_the_corpus_lyrics(corpus, tmp_path):
     ids = tokenizer.encode_ids("sing my heart away")
     assert ids[0] == 1 and ids[-1] == 2 and len(ids) < len("sing my heart away")
     assert tokenizer.name.startswith("bpe-") and LyricTokenizer.load("").name == "bytes"
+
+
+def test_loader_workers_do_not_change_the_batches():
+    order = BucketBatchOrder([5.0] * 10, batch_size=3, bucket=30.0, seed=4)
+    in_process = BatchStream(_Echo(), order, _collate, num_workers=0)
+    workers = BatchStream(_Echo(), order, _collate, num_workers=2)
+    assert [next(in_process) for _ in range(5)] == [next(workers) for _ in range(5)]

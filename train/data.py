@@ -278,7 +278,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         style = styles[int(rng.integers(0, len(styles)))] if styles else None
         item["caption"] = shard.caption(style) if style else ""
         item["text"] = shard.text_embedding(style) if style else None
-        item["lyrics"] = shard.lyric_ids()[: self.max_lyric_tokens]
+        lyrics = shard.lyric_ids()[: self.max_lyric_tokens]
+        # No lyrics: one pad id, as model.generate conditions an instrumental request.
+        item["lyrics"] = lyrics if len(lyrics) else torch.zeros(1, dtype=torch.long)
         item["speaker"] = shard.speaker()
         item["repa"] = shard.repa_targets(start / LATENT_FPS, frames / LATENT_FPS)
         return item

@@ -244,7 +244,8 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
                 if sample:
                     result.samples.append(sample)
                     if writer is not None:
-                        writer.add_text("sample/prompt", open(sample["txt"]).read(), step)
+                        with open(sample["txt"]) as f:
+                            writer.add_text("sample/prompt", f.read(), step)
 
             stop_now = dist.any_rank(stop.requested, info)
             if cfg.stop_at_step and step >= cfg.stop_at_step:

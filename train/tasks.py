@@ -316,7 +316,7 @@ class DCAETask:
             recon, _ = model(mel)
         recon = recon.clamp(-1, 1)
         wav = griffin_lim(recon.float().cpu(), self.cfg.griffin_lim_iters, self.model_preset.mel)[0]
-        both = torch.cat([mel[0].cpu(), recon[0].cpu()], dim=1)
+        both = torch.cat([mel[0].cpu(), recon[0].cpu()], dim=0)  # input channels above, reconstruction below
         mse = float(((recon - mel) ** 2).mean())
         text = f"reconstruction of {self.rows[0]['uri']} (first {self.cfg.val_duration_s:g} s)\nstep: {step}\nmse: {mse:.5f}"
         return write_sample(sample_dir, step, wav, self.model_preset.mel.sample_rate, both, text)
