@@ -3,7 +3,7 @@
 For every table `t` there is `raw_t` (every row of every part file) and `t` (what users mean):
 - stage tables: the latest result per track, by stage version then time;
 - `tracks`: one row per track_id, with `uris`, every path it was seen under;
-- `sources`: the latest sighting of each path;
+- keyed catalogs (`sources` by path, `lyrics` by lyric_id): the newest row per key;
 - `errors`: one row per distinct failure (re-runs of a retryable failure do not repeat it);
 - `manifest`: one row per track, the latest result of every stage joined on `track_id`.
 """
@@ -68,11 +68,15 @@ def create_views(con: duckdb.DuckDBPyConnection, corpus: Corpus) -> None:
                       FROM raw_{name}) WHERE _rn = 1"""
             )
 
-    con.execute(
-        """CREATE VIEW sources AS SELECT * EXCLUDE (_rn) FROM (
-             SELECT *, row_number() OVER (PARTITION BY uri ORDER BY created_at DESC) AS _rn
-             FROM raw_sources) WHERE _rn = 1"""
-    )
+    for name, spec in TABLES.items():
+        # Keyed catalogs (sources by uri, lyrics by lyric_id): the newest row per key.
+        if not spec.stage_table and spec.key and name != "tracks":
+            keys = ", ".join(_quote(k) for k in spec.key)
+            con.execute(
+                f"""CREATE VIEW {name} AS SELECT * EXCLUDE (_rn) FROM (
+                      SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) AS _rn
+                      FROM raw_{name}) WHERE _rn = 1"""
+            )
     con.execute(
         """CREATE VIEW tracks AS
            WITH t AS (

@@ -221,7 +221,6 @@ def test_stage_without_a_corpus_is_unavailable():
         LyricsStage(LyricsConfig()).setup()
 
 
-@pytest.mark.slow
 def test_sung_lyric_over_music_end_to_end(tmp_path, lyrics_corpus):
     """espeak-ng 'sings' a lyric over generated music; Whisper tiny.en transcribes the mix; the
     lyrics stage finds it among 303."""
