@@ -20,6 +20,14 @@ import soundfile as sf  # noqa: E402
 from data_schema.store import Corpus  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tests run tiny models: one thread is as fast, and far faster when cores are shared."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server (SQLite) for the whole session (~15 s to start)."""
@@ -49,3 +57,9 @@ def write_audio(path, data: np.ndarray, sr: int = 44100, **kwargs) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sf.write(path, data, sr, **kwargs)
     return path
+
+
+def rows(corpus: Corpus, sql: str) -> list[tuple]:
+    """Result rows of `sql` over the corpus views, as tuples."""
+    table = corpus.sql(sql)
+    return list(zip(*(c.to_pylist() for c in table.columns), strict=True)) if table.num_columns else []

@@ -21,14 +21,6 @@ SMALL_SSL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, int
                  conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models run faster on one thread (far faster when other jobs share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:

@@ -9,18 +9,9 @@ import fsspec
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone, write_audio
+from conftest import rows, tone, write_audio
 
 from flows.ingest import IngestConfig, discover, ingest
-
-
-def _query(corpus, sql):
-    con = corpus.connect()
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
 
 FORMATS = [
     ("a.wav", {}),
@@ -37,9 +28,9 @@ def test_every_format_becomes_a_track_with_probed_parameters(tmp_path, corpus):
         write_audio(tmp_path / "src" / name, tone(3.0, sr=sr, seed=i), sr, **kwargs)
     summary = ingest(corpus, [str(tmp_path / "src")])
     assert summary.new_tracks == len(FORMATS) and summary.errors == 0
-    rows = _query(corpus, "SELECT uri, duration_s, sample_rate, channels, codec FROM tracks ORDER BY uri")
-    assert len(rows) == len(FORMATS)
-    for uri, duration, sr, channels, codec in rows:
+    found = rows(corpus, "SELECT uri, duration_s, sample_rate, channels, codec FROM tracks ORDER BY uri")
+    assert len(found) == len(FORMATS)
+    for uri, duration, sr, channels, codec in found:
         assert channels == 2
         assert sr in (44100, 48000)
         assert duration == pytest.approx(3.0, abs=0.1), uri
@@ -86,8 +77,8 @@ def _bad_input_set(root) -> dict[str, str]:
 def test_bad_input_set_every_file_ends_as_track_or_error(tmp_path, corpus, verify):
     expected = _bad_input_set(tmp_path / "bad")
     summary = ingest(corpus, [str(tmp_path / "bad")], IngestConfig(verify=verify))
-    tracks = {os.path.basename(u): n for u, n in _query(corpus, "SELECT uri, channels FROM tracks")}
-    errors = {os.path.basename(u): (s, t, m) for u, s, t, m in _query(corpus, "SELECT uri, stage, error_type, message FROM errors")}
+    tracks = {os.path.basename(u): n for u, n in rows(corpus, "SELECT uri, channels FROM tracks")}
+    errors = {os.path.basename(u): (s, t, m) for u, s, t, m in rows(corpus, "SELECT uri, stage, error_type, message FROM errors")}
     assert set(tracks) | set(errors) == set(expected)
     assert not set(tracks) & set(errors)
     for name, outcome in expected.items():
@@ -123,8 +114,8 @@ def test_second_run_over_unchanged_source_reads_nothing(tmp_path, corpus, monkey
     write_audio(tmp_path / "src" / "t0.flac", tone(1.5, seed=42))
     third = ingest(corpus, [str(tmp_path / "src")])
     assert third.new_tracks == 1 and third.unchanged == 3
-    assert _query(corpus, "SELECT count(*) FROM tracks")[0][0] == 4
-    assert _query(corpus, "SELECT count(*) FROM sources")[0][0] == 4
+    assert rows(corpus, "SELECT count(*) FROM tracks")[0][0] == 4
+    assert rows(corpus, "SELECT count(*) FROM sources")[0][0] == 4
 
 
 def test_same_bytes_under_two_paths_is_one_track_with_both_uris(tmp_path, corpus):
@@ -134,12 +125,12 @@ def test_same_bytes_under_two_paths_is_one_track_with_both_uris(tmp_path, corpus
     b.write_bytes(open(a, "rb").read())
     summary = ingest(corpus, [str(tmp_path / "x"), str(b)])
     assert (summary.new_tracks, summary.new_uris) == (1, 1)
-    rows = _query(corpus, "SELECT track_id, uris FROM tracks")
-    assert len(rows) == 1
-    assert sorted(rows[0][1]) == sorted([a, str(b)])
+    found = rows(corpus, "SELECT track_id, uris FROM tracks")
+    assert len(found) == 1
+    assert sorted(found[0][1]) == sorted([a, str(b)])
     import hashlib
 
-    assert rows[0][0] == hashlib.sha256(open(a, "rb").read()).hexdigest()
+    assert found[0][0] == hashlib.sha256(open(a, "rb").read()).hexdigest()
 
 
 def test_fsspec_memory_source_and_globs(tmp_path, corpus):
@@ -151,7 +142,7 @@ def test_fsspec_memory_source_and_globs(tmp_path, corpus):
     fs.pipe("/bucket/set/notes.txt", b"not audio, skipped in directory walks")
     summary = ingest(corpus, ["memory://bucket/set"])
     assert summary.new_tracks == 2 and summary.errors == 0
-    uris = [r[0] for r in _query(corpus, "SELECT uri FROM tracks ORDER BY uri")]
+    uris = [r[0] for r in rows(corpus, "SELECT uri FROM tracks ORDER BY uri")]
     assert uris == [fs.unstrip_protocol(f"/bucket/set/m{i}.flac") for i in range(2)]
     assert all(uri.startswith("memory://") for uri in uris)
 
@@ -168,7 +159,7 @@ def test_decoded_track_audio_matches_what_was_written(tmp_path, corpus):
     data = tone(1.0, sr=22050, seed=3)
     path = write_audio(tmp_path / "s.flac", data, 22050, subtype="PCM_24")
     ingest(corpus, [path])
-    (row,) = corpus.connect().execute("SELECT * FROM tracks").to_arrow_table().to_pylist()
+    (row,) = corpus.sql("SELECT * FROM tracks").to_pylist()
     assert row["bit_depth"] == 24 and row["sample_rate"] == 22050
     audio, sr = Track(row).audio()
     assert sr == 22050 and audio.shape == data.shape

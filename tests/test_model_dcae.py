@@ -9,15 +9,6 @@ from model.config import DCAEConfig, MelConfig, preset
 from model.dcae import DownStep, MusicDCAE, UpStep, pad_to_multiple
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(seed: int = 0) -> MusicDCAE:
     torch.manual_seed(seed)
     return MusicDCAE(preset("tiny").dcae)

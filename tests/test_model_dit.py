@@ -13,15 +13,6 @@ from model.flow import add_noise, flow_matching_loss
 from model.layers import relu_linear_attention, relu_quadratic_attention
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_dit(seed: int = 0) -> LinearDiT:
     torch.manual_seed(seed)
     dit = LinearDiT(preset("tiny").dit)

@@ -22,15 +22,6 @@ from model.generate import generate
 from model.mel import GriffinLimVocoder
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_add_noise_interpolates_between_data_and_noise():
     x0, noise = torch.randn(3, 8, 16, 5), torch.randn(3, 8, 16, 5)
     sigma = torch.tensor([0.0, 0.25, 1.0])

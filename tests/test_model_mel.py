@@ -19,15 +19,6 @@ from model.mel import (
 from model.vocoder import HiFiGANConfig, HiFiGANGenerator, HiFiGANVocoder
 from model.weights import save_module
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 SR = 44100
 
 

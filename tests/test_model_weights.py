@@ -14,15 +14,6 @@ from model.dit import LinearDiT
 from model.weights import WeightsMismatch, load_module, save_module
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
 def test_presets_round_trip_through_json(name):
     cfg = preset(name)

@@ -16,13 +16,6 @@ from train.prepare import cache_features, synthetic_manifest
 QUIET = dict(progress=False, val_every=0, ckpt_every=0, log_every=1, batch_size=2, max_crop_s=2.0, warmup_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
