@@ -1,4 +1,4 @@
-"""The `songmill` command."""
+"""songmill: turn a raw music collection into a text-and-lyrics-to-music training corpus, and train on it."""
 
 from __future__ import annotations
 
@@ -226,17 +226,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-train", action="store_true", help="skip the tiny training run")
     p.set_defaults(func=cmd_demo)
 
-    wanted = {PLUGIN_COMMANDS[command]} if command in PLUGIN_COMMANDS else set(PLUGIN_COMMANDS.values())
-    if command is not None and command not in PLUGIN_COMMANDS and command in sub.choices:
-        wanted = set()
+    if command in PLUGIN_COMMANDS:
+        wanted = {PLUGIN_COMMANDS[command]}
+    elif command in sub.choices:
+        wanted = set()  # a core command: import no plugin
+    else:  # --help or a typo: list everything
+        wanted = set(PLUGIN_COMMANDS.values())
     for module_name in sorted(wanted):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # a half-installed checkout still gets the core commands
-            if exc.name and exc.name.split(".")[0] in ("flows", "model", "train"):
-                continue
-            raise
-        module.register(sub, common)
+        importlib.import_module(module_name).register(sub, common)
     return parser
 
 

@@ -25,7 +25,7 @@ from flows.ingest import (
     known_track_ids,
     plan_ingest,
 )
-from flows.progress import terminal_progress
+from flows.progress import TerminalProgress
 
 
 class _Progress:
@@ -34,7 +34,7 @@ class _Progress:
     def __init__(self, description: str, total: int, show: bool):
         self.total = max(total, 1)
         self.artifact_id = create_progress_artifact(progress=0.0, description=description)
-        self.bar = terminal_progress(description, total, show)
+        self.bar = TerminalProgress(description, total, show)
 
     def advance(self, done: int) -> None:
         update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * done / self.total)

@@ -29,7 +29,3 @@ class TerminalProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def terminal_progress(description: str, total: int, show: bool = True) -> TerminalProgress:
-    return TerminalProgress(description, total, show)
