@@ -147,6 +147,9 @@ class BatchStream:
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=False,
+            # forkserver, not fork: a fork of a process that already runs threads (DuckDB,
+            # Prefect, tensorboard writers) can die in the child.
+            multiprocessing_context="forkserver" if self.num_workers > 0 else None,
             # Its own generator: creating loader iterators must not draw from the global RNG
             # that dropout and the training step use.
             generator=torch.Generator().manual_seed(self.order.seed),
