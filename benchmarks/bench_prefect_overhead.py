@@ -20,7 +20,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flows.prefect_env import configure_prefect  # noqa: E402
+from flows.prefect_env import configure_prefect, foreground_run  # noqa: E402
+
+
+def _foreground(flow_fn, *args, **kwargs):
+    """As `songmill annotate` runs the flow (see flows.prefect_env.foreground_run)."""
+    with foreground_run():
+        return flow_fn(*args, **kwargs)
 
 
 def make_corpus(folder: str, n: int, seconds: float) -> None:
@@ -86,7 +92,7 @@ def main() -> None:
             for name, call in (
                 ("bare", bare_run),
                 ("runner", lambda i=i: run_stages(corpora[f"runner{i}"], [QCStage(), MusicStage()], batch_size=args.batch_size)),
-                ("prefect", lambda i=i: annotate_flow(corpora[f"prefect{i}"].root, ["qc", "music"], {}, batch_size=args.batch_size, show_progress=False)),
+                ("prefect", lambda i=i: _foreground(annotate_flow, corpora[f"prefect{i}"].root, ["qc", "music"], {}, batch_size=args.batch_size, show_progress=False)),
             ):
                 t0 = time.perf_counter()
                 call()

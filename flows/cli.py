@@ -53,8 +53,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     corpus = Corpus(corpus_root(args))
     if _use_prefect(args):
         from flows.pipeline import ingest_flow
+        from flows.prefect_env import foreground_run
 
-        summary = ingest_flow(corpus.root, args.sources, settings(args).get("ingest"), show_progress=not args.quiet)
+        with foreground_run():
+            summary = ingest_flow(corpus.root, args.sources, settings(args).get("ingest"), show_progress=not args.quiet)
     else:
         summary = ingest(corpus, args.sources, config)
     for source in summary.missing_sources:
@@ -76,8 +78,10 @@ def annotate(args: argparse.Namespace, stage_names: list[str], where: str | None
     batch_size = int(stage_settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
     if _use_prefect(args):
         from flows.pipeline import annotate_flow
+        from flows.prefect_env import foreground_run
 
-        summaries = annotate_flow(corpus.root, stage_names, stage_settings, where, batch_size, force=force, show_progress=not args.quiet)
+        with foreground_run():
+            summaries = annotate_flow(corpus.root, stage_names, stage_settings, where, batch_size, force=force, show_progress=not args.quiet)
     else:
         summaries = runner.run_stages(corpus, stages, where, batch_size=batch_size, force=force)
     for s in summaries:
