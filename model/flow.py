@@ -91,6 +91,33 @@ def _prepare(cond: Conditions, uncond: Conditions | None, guidance_scale: float)
 
 
 @torch.no_grad()
+def _integrate(
+    model: Denoiser,
+    noise: torch.Tensor,
+    cond: Conditions,
+    steps: int,
+    guidance_scale: float,
+    uncond: Conditions | None,
+    frame_mask: torch.Tensor | None,
+    shift: float,
+    heun: bool,
+) -> torch.Tensor:
+    """Integrate dx/dsigma = v from sigma 1 to 0; Heun adds a trapezoidal corrector to each Euler
+    step except the last one, to sigma 0."""
+    uncond = _prepare(cond, uncond, guidance_scale)
+    sigmas = sampling_sigmas(steps, shift).tolist()
+    x = noise
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        v = _velocity(model, x, sigma, cond, uncond, frame_mask, guidance_scale)
+        x_euler = x + (sigma_next - sigma) * v
+        if not heun or sigma_next == 0.0:
+            x = x_euler
+            continue
+        v_next = _velocity(model, x_euler, sigma_next, cond, uncond, frame_mask, guidance_scale)
+        x = x + (sigma_next - sigma) * 0.5 * (v + v_next)
+    return x
+
+
 def euler_sample(
     model: Denoiser,
     noise: torch.Tensor,
@@ -101,17 +128,10 @@ def euler_sample(
     frame_mask: torch.Tensor | None = None,
     shift: float = 3.0,
 ) -> torch.Tensor:
-    """Integrate dx/dsigma = v from sigma 1 to 0 with `steps` Euler steps; returns x0."""
-    uncond = _prepare(cond, uncond, guidance_scale)
-    sigmas = sampling_sigmas(steps, shift).tolist()
-    x = noise
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        v = _velocity(model, x, sigma, cond, uncond, frame_mask, guidance_scale)
-        x = x + (sigma_next - sigma) * v
-    return x
+    """`steps` Euler steps from sigma 1 to 0; returns x0."""
+    return _integrate(model, noise, cond, steps, guidance_scale, uncond, frame_mask, shift, heun=False)
 
 
-@torch.no_grad()
 def heun_sample(
     model: Denoiser,
     noise: torch.Tensor,
@@ -123,15 +143,4 @@ def heun_sample(
     shift: float = 3.0,
 ) -> torch.Tensor:
     """Heun's second-order method (trapezoidal corrector); the last step to sigma 0 is Euler."""
-    uncond = _prepare(cond, uncond, guidance_scale)
-    sigmas = sampling_sigmas(steps, shift).tolist()
-    x = noise
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        v = _velocity(model, x, sigma, cond, uncond, frame_mask, guidance_scale)
-        x_euler = x + (sigma_next - sigma) * v
-        if sigma_next == 0.0:
-            x = x_euler
-            continue
-        v_next = _velocity(model, x_euler, sigma_next, cond, uncond, frame_mask, guidance_scale)
-        x = x + (sigma_next - sigma) * 0.5 * (v + v_next)
-    return x
+    return _integrate(model, noise, cond, steps, guidance_scale, uncond, frame_mask, shift, heun=True)
