@@ -167,6 +167,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from data_schema.tables import TABLES
+
+    corpus = Corpus(corpus_root(args), create=False)
+    for table in _split(args.tables) or list(TABLES):
+        merged = corpus.compact(table)
+        if merged:
+            print(f"{table}: {merged} part files -> 1")
+    removed = corpus.clean_stale_temporaries()
+    if removed:
+        print(f"removed {removed} temporaries left by killed runs")
+    return 0
+
+
 def cmd_stages(args: argparse.Namespace) -> int:
     from annotate import STAGE_CLASSES
 
@@ -219,6 +233,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--source", dest="sources", action="append", default=[], help="source to ingest on each run (repeatable)")
     p.add_argument("--stages", default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("compact", parents=[common], help="merge each table's part files into one (faster queries)")
+    p.add_argument("--tables", default=None, help="comma-separated tables (default all)")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("stages", parents=[common], help="list stages with their version and config hash")
     p.set_defaults(func=cmd_stages)

@@ -21,7 +21,9 @@ def scheduled_flow(corpus_root: str, sources: list[str], stage_names: list[str],
 
 
 def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, cron: str, config: str | None, overrides: list[str]) -> int:
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:  # env var or `prefect config set PREFECT_API_URL=...`
         print(
             "error: scheduled runs need a running Prefect server. Start one with\n"
             "  prefect server start\n"

@@ -41,6 +41,7 @@ def test_ingest_and_annotate_flows_write_tables(prefect_server, tmp_path, test_s
 
 
 def test_cli_end_to_end(prefect_server, tmp_path, test_stages, capsys):
+    from data_schema.store import Corpus
     from flows.cli import main
 
     for i in range(3):
@@ -59,6 +60,16 @@ def test_cli_end_to_end(prefect_server, tmp_path, test_stages, capsys):
     out = tmp_path / "m.parquet"
     assert main(["manifest", "--out", str(out), "--corpus", corpus]) == 0
     assert "3 tracks" in capsys.readouterr().out and out.exists()
+    parts_before = len(Corpus(corpus).part_files("test_level"))
+    assert main(["compact", "--corpus", corpus, "--tables", "test_level"]) == 0
+    assert parts_before > 1 and len(Corpus(corpus).part_files("test_level")) == 1
+    assert main(["query", "SELECT count(*) AS n FROM test_level", "--corpus", corpus, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3"
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: None}):  # no server configured
+        assert main(["serve", "--cron", "0 * * * *", "--corpus", corpus]) == 2
+    assert "prefect server start" in capsys.readouterr().err
     assert main(["annotate", "--stages", "nope", "--corpus", corpus]) == 2
     assert "unknown stage" in capsys.readouterr().err
     assert main(["annotate", "--stages", "test_level", "--set", "test_level.gain=loud", "--corpus", corpus]) == 2
