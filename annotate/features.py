@@ -121,17 +121,10 @@ def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str
 
 def corpus_lyrics_by_id(corpus) -> dict[str, str]:
     """lyric_id -> text of the corpus lyrics catalog (`songmill lyrics add`), newest row wins."""
-    if corpus is None or "lyrics" not in TABLES:
+    if corpus is None:
         return {}
-    con = corpus.connect()
-    try:
-        rows = con.execute(
-            """SELECT lyric_id, arg_max(lyrics, created_at) FROM raw_lyrics
-               WHERE lyrics IS NOT NULL GROUP BY lyric_id"""
-        ).fetchall()
-    finally:
-        con.close()
-    return dict(rows)
+    rows = corpus.sql("SELECT lyric_id, lyrics FROM lyrics WHERE lyrics IS NOT NULL").to_pylist()
+    return {r["lyric_id"]: r["lyrics"] for r in rows}
 
 
 def vocals_uri(track: Track) -> str | None:

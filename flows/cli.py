@@ -49,14 +49,15 @@ def _use_prefect(args: argparse.Namespace) -> bool:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import IngestConfig, ingest
 
-    config = build_config(IngestConfig, "ingest", settings(args).get("ingest"))
+    ingest_settings = settings(args).get("ingest")
+    config = build_config(IngestConfig, "ingest", ingest_settings)  # bad settings fail before any work
     corpus = Corpus(corpus_root(args))
     if _use_prefect(args):
         from flows.pipeline import ingest_flow
         from flows.prefect_env import foreground_run
 
         with foreground_run():
-            summary = ingest_flow(corpus.root, args.sources, settings(args).get("ingest"), show_progress=not args.quiet)
+            summary = ingest_flow(corpus.root, args.sources, ingest_settings, show_progress=not args.quiet)
     else:
         summary = ingest(corpus, args.sources, config)
     for source in summary.missing_sources:

@@ -154,19 +154,9 @@ def corpus_lyrics(corpus) -> list[str]:
     from annotate.features import corpus_lyrics_by_id
 
     texts = list(corpus_lyrics_by_id(corpus).values())
-    con = corpus.connect()
-    try:
-        columns = {r[0] for r in con.execute("DESCRIBE transcripts").fetchall()} if _has_view(con, "transcripts") else set()
-        if "text" in columns:
-            flag = "AND NOT coalesce(hallucination, false)" if "hallucination" in columns else ""
-            texts += [r[0] for r in con.execute(f"SELECT text FROM transcripts WHERE text IS NOT NULL {flag}").fetchall()]
-    finally:
-        con.close()
+    transcripts = corpus.sql("SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)")
+    texts += transcripts.column("text").to_pylist()
     return [t for t in texts if t and t.strip()]
-
-
-def _has_view(con, name: str) -> bool:
-    return bool(con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = ?", [name]).fetchall())
 
 
 def run_merge_lora(args: argparse.Namespace) -> int:
