@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import importlib
 
-from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
 
 # name -> "module:Class". Modules are imported on demand so that `songmill query` never pays for
 # torch / whisper imports; stage modules import heavy libraries inside `setup`, not at top level.
 STAGE_CLASSES: dict[str, str] = {
-    "qc": "annotate.qc:QCStage",
-    "music": "annotate.music:MusicStage",
-    "separate": "annotate.separate:SeparateStage",
-    "transcribe": "annotate.transcribe:TranscribeStage",
-    "lyrics": "annotate.lyrics:LyricsStage",
-    "features": "annotate.features:FeaturesStage",
+    "qc": "songmill.annotate.qc:QCStage",
+    "music": "songmill.annotate.music:MusicStage",
+    "separate": "songmill.annotate.separate:SeparateStage",
+    "transcribe": "songmill.annotate.transcribe:TranscribeStage",
+    "lyrics": "songmill.annotate.lyrics:LyricsStage",
+    "features": "songmill.annotate.features:FeaturesStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-
-from annotate.audio import decode, resample, to_mono_resampled
+from songmill.annotate.audio import decode, resample, to_mono_resampled
 
 if TYPE_CHECKING:
-    from data_schema.store import Corpus
+    from songmill.data_schema.store import Corpus
 
 # Config fields marked this way (dataclasses.field(metadata=RUNTIME)) do not change results
 # (batch size, device...) and so stay out of config_hash.

@@ -1,36 +1,23 @@
 """features: everything the DiT trainer needs from frozen models, computed once per track.
 
-Per track, one float16 safetensors shard, stored under its own sha256
-(`features/<aa>/<sha256>.safetensors`, so identical content is stored once and a shard never
-changes under a reader), holding:
-
-    latent            (8, 16, F)   DCAE latent of the whole track (mel at 86.13 fps, /8 in time)
-    text.<style>      (L, D)       text-encoder states of each caption style (valid tokens only)
-    lyrics            (N,)         lyric token ids (int32)
-    repa.mert         (T75, 1024)  MERT-v1 hidden states, 24 kHz input, 75 frames / s
-    repa.mhubert      (T50, 768)   mHuBERT-147 hidden states, 16 kHz input, 50 frames / s
-    speaker           (512,)       x-vector of the vocals (zeros for instrumentals)
-
-and metadata (captions per style, REPA frame rates, which models made it). The `features` table
-row points at the shard. Training then never runs the DCAE encoder, the text encoder or the SSL
-models: see benchmarks/bench_train.py for what that saves.
+One float16 safetensors shard per track (layout in data_schema/shards.py: DCAE latent, text
+states per caption style, lyric ids, REPA targets, speaker vector), and a `features` row pointing
+at it. Training then never runs the DCAE encoder, the text encoder or the SSL models: see
+benchmarks/bench_train.py for what that saves.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from songmill.data_schema.shards import shard_bytes, shard_relpath
+from songmill.data_schema.tables import TABLES
 
-from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
-from data_schema.tables import TABLES
-
-SHARD_FORMAT = "songmill-features/1"
 LATENT_FPS = 44100 / 512 / 8
 NONE = "none"  # a model setting of "none" leaves that feature out
 # Tables whose current rows give captions, lyrics and the instrumental flag, when they exist.
@@ -130,113 +117,6 @@ def corpus_lyrics_by_id(corpus) -> dict[str, str]:
 def vocals_uri(track: Track) -> str | None:
     row = track.inputs.get("separation") or {}
     return row.get("vocals_uri") or None
-
-
-# -- the shard --------------------------------------------------------------------------------
-
-
-def shard_bytes(tensors: dict[str, Any], metadata: dict[str, Any]) -> bytes:
-    from safetensors.torch import save
-
-    meta = {"format": SHARD_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
-
-
-def shard_relpath(sha256: str) -> str:
-    return f"features/{sha256[:2]}/{sha256}.safetensors"
-
-
-class FeatureShard:
-    """Read access to one track's shard; local files are memory-mapped and sliced lazily."""
-
-    def __init__(self, get, keys: set[str], metadata: dict[str, str]):
-        self._get = get  # (key, start, stop) -> tensor rows [start, stop) along axis 0 / last
-        self.keys = keys
-        if metadata.get("format") != SHARD_FORMAT:
-            raise ValueError(f"not a songmill features shard (format {metadata.get('format')!r})")
-        self.meta = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
-
-    @classmethod
-    def open(cls, url: str) -> FeatureShard:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
-            from safetensors import safe_open
-
-            handle = safe_open(path, framework="pt")
-
-            def get(key, start=None, stop=None, axis=0):
-                if start is None:
-                    return handle.get_tensor(key)
-                sl = handle.get_slice(key)
-                index = (slice(None),) * axis + (slice(start, stop),)
-                return sl[index]
-
-            return cls(get, set(handle.keys()), handle.metadata() or {})
-        from safetensors.torch import load
-
-        with fs.open(path, "rb") as f:
-            blob = f.read()
-        tensors = load(blob)
-        metadata = _safetensors_metadata(blob)
-
-        def get_loaded(key, start=None, stop=None, axis=0):
-            t = tensors[key]
-            return t if start is None else t.narrow(axis, start, min(stop, t.shape[axis]) - start)
-
-        return cls(get_loaded, set(tensors), metadata)
-
-    @property
-    def latent_frames(self) -> int:
-        return int(self.meta["latent_frames"])
-
-    @property
-    def text_styles(self) -> list[str]:
-        return sorted(k.removeprefix("text.") for k in self.keys if k.startswith("text."))
-
-    def latent(self, start: int = 0, frames: int | None = None):
-        frames = self.latent_frames - start if frames is None else frames
-        return self._get("latent", start, start + frames, 2).float()
-
-    def caption(self, style: str) -> str:
-        return self.meta.get("captions", {}).get(style, "")
-
-    def text_embedding(self, style: str):
-        return self._get(f"text.{style}").float()
-
-    def lyric_ids(self):
-        import torch
-
-        return self._get("lyrics").long() if "lyrics" in self.keys else torch.zeros(0, dtype=torch.long)
-
-    def speaker(self):
-        import torch
-
-        if "speaker" in self.keys:
-            return self._get("speaker").float()
-        return torch.zeros(int(self.meta.get("speaker_dim", 512)))
-
-    def repa_targets(self, start_s: float = 0.0, length_s: float | None = None) -> dict[str, Any]:
-        """name -> (T, D) target frames covering [start_s, start_s + length_s)."""
-        out = {}
-        for name, fps in self.meta.get("repa_fps", {}).items():
-            key = f"repa.{name}"
-            if key not in self.keys:
-                continue
-            if length_s is None:
-                out[name] = self._get(key).float()
-                continue
-            first = int(math.floor(start_s * fps))
-            count = max(1, int(round(length_s * fps)))
-            out[name] = self._get(key, first, first + count).float()
-        return out
-
-
-def _safetensors_metadata(blob: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + header_len])
-    return header.get("__metadata__", {})
 
 
 # -- model loading --------------------------------------------------------------------------------
@@ -342,7 +222,7 @@ class SpeakerEmbedder:
 
 def build_text_encoder(spec: str, device: str = "cpu"):
     """The frozen text encoder named by a features / checkpoint setting."""
-    from model.encoders import TextEncoder
+    from songmill.model.encoders import TextEncoder
 
     if spec == "tiny-random":
         return TextEncoder.tiny_random().to(device)
@@ -352,9 +232,8 @@ def build_text_encoder(spec: str, device: str = "cpu"):
 def load_dcae_for_features(path: str, device: str):
     """The frozen DCAE of a training run / checkpoint (EMA weights when present) or of a plain
     directory holding dcae.safetensors + dcae.json; with its id and resolved directory."""
-    from model.dcae import MusicDCAE
-    from model.weights import load_module
-    from train.checkpoint import CheckpointError, resolve_checkpoint
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import CheckpointError, load_module, resolve_checkpoint
 
     if os.path.exists(os.path.join(path, "dcae.safetensors")):
         ckpt = path
@@ -445,9 +324,8 @@ class FeatureExtractors:
     @classmethod
     def from_config(cls, cfg: FeaturesConfig) -> FeatureExtractors:
         import torch
-
-        from model.mel import MelSpectrogram
-        from train.lyric_tokens import LyricTokenizer
+        from songmill.model.lyric_tokens import LyricTokenizer
+        from songmill.model.mel import MelSpectrogram
 
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ext = cls(cfg, device)

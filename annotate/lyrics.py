@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-
-from annotate.base import Stage, StageConfig, StageUnavailable, Track
-from annotate.lyrics_db import LyricsDB, LyricsIndex, LyricsIndexParams
-from annotate.minhash import DEFAULT_NUM_PERM, DEFAULT_SCHEME, DEFAULT_SEED, shingles
-from annotate.phonemes import normalise_language, phoneme_key, to_ipa_batch
+from songmill.annotate.base import Stage, StageConfig, StageUnavailable, Track
+from songmill.annotate.lyrics_db import LyricsDB, LyricsIndex, LyricsIndexParams
+from songmill.annotate.minhash import DEFAULT_NUM_PERM, DEFAULT_SCHEME, DEFAULT_SEED, shingles
+from songmill.annotate.phonemes import normalise_language, phoneme_key, to_ipa_batch
 
 _DEFAULTS = LyricsIndexParams()
 

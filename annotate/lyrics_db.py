@@ -28,11 +28,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from annotate.minhash import DEFAULT_NUM_PERM, DEFAULT_SCHEME, DEFAULT_SEED, MinHasher
-from annotate.phonemes import PHONEMES_VERSION, normalise_language, phoneme_key, to_ipa_batch
-from data_schema.store import Corpus, new_run_id, utcnow
-from data_schema.vocals import LATEST_LYRICS_SQL
+from songmill.annotate.minhash import DEFAULT_NUM_PERM, DEFAULT_SCHEME, DEFAULT_SEED, MinHasher
+from songmill.annotate.phonemes import (
+    PHONEMES_VERSION,
+    normalise_language,
+    phoneme_key,
+    to_ipa_batch,
+)
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
+from songmill.data_schema.vocals import LATEST_LYRICS_SQL
 
 INDEX_DIR = "indexes"
 INDEX_FORMAT = 2  # bump when LyricsIndex's pickled shape changes: a new snapshot name, rebuilt

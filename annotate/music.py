@@ -38,9 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from annotate.audio import to_mono_resampled
-from annotate.base import Stage, StageConfig, Track
+from songmill.annotate.audio import to_mono_resampled
+from songmill.annotate.base import Stage, StageConfig, Track
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _FLATS = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "Cb": "B", "Fb": "E",

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from annotate.base import Stage, StageConfig, Track
+from songmill.annotate.base import Stage, StageConfig, Track
 
 # dB values of digital silence are reported as this floor rather than -inf (keeps SQL simple).
 DB_FLOOR = -120.0

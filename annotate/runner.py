@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from annotate.base import Stage, StageUnavailable, Track
-from data_schema.store import Corpus, new_run_id, utcnow
+from songmill.annotate.base import Stage, StageUnavailable, Track
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
+from songmill.model.weights import WeightsMissing
 
 DEFAULT_BATCH_SIZE = 16
 MAX_MESSAGE_CHARS = 2000
@@ -129,7 +130,7 @@ def setup_stages(plan: Plan) -> None:
             continue
         try:
             progress.stage.setup()
-        except StageUnavailable as exc:
+        except (StageUnavailable, WeightsMissing) as exc:
             progress.unavailable = str(exc)
 
 

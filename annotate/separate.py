@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
-from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
 
 DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
 HF_NAMESPACE = "adefossez"

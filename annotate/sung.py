@@ -13,8 +13,7 @@ import ctypes.util
 import threading
 
 import numpy as np
-
-from annotate.audio import resample
+from songmill.annotate.audio import resample
 
 # Everyday song words: lyrics drawn from these share a vocabulary, like real lyrics do, so
 # matching has to rely on what is said in which order.

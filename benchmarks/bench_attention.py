@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from model.layers import relu_linear_attention  # noqa: E402
+from songmill.model.layers import relu_linear_attention  # noqa: E402
 
 FRAMES = (512, 1024, 2048, 2584, 4096, 8192, 16384)
 

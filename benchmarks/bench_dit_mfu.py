@@ -20,12 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from songmill.model.conditions import Conditions  # noqa: E402
+from songmill.model.config import preset  # noqa: E402
+from songmill.model.dit import LinearDiT  # noqa: E402
+from songmill.model.flow import flow_matching_loss  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from model.conditions import Conditions  # noqa: E402
-from model.config import preset  # noqa: E402
-from model.dit import LinearDiT  # noqa: E402
-from model.flow import flow_matching_loss  # noqa: E402
 
 # dense bf16 tensor-core peak (no sparsity), FLOP/s
 DATASHEET_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}

@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from annotate.base import Track  # noqa: E402
-from annotate.music import PITCH_CLASSES, MusicStage, sharp_name  # noqa: E402
-from annotate.qc import QCStage  # noqa: E402
-from annotate.synth import DEMO_FORMATS, STYLES, render_track, write_track  # noqa: E402
+from songmill.annotate.base import Track  # noqa: E402
+from songmill.annotate.music import PITCH_CLASSES, MusicStage, sharp_name  # noqa: E402
+from songmill.annotate.qc import QCStage  # noqa: E402
+from songmill.annotate.synth import DEMO_FORMATS, STYLES, render_track, write_track  # noqa: E402
 
 TEMPO_RANGES = {
     "pop": (85, 135),

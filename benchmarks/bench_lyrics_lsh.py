@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
-from annotate.lyrics_db import PHONEMES_VERSION, LyricsDB, LyricsIndexParams  # noqa: E402
-from annotate.phonemes import phoneme_key, to_ipa_batch  # noqa: E402
-from annotate.sung import WORDS, generate_lyrics  # noqa: E402
-from data_schema.store import Corpus, utcnow  # noqa: E402
+from songmill.annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
+from songmill.annotate.lyrics_db import PHONEMES_VERSION, LyricsDB, LyricsIndexParams  # noqa: E402
+from songmill.annotate.phonemes import phoneme_key, to_ipa_batch  # noqa: E402
+from songmill.annotate.sung import WORDS, generate_lyrics  # noqa: E402
+from songmill.data_schema.store import Corpus, utcnow  # noqa: E402
 
 
 def garble(text: str, rng: np.random.Generator, error_rate: float = 0.2) -> str:
@@ -115,7 +115,7 @@ def main() -> None:
 
     # The whole stage per batch of 16 tracks: espeak-ng on the transcripts, signatures, LSH,
     # one DuckDB read of the shortlisted lyrics, exact re-score.
-    from annotate.base import Track
+    from songmill.annotate.base import Track
 
     stage = LyricsStage(LyricsConfig(lsh_threshold=params.lsh_threshold), corpus=corpus)
     stage.setup()

@@ -26,14 +26,14 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from annotate.base import StageUnavailable, Track  # noqa: E402
-from annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
-from annotate.lyrics_db import LyricsDB  # noqa: E402
-from annotate.separate import SeparateConfig, SeparateStage  # noqa: E402
-from annotate.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
-from annotate.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
-from annotate.transcribe import TranscribeConfig, TranscribeStage  # noqa: E402
-from data_schema.store import Corpus  # noqa: E402
+from songmill.annotate.base import StageUnavailable, Track  # noqa: E402
+from songmill.annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
+from songmill.annotate.lyrics_db import LyricsDB  # noqa: E402
+from songmill.annotate.separate import SeparateConfig, SeparateStage  # noqa: E402
+from songmill.annotate.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
+from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
+from songmill.annotate.transcribe import TranscribeConfig, TranscribeStage  # noqa: E402
+from songmill.data_schema.store import Corpus  # noqa: E402
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flows.prefect_env import configure_prefect, foreground_run  # noqa: E402
+from songmill.flows.prefect_env import configure_prefect, foreground_run  # noqa: E402
 
 
 def _foreground(flow_fn, *args, **kwargs):
@@ -31,8 +31,7 @@ def _foreground(flow_fn, *args, **kwargs):
 
 def make_corpus(folder: str, n: int, seconds: float) -> None:
     import numpy as np
-
-    from annotate.synth import render_track, write_track
+    from songmill.annotate.synth import render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     base = render_track(120.0, "A", "minor", seconds * 4, seed=1)
@@ -55,13 +54,13 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="songmill-bench-prefect-")
     os.environ["PREFECT_HOME"] = os.path.join(work, "prefect")
     configure_prefect()
-    from annotate.base import Track
-    from annotate.music import MusicStage
-    from annotate.qc import QCStage
-    from annotate.runner import run_stages
-    from data_schema.store import Corpus
-    from flows.ingest import ingest
-    from flows.pipeline import annotate_flow
+    from songmill.annotate.base import Track
+    from songmill.annotate.music import MusicStage
+    from songmill.annotate.qc import QCStage
+    from songmill.annotate.runner import run_stages
+    from songmill.data_schema.store import Corpus
+    from songmill.flows.ingest import ingest
+    from songmill.flows.pipeline import annotate_flow
 
     try:
         audio = os.path.join(work, "audio")

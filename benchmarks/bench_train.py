@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from annotate.base import Track  # noqa: E402
+from songmill.annotate.base import Track  # noqa: E402
 
 MERT_330M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                  conv_dim=(512,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)
@@ -40,12 +40,11 @@ MHUBERT_147 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12
 def prepare(folder: str, preset_name: str, tracks: int, seconds: float) -> dict[str, str]:
     """Audio, frozen models (random, real sizes) and the features cache, once for both modes."""
     import torch
+    from songmill.model.config import preset
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import save_module
+    from songmill.train.prepare import cache_features, synthetic_manifest
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-
-    from model.config import preset
-    from model.dcae import MusicDCAE
-    from model.weights import save_module
-    from train.prepare import cache_features, synthetic_manifest
 
     torch.manual_seed(0)
     paths = {"mert": os.path.join(folder, "mert"), "mhubert": os.path.join(folder, "mhubert"),
@@ -73,9 +72,9 @@ def features_settings(paths: dict[str, str], preset_name: str) -> dict[str, str]
 
 def _install_bench_text_encoder() -> None:
     """`bench-umt5-base`: a randomly initialised encoder with umT5-base's shape."""
-    import annotate.features as features
-    from model.config import TextEncoderConfig
-    from model.encoders import TextEncoder
+    import songmill.annotate.features as features
+    from songmill.model.config import TextEncoderConfig
+    from songmill.model.encoders import TextEncoder
 
     original = features.build_text_encoder
 
@@ -92,10 +91,9 @@ def _install_bench_text_encoder() -> None:
 
 def worker(args: argparse.Namespace) -> dict[str, float]:
     import torch
-
-    from annotate.features import FeatureExtractors, FeaturesConfig
-    from train.config import TrainConfig
-    from train.data import (
+    from songmill.annotate.features import FeatureExtractors, FeaturesConfig
+    from songmill.train.config import TrainConfig
+    from songmill.train.data import (
         LATENT_FPS,
         BatchStream,
         BucketBatchOrder,
@@ -104,8 +102,8 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         load_crop,
         sample_rng,
     )
-    from train.prepare import track_inputs
-    from train.tasks import DiTTask
+    from songmill.train.prepare import track_inputs
+    from songmill.train.tasks import DiTTask
 
     _install_bench_text_encoder()
     with open(args.paths) as f:
@@ -116,7 +114,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     task = DiTTask(cfg, paths["features"])
     model = task.model
     if args.lora_rank:
-        from train.lora import add_lora
+        from songmill.train.lora import add_lora
 
         model = add_lora(model, args.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     model.to(device).train()

@@ -1,11 +1,17 @@
 """What the data is: table schemas, the corpus store and its DuckDB views."""
 
-from data_schema.store import Corpus, CorpusError, default_corpus_root, new_run_id, utcnow
-from data_schema.tables import SCHEMA_VERSION, TABLES, TableSpec, register_table, table_spec
-from data_schema.views import register_manifest_join
+from songmill.data_schema.store import Corpus, CorpusError, default_corpus_root, new_run_id, utcnow
+from songmill.data_schema.tables import (
+    SCHEMA_VERSION,
+    TABLES,
+    TableSpec,
+    register_table,
+    table_spec,
+)
+from songmill.data_schema.views import register_manifest_join
 
 # Tables of later stages live in their own modules; importing them registers them.
-from data_schema import features, vocals  # noqa: E402,F401  isort: skip
+from songmill.data_schema import features, vocals  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "SCHEMA_VERSION",

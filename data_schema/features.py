@@ -5,8 +5,7 @@ what it holds. The shard layout is documented in annotate/features.py.
 """
 
 import pyarrow as pa
-
-from data_schema.tables import register_table
+from songmill.data_schema.tables import register_table
 
 FEATURES = register_table(
     "features",

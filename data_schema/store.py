@@ -21,8 +21,7 @@ import duckdb
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, table_spec
+from songmill.data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, table_spec
 
 CORPUS_FILE = "songmill.json"
 PART_GLOB = "part-*.parquet"
@@ -196,7 +195,7 @@ class Corpus:
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with a view per table and the joined `manifest`."""
-        from data_schema.views import create_views
+        from songmill.data_schema.views import create_views
 
         con = duckdb.connect(":memory:")
         if not self.is_local:

@@ -11,15 +11,19 @@ For every table `t` there is `raw_t` (every row of every part file) and `t` (wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
+from songmill.data_schema.tables import STAGE_KEY_FIELDS, TABLES
 
-from data_schema.tables import STAGE_KEY_FIELDS, TABLES
 
-if TYPE_CHECKING:
-    from data_schema.store import Corpus
+class PartFiles(Protocol):
+    """What the views need of a corpus (data_schema.store.Corpus): where each table's parts are."""
+
+    def part_files(self, table: str) -> list[str]: ...
+
+    def part_glob_url(self, table: str) -> str: ...
 
 STAGE_KEY_COLUMNS = [f.name for f in STAGE_KEY_FIELDS]
 
@@ -50,7 +54,7 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def create_views(con: duckdb.DuckDBPyConnection, corpus: Corpus) -> None:
+def create_views(con: duckdb.DuckDBPyConnection, corpus: PartFiles) -> None:
     for name, spec in TABLES.items():
         if corpus.part_files(name):
             source = f"read_parquet({_literal(corpus.part_glob_url(name))}, union_by_name = true)"

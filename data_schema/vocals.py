@@ -8,9 +8,8 @@ than every column: segment lists and candidate lists stay in their tables.
 from __future__ import annotations
 
 import pyarrow as pa
-
-from data_schema.tables import register_table
-from data_schema.views import MANIFEST_EXCLUDED_TABLES, register_manifest_join
+from songmill.data_schema.tables import register_table
+from songmill.data_schema.views import MANIFEST_EXCLUDED_TABLES, register_manifest_join
 
 SEPARATION = register_table(
     "separation",

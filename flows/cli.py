@@ -8,12 +8,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from data_schema.store import Corpus, CorpusError, default_corpus_root
-from flows.config import ConfigError, build_config, build_stages, load_settings
+from songmill.data_schema.store import Corpus, CorpusError, default_corpus_root
+from songmill.flows.config import ConfigError, build_config, build_stages, load_settings
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
-PLUGIN_COMMANDS = {"lyrics": "flows.lyrics", "model": "model.cli", "train": "train.cli", "generate": "train.cli"}
+PLUGIN_COMMANDS = {"lyrics": "songmill.flows.lyrics", "model": "songmill.flows.model_commands", "train": "songmill.flows.train_commands", "generate": "songmill.flows.train_commands"}
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _split(text: str | None) -> list[str]:
 
 def _use_prefect(args: argparse.Namespace) -> bool:
     if args.engine == "prefect":
-        from flows.prefect_env import configure_prefect
+        from songmill.flows.prefect_env import configure_prefect
 
         configure_prefect(corpus_root(args))
         return True
@@ -47,14 +47,14 @@ def _use_prefect(args: argparse.Namespace) -> bool:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import IngestConfig, ingest
+    from songmill.flows.ingest import IngestConfig, ingest
 
     ingest_settings = settings(args).get("ingest")
     config = build_config(IngestConfig, "ingest", ingest_settings)  # bad settings fail before any work
     corpus = Corpus(corpus_root(args))
     if _use_prefect(args):
-        from flows.pipeline import ingest_flow
-        from flows.prefect_env import foreground_run
+        from songmill.flows.pipeline import ingest_flow
+        from songmill.flows.prefect_env import foreground_run
 
         with foreground_run():
             summary = ingest_flow(corpus.root, args.sources, ingest_settings, show_progress=not args.quiet)
@@ -71,15 +71,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def annotate(args: argparse.Namespace, stage_names: list[str], where: str | None, force: bool = False) -> int:
-    from annotate import runner
+    from songmill.annotate import runner
 
     stage_settings = settings(args)
     corpus = Corpus(corpus_root(args), create=False)
     stages = build_stages(stage_names, stage_settings, corpus)  # fail on bad settings before any work
     batch_size = int(stage_settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
     if _use_prefect(args):
-        from flows.pipeline import annotate_flow
-        from flows.prefect_env import foreground_run
+        from songmill.flows.pipeline import annotate_flow
+        from songmill.flows.prefect_env import foreground_run
 
         with foreground_run():
             summaries = annotate_flow(corpus.root, stage_names, stage_settings, where, batch_size, force=force, show_progress=not args.quiet)
@@ -93,7 +93,7 @@ def annotate(args: argparse.Namespace, stage_names: list[str], where: str | None
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from annotate import DEFAULT_STAGES
+    from songmill.annotate import DEFAULT_STAGES
 
     return annotate(args, _split(args.stages) or list(DEFAULT_STAGES), args.where)
 
@@ -103,7 +103,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from flows.query import QueryRefused, run_query
+    from songmill.flows.query import QueryRefused, run_query
 
     try:
         table = run_query(Corpus(corpus_root(args), create=False), args.sql)
@@ -146,7 +146,7 @@ def _cell(value) -> str:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from flows.query import export_manifest
+    from songmill.flows.query import export_manifest
 
     n = export_manifest(Corpus(corpus_root(args), create=False), args.out, args.where)
     print(f"manifest: {n} tracks -> {args.out}")
@@ -154,22 +154,22 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.prefect_env import configure_prefect
+    from songmill.flows.prefect_env import configure_prefect
 
     configure_prefect(corpus_root(args))
-    from flows.schedule import serve
+    from songmill.flows.schedule import serve
 
     return serve(corpus_root(args), args.sources, _split(args.stages) or None, args.cron, args.config, args.overrides)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from songmill.flows.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from data_schema.tables import TABLES
+    from songmill.data_schema.tables import TABLES
 
     corpus = Corpus(corpus_root(args), create=False)
     for table in _split(args.tables) or list(TABLES):
@@ -183,7 +183,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from annotate import STAGE_CLASSES
+    from songmill.annotate import STAGE_CLASSES
 
     stage_settings = settings(args)
     for name in STAGE_CLASSES:

@@ -17,8 +17,8 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-from annotate.base import Stage, StageConfig
-from data_schema.store import Corpus
+from songmill.annotate.base import Stage, StageConfig
+from songmill.data_schema.store import Corpus
 
 CONFIG_FILE = "songmill.toml"
 
@@ -103,7 +103,7 @@ def _coerce(stage: str, name: str, value: Any, hint: Any) -> Any:
 
 def build_stages(names: Iterable[str], settings: dict[str, dict[str, Any]], corpus: Corpus | None = None) -> list[Stage]:
     """Stage objects, in the given order, configured from their settings tables."""
-    from annotate import stage_class
+    from songmill.annotate import stage_class
 
     stages = []
     for name in names:

@@ -14,14 +14,13 @@ import shutil
 import time
 
 import pyarrow as pa
-
-from data_schema.store import Corpus
-from flows.cli import annotate, corpus_root, print_table
+from songmill.data_schema.store import Corpus
+from songmill.flows.cli import annotate, corpus_root, print_table
 
 
 def make_demo_audio(folder: str, n_tracks: int, seed: int = 0) -> list[dict]:
     """Write the demo tracks and two broken files; returns the truth of the good tracks."""
-    from annotate.synth import demo_track_specs, render_track, write_track
+    from songmill.annotate.synth import demo_track_specs, render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     specs = demo_track_specs(n_tracks, seed)
@@ -79,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     truth = make_demo_audio(audio_dir, args.tracks)
 
     print("2/5 ingest")
-    from flows.cli import cmd_ingest
+    from songmill.flows.cli import cmd_ingest
 
     ingest_args = argparse.Namespace(**vars(args), sources=[audio_dir], engine="prefect", quiet=False)
     cmd_ingest(ingest_args)
@@ -95,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print_table(score["errors"])
 
     print("4/5 manifest")
-    from flows.query import export_manifest
+    from songmill.flows.query import export_manifest
 
     manifest = os.path.join(out, "manifest.parquet")
     n = export_manifest(corpus, manifest, where="qc_pass")
@@ -104,7 +103,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_train:
         print(f"5/5 training the tiny DCAE and DiT for {args.train_steps} steps on CPU")
         try:
-            from train.demo import train_demo
+            from songmill.train.demo import train_demo
         except ImportError as exc:
             print(f"  training skipped: {exc}")
         else:

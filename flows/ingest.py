@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-
-from annotate.audio import DecodeError, decode_with_info, probe
-from annotate.base import RUNTIME, StageConfig
-from data_schema.store import Corpus, new_run_id, utcnow
+from songmill.annotate.audio import DecodeError, decode_with_info, probe
+from songmill.annotate.base import RUNTIME, StageConfig
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
 AUDIO_EXTENSIONS = (
     ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_schema.store import Corpus
+from songmill.data_schema.store import Corpus
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,10 +25,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _database(args: argparse.Namespace, create: bool):
-    from annotate.lyrics import LyricsConfig
-    from annotate.lyrics_db import LyricsDB
-    from flows.cli import corpus_root, settings
-    from flows.config import build_config
+    from songmill.annotate.lyrics import LyricsConfig
+    from songmill.annotate.lyrics_db import LyricsDB
+    from songmill.flows.cli import corpus_root, settings
+    from songmill.flows.config import build_config
 
     # The same [lyrics] settings as the stage, so that the index the stage opens is this one.
     config = build_config(LyricsConfig, "lyrics", settings(args).get("lyrics"))
@@ -36,7 +36,7 @@ def _database(args: argparse.Namespace, create: bool):
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from annotate.lyrics_db import LyricsFileError, read_lyrics_file
+    from songmill.annotate.lyrics_db import LyricsFileError, read_lyrics_file
 
     db = _database(args, create=True)
     status = 0

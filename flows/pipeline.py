@@ -12,11 +12,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-
-from annotate import runner
-from data_schema.store import Corpus
-from flows.config import build_config, build_stages
-from flows.ingest import (
+from songmill.annotate import runner
+from songmill.data_schema.store import Corpus
+from songmill.flows.config import build_config, build_stages
+from songmill.flows.ingest import (
     FoundFile,
     IngestConfig,
     IngestSummary,
@@ -25,7 +24,7 @@ from flows.ingest import (
     known_track_ids,
     plan_ingest,
 )
-from flows.progress import TerminalProgress
+from songmill.flows.progress import TerminalProgress
 
 
 class _Progress:

@@ -7,8 +7,7 @@ import uuid
 
 import duckdb
 import pyarrow as pa
-
-from data_schema.store import Corpus
+from songmill.data_schema.store import Corpus
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # DuckDB's default row-group size: large groups keep scans fast and files small.

@@ -7,10 +7,9 @@ import sys
 from typing import Any
 
 from prefect import flow
-
-from annotate import DEFAULT_STAGES
-from flows.config import load_settings
-from flows.pipeline import annotate_flow, ingest_flow
+from songmill.annotate import DEFAULT_STAGES
+from songmill.flows.config import load_settings
+from songmill.flows.pipeline import annotate_flow, ingest_flow
 
 
 @flow(name="songmill-scheduled")

@@ -13,10 +13,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from songmill.model.config import DCAEConfig
+from songmill.model.layers import ChannelRMSNorm
 from torch import nn
-
-from model.config import DCAEConfig
-from model.layers import ChannelRMSNorm
 
 
 def pad_to_multiple(mel: torch.Tensor, multiple: int = 8, value: float = -1.0) -> torch.Tensor:

@@ -12,13 +12,18 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from songmill.model.conditions import Conditions
+from songmill.model.config import DiTConfig
+from songmill.model.encoders import LyricEncoder
+from songmill.model.layers import (
+    RMSNorm,
+    apply_rope,
+    relu_linear_attention,
+    rope_angles,
+    timestep_features,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from model.conditions import Conditions
-from model.config import DiTConfig
-from model.encoders import LyricEncoder
-from model.layers import RMSNorm, apply_rope, relu_linear_attention, rope_angles, timestep_features
 
 
 @dataclass

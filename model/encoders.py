@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from songmill.model.conditions import Conditions
+from songmill.model.config import LyricEncoderConfig, TextEncoderConfig
+from songmill.model.layers import apply_rope, rope_angles
 from torch import nn
-
-from model.conditions import Conditions
-from model.config import LyricEncoderConfig, TextEncoderConfig
-from model.layers import apply_rope, rope_angles
 
 # ---------------------------------------------------------------------------------------------
 # text
@@ -58,9 +57,9 @@ class TextEncoder:
                 str(path), local_files_only=True, use_safetensors=True, dtype=dtype
             )
         except OSError as exc:
-            from annotate.base import StageUnavailable
+            from songmill.model.weights import WeightsMissing
 
-            raise StageUnavailable(
+            raise WeightsMissing(
                 f"text encoder weights not found at {path!s} (config.json / model.safetensors / "
                 "tokenizer): run `huggingface-cli download google/umt5-base --local-dir <dir>` on "
                 "a connected machine and pass that directory"

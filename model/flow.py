@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from model.conditions import Conditions, concat_conditions, null_conditions
+from songmill.model.conditions import Conditions, concat_conditions, null_conditions
 
 Denoiser = Callable[..., object]
 

@@ -6,13 +6,12 @@ import math
 from typing import Any
 
 import torch
-
-from model.conditions import Conditions
-from model.dcae import MusicDCAE
-from model.dit import LinearDiT
-from model.encoders import ByteLyricTokenizer, TextEncoder, tokenize_lyrics
-from model.flow import euler_sample, heun_sample
-from model.mel import Vocoder, mel_frames
+from songmill.model.conditions import Conditions
+from songmill.model.dcae import MusicDCAE
+from songmill.model.dit import LinearDiT
+from songmill.model.encoders import ByteLyricTokenizer, TextEncoder, tokenize_lyrics
+from songmill.model.flow import euler_sample, heun_sample
+from songmill.model.mel import Vocoder, mel_frames
 
 
 def build_conditions(

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from songmill.model.config import TextEncoderConfig, preset
 from torch import nn
-
-from model.config import TextEncoderConfig, preset
 
 # google/umt5-base encoder, the text encoder the `small` and `base` presets expect
 UMT5_BASE = {
@@ -36,9 +35,9 @@ def _text_encoder_params(cfg: TextEncoderConfig) -> int:
 
 def param_counts(preset_name: str) -> dict[str, Any]:
     """{part: {sub-part: count, ..., "total": n}, ..., "total": n, "trainable": n}."""
-    from model.dcae import MusicDCAE
-    from model.dit import LinearDiT
-    from model.vocoder import HiFiGANConfig, HiFiGANGenerator
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.dit import LinearDiT
+    from songmill.model.vocoder import HiFiGANConfig, HiFiGANGenerator
 
     cfg = preset(preset_name)
     with torch.device("meta"):

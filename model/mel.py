@@ -13,9 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from songmill.model.config import MelConfig
 from torch import nn
-
-from model.config import MelConfig
 
 
 def mel_filterbank(cfg: MelConfig) -> np.ndarray:
@@ -151,6 +150,6 @@ def load_vocoder(
     and `vocoder.json`, see model.vocoder), or Griffin-Lim when `path` is None."""
     if path is None:
         return GriffinLimVocoder(mel_cfg)
-    from model.vocoder import HiFiGANVocoder
+    from songmill.model.vocoder import HiFiGANVocoder
 
     return HiFiGANVocoder.load(path, device=device)

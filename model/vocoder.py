@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from songmill.model.config import MelConfig, _DictConfig
 from torch import nn
 from torch.nn.utils import parametrizations
-
-from model.config import MelConfig, _DictConfig
 
 
 @dataclass
@@ -100,7 +99,7 @@ class HiFiGANVocoder:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> HiFiGANVocoder:
-        from model.weights import load_module
+        from songmill.model.weights import load_module
 
         path = Path(path)
         directory = path.parent if path.suffix == ".safetensors" else path

@@ -7,6 +7,7 @@ untrusted file can run code.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,23 @@ import torch
 from torch import nn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# A training run's checkpoints: `<run>/checkpoints/step-N/` holding TRAINER_FILE, and
+# `<run>/checkpoints/latest` naming the newest (train/checkpoint.py writes them).
+LATEST = "latest"
+TRAINER_FILE = "trainer.json"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was named."""
 
 
 class WeightsMismatch(RuntimeError):
     """The file's tensors do not match the module's state dict (names or shapes)."""
+
+
+class WeightsMissing(FileNotFoundError):
+    """Weights a model needs are not on this machine; the message names the file and how to get
+    it. The annotate runner turns it into a stage's retryable "unavailable" errors."""
 
 
 def weight_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
@@ -92,16 +106,14 @@ def load_module(
 
     `cls_or_factory` is a module class with a `config_class` attribute (built as
     `cls(cls.config_class.from_dict(cfg))`) or any callable taking the config dict.
-    Raises annotate.base.StageUnavailable naming the missing file when the weights are absent.
+    Raises WeightsMissing naming the missing file when the weights are absent.
     """
     directory = Path(directory)
     tensors_path, config_path = weight_paths(directory, name)
     _refuse_pickle(directory, name)
     for required in (tensors_path, config_path):
         if not required.exists():
-            from annotate.base import StageUnavailable
-
-            raise StageUnavailable(
+            raise WeightsMissing(
                 f"model weights missing: {required} not found; train them with `songmill train` "
                 f"or copy a `{name}.safetensors` + `{name}.json` pair into {directory}"
             )
@@ -113,3 +125,33 @@ def load_module(
         module = cls_or_factory(config)  # type: ignore[call-arg]
     load_state_into(module, tensors_path, strict=strict)
     return module.to(device)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint dir from a run dir (its latest), a checkpoints dir, or the checkpoint itself."""
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        if os.path.exists(os.path.join(candidate, TRAINER_FILE)):
+            return candidate
+        latest = os.path.join(candidate, LATEST)
+        if os.path.exists(latest):
+            with open(latest) as f:
+                return os.path.join(candidate, f.read().strip())
+    refuse_pickle(path)
+    raise CheckpointError(f"no checkpoint at {path} (expected {TRAINER_FILE} or checkpoints/{LATEST})")
+
+
+def refuse_pickle(path: str) -> None:
+    """Pickle files can run code when loaded: we never open them, and say so."""
+    if os.path.isfile(path) and path.endswith(PICKLE_SUFFIXES):
+        found = [os.path.basename(path)]
+    elif os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
+    else:
+        found = []
+    if found:
+        raise CheckpointError(
+            f"{path}: refusing pickle checkpoint file(s) {found}: loading pickle can run arbitrary "
+            "code. songmill reads safetensors + JSON only; convert the weights to safetensors "
+            "(safetensors.torch.save_file) in an environment you trust."
+        )

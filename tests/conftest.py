@@ -16,8 +16,7 @@ os.environ.pop("PREFECT_API_URL", None)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
-
-from data_schema.store import Corpus  # noqa: E402
+from songmill.data_schema.store import Corpus  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-
-from annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable
-from data_schema.tables import register_table
+from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable
+from songmill.data_schema.tables import register_table
 
 register_table("test_level", [pa.field("rms", pa.float64()), pa.field("gain", pa.float64())])
 register_table("test_derived", [pa.field("rms_db", pa.float64())])

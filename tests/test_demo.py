@@ -11,7 +11,7 @@ pytestmark = pytest.mark.prefect
 
 
 def test_demo_runs_end_to_end_and_reports_against_truth(prefect_server, tmp_path, capsys):
-    from flows.cli import main
+    from songmill.flows.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--tracks", "3", "--no-train"]) == 0

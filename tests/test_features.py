@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from annotate.base import StageUnavailable, Track
-from annotate.features import FeaturesConfig, FeatureShard, FeaturesStage
-from annotate.runner import run_stages
-from data_schema.store import utcnow
+from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.features import FeaturesConfig, FeaturesStage
+from songmill.annotate.runner import run_stages
+from songmill.data_schema.shards import FeatureShard
+from songmill.data_schema.store import utcnow
 
 SMALL_SSL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -24,6 +24,9 @@ SMALL_SSL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, int
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
+    from songmill.model.config import preset
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import save_module
     from transformers import (
         HubertConfig,
         HubertModel,
@@ -31,10 +34,6 @@ def models(tmp_path_factory) -> dict[str, str]:
         WavLMConfig,
         WavLMForXVector,
     )
-
-    from model.config import preset
-    from model.dcae import MusicDCAE
-    from model.weights import save_module
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -105,8 +104,7 @@ def test_stage_writes_content_addressed_float16_shards(corpus, two_tracks, model
 
 def test_lyrics_become_token_ids_and_instrumentals_get_no_speaker(models, tmp_path, corpus):
     from conftest import tone, write_audio
-
-    from train.lyric_tokens import LyricTokenizer
+    from songmill.model.lyric_tokens import LyricTokenizer
 
     texts = ["sing the night away", "light my heart again", "dance slow tonight"] * 20
     tokenizer_path = str(tmp_path / "bpe.json")
@@ -153,8 +151,8 @@ def test_pickle_dcae_checkpoint_is_refused(models, tmp_path, corpus):
 
 
 def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, models, tmp_path):
-    from train.config import TrainConfig
-    from train.loop import train
+    from songmill.train.config import TrainConfig
+    from songmill.train.loop import train
 
     stage = FeaturesStage(features_config(models), corpus=corpus)
     run_stages(corpus, [stage])
@@ -163,7 +161,7 @@ def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, model
     cfg = TrainConfig(kind="dit", batch_size=2, max_steps=2, max_crop_s=1.0, repa_weight=1.0, progress=False,
                       val_every=0, ckpt_every=0, log_every=1, warmup_steps=1)
     result = train(cfg, manifest, str(tmp_path / "run"))
-    from train.checkpoint import load_checkpoint
+    from songmill.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(result.checkpoint)
     weights = ckpt.weights("dit")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import songmill.annotate as annotate
 from conftest import tone, write_audio
-
-import annotate
 
 pytestmark = pytest.mark.prefect
 
@@ -24,8 +23,8 @@ def test_prefect_server_module_imports():
 
 
 def test_ingest_and_annotate_flows_write_tables(prefect_server, tmp_path, test_stages):
-    from data_schema.store import Corpus
-    from flows.pipeline import annotate_flow, ingest_flow
+    from songmill.data_schema.store import Corpus
+    from songmill.flows.pipeline import annotate_flow, ingest_flow
 
     for i in range(5):
         write_audio(tmp_path / "src" / f"t{i}.flac", tone(0.4, seed=i))
@@ -41,8 +40,8 @@ def test_ingest_and_annotate_flows_write_tables(prefect_server, tmp_path, test_s
 
 
 def test_cli_end_to_end(prefect_server, tmp_path, test_stages, capsys):
-    from data_schema.store import Corpus
-    from flows.cli import main
+    from songmill.data_schema.store import Corpus
+    from songmill.flows.cli import main
 
     for i in range(3):
         write_audio(tmp_path / "src" / f"song {i}.wav", tone(0.4, seed=i))

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import rows, tone, write_audio
-
-from flows.ingest import IngestConfig, discover, ingest
+from songmill.flows.ingest import IngestConfig, discover, ingest
 
 FORMATS = [
     ("a.wav", {}),
@@ -104,7 +103,7 @@ def test_second_run_over_unchanged_source_reads_nothing(tmp_path, corpus, monkey
 
     opened = []
     real_open = fsspec.open
-    monkeypatch.setattr("flows.ingest.fsspec.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr("songmill.flows.ingest.fsspec.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     second = ingest(corpus, [str(tmp_path / "src")])
     assert (second.unchanged, second.new_tracks, second.errors) == (4, 0, 0)
     assert opened == []  # not read, not hashed
@@ -154,7 +153,7 @@ def test_fsspec_memory_source_and_globs(tmp_path, corpus):
 
 
 def test_decoded_track_audio_matches_what_was_written(tmp_path, corpus):
-    from annotate.base import Track
+    from songmill.annotate.base import Track
 
     data = tone(1.0, sr=22050, seed=3)
     path = write_audio(tmp_path / "s.flac", data, 22050, subtype="PCM_24")

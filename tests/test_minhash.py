@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
-
-from annotate.minhash import (
+from songmill.annotate.minhash import (
     MinHasher,
     batch_shingle_hashes,
     shingle_hash32,
@@ -55,7 +54,7 @@ def test_signatures_equal_datasketch(scheme, num_perm, seed, k):
 
 
 def test_large_batches_are_chunked_without_changing_results(monkeypatch):
-    import annotate.minhash as minhash
+    import songmill.annotate.minhash as minhash
 
     texts = random_texts(50, 3, max_len=800)
     whole = MinHasher().signatures(texts, 4)

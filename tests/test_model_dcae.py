@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model.config import DCAEConfig, MelConfig, preset
-from model.dcae import DownStep, MusicDCAE, UpStep, pad_to_multiple
+from songmill.model.config import DCAEConfig, MelConfig, preset
+from songmill.model.dcae import DownStep, MusicDCAE, UpStep, pad_to_multiple
 
 
 def _tiny(seed: int = 0) -> MusicDCAE:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model.conditions import Conditions, concat_conditions, null_conditions
-from model.config import DiTConfig, LyricEncoderConfig, preset
-from model.dit import LinearDiT
-from model.encoders import LyricEncoder, TextEncoder, cfg_dropout
-from model.flow import add_noise, flow_matching_loss
-from model.layers import relu_linear_attention, relu_quadratic_attention
+from songmill.model.conditions import Conditions, concat_conditions, null_conditions
+from songmill.model.config import DiTConfig, LyricEncoderConfig, preset
+from songmill.model.dit import LinearDiT
+from songmill.model.encoders import LyricEncoder, TextEncoder, cfg_dropout
+from songmill.model.flow import add_noise, flow_matching_loss
+from songmill.model.layers import relu_linear_attention, relu_quadratic_attention
 
 
 def _tiny_dit(seed: int = 0) -> LinearDiT:
@@ -213,15 +212,15 @@ def test_text_encoder_from_pretrained_local_directory(tmp_path):
 
 
 def test_text_encoder_missing_weights_raise_stage_unavailable(tmp_path):
-    from annotate.base import StageUnavailable
+    from songmill.model.weights import WeightsMissing
 
-    with pytest.raises(StageUnavailable, match="umt5"):
+    with pytest.raises(WeightsMissing, match="umt5"):
         TextEncoder.from_pretrained(tmp_path / "absent")
     # config and tokenizer present, weights missing: same answer
     encoder = TextEncoder.tiny_random()
     encoder.model.config.save_pretrained(tmp_path)
     encoder.tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(StageUnavailable, match="umt5"):
+    with pytest.raises(WeightsMissing, match="umt5"):
         TextEncoder.from_pretrained(tmp_path)
 
 

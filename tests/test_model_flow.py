@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model.conditions import Conditions
-from model.config import preset
-from model.dcae import MusicDCAE
-from model.dit import DiTOutput, LinearDiT
-from model.encoders import TextEncoder
-from model.flow import (
+from songmill.model.conditions import Conditions
+from songmill.model.config import preset
+from songmill.model.dcae import MusicDCAE
+from songmill.model.dit import DiTOutput, LinearDiT
+from songmill.model.encoders import TextEncoder
+from songmill.model.flow import (
     add_noise,
     euler_sample,
     flow_matching_loss,
@@ -18,8 +17,8 @@ from model.flow import (
     sample_sigmas,
     sampling_sigmas,
 )
-from model.generate import generate
-from model.mel import GriffinLimVocoder
+from songmill.model.generate import generate
+from songmill.model.mel import GriffinLimVocoder
 
 
 def test_add_noise_interpolates_between_data_and_noise():

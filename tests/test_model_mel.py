@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from model.config import MelConfig
-from model.mel import (
+from songmill.model.config import MelConfig
+from songmill.model.mel import (
     GriffinLimVocoder,
     MelSpectrogram,
     Vocoder,
@@ -16,8 +15,8 @@ from model.mel import (
     load_vocoder,
     mel_frames,
 )
-from model.vocoder import HiFiGANConfig, HiFiGANGenerator, HiFiGANVocoder
-from model.weights import save_module
+from songmill.model.vocoder import HiFiGANConfig, HiFiGANGenerator, HiFiGANVocoder
+from songmill.model.weights import save_module
 
 SR = 44100
 
@@ -104,7 +103,7 @@ def test_hifigan_vocoder_saved_and_loaded(tmp_path):
 
 
 def test_missing_vocoder_weights_say_what_is_missing(tmp_path):
-    from annotate.base import StageUnavailable
+    from songmill.model.weights import WeightsMissing
 
-    with pytest.raises(StageUnavailable, match="vocoder.safetensors"):
+    with pytest.raises(WeightsMissing, match="vocoder.safetensors"):
         load_vocoder(tmp_path / "nowhere")

@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
-
-from model.config import DCAEConfig, DiTConfig, ModelPreset, preset
-from model.dcae import MusicDCAE
-from model.dit import LinearDiT
-from model.weights import WeightsMismatch, load_module, save_module
+from songmill.model.config import DCAEConfig, DiTConfig, ModelPreset, preset
+from songmill.model.dcae import MusicDCAE
+from songmill.model.dit import LinearDiT
+from songmill.model.weights import WeightsMismatch, load_module, save_module
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
@@ -78,15 +77,15 @@ def test_pickle_checkpoints_are_refused(tmp_path):
 
 
 def test_missing_weights_raise_stage_unavailable(tmp_path):
-    from annotate.base import StageUnavailable
+    from songmill.model.weights import WeightsMissing
 
-    with pytest.raises(StageUnavailable, match="dit.safetensors"):
+    with pytest.raises(WeightsMissing, match="dit.safetensors"):
         load_module(LinearDiT, tmp_path, "dit")
 
 
 def test_model_info_counts_and_cli(capsys):
-    from model.cli import register
-    from model.info import param_counts
+    from songmill.flows.model_commands import register
+    from songmill.model.info import param_counts
 
     counts = param_counts("tiny")
     assert counts["total"] == sum(counts[p]["total"] for p in ("dcae", "dit", "text_encoder", "vocoder"))

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-
-from annotate.base import Track
-from annotate.music import (
+from songmill.annotate.base import Track
+from songmill.annotate.music import (
     ANALYSIS_SR,
     PITCH_CLASSES,
     MusicConfig,
@@ -17,8 +16,8 @@ from annotate.music import (
     analysis_signal,
     sharp_name,
 )
-from annotate.synth import render_track
-from data_schema.tables import MUSIC
+from songmill.annotate.synth import render_track
+from songmill.data_schema.tables import MUSIC
 
 SR = 44100
 

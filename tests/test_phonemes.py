@@ -4,9 +4,8 @@ written, romanised and mis-heard versions of a line."""
 from __future__ import annotations
 
 import pytest
-
-from annotate import phonemes
-from annotate.phonemes import (
+from songmill.annotate import phonemes
+from songmill.annotate.phonemes import (
     hangul_to_ipa,
     kana_to_romaji,
     normalise_ipa,

@@ -8,9 +8,8 @@ import pytest
 import soundfile as sf
 import soxr
 from scipy.signal import ellip, sosfiltfilt
-
-from annotate.base import Track
-from annotate.qc import (
+from songmill.annotate.base import Track
+from songmill.annotate.qc import (
     QCConfig,
     QCStage,
     clipping_ratio,
@@ -18,8 +17,8 @@ from annotate.qc import (
     integrated_loudness,
     measure,
 )
-from annotate.synth import render_track
-from data_schema.tables import QC
+from songmill.annotate.synth import render_track
+from songmill.data_schema.tables import QC
 
 SR = 44100
 

@@ -11,10 +11,9 @@ import time
 
 import pytest
 from conftest import rows, tone, write_audio
+from songmill.annotate.runner import run_stages
+from songmill.flows.ingest import ingest
 from stages_for_tests import DerivedStage, LevelConfig, LevelStage
-
-from annotate.runner import run_stages
-from flows.ingest import ingest
 
 TESTS = os.path.dirname(__file__)
 
@@ -84,7 +83,7 @@ def test_unavailable_stage_writes_retryable_errors_and_is_retried(small_corpus, 
 
 
 def test_reprocess_redoes_selected_tracks_without_duplicating_view_rows(small_corpus):
-    from annotate.runner import plan
+    from songmill.annotate.runner import plan
 
     corpus = small_corpus
     run_stages(corpus, [LevelStage()])
@@ -101,8 +100,8 @@ DRIVER = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from stages_for_tests import LevelConfig, LevelStage
-    from annotate.runner import run_stages
-    from data_schema.store import Corpus
+    from songmill.annotate.runner import run_stages
+    from songmill.data_schema.store import Corpus
     run_stages(Corpus(sys.argv[1]), [LevelStage(LevelConfig(delay_s=float(sys.argv[2])))], batch_size=2)
     """
 )
@@ -118,7 +117,7 @@ def _stage_table(corpus, table="test_level"):
 
 
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
-    from data_schema.store import Corpus
+    from songmill.data_schema.store import Corpus
 
     src = tmp_path / "src"
     for i in range(12):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import tone, write_audio
-
-from annotate.base import StageUnavailable, Track
-from annotate.runner import run_stages
-from annotate.separate import SeparateConfig, SeparateStage, load_demucs, vocal_activity
-from flows.ingest import ingest
+from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.runner import run_stages
+from songmill.annotate.separate import SeparateConfig, SeparateStage, load_demucs, vocal_activity
+from songmill.flows.ingest import ingest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("demucs")

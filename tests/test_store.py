@@ -6,9 +6,8 @@ import json
 import os
 
 import pytest
-
-from data_schema.store import Corpus, CorpusError, utcnow
-from flows.query import QueryRefused, export_manifest, run_query
+from songmill.data_schema.store import Corpus, CorpusError, utcnow
+from songmill.flows.query import QueryRefused, export_manifest, run_query
 
 
 def _qc(track_id, version=1, config="c", **values):

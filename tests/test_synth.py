@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-
-from annotate.synth import (
+from songmill.annotate.synth import (
     DEMO_FORMATS,
     PITCH_CLASSES,
     STYLES,

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from train.checkpoint import (
+from songmill.train.checkpoint import (
     CheckpointError,
     check_config_matches,
     flatten_state,
@@ -21,8 +20,8 @@ from train.checkpoint import (
     set_rng_state,
     unflatten_state,
 )
-from train.config import TrainConfig, TrainConfigError
-from train.data import (
+from songmill.train.config import TrainConfig, TrainConfigError
+from songmill.train.data import (
     BatchStream,
     BucketBatchOrder,
     DataPosition,
@@ -34,7 +33,7 @@ from train.data import (
     read_manifest,
     sample_rng,
 )
-from train.loop import lr_factor
+from songmill.train.loop import lr_factor
 
 
 def test_ranks_read_disjoint_samples_and_cover_the_epoch():
@@ -174,7 +173,7 @@ def test_checkpoint_is_atomic_and_keeps_the_last_ones(tmp_path):
 
 
 def test_pickle_checkpoints_are_refused(tmp_path):
-    torch.save({"weight": torch.zeros(1)}, tmp_path / "model.pt")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "songmill.model.pt")
     with pytest.raises(CheckpointError, match="refusing pickle"):
         load_checkpoint(str(tmp_path))
 
@@ -205,9 +204,9 @@ def test_lr_warms_up_then_decays():
 
 
 def test_lyric_tokenizer_is_trained_on_the_corpus_lyrics(corpus, tmp_path):
-    from data_schema.store import utcnow
-    from flows.cli import main
-    from train.lyric_tokens import LyricTokenizer
+    from songmill.data_schema.store import utcnow
+    from songmill.flows.cli import main
+    from songmill.model.lyric_tokens import LyricTokenizer
 
     lines = ["sing the night away", "light my heart again", "dance slow tonight", "sing my heart away"]
     corpus.write("lyrics", [{"lyric_id": f"L{i}", "lyrics": line, "created_at": utcnow()} for i, line in enumerate(lines * 5)])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import soundfile as sf
-
-from train.demo import train_demo
-from train.prepare import synthetic_manifest
+from songmill.train.demo import train_demo
+from songmill.train.prepare import synthetic_manifest
 
 
 def test_train_demo_trains_both_networks_and_writes_a_sample(tmp_path):

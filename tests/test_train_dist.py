@@ -14,10 +14,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def feature_manifest(tmp_path_factory) -> str:
-    from model.config import preset
-    from model.dcae import MusicDCAE
-    from model.weights import save_module
-    from train.prepare import cache_features, synthetic_manifest
+    from songmill.model.config import preset
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import save_module
+    from songmill.train.prepare import cache_features, synthetic_manifest
 
     root = tmp_path_factory.mktemp("dist")
     manifest = synthetic_manifest(str(root / "data"), n_tracks=4, duration_s=2.0)
@@ -29,7 +29,7 @@ def feature_manifest(tmp_path_factory) -> str:
 
 def torchrun(run_dir, manifest, port: int, *extra: str) -> list[list[dict]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "train", "dit", "--manifest", manifest, "--run-dir", str(run_dir), "--max-steps", "3",
+           "-m", "songmill.flows.cli", "train", "dit", "--manifest", manifest, "--run-dir", str(run_dir), "--max-steps", "3",
            "--batch-size", "1", "--device", "cpu", "--set", "train.trace=true", "--set", "train.progress=false",
            "--set", "train.max_crop_s=2.0", "--set", "train.val_every=0", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -55,7 +55,7 @@ def test_ddp_ranks_read_disjoint_data_and_keep_equal_weights(feature_manifest, t
 
 @pytest.mark.slow
 def test_fsdp_trains_checkpoints_and_resumes(feature_manifest, tmp_path):
-    from train.checkpoint import load_checkpoint
+    from songmill.train.checkpoint import load_checkpoint
 
     traces = torchrun(tmp_path, feature_manifest, 29612, "--set", "train.strategy=fsdp")
     batches = [[r["track_ids"] for r in t if "track_ids" in r] for t in traces]

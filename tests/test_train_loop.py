@@ -14,11 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
-
-from train.checkpoint import CheckpointError, load_checkpoint
-from train.config import TrainConfig
-from train.loop import train
-from train.prepare import cache_features, synthetic_manifest
+from songmill.train.checkpoint import CheckpointError, load_checkpoint
+from songmill.train.config import TrainConfig
+from songmill.train.loop import train
+from songmill.train.prepare import cache_features, synthetic_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(progress=False, val_every=0, ckpt_every=0, log_every=1)
@@ -130,7 +129,7 @@ def test_resume_with_changed_settings_is_refused_unless_forced(feature_manifest,
 
 def test_sigterm_writes_a_checkpoint_and_stops(feature_manifest, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "dit", "--manifest", feature_manifest, "--run-dir", str(run),
+    cmd = [sys.executable, "-m", "songmill.flows.cli", "train", "dit", "--manifest", feature_manifest, "--run-dir", str(run),
            "--max-steps", "100000", "--set", "train.progress=false", "--set", "train.ckpt_every=0",
            "--set", "train.val_every=0", "--set", "train.max_crop_s=2.0", "--batch-size", "2", "--set", "train.trace=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -152,7 +151,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(feature_manifest, tmp_path):
 
 
 def test_generate_writes_audio_of_the_requested_duration(feature_manifest, tmp_path):
-    from flows.cli import main
+    from songmill.flows.cli import main
 
     result = train(dit_config(max_steps=1), feature_manifest, str(tmp_path / "run"))
     lyrics = tmp_path / "lyrics.txt"
@@ -167,7 +166,7 @@ def test_generate_writes_audio_of_the_requested_duration(feature_manifest, tmp_p
 
 
 def test_generate_refuses_a_pickle_checkpoint(tmp_path):
-    from flows.cli import main
+    from songmill.flows.cli import main
 
     torch.save({"dit": torch.zeros(1)}, tmp_path / "dit.pt")
     with pytest.raises(CheckpointError, match="pickle"):

@@ -7,11 +7,10 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from train.checkpoint import load_checkpoint
-from train.config import TrainConfig
-from train.loop import train
-from train.prepare import cache_features, synthetic_manifest
+from songmill.train.checkpoint import load_checkpoint
+from songmill.train.config import TrainConfig
+from songmill.train.loop import train
+from songmill.train.prepare import cache_features, synthetic_manifest
 
 QUIET = dict(progress=False, val_every=0, ckpt_every=0, log_every=1, batch_size=2, max_crop_s=2.0, warmup_steps=1)
 
@@ -32,7 +31,7 @@ def runs(tmp_path_factory):
 
 
 def _inputs(dit):
-    from model.conditions import Conditions
+    from songmill.model.conditions import Conditions
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 16, 12, generator=gen)
@@ -54,8 +53,8 @@ def test_lora_checkpoint_holds_only_the_adapters(runs):
 
 
 def test_adapters_load_alone_and_merge_to_the_same_function(runs):
-    from train.export import load_dit
-    from train.lora import load_adapter, merge_lora
+    from songmill.train.export import load_dit
+    from songmill.train.lora import load_adapter, merge_lora
 
     base, _ = load_dit(runs["base"].checkpoint)
     adapted = load_adapter(base, runs["lora"].checkpoint)
@@ -70,9 +69,9 @@ def test_adapters_load_alone_and_merge_to_the_same_function(runs):
 
 
 def test_lora_resume_and_merge_export(runs, tmp_path):
-    from model.dit import LinearDiT
-    from model.weights import load_module
-    from train.export import merge_lora_checkpoint
+    from songmill.model.dit import LinearDiT
+    from songmill.model.weights import load_module
+    from songmill.train.export import merge_lora_checkpoint
 
     resumed = train(runs["lora_cfg"].updated({"max_steps": 4}), runs["features"], str(runs["root"] / "lora"),
                     resume=str(runs["root"] / "lora"), force=True)

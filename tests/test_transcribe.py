@@ -10,21 +10,20 @@ import re
 import numpy as np
 import pytest
 from conftest import write_audio
-
-from annotate.base import StageUnavailable, Track
-from annotate.runner import run_stages
-from annotate.separate import flac_bytes
-from annotate.sung import espeak, mix_vocals
-from annotate.synth import render_track
-from annotate.transcribe import (
+from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.runner import run_stages
+from songmill.annotate.separate import flac_bytes
+from songmill.annotate.sung import espeak, mix_vocals
+from songmill.annotate.synth import render_track
+from songmill.annotate.transcribe import (
     TranscribeConfig,
     TranscribeStage,
     energy_speech_regions,
     hallucination_flags,
     longest_ngram_run,
 )
-from data_schema.store import utcnow
-from flows.ingest import ingest
+from songmill.data_schema.store import utcnow
+from songmill.flows.ingest import ingest
 
 SENTENCE = "the golden river runs through the quiet city every summer morning"
 

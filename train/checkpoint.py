@@ -23,15 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-LATEST = "latest"
-TRAINER_FILE = "trainer.json"
-
-
-class CheckpointError(RuntimeError):
-    pass
-
+from songmill.model.weights import (  # noqa: F401  (re-exported: the checkpoint API lives here)
+    LATEST,
+    PICKLE_SUFFIXES,
+    TRAINER_FILE,
+    CheckpointError,
+    refuse_pickle,
+    resolve_checkpoint,
+)
 
 # -- flattening arbitrary state (optimizer / scheduler / RNG) into tensors + JSON ------------
 
@@ -189,36 +188,6 @@ def _prune(root: str, keep: int, current: str) -> None:
     for old in steps[: max(0, len(steps) - keep)]:
         if old != current:
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint dir from a run dir (its latest), a checkpoints dir, or the checkpoint itself."""
-    path = os.path.abspath(path)
-    for candidate in (path, os.path.join(path, "checkpoints")):
-        if os.path.exists(os.path.join(candidate, TRAINER_FILE)):
-            return candidate
-        latest = os.path.join(candidate, LATEST)
-        if os.path.exists(latest):
-            with open(latest) as f:
-                return os.path.join(candidate, f.read().strip())
-    refuse_pickle(path)
-    raise CheckpointError(f"no checkpoint at {path} (expected {TRAINER_FILE} or checkpoints/{LATEST})")
-
-
-def refuse_pickle(path: str) -> None:
-    """Pickle files can run code when loaded: we never open them, and say so."""
-    if os.path.isfile(path) and path.endswith(PICKLE_SUFFIXES):
-        found = [os.path.basename(path)]
-    elif os.path.isdir(path):
-        found = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
-    else:
-        found = []
-    if found:
-        raise CheckpointError(
-            f"{path}: refusing pickle checkpoint file(s) {found}: loading pickle can run arbitrary "
-            "code. songmill reads safetensors + JSON only; convert the weights to safetensors "
-            "(safetensors.torch.save_file) in an environment you trust."
-        )
 
 
 def load_checkpoint(path: str, with_state: bool = True) -> Checkpoint:

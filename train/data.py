@@ -203,7 +203,7 @@ class MelCropDataset(torch.utils.data.Dataset):
         rng = sample_rng(key)
         wav = load_crop(row, self.max_crop_s, rng)
         if self._mel is None:
-            from model.mel import MelSpectrogram
+            from songmill.model.mel import MelSpectrogram
 
             self._mel = MelSpectrogram(self.mel_config).eval()
         with torch.no_grad():
@@ -214,7 +214,7 @@ class MelCropDataset(torch.utils.data.Dataset):
 def load_crop(row: dict[str, Any], max_crop_s: float, rng: np.random.Generator) -> np.ndarray:
     """A random crop of a track as float32 (2, samples) at 44.1 kHz; reads only the crop when the
     file is seekable, decodes the whole file otherwise."""
-    from annotate.audio import decode, resample
+    from songmill.annotate.audio import decode, resample
 
     duration = float(row["duration_s"])
     crop_s = crop_length_s(duration, max_crop_s)
@@ -268,7 +268,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
-        from annotate.features import FeatureShard
+        from songmill.data_schema.shards import FeatureShard
 
         row = self.rows[key.index]
         rng = sample_rng(key)

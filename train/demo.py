@@ -27,10 +27,10 @@ def train_demo(manifest_path: str, out_dir: str, steps: int, seed: int = 0) -> d
 
 
 def _train_demo(manifest_path: str, out_dir: str, steps: int, seed: int) -> dict[str, Any]:
-    from train.config import TrainConfig
-    from train.export import generate_from_checkpoint
-    from train.loop import train
-    from train.prepare import cache_features
+    from songmill.train.config import TrainConfig
+    from songmill.train.export import generate_from_checkpoint
+    from songmill.train.loop import train
+    from songmill.train.prepare import cache_features
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}

@@ -1,6 +1,6 @@
 """Multi-process training under `torchrun`: process group, device, DDP / FSDP wrapping.
 
-`torchrun --nproc-per-node N -m flows.cli train dit ...` (or `--nnodes` for several machines)
+`torchrun --nproc-per-node N -m songmill.flows.cli train dit ...` (or `--nnodes` for several machines)
 sets RANK / WORLD_SIZE / LOCAL_RANK; without them training runs as one process. NCCL on GPUs,
 gloo on CPU. Every rank builds the same initial weights from the same seed; DDP broadcasts them
 from rank 0 anyway and averages gradients, so weights stay equal; ranks read disjoint slices of

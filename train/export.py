@@ -12,22 +12,21 @@ import os
 import shutil
 
 import torch
+from songmill.train.checkpoint import TRAINER_FILE, resolve_checkpoint, save_weights
 from torch import nn
-
-from train.checkpoint import TRAINER_FILE, resolve_checkpoint, save_weights
 
 
 def load_dit(checkpoint: str, device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[nn.Module, dict]:
     """The DiT of a checkpoint (EMA weights when present; LoRA adapters merged in) and its
     trainer record."""
-    from model.dit import LinearDiT
-    from model.weights import load_module
+    from songmill.model.dit import LinearDiT
+    from songmill.model.weights import load_module
 
     path = resolve_checkpoint(checkpoint)
     with open(os.path.join(path, TRAINER_FILE)) as f:
         trainer = json.load(f)
     if trainer.get("lora"):
-        from train.lora import load_adapter, merge_lora
+        from songmill.train.lora import load_adapter, merge_lora
 
         with open(os.path.join(path, "dit_lora.json")) as f:
             spec = json.load(f)
@@ -67,12 +66,12 @@ def generate_from_checkpoint(
     vocoder: str | None = None,
     device: str = "auto",
 ) -> str:
-    from model.config import MelConfig
-    from model.generate import generate
-    from model.mel import load_vocoder
-    from train.dist import pick_device
-    from train.samples import write_wav
-    from train.tasks import load_conditioning
+    from songmill.model.config import MelConfig
+    from songmill.model.generate import generate
+    from songmill.model.mel import load_vocoder
+    from songmill.train.dist import pick_device
+    from songmill.train.samples import write_wav
+    from songmill.train.tasks import load_conditioning
 
     dev = pick_device(device)
     dit, trainer = load_dit(checkpoint, dev)

@@ -21,19 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
-from train import dist
-from train.checkpoint import (
+from songmill.train import dist
+from songmill.train.checkpoint import (
     check_config_matches,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from train.config import TrainConfig
-from train.data import BatchStream, BucketBatchOrder, DataPosition
-from train.tasks import build_task
+from songmill.train.config import TrainConfig
+from songmill.train.data import BatchStream, BucketBatchOrder, DataPosition
+from songmill.train.tasks import build_task
+from torch import nn
 
 
 @dataclass
@@ -287,8 +286,8 @@ def _trace(run_dir: str, info: dist.DistInfo, record: dict[str, Any]) -> None:
 
 
 def _prepare_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    from train.checkpoint import resolve_checkpoint
-    from train.lora import add_lora
+    from songmill.train.checkpoint import resolve_checkpoint
+    from songmill.train.lora import add_lora
 
     if not cfg.base_checkpoint:
         raise ValueError("LoRA training needs base_checkpoint: the DiT checkpoint to adapt")
@@ -364,7 +363,7 @@ def _save(task, model, ema, optimizer, scheduler, generator, position, cfg, info
     rngs = _gather_rng(generator, info)
     opt_state = _optimizer_state(model, optimizer, fsdp)
     if lora:
-        from train.lora import adapter_state_dict
+        from songmill.train.lora import adapter_state_dict
 
         networks = {
             "dit_lora": (adapter_state_dict(model), {

@@ -20,8 +20,7 @@ def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0,
     import hashlib
 
     import numpy as np
-
-    from annotate.synth import PITCH_CLASSES, STYLES, render_track, write_track
+    from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track, write_track
 
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -63,9 +62,9 @@ def track_inputs(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def cache_features(manifest: str, corpus_root: str, out_manifest: str, **features_settings: Any) -> str:
     """Run the features stage over a manifest's tracks: shards into the corpus at `corpus_root`,
     rows into its `features` table, and a copy of the manifest with the features columns added."""
-    from annotate.base import Track
-    from annotate.features import FeaturesConfig, FeaturesStage
-    from data_schema.store import Corpus, new_run_id, utcnow
+    from songmill.annotate.base import Track
+    from songmill.annotate.features import FeaturesConfig, FeaturesStage
+    from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
     table = pq.read_table(manifest)
     rows = table.to_pylist()

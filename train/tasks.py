@@ -11,16 +11,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from train.config import TrainConfig
-from train.data import (
+from songmill.train.config import TrainConfig
+from songmill.train.data import (
     FeatureDataset,
     MelCropDataset,
     collate_features,
     collate_mel,
     read_manifest,
 )
+from torch import nn
 
 CONDITIONING_FILE = "conditioning.json"
 
@@ -56,9 +55,9 @@ class DiTTask:
     name = "dit"
 
     def __init__(self, cfg: TrainConfig, manifest: str):
-        from annotate.features import FeatureShard
-        from model.config import preset
-        from model.dit import LinearDiT
+        from songmill.data_schema.shards import FeatureShard
+        from songmill.model.config import preset
+        from songmill.model.dit import LinearDiT
 
         self.cfg = cfg
         self.rows = read_manifest(manifest, require=("track_id", "uri", "duration_s", "features_url"))
@@ -96,9 +95,9 @@ class DiTTask:
         return self.dit_cfg.to_dict()
 
     def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        from model.conditions import Conditions
-        from model.encoders import cfg_dropout
-        from model.flow import add_noise, flow_matching_loss, sample_sigmas
+        from songmill.model.conditions import Conditions
+        from songmill.model.encoders import cfg_dropout
+        from songmill.model.flow import add_noise, flow_matching_loss, sample_sigmas
 
         cfg = self.cfg
         x0 = batch["latent"].to(device)
@@ -122,9 +121,9 @@ class DiTTask:
 
     def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
         """Generate from the first manifest track's caption and lyrics with the given weights."""
-        from model.generate import generate
-        from model.mel import MelSpectrogram, load_vocoder
-        from train.samples import write_sample
+        from songmill.model.generate import generate
+        from songmill.model.mel import MelSpectrogram, load_vocoder
+        from songmill.train.samples import write_sample
 
         val = self._validation_models(device)
         text = f"prompt: {val['prompt']}\nlyrics: {val['lyrics'] or '[instrumental]'}\nstep: {step}"
@@ -144,7 +143,7 @@ class DiTTask:
     def _validation_models(self, device: torch.device) -> dict[str, Any]:
         if self._val is None:
             self._val = load_conditioning(self.conditioning, device)
-            from annotate.features import FeatureShard
+            from songmill.data_schema.shards import FeatureShard
 
             shard = FeatureShard.open(self.rows[0]["features_url"])
             styles = shard.text_styles
@@ -162,10 +161,10 @@ def _tokenizer_json(path: str) -> str | None:
 
 def load_conditioning(conditioning: dict[str, Any], device: torch.device | str, dcae_override: str | None = None) -> dict[str, Any]:
     """The frozen pieces generation needs besides the DiT: text encoder, lyric tokenizer, DCAE."""
-    from annotate.features import build_text_encoder, load_dcae_for_features
-    from model.config import TextEncoderConfig
-    from model.encoders import TextEncoder
-    from train.lyric_tokens import LyricTokenizer
+    from songmill.annotate.features import build_text_encoder, load_dcae_for_features
+    from songmill.model.config import TextEncoderConfig
+    from songmill.model.encoders import TextEncoder
+    from songmill.model.lyric_tokens import LyricTokenizer
 
     spec = conditioning.get("text_encoder", "none")
     if spec == "tiny-random":
@@ -228,8 +227,8 @@ class DCAETask:
     name = "dcae"
 
     def __init__(self, cfg: TrainConfig, manifest: str):
-        from model.config import preset
-        from model.dcae import MusicDCAE
+        from songmill.model.config import preset
+        from songmill.model.dcae import MusicDCAE
 
         self.cfg = cfg
         self.rows = read_manifest(manifest)
@@ -306,9 +305,9 @@ class DCAETask:
 
     def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
         """Reconstruct the start of the first track: input mel above, reconstruction below."""
-        from model.mel import griffin_lim
-        from train.data import SampleKey
-        from train.samples import write_sample
+        from songmill.model.mel import griffin_lim
+        from songmill.train.data import SampleKey
+        from songmill.train.samples import write_sample
 
         dataset = MelCropDataset(self.rows[:1], self.model_preset.mel, self.cfg.val_duration_s)
         mel = dataset[SampleKey(0, 0, 0, self.cfg.seed)]["mel"].unsqueeze(0).to(device)
@@ -325,8 +324,7 @@ class DCAETask:
 def _phase1_weights(path: str) -> dict[str, torch.Tensor]:
     """A DCAE checkpoint's weights, EMA when present (what phase 1 would export)."""
     from safetensors.torch import load_file
-
-    from train.checkpoint import resolve_checkpoint
+    from songmill.train.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"

@@ -88,7 +88,7 @@ class LyricTokenizer:
         if not text:
             return []
         if self._tokenizer is None:
-            from model.encoders import ByteLyricTokenizer
+            from songmill.model.encoders import ByteLyricTokenizer
 
             return ByteLyricTokenizer().encode_ids(text)
         return [1, *self._tokenizer.encode(text).ids, 2]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from model.config import PRESET_NAMES
+from songmill.model.config import PRESET_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
-    from model.info import param_counts
+    from songmill.model.info import param_counts
 
     print(json.dumps(param_counts(args.preset), indent=2))
     return 0

@@ -10,7 +10,7 @@
 
 Settings: defaults < the resumed checkpoint's settings < the [train] table of the settings TOML
 (--config FILE, default <corpus>/songmill.toml) with `--set train.key=value` overrides < the
-explicit flags below. Multi-GPU: `torchrun --nproc-per-node 8 -m train dit ...`.
+explicit flags below. Multi-GPU: `torchrun --nproc-per-node 8 -m songmill.flows.cli train dit ...`.
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from flows.config import load_settings
-    from train.checkpoint import load_checkpoint
-    from train.config import TrainConfig
+    from songmill.flows.config import load_settings
+    from songmill.train.checkpoint import load_checkpoint
+    from songmill.train.config import TrainConfig
 
     config = TrainConfig(kind=args.kind)
     if getattr(args, "resume", None):
@@ -113,14 +113,14 @@ def default_run_dir(args: argparse.Namespace) -> str:
     if args.run_dir:
         return args.run_dir
     if args.resume:
-        from train.checkpoint import resolve_checkpoint
+        from songmill.train.checkpoint import resolve_checkpoint
 
         return os.path.dirname(os.path.dirname(resolve_checkpoint(args.resume)))
     return os.path.join("runs", f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from train.loop import train
+    from songmill.train.loop import train
 
     config = build_config(args)
     if config.kind == "dcae" and config.dcae_phase == 2 and not (config.init_from or args.resume):
@@ -136,8 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
-    from data_schema.store import Corpus, default_corpus_root
-    from train.lyric_tokens import LyricTokenizer
+    from songmill.data_schema.store import Corpus, default_corpus_root
+    from songmill.model.lyric_tokens import LyricTokenizer
 
     corpus = Corpus(getattr(args, "corpus", None) or default_corpus_root(), create=False)
     texts = corpus_lyrics(corpus)
@@ -151,7 +151,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 def corpus_lyrics(corpus) -> list[str]:
     """Every lyric text the corpus knows: the lyrics catalog and the (non-hallucinated) transcripts."""
-    from annotate.features import corpus_lyrics_by_id
+    from songmill.annotate.features import corpus_lyrics_by_id
 
     texts = list(corpus_lyrics_by_id(corpus).values())
     transcripts = corpus.sql("SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)")
@@ -160,14 +160,14 @@ def corpus_lyrics(corpus) -> list[str]:
 
 
 def run_merge_lora(args: argparse.Namespace) -> int:
-    from train.export import merge_lora_checkpoint
+    from songmill.train.export import merge_lora_checkpoint
 
     print(json.dumps({"out": merge_lora_checkpoint(args.checkpoint, args.out)}))
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from train.export import generate_from_checkpoint
+    from songmill.train.export import generate_from_checkpoint
 
     lyrics = None
     if args.lyrics:
@@ -179,21 +179,3 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"out": path, "duration_s": args.duration}))
     return 0
-
-
-def _common_parser() -> argparse.ArgumentParser:
-    """What `songmill` gives every command (flows/cli.py), for `python -m train` on its own."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--corpus", default=None, help="corpus directory (default $SONGMILL_CORPUS or ./corpus)")
-    common.add_argument("--config", default=None, help="settings TOML with a [train] table")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="train.KEY=VALUE")
-    return common
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m train dit --manifest ...` (what torchrun launches): the train sub-commands alone."""
-    parser = argparse.ArgumentParser(prog="python -m train")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub, _common_parser())
-    args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
