@@ -15,6 +15,7 @@ STAGE_CLASSES: dict[str, str] = {
     "transcribe": "songmill.annotate.transcribe:TranscribeStage",
     "lyrics": "songmill.annotate.lyrics:LyricsStage",
     "features": "songmill.annotate.features:FeaturesStage",
+    "aesthetics": "songmill.annotate.aesthetics:AestheticsStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")

@@ -13,7 +13,7 @@ from songmill.flows.config import ConfigError, build_config, build_stages, load_
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
-PLUGIN_COMMANDS = {"lyrics": "songmill.flows.lyrics", "model": "songmill.flows.model_commands", "train": "songmill.flows.train_commands", "generate": "songmill.flows.train_commands"}
+PLUGIN_COMMANDS = {"lyrics": "songmill.flows.lyrics", "model": "songmill.flows.model_commands", "train": "songmill.flows.train_commands", "generate": "songmill.flows.train_commands", "models": "songmill.flows.models_commands"}
 
 
 def _common_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,208 @@
+"""`songmill models list|fetch`: the weights each stage needs, where songmill looks, and fetching.
+
+The registry (annotate/weights.py) says what each stage needs; this module only looks and fetches.
+Fetching uses huggingface_hub (files checked against the sha256 the hub lists for each LFS file)
+and torch hub (demucs checkpoints, whose file names carry a sha256 prefix that torch checks).
+Downloads go to `$SONGMILL_MODELS/<name>` when that is set, else to the usual caches, which is
+where the stages look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from songmill.annotate.weights import REGISTRY, WeightSpec, hf_cache_dir, locate, models_dir
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def _settings_value(settings: dict, spec: WeightSpec) -> str | None:
+    value = (settings.get(spec.stage) or {}).get(spec.setting)
+    return None if value is None else str(value)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def list_models(settings: dict) -> list[dict]:
+    out = []
+    for spec in REGISTRY.values():
+        where = locate(spec, _settings_value(settings, spec))
+        out.append(
+            {
+                "name": spec.name,
+                "stage": spec.stage,
+                "setting": f"{spec.stage}.{spec.setting}",
+                "present": where.present,
+                "path": where.path,
+                "size_bytes": where.size_bytes,
+                "looked": where.looked,
+                "source": spec.repo or spec.source,
+            }
+        )
+    return out
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(e) for e in _chain(exc)).lower()
+    return bool(
+        names & {"ConnectError", "ConnectTimeout", "ConnectionError", "OfflineModeIsEnabled", "URLError", "gaierror"}
+        or "name or service not known" in text
+        or "temporary failure in name resolution" in text
+        or "offline" in text
+    )
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_hf(spec: WeightSpec, repo: str) -> str:
+    """Download the repo's wanted files (progress bars from huggingface_hub) and check each LFS
+    file against the sha256 the hub lists for it."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    target = models_dir()
+    kwargs = {"local_dir": os.path.join(target, spec.name)} if target else {"cache_dir": hf_cache_dir()}
+    path = snapshot_download(repo, allow_patterns=list(spec.allow_patterns) or None, **kwargs)
+    info = HfApi().model_info(repo, files_metadata=True)
+    checked = 0
+    for sibling in info.siblings or []:
+        lfs = getattr(sibling, "lfs", None)
+        local = Path(path) / sibling.rfilename
+        if lfs is None or not local.exists():
+            continue
+        expected = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
+        actual = _sha256(local)
+        if actual != expected:
+            raise FetchError(f"{local}: sha256 {actual} differs from the hub's {expected}; delete it and fetch again")
+        checked += 1
+    print(f"  {spec.name}: {checked} file(s) checked against the hub's sha256", file=sys.stderr)
+    return path
+
+
+def fetch_torch_hub(spec: WeightSpec, model: str) -> str:
+    import torch
+    from songmill.annotate.weights import demucs_checkpoint_files
+
+    target = Path(models_dir()) / spec.name if models_dir() else Path(torch.hub.get_dir()) / "checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    for url, name in demucs_checkpoint_files(model):
+        dest = target / name
+        if dest.exists():
+            continue
+        # demucs names its files <sig>-<first 8 hex of the sha256>: torch checks that prefix.
+        prefix = name.rsplit(".", 1)[0].rsplit("-", 1)[-1]
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=True)
+    return str(target)
+
+
+def fetch(spec: WeightSpec, settings: dict) -> str:
+    value = _settings_value(settings, spec)
+    if spec.source == "path":
+        raise FetchError(
+            f"{spec.name} has no public download ({spec.note}); set --set {spec.stage}.{spec.setting}=DIR"
+        )
+    try:
+        if spec.source == "torch-hub":
+            return fetch_torch_hub(spec, value if value and "/" not in value else "htdemucs")
+        repo = value if value and "/" in value and not os.path.exists(value) else spec.repo
+        return fetch_hf(spec, repo)
+    except FetchError:
+        raise
+    except Exception as exc:
+        if _is_offline_error(exc):
+            raise FetchError(
+                f"cannot download {spec.name}: no network to {'the Hugging Face hub' if spec.source == 'hf' else 'its server'} "
+                f"({type(exc).__name__}). Run `songmill models fetch {spec.name}` on a machine with network and copy "
+                f"the files to $SONGMILL_MODELS/{spec.name} here."
+            ) from None
+        raise FetchError(f"cannot download {spec.name}: {type(exc).__name__}: {exc}") from None
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from songmill.flows.cli import settings
+
+    entries = list_models(settings(args))
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    width = max(len(e["name"]) for e in entries)
+    for e in entries:
+        state = f"present  {_human(e['size_bytes']):>9}  {e['path']}" if e["present"] else "missing"
+        print(f"{e['name']:<{width}}  {e['setting']:<24} {state}")
+        if not e["present"]:
+            print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
+    missing = [e["name"] for e in entries if not e["present"]]
+    if missing:
+        print(f"\n{len(missing)} missing; `songmill models fetch NAME` or `songmill models fetch --all` downloads them")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from songmill.flows.cli import settings
+
+    conf = settings(args)
+    if args.all:
+        names = [n for n, s in REGISTRY.items() if s.source != "path"]
+    elif args.name:
+        if args.name not in REGISTRY:
+            print(f"error: unknown weights {args.name!r}; known: {', '.join(REGISTRY)}", file=sys.stderr)
+            return 2
+        names = [args.name]
+    else:
+        print("error: name the weights to fetch, or --all (see `songmill models list`)", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        spec = REGISTRY[name]
+        where = locate(spec, _settings_value(conf, spec))
+        if where.present:
+            print(f"{name}: present at {where.path}")
+            continue
+        try:
+            path = fetch(spec, conf)
+        except FetchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: fetched -> {path}")
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    models = subparsers.add_parser("models", help="weights each stage needs: where looked, present, fetch", parents=[common])
+    sub = models.add_subparsers(dest="models_command", required=True)
+    show = sub.add_parser("list", help="every stage's weights, where songmill looks, present or missing", parents=[common])
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_cmd_list)
+    get = sub.add_parser("fetch", help="download weights (needs network)", parents=[common])
+    get.add_argument("name", nargs="?", help=f"one of: {', '.join(REGISTRY)}")
+    get.add_argument("--all", action="store_true", help="every entry that has a public download")
+    get.set_defaults(func=_cmd_fetch)
