@@ -4,18 +4,28 @@ A corpus is a directory (or fsspec URL) holding `songmill.json` (the schema vers
 folder per table. Every write is one new part file, written under a temporary name and renamed
 into place, so a killed process leaves no partial part and readers never see half a batch.
 Nothing is updated in place: "latest" is resolved in the DuckDB views (see views.py).
+
+Per table folder: `part-*.parquet` (rows appended since the last compaction), `history-*.parquet`
+(earlier parts, merged) and one `current-*.parquet` (the deduplicated current rows, sorted by key).
+Compaction streams through DuckDB under a memory limit, so it runs in bounded memory at any size.
+Every file written by a merge records the files it replaces in its Parquet metadata; a merge killed
+before removing them is finished by the next one (roll forward), so no row is ever doubled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import posixpath
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import fsspec
@@ -23,9 +33,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from songmill.data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, table_spec
 
+if TYPE_CHECKING:
+    from songmill.data_schema.views import TableFiles
+
 CORPUS_FILE = "songmill.json"
+CATALOG_FILE = "songmill.duckdb"
+PART_PREFIX = "part-"
+HISTORY_PREFIX = "history-"
+CURRENT_PREFIX = "current-"
 PART_GLOB = "part-*.parquet"
+MERGED_SUFFIX = "-merged.parquet"
+MERGED_FROM_KEY = "songmill.merged_from"
+LOCK_FILE = ".compact.lock"
 TMP_PREFIX = ".tmp-"
+# Compaction runs under this DuckDB memory limit and spills to disk past it.
+COMPACT_MEMORY_LIMIT = "1GB"
+ROW_GROUP_SIZE = 122_880
+# Fewer parts than this never trigger an automatic compaction.
+MIN_COMPACT_PARTS = 8
 # Stale temporaries older than this are debris of killed runs; younger ones may be in flight.
 STALE_TMP_S = 6 * 3600
 
@@ -40,6 +65,10 @@ def default_corpus_root() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def new_run_id() -> str:
@@ -130,7 +159,17 @@ class Corpus:
                 f.flush()
                 os.fsync(f.fileno())
         self._rename(tmp, dest)
+        self._catalog_after_write(table)
         return dest
+
+    def _catalog_after_write(self, table: str) -> None:
+        """The catalog reads parts through a glob, so only a table's first part needs a rebuild."""
+        if not self.is_local:
+            return
+        from songmill.data_schema.catalog import catalog_has_parts
+
+        if not catalog_has_parts(self, table):
+            self.refresh_catalog()
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         """Write a blob (a stem, a feature shard) atomically under the corpus; returns its URL."""
@@ -139,38 +178,147 @@ class Corpus:
         self._atomic_write_bytes(dest, data)
         return self.url(dest)
 
-    def compact(self, table: str, min_parts: int = 2) -> int:
-        """Merge a table's part files into one. Every batch writes a part, and DuckDB reads the
-        metadata of every part on each query, so a long-lived corpus needs this now and then.
+    # -- compaction --------------------------------------------------------------------------
+    def compact(self, table: str, min_parts: int = 1, memory_limit: str = COMPACT_MEMORY_LIMIT) -> int:
+        """Major compaction: a new `current-*` snapshot (old snapshot + parts, deduplicated,
+        sorted by key) and the parts merged into one `history-*` file. Returns parts merged.
 
-        The merged part is renamed into place before the old parts are removed, so a reader (or a
-        kill) in between sees rows twice in `raw_<table>`, never missing; the views deduplicate.
-        Parts written while this runs are left alone. Returns the number of parts merged.
+        Order matters for a kill at any point: the snapshot lands first (it covers the parts,
+        which are still there, so views stay right), then the history file (listing the parts it
+        replaces), then the catalog, then the parts go. A history file whose parts still exist is
+        finished by the next compaction (`_finish_merges`).
         """
-        parts = self.part_files(table)
-        if len(parts) < min_parts:
-            return 0
-        spec = table_spec(table)
+        from songmill.data_schema.views import ViewSql, current_sql, dedup_rule
+
+        with self._compaction_lock(table):
+            self._finish_merges(table)
+            files = self.table_files(table)
+            if len(files.parts) < min_parts:
+                return 0
+            spec = table_spec(table)
+            rule = dedup_rule(spec)
+            names = [posixpath.basename(p) for p in files.parts]
+            stamp = f"{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+            with self._bounded_connection(memory_limit) as con:
+                views = ViewSql({table: files})
+                if rule is not None:
+                    snapshot = views._read(table, (files.snapshot,)) if files.snapshot else None
+                    sql = current_sql(rule, snapshot, views._read(table, files.parts), "")
+                    order = ", ".join(rule.partition)
+                    self._copy_to(con, f"SELECT * FROM ({sql}) ORDER BY {order}", table, f"current-{stamp}.parquet", {})
+                self._copy_to(
+                    con, views._read(table, files.parts), table, f"history-{stamp}.parquet",
+                    {MERGED_FROM_KEY: json.dumps(names)},
+                )
+            self.refresh_catalog()
+            for path in files.parts:
+                self.fs.rm(path)
+            if files.snapshot and rule is not None:
+                self.fs.rm(files.snapshot)
+            self.refresh_catalog()
+            return len(files.parts)
+
+    def merge_parts(self, table: str, memory_limit: str = COMPACT_MEMORY_LIMIT) -> int:
+        """Minor compaction: many small parts -> one part (the snapshot is left alone)."""
+        with self._compaction_lock(table):
+            self._finish_merges(table)
+            files = self.table_files(table)
+            if len(files.parts) < 2:
+                return 0
+            from songmill.data_schema.views import ViewSql
+
+            names = [posixpath.basename(p) for p in files.parts]
+            stamp = f"{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+            with self._bounded_connection(memory_limit) as con:
+                self._copy_to(
+                    con, ViewSql({table: files})._read(table, files.parts), table,
+                    f"part-{stamp}{MERGED_SUFFIX}", {MERGED_FROM_KEY: json.dumps(names)},
+                )
+            for path in files.parts:
+                self.fs.rm(path)
+            return len(files.parts)
+
+    def compact_if_needed(self, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25) -> None:
+        """Compact when the rows since the snapshot reach `min_ratio` of it (so a table is
+        rewritten a bounded number of times as it grows: amortised linear), or merge parts
+        when they pile up past `max_parts` (cheap: the snapshot is not touched)."""
+        for table in tables:
+            sizes = self._file_sizes(table)
+            parts = {p: n for p, n in sizes.items() if posixpath.basename(p).startswith(PART_PREFIX)}
+            if not parts:
+                continue
+            snapshot = sum(n for p, n in sizes.items() if posixpath.basename(p).startswith(CURRENT_PREFIX))
+            if len(parts) >= MIN_COMPACT_PARTS and sum(parts.values()) >= min_ratio * snapshot:
+                self.compact(table)
+            elif len(parts) > max_parts:
+                self.merge_parts(table)
+
+    def _finish_merges(self, table: str) -> None:
+        """Roll forward a merge that was killed before removing the files it replaced."""
+        present = {posixpath.basename(p): p for p in self._list(table)}
+        for name, path in present.items():
+            if not (name.startswith(HISTORY_PREFIX) or name.endswith(MERGED_SUFFIX)):
+                continue
+            with self.fs.open(path, "rb") as f:
+                meta = pq.read_metadata(f).metadata or {}
+            merged = json.loads(meta.get(MERGED_FROM_KEY.encode(), b"[]"))
+            for old in merged:
+                if old in present and old != name:
+                    self.fs.rm(present[old])
+        snapshots = sorted(n for n in present if n.startswith(CURRENT_PREFIX))
+        for old in snapshots[:-1]:  # a newer snapshot covers everything an older one did
+            self.fs.rm(present[old])
+
+    @contextlib.contextmanager
+    def _bounded_connection(self, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        spill = tempfile.mkdtemp(prefix="songmill-compact-")
         con = duckdb.connect(":memory:")
         try:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+            con.execute(f"SET temp_directory = '{spill}'")
+            con.execute("SET preserve_insertion_order = false")
             if not self.is_local:
                 con.register_filesystem(self.fs)
-            urls = [self.url(p) for p in parts]
-            merged = con.sql("SELECT * FROM read_parquet(?, union_by_name = true)", params=[urls]).to_arrow_table()
+            yield con
         finally:
             con.close()
-        for f in spec.schema:  # columns added to the schema after old parts were written
-            if f.name not in merged.column_names:
-                merged = merged.append_column(f, pa.nulls(merged.num_rows, f.type))
-        self.write(table, merged)
-        for p in parts:
-            self.fs.rm(p)
-        return len(parts)
+            shutil.rmtree(spill, ignore_errors=True)
 
-    def compact_if_needed(self, tables: Iterable[str], max_parts: int = 256) -> None:
-        for table in tables:
-            if len(self.part_files(table)) > max_parts:
-                self.compact(table)
+    def _copy_to(self, con: duckdb.DuckDBPyConnection, sql: str, table: str, name: str, metadata: dict[str, str]) -> None:
+        """COPY a query to `table/name` through a temporary file and an atomic rename."""
+        meta = {"songmill.schema_version": str(SCHEMA_VERSION), "songmill.table": table} | metadata
+        kv = ", ".join(f"{_sql_literal(k)}: {_sql_literal(v)}" for k, v in meta.items())
+        options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE}, KV_METADATA {{{kv}}}"
+        dest = self._join(table, name)
+        if self.is_local:
+            tmp = self._join(table, TMP_PREFIX + name)
+            con.execute(f"COPY ({sql}) TO {_sql_literal(tmp)} ({options})")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            self._rename(tmp, dest)
+            return
+        local = tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
+        try:
+            con.execute(f"COPY ({sql}) TO {_sql_literal(local)} ({options})")
+            tmp = self._join(table, TMP_PREFIX + name)
+            self.fs.put_file(local, tmp)
+            self._rename(tmp, dest)
+        finally:
+            os.remove(local)
+
+    @contextlib.contextmanager
+    def _compaction_lock(self, table: str) -> Iterator[None]:
+        """One compaction per table at a time (two would both merge the same parts)."""
+        if not self.is_local:  # object stores have no locks: compaction there is one writer's job
+            yield
+            return
+        os.makedirs(self.table_dir(table), exist_ok=True)
+        with open(self._join(table, LOCK_FILE), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def clean_stale_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
         """Remove temporaries left by killed runs. Readers never look at them anyway."""
@@ -187,21 +335,72 @@ class Corpus:
         return removed
 
     # -- reads ------------------------------------------------------------------------------
+    def _list(self, table: str) -> list[str]:
+        return sorted(self.fs.glob(self._join(table, "*.parquet")))
+
+    def _file_sizes(self, table: str) -> dict[str, int]:
+        folder = self.table_dir(table)
+        if not self.fs.exists(folder):
+            return {}
+        return {
+            e["name"]: int(e.get("size") or 0)
+            for e in self.fs.ls(folder, detail=True)
+            if e["name"].endswith(".parquet") and not posixpath.basename(e["name"]).startswith(TMP_PREFIX)
+        }
+
+    def table_files(self, table: str) -> TableFiles:
+        """The table's snapshot, history files and parts since the snapshot, as URLs."""
+        from songmill.data_schema.views import TableFiles
+
+        snapshot, history, parts = None, [], []
+        for path in self._list(table):
+            name = posixpath.basename(path)
+            if name.startswith(CURRENT_PREFIX):
+                snapshot = path  # sorted: the newest wins (an older one is debris of a kill)
+            elif name.startswith(HISTORY_PREFIX):
+                history.append(path)
+            elif name.startswith(PART_PREFIX):
+                parts.append(path)
+        return TableFiles(
+            self.url(snapshot) if snapshot else None,
+            tuple(self.url(p) for p in history),
+            tuple(self.url(p) for p in parts),
+        )
+
     def part_files(self, table: str) -> list[str]:
-        return sorted(self.fs.glob(self._join(table, PART_GLOB)))
+        """Every file holding raw rows of the table (history + parts), oldest first."""
+        return [p for p in self._list(table) if posixpath.basename(p).startswith((HISTORY_PREFIX, PART_PREFIX))]
 
     def part_glob_url(self, table: str) -> str:
         return self.url(self._join(table, PART_GLOB))
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with a view per table and the joined `manifest`."""
+        from songmill.data_schema.catalog import ensure_catalog
+        from songmill.data_schema.tables import TABLES
         from songmill.data_schema.views import create_views
 
+        files = {name: self.table_files(name) for name in TABLES}
         con = duckdb.connect(":memory:")
         if not self.is_local:
             con.register_filesystem(self.fs)
-        create_views(con, self)
+        create_views(con, files)
+        with contextlib.suppress(OSError):  # a read-only mount: the catalog stays as it is
+            ensure_catalog(self, files)
         return con
+
+    # -- catalog -----------------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> str:
+        return self._join(CATALOG_FILE)
+
+    def refresh_catalog(self) -> str | None:
+        """Rebuild `<corpus>/songmill.duckdb` (local corpora; see catalog.py)."""
+        if not self.is_local:
+            return None
+        from songmill.data_schema.catalog import write_catalog
+
+        return write_catalog(self)
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run one query on a fresh connection and return the result as Arrow."""

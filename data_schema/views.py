@@ -1,29 +1,51 @@
 """DuckDB views over the corpus tables.
 
-For every table `t` there is `raw_t` (every row of every part file) and `t` (what users mean):
+Each table folder holds three kinds of Parquet files (see store.py):
+- `part-*.parquet`: rows appended since the last compaction (one file per write);
+- `history-*.parquet`: earlier parts, merged by compaction (the full history stays queryable);
+- `current-*.parquet`: the deduplicated "current" rows as of the last compaction, sorted by key.
+
+For every table `t` there is `raw_t` (every row ever written: history + parts) and `t` (what users
+mean): the snapshot, with the rows of the parts written since merged in at query time (only the
+keys those parts touch are re-resolved, so a query costs a scan of the snapshot, not a window
+function over the whole history). "Current" per table:
 - stage tables: the latest result per track, by stage version then time;
-- `tracks`: one row per track_id, with `uris`, every path it was seen under;
+- `tracks`: one row per track_id (the first seen), with `uris`, every path it was seen under;
 - keyed catalogs (`sources` by path, `lyrics` by lyric_id): the newest row per key;
 - `errors`: one row per distinct failure (re-runs of a retryable failure do not repeat it);
+- `runs`: every row;
 - `manifest`: one row per track, the latest result of every stage joined on `track_id`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
 import pyarrow as pa
-from songmill.data_schema.tables import STAGE_KEY_FIELDS, TABLES
+from songmill.data_schema.tables import STAGE_KEY_FIELDS, TABLES, TableSpec
 
 
-class PartFiles(Protocol):
-    """What the views need of a corpus (data_schema.store.Corpus): where each table's parts are."""
+@dataclass(frozen=True)
+class TableFiles:
+    """The files of one table at one moment (URLs as DuckDB should read them)."""
 
-    def part_files(self, table: str) -> list[str]: ...
+    snapshot: str | None = None
+    history: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
 
-    def part_glob_url(self, table: str) -> str: ...
+    @property
+    def raw(self) -> tuple[str, ...]:
+        return self.history + self.parts
+
+
+class CorpusFiles(Protocol):
+    """What the views need of a corpus (data_schema.store.Corpus): each table's files."""
+
+    def table_files(self, table: str) -> TableFiles: ...
+
 
 STAGE_KEY_COLUMNS = [f.name for f in STAGE_KEY_FIELDS]
 
@@ -40,89 +62,202 @@ class ManifestJoin:
 MANIFEST_JOINS: dict[str, ManifestJoin] = {}
 # Stage tables whose columns stay out of the manifest (large lists, or joined another way).
 MANIFEST_EXCLUDED_TABLES: set[str] = set()
+# Views defined on top of the table views (near_duplicates...): name -> SELECT over other views.
+DERIVED_VIEWS: dict[str, str] = {}
 
 
 def register_manifest_join(name: str, sql: str, columns: tuple[str, ...]) -> None:
     MANIFEST_JOINS[name] = ManifestJoin(name, sql, columns)
 
 
-def _quote(name: str) -> str:
+def register_view(name: str, sql: str) -> None:
+    """A view over other views, created before `manifest` (which may join it)."""
+    DERIVED_VIEWS[name] = sql
+
+
+def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def create_views(con: duckdb.DuckDBPyConnection, corpus: PartFiles) -> None:
-    for name, spec in TABLES.items():
-        if corpus.part_files(name):
-            source = f"read_parquet({_literal(corpus.part_glob_url(name))}, union_by_name = true)"
-        else:
-            con.register(f"_empty_{name}", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
-            source = f"_empty_{name}"
-        con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM {source}")
+@dataclass(frozen=True)
+class DedupRule:
+    """How the current row of a key is chosen: partition expressions and the winning order."""
 
-    for name, spec in TABLES.items():
-        if spec.stage_table:
-            con.execute(
-                f"""CREATE VIEW {name} AS SELECT * EXCLUDE (_rn) FROM (
-                      SELECT *, row_number() OVER (
-                        PARTITION BY track_id ORDER BY stage_version DESC, created_at DESC) AS _rn
-                      FROM raw_{name}) WHERE _rn = 1"""
+    partition: tuple[str, ...]
+    order: str
+
+
+def dedup_rule(spec: TableSpec) -> DedupRule | None:
+    """None: every row is current (runs)."""
+    if spec.stage_table:
+        return DedupRule(("track_id",), "stage_version DESC, created_at DESC, run_id DESC")
+    if spec.name == "tracks":  # the first sighting of a content hash defines the track
+        return DedupRule(("track_id",), "created_at ASC, uri ASC")
+    if spec.name == "errors":
+        return DedupRule(
+            ("coalesce(track_id, uri)", "stage", "stage_version", "config_hash", "error_type"),
+            "created_at DESC, run_id DESC",
+        )
+    if spec.key:
+        return DedupRule(tuple(quote(k) for k in spec.key), "created_at DESC")
+    return None
+
+
+_TYPE_NAMES: dict[str, dict[str, str]] = {}
+
+
+def duckdb_types(spec: TableSpec) -> dict[str, str]:
+    """Column -> DuckDB type name of a table's Arrow schema (cached)."""
+    key = f"{spec.name}:{spec.schema}"
+    if key not in _TYPE_NAMES:
+        con = duckdb.connect(":memory:")
+        try:
+            con.register("empty", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
+            _TYPE_NAMES[key] = {row[0]: row[1] for row in con.execute("DESCRIBE empty").fetchall()}
+        finally:
+            con.close()
+    return _TYPE_NAMES[key]
+
+
+def empty_select(spec: TableSpec) -> str:
+    """A zero-row SELECT with the table's columns and types (usable in a persistent catalog)."""
+    cols = ", ".join(f"NULL::{t} AS {quote(n)}" for n, t in duckdb_types(spec).items())
+    return f"SELECT {cols} WHERE false"
+
+
+# How a list of files is spelled in SQL: an in-memory connection lists literal URLs; the catalog
+# file spells them relative to its own folder (catalog.py).
+FileList = Callable[[str, tuple[str, ...]], str]
+
+
+def literal_files(_table: str, urls: tuple[str, ...]) -> str:
+    return "[" + ", ".join(literal(u) for u in urls) + "]"
+
+
+@dataclass
+class ViewSql:
+    """The SQL of every view, for one set of table files."""
+
+    files: dict[str, TableFiles]
+    spell: FileList = literal_files
+    # For the catalog: a glob standing for "whatever parts exist now" instead of a fixed list.
+    parts_glob: Callable[[str], str] | None = None
+    views: dict[str, str] = field(default_factory=dict)
+
+    def _read(self, table: str, urls: tuple[str, ...]) -> str:
+        spec = TABLES[table]
+        # union_by_name with an empty typed select: columns added to the schema after old files
+        # were written read as NULL instead of failing the view.
+        return (
+            f"SELECT * FROM read_parquet({self.spell(table, urls)}, union_by_name = true) "
+            f"UNION ALL BY NAME {empty_select(spec)}"
+        )
+
+    def _parts(self, table: str) -> str | None:
+        files = self.files[table]
+        if self.parts_glob is not None and files.parts:
+            spec = TABLES[table]
+            return (
+                f"SELECT * FROM read_parquet({self.parts_glob(table)}, union_by_name = true) "
+                f"UNION ALL BY NAME {empty_select(spec)}"
             )
+        return self._read(table, files.parts) if files.parts else None
 
-    for name, spec in TABLES.items():
-        # Keyed catalogs (sources by uri, lyrics by lyric_id): the newest row per key.
-        if not spec.stage_table and spec.key and name != "tracks":
-            keys = ", ".join(_quote(k) for k in spec.key)
-            con.execute(
-                f"""CREATE VIEW {name} AS SELECT * EXCLUDE (_rn) FROM (
-                      SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY created_at DESC) AS _rn
-                      FROM raw_{name}) WHERE _rn = 1"""
-            )
-    con.execute(
-        """CREATE VIEW tracks AS
-           WITH t AS (
-             SELECT * EXCLUDE (_rn) FROM (
-               SELECT *, row_number() OVER (PARTITION BY track_id ORDER BY created_at) AS _rn
-               FROM raw_tracks) WHERE _rn = 1),
-           u AS (
-             SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris
-             FROM sources WHERE status = 'ok' GROUP BY track_id)
-           SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM t LEFT JOIN u USING (track_id)"""
-    )
-    con.execute(
-        """CREATE VIEW errors AS SELECT * EXCLUDE (_rn) FROM (
-             SELECT *, row_number() OVER (
-               PARTITION BY coalesce(track_id, uri), stage, stage_version, config_hash, error_type
-               ORDER BY created_at DESC) AS _rn
-             FROM raw_errors) WHERE _rn = 1"""
-    )
-    con.execute("CREATE VIEW runs AS SELECT * FROM raw_runs")
-    _create_manifest(con)
+    def raw(self, table: str) -> str:
+        files = self.files[table]
+        pieces = [self._read(table, files.history)] if files.history else []
+        parts = self._parts(table)
+        if parts:
+            pieces.append(parts)
+        if not pieces:
+            return empty_select(TABLES[table])
+        return " UNION ALL BY NAME ".join(f"({p})" for p in pieces)
+
+    def current(self, table: str) -> str:
+        """The current rows of a table: snapshot + parts written since, resolved per key."""
+        spec = TABLES[table]
+        files = self.files[table]
+        rule = dedup_rule(spec)
+        if rule is None:
+            return self.raw(table)
+        snapshot = self._read(table, (files.snapshot,)) if files.snapshot else None
+        delta = self._parts(table)
+        return current_sql(rule, snapshot, delta, empty_select(spec))
 
 
-def _create_manifest(con: duckdb.DuckDBPyConnection) -> None:
-    taken = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+def current_sql(rule: DedupRule, snapshot: str | None, delta: str | None, empty: str) -> str:
+    """Merge a deduplicated snapshot with newer rows: keys the new rows do not touch come
+    straight from the snapshot; the touched keys are re-resolved over snapshot + new rows."""
+    partition = ", ".join(rule.partition)
+    window = f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {rule.order}) = 1"
+    if snapshot is None and delta is None:
+        return empty
+    if delta is None:
+        return snapshot  # type: ignore[return-value]
+    if snapshot is None:
+        return f"SELECT * FROM ({delta}) {window}"
+    keys = ", ".join(f"{p} AS _k{i}" for i, p in enumerate(rule.partition))
+    # Bare column names in the join condition resolve to the snapshot (_keys has only _k*).
+    match = " AND ".join(f"({p}) IS NOT DISTINCT FROM _keys._k{i}" for i, p in enumerate(rule.partition))
+    return f"""WITH _delta AS MATERIALIZED ({delta}),
+      _keys AS (SELECT DISTINCT {keys} FROM _delta)
+    SELECT _snap.* FROM ({snapshot}) _snap ANTI JOIN _keys ON {match}
+    UNION ALL BY NAME
+    SELECT * FROM (
+      SELECT _snap.* FROM ({snapshot}) _snap SEMI JOIN _keys ON {match}
+      UNION ALL BY NAME SELECT * FROM _delta) {window}"""
+
+
+def create_views(con: duckdb.DuckDBPyConnection, files: dict[str, TableFiles] | CorpusFiles) -> None:
+    """Create every view on `con` for the given table files (or a corpus to list them from)."""
+    if not isinstance(files, dict):
+        files = {name: files.table_files(name) for name in TABLES}
+    for name, sql in all_view_sql(ViewSql(files)).items():
+        con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
+
+
+def all_view_sql(v: ViewSql) -> dict[str, str]:
+    """Every view, in creation order: raw_<t>, <t>, tracks, derived views, manifest."""
+    out: dict[str, str] = {}
+    for name in TABLES:
+        out[f"raw_{name}"] = v.raw(name)
+    for name in TABLES:
+        if name != "tracks":
+            out[name] = v.current(name)
+    out["_tracks_current"] = v.current("tracks")
+    out["tracks"] = """WITH u AS (
+        SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris
+        FROM sources WHERE status = 'ok' AND track_id IS NOT NULL GROUP BY track_id)
+      SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
+    out.update(DERIVED_VIEWS)
+    out["manifest"] = manifest_sql()
+    return out
+
+
+def manifest_sql() -> str:
+    taken = set(TABLES["tracks"].schema.names) | {"uris"}
     selects = ["t.*"]
     joins = []
     for i, (name, spec) in enumerate(TABLES.items()):
         if not spec.stage_table or name in MANIFEST_EXCLUDED_TABLES:
             continue
         alias = f"s{i}"
-        for field in spec.schema:
-            if field.name in STAGE_KEY_COLUMNS:
+        for f in spec.schema:
+            if f.name in STAGE_KEY_COLUMNS:
                 continue
-            out = field.name if field.name not in taken else f"{name}_{field.name}"
+            out = f.name if f.name not in taken else f"{name}_{f.name}"
             taken.add(out)
-            selects.append(f"{alias}.{_quote(field.name)} AS {_quote(out)}")
-        joins.append(f"LEFT JOIN {name} {alias} USING (track_id)")
+            selects.append(f"{alias}.{quote(f.name)} AS {quote(out)}")
+        joins.append(f"LEFT JOIN {quote(name)} {alias} USING (track_id)")
     for i, join in enumerate(MANIFEST_JOINS.values()):
         alias = f"j{i}"
         for col in join.columns:
             out = col if col not in taken else f"{join.name}_{col}"
             taken.add(out)
-            selects.append(f"{alias}.{_quote(col)} AS {_quote(out)}")
+            selects.append(f"{alias}.{quote(col)} AS {quote(out)}")
         joins.append(f"LEFT JOIN ({join.sql}) {alias} USING (track_id)")
-    con.execute(f"CREATE VIEW manifest AS SELECT {', '.join(selects)} FROM tracks t {' '.join(joins)}")
+    return f"SELECT {', '.join(selects)} FROM tracks t {' '.join(joins)}"
