@@ -3,15 +3,19 @@
 `plan` asks DuckDB which tracks each stage still owes (an anti-join against the stage table and the
 non-retryable errors, keyed by stage version and config hash), `run_batch` decodes each track of a
 batch once and passes it through every stage that owes it, writing one Parquet part per stage per
-batch, and `finish` writes the `runs` rows. `run_stages` does all three in-process; the Prefect flow
-in flows/annotate_flow.py calls the same functions, one task per batch.
+batch, and `finish` writes the `runs` rows. `run_stages` does all three in-process; the annotate job
+(flows/jobs.py) calls the same functions from any executor, where a worker rebuilds a small plan for
+its share of the batches (`plan_for_batches`) and hands back `StageCounts`.
+
+`error_row` and `stamp_row` are the only places where an `errors` row or a stage row's bookkeeping
+columns are made; ingest uses them too.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +26,73 @@ from songmill.model.weights import WeightsMissing
 
 DEFAULT_BATCH_SIZE = 16
 MAX_MESSAGE_CHARS = 2000
+# What a stage's `setup` raises when it cannot run here at all: retryable, never fatal.
+UNAVAILABLE_ERRORS = (StageUnavailable, WeightsMissing)
+
+
+# -- the two row helpers ---------------------------------------------------------------------------
+def error_row(
+    *,
+    stage: str,
+    stage_version: int | None,
+    config_hash: str | None,
+    track_id: str | None,
+    uri: str | None,
+    exc: BaseException,
+    retryable: bool,
+    run_id: str,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """One `errors` row: which track, which stage (version + config), what went wrong."""
+    message = str(exc) or repr(exc)
+    return {
+        "track_id": track_id,
+        "uri": uri,
+        "stage": stage,
+        "stage_version": stage_version,
+        "config_hash": config_hash,
+        "error_type": type(exc).__name__,
+        "message": message[:MAX_MESSAGE_CHARS],
+        "retryable": retryable,
+        "run_id": run_id,
+        "created_at": created_at or utcnow(),
+    }
+
+
+def stamp_row(row: Mapping[str, Any], *, run_id: str, created_at: datetime | None = None, **keys: Any) -> dict[str, Any]:
+    """A result row with its bookkeeping columns: the key columns given (track_id, stage_version,
+    config_hash, ...), the run that wrote it and when."""
+    stamped = dict(row)
+    stamped.update(keys)
+    stamped["run_id"] = run_id
+    stamped["created_at"] = created_at or utcnow()
+    return stamped
+
+
+def stage_error_row(run_id: str, stage: Stage, track: Track, exc: BaseException, retryable: bool) -> dict[str, Any]:
+    return error_row(
+        stage=stage.name,
+        stage_version=stage.version,
+        config_hash=stage.config_hash,
+        track_id=track.track_id,
+        uri=track.uri,
+        exc=exc,
+        retryable=retryable,
+        run_id=run_id,
+    )
+
+
+# -- plan --------------------------------------------------------------------------------------------
+@dataclass
+class StageCounts:
+    """What one stage did over some batches: small and picklable, it travels back from workers."""
+
+    stage: str
+    n_ok: int = 0
+    n_error: int = 0
+    audio_seconds: float = 0.0
+    wall_s: float = 0.0
+    unavailable: str | None = None
 
 
 @dataclass
@@ -35,6 +106,17 @@ class StageProgress:
     n_error: int = 0
     audio_seconds: float = 0.0
     wall_s: float = 0.0
+
+    def counts(self) -> StageCounts:
+        return StageCounts(self.stage.name, self.n_ok, self.n_error, self.audio_seconds, self.wall_s, self.unavailable)
+
+    def add(self, counts: StageCounts) -> None:
+        self.n_ok += counts.n_ok
+        self.n_error += counts.n_error
+        self.audio_seconds += counts.audio_seconds
+        self.wall_s += counts.wall_s
+        if counts.unavailable and not self.unavailable:
+            self.unavailable = counts.unavailable
 
 
 @dataclass
@@ -63,6 +145,16 @@ class Plan:
     @property
     def n_tracks(self) -> int:
         return sum(len(b) for b in self.batches)
+
+    def pending_in(self, batches: Iterable[list[dict[str, Any]]]) -> dict[str, list[str]]:
+        """Stage name -> the tracks of `batches` it owes (what a worker needs to redo the plan)."""
+        ids = {row["track_id"] for batch in batches for row in batch}
+        return {p.stage.name: sorted(p.pending & ids) for p in self.stages}
+
+    def add_counts(self, counts: Iterable[StageCounts]) -> None:
+        by_name = {p.stage.name: p for p in self.stages}
+        for c in counts:
+            by_name[c.stage].add(c)
 
 
 def _sql_list(values: Sequence[str]) -> str:
@@ -100,6 +192,16 @@ def pending_track_ids(
     return set(result.column("track_id").to_pylist())
 
 
+def _requires_in_run(stages: Sequence[Stage]) -> list[set[str]]:
+    """Per stage, the required tables that an earlier stage of the same run produces."""
+    produced: set[str] = set()
+    out = []
+    for stage in stages:
+        out.append(set(stage.requires) & produced)
+        produced.add(stage.table)
+    return out
+
+
 def plan(
     corpus: Corpus,
     stages: Sequence[Stage],
@@ -109,11 +211,10 @@ def plan(
     force: bool = False,
 ) -> Plan:
     progress = []
-    produced: set[str] = set()
-    for stage in stages:
+    for i, (stage, in_run) in enumerate(zip(stages, _requires_in_run(stages), strict=True)):
+        produced = {s.table for s in stages[:i]}
         pending = pending_track_ids(corpus, stage, where, produced, force)
-        progress.append(StageProgress(stage, pending, set(stage.requires) & produced))
-        produced.add(stage.table)
+        progress.append(StageProgress(stage, pending, in_run))
     wanted = set().union(*(p.pending for p in progress)) if progress else set()
     rows = corpus.sql(
         "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
@@ -123,6 +224,43 @@ def plan(
     return Plan(run_id or new_run_id(), progress, batches)
 
 
+def plan_for_batches(
+    run_id: str,
+    stages: Sequence[Stage],
+    pending: Mapping[str, Iterable[str]],
+    batches: list[list[dict[str, Any]]],
+    unavailable: Mapping[str, str | None] | None = None,
+) -> Plan:
+    """The share of a plan that one worker runs: its batches and what each stage owes in them."""
+    unavailable = unavailable or {}
+    progress = [
+        StageProgress(stage, set(pending.get(stage.name, ())), in_run, unavailable.get(stage.name))
+        for stage, in_run in zip(stages, _requires_in_run(stages), strict=True)
+    ]
+    return Plan(run_id, progress, batches)
+
+
+def drop_already_written(corpus: Corpus, plan: Plan) -> int:
+    """Forget tracks that this run already wrote a row or an error for: a batch group that runs
+    again (its worker died, Dask retried it elsewhere) never writes a result twice."""
+    ids = sorted(set().union(*(p.pending for p in plan.stages)) if plan.stages else set())
+    if not ids:
+        return 0
+    dropped = 0
+    for p in plan.stages:
+        if not p.pending:
+            continue
+        done = corpus.sql(
+            f"""SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))
+                UNION SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ?
+                  AND track_id IN (SELECT unnest(?::VARCHAR[]))""",
+            [plan.run_id, ids, plan.run_id, p.stage.name, ids],
+        ).column("track_id").to_pylist()
+        dropped += len(p.pending & set(done))
+        p.pending -= set(done)
+    return dropped
+
+
 def setup_stages(plan: Plan) -> None:
     """Load each stage's models once. A stage that cannot run says why, once, and is skipped."""
     for progress in plan.stages:
@@ -130,36 +268,21 @@ def setup_stages(plan: Plan) -> None:
             continue
         try:
             progress.stage.setup()
-        except (StageUnavailable, WeightsMissing) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             progress.unavailable = str(exc)
 
 
+# -- run -------------------------------------------------------------------------------------------
 def _current_rows(corpus: Corpus, table: str, track_ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = corpus.sql(f"SELECT * FROM {table} WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [track_ids]).to_pylist()
     return {r["track_id"]: r for r in rows}
 
 
-def _error_row(run_id: str, stage: Stage, track: Track, exc: BaseException, retryable: bool) -> dict[str, Any]:
-    message = str(exc) or repr(exc)
-    return {
-        "track_id": track.track_id,
-        "uri": track.uri,
-        "stage": stage.name,
-        "stage_version": stage.version,
-        "config_hash": stage.config_hash,
-        "error_type": type(exc).__name__,
-        "message": message[:MAX_MESSAGE_CHARS],
-        "retryable": retryable,
-        "run_id": run_id,
-        "created_at": utcnow(),
-    }
-
-
-def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    """Pass one batch through every stage that owes its tracks; returns stage -> (ok, errors)."""
+def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> list[StageCounts]:
+    """Pass one batch through every stage that owes its tracks; returns what each stage did."""
     tracks = {row["track_id"]: Track(row) for row in batch}
     produced: dict[str, dict[str, dict[str, Any]]] = {}  # table -> track_id -> row, this batch
-    counts: dict[str, tuple[int, int]] = {}
+    counts: list[StageCounts] = []
     try:
         for progress in plan.stages:
             stage = progress.stage
@@ -170,46 +293,60 @@ def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> dict[s
             ]
             if not todo:
                 continue
+            done = StageCounts(stage.name, unavailable=progress.unavailable)
             started = time.perf_counter()
             if progress.unavailable is not None:
-                errors = [_error_row(plan.run_id, stage, t, StageUnavailable(progress.unavailable), True) for t in todo]
+                errors = [stage_error_row(plan.run_id, stage, t, StageUnavailable(progress.unavailable), True) for t in todo]
                 corpus.write("errors", errors)
-                progress.n_error += len(errors)
-                counts[stage.name] = (0, len(errors))
-                continue
-            _attach_inputs(corpus, stage, todo, produced)
-            results = _process_isolating_failures(stage, todo)
-            if len(results) != len(todo):
-                raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(todo)} tracks")
-            rows, errors = [], []
-            now = utcnow()
-            for track, result in zip(todo, results, strict=True):
-                if isinstance(result, BaseException):
-                    errors.append(_error_row(plan.run_id, stage, track, result, False))
-                    continue
-                row = dict(result)
-                row.update(
-                    track_id=track.track_id,
-                    stage_version=stage.version,
-                    config_hash=stage.config_hash,
-                    run_id=plan.run_id,
-                    created_at=now,
-                )
-                rows.append(row)
-                progress.audio_seconds += track.duration_s
-            # The stage's rows land before its errors: a kill in between loses only error rows,
-            # which the re-run writes again.
-            corpus.write(stage.table, rows)
-            corpus.write("errors", errors)
-            produced.setdefault(stage.table, {}).update({r["track_id"]: r for r in rows})
-            progress.n_ok += len(rows)
-            progress.n_error += len(errors)
-            progress.wall_s += time.perf_counter() - started
-            counts[stage.name] = (len(rows), len(errors))
+                done.n_error = len(errors)
+            else:
+                _attach_inputs(corpus, stage, todo, produced)
+                results = _process_isolating_failures(stage, todo)
+                if len(results) != len(todo):
+                    raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(todo)} tracks")
+                rows, errors = [], []
+                now = utcnow()
+                for track, result in zip(todo, results, strict=True):
+                    if isinstance(result, BaseException):
+                        errors.append(stage_error_row(plan.run_id, stage, track, result, False))
+                        continue
+                    rows.append(
+                        stamp_row(
+                            result,
+                            track_id=track.track_id,
+                            stage_version=stage.version,
+                            config_hash=stage.config_hash,
+                            run_id=plan.run_id,
+                            created_at=now,
+                        )
+                    )
+                    done.audio_seconds += track.duration_s
+                # The stage's rows land before its errors: a kill in between loses only error rows,
+                # which the re-run writes again.
+                corpus.write(stage.table, rows)
+                corpus.write("errors", errors)
+                produced.setdefault(stage.table, {}).update({r["track_id"]: r for r in rows})
+                done.n_ok, done.n_error = len(rows), len(errors)
+                done.wall_s = time.perf_counter() - started
+            progress.add(StageCounts(stage.name, done.n_ok, done.n_error, done.audio_seconds, done.wall_s))
+            counts.append(done)
     finally:
         for track in tracks.values():
             track.release_audio()
     return counts
+
+
+def run_batches(corpus: Corpus, plan: Plan, batches: Iterable[list[dict[str, Any]]]) -> list[StageCounts]:
+    """`run_batch` over several batches; returns each stage's totals over them."""
+    totals: dict[str, StageCounts] = {p.stage.name: StageCounts(p.stage.name, unavailable=p.unavailable) for p in plan.stages}
+    for batch in batches:
+        for c in run_batch(corpus, plan, batch):
+            t = totals[c.stage]
+            t.n_ok += c.n_ok
+            t.n_error += c.n_error
+            t.audio_seconds += c.audio_seconds
+            t.wall_s += c.wall_s
+    return list(totals.values())
 
 
 def _process_isolating_failures(stage: Stage, tracks: list[Track]) -> list[Any]:
@@ -236,6 +373,7 @@ def _attach_inputs(corpus: Corpus, stage: Stage, tracks: list[Track], produced: 
                 track.inputs[table] = stored[track.track_id]
 
 
+# -- finish ----------------------------------------------------------------------------------------
 def finish(corpus: Corpus, plan: Plan) -> list[RunSummary]:
     """Write one `runs` row per stage that had work, and return the summaries."""
     finished = utcnow()

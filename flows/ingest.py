@@ -17,6 +17,7 @@ from typing import Any
 import fsspec
 from songmill.annotate.audio import DecodeError, decode_with_info, probe
 from songmill.annotate.base import RUNTIME, StageConfig
+from songmill.annotate.runner import error_row, stamp_row
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
 AUDIO_EXTENSIONS = (
@@ -24,6 +25,8 @@ AUDIO_EXTENSIONS = (
     ".aif", ".aiff", ".aifc", ".wma", ".webm", ".caf", ".w64", ".mka",
 )
 GLOB_CHARS = set("*?[")
+# The `stage_version` of ingest's errors rows.
+INGEST_VERSION = 1
 
 
 @dataclass
@@ -107,74 +110,87 @@ def known_sources(corpus: Corpus) -> dict[str, tuple[int, float, str | None]]:
     return {r["uri"]: (r["size_bytes"], r["mtime"], r["track_id"]) for r in rows}
 
 
-def known_track_ids(corpus: Corpus) -> set[str]:
-    return set(corpus.sql("SELECT track_id FROM raw_tracks").column("track_id").to_pylist())
+def known_track_ids(corpus: Corpus, candidates: Sequence[str]) -> set[str]:
+    """Which of `candidates` the corpus already holds (asked per batch: no corpus-wide set to ship)."""
+    if not candidates:
+        return set()
+    result = corpus.sql(
+        "SELECT DISTINCT track_id FROM raw_tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[]))",
+        [sorted(set(candidates))],
+    )
+    return set(result.column("track_id").to_pylist())
 
 
-def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], known_ids: set[str], run_id: str, verify: str = "header") -> IngestSummary:
+def _seen_in_run(corpus: Corpus, run_id: str, uris: Sequence[str]) -> set[str]:
+    """Files this run already recorded: a batch that runs again (its worker died) skips them."""
+    result = corpus.sql(
+        "SELECT uri FROM raw_sources WHERE run_id = ? AND uri IN (SELECT unnest(?::VARCHAR[]))",
+        [run_id, list(uris)],
+    )
+    return set(result.column("uri").to_pylist())
+
+
+def _track_row(track_id: str, uri: str, data: bytes, verify: str) -> dict[str, Any]:
+    info = decode_with_info(data)[1] if verify == "decode" else probe(data)
+    return {
+        "track_id": track_id,
+        "uri": uri,
+        "size_bytes": len(data),
+        "duration_s": info.duration_s,
+        "frames": info.frames,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "codec": info.codec,
+        "container": info.container,
+        "bit_depth": info.bit_depth,
+    }
+
+
+def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify: str = "header") -> IngestSummary:
     """Hash and probe `files`; write their tracks, sources and errors rows (one part each).
 
-    `known_ids` is updated in place so that duplicates across batches of one run are caught.
+    Content already in the corpus (or earlier in the batch) is a new path of a known track. Files
+    whose `sources` row this run already wrote are skipped, so running a batch twice is harmless.
     """
     summary = IngestSummary(run_id)
-    tracks, sources, errors = [], [], []
+    files = [f for f in files if f.uri not in _seen_in_run(corpus, run_id, [f.uri for f in files])]
+    hashed: list[tuple[FoundFile, bytes | None, str | None, BaseException | None]] = []
     for f in files:
-        now = utcnow()
-        track_id = None
         try:
             with fsspec.open(f.uri, "rb") as fh:
                 data = fh.read()
-            track_id = hashlib.sha256(data).hexdigest()
-            if track_id in known_ids:
+            hashed.append((f, data, hashlib.sha256(data).hexdigest(), None))
+        except (OSError, ValueError, RuntimeError) as exc:
+            hashed.append((f, None, None, exc))
+    known = known_track_ids(corpus, [h[2] for h in hashed if h[2]])
+    tracks, sources, errors = [], [], []
+    for f, data, track_id, failure in hashed:
+        now = utcnow()
+        try:
+            if failure is not None:
+                raise failure
+            if track_id in known:
                 summary.new_uris += 1
             else:
-                info = decode_with_info(data)[1] if verify == "decode" else probe(data)
-                tracks.append(
-                    {
-                        "track_id": track_id,
-                        "uri": f.uri,
-                        "size_bytes": len(data),
-                        "duration_s": info.duration_s,
-                        "frames": info.frames,
-                        "sample_rate": info.sample_rate,
-                        "channels": info.channels,
-                        "codec": info.codec,
-                        "container": info.container,
-                        "bit_depth": info.bit_depth,
-                        "run_id": run_id,
-                        "created_at": now,
-                    }
-                )
-                known_ids.add(track_id)
+                tracks.append(stamp_row(_track_row(track_id, f.uri, data, verify), run_id=run_id, created_at=now))
+                known.add(track_id)
                 summary.new_tracks += 1
             status = "ok"
         except (DecodeError, OSError, ValueError, RuntimeError) as exc:
             errors.append(
-                {
-                    "track_id": track_id,
-                    "uri": f.uri,
-                    "stage": "ingest",
-                    "stage_version": 1,
-                    "config_hash": verify,
-                    "error_type": type(exc).__name__,
-                    "message": str(exc)[:2000],
-                    "retryable": False,
-                    "run_id": run_id,
-                    "created_at": now,
-                }
+                error_row(
+                    stage="ingest", stage_version=INGEST_VERSION, config_hash=verify, track_id=track_id,
+                    uri=f.uri, exc=exc, retryable=False, run_id=run_id, created_at=now,
+                )
             )
             summary.errors += 1
             status = "error"
         sources.append(
-            {
-                "uri": f.uri,
-                "size_bytes": f.size,
-                "mtime": f.mtime,
-                "track_id": track_id,
-                "status": status,
-                "run_id": run_id,
-                "created_at": now,
-            }
+            stamp_row(
+                {"uri": f.uri, "size_bytes": f.size, "mtime": f.mtime, "track_id": track_id, "status": status},
+                run_id=run_id,
+                created_at=now,
+            )
         )
     # tracks and errors before sources: `sources` marks a file as seen, so a kill before it only
     # means the file is looked at again next run (and then found to be a known track_id).
@@ -188,11 +204,11 @@ def finish_ingest(corpus: Corpus) -> None:
     corpus.compact_if_needed(["tracks", "sources", "errors"])
 
 
-def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig) -> tuple[list[FoundFile], IngestSummary]:
+def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, run_id: str | None = None) -> tuple[list[FoundFile], IngestSummary]:
     """Discover files and drop those unchanged since the last run (path + size + mtime)."""
     files, missing = discover(sources, config.extensions)
     known = known_sources(corpus)
-    summary = IngestSummary(new_run_id(), found=len(files), missing_sources=missing)
+    summary = IngestSummary(run_id or new_run_id(), found=len(files), missing_sources=missing)
     todo = []
     for f in files:
         seen = known.get(f.uri)
@@ -203,20 +219,32 @@ def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig) ->
     return todo, summary
 
 
+def ingest_batches(files: Sequence[FoundFile], batch_size: int) -> list[list[FoundFile]]:
+    """Batches of about `batch_size` files in which files of equal size stay together: identical
+    content has identical size, so batches run in parallel never both claim the same new track."""
+    by_size = sorted(files, key=lambda f: (f.size, f.uri))
+    batches: list[list[FoundFile]] = []
+    for f in by_size:
+        if not batches or (len(batches[-1]) >= max(1, batch_size) and batches[-1][-1].size != f.size):
+            batches.append([])
+        batches[-1].append(f)
+    return batches
+
+
 def ingest(
     corpus: Corpus,
     sources: Sequence[str],
     config: IngestConfig | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
-    """Ingest in-process (the Prefect flow in flows/pipeline.py does the same, a task per batch)."""
+    """Ingest in-process (flows/jobs.py's IngestJob runs the same functions on any executor)."""
     config = config or IngestConfig()
     todo, summary = plan_ingest(corpus, sources, config)
-    known_ids = known_track_ids(corpus)
-    for start in range(0, len(todo), config.batch_size):
-        batch = todo[start : start + config.batch_size]
-        summary.add(ingest_batch(corpus, batch, known_ids, summary.run_id, config.verify))
+    done = 0
+    for batch in ingest_batches(todo, config.batch_size):
+        summary.add(ingest_batch(corpus, batch, summary.run_id, config.verify))
+        done += len(batch)
         if on_batch is not None:
-            on_batch(start + len(batch), len(todo))
+            on_batch(done, len(todo))
     finish_ingest(corpus)
     return summary

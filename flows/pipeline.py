@@ -21,7 +21,7 @@ from songmill.flows.ingest import (
     IngestSummary,
     finish_ingest,
     ingest_batch,
-    known_track_ids,
+    ingest_batches,
     plan_ingest,
 )
 from songmill.flows.progress import TerminalProgress
@@ -44,8 +44,8 @@ class _Progress:
 
 
 @task(name="ingest-batch", cache_policy=NO_CACHE)
-def ingest_batch_task(corpus_root: str, files: list[FoundFile], known_ids: set[str], run_id: str, verify: str) -> IngestSummary:
-    return ingest_batch(Corpus(corpus_root), files, known_ids, run_id, verify)
+def ingest_batch_task(corpus_root: str, files: list[FoundFile], run_id: str, verify: str) -> IngestSummary:
+    return ingest_batch(Corpus(corpus_root), files, run_id, verify)
 
 
 @flow(name="songmill-ingest", log_prints=True)
@@ -54,14 +54,14 @@ def ingest_flow(corpus_root: str, sources: list[str], settings: dict[str, Any] |
     config = build_config(IngestConfig, "ingest", settings)
     todo, summary = plan_ingest(corpus, sources, config)
     get_run_logger().info("ingest: %d files found, %d unchanged, %d to read", summary.found, summary.unchanged, len(todo))
-    known_ids = known_track_ids(corpus)
     progress = _Progress("ingest", len(todo), show_progress)
+    done = 0
     try:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
+        for batch in ingest_batches(todo, config.batch_size):
             # quote(): Prefect would otherwise walk these (large) arguments on every task call.
-            summary.add(ingest_batch_task(corpus.root, quote(batch), quote(known_ids), summary.run_id, config.verify))
-            progress.advance(start + len(batch))
+            summary.add(ingest_batch_task(corpus.root, quote(batch), summary.run_id, config.verify))
+            done += len(batch)
+            progress.advance(done)
     finally:
         progress.close()
     finish_ingest(corpus)
