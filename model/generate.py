@@ -10,7 +10,7 @@ from songmill.model.conditions import Conditions
 from songmill.model.dcae import MusicDCAE
 from songmill.model.dit import LinearDiT
 from songmill.model.encoders import ByteLyricTokenizer, TextEncoder, tokenize_lyrics
-from songmill.model.flow import euler_sample, heun_sample
+from songmill.model.flow import SAMPLERS, SamplerSettings, sample
 from songmill.model.mel import Vocoder, mel_frames
 
 
@@ -38,6 +38,25 @@ def build_conditions(
     ).to(device)
 
 
+def sampler_settings(
+    sampler: str | SamplerSettings = "acestep",
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    shift: float | None = None,
+    **overrides: object,
+) -> SamplerSettings:
+    """A named sampler ("acestep": ACE-Step v1's Euler 60 + APG 15, guidance interval 0.5;
+    "euler" / "heun": plain CFG) or given settings, with the non-None overrides applied."""
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        sampler = SAMPLERS[sampler]
+    values = {"steps": steps, "guidance_scale": guidance_scale, "shift": shift, **overrides}
+    settings = sampler.replace(**{k: v for k, v in values.items() if v is not None})
+    settings.validate()
+    return settings
+
+
 @torch.no_grad()
 def generate(
     dcae: MusicDCAE,
@@ -48,14 +67,18 @@ def generate(
     lyrics: str | None,
     duration_s: float,
     seed: int,
-    steps: int = 27,
-    guidance_scale: float = 7.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     lyric_tokenizer: Any = None,
-    sampler: str = "euler",
-    shift: float = 3.0,
+    sampler: str | SamplerSettings = "acestep",
+    shift: float | None = None,
     speaker: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Returns ((2, T) float32 waveform on CPU, sample rate). Same seed -> same waveform."""
+    """Returns ((2, T) float32 waveform on CPU, sample rate). Same seed -> same waveform.
+
+    `sampler`: a name from model.flow.SAMPLERS or SamplerSettings; `steps`, `guidance_scale` and
+    `shift` override its values when given."""
+    settings = sampler_settings(sampler, steps, guidance_scale, shift)
     device = next(dit.parameters()).device
     num_samples = int(round(duration_s * vocoder.sample_rate))
     # enough mel frames that the vocoder's (frames - 1) * hop samples cover the duration
@@ -69,10 +92,9 @@ def generate(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     shape = (1, dit.cfg.in_channels, dit.cfg.latent_height, latent_frames)
     noise = torch.randn(shape, generator=generator).to(device)
-    sample = {"euler": euler_sample, "heun": heun_sample}[sampler]
     was_training = dit.training
     dit.eval()
-    latent = sample(dit, noise, cond, steps=steps, guidance_scale=guidance_scale, shift=shift)
+    latent = sample(dit, noise, cond, settings)
     dit.train(was_training)
     mel = dcae.decode(latent.to(next(dcae.parameters()).device))[..., :frames].clamp(-1.0, 1.0)
     wav = vocoder(mel.float())[0, :, :num_samples]

@@ -108,7 +108,11 @@ def _tiny_models():
     cfg = preset("tiny")
     torch.manual_seed(0)
     dcae, dit = MusicDCAE(cfg.dcae).eval(), LinearDiT(cfg.dit).eval()
-    torch.nn.init.normal_(dit.proj_out.weight, std=0.05)
+    # the DiT starts with zero output (and AdaLN) projections: give them weights, so the
+    # prediction depends on its inputs
+    for module in dit.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.any():
+            torch.nn.init.normal_(module.weight, std=0.05)
     return dcae, dit, TextEncoder.tiny_random(cfg.text)
 
 

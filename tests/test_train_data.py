@@ -198,9 +198,11 @@ def test_config_types_are_checked():
 def test_lr_warms_up_then_decays():
     cfg = TrainConfig(warmup_steps=10, max_steps=110, decay="cosine", min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(110)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    # warm-up from 0 as ACE-Step's lr_lambda (step / warmup_steps), full LR at the warm-up's end
+    assert factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint
 
 
 def test_lyric_tokenizer_is_trained_on_the_corpus_lyrics(corpus, tmp_path):

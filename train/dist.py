@@ -84,14 +84,32 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-def wrap(module: nn.Module, info: DistInfo, strategy: str, preset: str) -> nn.Module:
-    """DDP, or FSDP (fully_shard per block, then the root) for the base preset / strategy=fsdp."""
+def choose_strategy(strategy: str, preset: str, lora: bool = False) -> str:
+    """ddp or fsdp: "auto" means FSDP for the base preset, DDP otherwise. LoRA always trains
+    under DDP: its adapters are a few MB, and FSDP would shard them (validation on rank 0 only
+    and adapter files of DTensor shards), so an explicit fsdp + LoRA is refused."""
+    if lora:
+        if strategy == "fsdp":
+            raise ValueError("LoRA training does not run under FSDP (it would shard the adapters); "
+                             "use strategy=ddp or auto (DDP for LoRA)")
+        return "ddp"
+    if strategy == "auto":
+        return "fsdp" if preset == "base" else "ddp"
+    return strategy
+
+
+def wrap(module: nn.Module, info: DistInfo, strategy: str, preset: str = "") -> nn.Module:
+    """DDP, or FSDP (fully_shard per block, then the root) for strategy fsdp (or auto on the base
+    preset). Under DDP every parameter must get a gradient each step: the tasks make sure of it
+    (unused REPA projectors get a zero-weighted loss term), so DDP skips the per-step graph
+    traversal `find_unused_parameters` costs."""
     if not info.distributed:
         return module
-    if strategy == "fsdp" or (strategy == "auto" and preset == "base"):
+    strategy = choose_strategy(strategy, preset) if strategy == "auto" else strategy
+    if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in getattr(module, "blocks", []):
+        for block in getattr(module, "transformer_blocks", None) or getattr(module, "blocks", []):
             fully_shard(block)
         fully_shard(module)
         return module

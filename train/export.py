@@ -59,15 +59,18 @@ def generate_from_checkpoint(
     duration_s: float,
     out: str,
     seed: int = 0,
-    steps: int = 27,
-    guidance: float = 7.0,
-    sampler: str = "euler",
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str = "acestep",
     dcae: str | None = None,
     vocoder: str | None = None,
     device: str = "auto",
+    **sampler_overrides: object,
 ) -> str:
+    """Generate from a checkpoint with a named sampler (see model.flow.SAMPLERS); `steps`,
+    `guidance` and `sampler_overrides` (SamplerSettings fields) change it when not None."""
     from songmill.model.config import MelConfig
-    from songmill.model.generate import generate
+    from songmill.model.generate import generate, sampler_settings
     from songmill.model.mel import load_vocoder
     from songmill.train.dist import pick_device
     from songmill.train.samples import write_wav
@@ -76,13 +79,14 @@ def generate_from_checkpoint(
     dev = pick_device(device)
     dit, trainer = load_dit(checkpoint, dev)
     conditioning = trainer.get("conditioning", {})
+    settings = sampler_settings(sampler, steps, guidance, float(conditioning.get("timestep_shift", 3.0)),
+                                **sampler_overrides)
     parts = load_conditioning(conditioning, dev, dcae_override=dcae)
     if parts["dcae"] is None:
         raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")
     mel_cfg = MelConfig.from_dict(conditioning["mel"]) if "mel" in conditioning else MelConfig()
     wav, sr = generate(
         parts["dcae"], dit, parts["text_encoder"], load_vocoder(vocoder, mel_cfg, dev), prompt, lyrics,
-        duration_s, seed, steps=steps, guidance_scale=guidance, lyric_tokenizer=parts["tokenizer"],
-        sampler=sampler, shift=float(conditioning.get("timestep_shift", 3.0)),
+        duration_s, seed, lyric_tokenizer=parts["tokenizer"], sampler=settings,
     )
     return write_wav(out, wav, sr)

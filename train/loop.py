@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from songmill.train import dist
 from songmill.train.checkpoint import (
+    CheckpointError,
     check_config_matches,
     load_checkpoint,
     rng_state,
@@ -46,9 +47,10 @@ class TrainResult:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of cfg.lr at optimizer step `step` (0-based): warm-up, then decay."""
+    """Multiplier of cfg.lr at optimizer step `step` (0-based), as ACE-Step's trainer.py: linear
+    warm-up from 0 (step / warmup_steps), then decay to min_lr_ratio over the remaining steps."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return step / cfg.warmup_steps
     if cfg.decay == "constant":
         return 1.0
     span = max(1, cfg.max_steps - cfg.warmup_steps)
@@ -153,7 +155,18 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
     start_step, position = 0, DataPosition()
     if resume:
         ckpt = load_checkpoint(resume)
-        check_config_matches(ckpt.trainer["config"], cfg.hashed_fields(), force)
+        saved_config = dict(ckpt.trainer["config"])
+        saved_max = int(saved_config.pop("max_steps", cfg.max_steps))
+        current = {k: v for k, v in cfg.hashed_fields().items() if k != "max_steps"}
+        check_config_matches(saved_config, current, force)
+        if cfg.max_steps != saved_max:
+            # The commonest resume: go on for longer. The LR schedule is a function of max_steps,
+            # so it stretches to the new end from this step on.
+            _log(f"extending the run: max_steps {saved_max} -> {cfg.max_steps}; the {cfg.decay} LR "
+                 f"schedule now ends at step {cfg.max_steps}", info)
+        if ckpt.step >= cfg.max_steps:
+            raise CheckpointError(f"the checkpoint is at step {ckpt.step}, already at max_steps {cfg.max_steps}: "
+                                  f"pass a larger --max-steps to continue")
         if lora:
             from peft import set_peft_model_state_dict
 
@@ -166,7 +179,10 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
         position = DataPosition(**ckpt.trainer["data_position"])
         _log(f"resuming from {ckpt.path} at step {start_step}", info)
 
-    wrapped = dist.wrap(model, info, cfg.strategy, cfg.preset)
+    strategy = dist.choose_strategy(cfg.strategy, cfg.preset, lora)
+    if strategy != cfg.strategy and info.distributed and cfg.strategy == "auto" and lora:
+        _log("LoRA trains with DDP: FSDP (the base preset's usual choice) shards the adapters", info)
+    wrapped = dist.wrap(model, info, strategy)
     fsdp = dist.is_fsdp(model)
     if cfg.compile:
         wrapped = torch.compile(wrapped)

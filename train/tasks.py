@@ -19,36 +19,13 @@ from songmill.train.data import (
     collate_mel,
     read_manifest,
 )
+from songmill.train.objective import combine_repa, drop_conditions, masked_mean, repa_loss
 from torch import nn
 
 CONDITIONING_FILE = "conditioning.json"
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of values (B, ..., F) over the frames where mask (B, F) is True."""
-    weights = mask.to(values.dtype).reshape(mask.shape[0], *([1] * (values.dim() - 2)), mask.shape[1])
-    weights = weights.expand_as(values)
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
-
-
 # -- DiT ----------------------------------------------------------------------------------------
-
-
-def repa_loss(projected: torch.Tensor, frame_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """1 - cosine between the projector output, interpolated per sample from its latent frames to
-    its target frames (10.77 Hz -> 75 / 50 Hz), and the SSL features."""
-    losses = []
-    for b in range(projected.shape[0]):
-        frames, targets = int(frame_mask[b].sum()), int(target_mask[b].sum())
-        if frames == 0 or targets == 0:
-            continue
-        source = projected[b, :frames].float().T[None]  # (1, D, F)
-        aligned = F.interpolate(source, size=targets, mode="linear", align_corners=False)[0].T
-        cosine = F.cosine_similarity(aligned, target[b, :targets].float(), dim=-1)
-        losses.append((1.0 - cosine).mean())
-    if not losses:
-        return projected.sum() * 0.0
-    return torch.stack(losses).mean()
 
 
 class DiTTask:
@@ -95,9 +72,10 @@ class DiTTask:
         return self.dit_cfg.to_dict()
 
     def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """ACE-Step's objective by default: x0-space denoising loss + the mean of the REPA terms
+        (settings loss_space, repa_reduce, cfg_drop_lyric_mask give the other choices)."""
         from songmill.model.conditions import Conditions
-        from songmill.model.encoders import cfg_dropout
-        from songmill.model.flow import add_noise, flow_matching_loss, sample_sigmas
+        from songmill.model.flow import add_noise, denoising_loss, sample_sigmas
 
         cfg = self.cfg
         x0 = batch["latent"].to(device)
@@ -106,17 +84,29 @@ class DiTTask:
         noise = torch.randn(x0.shape, generator=generator).to(device)
         sigma = sample_sigmas(x0.shape[0], cfg.timestep_shift, generator=generator, device=device)
         cond = Conditions(batch["text"], batch["text_mask"], batch["lyrics"], batch["lyrics_mask"], batch["speaker"])
-        cond = cfg_dropout(cond, cfg.cfg_p_text, cfg.cfg_p_lyrics, cfg.cfg_p_speaker, generator=generator).to(device)
-        want_repa = cfg.repa_weight > 0 and bool(batch["repa"])
-        out = model(add_noise(x0, noise, sigma), sigma, cond, frame_mask, return_repa=want_repa)
-        fm = flow_matching_loss(out.sample, x0, noise, frame_mask)
-        logs = {"loss/flow": float(fm.detach())}
-        loss = fm
+        cond = drop_conditions(cond, cfg.cfg_p_text, cfg.cfg_p_lyrics, cfg.cfg_p_speaker, generator=generator,
+                               drop_lyric_mask=cfg.cfg_drop_lyric_mask).to(device)
+        # Every projector takes part in every step, with a zero-weighted term when its target is
+        # missing from the batch: a parameter without a gradient on one rank stalls DDP.
+        want_repa = cfg.repa_weight > 0 and bool(self.dit_cfg.repa_targets)
+        noisy = add_noise(x0, noise, sigma)
+        out = model(noisy, sigma, cond, frame_mask, return_repa=want_repa)
+        denoise = denoising_loss(cfg.loss_space, out.sample, noisy, x0, noise, sigma, frame_mask)
+        logs = {f"loss/{cfg.loss_space}": float(denoise.detach())}
+        loss = denoise
         if want_repa:
-            for name, (target, target_mask) in batch["repa"].items():
-                term = repa_loss(out.repa[name], frame_mask, target.to(device), target_mask.to(device))
+            terms = []
+            for name, projected in sorted(out.repa.items()):
+                if name not in batch["repa"]:
+                    loss = loss + 0.0 * projected.sum()
+                    continue
+                target, target_mask = batch["repa"][name]
+                term = repa_loss(projected, frame_mask, target.to(device), target_mask.to(device))
                 logs[f"loss/repa_{name}"] = float(term.detach())
-                loss = loss + cfg.repa_weight * term
+                terms.append(term)
+            repa = combine_repa(terms, cfg.repa_reduce)
+            if repa is not None:
+                loss = loss + cfg.repa_weight * repa
         return loss, logs
 
     def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
@@ -134,7 +124,7 @@ class DiTTask:
         wav, sr = generate(
             val["dcae"], model, val["text_encoder"], load_vocoder(None, self.model_preset.mel),
             val["prompt"], val["lyrics"], self.cfg.val_duration_s, seed=self.cfg.seed,
-            steps=self.cfg.val_steps, guidance_scale=self.cfg.val_guidance,
+            steps=self.cfg.val_steps, guidance_scale=self.cfg.val_guidance, sampler=self.cfg.val_sampler,
             lyric_tokenizer=val["tokenizer"], shift=self.cfg.timestep_shift,
         )
         mel = MelSpectrogram(self.model_preset.mel)(wav.unsqueeze(0))[0]
