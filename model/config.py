@@ -116,14 +116,26 @@ class TextEncoderConfig(_DictConfig):
 
 @dataclass
 class LyricEncoderConfig(_DictConfig):
-    vocab_size: int = 6693  # XTTS VoiceBPE size used by ACE-Step; the tokenizer decides
+    vocab_size: int = 6693  # XTTS VoiceBPE + language tags, as ACE-Step v1; the tokenizer decides
+    # "espnet": ACE-Step v1's ESPnet Conformer (Transformer-XL relative-position attention, no conv
+    # module, no macaron, input Linear + LayerNorm, x sqrt(width)); "macaron-rope": songmill's
+    # earlier macaron Conformer with convolutions and rotary positions.
+    kind: str = "espnet"
+    # width of the token embedding (ACE-Step's lyric_hidden_size); 0 means `width`
+    embed_dim: int = 0
     width: int = 1024
     depth: int = 6
     heads: int = 16
     ffn_ratio: float = 4.0
-    conv_kernel: int = 15
+    conv_kernel: int = 15  # macaron-rope only
     max_tokens: int = 4096
-    dropout: float = 0.0
+    dropout: float = 0.1
+    positional_dropout: float = 0.1  # espnet only
+    attention_dropout: float = 0.0
+
+    @property
+    def token_dim(self) -> int:
+        return self.embed_dim or self.width
 
 
 @dataclass
@@ -138,18 +150,38 @@ class DiTConfig(_DictConfig):
     text_dim: int = 768
     speaker_dim: int = 512
     lyrics: LyricEncoderConfig = field(default_factory=LyricEncoderConfig)
-    rope_theta: float = 10000.0
+    # "conv": ACE-Step's Conv2d(8 -> patch_hidden, 16x1) -> GroupNorm(32) -> 1x1 conv;
+    # "linear": one Linear over the 8 x 16 patch (songmill's earlier choice)
+    patch_embed: str = "conv"
+    patch_hidden: int = 2048  # ACE-Step: in_channels * 256
+    rope_theta: float = 1_000_000.0
+    # "interleaved": ACE-Step's rotation of (2i, 2i+1) pairs against cat(freqs, freqs) tables;
+    # "half": the usual rotate-half layout
+    rope_layout: str = "interleaved"
+    # ACE-Step rotates cross-attention too: latent positions for q, condition positions for k
+    cross_attention_rope: bool = True
+    # an extra affine RMSNorm before cross-attention (songmill's earlier choice; ACE-Step has none)
+    cross_attention_norm: bool = False
+    # True: padded frames never touch real ones (masked patch-embed statistics, FFN conv, output);
+    # False: ACE-Step's masking (attention only), needed for bit-level parity with the release
+    strict_padding: bool = False
+    # output features ordered (row, channel) as ACE-Step's unpatchify, or (channel, row)
+    output_order: str = "row_channel"
     timestep_freq_dim: int = 256
-    # hidden state after this many blocks feeds the REPA projectors
-    repa_block: int = 8
-    repa_hidden: int = 2048
+    # hidden state after this many blocks feeds the REPA projectors (ACE-Step: after block index 8)
+    repa_block: int = 9
+    repa_hidden: int = 0  # 0 means 2 x width, ACE-Step's projector size
     repa_targets: dict[str, int] = field(default_factory=lambda: {"mert": 1024, "mhubert": 768})
-    linear_attention_eps: float = 1e-6
+    linear_attention_eps: float = 1e-15
     gradient_checkpointing: bool = False
 
     @property
     def patch_dim(self) -> int:
         return self.in_channels * self.latent_height
+
+    @property
+    def repa_width(self) -> int:
+        return self.repa_hidden or 2 * self.width
 
 
 @dataclass
@@ -185,7 +217,7 @@ def preset(name: str) -> ModelPreset:
                 decoder_depths=(2, 2, 2, 2),
             ),
             dit=DiTConfig(
-                width=1024, depth=12, heads=16, head_dim=64, repa_block=4, repa_hidden=1024
+                width=1024, depth=12, heads=16, head_dim=64, repa_block=4, patch_hidden=1024
             ),
             text=TextEncoderConfig(),
             lyrics=lyrics,
@@ -193,7 +225,8 @@ def preset(name: str) -> ModelPreset:
     if name == "tiny":
         text = TextEncoderConfig(kind="tiny-random", path="", d_model=32, max_length=64)
         lyrics = LyricEncoderConfig(
-            vocab_size=260, width=32, depth=1, heads=2, ffn_ratio=2.0, conv_kernel=3, max_tokens=256
+            vocab_size=260, width=32, depth=1, heads=2, ffn_ratio=2.0, conv_kernel=3, max_tokens=256,
+            dropout=0.0, positional_dropout=0.0,
         )
         return ModelPreset(
             name="tiny",
@@ -214,6 +247,7 @@ def preset(name: str) -> ModelPreset:
                 timestep_freq_dim=32,
                 repa_block=1,
                 repa_hidden=64,
+                patch_hidden=64,
                 repa_targets={"mert": 1024, "mhubert": 768},
             ),
             text=text,

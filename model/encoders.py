@@ -229,8 +229,9 @@ class ConformerBlock(nn.Module):
         return self.norm(x)
 
 
-class LyricEncoder(nn.Module):
-    """Lyric token ids (B, L) -> (B, L, width) through a Conformer (zeros at padded positions)."""
+class MacaronLyricEncoder(nn.Module):
+    """songmill's earlier lyric encoder: embedded tokens (B, L, width) -> (B, L, width) through a
+    macaron Conformer with convolutions and rotary positions (zeros at padded positions)."""
 
     config_class = LyricEncoderConfig
 
@@ -238,21 +239,32 @@ class LyricEncoder(nn.Module):
         super().__init__()
         if cfg.width % cfg.heads:
             raise ValueError("lyric encoder width must be divisible by heads")
+        if cfg.token_dim != cfg.width:
+            raise ValueError("the macaron-rope lyric encoder needs embed_dim == width")
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.depth))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None:
-            mask = torch.ones_like(ids, dtype=torch.bool)
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         # a row with nothing to attend to would give NaN: let it attend to its first slot
         attend = mask.clone()
         attend[:, 0] |= ~attend.any(dim=1)
-        x = self.embed(ids)
-        rope = rope_angles(ids.shape[1], self.cfg.width // self.cfg.heads, device=ids.device)
+        rope = rope_angles(x.shape[1], self.cfg.width // self.cfg.heads, device=x.device)
         for block in self.blocks:
             x = block(x, attend, rope)
         return x.masked_fill(~mask[..., None], 0.0)
+
+
+def build_lyric_encoder(cfg: LyricEncoderConfig) -> nn.Module:
+    """The lyric encoder `cfg.kind` names: embedded tokens (B, L, token_dim) + mask -> (B, L, width)."""
+    if cfg.kind == "espnet":
+        from songmill.model.conformer import EspnetConformerEncoder
+
+        return EspnetConformerEncoder(cfg)
+    if cfg.kind == "macaron-rope":
+        return MacaronLyricEncoder(cfg)
+    raise ValueError(f"unknown lyric encoder kind {cfg.kind!r}; expected 'espnet' or 'macaron-rope'")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,9 +45,9 @@ def param_counts(preset_name: str) -> dict[str, Any]:
         dit = LinearDiT(cfg.dit)
         vocoder = HiFiGANGenerator(HiFiGANConfig(n_mels=cfg.mel.n_mels))
     dit_total = _count(dit)
-    lyric = _count(dit.lyric_encoder) + _count(dit.lyric_proj)
-    repa = _count(dit.repa_projectors)
-    blocks = _count(dit.blocks)
+    lyric = _count(dit.lyric_embs) + _count(dit.lyric_encoder) + _count(dit.lyric_proj)
+    repa = _count(dit.projectors)
+    blocks = _count(dit.transformer_blocks)
     counts: dict[str, Any] = {
         "preset": preset_name,
         "dcae": {"encoder": _count(dcae.encoder), "decoder": _count(dcae.decoder), "total": _count(dcae)},

@@ -57,6 +57,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """ACE-Step v1's rotation: pairs (2i, 2i+1) rotate against `rope_angles` tables, whose
+    columns are cat(freqs, freqs), so the two halves of a pair see different frequencies.
+
+    Not the textbook pairing, but the released weights were trained with it; fp32 in, fp32 out.
+    """
+    x = x.float()
+    even, odd = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack([-odd, even], dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: str) -> torch.Tensor:
+    """Apply rotary positions in the named layout ("interleaved" = ACE-Step, "half")."""
+    if layout == "interleaved":
+        return apply_rope_interleaved(x, *rope)
+    if layout == "half":
+        return apply_rope(x, *rope)
+    raise ValueError(f"unknown rope layout {layout!r}; expected 'interleaved' or 'half'")
+
+
 def relu_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -165,6 +165,7 @@ def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, model
 
     ckpt = load_checkpoint(result.checkpoint)
     weights = ckpt.weights("dit")
-    assert {"repa_projectors.mert.4.weight", "repa_projectors.mhubert.4.weight"} <= set(weights)
-    assert weights["repa_projectors.mert.4.weight"].shape[0] == 24
+    # one projector per REPA target, in the order of the DiT config's repa_targets (mert, mhubert)
+    assert {"projectors.0.4.weight", "projectors.1.4.weight"} <= set(weights)
+    assert weights["projectors.0.4.weight"].shape[0] == 24
     assert np.isfinite(result.losses).all()

@@ -7,17 +7,18 @@ import torch
 from songmill.model.conditions import Conditions, concat_conditions, null_conditions
 from songmill.model.config import DiTConfig, LyricEncoderConfig, preset
 from songmill.model.dit import LinearDiT
-from songmill.model.encoders import LyricEncoder, TextEncoder, cfg_dropout
+from songmill.model.encoders import TextEncoder, build_lyric_encoder, cfg_dropout
 from songmill.model.flow import add_noise, flow_matching_loss
 from songmill.model.layers import relu_linear_attention, relu_quadratic_attention
 
 
-def _tiny_dit(seed: int = 0) -> LinearDiT:
+def _tiny_dit(seed: int = 0, **overrides) -> LinearDiT:
     torch.manual_seed(seed)
-    dit = LinearDiT(preset("tiny").dit)
+    cfg = preset("tiny").dit
+    dit = LinearDiT(DiTConfig.from_dict({**cfg.to_dict(), **overrides}))
     # the output layer starts at zero (DiT init); give it weights so outputs are informative
-    torch.nn.init.normal_(dit.proj_out.weight, std=0.02)
-    torch.nn.init.normal_(dit.time_block[1].weight, std=0.02)
+    torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.02)
+    torch.nn.init.normal_(dit.t_block[1].weight, std=0.02)
     return dit
 
 
@@ -66,8 +67,8 @@ def test_forward_shapes_and_repa_heads():
     assert dit(x, torch.tensor([0.3, 0.9]), _conditions(), return_repa=False).repa == {}
 
 
-def test_padded_frames_change_nothing_in_real_frames():
-    dit = _tiny_dit().eval()
+def test_strict_padding_keeps_padded_frames_out_of_real_frames():
+    dit = _tiny_dit(strict_padding=True).eval()
     generator = torch.Generator().manual_seed(3)
     real = torch.randn(1, 8, 16, 13, generator=generator)
     cond = _conditions(batch=1)
@@ -88,6 +89,22 @@ def test_padded_frames_change_nothing_in_real_frames():
     assert not torch.allclose(unmasked.sample[..., :13], alone.sample, atol=1e-3)
 
 
+def test_acestep_padding_masks_attention_only():
+    """ACE-Step's own masking (the default, for parity): attention ignores padded frames, but the
+    patch GroupNorm and the FFN's depthwise conv see them; outputs stay finite."""
+    dit = _tiny_dit().eval()
+    generator = torch.Generator().manual_seed(3)
+    real = torch.randn(1, 8, 16, 13, generator=generator)
+    padded = torch.cat([real, torch.randn(1, 8, 16, 7, generator=generator) * 100], dim=-1)
+    mask = torch.zeros(1, 20, dtype=torch.bool)
+    mask[:, :13] = True
+    with torch.no_grad():
+        alone = dit(real, torch.tensor([0.5]), _conditions(batch=1)).sample
+        masked = dit(padded, torch.tensor([0.5]), _conditions(batch=1), frame_mask=mask).sample
+    assert torch.isfinite(masked).all()
+    assert not torch.allclose(masked[..., :13], alone, atol=1e-3)
+
+
 def test_conditions_matter_and_padding_in_conditions_does_not():
     dit = _tiny_dit().eval()
     x = torch.randn(1, 8, 16, 10)
@@ -96,11 +113,21 @@ def test_conditions_matter_and_padding_in_conditions_does_not():
     with torch.no_grad():
         base = dit(x, sigma, cond).sample
         assert not torch.allclose(base, dit(x, sigma, null_conditions(cond)).sample, atol=1e-4)
-        # batching with a longer condition pads this one; its output must not move
-        longer = _conditions(batch=1, seed=5, text_len=11, lyric_len=20)
-        both = concat_conditions([cond, longer])
-        batched = dit(torch.cat([x, x]), sigma.expand(2), both).sample
-    assert torch.allclose(batched[:1], base, atol=1e-5)
+        # batching with longer lyrics pads this sample's lyrics at the end: its output must not move
+        longer = _conditions(batch=1, seed=5, text_len=7, lyric_len=20)
+        batched = dit(torch.cat([x, x]), sigma.expand(2), concat_conditions([cond, longer])).sample
+        assert torch.allclose(batched[:1], base, atol=1e-5)
+        # padding the text moves the lyric positions; ACE-Step's rotary cross-attention sees that
+        longer_text = _conditions(batch=1, seed=5, text_len=11, lyric_len=12)
+        moved = dit(torch.cat([x, x]), sigma.expand(2), concat_conditions([cond, longer_text])).sample
+        assert not torch.allclose(moved[:1], base, atol=1e-5)
+    # without rotary cross-attention (an option) any condition padding leaves the output alone
+    plain = _tiny_dit(cross_attention_rope=False).eval()
+    with torch.no_grad():
+        alone = plain(x, sigma, cond).sample
+        both = concat_conditions([cond, _conditions(batch=1, seed=5, text_len=11, lyric_len=20)])
+        batched = plain(torch.cat([x, x]), sigma.expand(2), both).sample
+    assert torch.allclose(batched[:1], alone, atol=1e-5)
 
 
 def test_bf16_matches_fp32():
@@ -157,13 +184,48 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for model in (plain, checkpointed):
         model.train()
         model(x, torch.tensor([0.4]), _conditions(batch=1)).sample.square().mean().backward()
-        grads.append(model.patch_embed.weight.grad.clone())
+        grads.append(model.proj_in.early_conv_layers[0].weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_lyric_encoder_shapes_and_masking():
+def test_espnet_lyric_encoder_masks_padding_and_knows_order():
     torch.manual_seed(0)
-    encoder = LyricEncoder(LyricEncoderConfig(vocab_size=50, width=16, depth=2, heads=2, conv_kernel=5)).eval()
+    encoder = build_lyric_encoder(LyricEncoderConfig(width=16, depth=2, heads=2)).eval()
+    tokens = torch.randn(1, 9, 16)
+    with torch.no_grad():
+        alone = encoder(tokens)
+        padded = encoder(torch.cat([tokens, torch.randn(1, 4, 16) * 50], dim=1),
+                         torch.tensor([[True] * 9 + [False] * 4]))
+        empty = encoder(torch.randn(1, 3, 16), torch.zeros(1, 3, dtype=torch.bool))
+        reversed_order = encoder(tokens.flip(1)).flip(1)
+    assert padded.shape == (1, 13, 16)
+    assert torch.allclose(padded[:, :9], alone, atol=1e-5)
+    assert torch.isfinite(empty).all()
+    # relative positions: order matters
+    assert not torch.allclose(reversed_order, alone, atol=1e-4)
+
+
+def test_relative_position_shift_aligns_scores_with_key_positions():
+    from songmill.model.conformer import rel_shift
+
+    # scores[i, r] for relative position p = T-1-r; after the shift, column j holds p = i - j
+    length = 5
+    relative = torch.arange(length - 1, -length, -1).float()
+    scores = relative.expand(1, 1, length, 2 * length - 1)
+    shifted = rel_shift(scores.contiguous())
+    rows = torch.arange(length)[:, None]
+    assert torch.equal(shifted[0, 0], (rows - torch.arange(length)[None]).float())
+
+
+def test_macaron_lyric_encoder_option_shapes_and_masking():
+    torch.manual_seed(0)
+    cfg = LyricEncoderConfig(kind="macaron-rope", vocab_size=50, width=16, depth=2, heads=2, conv_kernel=5)
+    embed = torch.nn.Embedding(50, 16)
+    core = build_lyric_encoder(cfg).eval()
+
+    def encoder(ids, mask=None):
+        return core(embed(ids), mask)
+
     ids = torch.randint(1, 50, (1, 9))
     with torch.no_grad():
         alone = encoder(ids)
@@ -182,13 +244,19 @@ def test_lyric_encoder_shapes_and_masking():
 
 def test_base_lyric_encoder_and_dit_numbers():
     cfg = preset("base")
-    assert (cfg.lyrics.depth, cfg.lyrics.width, cfg.lyrics.heads) == (6, 1024, 16)
+    assert (cfg.lyrics.depth, cfg.lyrics.width, cfg.lyrics.heads, cfg.lyrics.kind) == (6, 1024, 16, "espnet")
+    assert cfg.lyrics.dropout == 0.1 and cfg.lyrics.vocab_size == 6693
     dit = cfg.dit
     assert (dit.depth, dit.width, dit.heads, dit.head_dim, dit.ffn_ratio) == (24, 2560, 20, 128, 2.5)
-    assert dit.repa_block == 8 and dit.repa_targets == {"mert": 1024, "mhubert": 768}
+    # REPA after block index 8 (9 blocks), projectors 2 x width wide, as ACE-Step's config
+    assert dit.repa_block == 9 and dit.repa_targets == {"mert": 1024, "mhubert": 768}
+    assert (dit.rope_theta, dit.linear_attention_eps, dit.patch_embed) == (1e6, 1e-15, "conv")
     with torch.device("meta"):
         model = LinearDiT(dit)
-    assert model.blocks[0].ffn.expand.out_features == 2 * 6400
+    assert model.transformer_blocks[0].ff.inverted_conv.conv.out_channels == 2 * 6400
+    assert model.projectors[0][0].out_features == 5120
+    lyric_params = sum(p.numel() for p in model.lyric_encoder.parameters()) + model.lyric_embs.weight.numel()
+    assert 88e6 < lyric_params < 91e6, lyric_params
 
 
 def test_tiny_text_encoder_is_frozen_deterministic_and_masks_padding():

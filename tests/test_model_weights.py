@@ -48,7 +48,7 @@ def test_save_load_is_bit_exact(tmp_path):
         assert torch.equal(dcae(mel)[0], dcae2(mel)[0])
     # a factory taking the config dict works too
     dit3 = load_module(lambda d: LinearDiT(DiTConfig.from_dict(d)), tmp_path, "dit")
-    assert torch.equal(dit3.proj_out.weight, dit.proj_out.weight)
+    assert torch.equal(dit3.final_layer.linear.weight, dit.final_layer.linear.weight)
 
 
 def test_strict_key_checks(tmp_path):
