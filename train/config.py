@@ -27,23 +27,30 @@ class TrainConfig:
     preset: str = "tiny"
     seed: int = 0
 
-    # Optimisation: AdamW, linear warm-up then cosine / linear decay to min_lr_ratio * lr.
+    # Optimisation: AdamW, linear warm-up from 0, then linear / cosine decay to min_lr_ratio * lr.
+    # Defaults are ACE-Step v1's trainer.py: betas (0.8, 0.9), weight decay 1e-2, 10 warm-up
+    # steps, linear decay to 0, gradient norm clipped at 0.5. (Before: (0.9, 0.999), 100 warm-up
+    # steps, cosine to 0.1, clip 1.0; still available as settings.)
     lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.8, 0.9)
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    decay: str = "cosine"  # cosine | linear | constant
-    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    decay: str = "linear"  # linear | cosine | constant
+    min_lr_ratio: float = 0.0
     max_steps: int = 1000
     batch_size: int = 4
     grad_accum: int = 1
-    grad_clip: float = 1.0
+    grad_clip: float = 0.5
     ema_decay: float = 0.999
 
-    # Data: random crops up to max_crop_s, length buckets of bucket_s seconds.
+    # Data: crops up to max_crop_s, length buckets of bucket_s seconds. lyric_crop:
+    # "timestamps" = random crop, lyrics sliced to the crop by their timestamps (tracks without
+    # timestamps are cropped from the start with their full lyrics); "start" = every crop starts
+    # at 0 with the full lyrics (ACE-Step); "full" = random crop, full lyrics (the old behaviour).
     max_crop_s: float = 240.0
     min_crop_s: float = 1.0
     bucket_s: float = 30.0
+    lyric_crop: str = "timestamps"
 
     # Speed switches (numerically close, not identical, so they stay hashed except compile).
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
@@ -51,11 +58,18 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=RUNTIME)
 
     # DiT: flow matching with logit-normal timesteps, classifier-free dropout, REPA.
+    # loss_space "x0" (ACE-Step): the prediction becomes x0 = x_t - sigma * v and is compared
+    # with x0, a sigma^2-weighted velocity loss; "velocity": plain velocity MSE.
+    loss_space: str = "x0"
     timestep_shift: float = 3.0
     cfg_p_text: float = 0.15
     cfg_p_lyrics: float = 0.15
     cfg_p_speaker: float = 0.5
+    # A dropped lyric also gets an all-False mask (ACE-Step), so the unconditional branch cannot
+    # learn the lyric length from the mask.
+    cfg_drop_lyric_mask: bool = True
     repa_weight: float = 1.0
+    repa_reduce: str = "mean"  # mean (ACE-Step) | sum of the per-target REPA losses
     dcae_checkpoint: str = ""  # DCAE run / checkpoint dir: decodes validation samples
 
     # DCAE: phase 1 reconstruction, phase 2 decoder-only adversarial.
@@ -91,6 +105,7 @@ class TrainConfig:
     val_steps: int = field(default=10, metadata=RUNTIME)
     val_duration_s: float = field(default=10.0, metadata=RUNTIME)
     val_guidance: float = field(default=5.0, metadata=RUNTIME)
+    val_sampler: str = field(default="acestep", metadata=RUNTIME)  # a model.flow.SAMPLERS name
     griffin_lim_iters: int = field(default=32, metadata=RUNTIME)
     progress: bool = field(default=True, metadata=RUNTIME)
     # Stop this invocation after this optimizer step (0: run to max_steps), checkpointing first.
@@ -143,6 +158,14 @@ class TrainConfig:
             raise TrainConfigError("batch_size, grad_accum and max_steps must be >= 1")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise TrainConfigError(f"strategy must be auto, ddp or fsdp, got {self.strategy!r}")
+        if self.kind == "dit" and self.lora_rank > 0 and self.strategy == "fsdp":
+            raise TrainConfigError("LoRA training does not run under FSDP (it would shard the adapters); "
+                                   "use strategy=ddp, or auto (DDP for LoRA)")
+        choices = {"loss_space": ("x0", "velocity"), "repa_reduce": ("mean", "sum"),
+                   "lyric_crop": ("timestamps", "start", "full")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 def _jsonable(value: Any) -> Any:
