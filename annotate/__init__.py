@@ -16,6 +16,7 @@ STAGE_CLASSES: dict[str, str] = {
     "lyrics": "songmill.annotate.lyrics:LyricsStage",
     "features": "songmill.annotate.features:FeaturesStage",
     "aesthetics": "songmill.annotate.aesthetics:AestheticsStage",
+    "structure": "songmill.annotate.structure:StructureStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
