@@ -22,12 +22,17 @@ from typing import Any
 
 from songmill.annotate.base import Stage, StageUnavailable, Track
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
-from songmill.model.weights import WeightsMissing
 
 DEFAULT_BATCH_SIZE = 16
 MAX_MESSAGE_CHARS = 2000
-# What a stage's `setup` raises when it cannot run here at all: retryable, never fatal.
-UNAVAILABLE_ERRORS = (StageUnavailable, WeightsMissing)
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a stage's `setup` raises when it cannot run here at all: retryable, never fatal.
+    (model.weights imports torch, so only a stage being set up pays for it.)"""
+    from songmill.model.weights import WeightsMissing
+
+    return (StageUnavailable, WeightsMissing)
 
 
 # -- the two row helpers ---------------------------------------------------------------------------
@@ -268,7 +273,7 @@ def setup_stages(plan: Plan) -> None:
             continue
         try:
             progress.stage.setup()
-        except UNAVAILABLE_ERRORS as exc:
+        except unavailable_errors() as exc:
             progress.unavailable = str(exc)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Sequence
 
-from songmill.data_schema.store import Corpus, CorpusError, default_corpus_root
-from songmill.flows.config import ConfigError, build_config, build_stages, load_settings
+from songmill.data_schema.store import CorpusError
+from songmill.flows import app
+from songmill.flows.config import ConfigError
+from songmill.flows.display import print_table
+from songmill.flows.executors import ENGINES, ExecutorError
+from songmill.flows.query import QueryRefused
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
@@ -25,131 +28,61 @@ def _common_parser() -> argparse.ArgumentParser:
 
 
 def corpus_root(args: argparse.Namespace) -> str:
-    return args.corpus or default_corpus_root()
+    return app.resolve_corpus_root(args.corpus)
 
 
 def settings(args: argparse.Namespace) -> dict:
-    return load_settings(args.config, corpus_root(args), args.overrides)
+    return app.settings_for(args.corpus, args.config, args.overrides)
 
 
 def _split(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
-def _use_prefect(args: argparse.Namespace) -> bool:
-    if args.engine == "prefect":
-        from songmill.flows.prefect_env import configure_prefect
-
-        configure_prefect(corpus_root(args))
-        return True
-    return False
+def _engine(args: argparse.Namespace) -> dict:
+    return {"engine": args.engine, "address": args.address, "workers": args.workers, "show_progress": not args.quiet}
 
 
-# -- commands -----------------------------------------------------------------------------------
+# -- commands: parse, call flows/app.py, print ------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from songmill.flows.ingest import IngestConfig, ingest
-
-    ingest_settings = settings(args).get("ingest")
-    config = build_config(IngestConfig, "ingest", ingest_settings)  # bad settings fail before any work
-    corpus = Corpus(corpus_root(args))
-    if _use_prefect(args):
-        from songmill.flows.pipeline import ingest_flow
-        from songmill.flows.prefect_env import foreground_run
-
-        with foreground_run():
-            summary = ingest_flow(corpus.root, args.sources, ingest_settings, show_progress=not args.quiet)
-    else:
-        summary = ingest(corpus, args.sources, config)
+    summary = app.ingest(args.corpus, args.sources, settings(args), **_engine(args))
     for source in summary.missing_sources:
         print(f"error: source not found: {source}", file=sys.stderr)
     print(
         f"ingest {summary.run_id}: {summary.found} files found, {summary.unchanged} unchanged, "
         f"{summary.new_tracks} new tracks, {summary.new_uris} new paths of known tracks, "
-        f"{summary.errors} errors -> {corpus.root}"
+        f"{summary.errors} errors -> {app.resolve_corpus_root(args.corpus)}"
     )
     return 1 if summary.missing_sources else 0
 
 
-def annotate(args: argparse.Namespace, stage_names: list[str], where: str | None, force: bool = False) -> int:
-    from songmill.annotate import runner
-
-    stage_settings = settings(args)
-    corpus = Corpus(corpus_root(args), create=False)
-    stages = build_stages(stage_names, stage_settings, corpus)  # fail on bad settings before any work
-    batch_size = int(stage_settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
-    if _use_prefect(args):
-        from songmill.flows.pipeline import annotate_flow
-        from songmill.flows.prefect_env import foreground_run
-
-        with foreground_run():
-            summaries = annotate_flow(corpus.root, stage_names, stage_settings, where, batch_size, force=force, show_progress=not args.quiet)
-    else:
-        summaries = runner.run_stages(corpus, stages, where, batch_size=batch_size, force=force)
+def print_summaries(summaries: list) -> None:
     for s in summaries:
         speed = f", {s.audio_seconds / s.wall_s:.0f}x realtime" if s.wall_s > 0 and s.audio_seconds else ""
         line = f"{s.stage} v{s.stage_version} [{s.config_hash}]: {s.n_input} to do, {s.n_ok} ok, {s.n_error} errors{speed}"
         print(line + (f"\n  unavailable: {s.unavailable}" if s.unavailable else ""))
-    return 0
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from songmill.annotate import DEFAULT_STAGES
-
-    return annotate(args, _split(args.stages) or list(DEFAULT_STAGES), args.where)
-
-
-def cmd_reprocess(args: argparse.Namespace) -> int:
-    return annotate(args, _split(args.stages), args.where, force=True)
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    from songmill.flows.query import QueryRefused, run_query
-
-    try:
-        table = run_query(Corpus(corpus_root(args), create=False), args.sql)
-    except QueryRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print_table(table, args.format)
+    print_summaries(app.annotate(args.corpus, _split(args.stages) or None, settings(args), args.where, **_engine(args)))
     return 0
 
 
-def print_table(table, fmt: str = "table") -> None:
-    if fmt == "json":
-        print(json.dumps(table.to_pylist(), default=str, indent=1))
-    elif fmt == "csv":
-        import pyarrow.csv as pacsv
-
-        sink = sys.stdout.buffer
-        pacsv.write_csv(table, sink)
-        sink.flush()
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        out = Table(show_lines=False)
-        for name in table.column_names:
-            out.add_column(name, overflow="fold")
-        for row in table.to_pylist():
-            out.add_row(*[_cell(v) for v in row.values()])
-        Console(width=max(120, Console().width)).print(out)
-        print(f"({table.num_rows} rows)")
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    print_summaries(app.reprocess(args.corpus, _split(args.stages), args.where, settings=settings(args), **_engine(args)))
+    return 0
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def cmd_query(args: argparse.Namespace) -> int:
+    print_table(app.query(args.corpus, args.sql), args.format)
+    return 0
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from songmill.flows.query import export_manifest
+    from songmill.flows.query import manifest_summary
 
-    n = export_manifest(Corpus(corpus_root(args), create=False), args.out, args.where)
-    print(f"manifest: {n} tracks -> {args.out}")
+    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce)
+    print(manifest_summary(args.out))
     return 0
 
 
@@ -163,35 +96,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from songmill.flows.config import load_settings
     from songmill.flows.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args.out, args.corpus, args.tracks, train=not args.no_train, train_steps=args.train_steps,
+                    engine=args.engine, settings=load_settings(args.config, None, args.overrides))
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from songmill.data_schema.tables import TABLES
-
-    corpus = Corpus(corpus_root(args), create=False)
-    for table in _split(args.tables) or list(TABLES):
-        merged = corpus.compact(table)
-        if merged:
-            print(f"{table}: {merged} part files -> 1")
-    removed = corpus.clean_stale_temporaries()
+    merged, removed = app.compact(args.corpus, _split(args.tables) or None)
+    for table, n in merged.items():
+        print(f"{table}: {n} part files -> 1")
     if removed:
         print(f"removed {removed} temporaries left by killed runs")
     return 0
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from songmill.annotate import STAGE_CLASSES
+    for s in app.stages(settings(args)):
+        if "error" in s:
+            print(f"{s['stage']:12s} {s['error']}")
+        else:
+            print(f"{s['stage']:12s} v{s['version']}  config {s['config_hash']}  -> table {s['table']}  ({s['resources']})")
+    return 0
 
-    stage_settings = settings(args)
-    for name in STAGE_CLASSES:
-        try:
-            (stage,) = build_stages([name], stage_settings)
-            print(f"{name:12s} v{stage.version}  config {stage.config_hash}  -> table {stage.table}  ({stage.resources})")
-        except (ImportError, AttributeError) as exc:
-            print(f"{name:12s} not installed: {exc}")
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    print_table(app.runs(args.corpus, args.last, args.stage), args.format)
     return 0
 
 
@@ -202,7 +133,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     engine = argparse.ArgumentParser(add_help=False)
-    engine.add_argument("--engine", choices=["prefect", "local"], default="prefect", help="run as a Prefect flow (default) or in-process")
+    engine.add_argument("--engine", choices=ENGINES, default="prefect",
+                        help="prefect: a Prefect flow (default); local: in-process; dask: a Prefect flow on Dask workers")
+    engine.add_argument("--address", default=None, help="with --engine dask: scheduler of an existing cluster (tcp://HOST:8786)")
+    engine.add_argument("--workers", type=int, default=None, help="with --engine dask and no --address: worker processes (default one per core)")
     engine.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("ingest", parents=[common, engine], help="register audio files (incremental)")
@@ -227,6 +161,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", parents=[common], help="export the joined manifest for training")
     p.add_argument("--where", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--split", default=None, metavar="NAME=SHARE,...", help="add a `split` column (e.g. val=0.02); duplicate clusters never straddle splits")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument("--reproduce", default=None, metavar="SIDECAR", help="write the rows an earlier export's sidecar JSON describes")
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("serve", parents=[common], help="scheduled ingest + annotate (needs `prefect server start`)")
@@ -242,7 +179,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("stages", parents=[common], help="list stages with their version and config hash")
     p.set_defaults(func=cmd_stages)
 
+    p = sub.add_parser("runs", parents=[common], help="per stage throughput: audio hours per wall hour, per core")
+    p.add_argument("--last", type=int, default=None, help="only the last N runs")
+    p.add_argument("--stage", default=None, help="only this stage")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("demo", parents=[common], help="the main job end to end on a generated corpus")
+    p.add_argument("--engine", choices=ENGINES, default="prefect", help="how ingest and annotate run")
     p.add_argument("--out", default="./songmill-demo", help="working directory for the demo corpus")
     p.add_argument("--tracks", type=int, default=12)
     p.add_argument("--train-steps", type=int, default=200)
@@ -262,14 +206,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: a traceback instead of one line
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CorpusError, ConfigError) as exc:
+    except (CorpusError, ConfigError, ExecutorError, QueryRefused) as exc:
+        if debug:
+            raise
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every other failure: one line on stderr (--debug for the traceback)
+        if debug:
+            raise
+        lines = str(exc).strip().splitlines()
+        print(f"error: {type(exc).__name__}: {lines[0] if lines else 'no message'} (--debug for a traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

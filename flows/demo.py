@@ -7,7 +7,6 @@ exports the training manifest, trains the tiny DCAE and DiT on it and writes a g
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -15,7 +14,8 @@ import time
 
 import pyarrow as pa
 from songmill.data_schema.store import Corpus
-from songmill.flows.cli import annotate, corpus_root, print_table
+from songmill.flows import app
+from songmill.flows.display import print_table
 
 
 def make_demo_audio(folder: str, n_tracks: int, seed: int = 0) -> list[dict]:
@@ -64,27 +64,36 @@ def _summary(corpus: Corpus, truth: list[dict]) -> tuple[pa.Table, dict]:
     return table, {"tracks": len(rows), "bpm_correct": bpm_ok, "key_correct": key_ok, "errors": errors}
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(
+    out: str = "./songmill-demo",
+    corpus_root: str | None = None,
+    n_tracks: int = 12,
+    train: bool = True,
+    train_steps: int = 200,
+    engine: str = "prefect",
+    settings: dict | None = None,
+) -> int:
+    """Generate, ingest, annotate, summarise, export and (optionally) train; returns an exit code.
+    `settings`: stage settings (the demo's corpus is new, so it holds no songmill.toml)."""
     started = time.perf_counter()
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(out)
     audio_dir = os.path.join(out, "audio")
-    args.corpus = args.corpus or os.path.join(out, "corpus")
-    root = corpus_root(args)
+    root = corpus_root or os.path.join(out, "corpus")
     if os.path.exists(root):  # the demo starts from scratch each time
         shutil.rmtree(root)
     shutil.rmtree(audio_dir, ignore_errors=True)
 
-    print(f"1/5 generating {args.tracks} tracks with known tempo and key -> {audio_dir}")
-    truth = make_demo_audio(audio_dir, args.tracks)
+    print(f"1/5 generating {n_tracks} tracks with known tempo and key -> {audio_dir}")
+    truth = make_demo_audio(audio_dir, n_tracks)
 
     print("2/5 ingest")
-    from songmill.flows.cli import cmd_ingest
-
-    ingest_args = argparse.Namespace(**vars(args), sources=[audio_dir], engine="prefect", quiet=False)
-    cmd_ingest(ingest_args)
+    settings = settings or {}
+    summary = app.ingest(root, [audio_dir], settings, engine=engine)
+    print(f"  {summary.new_tracks} new tracks, {summary.errors} errors")
 
     print("3/5 annotate: qc, music")
-    annotate(argparse.Namespace(**vars(args), engine="prefect", quiet=False), ["qc", "music"], None)
+    for s in app.annotate(root, ["qc", "music"], settings, engine=engine):
+        print(f"  {s.stage}: {s.n_ok} ok, {s.n_error} errors")
 
     corpus = Corpus(root, create=False)
     table, score = _summary(corpus, truth)
@@ -94,20 +103,18 @@ def run_demo(args: argparse.Namespace) -> int:
     print_table(score["errors"])
 
     print("4/5 manifest")
-    from songmill.flows.query import export_manifest
-
     manifest = os.path.join(out, "manifest.parquet")
-    n = export_manifest(corpus, manifest, where="qc_pass")
+    n = app.manifest(root, manifest, where="qc_pass")
     print(f"manifest: {n} tracks that pass QC -> {manifest}")
 
-    if not args.no_train:
-        print(f"5/5 training the tiny DCAE and DiT for {args.train_steps} steps on CPU")
+    if train:
+        print(f"5/5 training the tiny DCAE and DiT for {train_steps} steps on CPU")
         try:
             from songmill.train.demo import train_demo
         except ImportError as exc:
             print(f"  training skipped: {exc}")
         else:
-            result = train_demo(manifest, os.path.join(out, "train"), args.train_steps)
+            result = train_demo(manifest, os.path.join(out, "train"), train_steps)
             for key, value in result.items():
                 print(f"  {key}: {value}")
 

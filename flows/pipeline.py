@@ -1,30 +1,37 @@
-"""Prefect flows: ingest and annotate, one task per batch of tracks (never one per track: a task
-run costs ~10-15 ms of orchestration, a batch of tracks seconds of work).
+"""Prefect flows: ingest and annotate, one task per group of batches (never one per track: a task
+run costs ~10-40 ms of orchestration, a group minutes of audio).
+
+Entry points (flows/schedule.py and flows/executors.py call these):
+  ingest_flow(corpus_root, sources, settings)          -> IngestSummary
+  annotate_flow(corpus_root, stage_names, settings)    -> list[RunSummary]
+Both run the jobs of flows/jobs.py. With the flow's default task runner the tasks run one after
+another in this process; `parallelism > 1` (the Dask executor runs the flow with prefect-dask's
+DaskTaskRunner) submits them all, and `gpu_resource` places GPU jobs' tasks only on workers that
+declare that Dask resource. Each flow run publishes its throughput table as a markdown artifact.
 
 Importing this module imports Prefect, so set PREFECT_HOME first (flows/prefect_env.py does).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 from songmill.annotate import runner
 from songmill.data_schema.store import Corpus
-from songmill.flows.config import build_config, build_stages
-from songmill.flows.ingest import (
-    FoundFile,
-    IngestConfig,
-    IngestSummary,
-    finish_ingest,
-    ingest_batch,
-    ingest_batches,
-    plan_ingest,
-)
+from songmill.flows.ingest import IngestSummary
+from songmill.flows.jobs import GroupResult, IngestJob, Job, annotate_jobs
 from songmill.flows.progress import TerminalProgress
+from songmill.flows.throughput import throughput_markdown
 
 
 class _Progress:
@@ -43,57 +50,65 @@ class _Progress:
         self.bar.close()
 
 
-@task(name="ingest-batch", cache_policy=NO_CACHE)
-def ingest_batch_task(corpus_root: str, files: list[FoundFile], run_id: str, verify: str) -> IngestSummary:
-    return ingest_batch(Corpus(corpus_root), files, run_id, verify)
+@task(name="songmill-batches", cache_policy=NO_CACHE)
+def run_group_task(job: Job, group: Any, may_repeat: bool = False) -> GroupResult:
+    return job.run_group(group, may_repeat)
+
+
+def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = None, show_progress: bool = True) -> Any:
+    """Plan on this process, run the groups as tasks (submitted when there are workers to fan out
+    to), finish here."""
+    logger = get_run_logger()
+    groups = job.plan(parallelism)
+    n_items = sum(len(b) for g in groups for b in (g.batches if hasattr(g, "batches") else g))
+    logger.info("%s: %d items in %d tasks", job.describe(), n_items, len(groups))
+    progress = _Progress(job.kind, n_items, show_progress)
+    results: list[GroupResult] = []
+    try:
+        if parallelism <= 1:
+            for group in groups:
+                # quote(): Prefect would otherwise walk these (large) arguments on every task call.
+                results.append(run_group_task(quote(job), quote(group)))
+                progress.advance(sum(r.n_items for r in results))
+        else:
+            placement = contextlib.nullcontext()
+            if job.resources == "gpu" and gpu_resource:
+                import dask
+
+                placement = dask.annotate(resources={gpu_resource: 1})
+            with placement:
+                # may_repeat: a worker that dies mid-group has its group run again elsewhere.
+                futures = [run_group_task.submit(quote(job), quote(group), True) for group in groups]
+            for future in as_completed(futures):
+                results.append(future.result())
+                progress.advance(sum(r.n_items for r in results))
+    finally:
+        progress.close()
+    return job.finish(results)
+
+
+def _publish_throughput(corpus_root: str, run_id: str) -> None:
+    try:
+        markdown = throughput_markdown(Corpus(corpus_root, create=False), run_ids=[run_id])
+    except Exception as exc:  # the report is a nicety: never fail a finished run over it
+        get_run_logger().warning("no throughput artifact: %s", exc)
+        return
+    create_markdown_artifact(key="songmill-throughput", markdown=markdown, description=f"songmill run {run_id}")
 
 
 @flow(name="songmill-ingest", log_prints=True)
-def ingest_flow(corpus_root: str, sources: list[str], settings: dict[str, Any] | None = None, show_progress: bool = True) -> IngestSummary:
-    corpus = Corpus(corpus_root)
-    config = build_config(IngestConfig, "ingest", settings)
-    todo, summary = plan_ingest(corpus, sources, config)
-    get_run_logger().info("ingest: %d files found, %d unchanged, %d to read", summary.found, summary.unchanged, len(todo))
-    progress = _Progress("ingest", len(todo), show_progress)
-    done = 0
-    try:
-        for batch in ingest_batches(todo, config.batch_size):
-            # quote(): Prefect would otherwise walk these (large) arguments on every task call.
-            summary.add(ingest_batch_task(corpus.root, quote(batch), summary.run_id, config.verify))
-            done += len(batch)
-            progress.advance(done)
-    finally:
-        progress.close()
-    finish_ingest(corpus)
+def ingest_flow(
+    corpus_root: str,
+    sources: list[str],
+    settings: dict[str, Any] | None = None,
+    show_progress: bool = True,
+    parallelism: int = 1,
+    run_id: str | None = None,
+) -> IngestSummary:
+    job = IngestJob(Corpus(corpus_root).root, list(sources), settings, **({"run_id": run_id} if run_id else {}))
+    summary = run_job_in_flow(job, parallelism, None, show_progress)
+    _publish_throughput(job.corpus_root, job.run_id)
     return summary
-
-
-# A task run costs ~10-40 ms of API calls to the Prefect server; a task should carry minutes of
-# audio, while a batch (the unit of decoding and of Parquet parts) stays small for memory.
-TASK_MIN_AUDIO_S = 600.0
-TASK_MAX_TRACKS = 512
-
-
-def group_batches(batches: list[list[dict[str, Any]]]) -> list[list[list[dict[str, Any]]]]:
-    """Consecutive batches grouped so that each task holds >= TASK_MIN_AUDIO_S of audio."""
-    groups: list[list[list[dict[str, Any]]]] = []
-    audio = tracks = 0.0
-    for batch in batches:
-        if not groups or audio >= TASK_MIN_AUDIO_S or tracks + len(batch) > TASK_MAX_TRACKS:
-            groups.append([])
-            audio = tracks = 0.0
-        groups[-1].append(batch)
-        audio += sum(float(r.get("duration_s") or 0.0) for r in batch)
-        tracks += len(batch)
-    return groups
-
-
-@task(name="annotate-batches", cache_policy=NO_CACHE)
-def annotate_batches_task(corpus_root: str, plan: runner.Plan, batches: list[list[dict[str, Any]]]) -> int:
-    corpus = Corpus(corpus_root)
-    for batch in batches:
-        runner.run_batch(corpus, plan, batch)
-    return sum(len(b) for b in batches)
 
 
 @flow(name="songmill-annotate", log_prints=True)
@@ -102,26 +117,21 @@ def annotate_flow(
     stage_names: list[str],
     settings: dict[str, dict[str, Any]],
     where: str | None = None,
-    batch_size: int = runner.DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     force: bool = False,
     show_progress: bool = True,
+    parallelism: int = 1,
+    gpu_resource: str | None = None,
+    run_id: str | None = None,
 ) -> list[runner.RunSummary]:
-    corpus = Corpus(corpus_root)
-    logger = get_run_logger()
-    stages = build_stages(stage_names, settings, corpus)
-    plan = runner.plan(corpus, stages, where, batch_size, force=force)
-    for p in plan.stages:
-        logger.info("%s v%d (%s): %d tracks to process", p.stage.name, p.stage.version, p.stage.config_hash, len(p.pending))
-    runner.setup_stages(plan)
-    for p in plan.stages:
-        if p.unavailable:
-            logger.warning("%s unavailable, its tracks get retryable errors rows: %s", p.stage.name, p.unavailable)
-    progress = _Progress("annotate", plan.n_tracks, show_progress)
-    done = 0
-    try:
-        for group in group_batches(plan.batches):
-            done += annotate_batches_task(corpus.root, quote(plan), quote(group))
-            progress.advance(done)
-    finally:
-        progress.close()
-    return runner.finish(corpus, plan)
+    corpus = Corpus(corpus_root, create=False)
+    jobs = annotate_jobs(corpus.root, stage_names, settings, where, batch_size, force, run_id)
+    summaries: list[runner.RunSummary] = []
+    for job in jobs:
+        summaries.extend(run_job_in_flow(job, parallelism, gpu_resource, show_progress))
+    for s in summaries:
+        if s.unavailable:
+            get_run_logger().warning("%s unavailable, its tracks got retryable errors rows: %s", s.stage, s.unavailable)
+    if jobs:
+        _publish_throughput(corpus.root, jobs[0].run_id)
+    return summaries

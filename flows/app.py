@@ -1,0 +1,115 @@
+"""The operations behind the CLI: what `songmill ingest`, `annotate`, `query`... do, as functions
+that take plain values and return results. The CLI (flows/cli.py) only parses arguments and
+prints what these return; the demo and scripts call them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+from songmill.annotate import runner
+from songmill.data_schema.store import Corpus, default_corpus_root
+from songmill.flows.config import build_stages, load_settings
+from songmill.flows.executors import make_executor
+from songmill.flows.ingest import IngestSummary
+
+
+def resolve_corpus_root(corpus_root: str | None) -> str:
+    return corpus_root or default_corpus_root()
+
+
+def settings_for(corpus_root: str | None, config: str | None = None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Stage settings: the TOML file (default <corpus>/songmill.toml) with `stage.key=value` overrides."""
+    return load_settings(config, resolve_corpus_root(corpus_root), list(overrides))
+
+
+def ingest(
+    corpus_root: str | None,
+    sources: Sequence[str],
+    settings: dict[str, dict[str, Any]] | None = None,
+    engine: str = "prefect",
+    address: str | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Register audio from files, directories, globs or fsspec URLs (incremental)."""
+    corpus = Corpus(resolve_corpus_root(corpus_root))
+    executor = make_executor(engine, corpus.root, address, workers, show_progress)
+    return executor.ingest(corpus.root, list(sources), (settings or {}).get("ingest"))
+
+
+def annotate(
+    corpus_root: str | None,
+    stage_names: Sequence[str] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    where: str | None = None,
+    force: bool = False,
+    engine: str = "prefect",
+    address: str | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> list[runner.RunSummary]:
+    """Run stages (default: those needing no weights) on the tracks lacking a current result."""
+    from songmill.annotate import DEFAULT_STAGES
+
+    corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
+    names = list(stage_names or DEFAULT_STAGES)
+    executor = make_executor(engine, corpus.root, address, workers, show_progress)
+    return executor.annotate(corpus.root, names, settings or {}, where, force)
+
+
+def reprocess(corpus_root: str | None, stage_names: Sequence[str], where: str, **kwargs: Any) -> list[runner.RunSummary]:
+    """Run stages again on the tracks chosen by SQL, even where their results are current."""
+    return annotate(corpus_root, stage_names, where=where, force=True, **kwargs)
+
+
+def query(corpus_root: str | None, sql: str) -> pa.Table:
+    """Read-only SQL over the corpus views (raises QueryRefused for anything that could write)."""
+    from songmill.flows.query import run_query
+
+    return run_query(Corpus(resolve_corpus_root(corpus_root), create=False), sql)
+
+
+def manifest(corpus_root: str | None, out: str, where: str | None = None, **options: Any) -> int:
+    """Export the joined manifest (optionally filtered) to one Parquet file; returns its rows."""
+    from songmill.flows.query import export_manifest
+
+    return export_manifest(Corpus(resolve_corpus_root(corpus_root), create=False), out, where, **options)
+
+
+def compact(corpus_root: str | None, tables: Sequence[str] | None = None) -> tuple[dict[str, int], int]:
+    """Merge each table's part files; returns (table -> parts merged, stale temporaries removed)."""
+    from songmill.data_schema.tables import TABLES
+
+    corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
+    merged = {}
+    for table in tables or list(TABLES):
+        n = corpus.compact(table)
+        if n:
+            merged[table] = n
+    return merged, corpus.clean_stale_temporaries()
+
+
+def stages(settings: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every known stage with its version, config hash, table and resources (or why not installed)."""
+    from songmill.annotate import STAGE_CLASSES
+
+    out = []
+    for name in STAGE_CLASSES:
+        try:
+            (stage,) = build_stages([name], settings or {})
+        except (ImportError, AttributeError) as exc:
+            out.append({"stage": name, "error": f"not installed: {exc}"})
+            continue
+        out.append({"stage": name, "version": stage.version, "config_hash": stage.config_hash,
+                    "table": stage.table, "resources": stage.resources})
+    return out
+
+
+def runs(corpus_root: str | None, last: int | None = None, stage: str | None = None) -> pa.Table:
+    """Per stage: tracks done, errors, audio hours, wall hours, audio hours per wall hour and per core."""
+    from songmill.flows.throughput import throughput
+
+    return throughput(Corpus(resolve_corpus_root(corpus_root), create=False), last=last, stage=stage)

@@ -1,0 +1,306 @@
+"""Jobs: ingest and every set of annotate stages, one shape whatever runs them.
+
+A job is a small picklable description (corpus root, stage names and their import targets,
+settings, filters, a run id). On the driver, `plan()` returns the work as task groups (each a few
+batches: minutes of audio, so that a task's orchestration cost stays small) and `finish(results)`
+writes the `runs` rows and returns the summaries. Anywhere - this process, a Dask worker on
+another machine - `run_group(group)` does one group's batches and returns small counts. The job
+knows nothing of where it runs (flows/executors.py decides that).
+
+Each process keeps its stages set up in `_STAGE_CACHE`, keyed by (stage name, version, config):
+a model loads once per worker process, not once per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from songmill.annotate import runner
+from songmill.annotate.base import Stage, StageConfig
+from songmill.data_schema.store import Corpus, new_run_id
+from songmill.flows.config import ConfigError, build_config
+from songmill.flows.ingest import (
+    FoundFile,
+    IngestConfig,
+    IngestSummary,
+    finish_ingest,
+    ingest_batch,
+    ingest_batches,
+    plan_ingest,
+)
+
+# A task run costs ~10-40 ms of API calls to the Prefect server; a task should carry minutes of
+# audio, while a batch (the unit of decoding and of Parquet parts) stays small for memory.
+TASK_MIN_AUDIO_S = 600.0
+TASK_MAX_TRACKS = 512
+# With several workers, at least this many groups per worker, so that a slow group near the end
+# does not leave the other workers idle.
+GROUPS_PER_WORKER = 4
+
+
+@dataclass
+class GroupResult:
+    """What one task hands back: counts only, never rows."""
+
+    counts: Any
+    n_items: int
+    audio_seconds: float
+    wall_s: float
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+class Job(Protocol):
+    kind: str  # "ingest" | "annotate"
+    resources: str  # "cpu" | "gpu": which workers may run its groups
+    run_id: str
+
+    def plan(self, parallelism: int = 1) -> list[Any]: ...
+
+    def run_group(self, group: Any, may_repeat: bool = False) -> GroupResult: ...
+
+    def finish(self, results: list[GroupResult]) -> Any: ...
+
+    def describe(self) -> str: ...
+
+
+class _DriverState:
+    """Planning state kept on the driver; never pickled into a task."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_driver")}
+
+
+def group_by_weight(batches: list[list[Any]], weights: list[float], parallelism: int, min_weight: float, max_items: int) -> list[list[list[Any]]]:
+    """Consecutive batches grouped so that each group weighs >= `min_weight` (audio seconds),
+    lowered when needed so that `parallelism` workers get GROUPS_PER_WORKER groups each."""
+    total = sum(weights)
+    if parallelism > 1 and total > 0:
+        min_weight = min(min_weight, total / (parallelism * GROUPS_PER_WORKER))
+    groups: list[list[list[Any]]] = []
+    weight = items = 0.0
+    for batch, w in zip(batches, weights, strict=True):
+        if not groups or weight >= min_weight or items + len(batch) > max_items:
+            groups.append([])
+            weight = items = 0.0
+        groups[-1].append(batch)
+        weight += w
+        items += len(batch)
+    return groups
+
+
+# -- the per-process stage cache ---------------------------------------------------------------------
+_STAGE_CACHE: dict[tuple[Any, ...], Stage] = {}
+# key -> (run_id, message) of a setup that found the stage unavailable: tried once per run.
+_UNAVAILABLE: dict[tuple[Any, ...], tuple[str, str]] = {}
+_READY: set[tuple[Any, ...]] = set()
+
+
+def _import_target(target: str) -> type[Stage]:
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _full_config_key(config: StageConfig) -> str:
+    # Runtime settings (device, batch size) do not change results but do change the instance.
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cached_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
+    """This process's instance of a stage (built on first use, not yet set up)."""
+    cls = _import_target(target)
+    config = build_config(cls.config_class, name, table)
+    key = (name, cls.version, _full_config_key(config), target, corpus_root)
+    if key not in _STAGE_CACHE:
+        _STAGE_CACHE[key] = cls(config, corpus=Corpus(corpus_root, create=False))
+    return key, _STAGE_CACHE[key]
+
+
+def ready_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str, run_id: str) -> tuple[Stage, str | None]:
+    """The stage set up once per process, or why it cannot run (asked again by a later run)."""
+    key, stage = cached_stage(name, target, table, corpus_root)
+    if key in _READY:
+        return stage, None
+    failed = _UNAVAILABLE.get(key)
+    if failed is not None and failed[0] == run_id:
+        return stage, failed[1]
+    try:
+        stage.setup()
+    except runner.unavailable_errors() as exc:
+        _UNAVAILABLE[key] = (run_id, str(exc))
+        return stage, str(exc)
+    _UNAVAILABLE.pop(key, None)
+    _READY.add(key)
+    return stage, None
+
+
+def clear_stage_cache() -> None:
+    _STAGE_CACHE.clear()
+    _UNAVAILABLE.clear()
+    _READY.clear()
+
+
+def stage_targets(stage_names: list[str]) -> dict[str, str]:
+    """name -> "module:Class", resolved here so that a worker needs no registry of its own."""
+    from songmill.annotate import STAGE_CLASSES
+
+    unknown = [n for n in stage_names if n not in STAGE_CLASSES]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGE_CLASSES)}")
+    return {n: STAGE_CLASSES[n] for n in stage_names}
+
+
+# -- annotate ----------------------------------------------------------------------------------------
+@dataclass
+class AnnotateGroup:
+    batches: list[list[dict[str, Any]]]
+    pending: dict[str, list[str]]  # stage -> the tracks of these batches it owes
+
+
+@dataclass
+class AnnotateJob(_DriverState):
+    corpus_root: str
+    stage_names: list[str]
+    targets: dict[str, str]
+    settings: dict[str, dict[str, Any]]
+    where: str | None = None
+    batch_size: int = runner.DEFAULT_BATCH_SIZE
+    force: bool = False
+    run_id: str = field(default_factory=new_run_id)
+    resources: str = "cpu"
+    kind: str = "annotate"
+
+    def _stages(self) -> list[Stage]:
+        return [cached_stage(n, self.targets[n], self.settings.get(n), self.corpus_root)[1] for n in self.stage_names]
+
+    def check(self) -> None:
+        """Fail on unknown stages or bad settings before any work (and before any cluster starts)."""
+        self._stages()
+
+    def describe(self) -> str:
+        return f"annotate {','.join(self.stage_names)}"
+
+    def plan(self, parallelism: int = 1) -> list[AnnotateGroup]:
+        corpus = Corpus(self.corpus_root, create=False)
+        self._driver_plan = runner.plan(corpus, self._stages(), self.where, self.batch_size, self.run_id, self.force)
+        batches = self._driver_plan.batches
+        weights = [sum(float(r.get("duration_s") or 0.0) for r in b) for b in batches]
+        groups = group_by_weight(batches, weights, parallelism, TASK_MIN_AUDIO_S, TASK_MAX_TRACKS)
+        return [AnnotateGroup(g, self._driver_plan.pending_in(g)) for g in groups]
+
+    @property
+    def driver_plan(self) -> runner.Plan:
+        return self._driver_plan
+
+    def run_group(self, group: AnnotateGroup, may_repeat: bool = False) -> GroupResult:
+        started = time.perf_counter()
+        corpus = Corpus(self.corpus_root, create=False)
+        stages, unavailable = [], {}
+        for name in self.stage_names:
+            if group.pending.get(name):
+                stage, why = ready_stage(name, self.targets[name], self.settings.get(name), self.corpus_root, self.run_id)
+                unavailable[name] = why
+            else:
+                stage = cached_stage(name, self.targets[name], self.settings.get(name), self.corpus_root)[1]
+            stages.append(stage)
+        plan = runner.plan_for_batches(self.run_id, stages, group.pending, group.batches, unavailable)
+        if may_repeat:
+            runner.drop_already_written(corpus, plan)
+        counts = runner.run_batches(corpus, plan, group.batches)
+        audio = sum(float(r.get("duration_s") or 0.0) for b in group.batches for r in b)
+        return GroupResult(counts, sum(len(b) for b in group.batches), audio, time.perf_counter() - started)
+
+    def finish(self, results: list[GroupResult]) -> list[runner.RunSummary]:
+        for result in results:
+            self._driver_plan.add_counts(result.counts)
+        return runner.finish(Corpus(self.corpus_root, create=False), self._driver_plan)
+
+
+def annotate_jobs(
+    corpus_root: str,
+    stage_names: list[str],
+    settings: dict[str, dict[str, Any]],
+    where: str | None = None,
+    batch_size: int | None = None,
+    force: bool = False,
+    run_id: str | None = None,
+) -> list[AnnotateJob]:
+    """The jobs of one annotate run: consecutive stages that need the same kind of worker form one
+    job, so CPU stages fan out over every worker and GPU stages go to GPU workers; a later job is
+    planned after the earlier one finished, so it sees the rows that one wrote."""
+    targets = stage_targets(stage_names)
+    if batch_size is None:
+        batch_size = int(settings.get("runner", {}).get("batch_size", runner.DEFAULT_BATCH_SIZE))
+    run_id = run_id or new_run_id()
+    phases: list[tuple[str, list[str]]] = []
+    for name in stage_names:
+        kind = "gpu" if getattr(_import_target(targets[name]), "resources", "cpu") == "gpu" else "cpu"
+        if phases and phases[-1][0] == kind:
+            phases[-1][1].append(name)
+        else:
+            phases.append((kind, [name]))
+    jobs = [
+        AnnotateJob(corpus_root, names, {n: targets[n] for n in names}, settings, where, batch_size, force, run_id, kind)
+        for kind, names in phases
+    ]
+    for job in jobs:
+        job.check()
+    return jobs
+
+
+# -- ingest ------------------------------------------------------------------------------------------
+@dataclass
+class IngestJob(_DriverState):
+    corpus_root: str
+    sources: list[str]
+    settings: dict[str, Any] | None = None
+    run_id: str = field(default_factory=new_run_id)
+    resources: str = "cpu"
+    kind: str = "ingest"
+
+    @property
+    def config(self) -> IngestConfig:
+        return build_config(IngestConfig, "ingest", self.settings)
+
+    def check(self) -> None:
+        self.config  # noqa: B018 - bad settings fail before any work
+
+    def describe(self) -> str:
+        return f"ingest {' '.join(self.sources)}"
+
+    def plan(self, parallelism: int = 1) -> list[list[list[FoundFile]]]:
+        corpus = Corpus(self.corpus_root)
+        config = self.config
+        todo, self._driver_summary = plan_ingest(corpus, self.sources, config, self.run_id)
+        batches = ingest_batches(todo, config.batch_size)
+        # Weight = bytes: reading and hashing dominate; a group of a batch or two keeps progress live.
+        weights = [float(sum(f.size for f in b)) for b in batches]
+        return group_by_weight(batches, weights, parallelism, min_weight=0.0, max_items=config.batch_size)
+
+    @property
+    def summary(self) -> IngestSummary:
+        return self._driver_summary
+
+    def run_group(self, group: list[list[FoundFile]], may_repeat: bool = False) -> GroupResult:
+        started = time.perf_counter()
+        corpus = Corpus(self.corpus_root)
+        verify = self.config.verify
+        summary = IngestSummary(self.run_id)
+        for batch in group:
+            summary.add(ingest_batch(corpus, batch, self.run_id, verify))
+        return GroupResult(summary, sum(len(b) for b in group), 0.0, time.perf_counter() - started)
+
+    def finish(self, results: list[GroupResult]) -> IngestSummary:
+        for result in results:
+            self._driver_summary.add(result.counts)
+        finish_ingest(Corpus(self.corpus_root))
+        return self._driver_summary
