@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import posixpath
 import shutil
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 from songmill.data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, table_spec
 
 if TYPE_CHECKING:
-    from songmill.data_schema.views import TableFiles
+    from songmill.data_schema.views import DedupRule, TableFiles, ViewSql
 
 CORPUS_FILE = "songmill.json"
 CATALOG_FILE = "songmill.duckdb"
@@ -48,7 +49,12 @@ LOCK_FILE = ".compact.lock"
 TMP_PREFIX = ".tmp-"
 # Compaction runs under this DuckDB memory limit and spills to disk past it.
 COMPACT_MEMORY_LIMIT = "1GB"
+COMPACT_THREADS = 2
 ROW_GROUP_SIZE = 122_880
+# Snapshots are rebuilt in buckets of about this many uncompressed bytes (Parquet on disk
+# expands about this much in memory), so a compaction's memory does not grow with the table.
+SNAPSHOT_BUCKET_BYTES = 256 * 2**20
+PARQUET_EXPANSION = 4
 # Fewer parts than this never trigger an automatic compaction.
 MIN_COMPACT_PARTS = 8
 # Stale temporaries older than this are debris of killed runs; younger ones may be in flight.
@@ -69,6 +75,11 @@ def utcnow() -> datetime:
 
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _hex_bound(i: int, n: int) -> str:
+    """The i-th of n equal boundaries in the space of hex track ids (sha256 digests)."""
+    return f"{(i * 16**8) // n:08x}"
 
 
 def new_run_id() -> str:
@@ -188,7 +199,7 @@ class Corpus:
         replaces), then the catalog, then the parts go. A history file whose parts still exist is
         finished by the next compaction (`_finish_merges`).
         """
-        from songmill.data_schema.views import ViewSql, current_sql, dedup_rule
+        from songmill.data_schema.views import ViewSql, dedup_rule
 
         with self._compaction_lock(table):
             self._finish_merges(table)
@@ -202,10 +213,7 @@ class Corpus:
             with self._bounded_connection(memory_limit) as con:
                 views = ViewSql({table: files})
                 if rule is not None:
-                    snapshot = views._read(table, (files.snapshot,)) if files.snapshot else None
-                    sql = current_sql(rule, snapshot, views._read(table, files.parts), "")
-                    order = ", ".join(rule.partition)
-                    self._copy_to(con, f"SELECT * FROM ({sql}) ORDER BY {order}", table, f"current-{stamp}.parquet", {})
+                    self._write_snapshot(con, table, files, views, rule, f"current-{stamp}.parquet")
                 self._copy_to(
                     con, views._read(table, files.parts), table, f"history-{stamp}.parquet",
                     {MERGED_FROM_KEY: json.dumps(names)},
@@ -277,12 +285,68 @@ class Corpus:
             con.execute(f"SET memory_limit = '{memory_limit}'")
             con.execute(f"SET temp_directory = '{spill}'")
             con.execute("SET preserve_insertion_order = false")
+            con.execute(f"SET threads = {COMPACT_THREADS}")
             if not self.is_local:
                 con.register_filesystem(self.fs)
             yield con
         finally:
             con.close()
             shutil.rmtree(spill, ignore_errors=True)
+
+    def _write_snapshot(self, con: duckdb.DuckDBPyConnection, table: str, files: TableFiles, views: ViewSql, rule: DedupRule, name: str) -> None:
+        """The deduplicated snapshot, computed bucket by bucket so memory stays bounded at any
+        table size: track_id ranges (the snapshot stays sorted by track_id, and its row-group
+        statistics let each bucket skip the rest of it), or key hashes for other keys."""
+        from songmill.data_schema.views import current_sql
+
+        spec = table_spec(table)
+        sizes = self._file_sizes(table)
+        inputs = [files.snapshot, *files.parts] if files.snapshot else list(files.parts)
+        on_disk = sum(sizes.get(self._strip(u), 0) for u in inputs)
+        buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
+        by_track = rule.partition == ("track_id",)
+        order = ", ".join(rule.partition)
+        columns = ", ".join(f'"{n}"' for n in spec.schema.names)
+        dest = self._join(table, name)
+        local = dest if self.is_local else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
+        tmp = self._join(table, TMP_PREFIX + name) if self.is_local else local
+        meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), b"songmill.table": table.encode()}
+        writer = pq.ParquetWriter(tmp, spec.schema.with_metadata(meta), compression="zstd")
+        try:
+            for bucket in range(buckets):
+                if buckets == 1:
+                    cond = "true"
+                elif by_track:
+                    lo, hi = _hex_bound(bucket, buckets), _hex_bound(bucket + 1, buckets)
+                    cond = " AND ".join(
+                        ([f"track_id >= {_sql_literal(lo)}"] if bucket > 0 else [])
+                        + ([f"track_id < {_sql_literal(hi)}"] if bucket < buckets - 1 else [])
+                    )
+                else:
+                    cond = f"hash({order}) % {buckets} = {bucket}"
+                snapshot = f"SELECT * FROM ({views._read(table, (files.snapshot,))}) WHERE {cond}" if files.snapshot else None
+                delta = f"SELECT * FROM ({views._read(table, files.parts)}) WHERE {cond}"
+                sql = f"SELECT {columns} FROM ({current_sql(rule, snapshot, delta, '')}) ORDER BY {order}"
+                reader = con.sql(sql).to_arrow_reader(ROW_GROUP_SIZE)
+                for batch in reader:
+                    writer.write_table(pa.Table.from_batches([batch]).cast(spec.schema), row_group_size=ROW_GROUP_SIZE)
+            writer.close()
+            if self.is_local:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                self._rename(tmp, dest)
+            else:
+                remote_tmp = self._join(table, TMP_PREFIX + name)
+                self.fs.put_file(local, remote_tmp)
+                self._rename(remote_tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if not self.is_local and os.path.exists(local):
+                os.remove(local)
+
+    def _strip(self, url: str) -> str:
+        return url if self.is_local else self.fs._strip_protocol(url)
 
     def _copy_to(self, con: duckdb.DuckDBPyConnection, sql: str, table: str, name: str, metadata: dict[str, str]) -> None:
         """COPY a query to `table/name` through a temporary file and an atomic rename."""

@@ -20,7 +20,7 @@ function over the whole history). "Current" per table:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import duckdb
@@ -114,13 +114,20 @@ def duckdb_types(spec: TableSpec) -> dict[str, str]:
     """Column -> DuckDB type name of a table's Arrow schema (cached)."""
     key = f"{spec.name}:{spec.schema}"
     if key not in _TYPE_NAMES:
-        con = duckdb.connect(":memory:")
-        try:
-            con.register("empty", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
-            _TYPE_NAMES[key] = {row[0]: row[1] for row in con.execute("DESCRIBE empty").fetchall()}
-        finally:
-            con.close()
+        con = _types_connection()
+        con.register("empty", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
+        _TYPE_NAMES[key] = {row[0]: row[1] for row in con.execute("DESCRIBE empty").fetchall()}
+        con.unregister("empty")
     return _TYPE_NAMES[key]
+
+
+_TYPES_CON: list[duckdb.DuckDBPyConnection] = []
+
+
+def _types_connection() -> duckdb.DuckDBPyConnection:
+    if not _TYPES_CON:
+        _TYPES_CON.append(duckdb.connect(":memory:"))
+    return _TYPES_CON[0]
 
 
 def empty_select(spec: TableSpec) -> str:
@@ -146,7 +153,9 @@ class ViewSql:
     spell: FileList = literal_files
     # For the catalog: a glob standing for "whatever parts exist now" instead of a fixed list.
     parts_glob: Callable[[str], str] | None = None
-    views: dict[str, str] = field(default_factory=dict)
+    # Reproducing an old manifest: table -> timestamp; rows written after it are left out, and
+    # "current" is resolved over what remains (window functions over the raw rows: slow, exact).
+    as_of: dict[str, str] | None = None
 
     def _read(self, table: str, urls: tuple[str, ...]) -> str:
         spec = TABLES[table]
@@ -168,6 +177,14 @@ class ViewSql:
         return self._read(table, files.parts) if files.parts else None
 
     def raw(self, table: str) -> str:
+        sql = self._raw(table)
+        if self.as_of and table in self.as_of:
+            column = time_column(TABLES[table])
+            if column:
+                sql = f"SELECT * FROM ({sql}) WHERE {quote(column)} <= {literal(self.as_of[table])}::TIMESTAMPTZ"
+        return sql
+
+    def _raw(self, table: str) -> str:
         files = self.files[table]
         pieces = [self._read(table, files.history)] if files.history else []
         parts = self._parts(table)
@@ -184,9 +201,19 @@ class ViewSql:
         rule = dedup_rule(spec)
         if rule is None:
             return self.raw(table)
+        if self.as_of is not None:
+            return current_sql(rule, None, self.raw(table), empty_select(spec))
         snapshot = self._read(table, (files.snapshot,)) if files.snapshot else None
         delta = self._parts(table)
         return current_sql(rule, snapshot, delta, empty_select(spec))
+
+
+def time_column(spec: TableSpec) -> str | None:
+    """The column saying when a row was written (what an "as of" cut compares)."""
+    for name in ("created_at", "finished_at"):
+        if name in spec.schema.names:
+            return name
+    return None
 
 
 def current_sql(rule: DedupRule, snapshot: str | None, delta: str | None, empty: str) -> str:
@@ -212,11 +239,13 @@ def current_sql(rule: DedupRule, snapshot: str | None, delta: str | None, empty:
       UNION ALL BY NAME SELECT * FROM _delta) {window}"""
 
 
-def create_views(con: duckdb.DuckDBPyConnection, files: dict[str, TableFiles] | CorpusFiles) -> None:
+def create_views(
+    con: duckdb.DuckDBPyConnection, files: dict[str, TableFiles] | CorpusFiles, as_of: dict[str, str] | None = None
+) -> None:
     """Create every view on `con` for the given table files (or a corpus to list them from)."""
     if not isinstance(files, dict):
         files = {name: files.table_files(name) for name in TABLES}
-    for name, sql in all_view_sql(ViewSql(files)).items():
+    for name, sql in all_view_sql(ViewSql(files, as_of=as_of)).items():
         con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
 
 

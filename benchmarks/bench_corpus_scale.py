@@ -1,0 +1,254 @@
+"""Corpus views at scale: whole CLI calls over a synthetic corpus of N tracks.
+
+Writes `tracks`, `sources`, `qc` and `music` (real-length beat lists) through the `Corpus` API in
+parts of 50 k rows, with the automatic compaction the runner and ingest trigger after each run,
+then times, as whole `songmill` CLI calls:
+  - filter + group over `manifest`;          - `SELECT count(*) FROM manifest`;
+  - `songmill manifest --where "qc_pass AND bpm < 100"` (30 % of the tracks);
+  - `songmill annotate --stages qc,music` with nothing pending (planning only);
+and the peak memory of compacting each table (a subprocess each, DuckDB under its memory limit).
+
+Same-run baselines: the current-HEAD design (latest-per-track window functions over every raw
+row, the views before snapshots) timed in-process on the same files, raw DuckDB on the parts
+for the filter + group, and the CLI's start-up (`songmill query "SELECT 1"`).
+
+    .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 200000
+    .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 2000000 --keep /tmp/corpus-2m
+    .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 20000000 --tables qc   # memory only
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+PART_ROWS = 50_000
+BIN = os.path.join(os.path.dirname(sys.executable), "songmill")
+GROUP_SQL = "SELECT keyscale, count(*) AS n, avg(bpm) AS bpm, avg(loudness_lufs) AS lufs FROM manifest WHERE qc_pass AND duration_s > 60 GROUP BY keyscale ORDER BY n DESC"
+COUNT_SQL = "SELECT count(*) AS n FROM manifest"
+EXPORT_WHERE = "qc_pass AND bpm < 100"
+TONICS = np.array(["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"])
+MODES = np.array(["major", "minor"])
+
+
+def track_ids(start: int, n: int) -> list[str]:
+    return [hashlib.sha256(f"track-{i}".encode()).hexdigest() for i in range(start, start + n)]
+
+
+def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[int, str], run_id: str) -> dict[str, pa.Table]:
+    rng = np.random.default_rng(start)
+    ids = pa.array(track_ids(start, n))
+    now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
+    duration = rng.uniform(20, 320, n)
+    uris = pa.array([f"/music/library/{i // 1000:05d}/{i:08d}.flac" for i in range(start, start + n)])
+    tracks = pa.table({
+        "track_id": ids, "uri": uris, "size_bytes": pa.array(rng.integers(2e6, 6e7, n)),
+        "duration_s": duration, "frames": pa.array((duration * 44100).astype(np.int64)),
+        "sample_rate": pa.array(np.full(n, 44100, np.int32)), "channels": pa.array(np.full(n, 2, np.int32)),
+        "codec": pa.array(["flac"] * n), "container": pa.array(["flac"] * n),
+        "bit_depth": pa.array(np.full(n, 16, np.int32)), "run_id": pa.array([run_id] * n), "created_at": now,
+    })
+    sources = pa.table({
+        "uri": uris, "size_bytes": tracks["size_bytes"], "mtime": rng.uniform(1.6e9, 1.7e9, n),
+        "track_id": ids, "status": pa.array(["ok"] * n), "run_id": pa.array([run_id] * n), "created_at": now,
+    })
+    stage_cols = lambda key: {  # noqa: E731
+        "track_id": ids, "stage_version": pa.array(np.full(n, key[0], np.int32)),
+        "config_hash": pa.array([key[1]] * n), "run_id": pa.array([run_id] * n), "created_at": now,
+    }
+    passed = rng.random(n) < 0.9
+    qc = pa.table(stage_cols(qc_key) | {
+        "duration_s": duration, "peak_dbfs": rng.uniform(-6, 0, n), "rms_dbfs": rng.uniform(-30, -8, n),
+        "silence_ratio": rng.uniform(0, 0.2, n), "clipping_ratio": rng.uniform(0, 0.01, n),
+        "loudness_lufs": rng.uniform(-30, -6, n), "bandwidth_hz": rng.uniform(8e3, 2.2e4, n),
+        "dc_offset": rng.normal(0, 1e-3, n), "qc_pass": pa.array(passed),
+        "qc_reasons": pa.array([[] if p else ["silence"] for p in passed], pa.list_(pa.string())),
+    })
+    bpm = rng.uniform(60, 180, n)
+    n_beats = (duration * bpm / 60).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n_beats)])
+    beat_values = (np.arange(offsets[-1]) - np.repeat(offsets[:-1], n_beats)) * np.repeat(60 / bpm, n_beats)
+    beats = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(beat_values.astype(np.float32)))
+    tonic, mode = TONICS[rng.integers(0, 12, n)], MODES[rng.integers(0, 2, n)]
+    music = pa.table(stage_cols(music_key) | {
+        "bpm": bpm, "bpm_confidence": rng.uniform(0, 1, n), "beats": beats,
+        "key_tonic": pa.array(tonic), "key_mode": pa.array(mode),
+        "keyscale": pa.array(np.char.add(np.char.add(tonic, " "), mode)),
+        "key_strength": rng.uniform(0, 1, n), "tuning_hz": rng.normal(440, 1, n),
+        "time_signature": pa.array(["4/4"] * n),
+    })
+    return {"tracks": tracks, "sources": sources, "qc": qc, "music": music}
+
+
+def build(root: str, n_tracks: int, tables: list[str]) -> dict:
+    from songmill.annotate import stage_class
+    from songmill.data_schema.store import Corpus
+
+    keys = {}
+    for name in ("qc", "music"):
+        stage = stage_class(name)()
+        keys[name] = (stage.version, stage.config_hash)
+    corpus = Corpus(root)
+    compactions, compact_s = 0, 0.0
+    started = time.perf_counter()
+    for start in range(0, n_tracks, PART_ROWS):
+        n = min(PART_ROWS, n_tracks - start)
+        for table, data in chunk_tables(start, n, keys["qc"], keys["music"], f"bench-{start}").items():
+            if table not in tables:
+                continue
+            corpus.write(table, data)
+            before = len(corpus.table_files(table).parts)
+            t0 = time.perf_counter()
+            corpus.compact_if_needed([table])  # what every ingest / annotate run does at its end
+            if len(corpus.table_files(table).parts) < before:
+                compactions += 1
+                compact_s += time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    return {"write_s": time.perf_counter() - started, "compactions": compactions, "compact_s": compact_s, "bytes": size}
+
+
+def cli(args: list[str], root: str, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run([BIN, *args, "--corpus", root], check=True, stdout=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def head_design_connection(root: str):
+    """The views as they were before snapshots: window functions over every raw row."""
+    import duckdb
+    from songmill.data_schema.store import Corpus
+    from songmill.data_schema.tables import TABLES
+    from songmill.data_schema.views import TableFiles, create_views
+
+    corpus = Corpus(root, create=False)
+    files = {t: TableFiles(parts=corpus.table_files(t).raw) for t in TABLES}
+    con = duckdb.connect(":memory:")
+    create_views(con, files)
+    return con, corpus
+
+
+def timed(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def baselines(root: str, scratch: str) -> dict[str, float]:
+    con, corpus = head_design_connection(root)
+    out = os.path.join(scratch, "head-manifest.parquet")
+    parts = {t: [p for p in corpus.part_files(t)] for t in ("tracks", "qc", "music")}
+    raw_group = f"""SELECT m.keyscale, count(*) AS n, avg(m.bpm), avg(q.loudness_lufs)
+        FROM read_parquet({parts['music']}) m JOIN read_parquet({parts['qc']}) q USING (track_id)
+        JOIN read_parquet({parts['tracks']}) t USING (track_id)
+        WHERE q.qc_pass AND t.duration_s > 60 GROUP BY 1 ORDER BY n DESC"""
+    import duckdb
+
+    raw = duckdb.connect(":memory:")
+    result = {
+        "group_head": timed(lambda: con.execute(GROUP_SQL).fetchall()),
+        "count_head": timed(lambda: con.execute(COUNT_SQL).fetchall()),
+        "export_head": timed(lambda: con.execute(f"COPY (SELECT * FROM manifest WHERE {EXPORT_WHERE} ORDER BY track_id) TO '{out}' (FORMAT parquet, COMPRESSION zstd)"), repeat=1),
+        "group_raw_duckdb": timed(lambda: raw.execute(raw_group).fetchall()),
+    }
+    con.close()
+    return result
+
+
+COMPACT_PROBE = """
+import resource, sys, time
+from songmill.data_schema.store import Corpus
+corpus = Corpus(sys.argv[1], create=False)
+t0 = time.perf_counter()
+merged = corpus.compact(sys.argv[2])
+print(merged, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+HEAD_COMPACT_PROBE = """
+import resource, sys, time
+import duckdb
+from songmill.data_schema.store import Corpus
+corpus = Corpus(sys.argv[1], create=False)
+t0 = time.perf_counter()
+con = duckdb.connect()
+table = con.execute("SELECT * FROM read_parquet(?, union_by_name = true)", [corpus.part_files(sys.argv[2])]).to_arrow_table()
+print(table.num_rows, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def compaction_memory(root: str, table: str, head: bool) -> dict[str, float]:
+    """Peak RSS of a full compaction of `table` (forced: a fresh snapshot of every row)."""
+    from songmill.data_schema.store import Corpus
+
+    corpus = Corpus(root, create=False)
+    corpus.write(table, corpus.sql(f"SELECT * FROM raw_{table} LIMIT 1"))  # one part to merge
+    out = subprocess.run([sys.executable, "-c", COMPACT_PROBE, root, table], check=True, capture_output=True, text=True)
+    _, seconds, rss = out.stdout.split()[-3:]
+    result = {"compact_s": float(seconds), "compact_peak_rss_mb": float(rss)}
+    if head:  # HEAD's compact loaded the whole table into memory first
+        out = subprocess.run([sys.executable, "-c", HEAD_COMPACT_PROBE, root, table], check=True, capture_output=True, text=True)
+        _, seconds, rss = out.stdout.split()[-3:]
+        result |= {"head_load_s": float(seconds), "head_peak_rss_mb": float(rss)}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracks", type=int, default=200_000)
+    parser.add_argument("--tables", default="tracks,sources,qc,music")
+    parser.add_argument("--keep", default=None, help="build the corpus here and keep it (reused if present)")
+    parser.add_argument("--head-compact", action="store_true", help="also measure HEAD's in-memory compaction (needs RAM)")
+    args = parser.parse_args()
+    tables = args.tables.split(",")
+    scratch = tempfile.mkdtemp(prefix="bench-corpus-")
+    root = args.keep or os.path.join(scratch, "corpus")
+    report: dict = {"tracks": args.tracks}
+    if not os.path.exists(os.path.join(root, "songmill.json")):
+        report["build"] = build(root, args.tracks, tables)
+        print("built", json.dumps(report["build"]), flush=True)
+    try:
+        if set(tables) >= {"tracks", "sources", "qc", "music"}:
+            start = cli(["query", "SELECT 1"], root)
+            now = {
+                "group": cli(["query", GROUP_SQL], root),
+                "count": cli(["query", COUNT_SQL], root),
+                "export": cli(["manifest", "--where", EXPORT_WHERE, "--out", os.path.join(scratch, "m.parquet")], root, repeat=1),
+                "plan": cli(["annotate", "--stages", "qc,music", "--engine", "local", "--quiet"], root, repeat=1),
+            }
+            import pyarrow.parquet as pq
+
+            report["exported_rows"] = pq.read_metadata(os.path.join(scratch, "m.parquet")).num_rows
+            report["cli_startup_s"] = start
+            report["cli_s"] = now
+            base = baselines(root, scratch)
+            report["baseline_s"] = base
+            report["ratios"] = {
+                "group_vs_head_in_process": now["group"] / base["group_head"],
+                "group_vs_raw_duckdb_in_process": now["group"] / base["group_raw_duckdb"],
+                "count_vs_head_in_process": now["count"] / base["count_head"],
+                "export_vs_head_in_process": now["export"] / base["export_head"],
+            }
+            print(json.dumps(report, indent=1), flush=True)
+        report["compaction"] = {t: compaction_memory(root, t, args.head_compact) for t in tables}
+        print(json.dumps(report, indent=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
