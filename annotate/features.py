@@ -37,7 +37,10 @@ class FeaturesConfig(StageConfig):
     trust_remote_code: bool = True
     mert_layer: int = -1  # hidden_states index used as the REPA target
     mhubert_layer: int = -1
-    ssl_chunk_s: float = 30.0  # SSL models see the track in chunks of this length
+    # SSL models see the track in chunks of this length: MERT 5 s at 24 kHz and mHuBERT 30 s at
+    # 16 kHz, as ACE-Step's trainer.py computes its REPA targets (ssl_chunk_s: mHuBERT and others)
+    mert_chunk_s: float = 5.0
+    ssl_chunk_s: float = 30.0
     lyric_tokenizer: str = ""  # tokenizer.json from `songmill train tokenizer`; "" = UTF-8 bytes
     max_duration_s: float = 600.0  # longer tracks: features of the first max_duration_s only
     batch_size: int = field(default=4, metadata=RUNTIME)
@@ -104,6 +107,20 @@ def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str
     if isinstance(text, str) and not transcript.get("hallucination"):
         return text
     return ""
+
+
+def lyric_lines(track: Track, lyrics: str) -> list[dict[str, Any]]:
+    """Timed lines of `lyrics` when it is the transcript: Whisper's segments as
+    {"start", "end", "text"}, so the trainer can give a crop of the audio the lyrics sung in it.
+    [] when the lyrics have no timestamps (a matched catalog lyric) or the segments do not make
+    up the text."""
+    transcript = track.inputs.get("transcripts") or {}
+    segments = [s for s in transcript.get("segments") or [] if s and s.get("text") and s.get("start") is not None]
+    if not lyrics or not segments:
+        return []
+    if " ".join(s["text"] for s in segments).split() != lyrics.split():
+        return []
+    return [{"start": float(s["start"]), "end": float(s.get("end") or s["start"]), "text": s["text"]} for s in segments]
 
 
 def corpus_lyrics_by_id(corpus) -> dict[str, str]:
@@ -383,7 +400,8 @@ class FeatureExtractors:
         for name, model in self.ssl.items():
             mono, _ = track.audio(model.sample_rate, mono=True)
             mono = mono[: int(duration * model.sample_rate)]
-            tensors[f"repa.{name}"] = model(mono, cfg.ssl_chunk_s).half()
+            chunk_s = cfg.mert_chunk_s if name == "mert" else cfg.ssl_chunk_s
+            tensors[f"repa.{name}"] = model(mono, chunk_s).half()
             repa_fps[name] = model.fps
         speaker_dim = 512
         if self.speaker is not None:
@@ -394,6 +412,7 @@ class FeatureExtractors:
                 mono, _ = source.audio(self.speaker.sample_rate, mono=True)
                 tensors["speaker"] = self.speaker(mono).half()
         metadata = {
+            "lyric_lines": lyric_lines(track, lyrics),
             "latent_frames": int(latent.shape[-1]),
             "latent_fps": LATENT_FPS,
             "captions": captions,

@@ -65,9 +65,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     gen.add_argument("--duration", type=float, required=True, help="seconds")
     gen.add_argument("--out", required=True, help="output .wav")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=27)
-    gen.add_argument("--guidance", type=float, default=7.0)
-    gen.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    gen.add_argument("--sampler", choices=("acestep", "euler", "heun"), default="acestep",
+                     help="acestep: ACE-Step v1's Euler 60 steps + APG 15, guidance interval 0.5, omega 10 "
+                          "(default); euler / heun: 27 steps, plain CFG 7")
+    gen.add_argument("--steps", type=int, help="integration steps (default: the sampler's)")
+    gen.add_argument("--guidance", type=float, help="guidance scale (default: the sampler's)")
+    gen.add_argument("--guidance-type", choices=("apg", "cfg"), help="APG or plain classifier-free guidance")
+    gen.add_argument("--guidance-interval", type=float, help="centred fraction of the steps that get guidance")
+    gen.add_argument("--omega", type=float, help="ACE-Step's Euler step rescale (0: none)")
     gen.add_argument("--dcae", help="DCAE checkpoint (default: the one the DiT was trained with)")
     gen.add_argument("--vocoder", help="vocoder dir (default: Griffin-Lim)")
     gen.add_argument("--device", default="auto")
@@ -88,7 +93,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--lora-targets", help="comma-separated module names to adapt")
     p.add_argument("--base-checkpoint", help="DiT checkpoint LoRA adapts")
-    p.add_argument("--dcae-checkpoint", help="DCAE checkpoint for validation audio (DiT)")
+    p.add_argument("--dcae-checkpoint", help="DCAE checkpoint (DiT): decodes validation audio, and computes the "
+                   "features first when the manifest has none")
     p.add_argument("--phase", type=int, choices=(1, 2), help="DCAE phase: 1 reconstruction, 2 adversarial")
     p.add_argument("--init-from", help="DCAE phase 2: the phase-1 checkpoint to start from")
     p.add_argument("--device", help="auto | cpu | cuda")
@@ -124,15 +130,45 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if config.kind == "dcae" and config.dcae_phase == 2 and not (config.init_from or args.resume):
-        print("DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR", file=sys.stderr)
+        print("error: DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR", file=sys.stderr)
         return 2
-    result = train(config, args.manifest, default_run_dir(args), resume=args.resume, force=args.force)
+    manifest = args.manifest
+    if config.kind == "dit":
+        manifest = dit_manifest(args, config)
+    result = train(config, manifest, default_run_dir(args), resume=args.resume, force=args.force)
     summary = {"run_dir": result.run_dir, "step": result.step, "checkpoint": result.checkpoint,
                "final_loss": result.losses[-1] if result.losses else None,
                "stopped_by_signal": result.stopped_by_signal}
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0
+
+
+def dit_manifest(args: argparse.Namespace, config) -> str:
+    """The manifest with cached features: the given one, or (no features, --dcae-checkpoint
+    named) a copy after running the features stage into the corpus (--corpus, default ./corpus)
+    with the [features] settings; without a DCAE, FeaturesMissing names the commands to run."""
+    from songmill.data_schema.store import default_corpus_root
+    from songmill.flows.config import load_settings
+    from songmill.train.prepare import (
+        FeaturesMissing,
+        ensure_features,
+        features_manifest_path,
+        features_status,
+        missing_features_message,
+    )
+
+    if features_status(args.manifest)[0] > 0:
+        return args.manifest
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would compute them
+        raise FeaturesMissing(missing_features_message(args.manifest) + " (in one process, before torchrun)")
+    corpus = getattr(args, "corpus", None) or default_corpus_root()
+    settings = load_settings(getattr(args, "config", None), corpus, getattr(args, "overrides", []))
+    if config.dcae_checkpoint:
+        print(f"{args.manifest} has no features: running the features stage with DCAE {config.dcae_checkpoint} "
+              f"into {corpus} -> {features_manifest_path(args.manifest)}", file=sys.stderr)
+    path, _ = ensure_features(args.manifest, config.dcae_checkpoint, corpus, **settings.get("features", {}))
+    return path
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
@@ -176,6 +212,7 @@ def run_generate(args: argparse.Namespace) -> int:
     path = generate_from_checkpoint(
         args.checkpoint, args.prompt, lyrics, args.duration, args.out, seed=args.seed, steps=args.steps,
         guidance=args.guidance, sampler=args.sampler, dcae=args.dcae, vocoder=args.vocoder, device=args.device,
+        guidance_type=args.guidance_type, guidance_interval=args.guidance_interval, omega=args.omega,
     )
     print(json.dumps({"out": path, "duration_s": args.duration}))
     return 0

@@ -165,9 +165,13 @@ def test_generate_writes_audio_of_the_requested_duration(feature_manifest, tmp_p
     assert result.checkpoint
 
 
-def test_generate_refuses_a_pickle_checkpoint(tmp_path):
+def test_generate_refuses_a_pickle_checkpoint_in_one_line(tmp_path, capsys):
     from songmill.flows.cli import main
 
     torch.save({"dit": torch.zeros(1)}, tmp_path / "dit.pt")
-    with pytest.raises(CheckpointError, match="pickle"):
-        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", "--duration", "1", "--out", str(tmp_path / "o.wav")])
+    args = ["generate", "--checkpoint", str(tmp_path), "--prompt", "x", "--duration", "1", "--out", str(tmp_path / "o.wav")]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pickle" in err and "Traceback" not in err
+    with pytest.raises(CheckpointError, match="pickle"):  # --debug lets the exception through
+        main([*args, "--debug"])

@@ -255,17 +255,36 @@ def collate_mel(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    """Crops of each track's cached features (see annotate/features.py for the shard layout)."""
+    """Crops of each track's cached features (see data_schema/shards.py for the shard layout).
 
-    def __init__(self, rows: list[dict[str, Any]], max_crop_s: float, max_lyric_tokens: int = 4096):
+    `lyric_crop` keeps lyrics and audio in agreement (TrainConfig.lyric_crop): "timestamps"
+    crops anywhere and keeps the timed lyric lines (the shard's `lyric_lines`, from the
+    transcript) whose middle falls inside the crop, re-tokenised with the features' lyric
+    tokenizer; a track with lyrics but no timestamps is cropped from its start instead. "start"
+    crops every track from its start with all its lyrics (ACE-Step); "full" crops anywhere and
+    keeps all the lyrics.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], max_crop_s: float, max_lyric_tokens: int = 4096,
+                 lyric_crop: str = "full", tokenizer_json: str | None = None):
         self.rows, self.max_crop_s = rows, max_crop_s
         self.max_lyric_tokens = max_lyric_tokens
+        self.lyric_crop = lyric_crop
+        self.tokenizer_json = tokenizer_json
+        self._tokenizer: Any = None  # built lazily, once per worker process
 
     def lengths(self) -> list[float]:
         return [crop_length_s(r["duration_s"], self.max_crop_s) for r in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _encode(self, text: str) -> torch.Tensor:
+        if self._tokenizer is None:
+            from songmill.model.lyric_tokens import LyricTokenizer
+
+            self._tokenizer = LyricTokenizer.from_json(self.tokenizer_json)
+        return torch.tensor(self._tokenizer.encode_ids(text), dtype=torch.long)
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         from songmill.data_schema.shards import FeatureShard
@@ -276,12 +295,20 @@ class FeatureDataset(torch.utils.data.Dataset):
         total = shard.latent_frames
         frames = min(total, max(1, int(self.max_crop_s * LATENT_FPS)))
         start = int(rng.integers(0, total - frames + 1))
+        lyrics = shard.lyric_ids()
+        lines = shard.meta.get("lyric_lines") or []
+        if self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and len(lyrics) and not lines):
+            start = 0
+        elif self.lyric_crop == "timestamps" and lines:
+            begin_s, end_s = start / LATENT_FPS, (start + frames) / LATENT_FPS
+            sung = [ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s]
+            lyrics = self._encode(" ".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
         item: dict[str, Any] = {"track_id": row["track_id"], "latent": shard.latent(start, frames)}
         styles = shard.text_styles
         style = styles[int(rng.integers(0, len(styles)))] if styles else None
         item["caption"] = shard.caption(style) if style else ""
         item["text"] = shard.text_embedding(style) if style else None
-        lyrics = shard.lyric_ids()[: self.max_lyric_tokens]
+        lyrics = lyrics[: self.max_lyric_tokens]
         # No lyrics: one pad id, as model.generate conditions an instrumental request.
         item["lyrics"] = lyrics if len(lyrics) else torch.zeros(1, dtype=torch.long)
         item["speaker"] = shard.speaker()

@@ -65,10 +65,13 @@ def generate_from_checkpoint(
     dcae: str | None = None,
     vocoder: str | None = None,
     device: str = "auto",
-    **sampler_overrides: object,
+    guidance_type: str | None = None,
+    guidance_interval: float | None = None,
+    omega: float | None = None,
 ) -> str:
     """Generate from a checkpoint with a named sampler (see model.flow.SAMPLERS); `steps`,
-    `guidance` and `sampler_overrides` (SamplerSettings fields) change it when not None."""
+    `guidance` (the scale), `guidance_type` (apg | cfg), `guidance_interval` and `omega` change
+    it when not None."""
     from songmill.model.config import MelConfig
     from songmill.model.generate import generate, sampler_settings
     from songmill.model.mel import load_vocoder
@@ -80,7 +83,7 @@ def generate_from_checkpoint(
     dit, trainer = load_dit(checkpoint, dev)
     conditioning = trainer.get("conditioning", {})
     settings = sampler_settings(sampler, steps, guidance, float(conditioning.get("timestep_shift", 3.0)),
-                                **sampler_overrides)
+                                guidance=guidance_type, guidance_interval=guidance_interval, omega=omega)
     parts = load_conditioning(conditioning, dev, dcae_override=dcae)
     if parts["dcae"] is None:
         raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")

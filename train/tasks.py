@@ -35,8 +35,15 @@ class DiTTask:
         from songmill.data_schema.shards import FeatureShard
         from songmill.model.config import preset
         from songmill.model.dit import LinearDiT
+        from songmill.train.prepare import (
+            FeaturesMissing,
+            features_status,
+            missing_features_message,
+        )
 
         self.cfg = cfg
+        if features_status(manifest)[0] == 0:
+            raise FeaturesMissing(missing_features_message(manifest))
         self.rows = read_manifest(manifest, require=("track_id", "uri", "duration_s", "features_url"))
         first = FeatureShard.open(self.rows[0]["features_url"])
         if not first.text_styles:
@@ -55,13 +62,14 @@ class DiTTask:
         self.dit_cfg = dit_cfg
         self.model_preset = model_preset
         self.model: nn.Module = LinearDiT(dit_cfg)
-        self.dataset = FeatureDataset(self.rows, cfg.max_crop_s, dit_cfg.lyrics.max_tokens)
+        tokenizer_json = _tokenizer_json(meta.get("lyric_tokenizer_path", ""))
+        self.dataset = FeatureDataset(self.rows, cfg.max_crop_s, dit_cfg.lyrics.max_tokens, cfg.lyric_crop, tokenizer_json)
         self.collate = collate_features
         self.conditioning = {
             "text_encoder": meta.get("text_encoder", "none"),
             "text_encoder_config": model_preset.text.to_dict(),
             "dcae_checkpoint": cfg.dcae_checkpoint or meta.get("dcae_checkpoint", ""),
-            "lyric_tokenizer_json": _tokenizer_json(meta.get("lyric_tokenizer_path", "")),
+            "lyric_tokenizer_json": tokenizer_json,
             "mel": model_preset.mel.to_dict(),
             "timestep_shift": cfg.timestep_shift,
         }
