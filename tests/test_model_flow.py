@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from songmill.model.conditions import Conditions
@@ -10,10 +11,17 @@ from songmill.model.dcae import MusicDCAE
 from songmill.model.dit import DiTOutput, LinearDiT
 from songmill.model.encoders import TextEncoder
 from songmill.model.flow import (
+    MomentumBuffer,
+    SamplerSettings,
+    acestep_sample,
+    acestep_sigmas,
     add_noise,
+    apg_guidance,
     euler_sample,
     flow_matching_loss,
+    guidance_interval_steps,
     heun_sample,
+    omega_rescale,
     sample_sigmas,
     sampling_sigmas,
 )
@@ -144,3 +152,101 @@ def test_generate_waveform_is_seeded_and_sized():
         dcae, dit, text_encoder, vocoder, prompt="drum solo", lyrics=None, duration_s=0.3, seed=1, steps=1
     )
     assert instrumental.shape == (2, 13230)
+
+
+# -- ACE-Step's sampler: APG, guidance interval, its sigma table, omega ---------------------------
+
+
+def _reference_apg(cond: np.ndarray, uncond: np.ndarray, scale: float, running, momentum=-0.75, threshold=2.5, eta=0.0):
+    """acestep/apg_guidance.py written out in numpy (float64): MomentumBuffer.update, the norm
+    clip over the last two axes, the projection onto normalize(cond), cond + (scale - 1) * update."""
+    diff = cond - uncond
+    running = diff + momentum * running
+    diff = running
+    norm = np.sqrt((diff**2).sum(axis=(-1, -2), keepdims=True))
+    diff = diff * np.minimum(1.0, threshold / norm)
+    unit = cond / np.maximum(np.sqrt((cond**2).sum(axis=(-1, -2), keepdims=True)), 1e-12)
+    parallel = (diff * unit).sum(axis=(-1, -2), keepdims=True) * unit
+    return cond + (scale - 1) * ((diff - parallel) + eta * parallel), running
+
+
+def test_apg_matches_hand_computed_values():
+    buffer = MomentumBuffer(-0.75)
+    # step 1: diff (3, 4) has norm 5 -> clipped to (1.5, 2), parallel to cond: no update
+    first = apg_guidance(torch.tensor([[[[3.0, 4.0]]]]), torch.zeros(1, 1, 1, 2), 15.0, buffer)
+    assert torch.allclose(first, torch.tensor([[[[3.0, 4.0]]]]))
+    # step 2: diff (1, -1) + -0.75 * (3, 4) = (-1.25, -4), norm 4.190763 -> x 2.5 / 4.190763;
+    # orthogonal to cond (1, 0): (0, -2.386202); cond + 14 * that
+    second = apg_guidance(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]]), 15.0, buffer)
+    assert torch.allclose(second, torch.tensor([[[[1.0, -33.40683]]]]), atol=1e-4)
+
+
+def test_apg_matches_the_reference_formula_over_steps():
+    rng = np.random.default_rng(0)
+    buffer, running = MomentumBuffer(-0.75), 0.0
+    for _ in range(4):
+        cond, uncond = rng.standard_normal((2, 8, 16, 5)), rng.standard_normal((2, 8, 16, 5))
+        expected, running = _reference_apg(cond, uncond, 15.0, running)
+        got = apg_guidance(torch.from_numpy(cond), torch.from_numpy(uncond), 15.0, buffer)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+    # eta weighs the parallel part back in; no momentum: each step alone
+    cond, uncond = rng.standard_normal((1, 8, 16, 5)), rng.standard_normal((1, 8, 16, 5))
+    expected, _ = _reference_apg(cond, uncond, 5.0, 0.0, eta=0.5)
+    got = apg_guidance(torch.from_numpy(cond), torch.from_numpy(uncond), 5.0, None, eta=0.5)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_acestep_sigmas_follow_the_reference_scheduler():
+    # FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), then set_timesteps(60)
+    shift = 3.0
+    train = np.linspace(1.0, 1000.0, 1000, dtype=np.float32)[::-1].copy() / 1000
+    train = shift * train / (1 + (shift - 1) * train)
+    timesteps = np.linspace(train[0] * 1000, train[-1] * 1000, 60) / 1000
+    expected = np.append(shift * timesteps / (1 + (shift - 1) * timesteps), 0.0)
+    got = acestep_sigmas(60, shift).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert len(got) == 61 and got[0] == 1.0 and got[-2] > 0.0
+
+
+def test_guidance_interval_and_omega_as_the_pipeline():
+    assert guidance_interval_steps(60, 0.5) == (15, 45) and guidance_interval_steps(60, 1.0) == (0, 60)
+    dx = torch.tensor([1.0, 3.0])
+    factor = float(0.9 + 0.2 / (1 + np.exp(-1.0)))  # logistic_function(10, L=0.9, U=1.1, k=0.1)
+    assert torch.allclose(omega_rescale(dx, 10.0), torch.tensor([2 - factor, 2 + factor]))
+    assert torch.equal(omega_rescale(dx, 0.0), dx)
+
+
+class _CountingOracle(_OracleVelocity):
+    def __init__(self, x0, uncond_x0=None):
+        super().__init__(x0, uncond_x0)
+        self.batches: list[int] = []
+
+    def __call__(self, x, t, cond, frame_mask=None, return_repa=False):
+        self.batches.append(x.shape[0])
+        return super().__call__(x, t, cond, frame_mask, return_repa)
+
+
+def test_acestep_sampler_guides_only_inside_the_interval():
+    x0 = torch.randn(1, 8, 16, 4)
+    oracle = _CountingOracle(x0, uncond_x0=x0)  # cond and uncond agree: guidance changes nothing
+    out = acestep_sample(oracle, torch.randn(1, 8, 16, 4), _cond(), omega=0.0)
+    assert oracle.batches == [1] * 15 + [2] * 30 + [1] * 15
+    assert torch.allclose(out, x0, atol=1e-4)
+    # with the release's omega 10 the end point moves away from the exact x0
+    oracle = _CountingOracle(x0, uncond_x0=x0)
+    assert not torch.allclose(acestep_sample(oracle, torch.randn(1, 8, 16, 4), _cond()), x0, atol=1e-3)
+
+
+def test_generate_defaults_to_the_acestep_sampler():
+    dcae, dit, text_encoder = _tiny_models()
+    vocoder = GriffinLimVocoder(n_iter=1)
+    kwargs = dict(prompt="funk", lyrics=None, duration_s=0.3, seed=3)
+    calls = []
+    hook = dit.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    default, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, **kwargs)
+    hook.remove()
+    assert calls == [1, 1, 2, 2, 2, 2, 1, 1]  # 8 steps, guidance interval 0.5
+    explicit, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, sampler=SamplerSettings.acestep(steps=8), **kwargs)
+    assert torch.equal(default, explicit)
+    plain, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, sampler="euler", **kwargs)
+    assert not torch.equal(default, plain)
