@@ -9,7 +9,6 @@ Every config round-trips through plain JSON-able dicts (`to_dict` / `from_dict`)
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -67,10 +66,15 @@ class MelConfig(_DictConfig):
     n_mels: int = 128
     f_min: float = 40.0
     f_max: float = 16000.0
+    # "acestep": the release's music_log_mel (center=False after (win - hop) / 2 reflect padding
+    # each side, magnitude sqrt(re^2 + im^2 + 1e-6), torchaudio's Slaney filterbank);
+    # "centered": songmill's earlier torch.stft(center=True) |X| with librosa's filterbank
+    framing: str = "acestep"
     log_floor: float = 1e-5
-    # log-magnitude range mapped linearly onto [-1, 1]; the floor is the bottom of the range.
-    log_min: float = math.log(1e-5)
+    # log-magnitude range mapped linearly onto [-1, 1] (ACE-Step: -11 .. 3, no clamp)
+    log_min: float = -11.0
     log_max: float = 3.0
+    clamp: bool = False
 
     @property
     def frames_per_second(self) -> float:

@@ -1,8 +1,9 @@
 """Mel front end (waveform -> scaled log-mel "image") and its inverses (Griffin-Lim, vocoder).
 
-44.1 kHz stereo; torch.stft with a 2048 Hann window, hop 512; magnitude through librosa's Slaney
-mel filterbank (128 bands, 40 Hz - 16 kHz); log with a 1e-5 floor; mapped linearly onto [-1, 1].
-No torchaudio.
+44.1 kHz stereo, 2048 Hann window, hop 512, 128 Slaney bands over 40 Hz - 16 kHz, log with a 1e-5
+floor, then mapped linearly onto [-1, 1]. The default framing is ACE-Step v1's music_log_mel
+(see MelConfig.framing): `log_mel` is that transform, `MelSpectrogram` adds the DCAE's scaling.
+No torchaudio: its Slaney filterbank is rebuilt here from the formulas.
 """
 
 from __future__ import annotations
@@ -16,9 +17,45 @@ import torch
 from songmill.model.config import MelConfig
 from torch import nn
 
+_SLANEY_F_SP = 200.0 / 3  # Hz per mel below 1 kHz
+_SLANEY_MIN_LOG_HZ, _SLANEY_MIN_LOG_MEL = 1000.0, 15.0
+_SLANEY_LOGSTEP = math.log(6.4) / 27.0
+
+
+def _hz_to_slaney_mel(freq: float) -> float:
+    if freq < _SLANEY_MIN_LOG_HZ:
+        return freq / _SLANEY_F_SP
+    return _SLANEY_MIN_LOG_MEL + math.log(freq / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
+
+
+def _slaney_mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    freqs = _SLANEY_F_SP * mels
+    log_region = mels >= _SLANEY_MIN_LOG_MEL
+    return torch.where(
+        log_region, _SLANEY_MIN_LOG_HZ * torch.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL)), freqs
+    )
+
+
+def torch_slaney_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) Slaney-scale, Slaney-normalised triangles computed in fp32 the
+    way torchaudio.functional.melscale_fbanks does (what ACE-Step's MelScale uses)."""
+    n_freqs = cfg.n_fft // 2 + 1
+    all_freqs = torch.linspace(0, cfg.sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(_hz_to_slaney_mel(cfg.f_min), _hz_to_slaney_mel(cfg.f_max), cfg.n_mels + 2)
+    f_pts = _slaney_mel_to_hz(m_pts)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, :] - all_freqs[:, None]
+    down = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    fb = torch.clamp(torch.min(down, up), min=0.0)
+    fb = fb * (2.0 / (f_pts[2 : cfg.n_mels + 2] - f_pts[: cfg.n_mels]))[None, :]
+    return fb.T.contiguous()
+
 
 def mel_filterbank(cfg: MelConfig) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) Slaney-normalised Slaney-scale filterbank."""
+    """(n_mels, n_fft // 2 + 1) Slaney-normalised Slaney-scale filterbank of the cfg's framing."""
+    if cfg.framing == "acestep":
+        return torch_slaney_filterbank(cfg).numpy()
     import librosa
 
     return librosa.filters.mel(
@@ -27,47 +64,82 @@ def mel_filterbank(cfg: MelConfig) -> np.ndarray:
     ).astype(np.float32)
 
 
-def mel_frames(num_samples: int, hop_length: int = 512) -> int:
-    """Frames torch.stft(center=True) yields for `num_samples` samples."""
-    return num_samples // hop_length + 1
+def _acestep_padding(cfg: MelConfig) -> tuple[int, int]:
+    return (cfg.win_length - cfg.hop_length) // 2, (cfg.win_length - cfg.hop_length + 1) // 2
 
 
-class MelSpectrogram(nn.Module):
-    """(B, C, T) waveform -> (B, C, n_mels, frames) log-mel scaled to [-1, 1]."""
+def mel_frames(num_samples: int, hop_length: int = 512, cfg: MelConfig | None = None) -> int:
+    """Frames the mel front end yields for `num_samples` samples (cfg's framing; default ACE-Step's)."""
+    cfg = cfg or MelConfig(hop_length=hop_length)
+    if cfg.framing == "centered":
+        return num_samples // cfg.hop_length + 1
+    left, right = _acestep_padding(cfg)
+    return max(0, (num_samples + left + right - cfg.n_fft) // cfg.hop_length + 1)
+
+
+class LogMel(nn.Module):
+    """(..., T) waveform -> (..., n_mels, frames) natural-log mel, before any scaling.
+
+    With the default framing this equals ACE-Step's `music_log_mel.LogMelSpectrogram`.
+    """
 
     def __init__(self, cfg: MelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or MelConfig()
+        if self.cfg.framing not in ("acestep", "centered"):
+            raise ValueError(f"unknown mel framing {self.cfg.framing!r}; expected 'acestep' or 'centered'")
         # derived constants, not weights: kept out of the state dict
         self.register_buffer("mel_basis", torch.from_numpy(mel_filterbank(self.cfg)), persistent=False)
         self.register_buffer("window", torch.hann_window(self.cfg.win_length), persistent=False)
 
-    def mel_frames(self, num_samples: int) -> int:
-        return mel_frames(num_samples, self.cfg.hop_length)
-
     def magnitude(self, wav: torch.Tensor) -> torch.Tensor:
-        """(B, C, T) -> (B, C, n_fft//2+1, frames) STFT magnitude (fp32)."""
-        batch, channels, samples = wav.shape
+        """(..., T) -> (..., n_fft//2+1, frames) STFT magnitude (fp32)."""
+        lead, samples = wav.shape[:-1], wav.shape[-1]
+        flat = wav.reshape(-1, samples).float()
+        centered = self.cfg.framing == "centered"
+        if not centered:
+            flat = torch.nn.functional.pad(flat[:, None], _acestep_padding(self.cfg), mode="reflect")[:, 0]
         spec = torch.stft(
-            wav.reshape(batch * channels, samples).float(), n_fft=self.cfg.n_fft,
-            hop_length=self.cfg.hop_length, win_length=self.cfg.win_length, window=self.window,
-            center=True, pad_mode="reflect", return_complex=True,
+            flat, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, win_length=self.cfg.win_length,
+            window=self.window, center=centered, pad_mode="reflect", return_complex=True,
         )
-        return spec.abs().reshape(batch, channels, spec.shape[-2], spec.shape[-1])
+        if centered:
+            magnitude = spec.abs()
+        else:  # ACE-Step's "pow2_sqrt": the epsilon keeps the gradient finite at silence
+            magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-6)
+        return magnitude.reshape(*lead, magnitude.shape[-2], magnitude.shape[-1])
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        mel = torch.matmul(self.mel_basis, self.magnitude(wav))
+        return torch.log(mel.clamp_min(self.cfg.log_floor))
+
+
+def log_mel(audio: torch.Tensor, cfg: MelConfig | None = None) -> torch.Tensor:
+    """ACE-Step's music_log_mel of (..., T) audio: (..., n_mels, frames) natural-log mel."""
+    return LogMel(cfg).to(audio.device)(audio)
+
+
+class MelSpectrogram(LogMel):
+    """(B, C, T) waveform -> (B, C, n_mels, frames) log-mel scaled to [-1, 1] (the DCAE's input:
+    ACE-Step's (x - min) / (max - min), then Normalize(0.5, 0.5))."""
+
+    def mel_frames(self, num_samples: int) -> int:
+        return mel_frames(num_samples, cfg=self.cfg)
 
     def scale(self, log_mel: torch.Tensor) -> torch.Tensor:
         lo, hi = self.cfg.log_min, self.cfg.log_max
-        return ((log_mel - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
+        scaled = ((log_mel - lo) / (hi - lo) - 0.5) / 0.5
+        return scaled.clamp(-1.0, 1.0) if self.cfg.clamp else scaled
 
     def unscale(self, mel: torch.Tensor) -> torch.Tensor:
         lo, hi = self.cfg.log_min, self.cfg.log_max
-        return (mel.float().clamp(-1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+        mel = mel.float().clamp(-1.0, 1.0) if self.cfg.clamp else mel.float()
+        return (mel * 0.5 + 0.5) * (hi - lo) + lo
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() == 2:
             wav = wav.unsqueeze(0)
-        mel = torch.matmul(self.mel_basis, self.magnitude(wav))
-        return self.scale(torch.log(mel.clamp_min(self.cfg.log_floor)))
+        return self.scale(super().forward(wav))
 
 
 def _stft(x: torch.Tensor, cfg: MelConfig, window: torch.Tensor) -> torch.Tensor:
@@ -92,7 +164,8 @@ def griffin_lim(
     momentum: float = 0.99,
     seed: int = 0,
 ) -> torch.Tensor:
-    """(B, C, n_mels, frames) scaled mel -> (B, C, (frames - 1) * hop) waveform.
+    """(B, C, n_mels, frames) scaled mel -> (B, C, frames * hop) waveform ((frames - 1) * hop
+    with the centered framing).
 
     Mel -> linear magnitude through the filterbank's pseudo-inverse (clamped at zero), then fast
     Griffin-Lim (Perraudin et al. 2013, librosa's momentum form) from a seeded random phase.
@@ -114,12 +187,17 @@ def griffin_lim(
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
     wav = _istft(magnitude * angles, cfg, front.window, length)
-    return wav.reshape(batch, channels, length)
+    if cfg.framing == "acestep":
+        # ACE-Step's frame t is centred at t * hop + (n_fft / 2 - left padding), not t * hop:
+        # shift by that and give frames * hop samples, the length its front end maps to `frames`
+        shift = cfg.n_fft // 2 - _acestep_padding(cfg)[0]
+        wav = torch.nn.functional.pad(wav, (shift, cfg.hop_length - shift))
+    return wav.reshape(batch, channels, wav.shape[-1])
 
 
 @runtime_checkable
 class Vocoder(Protocol):
-    """Mel -> waveform. `__call__((B, C, n_mels, F)) -> (B, C, (F - 1) * hop_length)`."""
+    """Mel -> waveform. `__call__((B, C, n_mels, F)) -> (B, C, about F * hop_length)` samples."""
 
     sample_rate: int
     hop_length: int

@@ -37,11 +37,38 @@ def test_mel_shape_range_and_frame_rate():
     wav = _music_like(1.0)
     mel = front(wav)
     assert mel.shape == (1, 2, 128, mel_frames(wav.shape[-1]))
-    assert mel.shape[-1] == wav.shape[-1] // 512 + 1
-    assert mel.min() >= -1.0 and mel.max() <= 1.0
+    # ACE-Step's framing: (win - hop) / 2 reflect padding each side, no centring -> T // hop frames
+    assert mel.shape[-1] == wav.shape[-1] // 512
     assert MelConfig().frames_per_second == pytest.approx(86.13, abs=0.01)
-    # silence sits at the floor, i.e. exactly -1
+    # (x + 11) / 14 then Normalize(0.5, 0.5), no clamp: a loud tone can go past 1
+    assert mel.min() > -1.0 and mel.max() < 1.5
+    loud = front(torch.sin(torch.arange(8192) * 0.2).expand(1, 2, -1) * 30.0)
+    assert loud.max() > 1.0
+    # silence: magnitude sqrt(1e-6) (the release's epsilon), not the 1e-5 floor
+    silence = front(torch.zeros(1, 2, 4096))
+    expected = ((torch.log(front.mel_basis.sum(dim=1) * 1e-3) + 11.0) / 14.0 - 0.5) / 0.5
+    assert torch.allclose(silence[0, 0, :, 0], expected, atol=1e-5)
+
+
+def test_centered_framing_option_clamps_to_minus_one():
+    cfg = MelConfig(framing="centered", log_min=math.log(1e-5), clamp=True)
+    front = MelSpectrogram(cfg)
+    wav = _music_like(1.0)
+    assert front(wav).shape[-1] == wav.shape[-1] // 512 + 1 == mel_frames(wav.shape[-1], cfg=cfg)
     assert torch.all(front(torch.zeros(1, 2, 4096)) == -1.0)
+
+
+def test_torch_slaney_filterbank_matches_librosa():
+    import librosa
+    from songmill.model.mel import torch_slaney_filterbank
+
+    cfg = MelConfig()
+    ours = torch_slaney_filterbank(cfg)
+    theirs = torch.from_numpy(librosa.filters.mel(sr=44100, n_fft=2048, n_mels=128, fmin=40.0,
+                                                  fmax=16000.0, htk=False, norm="slaney"))
+    assert ours.shape == theirs.shape == (128, 1025)
+    # fp32 (torchaudio's way) against librosa's fp64: equal to a few parts per million of the peak
+    assert torch.allclose(ours, theirs, atol=1e-5 * float(theirs.max()))
 
 
 def test_mel_filterbank_is_slaney_40_to_16k():
@@ -65,7 +92,7 @@ def test_mel_griffin_lim_mel_round_trip_is_close():
     front = MelSpectrogram()
     mel = front(_music_like(1.0))
     wav = griffin_lim(mel, n_iter=32)
-    assert wav.shape == (1, 2, (mel.shape[-1] - 1) * 512)
+    assert wav.shape == (1, 2, mel.shape[-1] * 512)
     again = front(wav)
     error = (again - mel).abs().mean().item()
     assert error < 0.03, error  # random phase alone (no iterations) gives ~0.1
@@ -77,7 +104,7 @@ def test_load_vocoder_none_is_griffin_lim():
     vocoder = load_vocoder(None)
     assert isinstance(vocoder, GriffinLimVocoder) and isinstance(vocoder, Vocoder)
     mel = torch.full((1, 2, 128, 5), -1.0)
-    assert vocoder(mel).shape == (1, 2, 4 * 512)
+    assert vocoder(mel).shape == (1, 2, 5 * 512)
 
 
 def _tiny_hifigan() -> HiFiGANGenerator:
