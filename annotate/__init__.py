@@ -17,6 +17,7 @@ STAGE_CLASSES: dict[str, str] = {
     "features": "songmill.annotate.features:FeaturesStage",
     "aesthetics": "songmill.annotate.aesthetics:AestheticsStage",
     "structure": "songmill.annotate.structure:StructureStage",
+    "caption": "songmill.annotate.caption:CaptionStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
