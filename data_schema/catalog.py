@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 from songmill.data_schema.tables import SCHEMA_VERSION, TABLES
-from songmill.data_schema.views import TableFiles, ViewSql, all_view_sql, literal, quote
+from songmill.data_schema.views import MACROS, TableFiles, ViewSql, all_view_sql, literal, quote
 
 if TYPE_CHECKING:
     from songmill.data_schema.store import Corpus
@@ -122,6 +122,8 @@ def _write(corpus: Corpus, views: dict[str, str]) -> None:
             con.execute(f"CREATE MACRO {ROOT_MACRO}() AS {ROOT_SQL}")
             for name, sql in views.items():
                 con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
+            for macro, body in MACROS.items():
+                con.execute(f"CREATE MACRO {macro} AS {body}")
             con.execute("CHECKPOINT")
         finally:
             con.close()

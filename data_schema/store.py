@@ -156,7 +156,12 @@ class Corpus:
         data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=spec.schema)
         if data.num_rows == 0:
             return None
+        for f in spec.schema:  # columns the writer does not know of (lineage...) are NULL
+            if f.name not in data.column_names:
+                data = data.append_column(f, pa.nulls(data.num_rows, f.type))
         data = data.select(spec.schema.names).cast(spec.schema)
+        if self.schema_version != SCHEMA_VERSION:
+            self._upgrade_schema_version()
         data = data.replace_schema_metadata(
             {"songmill.schema_version": str(SCHEMA_VERSION), "songmill.table": table}
         )
@@ -181,6 +186,18 @@ class Corpus:
 
         if not catalog_has_parts(self, table):
             self.refresh_catalog()
+
+    def _upgrade_schema_version(self) -> None:
+        """The first write into an older (still readable) corpus marks it with this version, so
+        that an older songmill, which would ignore the new columns, refuses it."""
+        meta_path = self._join(CORPUS_FILE)
+        with self.fs.open(meta_path, "r") as f:
+            meta = json.load(f)
+        meta.setdefault("upgraded_from", []).append(meta.get("schema_version"))
+        meta["schema_version"] = SCHEMA_VERSION
+        meta["upgraded_at"] = utcnow().isoformat()
+        self._atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+        self.schema_version = SCHEMA_VERSION
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         """Write a blob (a stem, a feature shard) atomically under the corpus; returns its URL."""

@@ -13,9 +13,21 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 # Bump when a table changes in a way an older reader would misread. A corpus records the version
-# it was written with; readers refuse versions they do not know (see store.open_corpus).
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+# it was written with; readers refuse versions they do not know (see store.Corpus).
+# 2: stage rows record their lineage (`inputs`). Version-1 corpora are read as they are (their rows
+# have no lineage, so they are never stale) and marked version 2 on their first write.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+
+# One input row a stage result was computed from: which table, and the key of the row used.
+INPUT_ROW = pa.struct(
+    [
+        pa.field("table", pa.string()),
+        pa.field("stage_version", pa.int32()),
+        pa.field("config_hash", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
 
 STAGE_KEY_FIELDS: list[pa.Field] = [
     pa.field("track_id", pa.string(), nullable=False),
@@ -23,6 +35,9 @@ STAGE_KEY_FIELDS: list[pa.Field] = [
     pa.field("config_hash", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    # Lineage: the rows of other stage tables this result was computed from. When one of them is
+    # no longer the current row of its table, this result is stale (views.py `stale`).
+    pa.field("inputs", pa.list_(INPUT_ROW)),
 ]
 
 

@@ -247,6 +247,8 @@ def create_views(
         files = {name: files.table_files(name) for name in TABLES}
     for name, sql in all_view_sql(ViewSql(files, as_of=as_of)).items():
         con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
+    for signature, body in MACROS.items():
+        con.execute(f"CREATE MACRO {signature} AS {body}")
 
 
 def all_view_sql(v: ViewSql) -> dict[str, str]:
@@ -262,9 +264,41 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
         SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris
         FROM sources WHERE status = 'ok' AND track_id IS NOT NULL GROUP BY track_id)
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
+    out["stale"] = stale_sql()
     out.update(DERIVED_VIEWS)
     out["manifest"] = manifest_sql()
     return out
+
+
+def stale_sql() -> str:
+    """One row per current stage row whose lineage names an input row that is no longer the
+    current row of its table (reprocessed, redone by a new stage version or config, or gone):
+    (stage_table, track_id, input_table)."""
+    stage_tables = [name for name, spec in TABLES.items() if spec.stage_table]
+    if not stage_tables:
+        return "SELECT NULL::VARCHAR AS stage_table, NULL::VARCHAR AS track_id, NULL::VARCHAR AS input_table WHERE false"
+    keys = " UNION ALL ".join(
+        f"SELECT {literal(t)} AS input_table, track_id, stage_version, config_hash, run_id FROM {quote(t)}" for t in stage_tables
+    )
+    used = " UNION ALL ".join(
+        f"SELECT {literal(t)} AS stage_table, track_id, unnest(inputs) AS i FROM {quote(t)} WHERE len(inputs) > 0"
+        for t in stage_tables
+    )
+    return f"""WITH used AS ({used}),
+      cur AS ({keys})
+    SELECT DISTINCT u.stage_table, u.track_id, u.i."table" AS input_table FROM used u
+    LEFT JOIN cur c ON c.input_table = u.i."table" AND c.track_id = u.track_id
+    WHERE c.run_id IS DISTINCT FROM u.i.run_id OR c.stage_version IS DISTINCT FROM u.i.stage_version
+       OR c.config_hash IS DISTINCT FROM u.i.config_hash"""
+
+
+# Scalar macros created with the views (in songmill's connections and in the catalog).
+MACROS: dict[str, str] = {
+    # `--where "is_stale(track_id)"`: some stage row of the track is stale.
+    "is_stale(tid)": "tid IN (SELECT track_id FROM stale)",
+    # `--where "is_stale_in(track_id, 'features')"`: its row in that table is.
+    "is_stale_in(tid, tbl)": "tid IN (SELECT track_id FROM stale WHERE stage_table = tbl)",
+}
 
 
 def manifest_sql() -> str:
