@@ -18,6 +18,7 @@ STAGE_CLASSES: dict[str, str] = {
     "aesthetics": "songmill.annotate.aesthetics:AestheticsStage",
     "structure": "songmill.annotate.structure:StructureStage",
     "caption": "songmill.annotate.caption:CaptionStage",
+    "tokens": "songmill.annotate.lyric_sections:LyricSectionsStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
