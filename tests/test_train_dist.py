@@ -14,17 +14,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def feature_manifest(tmp_path_factory) -> str:
-    from songmill.model.config import preset
-    from songmill.model.dcae import MusicDCAE
-    from songmill.model.weights import save_module
-    from songmill.train.prepare import cache_features, synthetic_manifest
+    """Four tracks; only the first two have REPA targets, so some steps give one rank's REPA
+    projectors no target while the other rank's have one."""
+    from test_train_objective import write_feature_manifest
 
     root = tmp_path_factory.mktemp("dist")
-    manifest = synthetic_manifest(str(root / "data"), n_tracks=4, duration_s=2.0)
-    dcae_cfg = preset("tiny").dcae
-    save_module(MusicDCAE(dcae_cfg), dcae_cfg.to_dict(), root / "dcae", "dcae")
-    return cache_features(manifest, str(root / "corpus"), str(root / "m.parquet"), dcae_checkpoint=str(root / "dcae"),
-                          text_encoder="tiny-random", mert="none", mhubert="none", speaker="none")
+    tracks = [{"duration_s": 2.0, "repa": i < 2, "lyrics": "la la" if i % 2 else ""} for i in range(4)]
+    return write_feature_manifest(str(root / "data"), tracks)
 
 
 def torchrun(run_dir, manifest, port: int, *extra: str) -> list[list[dict]]:
@@ -43,14 +39,46 @@ def torchrun(run_dir, manifest, port: int, *extra: str) -> list[list[dict]]:
 
 
 def test_ddp_ranks_read_disjoint_data_and_keep_equal_weights(feature_manifest, tmp_path):
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file
+
     traces = torchrun(tmp_path, feature_manifest, 29611)
     batches = [[r["track_ids"] for r in t if "track_ids" in r] for t in traces]
     assert len(batches[0]) == len(batches[1]) == 3
     for mine, theirs in zip(*batches, strict=True):
         assert not set(mine) & set(theirs)
+    # a step where one rank's batch has REPA targets and the other's has none happened, and
+    # DDP went through it (every parameter took part on both ranks)
+    with_repa = set(pq.read_table(feature_manifest).column("track_id").to_pylist()[:2])
+    assert any((set(a) <= with_repa) != (set(b) <= with_repa) for a, b in zip(*batches, strict=True))
     digests = [t[-1]["weights_sha256"] for t in traces]
     assert digests[0] == digests[1]
-    assert os.path.exists(tmp_path / "checkpoints" / "step-00000003" / "dit.safetensors")
+    # the projectors learned: the live weights moved away from the EMA (which starts at the init)
+    weights = load_file(str(tmp_path / "checkpoints" / "step-00000003" / "dit.safetensors"))
+    ema = load_file(str(tmp_path / "checkpoints" / "step-00000003" / "dit_ema.safetensors"))
+    projector_keys = [k for k in weights if k.startswith(("projectors.", "repa_projectors."))]
+    assert projector_keys and any(not torch.equal(weights[k], ema[k]) for k in projector_keys)
+
+
+@pytest.mark.slow  # two torchrun processes (~40 s on a busy 2-core machine)
+def test_lora_under_torchrun_trains_with_ddp_and_saves_full_adapters(feature_manifest, tmp_path):
+    from safetensors.torch import load_file
+    from songmill.train.config import TrainConfig
+    from songmill.train.loop import train
+
+    base = tmp_path / "base"
+    train(TrainConfig(kind="dit", max_steps=1, batch_size=2, max_crop_s=2.0, progress=False, val_every=0, ckpt_every=0),
+          feature_manifest, str(base))
+    run = tmp_path / "lora"
+    traces = torchrun(run, feature_manifest, 29614, "--lora-rank", "4", "--base-checkpoint", str(base),
+                      "--set", "train.strategy=auto", "--set", "train.preset=tiny")
+    assert traces[0][-1]["weights_sha256"] == traces[1][-1]["weights_sha256"]
+    adapters = load_file(str(run / "checkpoints" / "step-00000003" / "dit_lora.safetensors"))
+    assert adapters and all("lora_" in k for k in adapters)
+    # whole matrices (rank 4 by the layer's width), not shards
+    assert all(4 in tuple(t.shape) for t in adapters.values())
+    assert any(float(t.abs().sum()) > 0 for k, t in adapters.items() if "lora_B" in k)
 
 
 @pytest.mark.slow
