@@ -21,7 +21,7 @@ from songmill.data_schema.tables import TABLES
 LATENT_FPS = 44100 / 512 / 8
 NONE = "none"  # a model setting of "none" leaves that feature out
 # Tables whose current rows give captions, lyrics and the instrumental flag, when they exist.
-OPTIONAL_INPUTS = ("music", "captions", "transcripts", "lyrics_matches", "separation")
+OPTIONAL_INPUTS = ("music", "captions", "transcripts", "lyrics_matches", "separation", "lyric_sections")
 
 
 @dataclass
@@ -91,8 +91,12 @@ def is_instrumental(track: Track) -> bool:
 
 
 def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str:
-    """The matched canonical lyric if there is one, else the transcript (unless flagged as a
-    hallucination), else "" (instrumental)."""
+    """The tokens stage's section-tagged lyric (`[instrumental]` for instrumentals) when it ran;
+    else the matched canonical lyric, else the transcript (unless flagged as a hallucination),
+    else "" (instrumental)."""
+    sections = track.inputs.get("lyric_sections") or {}
+    if sections.get("lyrics_source") not in (None, "none") and isinstance(sections.get("lyrics_tagged"), str):
+        return sections["lyrics_tagged"]
     if is_instrumental(track):
         return ""
     match = track.inputs.get("lyrics_matches") or {}

@@ -111,3 +111,19 @@ def test_stage_through_the_runner(tmp_path, corpus):
     assert summary.n_ok == 1
     # Nothing is known about its vocals yet: an empty lyric, not a guess.
     assert rows(corpus, "SELECT lyrics_source, lyrics_tagged FROM manifest") == [("none", "")]
+
+
+def test_features_read_the_tagged_lyrics_and_every_caption_style():
+    from songmill.annotate.features import caption_texts, lyrics_text
+
+    t = track(
+        lyric_sections={"lyrics_source": "transcript", "lyrics_tagged": "[verse]\nhold me"},
+        transcripts={"text": "hold me", "hallucination": False},
+        captions={"caption_tags": "rock, happy", "caption_description": "A rock song.", "caption_detailed": None,
+                  "caption_use_case": "A road trip.", "caption_recaption": "A happy rock track at 120 BPM.",
+                  "genres": ["rock"], "caption_flagged": False, "model": "qwen2-audio"},
+    )  # fmt: skip
+    assert lyrics_text(t) == "[verse]\nhold me"
+    assert caption_texts(t) == {"tags": "rock, happy", "description": "A rock song.", "use_case": "A road trip.", "recaption": "A happy rock track at 120 BPM."}
+    instrumental = track(lyric_sections={"lyrics_source": "instrumental", "lyrics_tagged": INSTRUMENTAL}, separation={"is_instrumental": True})
+    assert lyrics_text(instrumental) == INSTRUMENTAL
