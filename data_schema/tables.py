@@ -110,9 +110,10 @@ SOURCES = register_table(
         pa.field("size_bytes", pa.int64()),
         pa.field("mtime", pa.float64()),
         pa.field("track_id", pa.string()),
-        pa.field("status", pa.string()),  # ok | error
+        pa.field("status", pa.string()),  # ok | error | skipped (not audio)
         pa.field("run_id", pa.string()),
         pa.field("created_at", _TS),
+        pa.field("reason", pa.string()),  # why a file was skipped
     ],
     stage_table=False,
     key=("uri",),

@@ -8,8 +8,10 @@ rows; the run goes on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,7 @@ class IngestSummary:
     new_tracks: int = 0
     new_uris: int = 0  # already-known content under a new path
     errors: int = 0
+    skipped: int = 0  # files that are not audio (recorded in `sources` with the reason)
     missing_sources: list[str] = field(default_factory=list)
 
     def add(self, other: IngestSummary) -> None:
@@ -75,34 +78,148 @@ def _mtime(info: dict[str, Any]) -> float:
     return 0.0
 
 
-def discover(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSIONS) -> tuple[list[FoundFile], list[str]]:
-    """Files named by local paths, directories, globs or fsspec URLs. Directories and globs keep
-    only audio extensions; a file named explicitly is always taken. Returns (files, missing)."""
+# Leading bytes of the containers soundfile / PyAV decode: how a file with no (or an unknown)
+# extension is recognised as audio.
+AUDIO_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"RIFF", "wav"), (0, b"RF64", "wav"), (0, b"fLaC", "flac"), (0, b"OggS", "ogg"),
+    (0, b"ID3", "mp3"), (0, b"FORM", "aiff"), (0, b"caff", "caf"), (0, b"wvpk", "wavpack"),
+    (0, b"\x1aE\xdf\xa3", "matroska"), (0, b"0&\xb2u\x8ef\xcf\x11", "asf"), (4, b"ftyp", "mp4"),
+    (0, b"riff", "w64"), (0, b"\xff\xf1", "aac"), (0, b"\xff\xf9", "aac"),
+)
+SNIFF_BYTES = 16
+
+
+def sniff_audio(head: bytes) -> str | None:
+    """The container a file's first bytes say it is, or None if they are not audio we decode."""
+    for offset, magic, name in AUDIO_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        return "mp3"  # an MPEG audio frame sync without an ID3 tag
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A path that cannot be ingested: a broken symlink, a loop, a directory named like audio..."""
+
+    uri: str
+    error_type: str
+    message: str
+
+
+@dataclass
+class Discovery:
+    files: list[FoundFile] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[tuple[FoundFile, str]] = field(default_factory=list)  # not audio: (file, reason)
+
+
+def _walk_local(root: str, out: Discovery, exts: tuple[str, ...]) -> list[str]:
+    """Regular files under `root`, following directory symlinks once each (a loop is reported,
+    never followed twice). Whatever cannot be listed or stat'ed becomes a Problem."""
+    files: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                out.problems.append(Problem(folder, "SymlinkLoop", f"{folder}: directory already visited through another path (symlink loop)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            out.problems.append(Problem(folder, type(exc).__name__, f"cannot list {folder}: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            path = entry.path
+            try:
+                st = os.stat(path)  # follows symlinks
+            except FileNotFoundError:
+                out.problems.append(Problem(path, "BrokenSymlink", f"{path}: symlink to {os.readlink(path) if entry.is_symlink() else '?'} which does not exist"))
+                continue
+            except OSError as exc:
+                kind = "SymlinkLoop" if exc.errno == errno.ELOOP else type(exc).__name__
+                out.problems.append(Problem(path, kind, f"{path}: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name.lower().endswith(exts):
+                    out.problems.append(Problem(path, "IsADirectoryError", f"{path} is a directory, not an audio file (its contents are ingested)"))
+                stack.append(path)
+            elif stat.S_ISREG(st.st_mode):
+                files.append(path)
+            else:
+                out.problems.append(Problem(path, "NotARegularFile", f"{path} is not a regular file (a pipe, socket or device)"))
+    return files
+
+
+def discover_all(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Discovery:
+    """Files named by local paths, directories, globs or fsspec URLs. In directories and globs,
+    files with an audio extension are taken; others are sniffed (their first bytes) and taken
+    when they are audio, else recorded as skipped with the reason. A file named explicitly is
+    always taken. Paths that cannot be read become problems (errors rows); the run goes on."""
     exts = tuple(e.lower() for e in extensions)
+    out = Discovery()
     found: dict[str, FoundFile] = {}
-    missing: list[str] = []
     for source in sources:
         fs, path = fsspec.core.url_to_fs(source)
         local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
         explicit = False
-        if GLOB_CHARS & set(path):
-            paths = fs.glob(path)
-        elif fs.isdir(path):
-            paths = fs.find(path)
-        elif fs.exists(path):
-            paths, explicit = [path], True
-        else:
-            missing.append(source)
+        try:
+            if GLOB_CHARS & set(path):
+                paths = fs.glob(path)
+            elif fs.isdir(path):
+                paths = _walk_local(os.path.abspath(path), out, exts) if local else fs.find(path)
+            elif fs.exists(path):
+                paths, explicit = [path], True
+            elif local and os.path.islink(path):
+                out.problems.append(Problem(os.path.abspath(path), "BrokenSymlink", f"{path}: symlink to {os.readlink(path)} which does not exist"))
+                continue
+            else:
+                out.missing.append(source)
+                continue
+        except OSError as exc:
+            out.problems.append(Problem(source, type(exc).__name__, f"cannot list {source}: {exc}"))
             continue
         for p in paths:
-            if not explicit and not p.lower().endswith(exts):
-                continue
-            info = fs.info(p)
-            if info.get("type") == "directory":
-                continue
             uri = os.path.abspath(p) if local else fs.unstrip_protocol(p)
-            found[uri] = FoundFile(uri, int(info.get("size") or 0), _mtime(info))
-    return sorted(found.values(), key=lambda f: f.uri), missing
+            try:
+                info = fs.info(p)
+            except OSError as exc:
+                kind = "BrokenSymlink" if isinstance(exc, FileNotFoundError) else type(exc).__name__
+                out.problems.append(Problem(uri, kind, f"{uri}: {exc}"))
+                continue
+            if info.get("type") == "directory":
+                if p.lower().endswith(exts):
+                    out.problems.append(Problem(uri, "IsADirectoryError", f"{uri} is a directory, not an audio file"))
+                continue
+            found_file = FoundFile(uri, int(info.get("size") or 0), _mtime(info))
+            if explicit or p.lower().endswith(exts):
+                found[uri] = found_file
+                continue
+            try:
+                with fs.open(p, "rb") as fh:
+                    head = fh.read(SNIFF_BYTES)
+            except OSError as exc:
+                out.problems.append(Problem(uri, type(exc).__name__, f"cannot read {uri}: {exc}"))
+                continue
+            if sniff_audio(head):
+                found[uri] = found_file
+            else:
+                ext = os.path.splitext(p)[1]
+                what = f"extension {ext!r} is not audio" if ext else "no extension"
+                out.skipped.append((found_file, f"{what} and its first bytes are no audio container songmill decodes"))
+    out.files = sorted(found.values(), key=lambda f: f.uri)
+    return out
+
+
+def discover(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSIONS) -> tuple[list[FoundFile], list[str]]:
+    """(files to ingest, missing sources); see `discover_all` for what else is found."""
+    found = discover_all(sources, extensions)
+    return found.files, found.missing
 
 
 def known_sources(corpus: Corpus) -> dict[str, tuple[int, float, str | None]]:
@@ -206,9 +323,10 @@ def finish_ingest(corpus: Corpus) -> None:
 
 def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, run_id: str | None = None) -> tuple[list[FoundFile], IngestSummary]:
     """Discover files and drop those unchanged since the last run (path + size + mtime)."""
-    files, missing = discover(sources, config.extensions)
+    found = discover_all(sources, config.extensions)
+    files = found.files
     known = known_sources(corpus)
-    summary = IngestSummary(run_id or new_run_id(), found=len(files), missing_sources=missing)
+    summary = IngestSummary(run_id or new_run_id(), found=len(files), missing_sources=found.missing)
     todo = []
     for f in files:
         seen = known.get(f.uri)
@@ -216,7 +334,44 @@ def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, ru
             summary.unchanged += 1
         else:
             todo.append(f)
+    record_discovery_problems(corpus, found, known, summary)
     return todo, summary
+
+
+def record_discovery_problems(corpus: Corpus, found: Discovery, known: dict[str, tuple[int, float, str | None]], summary: IngestSummary) -> None:
+    """One `errors` row per path that could not be looked at, and a `sources` row (status
+    `skipped`, with the reason) per file that is not audio; unchanged skipped files are not
+    recorded again."""
+    now = utcnow()
+    errors = [
+        error_row(
+            stage="ingest", stage_version=INGEST_VERSION, config_hash="discover", track_id=None, uri=p.uri,
+            exc=_DiscoveryError(p.message), retryable=False, run_id=summary.run_id, created_at=now,
+        )
+        for p in found.problems
+    ]
+    for row, problem in zip(errors, found.problems, strict=True):
+        row["error_type"] = problem.error_type
+    skipped = []
+    for f, reason in found.skipped:
+        seen = known.get(f.uri)
+        if seen is not None and seen[0] == f.size and seen[1] == f.mtime:
+            continue
+        skipped.append(stamp_row(
+            {"uri": f.uri, "size_bytes": f.size, "mtime": f.mtime, "track_id": None, "status": "skipped", "reason": reason},
+            run_id=summary.run_id, created_at=now,
+        ))
+    corpus.write("errors", errors)
+    corpus.write("sources", skipped)
+    summary.errors += len(errors)
+    summary.skipped += len(skipped)
+
+
+class _DiscoveryError(OSError):
+    """Carries a Problem's message into error_row (its error_type is set from the Problem)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def ingest_batches(files: Sequence[FoundFile], batch_size: int) -> list[list[FoundFile]]:
