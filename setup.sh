@@ -5,6 +5,11 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/pip --disable-pip-version-check -q"
+# The fingerprint stage needs libchromaprint (Debian's libchromaprint-tools, which also brings
+# fpcalc). Installed only when missing.
+if ! ldconfig -p 2>/dev/null | grep -q libchromaprint && command -v apt-get >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libchromaprint-tools
+fi
 # torch first and pinned: the CPU wheel of 2.13.0 is on local disk here; an unpinned torch would
 # pull gigabytes of CUDA wheels.
 $PIP install "torch==2.13.0"

@@ -19,6 +19,7 @@ STAGE_CLASSES: dict[str, str] = {
     "structure": "songmill.annotate.structure:StructureStage",
     "caption": "songmill.annotate.caption:CaptionStage",
     "tokens": "songmill.annotate.lyric_sections:LyricSectionsStage",
+    "fingerprint": "songmill.annotate.fingerprint:FingerprintStage",
 }
 # What `songmill annotate` runs when no --stages is given: the stages that need no model weights.
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")

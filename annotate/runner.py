@@ -421,6 +421,10 @@ def finish(corpus: Corpus, plan: Plan) -> list[RunSummary]:
             row = {k: v for k, v in summary.__dict__.items() if k != "unavailable"}
             rows.append(row | {"host": host, "started_at": plan.started_at, "finished_at": finished})
     corpus.write("runs", rows)
+    for p in plan.stages:  # corpus-wide work after a stage's rows are in (the duplicate index)
+        after_run = getattr(p.stage, "after_run", None)
+        if p.n_ok and after_run is not None:
+            after_run(corpus)
     corpus.compact_if_needed([p.stage.table for p in plan.stages] + ["errors", "runs"])
     return summaries
 

@@ -13,6 +13,7 @@ from songmill.data_schema.views import register_manifest_join
 # Tables of later stages live in their own modules; importing them registers them.
 from songmill.data_schema import features, vocals  # noqa: E402,F401  isort: skip
 from songmill.data_schema import labels  # noqa: E402,F401  isort: skip
+from songmill.data_schema import fingerprints  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "SCHEMA_VERSION",
