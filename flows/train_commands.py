@@ -104,11 +104,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace):
     from songmill.flows.config import load_settings
     from songmill.train.checkpoint import load_checkpoint
-    from songmill.train.config import TrainConfig
+    from songmill.train.config import TrainConfig, with_legacy_values
 
     config = TrainConfig(kind=args.kind)
     if getattr(args, "resume", None):
-        config = config.updated(load_checkpoint(args.resume, with_state=False).trainer["full_config"])
+        saved = load_checkpoint(args.resume, with_state=False).trainer["full_config"]
+        config = config.updated(with_legacy_values(saved))
     settings = load_settings(getattr(args, "config", None), getattr(args, "corpus", None), getattr(args, "overrides", []))
     config = config.updated(settings.get("train", {}))
     explicit = {field: getattr(args, dest) for dest, field in FLAG_SETTINGS.items() if getattr(args, dest, None) is not None}

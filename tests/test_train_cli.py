@@ -123,3 +123,24 @@ def test_named_samplers_and_their_overrides():
     assert sampler_settings("heun").method == "heun" and sampler_settings("euler").guidance == "cfg"
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_settings("ddim")
+
+
+def test_a_run_from_before_the_acestep_defaults_resumes_as_it_started(tmp_path, capsys):
+    from test_train_objective import write_feature_manifest
+
+    manifest = write_feature_manifest(str(tmp_path / "data"), [{"duration_s": 2.0}, {"duration_s": 2.0}])
+    run = str(tmp_path / "run")
+    assert main(["train", "dit", "--manifest", manifest, "--run-dir", run, "--max-steps", "1", *QUIET]) == 0
+    # make it a checkpoint of the previous release: trainer.json without the new settings
+    ckpt = load_checkpoint(run).path
+    with open(os.path.join(ckpt, "trainer.json")) as f:
+        trainer = json.load(f)
+    for key in ("loss_space", "repa_reduce", "cfg_drop_lyric_mask", "lyric_crop", "val_sampler"):
+        trainer["config"].pop(key, None)
+        trainer["full_config"].pop(key, None)
+    with open(os.path.join(ckpt, "trainer.json"), "w") as f:
+        json.dump(trainer, f)
+    capsys.readouterr()
+    assert main(["train", "dit", "--manifest", manifest, "--resume", run, "--max-steps", "2", *QUIET]) == 0, capsys.readouterr().err
+    config = load_checkpoint(run).trainer["config"]
+    assert (config["loss_space"], config["repa_reduce"], config["cfg_drop_lyric_mask"]) == ("velocity", "sum", False)

@@ -168,6 +168,25 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
+# What runs saved before a setting existed did: a checkpoint lacking the key resumes with this
+# value, so an old run goes on exactly as it started (not with today's defaults).
+LEGACY_VALUES: dict[str, Any] = {
+    "loss_space": "velocity",
+    "repa_reduce": "sum",
+    "cfg_drop_lyric_mask": False,
+    "lyric_crop": "full",
+    "val_sampler": "euler",
+}
+
+
+def with_legacy_values(saved: dict[str, Any], hashed_only: bool = False) -> dict[str, Any]:
+    """A saved config (trainer.json) completed with LEGACY_VALUES for the keys it predates
+    (`hashed_only`: only those that are part of config_hash, for its "config" record)."""
+    runtime = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("runtime", False)}
+    legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in saved and not (hashed_only and k in runtime)}
+    return {**legacy, **saved}
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 

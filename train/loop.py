@@ -30,7 +30,7 @@ from songmill.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from songmill.train.config import TrainConfig
+from songmill.train.config import TrainConfig, with_legacy_values
 from songmill.train.data import BatchStream, BucketBatchOrder, DataPosition
 from songmill.train.tasks import build_task
 from torch import nn
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
     start_step, position = 0, DataPosition()
     if resume:
         ckpt = load_checkpoint(resume)
-        saved_config = dict(ckpt.trainer["config"])
+        saved_config = with_legacy_values(dict(ckpt.trainer["config"]), hashed_only=True)
         saved_max = int(saved_config.pop("max_steps", cfg.max_steps))
         current = {k: v for k, v in cfg.hashed_fields().items() if k != "max_steps"}
         check_config_matches(saved_config, current, force)
