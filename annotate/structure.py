@@ -66,7 +66,7 @@ def beat_features(audio: np.ndarray, sr: int, beats: np.ndarray) -> tuple[np.nda
     import librosa
 
     stft = np.abs(librosa.stft(audio, n_fft=2048, hop_length=HOP))
-    chroma = librosa.feature.chroma_stft(S=stft**2, sr=sr)
+    chroma = librosa.feature.chroma_stft(S=stft**2, sr=sr, tuning=0.0)  # the music stage measures tuning
     mel = librosa.feature.melspectrogram(S=stft**2, sr=sr, n_mels=64)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel + 1e-10), n_mfcc=13)
     rms = librosa.feature.rms(S=stft, frame_length=2048)
