@@ -87,9 +87,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from songmill.flows.prefect_env import configure_prefect
-
-    configure_prefect(corpus_root(args))
+    # No configure_prefect(): serve talks to a long-lived server, and Prefect's home (where
+    # `prefect config set PREFECT_API_URL=...` keeps the URL) stays the user's.
     from songmill.flows.schedule import serve
 
     return serve(corpus_root(args), args.sources, _split(args.stages) or None, args.cron, args.config, args.overrides)

@@ -1,4 +1,11 @@
-"""`songmill serve --cron`: ingest then annotate on a schedule, as a served Prefect deployment."""
+"""`songmill serve --cron`: ingest then annotate on a schedule, as a served Prefect deployment.
+
+`serve` registers (or updates) the deployment `songmill-scheduled/songmill-scheduled` on the
+Prefect server named by PREFECT_API_URL, with the cron schedule and this command line's corpus,
+sources, stages and settings as its parameters, then polls the server for due runs and runs each
+in a child process until stopped. The server keeps the schedule and the run history; the corpus
+keeps the data, so a run that is cancelled or crashes is simply redone (incrementally) by the next.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ from songmill.annotate import DEFAULT_STAGES
 from songmill.flows.config import load_settings
 from songmill.flows.pipeline import annotate_flow, ingest_flow
 
+DEPLOYMENT_NAME = "songmill-scheduled"
+
 
 @flow(name="songmill-scheduled")
 def scheduled_flow(corpus_root: str, sources: list[str], stage_names: list[str], settings: dict[str, Any]) -> None:
@@ -19,24 +28,55 @@ def scheduled_flow(corpus_root: str, sources: list[str], stage_names: list[str],
     annotate_flow(corpus_root, stage_names, settings, show_progress=False)
 
 
-def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, cron: str, config: str | None, overrides: list[str]) -> int:
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_cron(cron: str) -> str | None:
+    """Why `cron` is not a schedule Prefect accepts, or None."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"]
+    return None
+
+
+def check_server() -> str | None:
+    """Why no Prefect server can take the deployment (none configured, none answering), or None."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
-    if not get_current_settings().api.url:  # env var or `prefect config set PREFECT_API_URL=...`
-        print(
-            "error: scheduled runs need a running Prefect server. Start one with\n"
-            "  prefect server start\n"
-            "and point songmill at it:\n"
-            "  export PREFECT_API_URL=http://127.0.0.1:4200/api",
-            file=sys.stderr,
-        )
-        return 2
-    settings = load_settings(config, corpus_root, overrides)
+    url = get_current_settings().api.url  # env var or `prefect config set PREFECT_API_URL=...`
+    if not url:
+        return ("scheduled runs need a running Prefect server: start `prefect server start`, then "
+                "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        return f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); is `prefect server start` running?"
+    return None
+
+
+def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, cron: str, config: str | None, overrides: list[str]) -> int:
+    problem = check_cron(cron)
+    if problem:
+        return _error(f"--cron {cron!r} is not a cron expression: {problem}")
+    settings = load_settings(config, corpus_root, overrides)  # bad settings fail before the server is asked
+    problem = check_server()
+    if problem:
+        return _error(problem)
     parameters = {
         "corpus_root": os.path.abspath(corpus_root) if "://" not in corpus_root else corpus_root,
-        "sources": sources,
+        "sources": [os.path.abspath(s) if "://" not in s and not os.path.isabs(s) else s for s in sources],
         "stage_names": stage_names or list(DEFAULT_STAGES),
         "settings": settings,
     }
-    scheduled_flow.serve(name="songmill-scheduled", cron=cron, parameters=parameters)
+    # Stopping serve pauses the schedule (no runs pile up while nothing would run them); starting it
+    # again updates the deployment and resumes the schedule.
+    scheduled_flow.serve(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters, pause_on_shutdown=True)
     return 0
