@@ -81,6 +81,21 @@ class MelConfig(_DictConfig):
         return self.sample_rate / self.hop_length
 
 
+def scale_log_mel(log_mel: Any, cfg: MelConfig) -> Any:
+    """Natural-log mel -> the DCAE's [-1, 1] image: ACE-Step's (x - min) / (max - min), then
+    Normalize(0.5, 0.5); clamped only when cfg.clamp."""
+    lo, hi = cfg.log_min, cfg.log_max
+    scaled = ((log_mel - lo) / (hi - lo) - 0.5) / 0.5
+    return scaled.clamp(-1.0, 1.0) if cfg.clamp else scaled
+
+
+def unscale_mel(mel: Any, cfg: MelConfig) -> Any:
+    """The inverse of scale_log_mel (fp32)."""
+    lo, hi = cfg.log_min, cfg.log_max
+    mel = mel.float().clamp(-1.0, 1.0) if cfg.clamp else mel.float()
+    return (mel * 0.5 + 0.5) * (hi - lo) + lo
+
+
 @dataclass
 class DCAEConfig(_DictConfig):
     in_channels: int = 2
@@ -89,13 +104,14 @@ class DCAEConfig(_DictConfig):
     encoder_depths: tuple[int, ...] = (2, 2, 3, 3)
     decoder_depths: tuple[int, ...] = (3, 3, 3, 3)
     # per stage: "res" (ResBlock) or "vit" (EfficientViT block: multiscale linear attention + GLU conv)
-    block_types: tuple[str, ...] = ("res", "res", "vit", "vit")
+    block_types: tuple[str, ...] = ("res", "res", "res", "vit")  # ACE-Step v1's release
     attention_head_dim: int = 32
     qkv_multiscale_kernel: int = 5
     ffn_expand: int = 4
-    # initial latent normalisation: latent = (z - shift) * scale (buffers; recalibrated on data)
-    latent_shift: float = 0.0
-    latent_scale: float = 1.0
+    # latent = (z - shift) * scale (buffers). ACE-Step's fixed constants (music_dcae_pipeline:
+    # shift_factor -1.9091, scale_factor 0.1786); set_latent_stats can recalibrate them on data
+    latent_shift: float = -1.9091
+    latent_scale: float = 0.1786
 
     @property
     def downsample_factor(self) -> int:

@@ -3,8 +3,10 @@
 (B, 2, 128, F) scaled stereo mel -> (B, 8, 16, F/8) latent (f8c8): every down step halves both
 axes; residual space-to-channel shortcuts surround every down / up step (pixel-unshuffle + channel
 averaging down, channel duplication + pixel-shuffle up), so each step only learns a residual.
-Early stages are ResBlocks, later ones EfficientViT blocks (multiscale ReLU linear attention +
-gated depthwise conv). The latent is normalised with a stored shift and scale.
+ResBlocks in the first three stages and EfficientViT blocks (multiscale ReLU linear attention +
+gated depthwise conv) in the last, as ACE-Step v1's release; module names follow diffusers'
+AutoencoderDC, so the release's weights load key for key. The latent is normalised with a
+stored shift and scale (default: ACE-Step's fixed (z + 1.9091) x 0.1786).
 """
 
 from __future__ import annotations
@@ -38,11 +40,25 @@ class ResBlock(nn.Module):
         return x + self.norm(self.conv2(F.silu(self.conv1(x))))
 
 
-class MultiscaleLinearAttention(nn.Module):
-    """EfficientViT / Sana multiscale ReLU linear attention over the H*W positions of an image.
+class MultiscaleProjection(nn.Module):
+    """The "multiscale" copy of q, k, v: depthwise k x k conv, then a 1x1 conv grouped per head."""
 
-    q, k, v come from 1x1 projections plus a depthwise-k aggregated copy (the "multiscale" branch);
-    attention is ReLU(q) (ReLU(k)^T v) normalised by ReLU(q) sum(ReLU(k)) in fp32.
+    def __init__(self, channels: int, heads: int, kernel: int) -> None:
+        super().__init__()
+        self.proj_in = nn.Conv2d(3 * channels, 3 * channels, kernel, padding=kernel // 2, groups=3 * channels, bias=False)
+        self.proj_out = nn.Conv2d(3 * channels, 3 * channels, 1, groups=3 * heads, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.proj_in(x))
+
+
+class MultiscaleLinearAttention(nn.Module):
+    """EfficientViT / Sana multiscale ReLU linear attention over the H*W positions of an image
+    (diffusers' SanaMultiscaleLinearAttention, which the release's DCAE uses), with residual.
+
+    q, k, v come from per-pixel projections plus a multiscale copy; groups of 3 x head_dim
+    channels form the heads; attention is ReLU(q) (ReLU(k)^T v) / ReLU(q) sum ReLU(k) in fp32.
+    Images with no more positions than head_dim take the quadratic form, as diffusers does.
     """
 
     def __init__(self, channels: int, head_dim: int, kernel: int, eps: float = 1e-15) -> None:
@@ -50,56 +66,63 @@ class MultiscaleLinearAttention(nn.Module):
         self.head_dim = head_dim
         self.heads = channels // head_dim
         self.eps = eps
-        self.to_qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
-        self.aggregate_in = nn.Conv2d(
-            3 * channels, 3 * channels, kernel, padding=kernel // 2, groups=3 * channels, bias=False
-        )
-        self.aggregate_out = nn.Conv2d(3 * channels, 3 * channels, 1, groups=3 * self.heads, bias=False)
-        self.to_out = nn.Conv2d(2 * channels, channels, 1, bias=False)
-        self.norm = ChannelRMSNorm(channels)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_qkv_multiscale = nn.ModuleList([MultiscaleProjection(channels, self.heads, kernel)])
+        self.to_out = nn.Linear(2 * channels, channels, bias=False)
+        self.norm_out = ChannelRMSNorm(channels)
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = qkv.shape
-        qkv = qkv.reshape(batch, -1, 3 * self.head_dim, height * width)
-        q, k, v = qkv.float().chunk(3, dim=2)  # (B, heads, d, N)
+        linear = height * width > self.head_dim
+        if linear:
+            qkv = qkv.float()
+        q, k, v = qkv.reshape(batch, -1, 3 * self.head_dim, height * width).chunk(3, dim=2)  # (B, heads, d, N)
         q, k = F.relu(q), F.relu(k)
-        v = F.pad(v, (0, 0, 0, 1), value=1.0)  # ones row -> normaliser in the last row
-        out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q)  # (B, heads, d+1, N)
-        out = out[:, :, :-1] / (out[:, :, -1:] + self.eps)
+        if linear:
+            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # ones row -> normaliser in the last row
+            out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q).float()  # (B, heads, d+1, N)
+            out = out[:, :, :-1] / (out[:, :, -1:] + self.eps)
+        else:
+            scores = torch.matmul(k.transpose(-1, -2), q).float()
+            scores = scores / (scores.sum(dim=2, keepdim=True) + self.eps)
+            out = torch.matmul(v, scores.to(v.dtype))
         return out.reshape(batch, -1, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.to_qkv(x)
-        multiscale = torch.cat([qkv, self.aggregate_out(self.aggregate_in(qkv))], dim=1)
+        pixels = x.movedim(1, -1)
+        qkv = torch.cat([self.to_q(pixels), self.to_k(pixels), self.to_v(pixels)], dim=-1).movedim(-1, 1)
+        multiscale = torch.cat([qkv, *(branch(qkv) for branch in self.to_qkv_multiscale)], dim=1)
         out = self._attend(multiscale).to(x.dtype)
-        return x + self.norm(self.to_out(out))
+        return x + self.norm_out(self.to_out(out.movedim(1, -1)).movedim(-1, 1))
 
 
-class GLUConv(nn.Module):
-    """1x1 expand -> depthwise 3x3 -> SiLU gate -> 1x1 project (Sana's GLUMBConv), residual."""
+class GLUMBConv(nn.Module):
+    """1x1 expand -> SiLU -> depthwise 3x3 -> SiLU gate -> 1x1 project -> RMSNorm, residual."""
 
     def __init__(self, channels: int, expand: int) -> None:
         super().__init__()
         hidden = channels * expand
-        self.expand = nn.Conv2d(channels, 2 * hidden, 1)
-        self.depthwise = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
-        self.project = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.conv_inverted = nn.Conv2d(channels, 2 * hidden, 1)
+        self.conv_depth = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.conv_point = nn.Conv2d(hidden, channels, 1, bias=False)
         self.norm = ChannelRMSNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.depthwise(F.silu(self.expand(x)))
+        h = self.conv_depth(F.silu(self.conv_inverted(x)))
         h, gate = h.chunk(2, dim=1)
-        return x + self.norm(self.project(h * F.silu(gate)))
+        return x + self.norm(self.conv_point(h * F.silu(gate)))
 
 
 class EfficientViTBlock(nn.Module):
     def __init__(self, channels: int, head_dim: int, kernel: int, expand: int) -> None:
         super().__init__()
-        self.attention = MultiscaleLinearAttention(channels, head_dim, kernel)
-        self.ffn = GLUConv(channels, expand)
+        self.attn = MultiscaleLinearAttention(channels, head_dim, kernel)
+        self.conv_out = GLUMBConv(channels, expand)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn(self.attention(x))
+        return self.conv_out(self.attn(x))
 
 
 class DownStep(nn.Module):
@@ -141,6 +164,8 @@ def _stage_blocks(cfg: DCAEConfig, stage: int, depth: int) -> list[nn.Module]:
 
 
 class Encoder(nn.Module):
+    """diffusers' AutoencoderDC encoder layout (conv_in, down_blocks.i.j, conv_out)."""
+
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
         widths = cfg.widths
@@ -151,37 +176,39 @@ class Encoder(nn.Module):
             if i < len(widths) - 1:
                 blocks.append(DownStep(widths[i], widths[i + 1]))
             stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
+        self.down_blocks = nn.ModuleList(stages)
         self.conv_out = nn.Conv2d(widths[-1], cfg.latent_channels, 3, padding=1)
         self.out_group = widths[-1] // cfg.latent_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
-        for stage in self.stages:
+        for stage in self.down_blocks:
             x = stage(x)
         return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
 
 
 class Decoder(nn.Module):
+    """diffusers' AutoencoderDC decoder layout (up_blocks.i is stage i, run deepest first)."""
+
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
         widths = cfg.widths
         self.conv_in = nn.Conv2d(cfg.latent_channels, widths[-1], 3, padding=1)
         self.in_repeats = widths[-1] // cfg.latent_channels
         stages = []
-        for i in reversed(range(len(widths))):
+        for i in range(len(widths)):
             blocks: list[nn.Module] = []
             if i < len(widths) - 1:
                 blocks.append(UpStep(widths[i + 1], widths[i]))
             blocks += _stage_blocks(cfg, i, cfg.decoder_depths[i])
             stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)  # deepest first
+        self.up_blocks = nn.ModuleList(stages)
         self.norm_out = ChannelRMSNorm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z) + z.repeat_interleave(self.in_repeats, dim=1)
-        for stage in self.stages:
+        for stage in reversed(self.up_blocks):
             x = stage(x)
         return self.conv_out(F.relu(self.norm_out(x)))
 

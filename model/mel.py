@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from songmill.model.config import MelConfig
+from songmill.model.config import MelConfig, scale_log_mel, unscale_mel
 from torch import nn
 
 _SLANEY_F_SP = 200.0 / 3  # Hz per mel below 1 kHz
@@ -127,14 +127,10 @@ class MelSpectrogram(LogMel):
         return mel_frames(num_samples, cfg=self.cfg)
 
     def scale(self, log_mel: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.cfg.log_min, self.cfg.log_max
-        scaled = ((log_mel - lo) / (hi - lo) - 0.5) / 0.5
-        return scaled.clamp(-1.0, 1.0) if self.cfg.clamp else scaled
+        return scale_log_mel(log_mel, self.cfg)
 
     def unscale(self, mel: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.cfg.log_min, self.cfg.log_max
-        mel = mel.float().clamp(-1.0, 1.0) if self.cfg.clamp else mel.float()
-        return (mel * 0.5 + 0.5) * (hi - lo) + lo
+        return unscale_mel(mel, self.cfg)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() == 2:
@@ -224,10 +220,27 @@ VOCODER_NAME = "vocoder"
 def load_vocoder(
     path: str | Path | None, mel_cfg: MelConfig | None = None, device: str | torch.device = "cpu"
 ) -> Vocoder:
-    """A pretrained HiFi-GAN-type vocoder from `path` (a directory holding `vocoder.safetensors`
-    and `vocoder.json`, see model.vocoder), or Griffin-Lim when `path` is None."""
+    """The vocoder at `path`, or Griffin-Lim when `path` is None.
+
+    `path` is a directory holding `vocoder.safetensors` + `vocoder.json`: ACE-Step's ADaMoS
+    vocoder as `songmill model import-acestep` writes it, or a songmill HiFi-GAN V1 (told apart
+    by the config).
+    """
     if path is None:
         return GriffinLimVocoder(mel_cfg)
+    import json
+
+    from songmill.model.adamos import ADaMoSVocoder
     from songmill.model.vocoder import HiFiGANVocoder
 
-    return HiFiGANVocoder.load(path, device=device)
+    directory = Path(path)
+    directory = directory.parent if directory.suffix == ".safetensors" else directory
+    if (directory / "config.json").exists() and not (directory / "vocoder.json").exists():
+        raise ValueError(
+            f"{directory} is a release music_vocoder directory: convert it once with "
+            "`songmill model import-acestep RELEASE_DIR --out DIR` and pass DIR/vocoder"
+        )
+    config_file = directory / "vocoder.json"
+    if config_file.exists() and "dims" in json.loads(config_file.read_text()):
+        return ADaMoSVocoder.load(directory, device=device)
+    return HiFiGANVocoder.load(directory, device=device)

@@ -82,3 +82,40 @@ def test_log_mel_matches_music_log_mel():
 def test_fixtures_stay_small():
     total = sum(p.stat().st_size for p in FIXTURES.iterdir() if p.is_file())
     assert total < 600_000, total
+
+
+def test_dcae_encode_and_decode_match_music_dcae(release):
+    io = fixture_io()
+    dcae = acestep.load_dcae(release)
+    with torch.no_grad():
+        latent = dcae.encode_audio(io["mel.in.audio"][None])
+        decoded = dcae.decode(io["dcae.out.latent"])
+    assert latent.shape == io["dcae.out.latent"].shape == (1, 8, 16, 2)
+    assert (latent - io["dcae.out.latent"]).abs().max().item() <= 1e-4
+    assert decoded.shape == io["dcae.out.log_mel"].shape
+    assert (decoded - io["dcae.out.log_mel"]).abs().max().item() <= 1e-4
+    # the fixed latent constants are part of it: statistics-based scaling would not match
+    assert dcae.dcae.latent_shift.item() == pytest.approx(-1.9091)
+    assert dcae.dcae.latent_scale.item() == pytest.approx(0.1786)
+
+
+def test_vocoder_matches_adamos_and_the_whole_decode_path(release):
+    io = fixture_io()
+    vocoder = acestep.load_vocoder(release)
+    with torch.no_grad():
+        audio = vocoder(io["vocoder.in.mel"])
+        # MusicDCAE.decode: DCAE decoder, then the vocoder one channel at a time
+        log_mel = acestep.load_dcae(release).decode(io["dcae.out.latent"])
+        stereo = torch.cat([vocoder(log_mel[:, c]) for c in range(2)], dim=1)[0]
+    assert audio.shape == io["vocoder.out.audio"].shape
+    assert (audio - io["vocoder.out.audio"]).abs().max().item() <= 1e-4
+    assert (stereo - io["dcae.out.audio"]).abs().max().item() <= 1e-4
+
+
+def test_vocoder_derived_buffers_equal_the_release_ones():
+    # the release stores its mel front end's window and Slaney filterbank with the vocoder
+    manifest = load_manifest()["vocoder"]
+    cfg = acestep.vocoder_config_from_release(manifest["release_config"])
+    for key, value in acestep.vocoder_derived_buffers(cfg).items():
+        assert list(value.shape) == manifest["derived_shapes"][key]
+        assert checksum(value) == pytest.approx(manifest["derived_checksums"][key], rel=1e-5), key

@@ -105,9 +105,15 @@ def test_base_preset_matches_ace_step_layout():
     cfg = preset("base").dcae
     assert cfg.widths == (128, 256, 512, 1024)
     assert cfg.encoder_depths == (2, 2, 3, 3) and cfg.decoder_depths == (3, 3, 3, 3)
-    assert cfg.block_types == ("res", "res", "vit", "vit")
+    # the release's stage types and fixed latent constants (music_dcae_f8c8, music_dcae_pipeline)
+    assert cfg.block_types == ("res", "res", "res", "vit")
+    assert (cfg.latent_shift, cfg.latent_scale) == (-1.9091, 0.1786)
     assert DCAEConfig.from_dict(cfg.to_dict()) == cfg
     with torch.device("meta"):
         dcae = MusicDCAE(cfg)
     latent = dcae.encode(torch.empty(1, 2, 128, 64, device="meta"))
     assert latent.shape == (1, 8, 16, 8)
+    # diffusers' AutoencoderDC names, so the release's weights map key for key
+    names = set(dcae.state_dict())
+    assert "encoder.down_blocks.3.0.attn.to_qkv_multiscale.0.proj_in.weight" in names
+    assert "decoder.up_blocks.0.0.conv.weight" in names and "decoder.norm_out.bias" in names
