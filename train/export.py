@@ -89,7 +89,7 @@ def generate_from_checkpoint(
         raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")
     mel_cfg = MelConfig.from_dict(conditioning["mel"]) if "mel" in conditioning else MelConfig()
     wav, sr = generate(
-        parts["dcae"], dit, parts["text_encoder"], load_vocoder(vocoder, mel_cfg, dev), prompt, lyrics,
+        parts["dcae"], dit, parts["text_encoder"], load_vocoder(vocoder or conditioning.get("vocoder") or None, mel_cfg, dev), prompt, lyrics,
         duration_s, seed, lyric_tokenizer=parts["tokenizer"], sampler=settings,
     )
     return write_wav(out, wav, sr)
