@@ -85,6 +85,9 @@ def run_demo(
 
     print(f"1/5 generating {n_tracks} tracks with known tempo and key -> {audio_dir}")
     truth = make_demo_audio(audio_dir, n_tracks)
+    from songmill.flows import demo_text
+
+    sung = demo_text.add_sung_vocals(audio_dir, truth)
 
     print("2/5 ingest")
     settings = settings or {}
@@ -102,6 +105,9 @@ def run_demo(
     print("error rows (the broken files):")
     print_table(score["errors"])
 
+    print("   the text side, offline")
+    demo_text.annotate_text_side(root, sung, settings, engine)
+
     print("4/5 manifest")
     manifest = os.path.join(out, "manifest.parquet")
     n = app.manifest(root, manifest, where="qc_pass")
@@ -118,6 +124,7 @@ def run_demo(
             for key, value in result.items():
                 print(f"  {key}: {value}")
 
+    demo_text.print_missing_weights(settings)
     print(f"\ndone in {time.perf_counter() - started:.0f} s. The corpus is {root}")
     print(f"  DuckDB:     songmill query \"SELECT * FROM manifest LIMIT 5\" --corpus {root}")
     print(f"              or in duckdb: SELECT * FROM read_parquet('{root}/music/part-*.parquet');")
