@@ -251,25 +251,27 @@ def plan_for_batches(
     return Plan(run_id, progress, batches)
 
 
-def drop_already_written(corpus: Corpus, plan: Plan) -> int:
+def drop_already_written(corpus: Corpus, plan: Plan) -> list[StageCounts]:
     """Forget tracks that this run already wrote a row or an error for: a batch group that runs
-    again (its worker died, Dask retried it elsewhere) never writes a result twice."""
+    again (its worker died, Dask retried it elsewhere) never writes a result twice. Returns what
+    the earlier attempt did, so that the run's counts stay whole."""
     ids = sorted(set().union(*(p.pending for p in plan.stages)) if plan.stages else set())
-    if not ids:
-        return 0
-    dropped = 0
+    durations = {r["track_id"]: float(r.get("duration_s") or 0.0) for b in plan.batches for r in b}
+    earlier = []
     for p in plan.stages:
         if not p.pending:
             continue
-        done = corpus.sql(
-            f"""SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))
-                UNION SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ?
-                  AND track_id IN (SELECT unnest(?::VARCHAR[]))""",
-            [plan.run_id, ids, plan.run_id, p.stage.name, ids],
-        ).column("track_id").to_pylist()
-        dropped += len(p.pending & set(done))
-        p.pending -= set(done)
-    return dropped
+        ok = set(corpus.sql(
+            f"SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+            [plan.run_id, ids],
+        ).column("track_id").to_pylist()) & p.pending
+        failed = set(corpus.sql(
+            "SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+            [plan.run_id, p.stage.name, ids],
+        ).column("track_id").to_pylist()) & p.pending - ok
+        p.pending -= ok | failed
+        earlier.append(StageCounts(p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)))
+    return earlier
 
 
 def setup_stages(plan: Plan) -> None:

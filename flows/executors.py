@@ -11,6 +11,7 @@ cluster they run only on GPU workers while CPU stages fan out over every worker.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -145,7 +146,8 @@ class DaskExecutor(PrefectExecutor):
                 "n_workers": self.workers,
                 "threads_per_worker": 1,  # stages are not thread-safe; one process per core
                 "processes": True,
-                "dashboard_address": None,
+                "dashboard_address": ":0",  # any free port: never collide with another cluster
+                "silence_logs": logging.ERROR,
             },
         )
 

@@ -213,9 +213,8 @@ class AnnotateJob(_DriverState):
                 stage = cached_stage(name, self.targets[name], self.settings.get(name), self.corpus_root)[1]
             stages.append(stage)
         plan = runner.plan_for_batches(self.run_id, stages, group.pending, group.batches, unavailable)
-        if may_repeat:
-            runner.drop_already_written(corpus, plan)
-        counts = runner.run_batches(corpus, plan, group.batches)
+        earlier = runner.drop_already_written(corpus, plan) if may_repeat else []
+        counts = runner.run_batches(corpus, plan, group.batches) + earlier
         audio = sum(float(r.get("duration_s") or 0.0) for b in group.batches for r in b)
         return GroupResult(counts, sum(len(b) for b in group.batches), audio, time.perf_counter() - started)
 

@@ -77,8 +77,9 @@ def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = N
 
                 placement = dask.annotate(resources={gpu_resource: 1})
             with placement:
-                # may_repeat: a worker that dies mid-group has its group run again elsewhere.
-                futures = [run_group_task.submit(quote(job), quote(group), True) for group in groups]
+                # may_repeat: a worker that dies mid-group has its group run again elsewhere. No
+                # quote() here: prefect-dask rebuilds a quoted argument as a bare tuple.
+                futures = [run_group_task.submit(job, group, True) for group in groups]
             for future in as_completed(futures):
                 results.append(future.result())
                 progress.advance(sum(r.n_items for r in results))

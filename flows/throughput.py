@@ -37,8 +37,8 @@ def throughput(corpus: Corpus, last: int | None = None, stage: str | None = None
     return corpus.sql(
         f"""WITH r AS (SELECT * FROM runs {where}),
            s AS (
-             SELECT stage, count(DISTINCT run_id) AS runs, sum(n_ok) AS tracks_done,
-                    sum(n_error) AS errors, sum(audio_seconds) / 3600 AS audio_hours,
+             SELECT stage, count(DISTINCT run_id) AS runs, sum(n_ok)::BIGINT AS tracks_done,
+                    sum(n_error)::BIGINT AS errors, sum(audio_seconds) / 3600 AS audio_hours,
                     sum(epoch(finished_at) - epoch(started_at)) / 3600 AS wall_hours,
                     sum(wall_s) / 3600 AS core_hours
              FROM r GROUP BY stage)

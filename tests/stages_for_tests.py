@@ -51,3 +51,47 @@ class DerivedStage(Stage):
 
     def process_track(self, track):
         return {"rms_db": 20 * np.log10(max(track.inputs["test_level"]["rms"], 1e-9))}
+
+
+register_table("test_worker", [pa.field("pid", pa.int64()), pa.field("setups", pa.int64())])
+register_table("test_gpu_worker", [pa.field("pid", pa.int64()), pa.field("setups", pa.int64())])
+# setup() calls per stage class in this process: a model loads once per worker, not once per task.
+SETUP_CALLS: dict[str, int] = {}
+
+
+@dataclass
+class WorkerConfig(StageConfig):
+    # Kill this worker process on its `kill_after`-th track, once per marker file (the first
+    # process to create the marker dies; a re-run finds it and goes on).
+    kill_marker: str = field(default="", metadata=RUNTIME)
+    kill_after: int = field(default=2, metadata=RUNTIME)
+
+
+class WorkerStage(Stage):
+    """Records which process computed each row and how often that process set the stage up."""
+
+    name = "test_worker"
+    table = "test_worker"
+    config_class = WorkerConfig
+
+    def setup(self) -> None:
+        SETUP_CALLS[self.name] = SETUP_CALLS.get(self.name, 0) + 1
+        self.done_here = 0
+
+    def process_track(self, track):
+        self.done_here += 1
+        if self.config.kill_marker and self.done_here >= self.config.kill_after:
+            try:
+                os.close(os.open(self.config.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, exactly like an OOM kill
+        track.audio()
+        return {"pid": os.getpid(), "setups": SETUP_CALLS[self.name]}
+
+
+class GpuWorkerStage(WorkerStage):
+    name = "test_gpu_worker"
+    table = "test_gpu_worker"
+    resources = "gpu"
