@@ -114,17 +114,39 @@ def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str
 
 
 def lyric_lines(track: Track, lyrics: str) -> list[dict[str, Any]]:
-    """Timed lines of `lyrics` when it is the transcript: Whisper's segments as
-    {"start", "end", "text"}, so the trainer can give a crop of the audio the lyrics sung in it.
-    [] when the lyrics have no timestamps (a matched catalog lyric) or the segments do not make
-    up the text."""
+    """Timed lines of `lyrics` when it is the transcript, plain or section-tagged by the tokens
+    stage: Whisper's segments as {"start", "end", "text"} (a tag such as `[chorus]` goes in front
+    of the segment it starts in), so the trainer can give a crop of the audio the lyrics sung in
+    it. [] when the lyrics have no timestamps (a matched catalog lyric) or the segments do not
+    make up the text."""
     transcript = track.inputs.get("transcripts") or {}
     segments = [s for s in transcript.get("segments") or [] if s and s.get("text") and s.get("start") is not None]
     if not lyrics or not segments:
         return []
-    if " ".join(s["text"] for s in segments).split() != lyrics.split():
+    words = lyrics.split()
+    tags_before: dict[int, list[str]] = {}  # word index -> section tags just before it
+    plain: list[str] = []
+    for word in words:
+        if word.startswith("[") and word.endswith("]"):
+            tags_before.setdefault(len(plain), []).append(word)
+        else:
+            plain.append(word)
+    if " ".join(s["text"] for s in segments).split() != plain:
         return []
-    return [{"start": float(s["start"]), "end": float(s.get("end") or s["start"]), "text": s["text"]} for s in segments]
+    lines, first_word = [], 0
+    for segment in segments:
+        count = len(segment["text"].split())
+        tags = [t for i in range(first_word, first_word + count) for t in tags_before.get(i, [])]
+        text = "\n".join([*tags, segment["text"].strip()])
+        lines.append({"start": float(segment["start"]), "end": float(segment.get("end") or segment["start"]), "text": text})
+        first_word += count
+    return lines
+
+
+def lyrics_untimed(lyrics: str, lines: list[dict[str, Any]]) -> bool:
+    """Sung words (not only section tags such as `[instrumental]`) without timestamps: the
+    trainer crops such a track from its start, where its lyrics begin."""
+    return not lines and any(not (w.startswith("[") and w.endswith("]")) for w in lyrics.split())
 
 
 def corpus_lyrics_by_id(corpus) -> dict[str, str]:
@@ -416,7 +438,8 @@ class FeatureExtractors:
                 mono, _ = source.audio(self.speaker.sample_rate, mono=True)
                 tensors["speaker"] = self.speaker(mono).half()
         metadata = {
-            "lyric_lines": lyric_lines(track, lyrics),
+            "lyric_lines": (lines := lyric_lines(track, lyrics)),
+            "lyrics_untimed": lyrics_untimed(lyrics, lines),
             "latent_frames": int(latent.shape[-1]),
             "latent_fps": LATENT_FPS,
             "captions": captions,

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from songmill.model.conditions import Conditions  # noqa: E402
 from songmill.model.config import preset  # noqa: E402
 from songmill.model.dit import LinearDiT  # noqa: E402
-from songmill.model.flow import flow_matching_loss  # noqa: E402
+from songmill.model.flow import add_noise, x0_space_loss  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 # dense bf16 tensor-core peak (no sparsity), FLOP/s
@@ -47,8 +47,9 @@ def _batch(cfg, args: argparse.Namespace, device: str) -> tuple:
 
 def _step(model: LinearDiT, x, noise, sigma, cond, device: str) -> torch.Tensor:
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
-        out = model(x, sigma, cond)
-        loss = flow_matching_loss(out.sample, x, noise)
+        noisy = add_noise(x, noise, sigma)
+        out = model(noisy, sigma, cond)
+        loss = x0_space_loss(out.sample, noisy, x, sigma)  # the training default (ACE-Step's)
         loss = loss + sum(r.float().square().mean() for r in out.repa.values()) * 0.0
     loss.backward()
     return loss

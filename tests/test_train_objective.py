@@ -51,6 +51,7 @@ def write_feature_manifest(root, tracks: list[dict], seed: int = 0) -> str:
             "latent_frames": frames, "latent_fps": LATENT_FPS, "captions": {"tags": f"track {i}"},
             "repa_fps": repa_fps, "speaker_dim": 512, "lyric_tokenizer_path": "", "lyric_vocab_size": 260,
             "text_encoder": "tiny-random", "dcae_checkpoint": "", "lyric_lines": track.get("lyric_lines", []),
+            "lyrics_untimed": track.get("lyrics_untimed", bool(track.get("lyrics")) and not track.get("lyric_lines")),
         }
         blob = shard_bytes(tensors, metadata)
         path = os.path.join(root, f"shard{i}.safetensors")
@@ -252,7 +253,7 @@ def test_timestamped_lyrics_are_sliced_to_the_crop(tmp_path):
         starts.add(start)
         begin_s, end_s = start / data.LATENT_FPS, (start + latent.shape[-1]) / data.LATENT_FPS
         sung = [ln["text"] for ln in LINES if begin_s <= (ln["start"] + ln["end"]) / 2 < end_s]
-        expected = tokenizer.encode_ids(" ".join(sung)) if sung else [0]
+        expected = tokenizer.encode_ids("\n".join(sung)) if sung else [0]
         assert item["lyrics"].tolist() == expected
     assert len(starts) > 5  # crops land anywhere
 
@@ -272,6 +273,11 @@ def test_lyric_crop_start_and_full(tmp_path):
     untimed_shard = FeatureShard.open(pq.read_table(untimed).column("features_url")[0].as_py())
     for item, _ in _crops(untimed, "timestamps", 6):
         assert torch.equal(item["latent"], untimed_shard.latent(0, item["latent"].shape[-1]))
+    # an instrumental ("[instrumental]" ids, nothing sung: lyrics_untimed false) crops anywhere
+    inst = write_feature_manifest(tmp_path / "inst", [{"duration_s": 10.0, "lyrics": "[instrumental]", "lyrics_untimed": False}])
+    inst_shard = FeatureShard.open(pq.read_table(inst).column("features_url")[0].as_py())
+    inst_items = [item for item, _ in _crops(inst, "timestamps", 12)]
+    assert any(not torch.equal(item["latent"], inst_shard.latent(0, item["latent"].shape[-1])) for item in inst_items)
     anywhere = [item for item, _ in _crops(timed, "full", 12)]
     assert all(item["lyrics"].tolist() == everything for item in anywhere)
     assert any(not torch.equal(item["latent"], full.latent(0, item["latent"].shape[-1])) for item in anywhere)
@@ -279,11 +285,17 @@ def test_lyric_crop_start_and_full(tmp_path):
 
 def test_features_stage_keeps_the_transcript_timestamps():
     from songmill.annotate.base import Track
-    from songmill.annotate.features import FeaturesConfig, lyric_lines
+    from songmill.annotate.features import FeaturesConfig, lyric_lines, lyrics_untimed
 
     segments = [{"start": 0.0, "end": 2.0, "text": " hello there"}, {"start": 3.0, "end": 4.5, "text": " general"}]
     track = Track({"track_id": "t", "uri": "x"}, {"transcripts": {"text": "hello there general", "segments": segments}})
     lines = lyric_lines(track, "hello there general")
     assert [(ln["start"], ln["end"]) for ln in lines] == [(0.0, 2.0), (3.0, 4.5)]
     assert lyric_lines(track, "a catalog lyric with other words") == []  # not the transcript: no times
+    # the tokens stage's section-tagged transcript: each tag goes with the segment it starts in
+    tagged = lyric_lines(track, "[verse]\nhello there\n[chorus]\ngeneral")
+    assert [ln["text"] for ln in tagged] == ["[verse]\nhello there", "[chorus]\ngeneral"]
+    assert [ln["start"] for ln in tagged] == [0.0, 3.0]
     assert FeaturesConfig().mert_chunk_s == 5.0 and FeaturesConfig().ssl_chunk_s == 30.0
+    assert lyrics_untimed("a catalog lyric", []) and not lyrics_untimed("[instrumental]", [])
+    assert not lyrics_untimed("hello there general", lines) and not lyrics_untimed("", [])

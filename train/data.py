@@ -259,10 +259,11 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     `lyric_crop` keeps lyrics and audio in agreement (TrainConfig.lyric_crop): "timestamps"
     crops anywhere and keeps the timed lyric lines (the shard's `lyric_lines`, from the
-    transcript) whose middle falls inside the crop, re-tokenised with the features' lyric
-    tokenizer; a track with lyrics but no timestamps is cropped from its start instead. "start"
-    crops every track from its start with all its lyrics (ACE-Step); "full" crops anywhere and
-    keeps all the lyrics.
+    transcript) whose middle falls inside the crop, re-tokenised (one line each) with the
+    features' lyric tokenizer; a track with sung lyrics but no timestamps (the shard's
+    `lyrics_untimed`) is cropped from its start instead, an instrumental anywhere. "start" crops
+    every track from its start with all its lyrics (ACE-Step); "full" crops anywhere and keeps
+    all the lyrics.
     """
 
     def __init__(self, rows: list[dict[str, Any]], max_crop_s: float, max_lyric_tokens: int = 4096,
@@ -297,12 +298,13 @@ class FeatureDataset(torch.utils.data.Dataset):
         start = int(rng.integers(0, total - frames + 1))
         lyrics = shard.lyric_ids()
         lines = shard.meta.get("lyric_lines") or []
-        if self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and len(lyrics) and not lines):
+        untimed = shard.meta.get("lyrics_untimed", bool(len(lyrics)) and not lines)  # older shards: any ids
+        if self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and untimed):
             start = 0
         elif self.lyric_crop == "timestamps" and lines:
             begin_s, end_s = start / LATENT_FPS, (start + frames) / LATENT_FPS
             sung = [ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s]
-            lyrics = self._encode(" ".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
+            lyrics = self._encode("\n".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
         item: dict[str, Any] = {"track_id": row["track_id"], "latent": shard.latent(start, frames)}
         styles = shard.text_styles
         style = styles[int(rng.integers(0, len(styles)))] if styles else None
