@@ -84,6 +84,11 @@ def test_dcae_phase2_trains_decoder_and_discriminator_only(manifest, dcae_run, t
     decoder_keys = [k for k in before if k.startswith("decoder.") and before[k].is_floating_point()]
     assert all(torch.equal(before[k], after[k]) for k in encoder_keys)  # frozen: latent space kept
     assert any(not torch.equal(before[k], after[k]) for k in decoder_keys)
+    # the latent constants: calibrated on data by the phase-1 run, kept as they are by phase 2
+    from songmill.model.config import preset
+
+    assert before["latent_scale"].item() != pytest.approx(preset("tiny").dcae.latent_scale)
+    assert torch.equal(before["latent_shift"], after["latent_shift"]) and torch.equal(before["latent_scale"], after["latent_scale"])
 
 
 def test_dit_trains_on_cached_features(feature_manifest, tmp_path):

@@ -79,6 +79,11 @@ class TrainConfig:
     feature_match_weight: float = 2.0
     disc_lr: float = 2e-4
     init_from: str = ""  # phase 2 starts from a phase-1 checkpoint dir
+    # The latent shift / scale buffers: "calibrate" sets them from the last batch at each
+    # checkpoint (latents ~N(0, 1) for the DiT); "fixed" keeps the DCAE's (ACE-Step's constants,
+    # or those of the weights it starts from); "auto": fixed when starting from weights
+    # (init_from), calibrate for a DCAE trained from scratch.
+    dcae_latent_stats: str = "auto"
 
     # LoRA on the DiT (rank 0 = full fine-tuning).
     lora_rank: int = 0
@@ -162,7 +167,7 @@ class TrainConfig:
             raise TrainConfigError("LoRA training does not run under FSDP (it would shard the adapters); "
                                    "use strategy=ddp, or auto (DDP for LoRA)")
         choices = {"loss_space": ("x0", "velocity"), "repa_reduce": ("mean", "sum"),
-                   "lyric_crop": ("timestamps", "start", "full")}
+                   "lyric_crop": ("timestamps", "start", "full"), "dcae_latent_stats": ("auto", "fixed", "calibrate")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -176,6 +181,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "cfg_drop_lyric_mask": False,
     "lyric_crop": "full",
     "val_sampler": "euler",
+    "dcae_latent_stats": "calibrate",
 }
 
 

@@ -295,7 +295,11 @@ class DCAETask:
 
     def before_checkpoint(self, model: nn.Module) -> None:
         """Latent shift / scale from the last batch, so encoded latents are ~N(0, 1) for the DiT
-        (decode(encode(x)) does not depend on them, so training is unaffected)."""
+        (decode(encode(x)) does not depend on them, so training is unaffected); unless the
+        constants stay fixed (setting dcae_latent_stats)."""
+        mode = self.cfg.dcae_latent_stats
+        if mode == "fixed" or (mode == "auto" and self.cfg.init_from):
+            return
         mel = getattr(self, "_stats_mel", None)
         if mel is not None:
             with torch.no_grad():
