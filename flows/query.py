@@ -276,12 +276,17 @@ def write_manifest(corpus: Corpus, out: str, where: str | None = None, split: st
     finally:
         con.close()
     meta |= {"rows": int(sum(counts.values())), "splits": counts, "track_ids_sha256": _ids_digest(path), "out": path}
+    sidecar = _write_sidecar(path, meta)
+    return ManifestResult(int(sum(counts.values())), path, sidecar, counts if splits else {})
+
+
+def _write_sidecar(path: str, meta: dict[str, Any]) -> str:
     sidecar = path + SIDECAR_SUFFIX
     tmp = f"{sidecar}.tmp-{uuid.uuid4().hex}"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1, default=str)
     os.replace(tmp, sidecar)
-    return ManifestResult(int(sum(counts.values())), path, sidecar, counts if splits else {})
+    return sidecar
 
 
 def check_where(con: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -330,7 +335,9 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
     if _ids_digest(path) != meta.get("track_ids_sha256"):
         os.remove(path)
         raise ManifestError(f"cannot reproduce {sidecar}: the rows differ from the recorded ones")
-    return ManifestResult(int(sum(counts.values())), path, sidecar, counts if meta.get("split") else {})
+    # the same description (it reproduces again), saying where it came from
+    written = _write_sidecar(path, meta | {"out": path, "reproduced_from": os.path.abspath(sidecar), "reproduced_at": utcnow().isoformat()})
+    return ManifestResult(int(sum(counts.values())), path, written, counts if meta.get("split") else {})
 
 
 def _version() -> str:

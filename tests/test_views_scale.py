@@ -1,0 +1,115 @@
+"""Current views over snapshots: compaction keeps every current row and the whole history,
+streams in buckets, is finished by the next run after a kill, and runs when parts pile up."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import rows
+from songmill.data_schema import store
+from songmill.data_schema.store import MERGED_FROM_KEY, utcnow
+from songmill.data_schema.tables import TABLES
+from songmill.data_schema.views import TableFiles, create_views
+
+
+def _music(track_id, version=1, bpm=100.0, run="r"):
+    return dict(track_id=track_id, stage_version=version, config_hash="m", run_id=run, created_at=utcnow(), bpm=bpm, beats=[0.5, 1.0])
+
+
+def _window_design(corpus, sql):
+    """The same query over HEAD's design (window functions over every raw row): the oracle."""
+    import duckdb
+
+    con = duckdb.connect()
+    create_views(con, {t: TableFiles(parts=corpus.table_files(t).raw) for t in TABLES})
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _random_history(corpus, n_writes=12, ids=40, seed=0):
+    rng = random.Random(seed)
+    for w in range(n_writes):
+        corpus.write("music", [_music(f"t{rng.randrange(ids):03d}", rng.choice([1, 1, 2]), float(w * 100 + i), f"r{w}") for i in range(15)])
+        corpus.write("errors", [dict(track_id=f"t{rng.randrange(ids):03d}", uri=None, stage="music", stage_version=1, config_hash="m",
+                                     error_type=rng.choice(["A", "B"]), message=str(w), retryable=False, run_id=f"r{w}", created_at=utcnow())])
+        corpus.write("sources", [dict(uri=f"/x/{rng.randrange(ids)}.wav", size_bytes=w, mtime=1.0, track_id="t", status="ok", run_id=f"r{w}", created_at=utcnow())])
+
+
+QUERIES = [
+    "SELECT track_id, stage_version, bpm FROM music ORDER BY ALL",
+    "SELECT track_id, error_type, message FROM errors ORDER BY ALL",
+    "SELECT uri, size_bytes FROM sources ORDER BY ALL",
+    "SELECT count(*) FROM raw_music",
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_snapshot_plus_newer_parts_equals_the_window_design(corpus, seed, monkeypatch):
+    _random_history(corpus, seed=seed)
+    expected = [_window_design(corpus, q) for q in QUERIES]
+    monkeypatch.setattr(store, "SNAPSHOT_BUCKET_BYTES", 2000)  # many buckets even for a tiny table
+    for table in ("music", "errors", "sources"):
+        assert corpus.compact(table) == 12
+    assert [rows(corpus, q) for q in QUERIES] == expected
+    _random_history(corpus, n_writes=5, seed=seed + 10)  # newer parts on top of the snapshot
+    expected = [_window_design(corpus, q) for q in QUERIES]
+    assert [rows(corpus, q) for q in QUERIES] == expected
+    corpus.compact("music")
+    assert [rows(corpus, q) for q in QUERIES] == expected
+    files = corpus.table_files("music")
+    assert files.snapshot and not files.parts and len(files.history) == 2
+    ids = pq.read_table(files.snapshot, columns=["track_id"]).column("track_id").to_pylist()
+    assert ids == sorted(ids) and len(ids) == len(set(ids))  # sorted by key, one row per key
+
+
+def test_a_compaction_killed_before_removing_parts_is_finished_by_the_next(corpus):
+    _random_history(corpus, n_writes=4)
+    expected = rows(corpus, "SELECT track_id, bpm FROM music ORDER BY 1")
+    parts = corpus.table_files("music").parts
+    saved = {p: open(p, "rb").read() for p in parts}
+    corpus.compact("music")
+    for path, data in saved.items():  # as if killed right after the history file landed
+        open(path, "wb").write(data)
+    assert rows(corpus, "SELECT track_id, bpm FROM music ORDER BY 1") == expected  # still right
+    history = corpus.table_files("music").history[0]
+    assert json.loads(pq.read_metadata(history).metadata[MERGED_FROM_KEY.encode()]) == sorted(os.path.basename(p) for p in parts)
+    corpus.compact("music")  # rolls forward: the stale parts go, no row is doubled
+    assert rows(corpus, "SELECT count(*) FROM raw_music") == [(60,)]
+    assert rows(corpus, "SELECT track_id, bpm FROM music ORDER BY 1") == expected
+
+
+def test_compaction_runs_automatically_when_parts_pile_up(corpus):
+    for i in range(store.MIN_COMPACT_PARTS - 1):
+        corpus.write("music", [_music(f"a{i}")])
+        corpus.compact_if_needed(["music"])
+    assert corpus.table_files("music").snapshot is None
+    corpus.write("music", [_music("last")])
+    corpus.compact_if_needed(["music"])
+    files = corpus.table_files("music")
+    assert files.snapshot and not files.parts
+    for i in range(3):  # a few small parts on a big snapshot: left alone (amortised rewrites)
+        corpus.write("music", [_music(f"b{i}")])
+        corpus.compact_if_needed(["music"], max_parts=64, min_ratio=1000)
+    assert len(corpus.table_files("music").parts) == 3
+    corpus.compact_if_needed(["music"], max_parts=2, min_ratio=1000)  # too many parts: merged
+    files = corpus.table_files("music")
+    assert len(files.parts) == 1 and files.parts[0].endswith(store.MERGED_SUFFIX)
+    assert rows(corpus, "SELECT count(*) FROM music") == [(store.MIN_COMPACT_PARTS + 3,)]
+
+
+def test_columns_added_after_old_files_read_as_null(corpus):
+    import pyarrow as pa
+
+    old = pa.table({"track_id": ["x"], "stage_version": pa.array([1], pa.int32()), "config_hash": ["m"], "run_id": ["r"],
+                    "created_at": pa.array([utcnow()], pa.timestamp("us", tz="UTC")), "bpm": [90.0]})
+    os.makedirs(corpus.table_dir("music"), exist_ok=True)
+    pq.write_table(old, os.path.join(corpus.table_dir("music"), "part-00000000T000000000000-old.parquet"))
+    assert rows(corpus, "SELECT track_id, bpm, keyscale, beats FROM music") == [("x", 90.0, None, None)]
+    corpus.compact("music")
+    assert rows(corpus, "SELECT track_id, bpm, keyscale FROM music") == [("x", 90.0, None)]
