@@ -180,3 +180,20 @@ def test_generate_refuses_a_pickle_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "pickle" in err and "Traceback" not in err
     with pytest.raises(CheckpointError, match="pickle"):  # --debug lets the exception through
         main([*args, "--debug"])
+
+
+def test_dcae_fine_tunes_from_a_weights_dir_keeping_its_latent_constants(manifest, tmp_path):
+    from songmill.model.config import preset
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import save_module
+
+    dcae_cfg = preset("tiny").dcae
+    torch.manual_seed(123)  # not the run's seed: the weights must come from the dir
+    save_module(MusicDCAE(dcae_cfg), dcae_cfg.to_dict(), tmp_path / "release", "dcae")
+    start = load_file(str(tmp_path / "release" / "dcae.safetensors"))
+    cfg = TrainConfig(kind="dcae", init_from=str(tmp_path / "release"), batch_size=2, max_crop_s=1.0, max_steps=1, **QUIET)
+    after = load_checkpoint(train(cfg, manifest, str(tmp_path / "run")).checkpoint).weights("dcae")
+    # the first step runs at LR 0 (warm-up from 0): the weights are still exactly the dir's
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    assert after["latent_shift"].item() == pytest.approx(dcae_cfg.latent_shift)
+    assert after["latent_scale"].item() == pytest.approx(dcae_cfg.latent_scale)

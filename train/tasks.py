@@ -238,11 +238,11 @@ class DCAETask:
         self.conditioning = {"mel": self.model_preset.mel.to_dict()}
         self.discriminator: nn.Module | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
+        if cfg.init_from:  # fine-tune existing weights (phase 1), or phase 2 after phase 1
+            self.model.load_state_dict(_phase1_weights(cfg.init_from))
         if cfg.dcae_phase == 2:
             # Phase 2 starts from the phase-1 weights; the encoder (and so the latent space the
             # DiT sees) is frozen, the decoder learns against a discriminator.
-            if cfg.init_from:
-                self.model.load_state_dict(_phase1_weights(cfg.init_from))
             self.model.encoder.requires_grad_(False)
             self.discriminator = PatchDiscriminator(self.dcae_cfg.in_channels)
             self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
@@ -328,7 +328,8 @@ def _phase1_weights(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     from songmill.train.checkpoint import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(path)
+    # a plain weights dir (`songmill model import-acestep --out DIR`) or a training run / checkpoint
+    ckpt = path if os.path.exists(os.path.join(path, "dcae.safetensors")) else resolve_checkpoint(path)
     name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"
     return load_file(os.path.join(ckpt, f"{name}.safetensors"))
 
