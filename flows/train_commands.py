@@ -96,8 +96,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dcae-checkpoint", help="DCAE checkpoint (DiT): decodes validation audio, and computes the "
                    "features first when the manifest has none")
     p.add_argument("--phase", type=int, choices=(1, 2), help="DCAE phase: 1 reconstruction, 2 adversarial")
-    p.add_argument("--init-from", help="DCAE: weights to start from (a run, or an imported release dir); "
-                   "phase 2 needs the phase-1 run")
+    p.add_argument("--init-from", help="weights to fine-tune: a DCAE / DiT run, checkpoint or imported release dir "
+                   "(`songmill model import-acestep`); DCAE phase 2 starts from the phase-1 run")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--num-workers", type=int)
 

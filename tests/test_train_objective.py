@@ -299,3 +299,28 @@ def test_features_stage_keeps_the_transcript_timestamps():
     assert FeaturesConfig().mert_chunk_s == 5.0 and FeaturesConfig().ssl_chunk_s == 30.0
     assert lyrics_untimed("a catalog lyric", []) and not lyrics_untimed("[instrumental]", [])
     assert not lyrics_untimed("hello there general", lines) and not lyrics_untimed("", [])
+
+
+def test_dit_fine_tunes_from_a_checkpoint_with_its_own_config(tmp_path):
+    from safetensors.torch import load_file
+    from songmill.model.config import preset
+    from songmill.model.dit import LinearDiT
+    from songmill.model.weights import save_module
+    from songmill.train.checkpoint import load_checkpoint
+
+    manifest = write_feature_manifest(tmp_path / "data", [{"duration_s": 2.0}, {"duration_s": 2.0}])
+    tiny = preset("tiny").dit
+    # a DiT shaped unlike the preset (3 blocks), as an imported release would be
+    cfg = type(tiny).from_dict({**tiny.to_dict(), "depth": 3, "text_dim": 32, "repa_block": 2})
+    torch.manual_seed(5)
+    save_module(LinearDiT(cfg), cfg.to_dict(), tmp_path / "pretrained", "dit")
+    start = load_file(str(tmp_path / "pretrained" / "dit.safetensors"))
+    run = train(TrainConfig(kind="dit", init_from=str(tmp_path / "pretrained"), batch_size=2, max_steps=1, **QUIET),
+                manifest, str(tmp_path / "run"))
+    after = load_checkpoint(run.checkpoint).weights("dit")
+    assert set(after) == set(start) and all(torch.equal(start[k], after[k]) for k in start)  # LR 0 at step 0
+    # features from another text encoder are refused, in one sentence
+    wide = type(tiny).from_dict({**tiny.to_dict(), "text_dim": 768})
+    save_module(LinearDiT(wide), wide.to_dict(), tmp_path / "wide", "dit")
+    with pytest.raises(ValueError, match="768-d text states but the features hold 32-d"):
+        train(TrainConfig(kind="dit", init_from=str(tmp_path / "wide"), max_steps=1, **QUIET), manifest, str(tmp_path / "r2"))

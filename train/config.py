@@ -78,7 +78,9 @@ class TrainConfig:
     adv_weight: float = 0.1
     feature_match_weight: float = 2.0
     disc_lr: float = 2e-4
-    init_from: str = ""  # phase 2 starts from a phase-1 checkpoint dir
+    # weights to fine-tune (a run, checkpoint or imported dir): the DCAE's (phase 2 starts from
+    # the phase-1 run) or, for kind dit, the DiT's (its own config replaces the preset's)
+    init_from: str = ""
     # The latent shift / scale buffers: "calibrate" sets them from the last batch at each
     # checkpoint (latents ~N(0, 1) for the DiT); "fixed" keeps the DCAE's (ACE-Step's constants,
     # or those of the weights it starts from); "auto": fixed when starting from weights

@@ -302,16 +302,11 @@ def _trace(run_dir: str, info: dist.DistInfo, record: dict[str, Any]) -> None:
 
 
 def _prepare_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    from songmill.train.checkpoint import resolve_checkpoint
+    """Adapters on the task's DiT (built from cfg.base_checkpoint, its weights frozen)."""
     from songmill.train.lora import add_lora
 
     if not cfg.base_checkpoint:
         raise ValueError("LoRA training needs base_checkpoint: the DiT checkpoint to adapt")
-    base = resolve_checkpoint(cfg.base_checkpoint)
-    name = "dit_ema" if os.path.exists(os.path.join(base, "dit_ema.safetensors")) else "dit"
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(os.path.join(base, f"{name}.safetensors")))
     return add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout)
 
 

@@ -50,18 +50,28 @@ class DiTTask:
             raise ValueError("the features hold no text embeddings: run the features stage with a text encoder")
         meta = first.meta
         model_preset = preset(cfg.preset)
-        dit_cfg = model_preset.dit
-        # The DiT's input widths follow the cached features it is trained on.
-        dit_cfg.text_dim = int(first.text_embedding(first.text_styles[0]).shape[-1])
-        dit_cfg.speaker_dim = int(meta.get("speaker_dim", dit_cfg.speaker_dim))
-        dit_cfg.lyrics.vocab_size = max(int(meta.get("lyric_vocab_size", 0)), dit_cfg.lyrics.vocab_size)
-        # One REPA projector per cached target (none when REPA is off: unused weights would stall DDP).
-        targets = first.repa_targets() if cfg.repa_weight > 0 else {}
-        dit_cfg.repa_targets = {name: int(t.shape[-1]) for name, t in targets.items()}
+        text_dim = int(first.text_embedding(first.text_styles[0]).shape[-1])
+        pretrained = cfg.base_checkpoint if cfg.lora_rank > 0 else cfg.init_from
+        if pretrained:
+            # Fine-tuning (LoRA or full): the network is the checkpoint's, config and weights.
+            self.model = pretrained_dit(pretrained, text_dim, int(meta.get("lyric_vocab_size", 0)))
+            dit_cfg = self.model.cfg
+        else:
+            dit_cfg = model_preset.dit
+            # The DiT's input widths follow the cached features it is trained on.
+            dit_cfg.text_dim = text_dim
+            dit_cfg.speaker_dim = int(meta.get("speaker_dim", dit_cfg.speaker_dim))
+            dit_cfg.lyrics.vocab_size = max(int(meta.get("lyric_vocab_size", 0)), dit_cfg.lyrics.vocab_size)
+            # One REPA projector per cached target (none when REPA is off).
+            targets = first.repa_targets() if cfg.repa_weight > 0 else {}
+            dit_cfg.repa_targets = {name: int(t.shape[-1]) for name, t in targets.items()}
+            self.model = LinearDiT(dit_cfg)
+        if cfg.repa_weight <= 0:  # a pretrained DiT's projectors would get no gradient (stalling DDP)
+            for projector in getattr(self.model, "projectors", []):
+                projector.requires_grad_(False)
         dit_cfg.gradient_checkpointing = cfg.grad_checkpointing
         self.dit_cfg = dit_cfg
         self.model_preset = model_preset
-        self.model: nn.Module = LinearDiT(dit_cfg)
         tokenizer_json = _tokenizer_json(meta.get("lyric_tokenizer_path", ""))
         self.dataset = FeatureDataset(self.rows, cfg.max_crop_s, dit_cfg.lyrics.max_tokens, cfg.lyric_crop, tokenizer_json)
         self.collate = collate_features
@@ -148,6 +158,32 @@ class DiTTask:
             self._val["prompt"] = shard.caption("tags" if "tags" in styles else styles[0])
             self._val["lyrics"] = self.rows[0].get("lyrics") or ""
         return self._val
+
+
+def pretrained_dit(path: str, text_dim: int, lyric_vocab: int) -> nn.Module:
+    """The DiT of a checkpoint (a run, a checkpoint dir, or `songmill model import-acestep`'s
+    dit/ dir; EMA weights when present), checked against the features it will train on."""
+    from safetensors.torch import load_file
+    from songmill.model.dit import LinearDiT
+    from songmill.model.weights import load_module
+    from songmill.train.checkpoint import resolve_checkpoint
+
+    directory = path if os.path.exists(os.path.join(path, "dit.safetensors")) else resolve_checkpoint(path)
+    dit = load_module(LinearDiT, directory, "dit")
+    ema = os.path.join(directory, "dit_ema.safetensors")
+    if os.path.exists(ema):
+        dit.load_state_dict(load_file(ema))
+    if dit.cfg.text_dim != text_dim:
+        raise ValueError(
+            f"the DiT at {path} takes {dit.cfg.text_dim}-d text states but the features hold {text_dim}-d ones: "
+            "compute the features with the text encoder that DiT was trained with (features.text_encoder)"
+        )
+    if lyric_vocab > dit.cfg.lyrics.vocab_size:
+        raise ValueError(
+            f"the features' lyric tokenizer has {lyric_vocab} ids but the DiT at {path} knows {dit.cfg.lyrics.vocab_size}: "
+            "compute the features with its lyric tokenizer (features.lyric_tokenizer)"
+        )
+    return dit
 
 
 def _tokenizer_json(path: str) -> str | None:
