@@ -11,14 +11,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import fsspec
 from songmill.annotate.audio import DecodeError, decode_with_info, probe
-from songmill.annotate.base import RUNTIME, StageConfig
+from songmill.annotate.base import RUNTIME, StageConfig, config_hash
 from songmill.annotate.runner import error_row, stamp_row
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
@@ -57,11 +60,16 @@ class IngestSummary:
     errors: int = 0
     skipped: int = 0  # files that are not audio (recorded in `sources` with the reason)
     missing_sources: list[str] = field(default_factory=list)
+    to_read: int = 0  # files read and hashed this run (found - unchanged)
+    audio_seconds: float = 0.0  # of the new tracks
+    wall_s: float = 0.0  # spent reading, hashing and probing, summed over workers
 
     def add(self, other: IngestSummary) -> None:
         self.new_tracks += other.new_tracks
         self.new_uris += other.new_uris
         self.errors += other.errors
+        self.audio_seconds += other.audio_seconds
+        self.wall_s += other.wall_s
 
 
 def _mtime(info: dict[str, Any]) -> float:
@@ -269,6 +277,7 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
     Content already in the corpus (or earlier in the batch) is a new path of a known track. Files
     whose `sources` row this run already wrote are skipped, so running a batch twice is harmless.
     """
+    started = time.perf_counter()
     summary = IngestSummary(run_id)
     files = [f for f in files if f.uri not in _seen_in_run(corpus, run_id, [f.uri for f in files])]
     hashed: list[tuple[FoundFile, bytes | None, str | None, BaseException | None]] = []
@@ -292,6 +301,7 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
                 tracks.append(stamp_row(_track_row(track_id, f.uri, data, verify), run_id=run_id, created_at=now))
                 known.add(track_id)
                 summary.new_tracks += 1
+                summary.audio_seconds += float(tracks[-1]["duration_s"] or 0.0)
             status = "ok"
         except (DecodeError, OSError, ValueError, RuntimeError) as exc:
             errors.append(
@@ -314,11 +324,21 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
     corpus.write("tracks", tracks)
     corpus.write("errors", errors)
     corpus.write("sources", sources)
+    summary.wall_s = time.perf_counter() - started
     return summary
 
 
-def finish_ingest(corpus: Corpus) -> None:
-    corpus.compact_if_needed(["tracks", "sources", "errors"])
+def finish_ingest(corpus: Corpus, summary: IngestSummary | None = None, started_at: datetime | None = None, config_hash: str = "") -> None:
+    """The run's `runs` row (stage `ingest`: files read, tracks + new paths ok, errors), then
+    compaction where part files piled up."""
+    if summary is not None and summary.to_read:
+        corpus.write("runs", [{
+            "run_id": summary.run_id, "stage": "ingest", "stage_version": INGEST_VERSION, "config_hash": config_hash,
+            "n_input": summary.to_read, "n_ok": summary.new_tracks + summary.new_uris, "n_error": summary.errors,
+            "audio_seconds": summary.audio_seconds, "wall_s": summary.wall_s, "host": socket.gethostname(),
+            "started_at": started_at or utcnow(), "finished_at": utcnow(),
+        }])
+    corpus.compact_if_needed(["tracks", "sources", "errors", "runs"])
 
 
 def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, run_id: str | None = None) -> tuple[list[FoundFile], IngestSummary]:
@@ -334,6 +354,7 @@ def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, ru
             summary.unchanged += 1
         else:
             todo.append(f)
+    summary.to_read = len(todo)
     record_discovery_problems(corpus, found, known, summary)
     return todo, summary
 
@@ -394,6 +415,7 @@ def ingest(
 ) -> IngestSummary:
     """Ingest in-process (flows/jobs.py's IngestJob runs the same functions on any executor)."""
     config = config or IngestConfig()
+    started_at = utcnow()
     todo, summary = plan_ingest(corpus, sources, config)
     done = 0
     for batch in ingest_batches(todo, config.batch_size):
@@ -401,5 +423,5 @@ def ingest(
         done += len(batch)
         if on_batch is not None:
             on_batch(done, len(todo))
-    finish_ingest(corpus)
+    finish_ingest(corpus, summary, started_at, config_hash(config))
     return summary

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from songmill.annotate import runner
-from songmill.annotate.base import Stage, StageConfig
-from songmill.data_schema.store import Corpus, new_run_id
+from songmill.annotate.base import Stage, StageConfig, config_hash
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
 from songmill.flows.config import ConfigError, build_config
 from songmill.flows.ingest import (
     FoundFile,
@@ -279,6 +279,7 @@ class IngestJob(_DriverState):
     def plan(self, parallelism: int = 1) -> list[list[list[FoundFile]]]:
         corpus = Corpus(self.corpus_root)
         config = self.config
+        self._driver_started = utcnow()
         todo, self._driver_summary = plan_ingest(corpus, self.sources, config, self.run_id)
         batches = ingest_batches(todo, config.batch_size)
         # Weight = bytes: reading and hashing dominate; a group of a batch or two keeps progress live.
@@ -301,5 +302,5 @@ class IngestJob(_DriverState):
     def finish(self, results: list[GroupResult]) -> IngestSummary:
         for result in results:
             self._driver_summary.add(result.counts)
-        finish_ingest(Corpus(self.corpus_root))
+        finish_ingest(Corpus(self.corpus_root), self._driver_summary, self._driver_started, config_hash(self.config))
         return self._driver_summary
