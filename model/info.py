@@ -37,13 +37,13 @@ def param_counts(preset_name: str) -> dict[str, Any]:
     """{part: {sub-part: count, ..., "total": n}, ..., "total": n, "trainable": n}."""
     from songmill.model.dcae import MusicDCAE
     from songmill.model.dit import LinearDiT
-    from songmill.model.vocoder import HiFiGANConfig, HiFiGANGenerator
+    from songmill.model.adamos import ADaMoSConfig, ADaMoSHiFiGAN
 
     cfg = preset(preset_name)
     with torch.device("meta"):
         dcae = MusicDCAE(cfg.dcae)
         dit = LinearDiT(cfg.dit)
-        vocoder = HiFiGANGenerator(HiFiGANConfig(n_mels=cfg.mel.n_mels))
+        vocoder = ADaMoSHiFiGAN(ADaMoSConfig(n_mels=cfg.mel.n_mels, input_channels=cfg.mel.n_mels))
     dit_total = _count(dit)
     lyric = _count(dit.lyric_embs) + _count(dit.lyric_encoder) + _count(dit.lyric_proj)
     repa = _count(dit.projectors)
@@ -60,11 +60,11 @@ def param_counts(preset_name: str) -> dict[str, Any]:
             "total": dit_total,
         },
         "text_encoder": {"frozen": True, "total": _text_encoder_params(cfg.text)},
-        # tiny decodes with Griffin-Lim (no weights); the others expect a HiFi-GAN-type vocoder
+        # tiny decodes with Griffin-Lim (no weights); the others with ACE-Step's ADaMoS vocoder
         "vocoder": (
             {"kind": "griffin-lim", "total": 0}
             if preset_name == "tiny"
-            else {"kind": "hifigan", "total": _count(vocoder)}
+            else {"kind": "adamos-hifigan", "total": _count(vocoder)}
         ),
     }
     counts["total"] = sum(counts[p]["total"] for p in ("dcae", "dit", "text_encoder", "vocoder"))

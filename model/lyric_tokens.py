@@ -23,6 +23,14 @@ VOICEBPE_START_ID, VOICEBPE_LINE_END_ID = 261, 2
 _STRUCTURE_LINE = re.compile(r"\[.*?\]")  # "[verse]", "[chorus]": tagged English, as ACE-Step
 
 
+def _scheme_of(tokenizer) -> str:
+    """ "voicebpe" for ACE-Step's vocabulary (its [START] and [SPACE] ids), so the file read as a
+    plain tokenizer.json still tokenises in ACE-Step's layout; "bpe" otherwise."""
+    is_voicebpe = (tokenizer.token_to_id("[START]") == VOICEBPE_START_ID
+                   and tokenizer.token_to_id("[SPACE]") == VOICEBPE_LINE_END_ID)
+    return "voicebpe" if is_voicebpe else "bpe"
+
+
 def script_language(line: str) -> str:
     """The VoiceBPE language tag by script: Hangul -> ko, kana -> ja, Han -> zh-cn, else en.
 
@@ -84,7 +92,8 @@ class LyricTokenizer:
             )
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(path), os.path.abspath(path))
+        tokenizer = Tokenizer.from_file(path)
+        return cls(tokenizer, os.path.abspath(path), scheme=_scheme_of(tokenizer))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> LyricTokenizer:
@@ -138,7 +147,8 @@ class LyricTokenizer:
         data = json.loads(text)
         if isinstance(data, dict) and data.get("songmill_lyric_scheme") == "voicebpe":
             return cls(Tokenizer.from_str(data["tokenizer"]), "embedded", scheme="voicebpe")
-        return cls(Tokenizer.from_str(text), "embedded")
+        tokenizer = Tokenizer.from_str(text)
+        return cls(tokenizer, "embedded", scheme=_scheme_of(tokenizer))
 
     def encode_ids(self, text: str) -> list[int]:
         """<bos> ids <eos>; [] for no lyrics. (model.encoders.tokenize_lyrics calls this.)"""

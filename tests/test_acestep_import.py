@@ -227,9 +227,10 @@ def _voicebpe_vocab(path: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = ["[STOP]", "[UNK]", "[SPACE]", "[en]", "[zh-cn]", "hello", "world", "ni3hao3", "[chorus]"]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    vocab = {w: i for i, w in enumerate(words)} | {"[START]": 261}  # VoiceBPE's [START] id
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.add_special_tokens([w for w in words if w.startswith("[")])
+    tokenizer.add_special_tokens([w for w in [*words, "[START]"] if w.startswith("[")])
     tokenizer.save(str(path))
     return path
 
@@ -247,5 +248,10 @@ def test_voicebpe_lyric_tokenizer_follows_acestep_layout(tmp_path):
     again = LyricTokenizer.from_json(tokenizer.to_json())
     assert again.encode_ids("hello world") == tokenizer.encode_ids("hello world") == [261, 3, 5, 2, 6, 2]
     assert tokenizer.name.startswith("voicebpe-")
+    # read as a plain tokenizer.json (how a checkpoint's conditioning embeds the features'
+    # tokenizer file), ACE-Step's vocabulary is still recognised by its [START] / [SPACE] ids
+    raw = (tmp_path / "vocab.json").read_text()
+    assert LyricTokenizer.from_json(raw).encode_ids("hello world") == [261, 3, 5, 2, 6, 2]
+    assert LyricTokenizer.load(str(tmp_path / "vocab.json")).scheme == "voicebpe"
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         LyricTokenizer.load(f"voicebpe:{tmp_path / 'missing' / 'vocab.json'}")
