@@ -88,6 +88,6 @@ def test_fsdp_trains_checkpoints_and_resumes(feature_manifest, tmp_path):
     traces = torchrun(tmp_path, feature_manifest, 29612, "--set", "train.strategy=fsdp")
     batches = [[r["track_ids"] for r in t if "track_ids" in r] for t in traces]
     assert all(not set(a) & set(b) for a, b in zip(*batches, strict=True))
-    torchrun(tmp_path, feature_manifest, 29613, "--set", "train.strategy=fsdp", "--resume", str(tmp_path), "--max-steps", "4", "--force")
+    torchrun(tmp_path, feature_manifest, 29613, "--set", "train.strategy=fsdp", "--resume", str(tmp_path), "--max-steps", "4")
     ckpt = load_checkpoint(str(tmp_path))
     assert ckpt.step == 4 and ckpt.trainer["world_size"] == 2
