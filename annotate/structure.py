@@ -4,9 +4,11 @@ outro) with start and end times.
 Two backends, chosen with `--set structure.backend=dsp|model`:
 
 - `dsp` (runs everywhere, no weights): beat-synchronous chroma + MFCC + loudness features (beats
-  from the music stage's row when there is one, else librosa's tracker), stacked over a few beats
-  so that the features carry sequence; a self-similarity matrix; Foote's checkerboard novelty
-  along its diagonal gives the boundaries (peaks at least `min_section_s` apart). Labels come
+  from the music stage's row when there is one, else librosa's tracker); a self-similarity
+  matrix and Foote's checkerboard novelty along its diagonal (where the sound changes), averaged
+  with a repetition curve (Serra et al.'s structure features over a k-NN recurrence of
+  context-stacked chroma: where the pattern of repeats changes, which also finds the boundary
+  between two passes of the same material); peaks at least `min_section_s` apart. Labels come
   from repetition: segments are clustered by their mean features, the repeated cluster with the
   most energy is the chorus, the other repeated material is verse (or pre-chorus when it always
   leads into a chorus), unrepeated material is intro (first), outro (last) or bridge, and a
@@ -36,6 +38,12 @@ class StructureConfig(StageConfig):
     min_section_s: float = 6.0
     kernel_beats: int = 32  # checkerboard kernel width (beats)
     context_beats: int = 0  # beats of context on each side stacked into each feature vector
+    # Repetition boundaries (Serra et al.'s structure features): where the lag-recurrence pattern of
+    # the chroma changes, e.g. between two passes of the same material that novelty cannot hear.
+    repetition_weight: float = 0.5  # share of the repetition curve in the boundary curve
+    repetition_context: int = 4  # beats of chroma context on each side for the recurrence
+    repetition_knn: float = 0.03  # neighbours per beat, as a share of the beats
+    repetition_smooth_beats: float = 4.0  # Gaussian smoothing of the lag matrix along time
     peak_sigma: float = 0.5  # novelty peaks must exceed mean + peak_sigma * std
     same_section: float = 0.35  # cosine distance under which two segments count as the same material
     max_duration_s: float = 1200.0  # longer tracks: the first max_duration_s
@@ -109,6 +117,27 @@ def novelty(ssm: np.ndarray, width: int) -> np.ndarray:
     return np.maximum(out, 0.0)
 
 
+def repetition_novelty(chroma: np.ndarray, context: int, knn: float, smooth: float) -> np.ndarray:
+    """Structure-feature novelty: a mutual k-nearest-neighbour recurrence of context-stacked
+    chroma, turned into a (lag, time) matrix, smoothed, and the change between consecutive beats."""
+    from scipy.ndimage import gaussian_filter
+
+    x = with_context(chroma, context)
+    x = x - x.mean(1, keepdims=True)
+    unit = x / (np.linalg.norm(x, axis=0, keepdims=True) + 1e-9)
+    sim = unit.T @ unit
+    n = sim.shape[0]
+    k = max(2, int(knn * n))
+    kth = np.sort(sim, axis=1)[:, -k]
+    recurrence = (sim >= kth[:, None]) & (sim >= kth[None, :])
+    lag_index = (np.arange(n)[None, :] - np.arange(n)[:, None]) % n  # [lag, t] -> beat t - lag
+    lag = recurrence[np.arange(n)[None, :], lag_index].astype(np.float64)
+    smoothed = gaussian_filter(lag, sigma=(0.5, smooth))
+    out = np.zeros(n)
+    out[1:] = np.sqrt(((smoothed[:, 1:] - smoothed[:, :-1]) ** 2).sum(0))
+    return out
+
+
 def pick_peaks(curve: np.ndarray, min_distance: int, sigma: float) -> list[int]:
     """Local maxima at least `min_distance` apart (strongest first) above mean + sigma * std, and
     no nearer than that to either end."""
@@ -136,15 +165,29 @@ def cluster_segments(means: np.ndarray, threshold: float) -> list[int]:
     return [order.setdefault(int(c), len(order)) for c in ids]
 
 
+def _frames(at: list[int], n: int) -> bool:
+    """True when `at` (sorted segment indices) is one segment at an edge, or a run at the start
+    plus a run at the end with other material between."""
+    if len(at) == 1:
+        return at[0] in (0, n - 1)
+    lead = 0
+    while lead < len(at) and at[lead] == lead:
+        lead += 1
+    trail = 0
+    while trail < len(at) - lead and at[len(at) - 1 - trail] == n - 1 - trail:
+        trail += 1
+    return lead > 0 and trail > 0 and lead + trail == len(at) and len(at) < n - 1
+
+
 def label_segments(clusters: list[int], energy: list[float]) -> list[str]:
     """Section labels from repetition and energy (see the module docstring)."""
     n = len(clusters)
     if n == 1:
         return ["verse"]
     where = {c: [i for i in range(n) if clusters[i] == c] for c in dict.fromkeys(clusters)}
-    edges = {0, n - 1}
-    # Material heard only at the very start and the very end is intro / outro, repeated or not.
-    framing = {c for c, at in where.items() if set(at) <= edges}
+    # Material heard only at the start and the end (a run of segments at each) frames the song:
+    # intro / outro, repeated or not.
+    framing = {c for c, at in where.items() if _frames(at, n)}
     repeated = [c for c, at in where.items() if len(at) >= 2 and c not in framing]
     mean_energy = {c: float(np.mean([energy[i] for i in at])) for c, at in where.items()}
     chorus = max(repeated, key=lambda c: (mean_energy[c], len(where[c]))) if repeated else None
@@ -159,6 +202,8 @@ def label_segments(clusters: list[int], energy: list[float]) -> list[str]:
         elif c in others:
             leads_in = all(j + 1 < n and clusters[j + 1] == chorus for j in where[c])
             labels.append("pre-chorus" if leads_in else "verse")
+        elif c in framing:
+            labels.append("intro" if i < n / 2 else "outro")
         elif i == 0:
             labels.append("intro")
         elif i == n - 1:
@@ -194,6 +239,10 @@ def dsp_sections(audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: di
     unit = stacked / (np.linalg.norm(stacked, axis=0, keepdims=True) + 1e-9)
     ssm = unit.T @ unit
     curve = novelty(ssm, cfg.kernel_beats)
+    curve = curve / (curve.max() + 1e-9)
+    if cfg.repetition_weight > 0 and features.shape[1] > 8:
+        repeats = repetition_novelty(features[:12], cfg.repetition_context, cfg.repetition_knn, cfg.repetition_smooth_beats)
+        curve = (1 - cfg.repetition_weight) * curve + cfg.repetition_weight * repeats / (repeats.max() + 1e-9)
     beat_s = float(np.median(np.diff(starts))) if len(starts) > 1 else 0.5
     min_beats = max(2, int(round(cfg.min_section_s / max(beat_s, 1e-3))))
     peaks = pick_peaks(curve, min_beats, cfg.peak_sigma)
