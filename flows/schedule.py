@@ -76,7 +76,13 @@ def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, c
         "stage_names": stage_names or list(DEFAULT_STAGES),
         "settings": settings,
     }
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    # One run at a time: a run still busy when the next one is due makes the server cancel the new
+    # one (the next due run picks up what is left), so runs never pile up or race on the corpus.
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     # Stopping serve pauses the schedule (no runs pile up while nothing would run them); starting it
     # again updates the deployment and resumes the schedule.
-    scheduled_flow.serve(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters, pause_on_shutdown=True)
+    scheduled_flow.serve(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters, global_limit=one_at_a_time,
+                         pause_on_shutdown=True)
     return 0

@@ -175,6 +175,11 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
             run = _wait_for_first_run(client, serve_process, serve_log)
             assert run.state.type == StateType.COMPLETED, f"{run.state}:\n{_tail(serve_log)}"
             assert run.deployment_id is not None and run.auto_scheduled, "the run came from the cron schedule"
+            deployment = client.read_deployment(run.deployment_id)
+            assert deployment.parameters["sources"] == [str(source)] and deployment.parameters["stage_names"] == ["qc"]
+            # One run at a time: a run due while another is busy is cancelled, not raced.
+            assert deployment.global_concurrency_limit.limit == 1
+            assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
             # The client's filter calls: issue 8 had them answer 422 (`limit: null` in the body).
             completed = client.read_flow_runs(
