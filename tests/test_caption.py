@@ -201,3 +201,19 @@ def test_recaption_numbers_come_from_measurements():
     assert "98 BPM" in text and "D major" in text and "3/4" in text and "3:05" in text
     assert "calm folk" in text and "acoustic guitar and violin" in text
     assert contradictions([text], facts) == []
+
+
+def test_captions_tags_command_reports_the_spread_and_a_collapse(tmp_path, corpus, capsys):
+    from songmill.data_schema.store import utcnow
+    from songmill.flows.cli import main
+
+    now = utcnow()
+    genres = [["rock"]] * 5 + [["jazz", "rock"]]
+    corpus.write("captions", [
+        {"track_id": f"t{i}", "stage_version": 1, "config_hash": "x", "run_id": "r", "created_at": now, "genres": g}
+        for i, g in enumerate(genres)
+    ])  # fmt: skip
+    assert main(["captions", "tags", "--corpus", str(corpus.root)]) == 0
+    out = capsys.readouterr().out
+    assert "rock" in out and "100.0 %" in out and "jazz" in out and "16.7 %" in out
+    assert "warning:" in out and "collapsed" in out
