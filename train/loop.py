@@ -180,8 +180,8 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
         _log(f"resuming from {ckpt.path} at step {start_step}", info)
 
     strategy = dist.choose_strategy(cfg.strategy, cfg.preset, lora)
-    if strategy != cfg.strategy and info.distributed and cfg.strategy == "auto" and lora:
-        _log("LoRA trains with DDP: FSDP (the base preset's usual choice) shards the adapters", info)
+    if lora and info.distributed and cfg.strategy == "auto" and dist.choose_strategy("auto", cfg.preset) == "fsdp":
+        _log("LoRA trains with DDP, not FSDP (the base preset's usual choice): FSDP would shard the adapters", info)
     wrapped = dist.wrap(model, info, strategy)
     fsdp = dist.is_fsdp(model)
     if cfg.compile:
