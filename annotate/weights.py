@@ -13,7 +13,7 @@ so every message names the file and the command.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MODELS_ENV = "SONGMILL_MODELS"
@@ -32,11 +32,15 @@ class WeightSpec:
     allow_patterns: tuple[str, ...] = ()  # what `fetch` downloads from the repo ("" = all)
     source: str = "hf"  # hf | torch-hub | path (no public download: a local path only)
     note: str = ""
-    urls: tuple[str, ...] = field(default=())  # torch-hub: the checkpoint URLs
+    # (setting, value, the setting's default): the entry is the stage's only when the setting
+    # has that value, e.g. the caption stage's backend.
+    selector: tuple[str, str, str] | None = None
 
-
-def _repo_allow(*patterns: str) -> tuple[str, ...]:
-    return patterns
+    def selected(self, stage_settings: dict | None) -> bool:
+        if self.selector is None:
+            return True
+        key, value, default = self.selector
+        return str((stage_settings or {}).get(key, default)) == value
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -45,7 +49,7 @@ REGISTRY: dict[str, WeightSpec] = {
         WeightSpec(
             "audiobox-aesthetics", "aesthetics", "model", "facebook/audiobox-aesthetics",
             repo="facebook/audiobox-aesthetics", files=("config.json", "model.safetensors"),
-            allow_patterns=_repo_allow("config.json", "model.safetensors"),
+            allow_patterns=("config.json", "model.safetensors"),
         ),
         WeightSpec(
             "htdemucs", "separate", "model", "htdemucs", source="torch-hub",
@@ -55,40 +59,41 @@ REGISTRY: dict[str, WeightSpec] = {
             "faster-whisper-large-v3", "transcribe", "model", "large-v3",
             repo="Systran/faster-whisper-large-v3",
             files=("model.bin", "config.json", "tokenizer.json"),
-            allow_patterns=_repo_allow("*.bin", "*.json", "*.txt"),
+            allow_patterns=("*.bin", "*.json", "*.txt"),
         ),
         WeightSpec(
             "qwen2-audio-7b-instruct", "caption", "model", "Qwen/Qwen2-Audio-7B-Instruct",
-            repo="Qwen/Qwen2-Audio-7B-Instruct", files=("config.json",),
-            allow_patterns=_repo_allow("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
+            repo="Qwen/Qwen2-Audio-7B-Instruct", files=("config.json",), selector=("backend", "qwen2-audio", "qwen2-audio"),
+            allow_patterns=("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
         ),
         WeightSpec(
             "qwen2.5-omni-7b", "caption", "model", "Qwen/Qwen2.5-Omni-7B",
             repo="Qwen/Qwen2.5-Omni-7B", files=("config.json",),
-            allow_patterns=_repo_allow("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
-            note="caption.backend = qwen2.5-omni (thinker only)",
+            allow_patterns=("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
+            note="caption.backend = qwen2.5-omni (thinker only)", selector=("backend", "qwen2.5-omni", "qwen2-audio"),
         ),
         WeightSpec(
             "structure-model", "structure", "model_path", "", source="path",
             files=("structure.safetensors", "structure.json"),
-            note="structure.backend = model: a checkpoint of annotate/structure.py's network; no public release",
+            note="structure.backend = model: a checkpoint of annotate/structure_model.py's network; no public release",
+            selector=("backend", "model", "dsp"),
         ),
         WeightSpec(
             "umt5-base", "features", "text_encoder", "google/umt5-base", repo="google/umt5-base",
-            files=("config.json",), allow_patterns=_repo_allow("*.json", "*.safetensors", "*.model"),
+            files=("config.json",), allow_patterns=("*.json", "*.safetensors", "*.model"),
         ),
         WeightSpec(
             "mert-v1-330m", "features", "mert", "m-a-p/MERT-v1-330M", repo="m-a-p/MERT-v1-330M",
-            files=("config.json",), allow_patterns=_repo_allow("*.json", "*.py", "*.safetensors", "*.bin"),
+            files=("config.json",), allow_patterns=("*.json", "*.py", "*.safetensors", "*.bin"),
         ),
         WeightSpec(
             "mhubert-147", "features", "mhubert", "utter-project/mHuBERT-147", repo="utter-project/mHuBERT-147",
-            files=("config.json",), allow_patterns=_repo_allow("*.json", "*.safetensors", "*.bin"),
+            files=("config.json",), allow_patterns=("*.json", "*.safetensors", "*.bin"),
         ),
         WeightSpec(
             "wavlm-base-plus-sv", "features", "speaker", "microsoft/wavlm-base-plus-sv",
             repo="microsoft/wavlm-base-plus-sv", files=("config.json",),
-            allow_patterns=_repo_allow("*.json", "*.safetensors", "*.bin"),
+            allow_patterns=("*.json", "*.safetensors", "*.bin"),
         ),
     )
 }  # fmt: skip

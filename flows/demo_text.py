@@ -100,7 +100,10 @@ def print_missing_weights(settings: dict | None) -> None:
 
     missing = []
     for spec in REGISTRY.values():
-        value = ((settings or {}).get(spec.stage) or {}).get(spec.setting)
+        stage_settings = (settings or {}).get(spec.stage) or {}
+        if not spec.selected(stage_settings):  # e.g. the structure model while backend = dsp
+            continue
+        value = stage_settings.get(spec.setting)
         if not locate(spec, None if value is None else str(value)).present:
             missing.append(spec)
     if not missing:

@@ -24,7 +24,9 @@ class FetchError(RuntimeError):
 
 
 def _settings_value(settings: dict, spec: WeightSpec) -> str | None:
-    value = (settings.get(spec.stage) or {}).get(spec.setting)
+    """The stage setting naming this entry's weights, when the entry is the one the settings select."""
+    stage_settings = settings.get(spec.stage) or {}
+    value = stage_settings.get(spec.setting) if spec.selected(stage_settings) else None
     return None if value is None else str(value)
 
 
@@ -51,6 +53,7 @@ def list_models(settings: dict) -> list[dict]:
                 "size_bytes": where.size_bytes,
                 "looked": where.looked,
                 "source": spec.repo or spec.source,
+                "in_use": spec.selected(settings.get(spec.stage)),
             }
         )
     return out
@@ -156,7 +159,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     width = max(len(e["name"]) for e in entries)
     for e in entries:
         state = f"present  {_human(e['size_bytes']):>9}  {e['path']}" if e["present"] else "missing"
-        print(f"{e['name']:<{width}}  {e['setting']:<24} {state}")
+        unused = "" if e["in_use"] else "  (not selected by the current settings)"
+        print(f"{e['name']:<{width}}  {e['setting']:<24} {state}{unused}")
         if not e["present"]:
             print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
     missing = [e["name"] for e in entries if not e["present"]]

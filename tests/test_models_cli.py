@@ -31,6 +31,9 @@ def test_list_names_every_stage_and_where_it_looked(empty_caches, capsys):
     assert not aes["present"]
     assert str(empty_caches / "models" / "audiobox-aesthetics") in aes["looked"]
     assert any(str(empty_caches / "hf") in place for place in aes["looked"])
+    # Entries a setting selects: the Omni weights only matter with caption.backend = qwen2.5-omni.
+    assert entries["qwen2-audio-7b-instruct"]["in_use"] and not entries["qwen2.5-omni-7b"]["in_use"]
+    assert not entries["structure-model"]["in_use"]
 
 
 def test_a_copy_under_songmill_models_is_found_with_its_size(empty_caches, capsys):
