@@ -184,9 +184,12 @@ def pending_track_ids(
     # A result is current when a row of this version and config exists and its lineage still
     # holds (the input rows it was computed from are the current rows of their tables); a stale
     # result is redone. A non-retryable error of this version and config counts as done too.
+    # (The current row, not the history: a snapshot scan instead of every row ever written; a
+    # current row of a newer stage version also counts, as this version's row would never show.)
     conditions = [] if force else [
-        f"""((NOT EXISTS (SELECT 1 FROM raw_{table} r WHERE r.track_id = m.track_id
-              AND r.stage_version = {int(stage.version)} AND r.config_hash = '{stage.config_hash}')
+        f"""((NOT EXISTS (SELECT 1 FROM {table} r WHERE r.track_id = m.track_id
+              AND ((r.stage_version = {int(stage.version)} AND r.config_hash = '{stage.config_hash}')
+                   OR r.stage_version > {int(stage.version)}))
             AND NOT EXISTS (SELECT 1 FROM raw_errors e WHERE e.track_id = m.track_id
               AND e.stage = '{stage.name}' AND e.stage_version = {int(stage.version)}
               AND e.config_hash = '{stage.config_hash}' AND NOT coalesce(e.retryable, false)))

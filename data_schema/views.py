@@ -107,6 +107,25 @@ def dedup_rule(spec: TableSpec) -> DedupRule | None:
     return None
 
 
+_FILE_COLUMNS: dict[str, frozenset[str]] = {}
+
+
+def files_columns(urls: tuple[str, ...]) -> frozenset[str]:
+    """The union of the column names of Parquet files (footers read once per process: corpus
+    files are immutable once renamed into place)."""
+    names: set[str] = set()
+    for url in urls:
+        if url not in _FILE_COLUMNS:
+            import fsspec
+            import pyarrow.parquet as pq
+
+            fs, path = fsspec.core.url_to_fs(url)
+            with fs.open(path, "rb") as f:
+                _FILE_COLUMNS[url] = frozenset(pq.read_schema(f).names)
+        names |= _FILE_COLUMNS[url]
+    return frozenset(names)
+
+
 _TYPE_NAMES: dict[str, dict[str, str]] = {}
 
 
@@ -159,21 +178,25 @@ class ViewSql:
 
     def _read(self, table: str, urls: tuple[str, ...]) -> str:
         spec = TABLES[table]
-        # union_by_name with an empty typed select: columns added to the schema after old files
-        # were written read as NULL instead of failing the view.
-        return (
-            f"SELECT * FROM read_parquet({self.spell(table, urls)}, union_by_name = true) "
-            f"UNION ALL BY NAME {empty_select(spec)}"
-        )
+        source = f"read_parquet({self.spell(table, urls)}, union_by_name = true)"
+        missing = [f.name for f in spec.schema if f.name not in files_columns(urls)]
+        if not missing:  # the common case: a plain scan keeps projection pushdown
+            return f"SELECT * FROM {source}"
+        # Columns added to the schema after these files were written read as NULL.
+        types = duckdb_types(spec)
+        nulls = ", ".join(f"NULL::{types[c]} AS {quote(c)}" for c in missing)
+        return f"SELECT *, {nulls} FROM {source}"
 
     def _parts(self, table: str) -> str | None:
         files = self.files[table]
         if self.parts_glob is not None and files.parts:
             spec = TABLES[table]
-            return (
-                f"SELECT * FROM read_parquet({self.parts_glob(table)}, union_by_name = true) "
-                f"UNION ALL BY NAME {empty_select(spec)}"
-            )
+            source = f"SELECT * FROM read_parquet({self.parts_glob(table)}, union_by_name = true)"
+            if all(f.name in files_columns(files.parts) for f in spec.schema):
+                return source
+            # the glob also reads parts written later (with the new columns): a by-name union
+            # with an empty typed select is right either way
+            return f"{source} UNION ALL BY NAME {empty_select(spec)}"
         return self._read(table, files.parts) if files.parts else None
 
     def raw(self, table: str) -> str:
@@ -229,9 +252,15 @@ def current_sql(rule: DedupRule, snapshot: str | None, delta: str | None, empty:
         return f"SELECT * FROM ({delta}) {window}"
     keys = ", ".join(f"{p} AS _k{i}" for i, p in enumerate(rule.partition))
     # Bare column names in the join condition resolve to the snapshot (_keys has only _k*).
-    match = " AND ".join(f"({p}) IS NOT DISTINCT FROM _keys._k{i}" for i, p in enumerate(rule.partition))
-    return f"""WITH _delta AS MATERIALIZED ({delta}),
-      _keys AS (SELECT DISTINCT {keys} FROM _delta)
+    # track_id is never NULL: a plain equality join; other keys may be (errors without a track).
+    match = " AND ".join(
+        f"{p} = _keys._k{i}" if p == "track_id" else f"({p}) IS NOT DISTINCT FROM _keys._k{i}"
+        for i, p in enumerate(rule.partition)
+    )
+    # Not MATERIALIZED: inlined, each use reads only the columns it needs (a materialised delta
+    # would hold every column, beat lists included, in memory).
+    return f"""WITH _delta AS NOT MATERIALIZED ({delta}),
+      _keys AS NOT MATERIALIZED (SELECT DISTINCT {keys} FROM _delta)
     SELECT _snap.* FROM ({snapshot}) _snap ANTI JOIN _keys ON {match}
     UNION ALL BY NAME
     SELECT * FROM (
