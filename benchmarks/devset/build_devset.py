@@ -1,7 +1,8 @@
 """Build the music development set: real compositions, rendered by sampled instruments.
 
 Scores come from music21's corpus (Bach chorales, Haydn / Mozart / Beethoven string quartets,
-Ryan's Mammoth Collection and Essen folk tunes); they are played through FluidSynth with the
+Ryan's Mammoth Collection and O'Neill's Music of Ireland
+(1850) folk tunes); they are played through FluidSynth with the
 FluidR3 General MIDI soundfont at tempi drawn per subset, in several instrumentations, and the
 band subsets get a General MIDI drum kit playing a groove for the piece's metre. Nothing here is
 songmill's own generator (annotate/synth.py), so the stage cannot have been tuned to it.
@@ -108,8 +109,14 @@ def load_piece(source: str) -> Piece | None:
     from music21 import corpus, stream
 
     try:
-        score = corpus.parse(source)
+        if "#" in source:  # one tune of a multi-tune ABC book
+            path, number = source.rsplit("#", 1)
+            score = corpus.parse(path, number=int(number))
+        else:
+            score = corpus.parse(source)
     except Exception:
+        return None
+    if score is None:
         return None
     if isinstance(score, stream.Opus):
         if not score.scores:
@@ -153,7 +160,8 @@ def load_piece(source: str) -> Piece | None:
         bar_starts = list(np.arange(0.0, max(n.start_ql + n.length_ql for n in notes), bar_ql))
     end_ql = max(n.start_ql + n.length_ql for n in notes)
     tonic = PITCH_CLASSES[final_pc]
-    return Piece(Path(str(source)).stem, notes, numerator, denominator, bar_starts, end_ql, tonic, mode, len(parts))
+    name = Path(str(source).split("#")[0]).stem + (f"_X{str(source).rsplit('#', 1)[1]}" if "#" in str(source) else "")
+    return Piece(name, notes, numerator, denominator, bar_starts, end_ql, tonic, mode, len(parts))
 
 
 def as_twelve_eight(piece: Piece) -> Piece:
@@ -348,7 +356,23 @@ def sources() -> dict[str, list[str]]:
 
     quartets = [p for c in ("haydn", "mozart", "beethoven") for p in listing(c)]
     return {"bach": listing("bach"), "quartets": quartets, "ryans": listing("ryansMammoth"),
-            "essen": listing("essenFolksong")}
+            "oneills": tunes_in_metre(listing("oneills1850"), "3/4")}
+
+
+def tunes_in_metre(books: list[str], metre: str) -> list[str]:
+    """'book.abc#X' for each tune of the ABC books whose header metre is `metre`: read from the
+    text, so that only those tunes get parsed (a whole book takes music21 many seconds)."""
+    found = []
+    for book in books:
+        number = None
+        for line in Path(book).read_text(errors="replace").splitlines():
+            if line.startswith("X:"):
+                number = line[2:].strip()
+            elif line.startswith("M:") and number is not None:
+                if line[2:].strip() == metre:
+                    found.append(f"{book}#{number}")
+                number = None
+    return found
 
 
 def pick(pool: list[str], rng: np.random.Generator, want: int, accept, used: set[str],
@@ -385,7 +409,7 @@ def subset_plan(n: int) -> list[tuple[str, str, object, tuple[float, float], lis
         ("band_slow", "bach", four, (60, 80), ["ballad", "band_keys"], ["ballad"]),
         ("band_fast", "bach", four, (140, 180), ["band", "band_keys"], ["fast"]),
         ("triple", "bach", triple, (70, 150), ["piano", "strings", "band"], ["none", "waltz"]),
-        ("triple", "essen", triple, (80, 160), ["folk", "folk_accordion"], ["none", "waltz"]),
+        ("triple", "oneills", triple, (80, 160), ["folk", "folk_accordion"], ["none", "waltz"]),
         ("compound", "ryans", jig, (70, 120), ["folk", "folk_accordion", "band"], ["none", "six-eight"]),
         ("compound_12-8", "ryans", jig, (50, 80), ["ballad", "band_keys"], ["twelve-eight"]),
     ]
