@@ -143,14 +143,16 @@ MUSIC = register_table(
         pa.field("bpm", pa.float64()),
         pa.field("bpm_confidence", pa.float64()),
         pa.field("beats", pa.list_(pa.float32())),
+        pa.field("downbeats", pa.list_(pa.float32())),
         pa.field("key_tonic", pa.string()),
         pa.field("key_mode", pa.string()),
         pa.field("keyscale", pa.string()),
         pa.field("key_strength", pa.float64()),
+        pa.field("key_confidence", pa.float64()),
         pa.field("tuning_hz", pa.float64()),
         pa.field("time_signature", pa.string()),
     ],
-    description="Tempo, beats, key and tuning.",
+    description="Tempo, beats, downbeats, metre, key and tuning.",
 )
 
 ERRORS = register_table(
