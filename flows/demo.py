@@ -127,7 +127,8 @@ def run_demo(
     demo_text.print_missing_weights(settings)
     print(f"\ndone in {time.perf_counter() - started:.0f} s. The corpus is {root}")
     print(f"  DuckDB:     songmill query \"SELECT * FROM manifest LIMIT 5\" --corpus {root}")
-    print(f"              or in duckdb: SELECT * FROM read_parquet('{root}/music/part-*.parquet');")
+    print(f"              or plain DuckDB, every view: duckdb {os.path.join(root, 'songmill.duckdb')} -c \"FROM manifest LIMIT 5\"")
+    print(f"  Status:     songmill status --corpus {root};  plots: songmill report --out report.html --corpus {root}")
     print(f"  Prefect UI: PREFECT_HOME={os.environ.get('PREFECT_HOME', os.path.join(root, '_prefect'))} prefect server start")
     print("              then open http://127.0.0.1:4200 to see the ingest and annotate flow runs")
     return 0
