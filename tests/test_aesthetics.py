@@ -128,6 +128,11 @@ def test_stage_writes_scores_and_the_filter_is_queryable(tmp_path, corpus, model
     # Re-running does nothing: results are current.
     [again] = run_stages(corpus, [AestheticsStage(cfg)])
     assert again.n_input == 0
+    # Later stages skip what fails the filter: `annotate --where aesthetics_pass`.
+    from songmill.annotate.lyric_sections import LyricSectionsStage
+
+    [later] = run_stages(corpus, [LyricSectionsStage(corpus=corpus)], where="aesthetics_pass")
+    assert later.n_input == 2 and later.n_ok == 2
 
 
 def test_missing_weights_write_retryable_errors_naming_the_fetch_command(tmp_path, corpus, monkeypatch):
