@@ -23,8 +23,17 @@ def feature_manifest(tmp_path_factory) -> str:
     return write_feature_manifest(str(root / "data"), tracks)
 
 
-def torchrun(run_dir, manifest, port: int, *extra: str) -> list[list[dict]]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+def free_port() -> int:
+    """A port nobody listens on now (fixed ports collide when two test runs share a machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def torchrun(run_dir, manifest, *extra: str) -> list[list[dict]]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "songmill.flows.cli", "train", "dit", "--manifest", manifest, "--run-dir", str(run_dir), "--max-steps", "3",
            "--batch-size", "1", "--device", "cpu", "--set", "train.trace=true", "--set", "train.progress=false",
            "--set", "train.max_crop_s=2.0", "--set", "train.val_every=0", *extra]
@@ -43,7 +52,7 @@ def test_ddp_ranks_read_disjoint_data_and_keep_equal_weights(feature_manifest, t
     import torch
     from safetensors.torch import load_file
 
-    traces = torchrun(tmp_path, feature_manifest, 29611)
+    traces = torchrun(tmp_path, feature_manifest)
     batches = [[r["track_ids"] for r in t if "track_ids" in r] for t in traces]
     assert len(batches[0]) == len(batches[1]) == 3
     for mine, theirs in zip(*batches, strict=True):
@@ -71,7 +80,7 @@ def test_lora_under_torchrun_trains_with_ddp_and_saves_full_adapters(feature_man
     train(TrainConfig(kind="dit", max_steps=1, batch_size=2, max_crop_s=2.0, progress=False, val_every=0, ckpt_every=0),
           feature_manifest, str(base))
     run = tmp_path / "lora"
-    traces = torchrun(run, feature_manifest, 29614, "--lora-rank", "4", "--base-checkpoint", str(base),
+    traces = torchrun(run, feature_manifest, "--lora-rank", "4", "--base-checkpoint", str(base),
                       "--set", "train.strategy=auto", "--set", "train.preset=tiny")
     assert traces[0][-1]["weights_sha256"] == traces[1][-1]["weights_sha256"]
     adapters = load_file(str(run / "checkpoints" / "step-00000003" / "dit_lora.safetensors"))
@@ -85,9 +94,9 @@ def test_lora_under_torchrun_trains_with_ddp_and_saves_full_adapters(feature_man
 def test_fsdp_trains_checkpoints_and_resumes(feature_manifest, tmp_path):
     from songmill.train.checkpoint import load_checkpoint
 
-    traces = torchrun(tmp_path, feature_manifest, 29612, "--set", "train.strategy=fsdp")
+    traces = torchrun(tmp_path, feature_manifest, "--set", "train.strategy=fsdp")
     batches = [[r["track_ids"] for r in t if "track_ids" in r] for t in traces]
     assert all(not set(a) & set(b) for a, b in zip(*batches, strict=True))
-    torchrun(tmp_path, feature_manifest, 29613, "--set", "train.strategy=fsdp", "--resume", str(tmp_path), "--max-steps", "4")
+    torchrun(tmp_path, feature_manifest, "--set", "train.strategy=fsdp", "--resume", str(tmp_path), "--max-steps", "4")
     ckpt = load_checkpoint(str(tmp_path))
     assert ckpt.step == 4 and ckpt.trainer["world_size"] == 2
