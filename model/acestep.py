@@ -554,7 +554,6 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
     import tempfile
 
     from songmill.model.adamos import ADaMoSConfig
-    from songmill.model.config import MelConfig
 
     src, out = Path(src), Path(out)
     parts = release_parts(src)
@@ -601,13 +600,14 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in sorted(unused.items())}, str(directory / EXTRAS_FILE))
-            mel = ADaMoSConfig().mel_config() if VOCODER_NAME not in plans else plans[VOCODER_NAME][0].mel_config()
+            # the release's mel settings are its vocoder's (music_dcae_pipeline uses vocoder.mel_transform)
+            vocoder_cfg = plans[VOCODER_NAME][0] if VOCODER_NAME in plans else ADaMoSConfig()
             conditioning = {
                 "text_encoder": str((out / "text_encoder").resolve()) if TEXT_ENCODER_DIR in parts else "none",
                 "dcae_checkpoint": str((out / DCAE_NAME).resolve()) if DCAE_NAME in plans else "",
                 "vocoder": str((out / VOCODER_NAME).resolve()) if VOCODER_NAME in plans else "",
                 "lyric_tokenizer_json": None,
-                "mel": (mel if isinstance(mel, MelConfig) else MelConfig()).to_dict(),
+                "mel": vocoder_cfg.mel_config().to_dict(),
             }
             trainer = {"step": 0, "kind": "dit", "lora": False, "preset": "acestep-v1",
                        "imported_from": str(src.resolve()), "conditioning": conditioning}
