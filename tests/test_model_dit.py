@@ -311,3 +311,26 @@ def test_cfg_dropout_rates_and_semantics():
     assert torch.equal(dropped.text_mask, cond.text_mask)
     again = cfg_dropout(cond, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.speaker, dropped.speaker)
+
+
+def test_earlier_architecture_choices_stay_available_as_options():
+    """songmill's pre-parity choices (one Linear patch embedding, rotate-half RoPE at theta 1e4,
+    no RoPE in cross-attention, an extra cross-attention norm, (channel, row) output, the macaron
+    lyric Conformer) build and run; an unknown choice is refused."""
+    x = torch.randn(1, 8, 16, 10)
+    sigma = torch.tensor([0.4])
+    cond = _conditions(batch=1)
+    lyrics = {**preset("tiny").lyrics.to_dict(), "kind": "macaron-rope"}
+    legacy = _tiny_dit(
+        patch_embed="linear", rope_layout="half", rope_theta=1e4, cross_attention_rope=False,
+        cross_attention_norm=True, output_order="channel_row", linear_attention_eps=1e-6, lyrics=lyrics,
+    ).eval()
+    assert isinstance(legacy.proj_in.linear, torch.nn.Linear)
+    assert legacy.transformer_blocks[0].norm_cross is not None
+    with torch.no_grad():
+        out = legacy(x, sigma, cond).sample
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="rope layout"):
+        bad = _tiny_dit(rope_layout="spiral").eval()
+        with torch.no_grad():
+            bad(x, sigma, cond)
