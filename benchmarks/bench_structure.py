@@ -63,7 +63,7 @@ def synthetic_songs(n: int, seed: int) -> list[dict]:
         bars = [int(rng.choice([4, 8, 8, 8])) for _ in FORMS[i % len(FORMS)]]
         audio, truth = render_song(FORMS[i % len(FORMS)], bpm=bpm, key_tonic=["C", "A", "F#", "D#"][i % 4],
                                    key_mode=["major", "minor"][i % 2], bars=bars, sr=SR, seed=seed * 1000 + i)  # fmt: skip
-        items.append({"name": f"song{i:02d}", "audio": audio.mean(1), "truth": inner_boundaries(truth), "bpm": bpm, "beats_per_bar": 4})
+        items.append({"name": f"song{i:02d}", "audio": audio.mean(1), "truth": inner_boundaries(truth), "sections": truth, "bpm": bpm, "beats_per_bar": 4})
     return items
 
 
@@ -140,9 +140,15 @@ def baselines(item: dict, duration: float) -> dict[str, list[float]]:
     }
 
 
+def frame_labels(sections: list[dict], duration: float, step: float = 0.5) -> list[str]:
+    times = np.arange(0.0, duration, step)
+    return [next((s["label"] for s in sections if s["start"] <= t < s["end"]), sections[-1]["label"]) for t in times]
+
+
 def evaluate(name: str, items: list[dict]) -> None:
     scores: dict[str, dict[float, list[dict]]] = {m: {0.5: [], 3.0: []} for m in ("dsp", "even", "bars8")}
     audio_s, wall = 0.0, 0.0
+    labels: dict[str, list[float]] = {"dsp": [], "all chorus": []}
     for item in items:
         duration = len(item["audio"]) / SR
         started = time.perf_counter()
@@ -150,6 +156,11 @@ def evaluate(name: str, items: list[dict]) -> None:
         wall += time.perf_counter() - started
         audio_s += duration
         estimates = {"dsp": inner_boundaries(sections), **baselines(item, duration)}
+        if "sections" in item:  # labels known: share of 0.5 s frames labelled right
+            truth_frames = frame_labels(item["sections"], duration)
+            got = frame_labels(sections, duration)
+            labels["dsp"].append(np.mean([a == b for a, b in zip(got, truth_frames, strict=True)]))
+            labels["all chorus"].append(np.mean([t == "chorus" for t in truth_frames]))
         for method, est in estimates.items():
             for window in (0.5, 3.0):
                 scores[method][window].append(boundary_hit_rate(item["truth"], est, window))
@@ -161,6 +172,9 @@ def evaluate(name: str, items: list[dict]) -> None:
             for key in ("precision", "recall", "f"):
                 cells.append(f"{np.mean([s[key] for s in by_window[window]]):6.2f}")
         print(f"{method:<8} {' '.join(cells[:3])}   {' '.join(cells[3:])}")
+    if labels["dsp"]:
+        print(f"section labels, share of 0.5 s frames right: dsp {np.mean(labels['dsp']):.2f}; "
+              f"baseline 'all chorus' (the most common label) {np.mean(labels['all chorus']):.2f}")  # fmt: skip
     f_dsp = np.mean([s["f"] for s in scores["dsp"][3.0]])
     f_even = np.mean([s["f"] for s in scores["even"][3.0]])
     print(f"F@3 s ratio dsp / even baseline: {f_dsp / max(f_even, 1e-9):.2f}")
