@@ -119,3 +119,34 @@ def test_vocoder_derived_buffers_equal_the_release_ones():
     for key, value in acestep.vocoder_derived_buffers(cfg).items():
         assert list(value.shape) == manifest["derived_shapes"][key]
         assert checksum(value) == pytest.approx(manifest["derived_checksums"][key], rel=1e-5), key
+
+
+def test_full_size_release_maps_key_for_key():
+    """The release's own configs (acestep/models/config.json, the vocoder's defaults) at full size:
+    songmill builds the same keys and shapes (shapes as ACE-Step's classes made them, no weights)."""
+    from songmill.model.adamos import ADaMoSHiFiGAN
+    from songmill.model.dit import LinearDiT
+
+    shapes = load_manifest()["release_shapes"]
+    transformer = shapes["ace_step_transformer"]
+    tensors = {k: torch.empty(v, device="meta") for k, v in transformer["shapes"].items()}
+    cfg = acestep.dit_config_from_release(transformer["config"], tensors)
+    state, unused = acestep.split_release_dit(tensors, cfg)  # raises on any key / shape difference
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.head_dim, cfg.ffn_ratio) == (2560, 24, 20, 128, 2.5)
+    assert (cfg.lyrics.width, cfg.lyrics.depth, cfg.lyrics.heads, cfg.lyrics.vocab_size) == (1024, 6, 16, 6693)
+    assert cfg.repa_block == 9 and cfg.repa_targets == {"mert": 1024, "mhubert": 768} and cfg.patch_hidden == 2048
+    assert len(unused) == 24 * 8
+    assert acestep.acestep_incompatibilities(cfg) == ([], [])
+    # the base preset is the release's DiT
+    from songmill.model.config import preset
+
+    base = preset("base").dit
+    with torch.device("meta"):
+        base_state = LinearDiT(base).state_dict()
+    assert {k: tuple(v.shape) for k, v in base_state.items()} == {k: tuple(v.shape) for k, v in state.items()}
+    vocoder = shapes["music_vocoder"]
+    vocoder_cfg = acestep.vocoder_config_from_release(vocoder["config"])
+    with torch.device("meta"):
+        ours = ADaMoSHiFiGAN(vocoder_cfg).state_dict()
+    theirs = {k: torch.empty(v, device="meta") for k, v in vocoder["shapes"].items()}
+    acestep.check_keys("music_vocoder", ours, acestep.vocoder_state_from_release(theirs, vocoder_cfg))
