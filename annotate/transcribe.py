@@ -125,8 +125,8 @@ def energy_speech_regions(audio: np.ndarray, sr: int = WHISPER_SR, frame_s: floa
 def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
     """A local CTranslate2 Whisper folder for `model`, or StageUnavailable saying what to fetch."""
     if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "songmill.model.bin")):
-            raise StageUnavailable(f"{model} is not a CTranslate2 Whisper model: {os.path.join(model, 'songmill.model.bin')} is missing")
+        if not os.path.isfile(os.path.join(model, "model.bin")):
+            raise StageUnavailable(f"{model} is not a CTranslate2 Whisper model: {os.path.join(model, 'model.bin')} is missing")
         return model
     from faster_whisper.utils import _MODELS, download_model
 

@@ -173,7 +173,7 @@ def test_checkpoint_is_atomic_and_keeps_the_last_ones(tmp_path):
 
 
 def test_pickle_checkpoints_are_refused(tmp_path):
-    torch.save({"weight": torch.zeros(1)}, tmp_path / "songmill.model.pt")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="refusing pickle"):
         load_checkpoint(str(tmp_path))
 
