@@ -289,9 +289,11 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
         if name != "tracks":
             out[name] = v.current(name)
     out["_tracks_current"] = v.current("tracks")
-    out["tracks"] = """WITH u AS (
-        SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris
-        FROM sources WHERE status = 'ok' AND track_id IS NOT NULL GROUP BY track_id)
+    # `uris`: the list is built only for the few tracks seen under several paths (a list
+    # aggregate over every source path costs seconds at millions of tracks).
+    out["tracks"] = """WITH ok AS (SELECT track_id, uri FROM sources WHERE status = 'ok' AND track_id IS NOT NULL),
+        multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
+        u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
     out["stale"] = stale_sql()
     out.update(DERIVED_VIEWS)
