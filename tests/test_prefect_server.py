@@ -141,6 +141,16 @@ def _wait_for_first_run(client, serve_process: subprocess.Popen, serve_log: Path
     pytest.fail(f"no scheduled run finished in {FIRST_RUN_TIMEOUT_S} s; songmill serve said:\n{_tail(serve_log)}")
 
 
+def _wait_until_final(client, run_id, serve_log: Path, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(1)
+    pytest.fail(f"flow run {run_id} not finished in {timeout_s} s; songmill serve said:\n{_tail(serve_log)}")
+
+
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_server, tmp_path):
@@ -192,6 +202,11 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
             markdown = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["markdown"])))
             assert any(a.key == "songmill-throughput" and "qc" in str(a.data) for a in markdown), [a.key for a in markdown]
 
+            # The next run finds nothing new: it must neither re-ingest nor re-annotate.
+            again = client.create_flow_run_from_deployment(run.deployment_id)
+            again = _wait_until_final(client, again.id, serve_log)
+            assert again.state.type == StateType.COMPLETED, f"{again.state}:\n{_tail(serve_log)}"
+
         # The prefect CLI reads the same server (it also sent `limit: null`). Checked while serve
         # still runs: stopping the runner cancels a run whose process has not exited yet.
         ls = subprocess.run([str(BIN / "prefect"), "flow-run", "ls", "--state-type", "COMPLETED"],
@@ -206,6 +221,8 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
     assert [Path(u).name for u in uris] == ["take 0.wav", "take 1.flac", "take 2.wav"]
     qc = corpus.sql("SELECT count(*) AS n, count(loudness_lufs) AS with_loudness FROM qc")
     assert (qc.column("n")[0].as_py(), qc.column("with_loudness")[0].as_py()) == (3, 3)
+    written = {t: corpus.sql(f"SELECT count(*) AS n FROM raw_{t}").column("n")[0].as_py() for t in ("tracks", "qc")}
+    assert written == {"tracks": 3, "qc": 3}, "the second run wrote rows again"
 
     # The UI is served at the root.
     with urllib.request.urlopen(real_prefect_server.url + "/", timeout=10) as r:
