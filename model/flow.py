@@ -205,6 +205,9 @@ class SamplerSettings:
     momentum: float = -0.75  # APG
     norm_threshold: float = 2.5  # APG
     eta: float = 0.0  # APG
+    # the unconditional lyric mask: "keep" (ACE-Step's pipeline: ids zeroed, mask kept) or
+    # "zero" (as a DiT trained with cfg_drop_lyric_mask saw dropped lyrics)
+    uncond_lyric_mask: str = "keep"
 
     @classmethod
     def acestep(cls, **overrides: object) -> SamplerSettings:
@@ -223,6 +226,8 @@ class SamplerSettings:
             raise ValueError(f"guidance must be cfg or apg, got {self.guidance!r}")
         if self.schedule not in ("linear", "acestep"):
             raise ValueError(f"schedule must be linear or acestep, got {self.schedule!r}")
+        if self.uncond_lyric_mask not in ("keep", "zero"):
+            raise ValueError(f"uncond_lyric_mask must be keep or zero, got {self.uncond_lyric_mask!r}")
         if self.steps < 1:
             raise ValueError("sampler steps must be >= 1")
         if not 0.0 <= self.guidance_interval <= 1.0:
@@ -252,7 +257,11 @@ class _Guided:
     def __init__(self, model: Denoiser, cond: Conditions, uncond: Conditions | None, frame_mask: torch.Tensor | None, settings: SamplerSettings):
         self.model, self.cond, self.frame_mask, self.settings = model, cond, frame_mask, settings
         self.guided = settings.guidance_scale != 1.0 and settings.guidance_scale != 0.0
-        self.uncond = (uncond if uncond is not None else null_conditions(cond)) if self.guided else None
+        if self.guided and uncond is None:
+            uncond = null_conditions(cond)
+            if settings.uncond_lyric_mask == "zero":
+                uncond = dataclasses.replace(uncond, lyrics_mask=torch.zeros_like(uncond.lyrics_mask))
+        self.uncond = uncond if self.guided else None
         self.both = concat_conditions([cond, self.uncond]) if self.guided else None
         self.momentum = MomentumBuffer(settings.momentum) if settings.guidance == "apg" else None
         self.start, self.end = guidance_interval_steps(settings.steps, settings.guidance_interval)

@@ -22,6 +22,7 @@ from songmill.model.flow import (
     guidance_interval_steps,
     heun_sample,
     omega_rescale,
+    sample,
     sample_sigmas,
     sampling_sigmas,
 )
@@ -250,3 +251,19 @@ def test_generate_defaults_to_the_acestep_sampler():
     assert torch.equal(default, explicit)
     plain, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, sampler="euler", **kwargs)
     assert not torch.equal(default, plain)
+
+
+def test_unconditional_lyric_mask_follows_the_setting():
+    seen = []
+
+    class Recording(_OracleVelocity):
+        def __call__(self, x, t, cond, frame_mask=None, return_repa=False):
+            seen.append(cond.lyrics_mask.clone())
+            return super().__call__(x, t, cond, frame_mask, return_repa)
+
+    x0 = torch.randn(1, 8, 16, 4)
+    for mode, expected in (("keep", True), ("zero", False)):
+        seen.clear()
+        sample(Recording(x0, x0), torch.randn(1, 8, 16, 4), _cond(), SamplerSettings(steps=2, uncond_lyric_mask=mode))
+        assert all(m[0].all() for m in seen)  # the conditional row keeps its lyrics
+        assert all(bool(m[1].all()) == expected and bool(m[1].any()) == expected for m in seen)

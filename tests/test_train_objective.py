@@ -111,10 +111,15 @@ def test_the_loop_builds_adamw_and_clips_with_the_defaults(tmp_path):
     result = train(TrainConfig(kind="dit", batch_size=2, max_steps=3, **QUIET), manifest, str(tmp_path / "run"))
     from songmill.train.checkpoint import load_checkpoint
 
-    state = load_checkpoint(result.checkpoint).state
+    ckpt = load_checkpoint(result.checkpoint)
+    state = ckpt.state
     group = state["optimizer"]["param_groups"][0]
     assert tuple(group["betas"]) == (0.8, 0.9) and group["weight_decay"] == 0.01
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(1e-4 * 3 / 10)  # still warming up
+    # generation from this run gives the unconditional branch the zeroed lyric mask it was trained on
+    from songmill.train.tasks import uncond_lyric_mask
+
+    assert uncond_lyric_mask(ckpt.trainer["conditioning"]) == "zero" and uncond_lyric_mask({}) == "keep"
 
 
 # -- REPA ----------------------------------------------------------------------------------------

@@ -77,13 +77,14 @@ def generate_from_checkpoint(
     from songmill.model.mel import load_vocoder
     from songmill.train.dist import pick_device
     from songmill.train.samples import write_wav
-    from songmill.train.tasks import load_conditioning
+    from songmill.train.tasks import load_conditioning, uncond_lyric_mask
 
     dev = pick_device(device)
     dit, trainer = load_dit(checkpoint, dev)
     conditioning = trainer.get("conditioning", {})
     settings = sampler_settings(sampler, steps, guidance, float(conditioning.get("timestep_shift", 3.0)),
-                                guidance=guidance_type, guidance_interval=guidance_interval, omega=omega)
+                                guidance=guidance_type, guidance_interval=guidance_interval, omega=omega,
+                                uncond_lyric_mask=uncond_lyric_mask(conditioning))
     parts = load_conditioning(conditioning, dev, dcae_override=dcae)
     if parts["dcae"] is None:
         raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")

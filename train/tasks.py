@@ -82,6 +82,8 @@ class DiTTask:
             "lyric_tokenizer_json": tokenizer_json,
             "mel": model_preset.mel.to_dict(),
             "timestep_shift": cfg.timestep_shift,
+            # generation's unconditional input follows what dropout taught the DiT
+            "cfg_drop_lyric_mask": cfg.cfg_drop_lyric_mask,
         }
         self._val: dict[str, Any] | None = None
 
@@ -129,7 +131,7 @@ class DiTTask:
 
     def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
         """Generate from the first manifest track's caption and lyrics with the given weights."""
-        from songmill.model.generate import generate
+        from songmill.model.generate import generate, sampler_settings
         from songmill.model.mel import MelSpectrogram, load_vocoder
         from songmill.train.samples import write_sample
 
@@ -142,7 +144,8 @@ class DiTTask:
         wav, sr = generate(
             val["dcae"], model, val["text_encoder"], load_vocoder(None, self.model_preset.mel),
             val["prompt"], val["lyrics"], self.cfg.val_duration_s, seed=self.cfg.seed,
-            steps=self.cfg.val_steps, guidance_scale=self.cfg.val_guidance, sampler=self.cfg.val_sampler,
+            steps=self.cfg.val_steps, guidance_scale=self.cfg.val_guidance,
+            sampler=sampler_settings(self.cfg.val_sampler, uncond_lyric_mask=uncond_lyric_mask(self.conditioning)),
             lyric_tokenizer=val["tokenizer"], shift=self.cfg.timestep_shift,
         )
         mel = MelSpectrogram(self.model_preset.mel)(wav.unsqueeze(0))[0]
@@ -184,6 +187,12 @@ def pretrained_dit(path: str, text_dim: int, lyric_vocab: int) -> nn.Module:
             "compute the features with its lyric tokenizer (features.lyric_tokenizer)"
         )
     return dit
+
+
+def uncond_lyric_mask(conditioning: dict[str, Any]) -> str:
+    """"zero" for a DiT trained with dropped lyrics masked out (cfg_drop_lyric_mask), else
+    "keep" (ACE-Step's pipeline; imported release checkpoints and older runs)."""
+    return "zero" if conditioning.get("cfg_drop_lyric_mask") else "keep"
 
 
 def _tokenizer_json(path: str) -> str | None:
