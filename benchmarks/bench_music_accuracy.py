@@ -169,6 +169,19 @@ def scores(rows: list[dict], results: list[dict]) -> dict[str, float]:
     return {k: (float(np.mean(v)) if v else float("nan")) for k, v in out.items()}
 
 
+def calibration(rows: list[dict], results: list[dict]) -> str:
+    """Brier score of bpm_confidence (for acc1) and key_confidence (for an exact key), next to
+    the Brier score of always answering the observed rate (a calibrated, uninformative guess)."""
+    parts = []
+    for column, hit in (("bpm_confidence", lambda r, x: acc1(x["bpm"], r["bpm"])),
+                        ("key_confidence", lambda r, x: mirex_key(x["key_tonic"], x["key_mode"], r["key_tonic"], r["key_mode"]) == 1.0)):
+        p = np.array([float(x.get(column) or 0.0) for x in results])
+        y = np.array([hit(r, x) for r, x in zip(rows, results, strict=True)], float)
+        parts.append(f"{column}: Brier {np.mean((p - y) ** 2):.3f} (constant rate {np.mean((y.mean() - y) ** 2):.3f};"
+                     f" mean confidence {p.mean():.2f}, observed {y.mean():.2f})")
+    return "; ".join(parts)
+
+
 def print_table(name: str, rows: list[dict], essentia_run: tuple, production_run: tuple) -> None:
     print(f"\n{name}: {len(rows)} excerpts, {essentia_run[1]:.0f} s of audio")
     header = f"{'path':<40}{'acc1':>6}{'acc2':>6}{'beatF':>7}{'dbF':>6}{'metre':>7}{'key':>6}{'MIREX':>7}{'x rt/core':>11}{'(wall)':>9}"
@@ -242,13 +255,22 @@ def main(argv: list[str] | None = None) -> int:
                 pooled["essentia"].append(essentia_run)
                 pooled["production"].append(production_run)
         if pooled["rows"]:
-            def merge(runs: list) -> tuple:
+            def merge(runs: list, keep: list[bool]) -> tuple:
+                # pooled timings: CPU / wall of all subsets (the per-split rows share them)
                 timer = Timer()
                 timer.cpu, timer.wall = sum(r[2].cpu for r in runs), sum(r[2].wall for r in runs)
-                return [x for r in runs for x in r[0]], sum(r[1] for r in runs), timer
+                results = [x for r in runs for x in r[0]]
+                return [x for x, k in zip(results, keep, strict=True) if k], sum(r[1] for r in runs), timer
 
-            print_table("all development excerpts (pooled, not full)", pooled["rows"], merge(pooled["essentia"]),
-                        merge(pooled["production"]))
+            for part in ("train", "test", "all"):
+                keep = [part == "all" or split_of(row) == part for row in pooled["rows"]]
+                if not any(keep):
+                    continue
+                rows = [row for row, k in zip(pooled["rows"], keep, strict=True) if k]
+                production = merge(pooled["production"], keep)
+                print_table(f"development excerpts, {part} split (pooled; speed over all)", rows,
+                            merge(pooled["essentia"], keep), production)
+                print("production " + calibration(rows, production[0]))
     return 0
 
 
