@@ -15,7 +15,8 @@ from typing import Any
 
 from prefect import flow
 from songmill.annotate import DEFAULT_STAGES
-from songmill.flows.config import load_settings
+from songmill.flows.config import build_config, build_stages, load_settings
+from songmill.flows.ingest import IngestConfig
 from songmill.flows.pipeline import annotate_flow, ingest_flow
 
 DEPLOYMENT_NAME = "songmill-scheduled"
@@ -66,14 +67,18 @@ def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, c
     problem = check_cron(cron)
     if problem:
         return _error(f"--cron {cron!r} is not a cron expression: {problem}")
-    settings = load_settings(config, corpus_root, overrides)  # bad settings fail before the server is asked
+    # Bad settings or stage names fail here, once, not in every scheduled run.
+    settings = load_settings(config, corpus_root, overrides)
+    stage_names = stage_names or list(DEFAULT_STAGES)
+    build_config(IngestConfig, "ingest", settings.get("ingest"))
+    build_stages(stage_names, settings)
     problem = check_server()
     if problem:
         return _error(problem)
     parameters = {
         "corpus_root": os.path.abspath(corpus_root) if "://" not in corpus_root else corpus_root,
         "sources": [os.path.abspath(s) if "://" not in s and not os.path.isabs(s) else s for s in sources],
-        "stage_names": stage_names or list(DEFAULT_STAGES),
+        "stage_names": stage_names,
         "settings": settings,
     }
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy

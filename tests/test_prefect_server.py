@@ -263,3 +263,12 @@ def test_serve_rejects_a_bad_cron_before_contacting_the_server(tmp_path, capsys,
     assert main(["serve", "--cron", "every minute", "--corpus", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'every minute' is not a cron expression" in err[0], err
+
+
+@pytest.mark.parametrize("bad", [["--stages", "qc,no_such_stage"], ["--set", "qc.no_such_setting=1"], ["--set", "ingest.no_such_setting=1"]])
+def test_serve_refuses_bad_stages_and_settings_once_not_in_every_run(tmp_path, capsys, api_url_with_nobody_listening, bad):
+    from songmill.flows.cli import main
+
+    assert main(["serve", "--cron", "0 * * * *", "--corpus", str(tmp_path / "c"), *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_" in err[0] and "Prefect server" not in err[0], err
