@@ -261,19 +261,23 @@ def drop_already_written(corpus: Corpus, plan: Plan) -> list[StageCounts]:
     ids = sorted(set().union(*(p.pending for p in plan.stages)) if plan.stages else set())
     durations = {r["track_id"]: float(r.get("duration_s") or 0.0) for b in plan.batches for r in b}
     earlier = []
-    for p in plan.stages:
-        if not p.pending:
-            continue
-        ok = set(corpus.sql(
-            f"SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
-            [plan.run_id, ids],
-        ).column("track_id").to_pylist()) & p.pending
-        failed = set(corpus.sql(
-            "SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
-            [plan.run_id, p.stage.name, ids],
-        ).column("track_id").to_pylist()) & p.pending - ok
-        p.pending -= ok | failed
-        earlier.append(StageCounts(p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)))
+    con = corpus.connect()  # one connection for every query: building the views is the cost
+    try:
+        for p in plan.stages:
+            if not p.pending:
+                continue
+            ok = {r[0] for r in con.execute(
+                f"SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+                [plan.run_id, ids],
+            ).fetchall()} & p.pending
+            failed = {r[0] for r in con.execute(
+                "SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+                [plan.run_id, p.stage.name, ids],
+            ).fetchall()} & p.pending - ok
+            p.pending -= ok | failed
+            earlier.append(StageCounts(p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)))
+    finally:
+        con.close()
     return earlier
 
 

@@ -108,15 +108,21 @@ def main() -> None:
                 ok = {s.stage: s.n_ok for s in summaries}
                 print(f"  {engine:13s} {timings[engine]:8.1f} s  {ok}", flush=True)
 
+        from songmill.data_schema.store import Corpus
+
+        # Seconds the stages spent on tracks, summed over processes: equal per engine unless the
+        # workers were starved of CPU (a shared machine) or did extra work.
+        core_s = {e: Corpus(r).sql("SELECT sum(wall_s) AS s FROM runs WHERE stage IN ('qc', 'music')").column("s")[0].as_py()
+                  for e, r in roots.items()}
         reference = result_rows(roots[engines[0]])
         same = {e: result_rows(r) == reference for e, r in roots.items()}
         base = timings.get("local", timings[engines[0]])
         audio_s = args.tracks * args.seconds
         print(f"\n{args.tracks} tracks x {args.seconds:.0f} s, qc + music, {args.workers} dask workers, {os.cpu_count()} cores")
-        print(f"{'engine':14s} {'wall s':>8s} {'x realtime':>11s} {'vs local':>9s}  rows identical")
+        print(f"{'engine':14s} {'wall s':>8s} {'x realtime':>11s} {'vs local':>9s} {'stage core s':>13s}  rows identical")
         for engine in engines:
             wall = timings[engine]
-            print(f"{engine:14s} {wall:8.1f} {audio_s / wall:11.0f} {base / wall:8.2f}x  {same[engine]}")
+            print(f"{engine:14s} {wall:8.1f} {audio_s / wall:11.0f} {base / wall:8.2f}x {core_s[engine]:13.1f}  {same[engine]}")
         if "prefect" in timings and "local" in timings:
             print(f"prefect overhead vs local: {100 * (timings['prefect'] / timings['local'] - 1):+.1f} %")
     finally:

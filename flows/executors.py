@@ -99,8 +99,9 @@ class PrefectExecutor:
         IngestJob(corpus_root, list(sources), settings).check()  # bad settings fail before a flow starts
         from songmill.flows.pipeline import ingest_flow
 
+        flow_kwargs = self._flow_kwargs(False)  # an unreachable cluster fails before any flow starts
         with self._running():
-            return self._with_task_runner(ingest_flow)(corpus_root, list(sources), settings, show_progress=self.show_progress, **self._flow_kwargs(False))
+            return self._with_task_runner(ingest_flow)(corpus_root, list(sources), settings, show_progress=self.show_progress, **flow_kwargs)
 
     def annotate(self, corpus_root: str, stage_names: list[str], settings: dict[str, dict[str, Any]], where: str | None = None,
                  force: bool = False, batch_size: int | None = None) -> list[runner.RunSummary]:
@@ -108,9 +109,10 @@ class PrefectExecutor:
         self._check_placement(jobs)
         from songmill.flows.pipeline import annotate_flow
 
+        flow_kwargs = self._flow_kwargs(True)
         with self._running():
-            return self._with_task_runner(annotate_flow)(corpus_root, stage_names, settings, where, batch_size, force, show_progress=self.show_progress,
-                        **self._flow_kwargs(True))
+            return self._with_task_runner(annotate_flow)(corpus_root, stage_names, settings, where, batch_size, force,
+                                                         show_progress=self.show_progress, **flow_kwargs)
 
     def _check_placement(self, jobs: list[Any]) -> None:
         pass
@@ -166,9 +168,9 @@ class DaskExecutor(PrefectExecutor):
     def _flow_kwargs(self, annotate: bool) -> dict[str, Any]:
         if not self.address:
             # One machine: every worker may use its accelerator (device=auto), no resource needed.
-            return {"parallelism": self.workers}
+            return {"parallelism": self.workers, "submit": True}
         workers = self._cluster_workers()
-        kwargs: dict[str, Any] = {"parallelism": max(1, len(workers))}
+        kwargs: dict[str, Any] = {"parallelism": max(1, len(workers)), "submit": True}
         if annotate:
             kwargs["gpu_resource"] = GPU_RESOURCE
         return kwargs

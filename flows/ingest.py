@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import duckdb
 import fsspec
 from songmill.annotate.audio import DecodeError, decode_with_info, probe
 from songmill.annotate.base import RUNTIME, StageConfig, config_hash
@@ -235,24 +236,24 @@ def known_sources(corpus: Corpus) -> dict[str, tuple[int, float, str | None]]:
     return {r["uri"]: (r["size_bytes"], r["mtime"], r["track_id"]) for r in rows}
 
 
-def known_track_ids(corpus: Corpus, candidates: Sequence[str]) -> set[str]:
+def known_track_ids(con: duckdb.DuckDBPyConnection, candidates: Sequence[str]) -> set[str]:
     """Which of `candidates` the corpus already holds (asked per batch: no corpus-wide set to ship)."""
     if not candidates:
         return set()
-    result = corpus.sql(
+    rows = con.execute(
         "SELECT DISTINCT track_id FROM raw_tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[]))",
         [sorted(set(candidates))],
-    )
-    return set(result.column("track_id").to_pylist())
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
-def _seen_in_run(corpus: Corpus, run_id: str, uris: Sequence[str]) -> set[str]:
+def _seen_in_run(con: duckdb.DuckDBPyConnection, run_id: str, uris: Sequence[str]) -> set[str]:
     """Files this run already recorded: a batch that runs again (its worker died) skips them."""
-    result = corpus.sql(
+    rows = con.execute(
         "SELECT uri FROM raw_sources WHERE run_id = ? AND uri IN (SELECT unnest(?::VARCHAR[]))",
         [run_id, list(uris)],
-    )
-    return set(result.column("uri").to_pylist())
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _track_row(track_id: str, uri: str, data: bytes, verify: str) -> dict[str, Any]:
@@ -279,16 +280,21 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
     """
     started = time.perf_counter()
     summary = IngestSummary(run_id)
-    files = [f for f in files if f.uri not in _seen_in_run(corpus, run_id, [f.uri for f in files])]
-    hashed: list[tuple[FoundFile, bytes | None, str | None, BaseException | None]] = []
-    for f in files:
-        try:
-            with fsspec.open(f.uri, "rb") as fh:
-                data = fh.read()
-            hashed.append((f, data, hashlib.sha256(data).hexdigest(), None))
-        except (OSError, ValueError, RuntimeError) as exc:
-            hashed.append((f, None, None, exc))
-    known = known_track_ids(corpus, [h[2] for h in hashed if h[2]])
+    con = corpus.connect()  # one connection for both questions: building the views is the cost
+    try:
+        seen = _seen_in_run(con, run_id, [f.uri for f in files])
+        files = [f for f in files if f.uri not in seen]
+        hashed: list[tuple[FoundFile, bytes | None, str | None, BaseException | None]] = []
+        for f in files:
+            try:
+                with fsspec.open(f.uri, "rb") as fh:
+                    data = fh.read()
+                hashed.append((f, data, hashlib.sha256(data).hexdigest(), None))
+            except (OSError, ValueError, RuntimeError) as exc:
+                hashed.append((f, None, None, exc))
+        known = known_track_ids(con, [h[2] for h in hashed if h[2]])
+    finally:
+        con.close()
     tracks, sources, errors = [], [], []
     for f, data, track_id, failure in hashed:
         now = utcnow()

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import socket
 import time
@@ -193,6 +194,11 @@ class AnnotateJob(_DriverState):
         corpus = Corpus(self.corpus_root, create=False)
         self._driver_plan = runner.plan(corpus, self._stages(), self.where, self.batch_size, self.run_id, self.force)
         batches = self._driver_plan.batches
+        if parallelism > 1:
+            # Smaller batches when there are few tracks, so every worker gets its share.
+            rows = [r for b in batches for r in b]
+            size = max(1, min(self.batch_size, math.ceil(len(rows) / (parallelism * GROUPS_PER_WORKER))))
+            batches = self._driver_plan.batches = [rows[i : i + size] for i in range(0, len(rows), size)]
         weights = [sum(float(r.get("duration_s") or 0.0) for r in b) for b in batches]
         groups = group_by_weight(batches, weights, parallelism, TASK_MIN_AUDIO_S, TASK_MAX_TRACKS)
         return [AnnotateGroup(g, self._driver_plan.pending_in(g)) for g in groups]

@@ -5,9 +5,9 @@ Entry points (flows/schedule.py and flows/executors.py call these):
   ingest_flow(corpus_root, sources, settings)          -> IngestSummary
   annotate_flow(corpus_root, stage_names, settings)    -> list[RunSummary]
 Both run the jobs of flows/jobs.py. With the flow's default task runner the tasks run one after
-another in this process; `parallelism > 1` (the Dask executor runs the flow with prefect-dask's
-DaskTaskRunner) submits them all, and `gpu_resource` places GPU jobs' tasks only on workers that
-declare that Dask resource. Each flow run publishes its throughput table as a markdown artifact.
+another in this process; with `submit` (the Dask executor runs the flow on prefect-dask's
+DaskTaskRunner) they are all submitted, grouped for `parallelism` workers, and `gpu_resource`
+places GPU jobs' tasks only on workers that declare that Dask resource. Each flow run publishes its throughput table as a markdown artifact.
 
 Importing this module imports Prefect, so set PREFECT_HOME first (flows/prefect_env.py does).
 """
@@ -55,9 +55,10 @@ def run_group_task(job: Job, group: Any, may_repeat: bool = False) -> GroupResul
     return job.run_group(group, may_repeat)
 
 
-def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = None, show_progress: bool = True) -> Any:
-    """Plan on this process, run the groups as tasks (submitted when there are workers to fan out
-    to), finish here."""
+def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = None, show_progress: bool = True,
+                    submit: bool = False) -> Any:
+    """Plan on this process, run the groups as tasks (called here one after another, or with
+    `submit` handed to the flow's task runner: Dask workers), finish here."""
     logger = get_run_logger()
     groups = job.plan(parallelism)
     n_items = sum(len(b) for g in groups for b in (g.batches if hasattr(g, "batches") else g))
@@ -65,7 +66,7 @@ def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = N
     progress = _Progress(job.kind, n_items, show_progress)
     results: list[GroupResult] = []
     try:
-        if parallelism <= 1:
+        if not submit:
             for group in groups:
                 # quote(): Prefect would otherwise walk these (large) arguments on every task call.
                 results.append(run_group_task(quote(job), quote(group)))
@@ -105,9 +106,10 @@ def ingest_flow(
     show_progress: bool = True,
     parallelism: int = 1,
     run_id: str | None = None,
+    submit: bool = False,
 ) -> IngestSummary:
     job = IngestJob(Corpus(corpus_root).root, list(sources), settings, **({"run_id": run_id} if run_id else {}))
-    summary = run_job_in_flow(job, parallelism, None, show_progress)
+    summary = run_job_in_flow(job, parallelism, None, show_progress, submit)
     _publish_throughput(job.corpus_root, job.run_id)
     return summary
 
@@ -124,12 +126,13 @@ def annotate_flow(
     parallelism: int = 1,
     gpu_resource: str | None = None,
     run_id: str | None = None,
+    submit: bool = False,
 ) -> list[runner.RunSummary]:
     corpus = Corpus(corpus_root, create=False)
     jobs = annotate_jobs(corpus.root, stage_names, settings, where, batch_size, force, run_id)
     summaries: list[runner.RunSummary] = []
     for job in jobs:
-        summaries.extend(run_job_in_flow(job, parallelism, gpu_resource, show_progress))
+        summaries.extend(run_job_in_flow(job, parallelism, gpu_resource, show_progress, submit))
     for s in summaries:
         if s.unavailable:
             get_run_logger().warning("%s unavailable, its tracks got retryable errors rows: %s", s.stage, s.unavailable)

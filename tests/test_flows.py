@@ -71,5 +71,9 @@ def test_cli_end_to_end(prefect_server, tmp_path, test_stages, capsys):
     assert "prefect server start" in capsys.readouterr().err
     assert main(["annotate", "--stages", "nope", "--corpus", corpus]) == 2
     assert "unknown stage" in capsys.readouterr().err
+    assert main(["annotate", "--engine", "local", "--address", "tcp://127.0.0.1:8786", "--corpus", corpus]) == 2
+    assert "--address needs --engine dask" in capsys.readouterr().err
+    assert main(["annotate", "--engine", "dask", "--address", "tcp://127.0.0.1:9", "--stages", "test_level", "--corpus", corpus]) == 2
+    assert "no Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
     assert main(["annotate", "--stages", "test_level", "--set", "test_level.gain=loud", "--corpus", corpus]) == 2
     assert "gain" in capsys.readouterr().err
