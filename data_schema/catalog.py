@@ -21,14 +21,23 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import duckdb
 from songmill.data_schema.tables import SCHEMA_VERSION, TABLES
 from songmill.data_schema.views import MACROS, TableFiles, ViewSql, all_view_sql, literal, quote
 
-if TYPE_CHECKING:
-    from songmill.data_schema.store import Corpus
+
+class Corpus(Protocol):
+    """What the catalog needs of a corpus (data_schema.store.Corpus, which imports this module)."""
+
+    path: str
+    is_local: bool
+
+    @property
+    def catalog_path(self) -> str: ...
+
+    def table_files(self, table: str) -> TableFiles: ...
 
 ROOT_MACRO = "songmill_root"
 STATE_SUFFIX = ".json"
