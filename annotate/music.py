@@ -10,6 +10,8 @@ Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
    the onset functions' periodicity (autocorrelation comb at the candidate period) plus a
    log-normal tempo prior; the prior's centre and width and the evidence weight are fitted on the
    training half of the development set (benchmarks/devset), never on its test half.
+   A backbeat one level down (kick and snare taking turns on about equally strong positions
+   between and on the beats) doubles the level: the trackers followed half time.
 4. Metre: beats divided in three (onsets at the thirds of the beat) or two, and bars of two,
    three or four beats (kick-band accents and harmonic change per beat); 4/4, 3/4, 6/8, 12/8
    (and 9/8); downbeats at the bar phase with the strongest accents.
@@ -69,6 +71,11 @@ class MusicConfig(StageConfig):
     prior_width: float = 1.0
     salience_weight: float = 2.0
     keep_bonus: float = 0.5
+    # Double the beat when, one level down, positions are about even in strength (alternation
+    # below `backbeat_even_strength`) while kick and snare take turns on them by
+    # `backbeat_contrast` more than the strength alternates: a backbeat the trackers halved.
+    backbeat_even_strength: float = 0.45
+    backbeat_contrast: float = 0.0
     # Bars of three beats need this much more explained accent variance than bars of two or four.
     triple_margin: float = 0.05
     # Beats divide in three when onsets at a third of the beat beat those halfway by this much.
@@ -116,6 +123,15 @@ def tempo_and_beats(odfs: dict[str, np.ndarray], duration_s: float, config: Musi
     beats = tempo.beats_at_level(agreed, factor, odfs["superflux"], duration_s)
     if beats.shape[0] < 4:
         return none
+    evidence = tempo.backbeat_one_level_down(beats, odfs)
+    if (
+        evidence is not None
+        and 2 * 60.0 / tempo.regular_grid(beats)[0] <= config.max_bpm
+        and evidence[0] < config.backbeat_even_strength
+        and evidence[1] - evidence[0] > config.backbeat_contrast
+    ):
+        beats = tempo.beats_at_level(beats, 2.0, odfs["superflux"], duration_s)
+        factor *= 2
     period, _ = tempo.regular_grid(beats)
     ranked = sorted(scores.values(), reverse=True)
     margin = ranked[0] - ranked[1] if len(ranked) > 1 else 5.0

@@ -323,3 +323,34 @@ def bar_grouping(beats: np.ndarray, accents: np.ndarray, groups: tuple[int, ...]
         return 4, 0, {}
     group = max(best, key=lambda g: best[g][0])
     return group, best[group][1], {g: v[0] for g, v in best.items()}
+
+
+def _alternation(values: np.ndarray, window: int = 8) -> float:
+    """How strongly a per-position sequence alternates (even vs odd positions), in [0, 1]: median
+    over windows of |mean(even) - mean(odd)| / (mean(even) + mean(odd)) (windows: a skipped beat
+    flips the phase for the rest of the track)."""
+    n = (values.shape[0] // window) * window
+    if n == 0:
+        return 1.0
+    blocks = values[:n].reshape(-1, window)
+    even, odd = blocks[:, 0::2].mean(axis=1), blocks[:, 1::2].mean(axis=1)
+    return float(np.median(np.abs(even - odd) / (np.abs(even) + np.abs(odd) + 1e-9)))
+
+
+def backbeat_one_level_down(beats: np.ndarray, odfs: dict[str, np.ndarray]) -> tuple[float, float] | None:
+    """(strength alternation, kick/snare alternation) of the level twice as fast as `beats`;
+    None without drums to read. Kick and snare taking turns on about equally strong positions is
+    the signature of a backbeat: those positions are the beat, and the trackers followed half time."""
+    overall = float(odfs["superflux"].mean()) + 1e-9
+    if beats.shape[0] < 8 or float(odfs["low"].mean()) < 0.2 * overall or float(odfs["high"].mean()) < 0.3 * overall:
+        return None
+    finer = np.sort(np.concatenate([beats, beats[:-1] + np.diff(beats) / 2]))
+    low, high = _accent(odfs["low"], finer), _accent(odfs["high"], finer)
+    if low.mean() <= 1e-9 or high.mean() <= 1e-9:
+        return None
+    low, high = low / low.mean(), high / high.mean()
+    kickness = low / (low + high + 1e-9)
+    n = (kickness.shape[0] // 8) * 8
+    blocks = kickness[:n].reshape(-1, 8)
+    kick_snare = float(np.median(np.abs(blocks[:, 0::2].mean(axis=1) - blocks[:, 1::2].mean(axis=1))))
+    return _alternation(low + high), kick_snare
