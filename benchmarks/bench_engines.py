@@ -123,6 +123,13 @@ def main() -> None:
         for engine in engines:
             wall = timings[engine]
             print(f"{engine:14s} {wall:8.1f} {audio_s / wall:11.0f} {base / wall:8.2f}x {core_s[engine]:13.1f}  {same[engine]}")
+        for engine in engines:
+            if not same[engine]:  # say what differs: row counts, raw rows, or values
+                got = result_rows(roots[engine])
+                for table in reference:
+                    raw = Corpus(roots[engine]).sql(f"SELECT count(*) AS n FROM raw_{table}").column("n")[0].as_py()
+                    differing = sum(1 for a, b in zip(reference[table], got[table], strict=False) if a != b)
+                    print(f"  {engine} {table}: {len(got[table])} rows ({raw} raw) vs {len(reference[table])}, {differing} differ")
         if "prefect" in timings and "local" in timings:
             print(f"prefect overhead vs local: {100 * (timings['prefect'] / timings['local'] - 1):+.1f} %")
     finally:
