@@ -193,23 +193,29 @@ def baselines(root: str, scratch: str) -> dict[str, float]:
     return result
 
 
-COMPACT_PROBE = """
-import resource, sys, time
+PEAK = """
+def peak_mb():  # this process's own peak (ru_maxrss is inherited from the parent across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+COMPACT_PROBE = PEAK + """
+import sys, time
 from songmill.data_schema.store import Corpus
 corpus = Corpus(sys.argv[1], create=False)
 t0 = time.perf_counter()
 merged = corpus.compact(sys.argv[2])
-print(merged, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(merged, time.perf_counter() - t0, peak_mb())
 """
-HEAD_COMPACT_PROBE = """
-import resource, sys, time
+HEAD_COMPACT_PROBE = PEAK + """
+import sys, time
 import duckdb
 from songmill.data_schema.store import Corpus
 corpus = Corpus(sys.argv[1], create=False)
 t0 = time.perf_counter()
 con = duckdb.connect()
 table = con.execute("SELECT * FROM read_parquet(?, union_by_name = true)", [corpus.part_files(sys.argv[2])]).to_arrow_table()
-print(table.num_rows, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(table.num_rows, time.perf_counter() - t0, peak_mb())
 """
 
 
