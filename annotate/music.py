@@ -32,12 +32,11 @@ and the edma / bgate / krumhansl / temperley / shaath / braw profiles scored the
 lower). `benchmarks/bench_music_accuracy.py --devset DIR` (one run, both paths):
 
     held-out test half (93 excerpts)   acc1  acc2  beatF  key   MIREX  x realtime / core (CPU)
-    essentia multifeature + KeyExtr.   0.76  0.91  0.78   0.69  0.79    64x
-    this stage                         0.84  0.90  0.79   0.74  0.82   177x (3.5-min tracks: 125x)
+    essentia multifeature + KeyExtr.   0.76  0.91  0.78   0.69  0.79    71x
+    this stage                         0.86  0.91  0.80   0.74  0.82   220x (3.5-min tracks: 155x)
 
 Weak where it loses to essentia: 6/8 jigs without drums (the trackers follow the quarter note at
-3/2 of the dotted-quarter beat: acc1 0.50 vs 0.60), drum & bass and fast rock (halved: 0.90 vs
-0.95 on 140-180 BPM band renders; 0.75 vs 0.88 on the generator's tracks), downbeats (F 0.39).
+3/2 of the dotted-quarter beat: acc1 0.50 vs 0.60; key 0.85 vs 0.90), and downbeats (F 0.40).
 """
 
 from __future__ import annotations
