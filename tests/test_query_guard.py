@@ -11,7 +11,7 @@ import os
 import pytest
 from songmill.data_schema.store import utcnow
 from songmill.flows.cli import main
-from songmill.flows.query import QueryRefused, render_csv, render_json, run_query
+from songmill.flows.query import QueryFailed, QueryRefused, render_csv, render_json, run_query
 
 
 def _seed(corpus):
@@ -127,5 +127,5 @@ def test_cli_errors_are_one_line_without_traceback(seeded, capsys, tmp_path):
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
     assert main(["query", "SELECT 1", "--corpus", str(tmp_path / "nowhere")]) != 0
     assert capsys.readouterr().err.count("\n") == 1
-    with pytest.raises(Exception):  # --debug: the exception itself, for a traceback
+    with pytest.raises(QueryFailed, match="no_such_column"):  # --debug: the exception itself
         main(["query", "SELECT no_such_column FROM tracks", "--corpus", root, "--debug"])
