@@ -158,7 +158,8 @@ def load_demucs(name: str, model_dir: str | None = None):
             f"demucs model {name!r}: weights file(s) missing: " + "; ".join(missing)
             + f". Looked in {'separate.model_dir, ' if model_dir else ''}the torch hub cache and the "
             f"Hugging Face cache. Online, `python -c \"import demucs.pretrained as p; p.get_model('{name}')\"` "
-            "fills those caches; offline, copy the files there or into a folder named by separate.model_dir."
+            "fills those caches (for the default, `songmill models fetch htdemucs`); offline, copy the "
+            "files there or into a folder named by separate.model_dir."
         )
     return BagOfModels([load_file(p) for p in paths], bag.get("weights"), bag.get("segment"))
 

