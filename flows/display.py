@@ -18,12 +18,14 @@ def print_table(table: pa.Table, fmt: str = "table") -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
+        # Text, not str: rich would read lyrics' `[verse]` / `[instrumental]` tags as markup.
         out = Table(show_lines=False)
         for name in table.column_names:
-            out.add_column(name, overflow="fold")
+            out.add_column(Text(name), overflow="fold")
         for row in table.to_pylist():
-            out.add_row(*[_cell(v) for v in row.values()])
+            out.add_row(*[Text(_cell(v)) for v in row.values()])
         Console(width=max(120, Console().width)).print(out)
         print(f"({table.num_rows} rows)")
 

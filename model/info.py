@@ -35,9 +35,9 @@ def _text_encoder_params(cfg: TextEncoderConfig) -> int:
 
 def param_counts(preset_name: str) -> dict[str, Any]:
     """{part: {sub-part: count, ..., "total": n}, ..., "total": n, "trainable": n}."""
+    from songmill.model.adamos import ADaMoSConfig, ADaMoSHiFiGAN
     from songmill.model.dcae import MusicDCAE
     from songmill.model.dit import LinearDiT
-    from songmill.model.adamos import ADaMoSConfig, ADaMoSHiFiGAN
 
     cfg = preset(preset_name)
     with torch.device("meta"):
