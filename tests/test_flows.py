@@ -18,7 +18,8 @@ def test_stages(monkeypatch):
 
 
 def test_prefect_server_module_imports():
-    # fastapi >= 0.155 breaks prefect 3.8.8's server at import time (Body(min_items=...)).
+    # The pinned stack (pyproject: prefect 3.9.1, fastapi<0.151) must keep the server importable:
+    # fastapi >= 0.155 broke Prefect 3.8.8's server at import time (Body(min_items=...)).
     import prefect.server.api.server  # noqa: F401
 
 
