@@ -94,6 +94,16 @@ class Track:
             self._variants[key] = convert(samples, native_sr, sr)
         return self._variants[key], sr
 
+    def finite_audio(self, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+        """`audio()`, refusing empty or non-finite audio with a one-line error (the track's
+        errors row) before a model turns it into NaN scores."""
+        audio, sr = self.audio(sample_rate, mono)
+        if audio.size == 0:
+            raise ValueError("audio is empty")
+        if not np.all(np.isfinite(audio)):
+            raise ValueError("audio holds NaN or infinite samples")
+        return audio, sr
+
     def release_audio(self) -> None:
         self._native = None
         self._variants.clear()

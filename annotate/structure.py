@@ -311,11 +311,7 @@ class StructureStage(Stage):
 
     def process_track(self, track: Track) -> dict[str, Any]:
         cfg = self.config
-        audio, sr = track.audio(SAMPLE_RATE, mono=True)
-        if not np.all(np.isfinite(audio)):
-            raise ValueError("audio holds NaN or infinite samples")
-        if len(audio) == 0:
-            raise ValueError("audio is empty")
+        audio, sr = track.finite_audio(SAMPLE_RATE, mono=True)
         audio = np.ascontiguousarray(audio[: int(cfg.max_duration_s * sr)], np.float32)
         if cfg.backend == "model":
             self.setup()
