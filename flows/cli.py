@@ -16,7 +16,16 @@ from songmill.flows.query import QueryRefused
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
-PLUGIN_COMMANDS = {"lyrics": "songmill.flows.lyrics", "model": "songmill.flows.model_commands", "train": "songmill.flows.train_commands", "generate": "songmill.flows.train_commands", "models": "songmill.flows.models_commands", "status": "songmill.flows.corpus_commands", "report": "songmill.flows.corpus_commands", "captions": "songmill.flows.caption_commands"}
+PLUGIN_COMMANDS = {
+    "lyrics": "songmill.flows.lyrics",
+    "model": "songmill.flows.model_commands",
+    "train": "songmill.flows.train_commands",
+    "generate": "songmill.flows.train_commands",
+    "models": "songmill.flows.models_commands",
+    "status": "songmill.flows.corpus_commands",
+    "report": "songmill.flows.corpus_commands",
+    "captions": "songmill.flows.caption_commands",
+}
 
 
 def _common_parser() -> argparse.ArgumentParser:
