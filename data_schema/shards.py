@@ -11,8 +11,11 @@ changes under a reader), holding:
     repa.mhubert      (T50, 768)   mHuBERT-147 hidden states, 16 kHz input, 50 frames / s
     speaker           (512,)       x-vector of the vocals (zeros for instrumentals)
 
-and metadata (captions per style, REPA frame rates, which models made it). The `features` stage
-(annotate/features.py) writes shards; the trainer (train/data.py) reads them.
+and metadata (captions per style, REPA frame rates, which models made it, and for the lyrics
+`lyric_lines`, the transcript's timed lines as {"start", "end", "text"}, and `lyrics_untimed`,
+true when sung lyrics have no timestamps, so the trainer can slice lyrics to an audio crop). The
+`features` stage (annotate/features.py) writes shards; the trainer (train/data.py) reads them.
+Shards written before those two keys existed still read.
 """
 
 from __future__ import annotations
