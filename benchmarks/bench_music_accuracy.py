@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,6 +40,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_dsp import Timer  # noqa: E402  (benchmarks/ is on sys.path above)
 from songmill.annotate.audio import decode, to_mono_resampled  # noqa: E402
 from songmill.annotate.base import Track  # noqa: E402
 from songmill.annotate.key import PITCH_CLASSES, sharp_name  # noqa: E402
@@ -101,18 +101,6 @@ def mirex_key(tonic: str | None, mode: str | None, true_tonic: str, true_mode: s
 
 # --------------------------------------------------------------------------------------------
 # The two paths
-
-
-class Timer:
-    """Wall-clock and this process's CPU seconds (the per-core figure other load does not distort)."""
-
-    def __enter__(self) -> Timer:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
 
 
 def run_essentia(rows: list[dict]) -> tuple[list[dict], float, Timer]:
