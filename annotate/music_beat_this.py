@@ -58,11 +58,8 @@ def model_from_config(config: dict[str, Any]):
 def convert_checkpoint(checkpoint: str | Path, directory: str | Path, name: str = WEIGHTS_NAME) -> Path:
     """Lightning checkpoint ({'hyper_parameters', 'state_dict' with 'model.' keys}) -> a
     safetensors + json pair that `load_model` reads; returns the tensor file."""
-    import json
-
     import torch
-    from safetensors.torch import save_file
-    from songmill.model.weights import weight_paths
+    from songmill.model.weights import save_module
 
     blob = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "state_dict" not in blob or "hyper_parameters" not in blob:
@@ -76,18 +73,7 @@ def convert_checkpoint(checkpoint: str | Path, directory: str | Path, name: str 
     model.load_state_dict(state, strict=True)
     accepted = set(inspect.signature(_model_class()).parameters)
     config = {k: v for k, v in dict(blob["hyper_parameters"]).items() if k in accepted}
-    tensors_path, config_path = weight_paths(directory, name)
-    tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    # cloned: the rotary embedding's frequencies are one tensor shared by every attention layer,
-    # which safetensors refuses to write as aliases
-    tensors = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
-    tmp = tensors_path.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "name": name})
-    tmp.replace(tensors_path)
-    config_tmp = config_path.with_suffix(".json.tmp")
-    config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    config_tmp.replace(config_path)
-    return tensors_path
+    return save_module(model, config, directory, name)
 
 
 def load_model(directory: str | Path, name: str = WEIGHTS_NAME, device: str = "cpu"):

@@ -48,11 +48,22 @@ def save_module(
 
     tensors_path, config_path = weight_paths(directory, name)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in module.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        # safetensors refuses aliases (one tensor under several names, e.g. shared rotary
+        # frequencies): every name after the first gets its own copy.
+        if value.numel() and value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        state[key] = value
     tmp = tensors_path.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "name": name})
     tmp.replace(tensors_path)
-    config_path.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    config_tmp = config_path.with_suffix(".json.tmp")
+    config_tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    config_tmp.replace(config_path)
     return tensors_path
 
 
