@@ -25,6 +25,7 @@ PLUGIN_COMMANDS = {
     "status": "songmill.flows.corpus_commands",
     "report": "songmill.flows.corpus_commands",
     "captions": "songmill.flows.caption_commands",
+    "dedup": "songmill.flows.dedup_commands",
 }
 
 

@@ -11,8 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from conftest import rows
+from songmill.annotate import fingerprint as fingerprint_module
 from songmill.annotate.audio import resample
-from songmill.annotate.fingerprint import FingerprintConfig, FingerprintStage, cluster, write_index
+from songmill.annotate.fingerprint import (
+    FingerprintConfig,
+    FingerprintStage,
+    cluster,
+    index_keys,
+    update_index,
+    write_index,
+)
 from songmill.annotate.runner import run_stages
 from songmill.annotate.synth import render_track
 from songmill.flows.ingest import ingest
@@ -80,7 +88,7 @@ def test_copies_group_and_different_songs_do_not(indexed):
     for uri, _, canonical, similarity in got:
         canon_uri = rows(corpus, f"SELECT uri FROM tracks WHERE track_id = '{canonical}'")[0][0]
         assert canon_uri.endswith((f"/{family[uri]}.wav",))  # the lossless original is kept
-        assert 0.75 <= similarity <= 1.0
+        assert FingerprintConfig().threshold <= similarity <= 1.0
     manifest = dict(rows(corpus, "SELECT uri, dup_cluster FROM manifest"))
     assert manifest[os.path.abspath(families["c"][0])] is None
     assert len({manifest[os.path.abspath(p)] for p in families["a"]}) == 1
@@ -126,3 +134,58 @@ def test_index_rebuild_is_idempotent(indexed):
     write_index(corpus)
     assert rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1") == before
     assert rows(corpus, "SELECT count(DISTINCT index_id) FROM dup_clusters")[0][0] >= 2  # history kept
+
+
+def test_a_build_that_finds_no_clusters_hides_the_earlier_ones(indexed):
+    corpus, _ = indexed
+    assert rows(corpus, "SELECT count(*) FROM near_duplicates")[0][0] > 0
+    update_index(corpus, FingerprintConfig(threshold=1.01), full=True)  # nothing can match now
+    assert rows(corpus, "SELECT count(*) FROM near_duplicates")[0][0] == 0
+    assert rows(corpus, "SELECT count(*) FROM manifest WHERE dup_cluster IS NOT NULL")[0][0] == 0
+    update_index(corpus)  # the settings changed back: a full rebuild on its own
+    assert rows(corpus, "SELECT count(*) FROM near_duplicates")[0][0] > 0
+    assert rows(corpus, "SELECT mode FROM dup_index_builds ORDER BY index_id DESC LIMIT 1")[0][0] == "full"
+
+
+def test_new_fingerprints_join_the_clusters_without_reading_every_fingerprint(library, tmp_path, monkeypatch):
+    from songmill.data_schema.store import Corpus
+
+    folder, families = library
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    later = {families["a"][1], families["a"][4], families["b"][2]}  # two copies of a, one of b
+    for path in sum(families.values(), []):
+        os.symlink(path, (second if path in later else first) / os.path.basename(path))
+    corpus = Corpus(str(tmp_path / "corpus"))
+    ingest(corpus, [str(first)])
+    run_stages(corpus, [FingerprintStage()])
+    read: list[list[str] | None] = []
+    real_prints_of = fingerprint_module._prints_of
+
+    def recording_prints_of(corpus, track_ids, algorithm):
+        read.append(None if track_ids is None else list(track_ids))
+        return real_prints_of(corpus, track_ids, algorithm)
+
+    monkeypatch.setattr(fingerprint_module, "_prints_of", recording_prints_of)
+    ingest(corpus, [str(second)])
+    run_stages(corpus, [FingerprintStage()])  # after_run: an incremental build
+    assert rows(corpus, "SELECT mode, new_fingerprints FROM dup_index_builds ORDER BY index_id DESC LIMIT 1")[0] == ("incremental", 3)
+    assert None not in read  # never every fingerprint
+    c_id = rows(corpus, f"SELECT track_id FROM tracks WHERE uri LIKE '%{os.path.basename(families['c'][0])}'")[0][0]
+    assert all(c_id not in ids for ids in read)  # the unrelated song's fingerprint was not read
+    incremental = rows(corpus, "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1")
+    assert len(incremental) == len(families["a"]) + len(families["b"])
+    write_index(corpus)  # the full rebuild agrees
+    assert rows(corpus, "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1") == incremental
+
+
+def test_index_keys_do_not_depend_on_a_bit_pattern_a_track_may_lack():
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 2**32, 800, dtype=np.uint64).astype(np.uint32) | np.uint32(0x300)  # bits 8-9 always set
+    keys, positions = index_keys(values, FingerprintConfig())
+    assert 120 < keys.size < 280  # about 1/4 of the frames, like any other track
+    copy = values[37:]
+    copy_keys, copy_positions = index_keys(copy, FingerprintConfig())
+    assert set(copy_keys.tolist()) <= set(keys.tolist())  # a trimmed copy keeps the same keys
+    assert np.array_equal(copy_positions + 37, positions[positions >= 37])
