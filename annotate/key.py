@@ -29,14 +29,17 @@ def sharp_name(tonic: str) -> str:
 
 @dataclass
 class KeyConfig:
-    profile: str = "noland"
-    frame: int = 1024  # samples at the analysis rate: 93 ms at 11025 Hz
+    profile: str = "bgate"
+    frame: int = 2048  # samples at the analysis rate: 186 ms at 11025 Hz, no overlap
     hpcp_size: int = 36
-    harmonics: int = 0  # HPCP harmonic weighting (0: a peak counts for its own class only)
+    harmonics: int = 8  # HPCP harmonic weighting: a peak also counts for the classes it is a harmonic of
     polyphony: bool = False  # Key's polyphonic profiles (harmonics of the profile's notes)
     three_chords: bool = False  # Key's profile: tonic, dominant and subdominant triads
-    min_hz: float = 25.0
+    min_hz: float = 40.0
     max_hz: float = 3500.0
+    # key_confidence: the share of this many consecutive parts of the track whose own key is the
+    # track's key (a modulating or ambiguous track disagrees with itself).
+    confidence_parts: int = 4
     # Reference the HPCP to the measured tuning only when it is this far from 440 Hz.
     min_tuning_cents: float = 15.0
 
@@ -63,8 +66,8 @@ def estimate_tuning(y: np.ndarray, sr: int, min_hz: float = 40.0, max_hz: float 
     return float(440.0 * 2 ** (cents / 1200))
 
 
-def mean_hpcp(y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 440.0) -> np.ndarray:
-    """HPCP summed over the track's frames, normalised to max 1 (zeros for silence)."""
+def hpcp_frames(y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 440.0) -> np.ndarray:
+    """Per-frame HPCP (frames x hpcp_size, unnormalised; zeros where a frame has no peaks)."""
     es = essentia_standard()
     max_hz = min(config.max_hz, sr / 2 - 100)
     window = es.Windowing(type="blackmanharris62", size=config.frame)
@@ -74,15 +77,24 @@ def mean_hpcp(y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 4
     whiten = es.SpectralWhitening(sampleRate=sr, maxFrequency=max_hz)
     hpcp = es.HPCP(size=config.hpcp_size, sampleRate=sr, referenceFrequency=reference_hz,
                    harmonics=config.harmonics, bandPreset=True, minFrequency=config.min_hz,
-                   maxFrequency=max_hz, weightType="cosine", nonLinear=False, windowSize=1.0)
-    total = np.zeros(config.hpcp_size, np.float64)
+                   maxFrequency=max_hz, weightType="cosine", nonLinear=False, windowSize=1.0,
+                   normalized="none")  # loud frames weigh more: measured better than per-frame unit max
+    frames = []
     for frame in es.FrameGenerator(y, frameSize=config.frame, hopSize=config.frame, startFromZero=True):
         spec = spectrum(window(frame))
         freqs, mags = peaks(spec)
-        if freqs.shape[0]:
-            total += hpcp(freqs, whiten(spec, freqs, mags))
-    peak = float(total.max())
-    return (total / peak).astype(np.float32) if peak > 0 else total.astype(np.float32)
+        frames.append(hpcp(freqs, whiten(spec, freqs, mags)) if freqs.shape[0] else np.zeros(config.hpcp_size, np.float32))
+    return np.asarray(frames, np.float32).reshape(-1, config.hpcp_size)
+
+
+def mean_hpcp(y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 440.0) -> np.ndarray:
+    """HPCP summed over the track's frames, normalised to max 1 (zeros for silence)."""
+    return _normalised(hpcp_frames(y, sr, config, reference_hz).sum(axis=0))
+
+
+def _normalised(chroma: np.ndarray) -> np.ndarray:
+    peak = float(chroma.max()) if chroma.shape[0] else 0.0
+    return (chroma / peak).astype(np.float32) if peak > 0 else chroma.astype(np.float32)
 
 
 def key_of_chroma(chroma: np.ndarray, config: KeyConfig) -> dict[str, Any]:
@@ -90,20 +102,31 @@ def key_of_chroma(chroma: np.ndarray, config: KeyConfig) -> dict[str, Any]:
     es = essentia_standard()
     key = es.Key(profileType=config.profile, pcpSize=config.hpcp_size, usePolyphony=config.polyphony,
                  useThreeChords=config.three_chords)
-    tonic, mode, strength, margin = key(chroma.astype(np.float32))
+    tonic, mode, strength, margin = key(_normalised(chroma))
     tonic = sharp_name(tonic)
     return {"key_tonic": tonic, "key_mode": mode, "keyscale": f"{tonic} {mode}",
             "key_strength": float(strength), "key_margin": float(margin)}
 
 
-# Logistic calibration of key_confidence on (strength, margin), fitted on the development set's
-# training half (benchmarks/bench_music_accuracy.py --fit): P(key exactly right).
-KEY_CONFIDENCE_COEF = (0.472, 1.427, 0.301)
+# Logistic calibration of key_confidence on the self-agreement of the track's parts, fitted on
+# the development set's training half: P(key exactly right). Essentia's strength and margin
+# carried no information there (Brier no better than a constant).
+KEY_CONFIDENCE_COEF = (1.393, 1.236)
 
 
-def key_confidence(strength: float, margin: float, coef: tuple[float, float, float] = KEY_CONFIDENCE_COEF) -> float:
-    z = coef[0] + coef[1] * strength + coef[2] * margin
-    return float(1.0 / (1.0 + np.exp(-z)))
+def self_agreement(frames: np.ndarray, key: tuple[str, str], config: KeyConfig) -> float:
+    """Share of the track's `confidence_parts` consecutive parts whose own key is `key`."""
+    votes = [
+        (row["key_tonic"], row["key_mode"]) == key
+        for part in np.array_split(frames, config.confidence_parts)
+        if part.shape[0] and float(part.sum()) > 0
+        for row in (key_of_chroma(part.sum(axis=0), config),)
+    ]
+    return float(np.mean(votes)) if votes else 0.0
+
+
+def key_confidence(agreement: float, coef: tuple[float, float] = KEY_CONFIDENCE_COEF) -> float:
+    return float(1.0 / (1.0 + np.exp(-(coef[0] + coef[1] * agreement))))
 
 
 def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
@@ -117,10 +140,12 @@ def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
     # it that much); referencing the HPCP to it only flips borderline keys at random.
     if tuning_hz is not None and abs(1200 * np.log2(tuning_hz / 440.0)) >= config.min_tuning_cents:
         reference_hz = tuning_hz
-    chroma = mean_hpcp(y, sr, config, reference_hz)
+    frames = hpcp_frames(y, sr, config, reference_hz)
+    chroma = frames.sum(axis=0)
     if float(chroma.max()) <= 0:
         return {**empty, "tuning_hz": tuning_hz}
     row = key_of_chroma(chroma, config)
-    row["key_confidence"] = key_confidence(row["key_strength"], row.pop("key_margin"))
+    row.pop("key_margin")
+    row["key_confidence"] = key_confidence(self_agreement(frames, (row["key_tonic"], row["key_mode"]), config))
     row["tuning_hz"] = tuning_hz
     return row

@@ -81,9 +81,15 @@ class MusicConfig(StageConfig):
     compound_threshold: float = 0.1
     # Compound metres with a beat slower than this are written 12/8 (slow shuffles), else 6/8.
     twelve_eight_below_bpm: float = 80.0
-    key_profile: str = "noland"
-    key_frame: int = 1024
-    key_harmonics: int = 0
+    # A beat divided in two whose periodicity at 1.5 beats is at least `dotted_ratio` of that at
+    # the beat, with onsets halfway stronger than at the thirds by `dotted_halves` (relative to the
+    # beat's own): a compound metre tracked at the quarter note (the hemiola of 6/8). The beat
+    # becomes the dotted quarter (2/3 of the tracked rate).
+    dotted_ratio: float = 0.9
+    dotted_halves: float = 0.65
+    key_profile: str = "bgate"
+    key_frame: int = 2048
+    key_harmonics: int = 8
     # "dsp": the onset-function ensemble; "beat_this": Beat This (unavailable without weights);
     # "auto": Beat This when `beat_this_weights` holds its weights, else the ensemble.
     beat_backend: str = "auto"
@@ -96,6 +102,17 @@ class MusicConfig(StageConfig):
 
     def key_config(self) -> KeyConfig:
         return KeyConfig(profile=self.key_profile, frame=self.key_frame, harmonics=self.key_harmonics)
+
+
+def dotted_quarter_tracked(beats: np.ndarray, acf: np.ndarray, superflux: np.ndarray, config: MusicConfig) -> bool:
+    """True when the tracked beats look like a compound metre followed at the quarter note: each
+    beat splits in two (strong onsets halfway) and the music repeats as strongly at 1.5 beats."""
+    period, _ = tempo.regular_grid(beats)
+    at_beat = tempo.pulse_salience(acf, period, comb=False)
+    if at_beat <= 0 or not config.min_bpm <= 60.0 / (1.5 * period) <= config.max_bpm:
+        return False
+    dotted = tempo.pulse_salience(acf, 1.5 * period, comb=False)
+    return dotted >= config.dotted_ratio * at_beat and tempo.subdivision(beats, superflux) < -config.dotted_halves
 
 
 def _logistic(features: tuple[float, ...], coef: tuple[float, ...]) -> float:
@@ -131,6 +148,12 @@ def tempo_and_beats(odfs: dict[str, np.ndarray], duration_s: float, config: Musi
     ):
         beats = tempo.beats_at_level(beats, 2.0, odfs["superflux"], duration_s)
         factor *= 2
+    elif evidence is None and factor == 1.0 and dotted_quarter_tracked(agreed, acf, odfs["superflux"], config):
+        # Only without drums: a drum groove's syncopation (kicks 1.5 beats apart in drum & bass
+        # and 3-3-2 pop patterns) repeats at 1.5 beats too, and there the tracked beat is right.
+        dotted = tempo.beats_at_level(agreed, 2.0 / 3.0, odfs["superflux"], duration_s)
+        if dotted.shape[0] >= 4:
+            beats, factor = dotted, 2.0 / 3.0
     period, _ = tempo.regular_grid(beats)
     ranked = sorted(scores.values(), reverse=True)
     margin = ranked[0] - ranked[1] if len(ranked) > 1 else 5.0
@@ -215,7 +238,9 @@ class MusicStage(Stage):
     name = "music"
     # v2: onset-function ensemble with a fitted tempo prior, downbeats, 6/8 and 12/8, key profile
     # and confidences chosen on the real-composition development set, optional Beat This.
-    version = 2
+    # v3: key from a harmonic-weighted HPCP with the bgate profile, key_confidence from the
+    # agreement of the track's parts, 6/8 tracked at the quarter note moved to the dotted quarter.
+    version = 3
     table = "music"
     config_class = MusicConfig
 

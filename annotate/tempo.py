@@ -254,8 +254,8 @@ def choose_level(beats: np.ndarray, acf: np.ndarray, config: TempoConfig) -> tup
 def beats_at_level(beats: np.ndarray, factor: float, odf: np.ndarray, duration_s: float) -> np.ndarray:
     """Beats at `factor` times the tracked rate: the tracked beats themselves at 1, every other
     one (on the phase with the stronger onsets) at 1/2, the midpoints added at 2, and otherwise a
-    regular grid at the new period through the tracked phase, each point moved to the strongest
-    onset within 35 ms."""
+    regular grid at the new period through one of the first tracked beats, each point moved to
+    the strongest onset within 35 ms."""
     if factor == 1.0 or beats.shape[0] < 4:
         return beats
     if factor == 0.5:
@@ -263,16 +263,25 @@ def beats_at_level(beats: np.ndarray, factor: float, odf: np.ndarray, duration_s
         return even if _accent(odf, even).mean() >= _accent(odf, odd).mean() else odd
     if factor == 2.0:
         return np.sort(np.concatenate([beats, beats[:-1] + np.diff(beats) / 2]))
-    period, phase = regular_grid(beats)
-    period /= factor
-    first = phase - np.floor(phase / period) * period
-    grid = np.arange(first, duration_s, period)
+    tracked_period, phase = regular_grid(beats)
+    period = tracked_period / factor
     radius = int(round(0.035 * ODF_RATE))
-    idx = np.clip(np.round(grid * ODF_RATE).astype(np.int64), 0, odf.shape[0] - 1)
     offsets = np.arange(-radius, radius + 1)
-    windows = np.clip(idx[:, None] + offsets[None, :], 0, odf.shape[0] - 1)
-    snapped = windows[np.arange(windows.shape[0]), odf[windows].argmax(axis=1)]
-    return snapped / ODF_RATE
+    best, best_strength = np.zeros(0), -1.0
+    # The new grid meets a tracked beat every few beats, but not necessarily the first one: of the
+    # grids through tracked beats 0, 1 and 2, keep the one on the strongest onsets (6/8 tracked at
+    # the quarter note: only one of three puts the dotted-quarter beat on the bar line).
+    for k in range(3 if factor < 1.0 or factor == 1.5 else 1):
+        start = phase + k * tracked_period
+        first = start - np.floor(start / period) * period
+        grid = np.arange(first, duration_s, period)
+        idx = np.clip(np.round(grid * ODF_RATE).astype(np.int64), 0, odf.shape[0] - 1)
+        windows = np.clip(idx[:, None] + offsets[None, :], 0, odf.shape[0] - 1)
+        strength = odf[windows].max(axis=1)
+        if grid.shape[0] and float(strength.mean()) > best_strength:
+            best_strength = float(strength.mean())
+            best = windows[np.arange(windows.shape[0]), odf[windows].argmax(axis=1)]
+    return best / ODF_RATE
 
 
 def _accent(odf: np.ndarray, times: np.ndarray, radius: int = 3) -> np.ndarray:

@@ -15,11 +15,13 @@ from songmill.annotate.base import Track
 from songmill.annotate.key import KeyConfig, key_confidence, tuning_and_key
 from songmill.annotate.music import (
     ANALYSIS_SR,
+    LEVEL_ODFS,
     PITCH_CLASSES,
     MusicConfig,
     MusicStage,
     analyse,
     analysis_signal,
+    dotted_quarter_tracked,
     sharp_name,
 )
 from songmill.annotate.synth import render_track
@@ -165,17 +167,53 @@ def test_confidences_rank_clear_music_above_noise():
     noise = analyse((0.1 * rng.standard_normal(20 * ANALYSIS_SR)).astype(np.float32), MusicConfig())
     assert clear["bpm_confidence"] > noise["bpm_confidence"]
     assert clear["key_confidence"] > noise["key_confidence"]
-    assert key_confidence(0.9, 0.3) > key_confidence(0.3, 0.01)
+    assert key_confidence(1.0) > key_confidence(0.25)
+
+
+def cadences(tonic_midi: int, times: int, sr: int = ANALYSIS_SR) -> np.ndarray:
+    """I-IV-V-I in the major key on `tonic_midi`, as sine chords of 1.5 s, `times` times."""
+    t = np.arange(int(1.5 * sr)) / sr
+    chords = [tuple(tonic_midi + step for step in triad) for triad in ((0, 4, 7), (5, 9, 12), (7, 11, 14), (0, 4, 7))]
+    y = np.concatenate([sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in c) for c in chords * times])
+    return (0.2 * y).astype(np.float32)
 
 
 def test_key_of_a_plain_scale_and_cadence():
     """A I-IV-V-I cadence in D major as sine chords: the key module alone gets it."""
-    sr = ANALYSIS_SR
-    t = np.arange(int(1.5 * sr)) / sr
-    chords = ((62, 66, 69), (67, 71, 74), (69, 73, 76), (62, 66, 69))
-    y = np.concatenate([sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in c) for c in chords * 3])
-    row = tuning_and_key((0.2 * y).astype(np.float32), sr, KeyConfig())
+    row = tuning_and_key(cadences(62, 3), ANALYSIS_SR, KeyConfig())
     assert row["keyscale"] == "D major"
+
+
+def test_key_confidence_drops_when_the_track_changes_key():
+    steady = tuning_and_key(np.concatenate([cadences(62, 4), cadences(62, 2)]), ANALYSIS_SR, KeyConfig())
+    modulating = tuning_and_key(np.concatenate([cadences(62, 4), cadences(68, 2)]), ANALYSIS_SR, KeyConfig())
+    assert steady["keyscale"] == modulating["keyscale"] == "D major"
+    assert steady["key_confidence"] > modulating["key_confidence"]
+
+
+def eighth_note_onsets(pattern: tuple[float, ...], seconds: float = 24.0, eighth_s: float = 0.2) -> np.ndarray:
+    """An onset function at the analysis frame rate: a pulse every eighth note, with strengths
+    cycling through `pattern` (three values: 6/8's grouping; two: simple metre)."""
+    odf = np.zeros(int(seconds * tempo.ODF_RATE), np.float32)
+    for index, at in enumerate(np.arange(0.0, seconds - 0.1, eighth_s)):
+        odf[int(round(at * tempo.ODF_RATE))] = pattern[index % len(pattern)]
+    return odf
+
+
+def test_six_eight_tracked_at_the_quarter_note_moves_to_the_dotted_quarter():
+    quarters = np.arange(0.4, 23.5, 0.4)  # every other eighth, starting off the bar line
+    jig = eighth_note_onsets((1.0, 0.45, 0.7))
+    jig_acf = tempo.periodicity(jig)
+    assert dotted_quarter_tracked(quarters, jig_acf, jig, MusicConfig())
+    # the dotted-quarter grid lands on the strong eighths (every third), not on the quarter phase
+    dotted = tempo.beats_at_level(quarters, 2.0 / 3.0, jig, 24.0)
+    assert np.median(np.diff(dotted)) == pytest.approx(0.6, abs=0.02)
+    offset = np.abs(((dotted + 0.3) % 0.6) - 0.3)
+    assert np.median(offset) < 0.03
+    straight = eighth_note_onsets((1.0, 0.45))  # eighths in twos: the quarter is the beat
+    assert not dotted_quarter_tracked(quarters, tempo.periodicity(straight), straight, MusicConfig())
+    assert not dotted_quarter_tracked(quarters, jig_acf, jig, MusicConfig(dotted_ratio=2.0))
+    assert set(LEVEL_ODFS) <= set(tempo.ODF_NAMES)
 
 
 def test_stage_on_files_any_rate_and_channel_count(tmp_path):
