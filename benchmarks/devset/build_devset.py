@@ -21,7 +21,14 @@ band_slow (60-80 BPM ballads with drums), band_fast (140-180 BPM), triple (3/4 p
 waltz kit), compound (6/8 jigs and 12/8 shuffles, with and without drums), and full (3.5-minute
 band renders, for the speed figure).
 
-Needs: `pip install music21 mido` and `apt-get install fluidsynth fluid-soundfont-gm`. Installs
+The alt_* subsets (--alt-per-subset) are other pieces played differently: through other
+soundfonts (TimGM6mb, MuseScore General), with a human tempo (a random walk of the tempo from bar
+to bar, up to +-6 %, the beat truth integrated from the tempo map), a larger reverb and room noise
+mixed in at 15-30 dB SNR. They are drawn after all the other subsets, so adding them leaves the
+others unchanged; they were added after the stage's settings were chosen and never tuned on.
+
+Needs: `pip install music21 mido` and `apt-get install fluidsynth fluid-soundfont-gm`, and for
+the alt_* subsets `apt-get install timgm6mb-soundfont musescore-general-soundfont-small`. Installs
 nothing itself. Renders are cached: re-running with the same arguments skips finished files.
 
     .venv/bin/python benchmarks/devset/build_devset.py --out /tmp/songmill-devset [--per-subset 20]
@@ -42,6 +49,10 @@ from pathlib import Path
 import numpy as np
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+ALT_SOUNDFONTS = {
+    "timgm6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
+    "musescore": Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),
+}
 SR = 44100
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 DRUM_CHANNEL = 9
@@ -53,6 +64,28 @@ FINGER_BASS, PICK_BASS = 33, 34
 VIOLIN, VIOLA, CELLO, STRINGS, CHOIR = 40, 41, 42, 48, 52
 TRUMPET, TROMBONE, HORN, OBOE, CLARINET, BASSOON, FLUTE = 56, 57, 60, 68, 71, 70, 73
 ACCORDION, SYNTH_LEAD, PAD = 21, 81, 89
+
+
+@dataclass
+class Performance:
+    """How a render is played: soundfont, tempo drift, reverb and noise (defaults: the plain,
+    metronomic FluidR3 render of the original subsets)."""
+
+    soundfont: Path = SOUNDFONT
+    drift: float = 0.0  # s.d. of the bar-to-bar step of the log tempo
+    max_drift: float = 0.06  # the tempo stays within +-6 % of the drawn one
+    reverb_room: float | None = None  # fluidsynth's synth.reverb.room-size (None: its default)
+    snr_db: float | None = None  # room noise mixed in at this signal-to-noise ratio
+
+    def tempo_multipliers(self, n_beats: int, beats_per_bar: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Per-beat tempo factors: a smooth random walk over bars, constant within a bar."""
+        if self.drift <= 0:
+            return None
+        walk, value = [], 0.0
+        for _ in range(n_beats // max(beats_per_bar, 1) + 2):
+            value = float(np.clip(0.8 * value + rng.normal(0.0, self.drift), -self.max_drift, self.max_drift))
+            walk.append(value)
+        return np.exp(np.repeat(walk, max(beats_per_bar, 1))[: n_beats + beats_per_bar])
 
 
 def missing_tools() -> list[str]:
@@ -244,7 +277,9 @@ ENSEMBLES = {
 }
 
 
-def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str, seed: int) -> None:
+def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str, seed: int,
+               multipliers: np.ndarray | None = None) -> None:
+    """`multipliers`: tempo factor per beat (a tempo map), or None for one tempo throughout."""
     import mido
 
     rng = np.random.default_rng(seed)
@@ -277,8 +312,13 @@ def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str,
             start = int(round(q * ticks + rng.normal(0, 3)))
             events.append((max(start, 0), 1, mido.Message("note_on", channel=DRUM_CHANNEL, note=drum, velocity=velocity)))
             events.append((max(start, 0) + ticks // 8, 0, mido.Message("note_off", channel=DRUM_CHANNEL, note=drum, velocity=0)))
+    if multipliers is not None:  # order 0: a tempo change applies before the notes at its tick
+        for k, factor in enumerate(multipliers):
+            tick = int(round(k * piece.beat_ql * ticks))
+            events.append((tick, 0, mido.MetaMessage("set_tempo", tempo=int(round(60e6 / (quarter_bpm * factor))))))
+    else:
+        events.append((0, 0, mido.MetaMessage("set_tempo", tempo=int(round(60e6 / quarter_bpm)))))
     track = mido.MidiTrack()
-    track.append(mido.MetaMessage("set_tempo", tempo=int(round(60e6 / quarter_bpm)), time=0))
     now = 0
     for tick, _, message in sorted(events, key=lambda e: (e[0], e[1])):
         track.append(message.copy(time=tick - now))
@@ -287,14 +327,25 @@ def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str,
     midi.save(str(path))
 
 
-def beat_grid(piece: Piece, bpm: float, seconds: float) -> tuple[list[float], list[float]]:
-    """Beat and downbeat times (s) of the render, from the bar lines, within `seconds`."""
+def beat_grid(piece: Piece, bpm: float, seconds: float,
+              multipliers: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+    """Beat and downbeat times (s) of the render, from the bar lines, within `seconds`
+    (through the tempo map when the tempo drifts)."""
     seconds_per_ql = 60.0 / (bpm * piece.beat_ql)
+    if multipliers is not None:  # seconds at the start of each beat of the tempo map
+        starts = np.concatenate([[0.0], np.cumsum(piece.beat_ql * seconds_per_ql / multipliers)])
+
+    def at(q: float) -> float:
+        if multipliers is None:
+            return q * seconds_per_ql
+        k = min(int(np.floor(q / piece.beat_ql + 1e-9)), multipliers.shape[0] - 1)
+        return float(starts[k] + (q - k * piece.beat_ql) * seconds_per_ql / multipliers[k])
+
     beats, downbeats = [], []
     for start in sorted(piece.bar_starts_ql):
         for k in range(piece.beats_per_bar):
             q = start + k * piece.beat_ql
-            t = q * seconds_per_ql
+            t = at(q)
             if q < -1e-9 or q > piece.end_ql or t > seconds:
                 continue
             beats.append(round(t, 4))
@@ -312,36 +363,60 @@ def excerpt(piece: Piece, bpm: float, seconds: float) -> Piece:
                  piece.key_tonic, piece.key_mode, piece.n_voices)
 
 
-def render(piece: Piece, out: Path, bpm: float, ensemble: str, groove: str, seed: int, seconds: float) -> dict | None:
+def render(piece: Piece, out: Path, bpm: float, ensemble: str, groove: str, seed: int, seconds: float,
+           performance: Performance | None = None) -> dict | None:
     import soundfile as sf
 
+    performance = performance or Performance()
     flac = out.with_suffix(".flac")
+    rng = np.random.default_rng(seed + 1)
+    n_beats = int(np.ceil((seconds + 4.0) * bpm / 60.0 * 1.1)) + 4
+    multipliers = performance.tempo_multipliers(n_beats, piece.beats_per_bar, rng)
     if not flac.exists():
         with tempfile.TemporaryDirectory(prefix="devset-") as tmp:
             mid, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
-            write_midi(mid, excerpt(piece, bpm, seconds + 2.0), bpm, ensemble, groove, seed)
+            slowest = bpm * (1 - performance.max_drift) if multipliers is not None else bpm
+            write_midi(mid, excerpt(piece, slowest, seconds + 2.0), bpm, ensemble, groove, seed, multipliers)
+            reverb = [] if performance.reverb_room is None else [
+                "-o", f"synth.reverb.room-size={performance.reverb_room}", "-o", "synth.reverb.level=0.9"]
             subprocess.run(
-                ["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SR), "-F", str(wav), str(SOUNDFONT), str(mid)],
+                ["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SR), *reverb, "-F", str(wav),
+                 str(performance.soundfont), str(mid)],
                 check=True, capture_output=True, timeout=600,
             )
             audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
             audio = audio[: int(seconds * sr)]
             if audio.shape[0] < 10 * sr or float(np.abs(audio).max()) < 1e-4:
                 return None
+            if performance.snr_db is not None:
+                audio = audio + room_noise(audio, performance.snr_db, rng)
             audio *= 0.9 / float(np.abs(audio).max())
             tmp_flac = flac.with_suffix(".tmp.flac")
             sf.write(str(tmp_flac), audio, sr, subtype="PCM_16")
             tmp_flac.replace(flac)  # atomic: a killed build leaves no half file under the name
     duration = float(__import__("soundfile").info(str(flac)).duration)
-    beats, downbeats = beat_grid(piece, bpm, duration)
+    beats, downbeats = beat_grid(piece, bpm, duration, multipliers)
     if len(beats) < 8:
         return None
     signature = f"{piece.numerator}/{piece.denominator}"
+    if multipliers is not None:  # the felt tempo of a drifting render: its median beat rate
+        bpm = 60.0 / float(np.median(np.diff(beats)))
     return {
         "path": str(flac), "bpm": round(bpm, 3), "beats": beats, "downbeats": downbeats,
         "time_signature": signature, "key_tonic": piece.key_tonic, "key_mode": piece.key_mode,
         "ensemble": ensemble, "groove": groove, "piece": piece.name, "duration_s": round(duration, 3),
     }
+
+
+def room_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Pink-ish noise (white noise through a one-pole low-pass) at `snr_db` below the render."""
+    from scipy.signal import lfilter
+
+    white = rng.standard_normal(audio.shape).astype(np.float32)
+    pink = lfilter([1.0], [1.0, -0.97], white, axis=0)
+    signal_rms = float(np.sqrt(np.mean(audio**2))) + 1e-12
+    noise_rms = float(np.sqrt(np.mean(pink**2))) + 1e-12
+    return (pink * (signal_rms / noise_rms) * 10 ** (-snr_db / 20)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,12 +490,33 @@ def subset_plan(n: int) -> list[tuple[str, str, object, tuple[float, float], lis
     ]
 
 
+def alt_plan() -> list[tuple[str, str, object, tuple[float, float], list[str], list[str], Performance]]:
+    """(subset, source pool, accept, BPM range, ensembles, grooves, performance) of the alt_* subsets."""
+    four = lambda p: (p.numerator, p.denominator) == (4, 4)  # noqa: E731
+    triple = lambda p: (p.numerator, p.denominator) == (3, 4)  # noqa: E731
+    jig = lambda p: (p.numerator, p.denominator) == (6, 8)  # noqa: E731
+
+    def played(soundfont: str) -> Performance:
+        return Performance(ALT_SOUNDFONTS[soundfont], drift=0.015, reverb_room=0.85, snr_db=None)
+
+    return [
+        ("alt_piano", "bach", four, (60, 120), ["piano"], ["none"], played("musescore")),
+        ("alt_chamber", "bach", four, (60, 110), ["strings", "winds", "brass", "choir_strings"], ["none"], played("musescore")),
+        ("alt_band", "bach", four, (85, 135), ["band", "band_keys"], ["rock"], played("timgm6mb")),
+        ("alt_band_fast", "bach", four, (140, 180), ["band", "band_keys"], ["fast"], played("musescore")),
+        ("alt_triple", "oneills", triple, (80, 160), ["folk", "folk_accordion", "piano"], ["none", "waltz"], played("timgm6mb")),
+        ("alt_compound", "ryans", jig, (70, 120), ["folk", "folk_accordion", "band"], ["none", "six-eight"], played("musescore")),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-subset", type=int, default=20, help="excerpts per subset row of the plan")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--full", type=int, default=4, help="3.5-minute band renders for the speed figure")
+    parser.add_argument("--alt-per-subset", type=int, default=12,
+                        help="excerpts per alt_* subset (other soundfonts, drifting tempo, reverb, noise; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     problems = missing_tools()
@@ -467,6 +563,33 @@ def main(argv: list[str] | None = None) -> int:
         if row is not None:
             row["subset"] = "full"
             labels.append(row)
+    # Other pieces, other soundfonts, a human tempo, reverb and room noise: drawn last, so the
+    # subsets above come out the same with or without them.
+    alt = alt_plan() if args.alt_per_subset else []
+    missing = sorted({str(p.soundfont) for *_, p in alt if not p.soundfont.exists()})
+    if missing:
+        print("alt_* subsets skipped, missing " + ", ".join(missing) +
+              ": apt-get install timgm6mb-soundfont musescore-general-soundfont-small", file=sys.stderr)
+        alt = []
+    for subset, pool, accept, (lo, hi), ensembles, grooves, performance in alt:
+        pieces = pick(pools[pool], rng, args.alt_per_subset, accept, used, parsed)
+        folder = args.out / subset
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, piece in enumerate(pieces):
+            bpm = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            ensemble, groove = ensembles[index % len(ensembles)], grooves[index % len(grooves)]
+            seed = int(rng.integers(2**31))
+            snr = float(rng.uniform(15.0, 30.0))
+            played = Performance(performance.soundfont, performance.drift, performance.max_drift,
+                                 performance.reverb_room, snr)
+            row = render(piece, folder / f"{pool}_{index:03d}_{piece.name}", bpm, ensemble, groove, seed,
+                         args.seconds, played)
+            if row is not None:
+                row.update(subset=subset, soundfont=performance.soundfont.stem, snr_db=round(snr, 1))
+                labels.append(row)
+        print(f"{subset:<14} {pool:<9} {len(pieces)} pieces", flush=True)
+        memo_path.with_suffix(".tmp").write_bytes(pickle.dumps(parsed))
+        memo_path.with_suffix(".tmp").replace(memo_path)
     tmp = args.out / "labels.jsonl.tmp"
     tmp.write_text("".join(json.dumps(row) + "\n" for row in labels))
     tmp.replace(args.out / "labels.jsonl")
