@@ -48,8 +48,8 @@ class FingerprintConfig(StageConfig):
     algorithm: int = 2  # Chromaprint's default algorithm (CHROMAPRINT_ALGORITHM_TEST2)
     # Index settings: they decide the clusters, not the fingerprints, so they stay out of the
     # stage's config hash (changing one rebuilds the index, it does not re-fingerprint).
-    threshold: float = field(default=0.5, metadata=RUNTIME)  # min fraction of matching frames
-    match_bits: int = field(default=4, metadata=RUNTIME)  # a frame matches: <= this many bits differ
+    threshold: float = field(default=0.56, metadata=RUNTIME)  # min fraction of matching frames (tuned: bench)
+    match_bits: int = field(default=3, metadata=RUNTIME)  # a frame matches: <= this many bits differ
     min_overlap_s: float = field(default=20.0, metadata=RUNTIME)  # (or 60 % of the shorter track)
     max_offset_s: float = field(default=12.0, metadata=RUNTIME)  # trims / lead-ins up to this long
     key_bits: int = field(default=24, metadata=RUNTIME)  # index key: the values' top bits
@@ -154,10 +154,12 @@ class Postings:
         return Postings(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("key", "owner", "position")))
 
 
-def candidate_pairs(query: Postings, index: Postings, cfg: FingerprintConfig, chunk: int = 2_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(track a, track b, offset) candidates with a < b: a query posting and an index posting of
-    another track share a key; per pair the offset (a's position - b's position) with the most
-    shared keys, kept when those number >= min_shared. `index` must hold `query`'s postings too
+def candidate_pairs(
+    query: Postings, index: Postings, cfg: FingerprintConfig, frames_per_second: float = FRAMES_PER_SECOND, chunk: int = 2_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(track a, track b, offset, votes) candidates with a < b: a query posting and an index
+    posting of another track share a key; per pair the offset (a's position - b's position) with
+    the most shared keys (votes, counting the neighbouring offsets too), kept when >= min_shared. `index` must hold `query`'s postings too
     when pairs within the query are wanted (a full build passes the same postings twice)."""
     order = np.argsort(index.key, kind="stable")
     ikey, iown, ipos = index.key[order], index.owner[order], index.position[order]
@@ -166,13 +168,15 @@ def candidate_pairs(query: Postings, index: Postings, cfg: FingerprintConfig, ch
     ukey, first = np.unique(ikey, return_index=True)
     tracks_per_key = np.add.reduceat(distinct.astype(np.int64), first) if ukey.size else np.zeros(0, np.int64)
     common = ukey[tracks_per_key > cfg.max_bucket]
-    max_offset = int(cfg.max_offset_s * FRAMES_PER_SECOND)
+    max_offset = int(cfg.max_offset_s * frames_per_second)
     width = 2 * max_offset + 1
     n_tracks = int(max(index.owner.max(initial=-1), query.owner.max(initial=-1))) + 1
     in_query = np.zeros(n_tracks, bool)
     in_query[query.owner] = True
-    keep = ~np.isin(query.key, common)
-    qkey, qown, qpos = query.key[keep], query.owner[keep], query.position[keep]
+    qorder = np.argsort(query.key, kind="stable")  # sorted needles: searchsorted stays in cache
+    qkey, qown, qpos = query.key[qorder], query.owner[qorder], query.position[qorder]
+    keep = ~np.isin(qkey, common, assume_unique=False)
+    qkey, qown, qpos = qkey[keep], qown[keep], qpos[keep]
     lo, hi = np.searchsorted(ikey, qkey, "left"), np.searchsorted(ikey, qkey, "right")
     codes = []
     start = 0
@@ -193,7 +197,7 @@ def candidate_pairs(query: Postings, index: Postings, cfg: FingerprintConfig, ch
         codes.append((a[ok] * n_tracks + b[ok]) * width + (offset[ok] + max_offset))
         start = stop
     if not codes or not sum(c.size for c in codes):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     code, count = np.unique(np.concatenate(codes), return_counts=True)
     pair, offset = np.divmod(code, width)
     # a trim by a fraction of a frame spreads the hits over two neighbouring offsets: count both
@@ -205,7 +209,7 @@ def candidate_pairs(query: Postings, index: Postings, cfg: FingerprintConfig, ch
     first = np.r_[True, pair[1:] != pair[:-1]]
     chosen = first & (count >= cfg.min_shared)
     a, b = np.divmod(pair[chosen], n_tracks)
-    return a, b, offset[chosen]
+    return a, b, offset[chosen], count[chosen]
 
 
 def _count_at(code: np.ndarray, count: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -250,10 +254,10 @@ class Edges:
     candidates: int
 
 
-def find_edges(prints: Sequence[np.ndarray], query: Postings, index: Postings, cfg: FingerprintConfig) -> Edges:
-    """Scored candidate pairs that are copies; `prints[i]` is track number i's fingerprint (only
-    candidates' fingerprints are needed: the others may be empty)."""
-    a, b, offsets = candidate_pairs(query, index, cfg)
+def find_edges(prints: Sequence[np.ndarray], candidates: tuple[np.ndarray, ...], cfg: FingerprintConfig) -> Edges:
+    """The candidate pairs (candidate_pairs) that score as copies; `prints[i]` is track number
+    i's fingerprint (only candidates' fingerprints are needed: the others may be empty)."""
+    a, b, offsets, _ = candidates
     keep_a, keep_b, sims = [], [], []
     for i, j, off in zip(a.tolist(), b.tolist(), offsets.tolist(), strict=True):
         score = score_pair(prints[i], prints[j], off, cfg)
@@ -293,7 +297,7 @@ def union_clusters(n: int, edges: Edges, linked: Sequence[tuple[int, int]] = ())
 def cluster(track_ids: Sequence[str], prints: Sequence[np.ndarray], cfg: FingerprintConfig) -> Clusters:
     """Cluster fingerprints from scratch (all against all)."""
     postings = Postings.of(prints, range(len(prints)), cfg)
-    edges = find_edges(prints, postings, postings, cfg)
+    edges = find_edges(prints, candidate_pairs(postings, postings, cfg), cfg)
     best = np.zeros(len(track_ids))
     np.maximum.at(best, edges.a, edges.similarity)
     np.maximum.at(best, edges.b, edges.similarity)
@@ -389,12 +393,13 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
         np.asarray(stored.column("position").to_numpy(zero_copy_only=False), np.int64),
     )
     # candidates first, then only their stored fingerprints are read
-    a, b, _ = candidate_pairs(query_postings, query_postings + old_postings, cfg)
+    candidates = candidate_pairs(query_postings, query_postings + old_postings, cfg)
+    a, b = candidates[0], candidates[1]
     needed = sorted({(new_ids + old_ids)[i] for i in np.r_[a, b].tolist()} - set(new_ids))
     old_prints = _prints_of(corpus, needed, algorithm) if needed else {}
     empty = np.zeros(0, np.uint32)
     prints = [new_prints[t] for t in new_ids] + [old_prints.get(t, empty) for t in old_ids]
-    edges = find_edges(prints, query_postings, query_postings + old_postings, cfg)
+    edges = find_edges(prints, candidates, cfg)
     # merge with the last build's clusters
     previous = corpus.sql(
         "SELECT track_id, cluster_id, similarity FROM dup_clusters WHERE index_id = ?", [last["index_id"]]
@@ -427,7 +432,7 @@ def _full_build(corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last:
     ids = sorted(by_id)
     prints = [by_id[t] for t in ids]
     postings = Postings.of(prints, range(len(ids)), cfg)
-    edges = find_edges(prints, postings, postings, cfg)
+    edges = find_edges(prints, candidate_pairs(postings, postings, cfg), cfg)
     best = np.zeros(len(ids))
     np.maximum.at(best, edges.a, edges.similarity)
     np.maximum.at(best, edges.b, edges.similarity)
