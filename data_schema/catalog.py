@@ -9,7 +9,9 @@ catalog ATTACHed to another database). So the catalog stays right when the corpu
 or mounted elsewhere. Snapshots and history files are named; the parts written since the last
 compaction are read through a glob, so a write needs a rebuild only when a table gets its first
 part (and compaction rebuilds it). Rebuilds are atomic (a new file renamed over the old one) and
-serialised by a lock; `songmill.duckdb.json` records what the catalog was built from.
+serialised by a lock; `songmill.duckdb.json` records what the catalog was built from (the file
+names of every table, the manifest snapshot, a signature of the view definitions), so songmill
+itself checks it with a directory listing and opens it instead of building views per call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,18 @@ from typing import Protocol
 
 import duckdb
 from songmill.data_schema.tables import SCHEMA_VERSION, TABLES
-from songmill.data_schema.views import MACROS, TableFiles, ViewSql, all_view_sql, literal, quote
+from songmill.data_schema.views import (
+    DERIVED_VIEWS,
+    MACROS,
+    MANIFEST_EXCLUDED_TABLES,
+    MANIFEST_JOINS,
+    VIEWS_VERSION,
+    TableFiles,
+    ViewSql,
+    all_view_sql,
+    literal,
+    quote,
+)
 
 
 class Corpus(Protocol):
@@ -38,6 +51,8 @@ class Corpus(Protocol):
     def catalog_path(self) -> str: ...
 
     def table_files(self, table: str) -> TableFiles: ...
+
+    def manifest_snapshot(self, files: dict[str, TableFiles] | None = None) -> str | None: ...
 
 ROOT_MACRO = "songmill_root"
 STATE_SUFFIX = ".json"
@@ -53,7 +68,11 @@ def _relative(corpus: Corpus, url: str) -> str:
     return f"{ROOT_MACRO}() || {literal('/' + rel)}"
 
 
-def catalog_views(corpus: Corpus, files: dict[str, TableFiles]) -> dict[str, str]:
+# Bump when the catalog's layout changes (how it spells files, its state file).
+CATALOG_FORMAT = 2
+
+
+def catalog_views(corpus: Corpus, files: dict[str, TableFiles], manifest_snapshot: str | None = None) -> dict[str, str]:
     """The SQL of every view as the catalog spells it (paths relative to the catalog)."""
 
     def spell(_table: str, urls: tuple[str, ...]) -> str:
@@ -62,7 +81,32 @@ def catalog_views(corpus: Corpus, files: dict[str, TableFiles]) -> dict[str, str
     def parts_glob(table: str) -> str:
         return f"{ROOT_MACRO}() || {literal('/' + table + '/part-*.parquet')}"
 
-    return all_view_sql(ViewSql(files, spell=spell, parts_glob=parts_glob))
+    return all_view_sql(ViewSql(files, spell=spell, parts_glob=parts_glob, manifest_snapshot=manifest_snapshot))
+
+
+def code_signature() -> str:
+    """What the views are made of besides the files: every table's schema and rule, the
+    manifest joins, derived views and macros (another songmill, or other tables registered)."""
+    parts = [f"{CATALOG_FORMAT}/{VIEWS_VERSION}/{SCHEMA_VERSION}"]
+    parts += [f"{n}:{s.schema}:{s.key}:{s.stage_table}" for n, s in TABLES.items()]
+    parts += [f"{j.name}:{j.sql}:{j.columns}" for j in MANIFEST_JOINS.values()]
+    parts += [f"{k}:{v}" for k, v in sorted(DERIVED_VIEWS.items())] + [f"{k}:{v}" for k, v in MACROS.items()]
+    parts += sorted(MANIFEST_EXCLUDED_TABLES)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def files_state(files: dict[str, TableFiles], manifest_snapshot: str | None) -> dict:
+    """What a catalog built from these files depends on: names, not contents (files are
+    immutable once renamed into place), and only whether a table has parts (read by a glob)."""
+    name = os.path.basename
+    return {
+        "code": code_signature(),
+        "tables": {
+            t: [name(f.snapshot) if f.snapshot else None, [name(h) for h in f.history], bool(f.parts)]
+            for t, f in files.items() if f.snapshot or f.history or f.parts
+        },
+        "manifest_snapshot": name(manifest_snapshot) if manifest_snapshot else None,
+    }
 
 
 def _state_path(corpus: Corpus) -> str:
@@ -98,7 +142,8 @@ def write_catalog(corpus: Corpus, retries: int = 3) -> str:
     with _lock(corpus):
         for attempt in range(retries):
             files = {name: corpus.table_files(name) for name in TABLES}
-            views = catalog_views(corpus, files)
+            snapshot = corpus.manifest_snapshot(files)
+            views = catalog_views(corpus, files, snapshot)
             try:
                 _write(corpus, views)
                 break
@@ -109,6 +154,7 @@ def write_catalog(corpus: Corpus, retries: int = 3) -> str:
             "schema_version": SCHEMA_VERSION,
             "signature": signature(views),
             "tables_with_parts": sorted(t for t, f in files.items() if f.parts),
+            "files": files_state(files, snapshot),
         }
         tmp = os.path.join(corpus.path, f".tmp-{uuid.uuid4().hex}.json")
         with open(tmp, "w") as f:
@@ -128,11 +174,13 @@ def _write(corpus: Corpus, views: dict[str, str]) -> None:
     try:
         con = duckdb.connect(tmp)
         try:
+            con.execute("BEGIN")  # one transaction: a commit (and fsync) per view costs 10x more
             con.execute(f"CREATE MACRO {ROOT_MACRO}() AS {ROOT_SQL}")
             for name, sql in views.items():
                 con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
             for macro, body in MACROS.items():
                 con.execute(f"CREATE MACRO {macro} AS {body}")
+            con.execute("COMMIT")
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -143,10 +191,30 @@ def _write(corpus: Corpus, views: dict[str, str]) -> None:
                 os.remove(debris)
 
 
-def ensure_catalog(corpus: Corpus, files: dict[str, TableFiles]) -> None:
-    """Rebuild the catalog when it is missing or was built from other files or views."""
-    if not corpus.is_local:
-        return
+def ensure_catalog(corpus: Corpus) -> str:
+    """The catalog's path, rebuilt first when it is missing or was built from other files or
+    other view definitions (checked by listing the table folders: no view is built)."""
+    files = {name: corpus.table_files(name) for name in TABLES}
     state = read_state(corpus)
-    if state.get("signature") != signature(catalog_views(corpus, files)) or not os.path.exists(corpus.catalog_path):
+    if state.get("files") != files_state(files, corpus.manifest_snapshot(files)) or not os.path.exists(corpus.catalog_path):
         write_catalog(corpus)
+    return corpus.catalog_path
+
+
+CATALOG_ALIAS = "songmill"
+
+
+def open_catalog(corpus: Corpus) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory connection with the catalog ATTACHed read-only as the default database
+    (not a connection to the file itself: DuckDB caches open databases per path in a process,
+    so a file replaced by a rebuild could be served from the old instance)."""
+    path = ensure_catalog(corpus)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"SET VARIABLE {ROOT_MACRO} = {literal(corpus.path)}")
+        con.execute(f"ATTACH {literal(path)} AS {CATALOG_ALIAS} (READ_ONLY)")
+        con.execute(f"USE {CATALOG_ALIAS}")
+    except BaseException:
+        con.close()
+        raise
+    return con

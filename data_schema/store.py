@@ -46,6 +46,10 @@ PART_GLOB = "part-*.parquet"
 MERGED_SUFFIX = "-merged.parquet"
 MERGED_FROM_KEY = "songmill.merged_from"
 LOCK_FILE = ".compact.lock"
+# The manifest snapshot: the joined current rows of every table, written after compaction.
+MANIFEST_DIR = "_manifest"
+MANIFEST_PREFIX = "manifest-"
+MANIFEST_OF_KEY = "songmill.manifest_of"
 TMP_PREFIX = ".tmp-"
 # Compaction runs under this DuckDB memory limit and spills to disk past it.
 COMPACT_MEMORY_LIMIT = "1GB"
@@ -80,6 +84,29 @@ def _sql_literal(text: str) -> str:
 def _hex_bound(i: int, n: int) -> str:
     """The i-th of n equal boundaries in the space of hex track ids (sha256 digests)."""
     return f"{(i * 16**8) // n:08x}"
+
+
+def _track_bucket(bucket: int, buckets: int) -> str:
+    """The SQL condition of one of `buckets` equal track_id ranges."""
+    if buckets == 1:
+        return "true"
+    lo, hi = _hex_bound(bucket, buckets), _hex_bound(bucket + 1, buckets)
+    return " AND ".join(
+        ([f"track_id >= {_sql_literal(lo)}"] if bucket > 0 else [])
+        + ([f"track_id < {_sql_literal(hi)}"] if bucket < buckets - 1 else [])
+    ) or "true"
+
+
+_MANIFEST_OF: dict[str, Any] = {}
+
+
+def _manifest_of(corpus: Corpus, path: str) -> Any:
+    """What a manifest snapshot was built from (its Parquet metadata; files never change)."""
+    if path not in _MANIFEST_OF:
+        with corpus.fs.open(path, "rb") as f:
+            meta = pq.read_metadata(f).metadata or {}
+        _MANIFEST_OF[path] = json.loads(meta.get(MANIFEST_OF_KEY.encode(), b"null"))
+    return _MANIFEST_OF[path]
 
 
 def new_run_id() -> str:
@@ -207,7 +234,7 @@ class Corpus:
         return self.url(dest)
 
     # -- compaction --------------------------------------------------------------------------
-    def compact(self, table: str, min_parts: int = 1, memory_limit: str = COMPACT_MEMORY_LIMIT) -> int:
+    def compact(self, table: str, min_parts: int = 1, memory_limit: str = COMPACT_MEMORY_LIMIT, manifest: bool = True) -> int:
         """Major compaction: a new `current-*` snapshot (old snapshot + parts, deduplicated,
         sorted by key) and the parts merged into one `history-*` file. Returns parts merged.
 
@@ -241,7 +268,9 @@ class Corpus:
             if files.snapshot and rule is not None:
                 self.fs.rm(files.snapshot)
             self.refresh_catalog()
-            return len(files.parts)
+        if manifest:
+            self.refresh_manifest_snapshot()
+        return len(files.parts)
 
     def merge_parts(self, table: str, memory_limit: str = COMPACT_MEMORY_LIMIT) -> int:
         """Minor compaction: many small parts -> one part (the snapshot is left alone)."""
@@ -267,6 +296,7 @@ class Corpus:
         """Compact when the rows since the snapshot reach `min_ratio` of it (so a table is
         rewritten a bounded number of times as it grows: amortised linear), or merge parts
         when they pile up past `max_parts` (cheap: the snapshot is not touched)."""
+        compacted = False
         for table in tables:
             sizes = self._file_sizes(table)
             parts = {p: n for p, n in sizes.items() if posixpath.basename(p).startswith(PART_PREFIX)}
@@ -274,9 +304,106 @@ class Corpus:
                 continue
             snapshot = sum(n for p, n in sizes.items() if posixpath.basename(p).startswith(CURRENT_PREFIX))
             if len(parts) >= MIN_COMPACT_PARTS and sum(parts.values()) >= min_ratio * snapshot:
-                self.compact(table)
+                compacted |= self.compact(table, manifest=False) > 0
             elif len(parts) > max_parts:
                 self.merge_parts(table)
+        if compacted:  # once per call, however many tables it compacted
+            self.refresh_manifest_snapshot()
+
+    # -- manifest snapshot -------------------------------------------------------------------
+    def manifest_dir(self) -> str:
+        return self._join(MANIFEST_DIR)
+
+    def manifest_snapshot(self, files: Mapping[str, TableFiles] | None = None) -> str | None:
+        """The manifest snapshot that is right for these table files (None: there is none, or
+        a table was compacted since it was written; the manifest is then joined in full)."""
+        from songmill.data_schema.tables import TABLES
+        from songmill.data_schema.views import manifest_signature, manifest_tokens
+
+        newest = self._newest_manifest_snapshot()
+        if newest is None:
+            return None
+        files = files if files is not None else {t: self.table_files(t) for t in TABLES}
+        built_from = _manifest_of(self, newest)
+        wanted = {"signature": manifest_signature(), "tables": manifest_tokens(dict(files))}
+        return self.url(newest) if built_from == wanted else None
+
+    def _newest_manifest_snapshot(self) -> str | None:
+        names = [p for p in self._list(MANIFEST_DIR) if posixpath.basename(p).startswith(MANIFEST_PREFIX)]
+        return names[-1] if names else None
+
+    def refresh_manifest_snapshot(self, memory_limit: str = COMPACT_MEMORY_LIMIT) -> str | None:
+        """Write the manifest snapshot: every table's snapshot and history joined once, sorted
+        by track_id, in track_id buckets (bounded memory). The manifest view then reads this one
+        file, joining again only the tracks that parts written since touch. Returns its path."""
+        from songmill.data_schema.tables import TABLES
+        from songmill.data_schema.views import (
+            TableFiles,
+            create_views,
+            dedup_rule,
+            manifest_signature,
+            manifest_sql,
+            manifest_tables,
+            manifest_tokens,
+        )
+
+        with self._compaction_lock(MANIFEST_DIR):
+            current = {t: self.table_files(t) for t in TABLES}
+            base = {t: TableFiles(f.snapshot, f.history, ()) for t, f in current.items()}
+            built_from = {"signature": manifest_signature(), "tables": manifest_tokens(base)}
+            newest = self._newest_manifest_snapshot()
+            if newest is not None and _manifest_of(self, newest) == built_from:
+                return newest  # nothing was compacted since
+            # what the join reads: each table's snapshot (its history where every row counts)
+            on_disk = 0
+            for t in manifest_tables():
+                sizes = self._file_sizes(t)
+                read = set(base[t].history) if dedup_rule(TABLES[t]) is None else {base[t].snapshot}
+                on_disk += sum(sizes.get(self._strip(u), 0) for u in read if u)
+            buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
+            name = f"{MANIFEST_PREFIX}{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}.parquet"
+            with self._bounded_connection(memory_limit) as con:
+                create_views(con, base)
+                schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
+                meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode()}
+                # the bucket's range on every joined source, not only on the left side
+                self._write_buckets(
+                    con, MANIFEST_DIR, name, schema.with_metadata(meta), buckets,
+                    lambda cond: f"SELECT * FROM ({manifest_sql(lambda src: f'(SELECT * FROM {src} WHERE {cond})')}) ORDER BY track_id",
+                )
+            for old in self._list(MANIFEST_DIR):
+                if posixpath.basename(old).startswith(MANIFEST_PREFIX) and posixpath.basename(old) != name:
+                    self.fs.rm(old)
+            self.refresh_catalog()
+            return self._join(MANIFEST_DIR, name)
+
+    def _write_buckets(self, con: duckdb.DuckDBPyConnection, folder: str, name: str, schema: pa.Schema, buckets: int, query: Any) -> None:
+        """Write `query(condition)` for each track_id bucket, in order, into `folder/name`
+        through a temporary file and an atomic rename."""
+        self.fs.makedirs(self._join(folder), exist_ok=True)
+        dest = self._join(folder, name)
+        local = dest if self.is_local else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
+        tmp = self._join(folder, TMP_PREFIX + name) if self.is_local else local
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            for bucket in range(buckets):
+                reader = con.sql(query(_track_bucket(bucket, buckets))).to_arrow_reader(ROW_GROUP_SIZE)
+                for batch in reader:
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_SIZE)
+            writer.close()
+            if self.is_local:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                self._rename(tmp, dest)
+            else:
+                remote_tmp = self._join(folder, TMP_PREFIX + name)
+                self.fs.put_file(local, remote_tmp)
+                self._rename(remote_tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if not self.is_local and os.path.exists(local):
+                os.remove(local)
 
     def _finish_merges(self, table: str) -> None:
         """Roll forward a merge that was killed before removing the files it replaced."""
@@ -303,6 +430,7 @@ class Corpus:
             con.execute(f"SET temp_directory = '{spill}'")
             con.execute("SET preserve_insertion_order = false")
             con.execute(f"SET threads = {COMPACT_THREADS}")
+            con.execute("SET enable_progress_bar = false")
             if not self.is_local:
                 con.register_filesystem(self.fs)
             yield con
@@ -417,6 +545,13 @@ class Corpus:
 
     # -- reads ------------------------------------------------------------------------------
     def _list(self, table: str) -> list[str]:
+        if self.is_local:  # a plain listing: fsspec's glob costs more than the query at times
+            folder = self._join(table)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return []
+            return sorted(os.path.join(folder, n) for n in names if n.endswith(".parquet") and not n.startswith("."))
         return sorted(self.fs.glob(self._join(table, "*.parquet")))
 
     def _file_sizes(self, table: str) -> dict[str, int]:
@@ -456,8 +591,20 @@ class Corpus:
         return self.url(self._join(table, PART_GLOB))
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with a view per table and the joined `manifest`."""
-        from songmill.data_schema.catalog import ensure_catalog
+        """A DuckDB connection with a view per table and the joined `manifest`: for a local
+        corpus the catalog `songmill.duckdb` (checked against a listing of the table folders,
+        rebuilt when stale), so a call builds no view; otherwise views built in memory."""
+        if self.is_local:
+            from songmill.data_schema.catalog import open_catalog
+
+            try:
+                return open_catalog(self)
+            except (OSError, duckdb.IOException, duckdb.PermissionException):
+                pass  # a read-only mount with a stale catalog: views in memory, as below
+        return self.connect_in_memory()
+
+    def connect_in_memory(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection with every view built for the files present now."""
         from songmill.data_schema.tables import TABLES
         from songmill.data_schema.views import create_views
 
@@ -465,9 +612,7 @@ class Corpus:
         con = duckdb.connect(":memory:")
         if not self.is_local:
             con.register_filesystem(self.fs)
-        create_views(con, files)
-        with contextlib.suppress(OSError):  # a read-only mount: the catalog stays as it is
-            ensure_catalog(self, files)
+        create_views(con, files, manifest_snapshot=self.manifest_snapshot(files))
         return con
 
     # -- catalog -----------------------------------------------------------------------------

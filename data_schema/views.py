@@ -128,16 +128,54 @@ def files_columns(urls: tuple[str, ...]) -> frozenset[str]:
 
 _TYPE_NAMES: dict[str, dict[str, str]] = {}
 
+_SIMPLE_TYPES = {
+    pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.binary(): "BLOB", pa.large_binary(): "BLOB",
+    pa.date32(): "DATE",
+}
+
+
+def duckdb_type(t: pa.DataType) -> str | None:
+    """DuckDB's name for an Arrow type (None: not one songmill's schemas use)."""
+    if t in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[t]
+    if pa.types.is_timestamp(t):
+        if t.tz is not None:
+            return "TIMESTAMP WITH TIME ZONE" if t.unit == "us" else None
+        return {"s": "TIMESTAMP_S", "ms": "TIMESTAMP_MS", "us": "TIMESTAMP", "ns": "TIMESTAMP_NS"}[t.unit]
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = duckdb_type(t.value_type)
+        return None if inner is None else f"{inner}[]"
+    if pa.types.is_struct(t):
+        fields = [(t.field(i).name, duckdb_type(t.field(i).type)) for i in range(t.num_fields)]
+        if any(ft is None for _, ft in fields):
+            return None
+        return "STRUCT(" + ", ".join(f"{quote(n)} {ft}" for n, ft in fields) + ")"
+    return None
+
 
 def duckdb_types(spec: TableSpec) -> dict[str, str]:
-    """Column -> DuckDB type name of a table's Arrow schema (cached)."""
+    """Column -> DuckDB type name of a table's Arrow schema (cached). Spelled from the Arrow
+    types directly: asking DuckDB (registering an empty Arrow table) imports pandas, half a
+    second of every CLI call."""
     key = f"{spec.name}:{spec.schema}"
     if key not in _TYPE_NAMES:
-        con = _types_connection()
-        con.register("empty", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
-        _TYPE_NAMES[key] = {row[0]: row[1] for row in con.execute("DESCRIBE empty").fetchall()}
-        con.unregister("empty")
+        names = {f.name: duckdb_type(f.type) for f in spec.schema}
+        if any(v is None for v in names.values()):
+            names = _types_from_duckdb(spec)
+        _TYPE_NAMES[key] = names  # type: ignore[assignment]
     return _TYPE_NAMES[key]
+
+
+def _types_from_duckdb(spec: TableSpec) -> dict[str, str]:
+    con = _types_connection()
+    con.register("empty", pa.table({f.name: pa.array([], f.type) for f in spec.schema}))
+    try:
+        return {row[0]: row[1] for row in con.execute("DESCRIBE empty").fetchall()}
+    finally:
+        con.unregister("empty")
 
 
 _TYPES_CON: list[duckdb.DuckDBPyConnection] = []
@@ -175,6 +213,10 @@ class ViewSql:
     # Reproducing an old manifest: table -> timestamp; rows written after it are left out, and
     # "current" is resolved over what remains (window functions over the raw rows: slow, exact).
     as_of: dict[str, str] | None = None
+    # A manifest snapshot built from exactly these tables' snapshots and history (checked by the
+    # caller: `manifest_snapshot_valid`): the manifest is then that file, with only the tracks
+    # that newer parts touch joined again.
+    manifest_snapshot: str | None = None
 
     def _read(self, table: str, urls: tuple[str, ...]) -> str:
         spec = TABLES[table]
@@ -231,6 +273,91 @@ class ViewSql:
         return current_sql(rule, snapshot, delta, empty_select(spec))
 
 
+    def manifest(self) -> str:
+        """The manifest: its snapshot where one is valid for these files, plus the tracks that
+        parts written since touch, joined again; the full join otherwise."""
+        if self.manifest_snapshot is None or self.as_of is not None:
+            return manifest_sql()
+        changed = []
+        for table in manifest_tables():
+            files = self.files.get(table)
+            if files is None or not files.parts:
+                continue
+            keys = self.changed_tracks(table)
+            if keys is None:  # a table whose new rows can change any track: join everything
+                return manifest_sql()
+            changed.append(keys)
+        snapshot = f"SELECT * FROM read_parquet({self.spell('_manifest', (self.manifest_snapshot,))})"
+        if not changed:
+            return snapshot
+        keys = " UNION ".join(f"({k})" for k in changed)
+        restrict = lambda source: f"(SELECT * FROM {source} SEMI JOIN _mkeys USING (track_id))"  # noqa: E731
+        return f"""WITH _mkeys AS MATERIALIZED (SELECT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
+    SELECT * FROM ({snapshot}) _m ANTI JOIN _mkeys USING (track_id)
+    UNION ALL BY NAME
+    SELECT * FROM ({manifest_sql(restrict)})"""
+
+    def changed_tracks(self, table: str) -> str | None:
+        """The track_ids whose manifest row the table's parts may change; None: any track's."""
+        spec = TABLES[table]
+        rule = dedup_rule(spec)
+        parts = self._parts(table)
+        if rule is None or parts is None or "track_id" not in spec.schema.names:
+            return None
+        if rule.partition == ("track_id",):
+            return f"SELECT track_id FROM ({parts})"
+        # Keyed by something else (sources by uri): the new row's track, and the track the key's
+        # current row named before (a path that now holds other audio leaves its old track).
+        snapshot = self.files[table].snapshot
+        if snapshot is None:
+            return f"SELECT track_id FROM ({parts})"
+        match = " AND ".join(f"(_s.{p}) IS NOT DISTINCT FROM (_p.{p})" for p in rule.partition)
+        return f"""SELECT track_id FROM ({parts}) UNION ALL
+            SELECT _s.track_id FROM ({self._read(table, (snapshot,))}) _s SEMI JOIN ({parts}) _p ON {match}"""
+
+
+def manifest_tables() -> list[str]:
+    """The tables the manifest reads: tracks, sources (its `uris`), the stage tables it joins
+    and every table named in a manifest join or a derived view."""
+    import re
+
+    text = " ".join([*(j.sql for j in MANIFEST_JOINS.values()), *DERIVED_VIEWS.values()])
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    return [
+        name for name, spec in TABLES.items()
+        if name in ("tracks", "sources") or (spec.stage_table and name not in MANIFEST_EXCLUDED_TABLES)
+        or name in words or f"raw_{name}" in words
+    ]
+
+
+# Bump when what a view means changes in a way the SQL text below does not show.
+VIEWS_VERSION = 1
+
+
+def manifest_signature() -> str:
+    """What a manifest snapshot's rows depend on besides the files: the manifest's SQL, the
+    derived views it may read, the schemas of its tables."""
+    import hashlib
+
+    parts = [str(VIEWS_VERSION), manifest_sql(), *sorted(DERIVED_VIEWS.items())]
+    parts += [f"{t}:{TABLES[t].schema}:{TABLES[t].key}" for t in manifest_tables()]
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def manifest_token(files: TableFiles, spec: TableSpec) -> list[str]:
+    """What of a table's files a manifest snapshot was built from: its snapshot where it has a
+    "current" rule (parts since are the delta), every history file where all rows count."""
+    import posixpath
+
+    if dedup_rule(spec) is None:
+        return [posixpath.basename(u) for u in files.history]
+    return [posixpath.basename(files.snapshot)] if files.snapshot else []
+
+
+def manifest_tokens(files: dict[str, TableFiles]) -> dict[str, list[str]]:
+    return {t: manifest_token(files.get(t, TableFiles()), TABLES[t]) for t in manifest_tables()}
+
+
 def time_column(spec: TableSpec) -> str | None:
     """The column saying when a row was written (what an "as of" cut compares)."""
     for name in ("created_at", "finished_at"):
@@ -269,12 +396,15 @@ def current_sql(rule: DedupRule, snapshot: str | None, delta: str | None, empty:
 
 
 def create_views(
-    con: duckdb.DuckDBPyConnection, files: dict[str, TableFiles] | CorpusFiles, as_of: dict[str, str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    files: dict[str, TableFiles] | CorpusFiles,
+    as_of: dict[str, str] | None = None,
+    manifest_snapshot: str | None = None,
 ) -> None:
     """Create every view on `con` for the given table files (or a corpus to list them from)."""
     if not isinstance(files, dict):
         files = {name: files.table_files(name) for name in TABLES}
-    for name, sql in all_view_sql(ViewSql(files, as_of=as_of)).items():
+    for name, sql in all_view_sql(ViewSql(files, as_of=as_of, manifest_snapshot=manifest_snapshot)).items():
         con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
     for signature, body in MACROS.items():
         con.execute(f"CREATE MACRO {signature} AS {body}")
@@ -297,7 +427,7 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
     out["stale"] = stale_sql()
     out.update(DERIVED_VIEWS)
-    out["manifest"] = manifest_sql()
+    out["manifest"] = v.manifest()
     return out
 
 
@@ -332,7 +462,10 @@ MACROS: dict[str, str] = {
 }
 
 
-def manifest_sql() -> str:
+def manifest_sql(restrict: Callable[[str], str] | None = None) -> str:
+    """The manifest as a join of every table's current rows; with `restrict`, each joined
+    source wrapped by it (only some tracks: the delta of a manifest snapshot)."""
+    wrap = restrict or (lambda source: source)
     taken = set(TABLES["tracks"].schema.names) | {"uris"}
     selects = ["t.*"]
     joins = []
@@ -346,12 +479,12 @@ def manifest_sql() -> str:
             out = f.name if f.name not in taken else f"{name}_{f.name}"
             taken.add(out)
             selects.append(f"{alias}.{quote(f.name)} AS {quote(out)}")
-        joins.append(f"LEFT JOIN {quote(name)} {alias} USING (track_id)")
+        joins.append(f"LEFT JOIN {wrap(quote(name))} {alias} USING (track_id)")
     for i, join in enumerate(MANIFEST_JOINS.values()):
         alias = f"j{i}"
         for col in join.columns:
             out = col if col not in taken else f"{join.name}_{col}"
             taken.add(out)
             selects.append(f"{alias}.{quote(col)} AS {quote(out)}")
-        joins.append(f"LEFT JOIN ({join.sql}) {alias} USING (track_id)")
-    return f"SELECT {', '.join(selects)} FROM tracks t {' '.join(joins)}"
+        joins.append(f"LEFT JOIN {wrap('(' + join.sql + ')')} {alias} USING (track_id)")
+    return f"SELECT {', '.join(selects)} FROM {wrap('tracks')} t {' '.join(joins)}"

@@ -7,6 +7,7 @@ import json
 import os
 import random
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from conftest import rows
@@ -113,3 +114,89 @@ def test_columns_added_after_old_files_read_as_null(corpus):
     assert rows(corpus, "SELECT track_id, bpm, keyscale, beats FROM music") == [("x", 90.0, None, None)]
     corpus.compact("music")
     assert rows(corpus, "SELECT track_id, bpm, keyscale FROM music") == [("x", 90.0, None)]
+
+
+# -- the manifest snapshot -------------------------------------------------------------------------
+def _tracks_and_stages(corpus, ids, version=1, bpm=100.0, run="r"):
+    corpus.write("tracks", [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0 + i, created_at=utcnow()) for i, t in enumerate(ids)])
+    corpus.write("sources", [dict(uri=f"/m/{t}.wav", size_bytes=1, mtime=1.0, track_id=t, status="ok", run_id=run, created_at=utcnow()) for t in ids])
+    corpus.write("qc", [dict(track_id=t, stage_version=1, config_hash="q", run_id=run, created_at=utcnow(), qc_pass=i % 3 > 0, qc_reasons=[]) for i, t in enumerate(ids)])
+    corpus.write("music", [_music(t, version, bpm + i, run) for i, t in enumerate(ids)])
+
+
+MANIFEST = "SELECT * FROM manifest ORDER BY track_id"
+
+
+def _manifest_now(corpus):
+    return rows(corpus, MANIFEST)
+
+
+def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeypatch):
+    _tracks_and_stages(corpus, [f"{i:02x}{'0' * 62}" for i in range(0, 256, 7)])
+    for table in ("tracks", "sources", "qc", "music"):
+        corpus.compact(table, manifest=False)
+    monkeypatch.setattr(store, "SNAPSHOT_BUCKET_BYTES", 30_000)  # a few track_id buckets
+    snapshot = corpus.refresh_manifest_snapshot()
+    monkeypatch.undo()
+    assert corpus.manifest_snapshot() is not None
+    assert pq.read_metadata(snapshot).num_rows == 37 and pq.read_metadata(snapshot).num_row_groups > 1  # buckets
+    ids = pq.read_table(snapshot, columns=["track_id"]).column("track_id").to_pylist()
+    assert ids == sorted(ids)
+    assert _manifest_now(corpus) == _window_design(corpus, MANIFEST)
+
+    some = [f"{i:02x}{'0' * 62}" for i in range(0, 256, 21)]
+    corpus.write("music", [_music(t, 2, 7.0, "newer") for t in some])  # reprocessed by a newer version
+    corpus.write("qc", [dict(track_id=some[0], stage_version=1, config_hash="q", run_id="again", created_at=utcnow(), qc_pass=False, qc_reasons=["x"])])
+    _tracks_and_stages(corpus, ["ff" * 32], run="new track")
+    moved = some[1]  # a path that now holds other audio: its old track loses the path
+    corpus.write("sources", [dict(uri=f"/m/{some[2]}.wav", size_bytes=2, mtime=2.0, track_id=moved, status="ok", run_id="moved", created_at=utcnow())])
+    with_parts = _manifest_now(corpus)
+    assert with_parts == _window_design(corpus, MANIFEST)
+    by_id = {r[0]: r for r in rows(corpus, "SELECT track_id, bpm, uris FROM manifest")}
+    assert by_id[some[0]][1] == 7.0 and sorted(by_id[moved][2]) == sorted([f"/m/{moved}.wav", f"/m/{some[2]}.wav"])
+    # the catalog (what plain DuckDB opens) reads the snapshot too and agrees
+    con = duckdb.connect(corpus.catalog_path, read_only=True)
+    try:
+        definition = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'manifest'").fetchall()[0][0]
+        assert "_manifest/manifest-" in definition
+        assert con.execute(MANIFEST).fetchall() == with_parts
+    finally:
+        con.close()
+
+    monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
+    corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=0)  # one new manifest snapshot for all
+    assert corpus.manifest_snapshot() is not None and not corpus.table_files("qc").parts
+    assert _manifest_now(corpus) == with_parts
+
+
+def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus):
+    _tracks_and_stages(corpus, ["a", "b", "c"])
+    corpus.compact("music")  # writes a manifest snapshot
+    first = corpus.manifest_snapshot()
+    assert first is not None
+    corpus.write("music", [_music("b", 1, 55.0, "later")])
+    corpus.compact("music", manifest=False)  # the snapshot no longer matches music's files
+    assert corpus.manifest_snapshot() is None
+    assert rows(corpus, "SELECT track_id, bpm FROM manifest ORDER BY 1") == [("a", 100.0), ("b", 55.0), ("c", 102.0)]
+    assert rows(corpus, "SELECT track_id, bpm FROM manifest ORDER BY 1") == _window_design(corpus, "SELECT track_id, bpm FROM manifest ORDER BY 1")
+
+
+def test_rows_of_a_table_that_can_change_any_track_are_joined_in_full(corpus):
+    _tracks_and_stages(corpus, ["a", "b"])
+    corpus.compact("music")
+    assert corpus.manifest_snapshot() is not None
+    corpus.write("dup_clusters", [dict(track_id=t, cluster_id="a", canonical_track_id="a", similarity=0.9, index_id="i1", created_at=utcnow()) for t in "ab"])
+    assert rows(corpus, "SELECT track_id, dup_cluster FROM manifest ORDER BY 1") == [("a", "a"), ("b", "a")]
+    corpus.write("dup_clusters", [dict(track_id="b", cluster_id="b", canonical_track_id="b", similarity=1.0, index_id="i2", created_at=utcnow())])
+    assert rows(corpus, "SELECT track_id, dup_cluster FROM manifest ORDER BY 1") == [("a", None), ("b", "b")]
+
+
+def test_duckdb_type_names_spelled_from_arrow_mean_what_duckdb_says():
+    from songmill.data_schema import views
+
+    con = duckdb.connect()
+    for spec in TABLES.values():
+        ours, theirs = views.duckdb_types(spec), views._types_from_duckdb(spec)
+        for column in ours:
+            same = con.execute(f"SELECT typeof(NULL::{ours[column]}) = typeof(NULL::{theirs[column]})").fetchall()[0][0]
+            assert same, (spec.name, column, ours[column], theirs[column])
