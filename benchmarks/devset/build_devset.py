@@ -342,11 +342,15 @@ def beat_grid(piece: Piece, bpm: float, seconds: float,
         return float(starts[k] + (q - k * piece.beat_ql) * seconds_per_ql / multipliers[k])
 
     beats, downbeats = [], []
-    for start in sorted(piece.bar_starts_ql):
+    bar_starts = sorted(piece.bar_starts_ql)
+    for index, start in enumerate(bar_starts):
+        # a short bar (a section's last, completed by the next pickup) ends at the next bar
+        # line: its beats must not run on past it, or two beat grids a fraction apart interleave
+        next_bar = bar_starts[index + 1] if index + 1 < len(bar_starts) else np.inf
         for k in range(piece.beats_per_bar):
             q = start + k * piece.beat_ql
             t = at(q)
-            if q < -1e-9 or q > piece.end_ql or t > seconds:
+            if q < -1e-9 or q > piece.end_ql or t > seconds or q > next_bar - 0.25 * piece.beat_ql:
                 continue
             beats.append(round(t, 4))
             if k == 0:
