@@ -137,14 +137,14 @@ class Postings:
 
     @classmethod
     def of(cls, prints: Sequence[np.ndarray], owners: Sequence[int], cfg: FingerprintConfig) -> Postings:
-        parts = [index_keys(p, cfg) for p in prints]
-        if not parts:
+        if not len(prints):
             return cls.empty()
-        return cls(
-            np.concatenate([k for k, _ in parts]),
-            np.concatenate([np.full(k.size, o, np.int64) for (k, _), o in zip(parts, owners, strict=True)]),
-            np.concatenate([p for _, p in parts]),
-        )
+        sizes = np.array([p.size for p in prints], np.int64)
+        values = np.concatenate([np.asarray(p, np.uint32) for p in prints])  # all at once: no per-track numpy calls
+        owner = np.repeat(np.asarray(owners, np.int64), sizes)
+        position = np.arange(values.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        key, chosen = index_keys(values, cfg)
+        return cls(key, owner[chosen], position[chosen])
 
     @classmethod
     def empty(cls) -> Postings:
@@ -163,6 +163,7 @@ def candidate_pairs(
     when pairs within the query are wanted (a full build passes the same postings twice)."""
     order = np.argsort(index.key, kind="stable")
     ikey, iown, ipos = index.key[order], index.owner[order], index.position[order]
+    same = query is index
     # bucket size in distinct tracks (a copy-rich recording repeats keys without being a tone)
     distinct = np.r_[True, (ikey[1:] != ikey[:-1]) | (iown[1:] != iown[:-1])] if ikey.size else np.zeros(0, bool)
     ukey, first = np.unique(ikey, return_index=True)
@@ -173,8 +174,11 @@ def candidate_pairs(
     n_tracks = int(max(index.owner.max(initial=-1), query.owner.max(initial=-1))) + 1
     in_query = np.zeros(n_tracks, bool)
     in_query[query.owner] = True
-    qorder = np.argsort(query.key, kind="stable")  # sorted needles: searchsorted stays in cache
-    qkey, qown, qpos = query.key[qorder], query.owner[qorder], query.position[qorder]
+    if same:
+        qkey, qown, qpos = ikey, iown, ipos
+    else:
+        qorder = np.argsort(query.key, kind="stable")  # sorted needles: searchsorted stays in cache
+        qkey, qown, qpos = query.key[qorder], query.owner[qorder], query.position[qorder]
     keep = ~np.isin(qkey, common, assume_unique=False)
     qkey, qown, qpos = qkey[keep], qown[keep], qpos[keep]
     lo, hi = np.searchsorted(ikey, qkey, "left"), np.searchsorted(ikey, qkey, "right")

@@ -78,8 +78,10 @@ def write_audio(path: str, data: np.ndarray, sr: int, **opts) -> None:
             f.write(data[i : i + sr])
 
 
-def transforms(audio: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, int, dict]]:
-    lead, tail = rng.uniform(1.0, 5.0), rng.uniform(1.0, 5.0)
+COPIES = ("mp3-128k.mp3", "vorbis.ogg", "opus.opus", "22k.flac", "48k.wav", "quiet.wav", "loud.wav", "mono.wav", "leadtrim.flac", "tailtrim.flac")
+
+
+def transforms(audio: np.ndarray, lead: float, tail: float) -> dict[str, tuple[np.ndarray, int, dict]]:
     mp3 = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": 0.6, "bitrate_mode": "CONSTANT"}
     return {
         "mp3-128k.mp3": (audio, SR, mp3),
@@ -95,15 +97,14 @@ def transforms(audio: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[n
     }
 
 
-def _with_copies(folder: str, rec: str, audio: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str]]:
-    files = []
-    for name, (data, sr, opts) in transforms(audio, rng).items():
-        path = os.path.join(folder, f"{rec}-{name}")
-        if not os.path.exists(path):
+def _with_copies(folder: str, rec: str, load_audio, rng: np.random.Generator) -> list[tuple[str, str]]:
+    lead, tail = rng.uniform(1.0, 5.0), rng.uniform(1.0, 5.0)
+    paths = [os.path.join(folder, f"{rec}-{name}") for name in COPIES]
+    if not all(os.path.exists(p) for p in paths):  # (rendered once, reused from the cache)
+        for path, (name, (data, sr, opts)) in zip(paths, transforms(load_audio(), lead, tail).items(), strict=True):
             write_audio(path + ".part", data, sr, **({"format": name.rsplit(".", 1)[1].upper()} | opts))
             os.replace(path + ".part", path)
-        files.append((path, rec))
-    return files
+    return [(p, rec) for p in paths]
 
 
 def build_set(folder: str, devset: str, songs: int, unrelated: int, seconds: float) -> list[tuple[str, str]]:
@@ -111,12 +112,14 @@ def build_set(folder: str, devset: str, songs: int, unrelated: int, seconds: flo
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     files = []
-    for n, path in enumerate(sorted(glob.glob(os.path.join(devset, "*", "*.flac")))):
+    def alt(path: str) -> bool:  # the alt_* subsets (other soundfonts, reverb, room noise): unrelated only
+        return os.path.basename(os.path.dirname(path)).startswith("alt_")
+
+    for n, path in enumerate(sorted(glob.glob(os.path.join(devset, "*", "*.flac")), key=lambda p: (alt(p), p))):
         rec = "dev-" + os.path.relpath(path, devset).replace("/", "_")[: -len(".flac")]
         files.append((path, rec))
-        if n % 2 == 0:
-            audio, sr = decode(path)
-            files += _with_copies(folder, rec, audio[: 60 * sr], rng)
+        if n % 2 == 0 and not alt(path):
+            files += _with_copies(folder, rec, lambda path=path: (lambda a, sr: a[: 60 * sr])(*decode(path)), rng)
     specs, rng = [], np.random.default_rng(0)
     for g in range((songs + unrelated + 2) // 3):  # an "artist": one style, tempo and key
         style, tonic = STYLES[g % len(STYLES)], PITCH_CLASSES[int(rng.integers(12))]
@@ -126,15 +129,12 @@ def build_set(folder: str, devset: str, songs: int, unrelated: int, seconds: flo
     for n, (style, tonic, mode, bpm, seed) in enumerate(specs[: songs + unrelated]):
         rec = f"syn{n:04d}"
         original = os.path.join(folder, f"{rec}.wav")
-        audio = None
         if not os.path.exists(original):
-            audio = render_track(bpm, tonic, mode, seconds, seed=seed, style=style)
-            write_audio(original, audio, SR)
+            write_audio(original + ".part", render_track(bpm, tonic, mode, seconds, seed=seed, style=style), SR, format="WAV")
+            os.replace(original + ".part", original)
         files.append((original, rec))
         if n < songs:
-            if audio is None:
-                audio, _ = decode(original)
-            files += _with_copies(folder, rec, audio, rng)
+            files += _with_copies(folder, rec, lambda original=original: decode(original)[0], rng)
     return files
 
 
@@ -471,14 +471,16 @@ def main() -> None:
     parser.add_argument("--fingerprints", type=int, default=100_000)
     args = parser.parse_args()
     files = build_set(args.cache, args.devset, args.songs, args.unrelated, args.seconds)
-    cached = os.path.join(args.cache, f"prints-{len(files)}.pkl")
-    if os.path.exists(cached):
-        prints, marks = pickle.load(open(cached, "rb"))
-    else:
-        prints, marks, _ = fingerprint_files(files)
+    cached = os.path.join(args.cache, "prints.pkl")  # path -> (Chromaprint, landmarks)
+    known = pickle.load(open(cached, "rb")) if os.path.exists(cached) else {}
+    missing = [f for f in files if f[0] not in known]
+    if missing:
+        new_prints, new_marks, _ = fingerprint_files(missing)
+        known.update({p: (fp, lm) for (p, _), fp, lm in zip(missing, new_prints, new_marks, strict=True)})
         with open(cached + ".part", "wb") as f:
-            pickle.dump((prints, marks), f)
+            pickle.dump(known, f)
         os.replace(cached + ".part", cached)
+    prints, marks = [known[p][0] for p, _ in files], [known[p][1] for p, _ in files]
     report: dict = {}
     if args.part in ("accuracy", "all"):
         report["accuracy"] = accuracy(files, prints, marks)
