@@ -292,10 +292,37 @@ class ViewSql:
             return snapshot
         keys = " UNION ".join(f"({k})" for k in changed)
         restrict = lambda source: f"(SELECT * FROM {source} SEMI JOIN _mkeys USING (track_id))"  # noqa: E731
-        return f"""WITH _mkeys AS MATERIALIZED (SELECT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
+        # NOT MATERIALIZED: a materialised CTE stops DuckDB pruning columns anywhere in the query
+        # (count(*) would read every column of the snapshot); the keys come from small parts.
+        return f"""WITH _mkeys AS NOT MATERIALIZED (SELECT DISTINCT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
     SELECT * FROM ({snapshot}) _m ANTI JOIN _mkeys USING (track_id)
     UNION ALL BY NAME
     SELECT * FROM ({manifest_sql(restrict)})"""
+
+    def tracks(self) -> str:
+        """`tracks` with `uris`: the manifest snapshot's leading columns where it is valid (the
+        `uris` aggregate over every source path costs a second at millions of tracks), with the
+        tracks that newer tracks / sources parts touch joined again."""
+        joined = "SELECT * FROM _tracks_joined"
+        if self.manifest_snapshot is None or self.as_of is not None:
+            return joined
+        changed = []
+        for table in ("tracks", "sources"):
+            files = self.files.get(table)
+            if files is not None and files.parts:
+                keys = self.changed_tracks(table)
+                if keys is None:
+                    return joined
+                changed.append(keys)
+        columns = ", ".join(quote(c) for c in [*TABLES["tracks"].schema.names, "uris"])
+        snapshot = f"SELECT {columns} FROM read_parquet({self.spell('_manifest', (self.manifest_snapshot,))})"
+        if not changed:
+            return snapshot
+        keys = " UNION ".join(f"({k})" for k in changed)
+        return f"""WITH _tkeys AS NOT MATERIALIZED (SELECT DISTINCT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
+    SELECT * FROM ({snapshot}) _t ANTI JOIN _tkeys USING (track_id)
+    UNION ALL BY NAME
+    SELECT * FROM _tracks_joined SEMI JOIN _tkeys USING (track_id)"""
 
     def changed_tracks(self, table: str) -> str | None:
         """The track_ids whose manifest row the table's parts may change; None: any track's."""
@@ -421,10 +448,11 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
     out["_tracks_current"] = v.current("tracks")
     # `uris`: the list is built only for the few tracks seen under several paths (a list
     # aggregate over every source path costs seconds at millions of tracks).
-    out["tracks"] = """WITH ok AS (SELECT track_id, uri FROM sources WHERE status = 'ok' AND track_id IS NOT NULL),
+    out["_tracks_joined"] = """WITH ok AS (SELECT track_id, uri FROM sources WHERE status = 'ok' AND track_id IS NOT NULL),
         multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
         u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
+    out["tracks"] = v.tracks()
     out["stale"] = stale_sql()
     out.update(DERIVED_VIEWS)
     out["manifest"] = v.manifest()

@@ -58,7 +58,8 @@ def test_plain_duckdb_sees_songmill_rows_after_writes_compaction_and_a_move(tmp_
         assert _plain(catalog, sql, elsewhere) == _songmill(corpus, sql)
 
     _write(corpus, 3, offset=2, version=2)  # newer rows: no rebuild needed, the parts glob sees them
-    corpus.compact("qc")
+    corpus.compact("qc")  # also writes the manifest snapshot the catalog's manifest reads
+    assert corpus.manifest_snapshot() is not None
     _write(corpus, 2, offset=6)
     for sql in CHECKS:
         assert _plain(catalog, sql, elsewhere) == _songmill(corpus, sql)
@@ -68,6 +69,7 @@ def test_plain_duckdb_sees_songmill_rows_after_writes_compaction_and_a_move(tmp_
     shutil.move(str(tmp_path / "corpus"), moved)
     for sql in CHECKS:  # no songmill call in between: the catalog resolves against its folder
         assert _plain(str(moved / "songmill.duckdb"), sql, elsewhere) == _songmill(Corpus(moved), sql)
+    assert Corpus(moved).manifest_snapshot() is not None  # still the one to read after the move
 
 
 def test_catalog_is_rebuilt_when_it_is_missing_or_stale(tmp_path):
@@ -76,3 +78,19 @@ def test_catalog_is_rebuilt_when_it_is_missing_or_stale(tmp_path):
     os.remove(corpus.catalog_path)
     corpus.connect().close()  # any read puts it back
     assert _plain(corpus.catalog_path, "SELECT count(*) FROM tracks", tmp_path) == "[[2]]\n"
+
+
+def test_a_query_opens_the_catalog_as_it_is_and_imports_no_pandas(tmp_path):
+    corpus = Corpus(tmp_path / "c")
+    _write(corpus, 3)
+    corpus.connect().close()
+    built = os.stat(corpus.catalog_path).st_mtime_ns
+    code = ("import sys; from songmill.flows.cli import main; "
+            "rc = main(['query', 'SELECT count(*) AS n FROM manifest', '--corpus', sys.argv[1], '--format', 'csv']); "
+            "print('pandas' in sys.modules); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, corpus.path], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["n", "3", "False"]
+    assert os.stat(corpus.catalog_path).st_mtime_ns == built  # nothing changed: no rebuild
+    corpus.write("music", [dict(track_id="t0", stage_version=1, config_hash="m", run_id="r", created_at=utcnow(), bpm=99.0)])
+    assert os.stat(corpus.catalog_path).st_mtime_ns != built  # a table's first part: rebuilt
+    assert _plain(corpus.catalog_path, "SELECT bpm FROM manifest WHERE track_id = 't0'", tmp_path) == "[[99.0]]\n"

@@ -125,9 +125,11 @@ def _tracks_and_stages(corpus, ids, version=1, bpm=100.0, run="r"):
 
 
 MANIFEST = "SELECT * FROM manifest ORDER BY track_id"
+TRACKS = "SELECT * FROM tracks ORDER BY track_id"  # read from the manifest snapshot too
 
 
 def _manifest_now(corpus):
+    assert rows(corpus, TRACKS) == _window_design(corpus, TRACKS)
     return rows(corpus, MANIFEST)
 
 
