@@ -333,7 +333,23 @@ def accuracy(files: list[tuple[str, str]], prints: list[np.ndarray], marks: list
         fp = sum(f[method]["false_pairs"] for f in folds.values())
         fn = sum(f[method]["missed_pairs"] for f in folds.values())
         out[f"held_out_both_halves_{method}"] = {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "false_pairs": fp, "missed_pairs": fn}
+    out["index_cost_whole_set"] = index_cost(prints, marks)
     return out
+
+
+def index_cost(prints: list[np.ndarray], marks: list) -> dict:
+    """Index entries and CPU seconds of matching + scoring the whole set, per method."""
+    t0 = time.process_time()
+    chromaprint_scores(prints, FingerprintConfig())
+    t1 = time.process_time()
+    landmark_scores(marks)
+    t2 = time.process_time()
+    cfg = FingerprintConfig()
+    return {
+        "chromaprint_index_entries": int(Postings.of(prints, range(len(prints)), cfg).key.size),
+        "landmark_index_entries": int(sum(h.size for h, _ in marks)),
+        "chromaprint_match_cpu_s": t1 - t0, "landmark_match_cpu_s": t2 - t1,
+    }
 
 
 # -- clustering at scale ---------------------------------------------------------------------------
