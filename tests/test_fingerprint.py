@@ -189,3 +189,15 @@ def test_index_keys_do_not_depend_on_a_bit_pattern_a_track_may_lack():
     copy_keys, copy_positions = index_keys(copy, FingerprintConfig())
     assert set(copy_keys.tolist()) <= set(keys.tolist())  # a trimmed copy keeps the same keys
     assert np.array_equal(copy_positions + 37, positions[positions >= 37])
+
+
+def test_dedup_command_updates_and_rebuilds(indexed, capsys):
+    from songmill.flows.cli import main
+
+    corpus, _ = indexed
+    before = rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1")
+    assert main(["dedup", "--corpus", corpus.root]) == 0
+    assert capsys.readouterr().out.startswith("incremental index build")  # nothing new: clusters carried over
+    assert main(["dedup", "--full", "--corpus", corpus.root]) == 0
+    assert capsys.readouterr().out.startswith("full index build")
+    assert rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1") == before
