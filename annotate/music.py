@@ -107,6 +107,9 @@ class MusicConfig(StageConfig):
     key_profile: str = "bgate"
     key_frame: int = 2048
     key_harmonics: int = 8
+    # KeyExtractor's chroma takes over when the stage chroma's key correlation is below this share
+    # of its own (annotate/key.py; 0: stage chroma only).
+    key_fallback_ratio: float = 0.81
     # "dsp": the onset-function ensemble; "beat_this": Beat This (unavailable without weights);
     # "auto": Beat This when `beat_this_weights` holds its weights, else the ensemble.
     beat_backend: str = "auto"
@@ -118,7 +121,8 @@ class MusicConfig(StageConfig):
                            self.keep_bonus, comb=False)
 
     def key_config(self) -> KeyConfig:
-        return KeyConfig(profile=self.key_profile, frame=self.key_frame, harmonics=self.key_harmonics)
+        return KeyConfig(profile=self.key_profile, frame=self.key_frame, harmonics=self.key_harmonics,
+                         fallback_ratio=self.key_fallback_ratio)
 
 
 def dotted_quarter_tracked(beats: np.ndarray, acf: np.ndarray, superflux: np.ndarray, config: MusicConfig) -> bool:
@@ -261,7 +265,9 @@ class MusicStage(Stage):
     # and confidences chosen on the real-composition development set, optional Beat This.
     # v3: key from a harmonic-weighted HPCP with the bgate profile, key_confidence from the
     # agreement of the track's parts, 6/8 tracked at the quarter note moved to the dotted quarter.
-    version = 3
+    # v4: KeyExtractor's chroma as a fallback when the stage chroma's key is weak (other timbres),
+    # key_confidence refitted on the pooled training halves.
+    version = 4
     table = "music"
     config_class = MusicConfig
 

@@ -12,7 +12,14 @@ import soundfile as sf
 import soxr
 from songmill.annotate import tempo
 from songmill.annotate.base import Track
-from songmill.annotate.key import KeyConfig, key_confidence, tuning_and_key
+from songmill.annotate.key import (
+    KeyConfig,
+    hpcp_frames,
+    key_confidence,
+    key_of_chroma,
+    keyextractor_config,
+    tuning_and_key,
+)
 from songmill.annotate.music import (
     ANALYSIS_SR,
     LEVEL_ODFS,
@@ -189,6 +196,35 @@ def test_key_confidence_drops_when_the_track_changes_key():
     modulating = tuning_and_key(np.concatenate([cadences(62, 4), cadences(68, 2)]), ANALYSIS_SR, KeyConfig())
     assert steady["keyscale"] == modulating["keyscale"] == "D major"
     assert steady["key_confidence"] > modulating["key_confidence"]
+
+
+@pytest.mark.parametrize(("tonic", "mode", "style", "seed"), [("A#", "minor", "pop", 21), ("E", "major", "ballad", 22)])
+def test_fallback_chroma_is_keyextractors_at_the_stage_rate(tonic, mode, style, seed):
+    """KeyExtractor's chroma on the stage's 11025 Hz frames keys as essentia's KeyExtractor does
+    at 44.1 kHz (the fallback needs no second decode)."""
+    audio = render_track(110, tonic, mode, 12.0, seed=seed, style=style)
+    mono = np.ascontiguousarray(audio.mean(axis=1) if audio.ndim == 2 else audio, dtype=np.float32)
+    extracted = tempo.essentia_standard().KeyExtractor()(mono)
+    low_rate = analysis_signal(audio, SR)
+    fallback = keyextractor_config(KeyConfig())
+    row = key_of_chroma(hpcp_frames(low_rate, ANALYSIS_SR, fallback).sum(axis=0), fallback)
+    assert (row["key_tonic"], row["key_mode"]) == (sharp_name(extracted[0]), extracted[1]) == (tonic, mode)
+
+
+def test_key_falls_back_to_keyextractors_chroma_only_when_the_stage_chroma_is_weaker():
+    # F major, then D minor: the two chromas correlate with their best keys to clearly different
+    # degrees (about 0.64 against 0.75), so which one answered shows in key_strength
+    y = np.concatenate([cadences(65, 2), cadences(62, 1) * 0.5, cadences(57, 2)])
+    fallback = keyextractor_config(KeyConfig())
+    stage_key = key_of_chroma(hpcp_frames(y, ANALYSIS_SR, KeyConfig()).sum(axis=0), KeyConfig())
+    fallback_key = key_of_chroma(hpcp_frames(y, ANALYSIS_SR, fallback).sum(axis=0), fallback)
+    assert abs(stage_key["key_strength"] - fallback_key["key_strength"]) > 0.05
+    for ratio, expected in ((0.0, stage_key), (100.0, fallback_key),
+                            (0.99 * stage_key["key_strength"] / fallback_key["key_strength"], stage_key),
+                            (1.01 * stage_key["key_strength"] / fallback_key["key_strength"], fallback_key)):
+        row = tuning_and_key(y, ANALYSIS_SR, KeyConfig(fallback_ratio=ratio))
+        assert row["key_strength"] == pytest.approx(expected["key_strength"], abs=1e-6), ratio
+        assert row["keyscale"] == expected["keyscale"]
 
 
 def eighth_note_onsets(pattern: tuple[float, ...], seconds: float = 24.0, eighth_s: float = 0.2) -> np.ndarray:
