@@ -146,6 +146,8 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     assert ids == sorted(ids)
     assert _manifest_now(corpus) == _window_design(corpus, MANIFEST)
 
+    # tiny parts weigh as much as a tiny snapshot: let the delta path take any share here
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)
     some = [f"{i:02x}{'0' * 62}" for i in range(0, 256, 21)]
     corpus.write("music", [_music(t, 2, 7.0, "newer") for t in some])  # reprocessed by a newer version
     corpus.write("qc", [dict(track_id=some[0], stage_version=1, config_hash="q", run_id="again", created_at=utcnow(), qc_pass=False, qc_reasons=["x"])])
@@ -165,14 +167,22 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     finally:
         con.close()
 
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)  # any delta too large: joined in full
+    assert corpus.manifest_snapshot() is None and _manifest_now(corpus) == with_parts
+    assert "_manifest/manifest-" not in duckdb.connect(corpus.catalog_path, read_only=True).execute(
+        "SELECT sql FROM duckdb_views() WHERE view_name = 'manifest'").fetchall()[0][0]  # the catalog follows
+
     monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
     corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=0)  # one new manifest snapshot for all
     assert corpus.manifest_snapshot() is not None and not corpus.table_files("qc").parts
     assert _manifest_now(corpus) == with_parts
 
 
-def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus):
+def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus, monkeypatch):
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)  # tiny parts: any share is fine here
     _tracks_and_stages(corpus, ["a", "b", "c"])
+    for table in ("tracks", "sources", "qc"):
+        corpus.compact(table, manifest=False)
     corpus.compact("music")  # writes a manifest snapshot
     first = corpus.manifest_snapshot()
     assert first is not None
@@ -183,8 +193,11 @@ def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus)
     assert rows(corpus, "SELECT track_id, bpm FROM manifest ORDER BY 1") == _window_design(corpus, "SELECT track_id, bpm FROM manifest ORDER BY 1")
 
 
-def test_rows_of_a_table_that_can_change_any_track_are_joined_in_full(corpus):
+def test_rows_of_a_table_that_can_change_any_track_are_joined_in_full(corpus, monkeypatch):
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)
     _tracks_and_stages(corpus, ["a", "b"])
+    for table in ("tracks", "sources", "qc"):
+        corpus.compact(table, manifest=False)
     corpus.compact("music")
     assert corpus.manifest_snapshot() is not None
     corpus.write("dup_clusters", [dict(track_id=t, cluster_id="a", canonical_track_id="a", similarity=0.9, index_id="i1", created_at=utcnow()) for t in "ab"])
