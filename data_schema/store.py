@@ -398,9 +398,14 @@ class Corpus:
             self.refresh_catalog()
             return self._join(MANIFEST_DIR, name)
 
-    def _write_buckets(self, con: duckdb.DuckDBPyConnection, folder: str, name: str, schema: pa.Schema, buckets: int, query: Any) -> None:
-        """Write `query(condition)` for each track_id bucket, in order, into `folder/name`
-        through a temporary file and an atomic rename."""
+    def _write_buckets(
+        self, con: duckdb.DuckDBPyConnection, folder: str, name: str, schema: pa.Schema, buckets: int, query: Any,
+        condition: Any = None,
+    ) -> None:
+        """Write `query(condition)` for each bucket (track_id ranges unless `condition(bucket,
+        buckets)` says otherwise), in order, into `folder/name` through a temporary file and an
+        atomic rename."""
+        condition = condition or _track_bucket
         self.fs.makedirs(self._join(folder), exist_ok=True)
         dest = self._join(folder, name)
         local = dest if self.is_local else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
@@ -408,7 +413,7 @@ class Corpus:
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         try:
             for bucket in range(buckets):
-                reader = con.sql(query(_track_bucket(bucket, buckets))).to_arrow_reader(ROW_GROUP_SIZE)
+                reader = con.sql(query(condition(bucket, buckets))).to_arrow_reader(ROW_GROUP_SIZE)
                 for batch in reader:
                     writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_SIZE)
             writer.close()
@@ -470,46 +475,19 @@ class Corpus:
         inputs = [files.snapshot, *files.parts] if files.snapshot else list(files.parts)
         on_disk = sum(sizes.get(self._strip(u), 0) for u in inputs)
         buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
-        by_track = rule.partition == ("track_id",)
         order = ", ".join(rule.partition)
         columns = ", ".join(f'"{n}"' for n in spec.schema.names)
-        dest = self._join(table, name)
-        local = dest if self.is_local else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
-        tmp = self._join(table, TMP_PREFIX + name) if self.is_local else local
         meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), b"songmill.table": table.encode()}
-        writer = pq.ParquetWriter(tmp, spec.schema.with_metadata(meta), compression="zstd")
-        try:
-            for bucket in range(buckets):
-                if buckets == 1:
-                    cond = "true"
-                elif by_track:
-                    lo, hi = _hex_bound(bucket, buckets), _hex_bound(bucket + 1, buckets)
-                    cond = " AND ".join(
-                        ([f"track_id >= {_sql_literal(lo)}"] if bucket > 0 else [])
-                        + ([f"track_id < {_sql_literal(hi)}"] if bucket < buckets - 1 else [])
-                    )
-                else:
-                    cond = f"hash({order}) % {buckets} = {bucket}"
-                snapshot = f"SELECT * FROM ({views._read(table, (files.snapshot,))}) WHERE {cond}" if files.snapshot else None
-                delta = f"SELECT * FROM ({views._read(table, files.parts)}) WHERE {cond}"
-                sql = f"SELECT {columns} FROM ({current_sql(rule, snapshot, delta, '')}) ORDER BY {order}"
-                reader = con.sql(sql).to_arrow_reader(ROW_GROUP_SIZE)
-                for batch in reader:
-                    writer.write_table(pa.Table.from_batches([batch]).cast(spec.schema), row_group_size=ROW_GROUP_SIZE)
-            writer.close()
-            if self.is_local:
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                self._rename(tmp, dest)
-            else:
-                remote_tmp = self._join(table, TMP_PREFIX + name)
-                self.fs.put_file(local, remote_tmp)
-                self._rename(remote_tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if not self.is_local and os.path.exists(local):
-                os.remove(local)
+
+        def bucket_sql(cond: str) -> str:
+            snapshot = f"SELECT * FROM ({views._read(table, (files.snapshot,))}) WHERE {cond}" if files.snapshot else None
+            delta = f"SELECT * FROM ({views._read(table, files.parts)}) WHERE {cond}"
+            return f"SELECT {columns} FROM ({current_sql(rule, snapshot, delta, '')}) ORDER BY {order}"
+
+        by_hash = None if rule.partition == ("track_id",) else (
+            lambda bucket, n: "true" if n == 1 else f"hash({order}) % {n} = {bucket}"
+        )
+        self._write_buckets(con, table, name, spec.schema.with_metadata(meta), buckets, bucket_sql, by_hash)
 
     def _strip(self, url: str) -> str:
         return url if self.is_local else self.fs._strip_protocol(url)
