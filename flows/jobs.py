@@ -114,7 +114,8 @@ _MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 
 
 def tune_allocator() -> bool:
-    """Let glibc keep freed audio buffers for reuse, as it does by default, once per process.
+    """Let glibc keep freed audio buffers for reuse, as it does by default (once per process, on
+    its first task group).
 
     Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins the mmap
     threshold at 128 KiB: every decoded clip (megabytes) is then mmap'd, page-faulted and unmapped
@@ -148,7 +149,6 @@ def _full_config_key(config: StageConfig) -> str:
 
 def cached_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
     """This process's instance of a stage (built on first use, not yet set up)."""
-    tune_allocator()
     cls = _import_target(target)
     config = build_config(cls.config_class, name, table)
     key = (name, cls.version, _full_config_key(config), target, corpus_root)
@@ -240,6 +240,7 @@ class AnnotateJob(_DriverState):
 
     def run_group(self, group: AnnotateGroup, may_repeat: bool = False) -> GroupResult:
         started = time.perf_counter()
+        tune_allocator()
         corpus = Corpus(self.corpus_root, create=False)
         stages, unavailable = [], {}
         for name in self.stage_names:
@@ -329,6 +330,7 @@ class IngestJob(_DriverState):
 
     def run_group(self, group: list[list[FoundFile]], may_repeat: bool = False) -> GroupResult:
         started = time.perf_counter()
+        tune_allocator()
         corpus = Corpus(self.corpus_root)
         verify = self.config.verify
         summary = IngestSummary(self.run_id)
