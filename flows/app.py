@@ -86,9 +86,12 @@ def compact(corpus_root: str | None, tables: Sequence[str] | None = None) -> tup
     corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
     merged = {}
     for table in tables or list(TABLES):
-        n = corpus.compact(table)
+        # The manifest snapshot joins every table: write it once, after the last table.
+        n = corpus.compact(table, manifest=False)
         if n:
             merged[table] = n
+    if merged:
+        corpus.refresh_manifest_snapshot()
     return merged, corpus.clean_stale_temporaries()
 
 

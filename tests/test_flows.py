@@ -63,6 +63,8 @@ def test_cli_end_to_end(prefect_server, tmp_path, test_stages, capsys):
     parts_before = len(Corpus(corpus).part_files("test_level"))
     assert main(["compact", "--corpus", corpus, "--tables", "test_level"]) == 0
     assert parts_before > 1 and len(Corpus(corpus).part_files("test_level")) == 1
+    assert main(["compact", "--corpus", corpus]) == 0  # every table, then the manifest snapshot once
+    assert Corpus(corpus).manifest_snapshot() is not None
     assert main(["query", "SELECT count(*) AS n FROM test_level", "--corpus", corpus, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "3"
     from prefect.settings import PREFECT_API_URL, temporary_settings
