@@ -123,8 +123,8 @@ def read_state(corpus: Corpus) -> dict:
 
 def catalog_has_parts(corpus: Corpus, table: str) -> bool:
     """Whether the catalog already reads `table`'s parts (so a new part needs no rebuild)."""
-    state = read_state(corpus)
-    return table in state.get("tables_with_parts", ()) and os.path.exists(corpus.catalog_path)
+    tables = read_state(corpus).get("files", {}).get("tables", {})  # table -> [snapshot, history, has parts]
+    return table in tables and bool(tables[table][2]) and os.path.exists(corpus.catalog_path)
 
 
 @contextlib.contextmanager
@@ -150,21 +150,12 @@ def write_catalog(corpus: Corpus, retries: int = 3) -> str:
             except duckdb.IOException:  # a compaction removed a file between listing and binding
                 if attempt == retries - 1:
                     raise
-        state = {
-            "schema_version": SCHEMA_VERSION,
-            "signature": signature(views),
-            "tables_with_parts": sorted(t for t, f in files.items() if f.parts),
-            "files": files_state(files, snapshot),
-        }
+        state = {"schema_version": SCHEMA_VERSION, "files": files_state(files, snapshot)}
         tmp = os.path.join(corpus.path, f".tmp-{uuid.uuid4().hex}.json")
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, _state_path(corpus))
     return corpus.catalog_path
-
-
-def signature(views: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(views, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _write(corpus: Corpus, views: dict[str, str]) -> None:
