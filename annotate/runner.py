@@ -261,8 +261,7 @@ def drop_already_written(corpus: Corpus, plan: Plan) -> list[StageCounts]:
     ids = sorted(set().union(*(p.pending for p in plan.stages)) if plan.stages else set())
     durations = {r["track_id"]: float(r.get("duration_s") or 0.0) for b in plan.batches for r in b}
     earlier = []
-    con = corpus.connect()  # one connection for every query: building the views is the cost
-    try:
+    with corpus.connect() as con:  # one connection for every query: opening it is the cost
         for p in plan.stages:
             if not p.pending:
                 continue
@@ -276,8 +275,6 @@ def drop_already_written(corpus: Corpus, plan: Plan) -> list[StageCounts]:
             ).fetchall()} & p.pending - ok
             p.pending -= ok | failed
             earlier.append(StageCounts(p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)))
-    finally:
-        con.close()
     return earlier
 
 

@@ -280,8 +280,7 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
     """
     started = time.perf_counter()
     summary = IngestSummary(run_id)
-    con = corpus.connect()  # one connection for both questions: building the views is the cost
-    try:
+    with corpus.connect() as con:  # one connection for both questions: opening it is the cost
         seen = _seen_in_run(con, run_id, [f.uri for f in files])
         files = [f for f in files if f.uri not in seen]
         hashed: list[tuple[FoundFile, bytes | None, str | None, BaseException | None]] = []
@@ -293,8 +292,6 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
             except (OSError, ValueError, RuntimeError) as exc:
                 hashed.append((f, None, None, exc))
         known = known_track_ids(con, [h[2] for h in hashed if h[2]])
-    finally:
-        con.close()
     tracks, sources, errors = [], [], []
     for f, data, track_id, failure in hashed:
         now = utcnow()

@@ -14,7 +14,6 @@ a model loads once per worker process, not once per task.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import hashlib
 import importlib
@@ -125,13 +124,9 @@ def tune_allocator() -> bool:
     if _ALLOCATOR_TUNED:
         return False
     _ALLOCATOR_TUNED = True
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this interpreter is linked against
     except (OSError, AttributeError):
-        return False
-    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES))
 

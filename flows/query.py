@@ -226,15 +226,11 @@ def corpus_state(con: duckdb.DuckDBPyConnection, corpus: Corpus) -> dict[str, An
 def _ids_digest(path: str) -> str:
     """sha256 of the file's track ids in file order, joined by newlines (in DuckDB: a Python
     list of 600 k ids costs most of a second)."""
-    con = duckdb.connect(":memory:")
-    try:
-        digest = con.execute(
+    with duckdb.connect(":memory:") as con:
+        return con.execute(
             "SELECT sha256(coalesce(string_agg(track_id, chr(10) ORDER BY file_row_number), '')) "
             "FROM read_parquet(?, file_row_number = true)", [path]
         ).fetchall()[0][0]
-    finally:
-        con.close()
-    return digest
 
 
 def _copy(con: duckdb.DuckDBPyConnection, sql: str, out: str, meta: dict[str, Any]) -> str:
