@@ -166,15 +166,17 @@ def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
     if tuning_hz is not None and abs(1200 * np.log2(tuning_hz / 440.0)) >= config.min_tuning_cents:
         reference_hz = tuning_hz
     frames = hpcp_frames(y, sr, config, reference_hz)
-    if float(frames.sum(axis=0).max()) <= 0:
+    chroma = frames.sum(axis=0)
+    if float(chroma.max()) <= 0:
         return {**empty, "tuning_hz": tuning_hz}
-    row = key_of_chroma(frames.sum(axis=0), config)
+    row = key_of_chroma(chroma, config)
     used = config
     if config.fallback_ratio > 0:
         fallback = keyextractor_config(config)
         fallback_frames = hpcp_frames(y, sr, fallback, reference_hz)
-        if float(fallback_frames.sum(axis=0).max()) > 0:
-            other = key_of_chroma(fallback_frames.sum(axis=0), fallback)
+        fallback_chroma = fallback_frames.sum(axis=0)
+        if float(fallback_chroma.max()) > 0:
+            other = key_of_chroma(fallback_chroma, fallback)
             if row["key_strength"] < config.fallback_ratio * other["key_strength"]:
                 row, frames, used = other, fallback_frames, fallback
     row.pop("key_margin")
