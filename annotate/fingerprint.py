@@ -29,14 +29,12 @@ import ctypes.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
-
-if TYPE_CHECKING:
-    from songmill.data_schema.store import Corpus
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
 SAMPLE_RATE = 11025
 FRAMES_PER_SECOND = SAMPLE_RATE / 1365.0  # Chromaprint: 4096-sample frames, hop 4096/3
@@ -355,8 +353,6 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     or when an indexed fingerprint was replaced, from every fingerprint. Every build writes its
     whole cluster set and a `dup_index_builds` row (also when it finds no clusters, so the
     `near_duplicates` view never shows an earlier build's clusters)."""
-    from songmill.data_schema.store import new_run_id, utcnow
-
     cfg = cfg or FingerprintConfig()
     algorithm = _algorithm(cfg)
     last = _last_build(corpus)
@@ -369,16 +365,14 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     new = [r for r in state if r["fingerprint_run_id"] != r["run_id"]]
     replaced = any(r["fingerprint_run_id"] is not None for r in new)
     if full or last is None or last["settings"] != _settings(cfg) or replaced:
-        return _full_build(corpus, cfg, state, last, new_run_id, utcnow)
-    now = utcnow()
-    index_id = f"{now:%Y%m%dT%H%M%S%f}-{new_run_id()[-8:]}"
+        return _full_build(corpus, cfg, state, last)
+    now, index_id = _new_index_id()
     new_ids = sorted(r["track_id"] for r in new)
     new_prints = _prints_of(corpus, new_ids, algorithm) if new_ids else {}
     new_ids = [t for t in new_ids if t in new_prints]
     # the stored keys these fingerprints share (a scan of the keys lists only, not the prints)
     query_postings = Postings.of([new_prints[t] for t in new_ids], range(len(new_ids)), cfg)
-    con = corpus.connect()
-    try:
+    with corpus.connect() as con:
         con.register("query_keys", pa.table({"key": pa.array(np.unique(query_postings.key), pa.int64())}))
         stored = con.sql(
             """SELECT track_id, key, position FROM (
@@ -387,8 +381,6 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
                WHERE key IN (SELECT key FROM query_keys)""",
             params=[algorithm],
         ).to_arrow_table() if new_ids else pa.table({"track_id": pa.array([], pa.string()), "key": pa.array([], pa.int64()), "position": pa.array([], pa.int64())})
-    finally:
-        con.close()
     old_ids = sorted(set(stored.column("track_id").to_pylist()))
     number = {t: i for i, t in enumerate(new_ids + old_ids)}
     old_postings = Postings(
@@ -428,10 +420,15 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     return build
 
 
-def _full_build(corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last: dict | None, new_run_id, utcnow) -> IndexBuild:
-    algorithm = _algorithm(cfg)
+def _new_index_id() -> tuple[Any, str]:
+    """(now, an index id that sorts by time)."""
     now = utcnow()
-    index_id = f"{now:%Y%m%dT%H%M%S%f}-{new_run_id()[-8:]}"
+    return now, f"{now:%Y%m%dT%H%M%S%f}-{new_run_id()[-8:]}"
+
+
+def _full_build(corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last: dict | None) -> IndexBuild:
+    algorithm = _algorithm(cfg)
+    now, index_id = _new_index_id()
     by_id = _prints_of(corpus, None, algorithm)
     ids = sorted(by_id)
     prints = [by_id[t] for t in ids]
