@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,9 @@ class Stage:
     config_class: ClassVar[type[StageConfig]] = StageConfig
     # Tracks must have a current row in each of these tables before the stage runs on them.
     requires: ClassVar[tuple[str, ...]] = ()
+    # Modules the first track imports (lazily, to keep `songmill query` fast): a worker pool
+    # forked from a process that imported them shares them instead of paying per worker.
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: StageConfig | None = None, corpus: Corpus | None = None):
         self.config = config if config is not None else self.config_class()
@@ -132,6 +136,12 @@ class Stage:
 
     def setup(self) -> None:
         """Load weights / build models. Raise StageUnavailable with a how-to when it cannot."""
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """Import what setup and the first track would import, without setting anything up."""
+        for module in cls.warm_imports:
+            importlib.import_module(module)
 
     def process(self, tracks: Sequence[Track]) -> list[dict[str, Any] | BaseException]:
         """One result per track, in order: a row dict (stage columns only) or the exception."""

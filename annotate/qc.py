@@ -291,6 +291,7 @@ class QCStage(Stage):
     version = 1
     table = "qc"
     config_class = QCConfig
+    warm_imports = ("scipy.signal", "scipy.ndimage", "pyloudnorm.iirfilter")
 
     def process_track(self, track: Track) -> dict[str, Any]:
         samples, sr = track.audio()

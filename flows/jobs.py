@@ -81,12 +81,13 @@ class _DriverState:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_driver")}
 
 
-def group_by_weight(batches: list[list[Any]], weights: list[float], parallelism: int, min_weight: float, max_items: int) -> list[list[list[Any]]]:
-    """Consecutive batches grouped so that each group weighs >= `min_weight` (audio seconds),
-    lowered when needed so that `parallelism` workers get GROUPS_PER_WORKER groups each."""
-    total = sum(weights)
-    if parallelism > 1 and total > 0:
-        min_weight = min(min_weight, total / (parallelism * GROUPS_PER_WORKER))
+def _duration(row: dict[str, Any]) -> float:
+    return float(row.get("duration_s") or 0.0)
+
+
+def group_by_weight(batches: list[list[Any]], weights: list[float], min_weight: float, max_items: int) -> list[list[list[Any]]]:
+    """Consecutive batches grouped so that each group weighs >= `min_weight` and holds at most
+    `max_items` items (one process: few tasks, each carrying minutes of audio)."""
     groups: list[list[list[Any]]] = []
     weight = items = 0.0
     for batch, w in zip(batches, weights, strict=True):
@@ -97,6 +98,36 @@ def group_by_weight(batches: list[list[Any]], weights: list[float], parallelism:
         weight += w
         items += len(batch)
     return groups
+
+
+def even_batches(rows: list[Any], weights: list[float], n: int) -> list[list[Any]]:
+    """`rows` cut into at most `n` consecutive batches of nearly equal weight: each row goes to
+    the batch its weight's midpoint falls in (equal weights: sizes differ by at most one)."""
+    total = sum(weights)
+    if total <= 0:
+        weights, total = [1.0] * len(rows), float(len(rows))
+    n = max(1, min(n, len(rows)))
+    batches: list[list[Any]] = [[] for _ in range(n)]
+    before = 0.0
+    for row, w in zip(rows, weights, strict=True):
+        batches[min(n - 1, int((before + w / 2) / total * n))].append(row)
+        before += w
+    return [b for b in batches if b]
+
+
+def parallel_groups(rows: list[Any], weights: list[float], parallelism: int, batch_size: int) -> list[list[list[Any]]]:
+    """Groups for several workers that finish together: at least GROUPS_PER_WORKER per worker, a
+    multiple of `parallelism`, of nearly equal audio. Dask hands the next group to whichever
+    worker is free, so the run ends within about one group of its ideal; groups of unequal size
+    (a group of two batches beside groups of one) or one group too many leave a worker idle at the
+    end (160 tracks on two workers: three groups against two, a fifth of the run)."""
+    total = sum(weights)
+    n_groups = max(parallelism * GROUPS_PER_WORKER, math.ceil(total / TASK_MIN_AUDIO_S), math.ceil(len(rows) / TASK_MAX_TRACKS))
+    n_groups = parallelism * math.ceil(n_groups / parallelism)
+    # Each group is a whole number of equal batches, each batch at most `batch_size` tracks.
+    per_group = max(1, math.ceil(len(rows) / (n_groups * batch_size)))
+    batches = even_batches(rows, weights, n_groups * per_group)
+    return [batches[i : i + per_group] for i in range(0, len(batches), per_group)]
 
 
 # -- the per-process stage cache ---------------------------------------------------------------------
@@ -131,7 +162,7 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES))
 
 
-def _import_target(target: str) -> type[Stage]:
+def import_target(target: str) -> type[Stage]:
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -144,7 +175,7 @@ def _full_config_key(config: StageConfig) -> str:
 
 def cached_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
     """This process's instance of a stage (built on first use, not yet set up)."""
-    cls = _import_target(target)
+    cls = import_target(target)
     config = build_config(cls.config_class, name, table)
     key = (name, cls.version, _full_config_key(config), target, corpus_root)
     if key not in _STAGE_CACHE:
@@ -221,12 +252,12 @@ class AnnotateJob(_DriverState):
         self._driver_plan = runner.plan(corpus, self._stages(), self.where, self.batch_size, self.run_id, self.force)
         batches = self._driver_plan.batches
         if parallelism > 1:
-            # Smaller batches when there are few tracks, so every worker gets its share.
             rows = [r for b in batches for r in b]
-            size = max(1, min(self.batch_size, math.ceil(len(rows) / (parallelism * GROUPS_PER_WORKER))))
-            batches = self._driver_plan.batches = [rows[i : i + size] for i in range(0, len(rows), size)]
-        weights = [sum(float(r.get("duration_s") or 0.0) for r in b) for b in batches]
-        groups = group_by_weight(batches, weights, parallelism, TASK_MIN_AUDIO_S, TASK_MAX_TRACKS)
+            groups = parallel_groups(rows, [_duration(r) for r in rows], parallelism, self.batch_size)
+            self._driver_plan.batches = [b for g in groups for b in g]
+        else:
+            weights = [sum(_duration(r) for r in b) for b in batches]
+            groups = group_by_weight(batches, weights, TASK_MIN_AUDIO_S, TASK_MAX_TRACKS)
         return [AnnotateGroup(g, self._driver_plan.pending_in(g)) for g in groups]
 
     @property
@@ -275,7 +306,7 @@ def annotate_jobs(
     run_id = run_id or new_run_id()
     phases: list[tuple[str, list[str]]] = []
     for name in stage_names:
-        kind = "gpu" if getattr(_import_target(targets[name]), "resources", "cpu") == "gpu" else "cpu"
+        kind = "gpu" if getattr(import_target(targets[name]), "resources", "cpu") == "gpu" else "cpu"
         if phases and phases[-1][0] == kind:
             phases[-1][1].append(name)
         else:
@@ -315,9 +346,7 @@ class IngestJob(_DriverState):
         self._driver_started = utcnow()
         todo, self._driver_summary = plan_ingest(corpus, self.sources, config, self.run_id)
         batches = ingest_batches(todo, config.batch_size)
-        # Weight = bytes: reading and hashing dominate; a group of a batch or two keeps progress live.
-        weights = [float(sum(f.size for f in b)) for b in batches]
-        return group_by_weight(batches, weights, parallelism, min_weight=0.0, max_items=config.batch_size)
+        return [[b] for b in batches]  # a group a batch: batches are large (bytes), progress stays live
 
     @property
     def summary(self) -> IngestSummary:
