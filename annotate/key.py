@@ -1,14 +1,17 @@
-"""Tuning and key: essentia's HPCP and key profiles on a low-rate mono signal.
+"""Tuning and key: essentia's HPCP, key profiles and a key model fitted on the development set.
 
 The chroma is essentia's HPCP (harmonic pitch class profile: spectral peaks, whitened, each
 peak's energy spread over its pitch class and the classes its harmonics would explain), summed
-over the track and referenced to the measured tuning; the key is the profile of essentia's `Key`
-that correlates best with it. Two chromas of the same frames vote: the stage's own (36 bins, 8
-harmonics; best on one soundfont's timbres) and KeyExtractor's (12 bins, 4 harmonics, Hann
-window; steadier across soundfonts). The stage's key stands unless its correlation is below
-`fallback_ratio` times KeyExtractor's. Which frame size, chroma variants, profile and ratio:
-chosen by measurement on the development set's training halves (benchmarks/devset/compare_keys.py,
-benchmarks/bench_music_accuracy.py, numbers in the module docstring of annotate/music.py).
+over the track and referenced to the measured tuning. Two chromas of the same frames: the stage's
+own (36 bins, 8 harmonics; best on one soundfont's timbres) and KeyExtractor's (12 bins, 4
+harmonics, Hann window; steadier across soundfonts). Each is correlated with the 24 rotations of
+three of essentia `Key`'s profiles (bgate, temperley2005, noland: the same correlation `Key`
+computes), and a conditional logit over the 24 keys weighs the six correlations:
+P(key) = softmax(sum_j w_j corr_j(key)). The key is the most probable one and key_confidence its
+probability. The weights (six numbers) are fitted by maximum likelihood on the pooled training
+halves of the development set and its alt_* subsets (benchmarks/devset/fit_key_model.py, which
+also chose the profiles and the L2 penalty by leave-one-piece-out on those halves); numbers in
+the module docstring of annotate/music.py.
 """
 
 from __future__ import annotations
@@ -44,14 +47,9 @@ class KeyConfig:
     window: str = "blackmanharris62"
     peak_threshold: float = 1e-5  # SpectralPeaks' magnitude threshold
     pcp_threshold: float = 0.0  # chroma bins under this share of the peak bin count as zero
-    # Fall back to KeyExtractor's chroma (keyextractor_config) when the stage chroma's key
-    # correlation is below this share of KeyExtractor's (0 turns the fallback off). The two
-    # correlations live on different scales (36 against 12 bins): the ratio is fitted on the
-    # pooled training halves of the development set and its alt_* subsets.
-    fallback_ratio: float = 0.81
-    # key_confidence: the share of this many consecutive parts of the track whose own key is the
-    # track's key (a modulating or ambiguous track disagrees with itself).
-    confidence_parts: int = 4
+    # "model": the conditional logit over both chromas' profile correlations (KEY_MODEL);
+    # "chroma": this chroma and `profile` alone (essentia Key), key_confidence from its margin.
+    method: str = "model"
     # Reference the HPCP to the measured tuning only when it is this far from 440 Hz.
     min_tuning_cents: float = 15.0
 
@@ -62,7 +60,7 @@ def keyextractor_config(config: KeyConfig) -> KeyConfig:
     on `config`'s frames."""
     return replace(config, profile="bgate", hpcp_size=12, harmonics=4, polyphony=False, three_chords=False,
                    min_hz=25.0, max_hz=3500.0, band_preset=False, window="hann", peak_threshold=1e-4,
-                   pcp_threshold=0.2, fallback_ratio=0.0)
+                   pcp_threshold=0.2, method="chroma")
 
 
 def estimate_tuning(y: np.ndarray, sr: int, min_hz: float = 40.0, max_hz: float = 5000.0) -> float | None:
@@ -132,31 +130,93 @@ def key_of_chroma(chroma: np.ndarray, config: KeyConfig) -> dict[str, Any]:
             "key_strength": float(strength), "key_margin": float(margin)}
 
 
-# Logistic calibration of key_confidence on the self-agreement of the track's parts (under the
-# chroma that gave the key), fitted on the pooled training halves of the development set and its
-# alt_* subsets: P(key exactly right). Essentia's strength and margin, and whether the two chromas
-# agree, carried no information there (Brier no better than a constant).
-KEY_CONFIDENCE_COEF = (0.998, 2.132)
+# essentia Key's profiles (src/algorithms/tonal/key.cpp, keyEDM3.cpp): major then minor, tonic
+# first, one value a semitone.
+PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "bgate": ((1.00, 0.00, 0.42, 0.00, 0.53, 0.37, 0.00, 0.77, 0.00, 0.38, 0.21, 0.30),
+              (1.00, 0.00, 0.36, 0.39, 0.00, 0.38, 0.00, 0.74, 0.27, 0.00, 0.42, 0.23)),
+    "temperley2005": ((0.748, 0.060, 0.488, 0.082, 0.67, 0.46, 0.096, 0.715, 0.104, 0.366, 0.057, 0.4),
+                      (0.712, 0.084, 0.474, 0.618, 0.049, 0.46, 0.105, 0.747, 0.404, 0.067, 0.133, 0.33)),
+    "noland": ((0.0629, 0.0146, 0.061, 0.0121, 0.0623, 0.0414, 0.0248, 0.0631, 0.015, 0.0521, 0.0142, 0.0478),
+               (0.0682, 0.0138, 0.0543, 0.0519, 0.0234, 0.0544, 0.0176, 0.067, 0.0349, 0.0297, 0.0401, 0.027)),
+}
+# The key model: (chroma, profile) features and their weights, fitted by
+# benchmarks/devset/fit_key_model.py on the pooled training halves (L2 0.03, chosen there by
+# leave-one-piece-out among feature sets and penalties).
+KEY_MODEL_FEATURES: tuple[tuple[str, str], ...] = (
+    ("stage", "bgate"), ("keyextractor", "bgate"), ("stage", "temperley2005"),
+    ("keyextractor", "temperley2005"), ("stage", "noland"), ("keyextractor", "noland"),
+)
+KEY_MODEL_WEIGHTS: tuple[float, ...] = (1.86, 5.46, -0.95, 4.55, 2.08, 5.34)
+# key index k: tonic PITCH_CLASSES[k % 12], major below 12, minor from 12
 
 
-def self_agreement(frames: np.ndarray, key: tuple[str, str], config: KeyConfig) -> float:
-    """Share of the track's `confidence_parts` consecutive parts whose own key is `key`."""
-    votes = [
-        (row["key_tonic"], row["key_mode"]) == key
-        for part in np.array_split(frames, config.confidence_parts)
-        if part.shape[0] and float(part.sum()) > 0
-        for row in (key_of_chroma(part.sum(axis=0), config),)
-    ]
-    return float(np.mean(votes)) if votes else 0.0
+def key_name(index: int) -> tuple[str, str]:
+    return PITCH_CLASSES[index % 12], "major" if index < 12 else "minor"
 
 
-def key_confidence(agreement: float, coef: tuple[float, float] = KEY_CONFIDENCE_COEF) -> float:
-    return float(1.0 / (1.0 + np.exp(-(coef[0] + coef[1] * agreement))))
+_CIRCULANTS: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _circulant(profile: str, size: int) -> np.ndarray:
+    """(2 * size, size): rows are the centred, unit-norm profile (major then minor) at every
+    shift, interpolated to `size` bins as essentia's Key does."""
+    if (profile, size) not in _CIRCULANTS:
+        n = size // 12
+        rows = []
+        for values in PROFILES[profile]:
+            p = np.asarray(values, np.float64)
+            steps = (p - np.roll(p, -1)) / n  # linear steps towards the next semitone's value
+            q = (p[:, None] - np.arange(n)[None, :] * steps[:, None]).reshape(-1)
+            q = q - q.mean()
+            q = q / np.sqrt(np.dot(q, q))
+            rows += [np.roll(q, shift) for shift in range(size)]
+        _CIRCULANTS[(profile, size)] = np.asarray(rows)
+    return _CIRCULANTS[(profile, size)]
+
+
+def profile_correlations(chroma: np.ndarray, profile: str) -> np.ndarray:
+    """Pearson correlation of an HPCP (bin 0 = A, as essentia's HPCP referenced to A) with each
+    of the 24 keys' profile (index as key_name): essentia Key's correlation, the best of the
+    shifts that round to the key's semitone."""
+    size = chroma.shape[0]
+    n = size // 12
+    x = chroma.astype(np.float64) - float(chroma.mean())
+    norm = float(np.sqrt(np.dot(x, x))) or 1.0
+    shifts = _circulant(profile, size) @ x / norm  # (2 * size,): major shifts, then minor
+    out = np.zeros(24)
+    for mode in range(2):
+        by_shift = shifts[mode * size : (mode + 1) * size]
+        # shifts within half a semitone of semitone k (from A) round to it, as in Key
+        near = (np.arange(12)[:, None] * n + np.arange(-(n // 2), n // 2 + 1)[None, :]) % size
+        best = by_shift[near].max(axis=1)
+        out[mode * 12 + (np.arange(12) + 9) % 12] = best  # semitones from A -> pitch classes from C
+    return out
+
+
+def key_posterior(chromas: dict[str, np.ndarray], features: tuple[tuple[str, str], ...] = KEY_MODEL_FEATURES,
+                  weights: tuple[float, ...] = KEY_MODEL_WEIGHTS) -> np.ndarray:
+    """P(key) over the 24 keys: softmax of the weighted profile correlations of the chromas
+    (name -> summed HPCP, normalised and thresholded as the key model expects)."""
+    z = sum(w * profile_correlations(chromas[name], profile) for (name, profile), w in zip(features, weights, strict=True))
+    z = np.asarray(z, np.float64) - float(np.max(z))
+    p = np.exp(z)
+    return p / p.sum()
+
+
+def model_chroma(chroma: np.ndarray, config: KeyConfig) -> np.ndarray:
+    """The summed chroma as `key_of_chroma` feeds it to Key: max 1, weak classes zeroed."""
+    chroma = _normalised(chroma)
+    if config.pcp_threshold > 0:
+        chroma = np.where(chroma < config.pcp_threshold, 0.0, chroma).astype(np.float32)
+    return chroma
 
 
 def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
     empty = {"key_tonic": None, "key_mode": None, "keyscale": None, "key_strength": 0.0,
              "key_confidence": 0.0, "tuning_hz": None}
+    if config.method not in ("model", "chroma"):
+        raise ValueError(f"key method must be model or chroma, not {config.method!r}")
     if y.shape[0] < TUNING_FRAME or float(np.abs(y).max()) < 1e-5:  # too short or silent: no key
         return empty
     tuning_hz = estimate_tuning(y, sr)
@@ -165,21 +225,22 @@ def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
     # it that much); referencing the HPCP to it only flips borderline keys at random.
     if tuning_hz is not None and abs(1200 * np.log2(tuning_hz / 440.0)) >= config.min_tuning_cents:
         reference_hz = tuning_hz
-    frames = hpcp_frames(y, sr, config, reference_hz)
-    chroma = frames.sum(axis=0)
+    chroma = hpcp_frames(y, sr, config, reference_hz).sum(axis=0)
     if float(chroma.max()) <= 0:
         return {**empty, "tuning_hz": tuning_hz}
-    row = key_of_chroma(chroma, config)
-    used = config
-    if config.fallback_ratio > 0:
-        fallback = keyextractor_config(config)
-        fallback_frames = hpcp_frames(y, sr, fallback, reference_hz)
-        fallback_chroma = fallback_frames.sum(axis=0)
-        if float(fallback_chroma.max()) > 0:
-            other = key_of_chroma(fallback_chroma, fallback)
-            if row["key_strength"] < config.fallback_ratio * other["key_strength"]:
-                row, frames, used = other, fallback_frames, fallback
-    row.pop("key_margin")
-    row["key_confidence"] = key_confidence(self_agreement(frames, (row["key_tonic"], row["key_mode"]), used))
-    row["tuning_hz"] = tuning_hz
-    return row
+    if config.method == "chroma":
+        row = key_of_chroma(chroma, config)
+        margin = row.pop("key_margin")
+        row["key_confidence"] = float(np.clip(margin, 0.0, 1.0))  # Key's relative margin to the runner-up
+        row["tuning_hz"] = tuning_hz
+        return row
+    fallback = keyextractor_config(config)
+    chromas = {"stage": model_chroma(chroma, config),
+               "keyextractor": model_chroma(hpcp_frames(y, sr, fallback, reference_hz).sum(axis=0), fallback)}
+    posterior = key_posterior(chromas)
+    best = int(np.argmax(posterior))
+    tonic, mode = key_name(best)
+    return {"key_tonic": tonic, "key_mode": mode, "keyscale": f"{tonic} {mode}",
+            # the stage chroma's bgate correlation with the chosen key (essentia Key's strength)
+            "key_strength": float(profile_correlations(chromas["stage"], "bgate")[best]),
+            "key_confidence": float(posterior[best]), "tuning_hz": tuning_hz}

@@ -16,8 +16,8 @@ score (fifth 0.5, relative 0.3, parallel 0.2), x realtime per core (audio second
 seconds; wall-clock in brackets). The stage's settings were fitted on the `train` half of the
 development set (pieces split by a hash of their name); `--split test` reports only the other
 half. The alt_* subsets (other soundfonts, drifting tempo, reverb, room noise) were built after
-the v3 settings were chosen and are pooled apart; v4's key fallback ratio and key_confidence were
-fitted on the pooled train halves of both. Under each pooled table: the Brier score of
+the v3 settings were chosen and are pooled apart; v5's key model (and so key_confidence) and its
+BPM refinement span were fitted / chosen on the pooled train halves of both. Under each pooled table: the Brier score of
 bpm_confidence and key_confidence and the share right per confidence bin.
 
     .venv/bin/python benchmarks/devset/build_devset.py --out /tmp/songmill-devset
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         run_essentia(first)  # imports and first-call set-up stay out of the timings
         run_production(first, 1, stage)
         # alt_*: other soundfonts, drifting tempo, reverb, noise; built after the v3 tuning, pooled
-        # apart (v4's key fallback ratio and key_confidence were fitted on their train half too)
+        # apart (v5's key model and BPM refinement were fitted / chosen on their train half too)
         groups = {"development excerpts": {"rows": [], "essentia": [], "production": []},
                   "alt_* (other soundfonts, human tempo, reverb, noise)":
                   {"rows": [], "essentia": [], "production": []}}

@@ -3,10 +3,12 @@
 For each chroma variant (essentia HPCP: frame size, harmonic weighting, lowest frequency) and each
 essentia `Key` profile, key exact and MIREX scores on one half of the development set (default:
 the `train` half, the one the stage's settings are chosen on). The stage's own setting is the
-row marked `*` (v3's chroma alone); the last rows are KeyExtractor's chroma on the same frames
-and the stage's rule (v4): the stage chroma's key unless its correlation is below `fallback_ratio`
-times KeyExtractor's chroma's, for a few ratios. `--alt` adds the alt_* subsets (other
-soundfonts; v4's ratio was fitted on the pooled train halves of both).
+row marked `*` (v3's chroma alone); the last rows are KeyExtractor's chroma on the same frames,
+v4's rule (the stage chroma's key unless its correlation is below a ratio times KeyExtractor's
+chroma's, for a few ratios) and v5's key model (marked `v5`: a conditional logit over both
+chromas' correlations with three profiles, fitted by benchmarks/devset/fit_key_model.py).
+`--alt` adds the alt_* subsets (other soundfonts; v4's ratio and v5's weights were fitted on the
+pooled train halves of both).
 
     .venv/bin/python benchmarks/devset/compare_keys.py --devset /tmp/songmill-devset [--split train] [--alt]
 """
@@ -29,14 +31,18 @@ from songmill.annotate.key import (  # noqa: E402
     KeyConfig,
     estimate_tuning,
     hpcp_frames,
+    key_name,
     key_of_chroma,
+    key_posterior,
     keyextractor_config,
+    model_chroma,
 )
 from songmill.annotate.tempo import ANALYSIS_SR  # noqa: E402
 
 STAGE = KeyConfig()
 FALLBACK = keyextractor_config(STAGE)
 RATIOS = (0.7, 0.75, 0.8, 0.81, 0.85, 0.9)
+V4_RATIO = 0.81
 CHROMAS = {
     "1024 frames, no harmonics (v2)": replace(STAGE, frame=1024, harmonics=0, min_hz=25.0),
     "2048 frames, 8 harmonics": STAGE,
@@ -82,11 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                 key = own if own["key_strength"] >= ratio * other["key_strength"] else other
                 name = f"stage, fallback below {ratio:.2f}"
                 scores.setdefault((name, "bgate"), []).append(mirex_key(key["key_tonic"], key["key_mode"], *truth))
+            posterior = key_posterior({"stage": model_chroma(stage_chroma, STAGE),
+                                       "keyextractor": model_chroma(fallback_chroma, FALLBACK)})
+            scores.setdefault(("key model", "3 profiles"), []).append(mirex_key(*key_name(int(posterior.argmax())), *truth))
     print(f"{len(rows)} excerpts, split {args.split}")
     print(f"{'chroma':<40}{'profile':<15}{'exact':>7}{'MIREX':>7}")
     for (chroma_name, profile), values in sorted(scores.items(), key=lambda kv: -np.mean(np.equal(kv[1], 1.0))):
         mark = "*" if CHROMAS.get(chroma_name) == STAGE and profile == STAGE.profile else " "
-        mark = "v4" if chroma_name == f"stage, fallback below {STAGE.fallback_ratio:.2f}" else mark
+        mark = "v4" if chroma_name == f"stage, fallback below {V4_RATIO:.2f}" else mark
+        mark = "v5" if chroma_name == "key model" else mark
         print(f"{mark:<3}{chroma_name:<37}{profile:<15}{np.mean(np.equal(values, 1.0)):>7.2f}{np.mean(values):>7.2f}")
     return 0
 
