@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "acestep"
 sys.path.insert(0, str(FIXTURES))
+# MKL's CPU-independent kernels (read when MKL starts): the fixtures' fp32 rounding, not this CPU's
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402

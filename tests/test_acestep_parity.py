@@ -3,7 +3,8 @@
 tests/fixtures/acestep/make_fixtures.py ran ACE-Step's ACEStepTransformer2DModel, music_log_mel,
 AutoencoderDC and ADaMoS vocoder (tiny configs, seeded weights) and stored inputs and outputs;
 here the same weights, written in the release layout, go through songmill's loaders.
-Targets (fp32, CPU): DiT <= 1e-4, mel <= 1e-5, DCAE <= 1e-4, vocoder <= 1e-4 max |diff|.
+Targets (fp32, CPU): DiT <= 1e-4, mel <= 1e-5 (on MKL's reproducible kernels), DCAE <= 1e-4,
+vocoder <= 1e-4 max |diff|.
 """
 
 from __future__ import annotations
@@ -72,11 +73,47 @@ def test_dit_parity_needs_the_release_details(release):
         assert (out - io["dit.out.sample"]).abs().max().item() > 1e-3, change
 
 
-def test_log_mel_matches_music_log_mel():
+def _mel_parity() -> dict[str, float]:
     io = fixture_io()
-    mel = log_mel(io["mel.in.audio"])
-    assert mel.shape == io["mel.out.mel"].shape
-    assert (mel - io["mel.out.mel"]).abs().max().item() <= 1e-5
+    mel, reference = log_mel(io["mel.in.audio"]).double(), io["mel.out.mel"].double()
+    energy, reference_energy = mel.exp(), reference.exp()
+    peak = reference_energy.amax(dim=-2, keepdim=True)  # each frame's loudest band
+    return {
+        "log": (mel - reference).abs().max().item(),
+        "energy_vs_peak": ((energy - reference_energy).abs() / peak).max().item(),
+        "shape_equal": float(mel.shape == reference.shape),
+    }
+
+
+def test_log_mel_matches_music_log_mel_on_mkl_reproducible_kernels():
+    """Bit-level parity: MKL picks FFT kernels by CPU, and in the quietest bands (e^-10 under a
+    peak near e^2) their fp32 rounding moves the log by up to 1e-3 (the reference's own fp32
+    result is 1e-3 from fp64 there). MKL_CBWR=COMPATIBLE is its documented CPU-independent path,
+    set before MKL starts, so in a fresh interpreter."""
+    import json
+    import os
+    import subprocess
+
+    code = (
+        "import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
+        "from test_acestep_parity import _mel_parity; print(json.dumps(_mel_parity()))"
+    )
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(FIXTURES)],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["shape_equal"] == 1.0
+    assert figures["log"] <= 1e-5, figures
+
+
+def test_log_mel_matches_music_log_mel_within_fp32_rounding_on_any_kernels():
+    figures = _mel_parity()
+    assert figures["shape_equal"] == 1.0
+    # fp32 STFT rounding is ~1e-7 of a frame's energy; a real difference (no sqrt epsilon: 8e-6,
+    # f_max 15.9 kHz: 0.1) is well above 4e-6
+    assert figures["energy_vs_peak"] <= 4e-6, figures
 
 
 def test_fixtures_stay_small():
