@@ -200,8 +200,8 @@ def pending_track_ids(
             conditions.append(f"EXISTS (SELECT 1 FROM {required} q WHERE q.track_id = m.track_id)")
     if where:
         conditions.append(f"({where})")
-    # Without --where the tracks alone say which tracks exist; the manifest's joins cost time.
-    source = "manifest" if where else "_tracks_current"
+    # Without --where the track ids alone say which tracks exist; the manifest's joins cost time.
+    source = "manifest" if where else "_track_ids"
     result = corpus.sql(f"SELECT m.track_id FROM {source} m WHERE {' AND '.join(conditions) or 'true'}")
     return set(result.column("track_id").to_pylist())
 

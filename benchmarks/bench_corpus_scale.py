@@ -2,10 +2,14 @@
 
 Writes `tracks`, `sources`, `qc` and `music` (real-length beat lists) through the `Corpus` API in
 parts of 50 k rows; after each chunk, the automatic compaction every ingest / annotate run does at
-its end (one `compact_if_needed` over the tables, which also rewrites the manifest snapshot once).
+its end (one `compact_if_needed` over the tables: a new manifest snapshot after a compaction, else
+a manifest delta when the parts since pass 2 %). So the queries run in the state a build leaves:
+between compactions (at 2 M, 400 k tracks in parts); after the memory probes (which compact every
+table), a second run with the same `--keep` measures the compacted state.
 Then times, as whole `songmill` CLI calls (best of 3; export once), against issue 9's targets:
   - filter + group over `manifest` (<= 1.0 s);   - `SELECT count(*) FROM manifest` (<= 1.0 s);
-  - `songmill manifest --where "qc_pass AND bpm < 100"` (30 % of the tracks; <= 5 s);
+  - `songmill manifest --where "qc_pass AND bpm < 100"` (30 % of the tracks; <= 5 s), and the same
+    with `--columns all` (the beat lists too: most of the bytes);
   - `songmill annotate --stages qc,music --engine local` with nothing pending (planning; <= 2 s);
 the same group / count with a small delta (1 000 new qc rows in one part, not compacted), and the
 peak memory of compacting each table (a subprocess each, DuckDB under its memory limit).
@@ -246,6 +250,7 @@ def print_table(report: dict) -> None:
         value = cli_s[key]
         print(f"{label:40s} {TARGETS[key]:7.2f} {value:7.2f} {'yes' if value <= TARGETS[key] else 'NO':>4s} "
               f"{'' if prev is None else f'{prev:8.2f}'} {'' if raw is None else f'{raw:7.2f}'}")
+    print(f"{'export with --columns all (beat lists)':40s} {'':7s} {cli_s['export_all_columns']:7.2f}")
     print(f"{'group / count with a 1 000-row delta':40s} {'':7s} {cli_s['group_delta']:7.2f} / {cli_s['count_delta']:.2f}")
     print("(p): stages moved on since the corpus was built: planning in-process with them pinned, plus the start-up")
     print(f"CLI start-up (query 'SELECT 1'): {report['cli_startup_s']:.2f} s; * = in-process, same run "
@@ -276,6 +281,7 @@ def main() -> None:
             now["group"] = cli(["query", GROUP_SQL], root)
             now["count"] = cli(["query", COUNT_SQL], root)
             now["export"] = cli(["manifest", "--where", EXPORT_WHERE, "--out", os.path.join(scratch, "m.parquet")], root, repeat=1)
+            now["export_all_columns"] = cli(["manifest", "--where", EXPORT_WHERE, "--columns", "all", "--out", os.path.join(scratch, "m-all.parquet")], root, repeat=1)
             if pinned:  # the live stages would run: planning in-process (pinned) plus the start-up
                 now["plan"] = plan_s + now["startup"]
                 report["plan_pinned_in_process_plus_startup"] = True

@@ -33,6 +33,7 @@ from songmill.data_schema.views import (
     MANIFEST_EXCLUDED_TABLES,
     MANIFEST_JOINS,
     VIEWS_VERSION,
+    ManifestDelta,
     TableFiles,
     ViewSql,
     all_view_sql,
@@ -52,7 +53,7 @@ class Corpus(Protocol):
 
     def table_files(self, table: str) -> TableFiles: ...
 
-    def manifest_snapshot(self, files: dict[str, TableFiles] | None = None) -> str | None: ...
+    def manifest_base(self, files: dict[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None: ...
 
 ROOT_MACRO = "songmill_root"
 STATE_SUFFIX = ".json"
@@ -69,10 +70,12 @@ def _relative(corpus: Corpus, url: str) -> str:
 
 
 # Bump when the catalog's layout changes (how it spells files, its state file).
-CATALOG_FORMAT = 2
+CATALOG_FORMAT = 3
 
 
-def catalog_views(corpus: Corpus, files: dict[str, TableFiles], manifest_snapshot: str | None = None) -> dict[str, str]:
+def catalog_views(
+    corpus: Corpus, files: dict[str, TableFiles], manifest_snapshot: str | None = None, manifest_delta: ManifestDelta | None = None
+) -> dict[str, str]:
     """The SQL of every view as the catalog spells it (paths relative to the catalog)."""
 
     def spell(_table: str, urls: tuple[str, ...]) -> str:
@@ -81,7 +84,7 @@ def catalog_views(corpus: Corpus, files: dict[str, TableFiles], manifest_snapsho
     def parts_glob(table: str) -> str:
         return f"{ROOT_MACRO}() || {literal('/' + table + '/part-*.parquet')}"
 
-    return all_view_sql(ViewSql(files, spell=spell, parts_glob=parts_glob, manifest_snapshot=manifest_snapshot))
+    return all_view_sql(ViewSql(files, spell=spell, parts_glob=parts_glob, manifest_snapshot=manifest_snapshot, manifest_delta=manifest_delta))
 
 
 def code_signature() -> str:
@@ -95,17 +98,20 @@ def code_signature() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def files_state(files: dict[str, TableFiles], manifest_snapshot: str | None) -> dict:
+def files_state(files: dict[str, TableFiles], manifest_snapshot: str | None, manifest_delta: ManifestDelta | None = None) -> dict:
     """What a catalog built from these files depends on: names, not contents (files are
     immutable once renamed into place), and only whether a table has parts (read by a glob)."""
     name = os.path.basename
+    covered = manifest_delta.covered if manifest_delta else {}
     return {
         "code": code_signature(),
-        "tables": {
-            t: [name(f.snapshot) if f.snapshot else None, [name(h) for h in f.history], bool(f.parts)]
+        "tables": {  # table -> [snapshot, history, has parts, has parts the manifest delta does not cover]
+            t: [name(f.snapshot) if f.snapshot else None, [name(h) for h in f.history], bool(f.parts),
+                any(name(p) not in covered.get(t, ()) for p in f.parts)]
             for t, f in files.items() if f.snapshot or f.history or f.parts
         },
         "manifest_snapshot": name(manifest_snapshot) if manifest_snapshot else None,
+        "manifest_delta": name(manifest_delta.path) if manifest_delta else None,
     }
 
 
@@ -122,9 +128,10 @@ def read_state(corpus: Corpus) -> dict:
 
 
 def catalog_has_parts(corpus: Corpus, table: str) -> bool:
-    """Whether the catalog already reads `table`'s parts (so a new part needs no rebuild)."""
-    tables = read_state(corpus).get("files", {}).get("tables", {})  # table -> [snapshot, history, has parts]
-    return table in tables and bool(tables[table][2]) and os.path.exists(corpus.catalog_path)
+    """Whether the catalog already reads `table`'s new parts through its glob (so another part
+    needs no rebuild); parts the manifest delta covers do not count."""
+    tables = read_state(corpus).get("files", {}).get("tables", {})  # see files_state
+    return table in tables and len(tables[table]) > 3 and bool(tables[table][3]) and os.path.exists(corpus.catalog_path)
 
 
 @contextlib.contextmanager
@@ -142,15 +149,15 @@ def write_catalog(corpus: Corpus, retries: int = 3) -> str:
     with _lock(corpus):
         for attempt in range(retries):
             files = {name: corpus.table_files(name) for name in TABLES}
-            snapshot = corpus.manifest_snapshot(files)
-            views = catalog_views(corpus, files, snapshot)
+            snapshot, delta = corpus.manifest_base(files) or (None, None)
+            views = catalog_views(corpus, files, snapshot, delta)
             try:
                 _write(corpus, views)
                 break
             except duckdb.IOException:  # a compaction removed a file between listing and binding
                 if attempt == retries - 1:
                     raise
-        state = {"schema_version": SCHEMA_VERSION, "files": files_state(files, snapshot)}
+        state = {"schema_version": SCHEMA_VERSION, "files": files_state(files, snapshot, delta)}
         tmp = os.path.join(corpus.path, f".tmp-{uuid.uuid4().hex}.json")
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1)
@@ -187,7 +194,7 @@ def ensure_catalog(corpus: Corpus) -> str:
     other view definitions (checked by listing the table folders: no view is built)."""
     files = {name: corpus.table_files(name) for name in TABLES}
     state = read_state(corpus)
-    if state.get("files") != files_state(files, corpus.manifest_snapshot(files)) or not os.path.exists(corpus.catalog_path):
+    if state.get("files") != files_state(files, *(corpus.manifest_base(files) or (None, None))) or not os.path.exists(corpus.catalog_path):
         write_catalog(corpus)
     return corpus.catalog_path
 

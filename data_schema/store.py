@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from songmill.data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, table_spec
 
 if TYPE_CHECKING:
-    from songmill.data_schema.views import DedupRule, TableFiles, ViewSql
+    from songmill.data_schema.views import DedupRule, ManifestDelta, TableFiles, ViewSql
 
 CORPUS_FILE = "songmill.json"
 CATALOG_FILE = "songmill.duckdb"
@@ -50,7 +50,10 @@ LOCK_FILE = ".compact.lock"
 MANIFEST_DIR = "_manifest"
 MANIFEST_PREFIX = "manifest-"
 MANIFEST_OF_KEY = "songmill.manifest_of"
-# Past this share of a table's snapshot in parts since, the manifest is joined in full instead.
+# The manifest delta: the tracks that parts written since the snapshot touch, re-joined.
+MANIFEST_DELTA_PREFIX = "delta-"
+# Past this share of a table's snapshot in parts that no manifest delta covers, the manifest is
+# joined in full instead (and the end of a run writes a new delta).
 MANIFEST_MAX_DELTA = 0.02
 TMP_PREFIX = ".tmp-"
 # Compaction runs under this DuckDB memory limit and spills to disk past it.
@@ -103,7 +106,7 @@ _MANIFEST_OF: dict[str, Any] = {}
 
 
 def _manifest_of(corpus: Corpus, path: str) -> Any:
-    """What a manifest snapshot was built from (its Parquet metadata; files never change)."""
+    """What a manifest snapshot or delta was built from (its Parquet metadata; files never change)."""
     if path not in _MANIFEST_OF:
         with corpus.fs.open(path, "rb") as f:
             meta = pq.read_metadata(f).metadata or {}
@@ -297,7 +300,9 @@ class Corpus:
     def compact_if_needed(self, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25) -> None:
         """Compact when the rows since the snapshot reach `min_ratio` of it (so a table is
         rewritten a bounded number of times as it grows: amortised linear), or merge parts
-        when they pile up past `max_parts` (cheap: the snapshot is not touched)."""
+        when they pile up past `max_parts` (cheap: the snapshot is not touched). Then bring the
+        manifest up to date: a new snapshot after a compaction, else a new delta when the parts
+        since are too many to join at query time."""
         compacted = False
         for table in tables:
             sizes = self._file_sizes(table)
@@ -311,6 +316,8 @@ class Corpus:
                 self.merge_parts(table)
         if compacted:  # once per call, however many tables it compacted
             self.refresh_manifest_snapshot()
+        else:
+            self.refresh_manifest_delta()
 
     # -- manifest snapshot -------------------------------------------------------------------
     def manifest_dir(self) -> str:
@@ -319,23 +326,56 @@ class Corpus:
     def manifest_snapshot(self, files: Mapping[str, TableFiles] | None = None) -> str | None:
         """The manifest snapshot that is right for these table files (None: there is none, or
         a table was compacted since it was written; the manifest is then joined in full)."""
+        base = self.manifest_base(files)
+        return base[0] if base else None
+
+    def manifest_base(self, files: Mapping[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None:
+        """The manifest snapshot right for these table files and the manifest delta on top of it
+        (None: no delta, or one covering parts no longer there); None when there is no usable
+        snapshot, or the parts neither covers are too many to join at query time."""
         from songmill.data_schema.tables import TABLES
+
+        files = files if files is not None else {t: self.table_files(t) for t in TABLES}
+        snapshot = self._matching_manifest_snapshot(files)
+        if snapshot is None:
+            return None
+        delta = self._manifest_delta(snapshot, files)
+        if self._manifest_delta_too_large(files, delta.covered if delta else {}):
+            return None
+        return self.url(snapshot), delta
+
+    def _matching_manifest_snapshot(self, files: Mapping[str, TableFiles]) -> str | None:
+        """The newest manifest snapshot if it was built from these tables' snapshots."""
         from songmill.data_schema.views import manifest_signature, manifest_tokens
 
         newest = self._newest_manifest_snapshot()
         if newest is None:
             return None
-        files = files if files is not None else {t: self.table_files(t) for t in TABLES}
-        built_from = _manifest_of(self, newest)
         wanted = {"signature": manifest_signature(), "tables": manifest_tokens(dict(files))}
-        if built_from != wanted or self._manifest_delta_too_large(files):
-            return None
-        return self.url(newest)
+        return newest if _manifest_of(self, newest) == wanted else None
 
-    def _manifest_delta_too_large(self, files: Mapping[str, TableFiles]) -> bool:
-        """Whether the parts written since the snapshot are too many for the snapshot + delta
-        view to pay: re-joining a large share of the tracks costs more than the full join (at
-        2 M tracks a 400 k-track delta made a group 4.0 s against 2.4 s joined in full)."""
+    def _manifest_delta(self, snapshot: str, files: Mapping[str, TableFiles]) -> ManifestDelta | None:
+        """The newest manifest delta written on `snapshot` whose parts are all still there."""
+        from songmill.data_schema.views import ManifestDelta, manifest_signature
+
+        deltas = [p for p in self._list(MANIFEST_DIR) if posixpath.basename(p).startswith(MANIFEST_DELTA_PREFIX)]
+        if not deltas:
+            return None
+        built_from = _manifest_of(self, deltas[-1]) or {}
+        if built_from.get("on") != posixpath.basename(snapshot) or built_from.get("signature") != manifest_signature():
+            return None
+        covered = {t: frozenset(names) for t, names in built_from.get("covered", {}).items()}
+        for table, names in covered.items():
+            present = {posixpath.basename(p) for p in files[table].parts} if table in files else set()
+            if not names <= present:
+                return None  # those parts were merged: their rows are elsewhere now
+        return ManifestDelta(self.url(deltas[-1]), covered)
+
+    def _manifest_delta_too_large(self, files: Mapping[str, TableFiles], covered: Mapping[str, frozenset[str]]) -> bool:
+        """Whether the parts written since the snapshot (less those the delta covers) are too
+        many for the snapshot + delta view to pay: re-joining a large share of the tracks costs
+        more than the full join (at 2 M tracks a 400 k-track delta made a group 4.0 s against
+        2.4 s joined in full)."""
         from songmill.data_schema.views import manifest_tables
 
         for table in manifest_tables():
@@ -343,7 +383,8 @@ class Corpus:
             if table_files is None or not table_files.parts:
                 continue
             sizes = self._file_sizes(table)
-            parts = sum(sizes.get(self._strip(u), 0) for u in table_files.parts)
+            skip = covered.get(table, frozenset())
+            parts = sum(sizes.get(self._strip(u), 0) for u in table_files.parts if posixpath.basename(u) not in skip)
             snapshot = sizes.get(self._strip(table_files.snapshot), 0) if table_files.snapshot else 0
             if parts > MANIFEST_MAX_DELTA * snapshot:
                 return True
@@ -352,6 +393,65 @@ class Corpus:
     def _newest_manifest_snapshot(self) -> str | None:
         names = [p for p in self._list(MANIFEST_DIR) if posixpath.basename(p).startswith(MANIFEST_PREFIX)]
         return names[-1] if names else None
+
+    def refresh_manifest_delta(self, memory_limit: str = COMPACT_MEMORY_LIMIT) -> str | None:
+        """Between compactions: when the parts since the manifest snapshot are too many to join
+        at query time, write the manifest delta, the re-joined rows of every track they touch
+        (sorted by track_id, in buckets). Its cost follows the parts, not the corpus: the
+        manifest stays a read of two files however far the last compaction lies behind.
+        Returns its path (None: nothing to do, or no snapshot to put it on)."""
+        from songmill.data_schema.tables import TABLES
+        from songmill.data_schema.views import (
+            ViewSql,
+            create_views,
+            manifest_signature,
+            manifest_sql,
+            manifest_tables,
+        )
+
+        with self._compaction_lock(MANIFEST_DIR):
+            files = {t: self.table_files(t) for t in TABLES}
+            snapshot = self._matching_manifest_snapshot(files)
+            if snapshot is None:
+                return None
+            delta = self._manifest_delta(snapshot, files)
+            if not self._manifest_delta_too_large(files, delta.covered if delta else {}):
+                return None
+            with_parts = [t for t in manifest_tables() if files[t].parts]
+            views = ViewSql(files)
+            keys = [views.changed_tracks(t) for t in with_parts]
+            if any(k is None for k in keys):
+                return None  # some table's rows can change any track: only a full join is right
+            covered = {t: sorted(posixpath.basename(p) for p in files[t].parts) for t in with_parts}
+            name = f"{MANIFEST_DELTA_PREFIX}{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}.parquet"
+            built_from = {"on": posixpath.basename(snapshot), "signature": manifest_signature(), "covered": covered}
+            with self._bounded_connection(memory_limit) as con:
+                create_views(con, files)
+                union = " UNION ".join(f"({k})" for k in keys)
+                con.execute(f"CREATE TEMP TABLE _dkeys AS SELECT DISTINCT track_id FROM ({union}) WHERE track_id IS NOT NULL")
+                # its rows weigh about what the same share of the snapshot's rows does
+                with self.fs.open(snapshot, "rb") as f:
+                    snapshot_rows = pq.read_metadata(f).num_rows
+                share = con.execute("SELECT count(*) FROM _dkeys").fetchall()[0][0] / max(1, snapshot_rows)
+                on_disk = share * self._file_sizes(MANIFEST_DIR).get(self._strip(snapshot), 0)
+                buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
+                schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
+                meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode()}
+
+                def bucket_sql(cond: str) -> str:
+                    restrict = views.restricted(f"(SELECT track_id FROM _dkeys WHERE {cond})")
+                    return f"SELECT * FROM ({manifest_sql(restrict)}) ORDER BY track_id"
+
+                self._write_buckets(con, MANIFEST_DIR, name, schema.with_metadata(meta), buckets, bucket_sql)
+            self._remove_manifest_files(keep=(posixpath.basename(snapshot), name))
+            self.refresh_catalog()
+            return self._join(MANIFEST_DIR, name)
+
+    def _remove_manifest_files(self, keep: tuple[str, ...]) -> None:
+        """Remove every manifest snapshot and delta but `keep` (superseded: nothing reads them)."""
+        for old in self._list(MANIFEST_DIR):
+            if posixpath.basename(old).startswith((MANIFEST_PREFIX, MANIFEST_DELTA_PREFIX)) and posixpath.basename(old) not in keep:
+                self.fs.rm(old)
 
     def refresh_manifest_snapshot(self, memory_limit: str = COMPACT_MEMORY_LIMIT) -> str | None:
         """Write the manifest snapshot: every table's snapshot and history joined once, sorted
@@ -392,9 +492,7 @@ class Corpus:
                     con, MANIFEST_DIR, name, schema.with_metadata(meta), buckets,
                     lambda cond: f"SELECT * FROM ({manifest_sql(lambda src: f'(SELECT * FROM {src} WHERE {cond})')}) ORDER BY track_id",
                 )
-            for old in self._list(MANIFEST_DIR):
-                if posixpath.basename(old).startswith(MANIFEST_PREFIX) and posixpath.basename(old) != name:
-                    self.fs.rm(old)
+            self._remove_manifest_files(keep=(name,))
             self.refresh_catalog()
             return self._join(MANIFEST_DIR, name)
 
@@ -611,7 +709,8 @@ class Corpus:
         con = duckdb.connect(":memory:")
         if not self.is_local:
             con.register_filesystem(self.fs)
-        create_views(con, files, manifest_snapshot=self.manifest_snapshot(files))
+        snapshot, delta = self.manifest_base(files) or (None, None)
+        create_views(con, files, manifest_snapshot=snapshot, manifest_delta=delta)
         return con
 
     # -- catalog -----------------------------------------------------------------------------

@@ -51,6 +51,9 @@ class TableSpec:
     description: str = ""
     # Columns that identify a row for "latest wins" resolution in the DuckDB view.
     key: tuple[str, ...] = field(default=("track_id",))
+    # Long per-event lists (beat times): in the `manifest` view, left out of a manifest export
+    # unless asked for (`--columns all`): no trainer reads them, and they are most of its bytes.
+    bulk_columns: tuple[str, ...] = ()
 
 
 TABLES: dict[str, TableSpec] = {}
@@ -63,10 +66,11 @@ def register_table(
     stage_table: bool = True,
     description: str = "",
     key: tuple[str, ...] = ("track_id",),
+    bulk_columns: tuple[str, ...] = (),
 ) -> TableSpec:
     """Declare a table. Stage tables get the shared key columns prepended."""
     all_fields = (STAGE_KEY_FIELDS + fields) if stage_table else fields
-    spec = TableSpec(name, pa.schema(all_fields), stage_table, description, key)
+    spec = TableSpec(name, pa.schema(all_fields), stage_table, description, key, bulk_columns)
     existing = TABLES.get(name)
     if existing is not None and existing.schema != spec.schema:
         raise ValueError(f"table {name!r} registered twice with different schemas")
@@ -153,6 +157,7 @@ MUSIC = register_table(
         pa.field("time_signature", pa.string()),
     ],
     description="Tempo, beats, downbeats, metre, key and tuning.",
+    bulk_columns=("beats", "downbeats"),
 )
 
 ERRORS = register_table(

@@ -14,13 +14,17 @@ function over the whole history). "Current" per table:
 - keyed catalogs (`sources` by path, `lyrics` by lyric_id): the newest row per key;
 - `errors`: one row per distinct failure (re-runs of a retryable failure do not repeat it);
 - `runs`: every row;
-- `manifest`: one row per track, the latest result of every stage joined on `track_id`.
+- `manifest`: one row per track, the latest result of every stage joined on `track_id`: read
+  from the manifest snapshot (written when tables are compacted) and the manifest delta (the
+  tracks that parts written since touch, re-joined at the end of a run), joining at query time
+  only the tracks that newer parts touch.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
@@ -39,6 +43,15 @@ class TableFiles:
     @property
     def raw(self) -> tuple[str, ...]:
         return self.history + self.parts
+
+
+@dataclass(frozen=True)
+class ManifestDelta:
+    """Manifest rows re-joined for the tracks that some parts touch, on top of a manifest
+    snapshot: between compactions the manifest stays two file reads and a small join."""
+
+    path: str
+    covered: dict[str, frozenset[str]] = field(default_factory=dict)  # table -> part file names
 
 
 class CorpusFiles(Protocol):
@@ -217,6 +230,9 @@ class ViewSql:
     # caller: `manifest_snapshot_valid`): the manifest is then that file, with only the tracks
     # that newer parts touch joined again.
     manifest_snapshot: str | None = None
+    # On top of the snapshot: the rows of the tracks that the parts it covers touch (checked by
+    # the caller too); only parts it does not cover are joined again.
+    manifest_delta: ManifestDelta | None = None
 
     def _read(self, table: str, urls: tuple[str, ...]) -> str:
         spec = TABLES[table]
@@ -272,32 +288,102 @@ class ViewSql:
         delta = self._parts(table)
         return current_sql(rule, snapshot, delta, empty_select(spec))
 
+    def current_for(self, table: str, keys: str) -> str:
+        """`current(table)` for only the tracks in `keys` (a relation with `track_id`), the
+        restriction applied to every file read before rows are resolved: the cost follows the
+        tracks asked for, not the parts (the table's view re-resolves every key they touch)."""
+        spec = TABLES[table]
+        files = self.files[table]
+        rule = dedup_rule(spec)
+        only = f"SEMI JOIN {keys} _only USING (track_id)"
+        if rule is None or self.as_of is not None or "track_id" not in spec.schema.names:
+            return f"(SELECT * FROM ({self.current(table)}) {only})"
+        snapshot = self._read(table, (files.snapshot,)) if files.snapshot else None
+        parts = self._parts(table)
+        reads = [r for r in (snapshot, parts) if r]
+        if rule.partition == ("track_id",):
+            def narrow(read: str) -> str:
+                return f"SELECT * FROM ({read}) {only}"
+        else:  # keyed by something else (sources by uri): every row of the keys those tracks' rows hold
+            exprs = ", ".join(f"{p} AS _k{i}" for i, p in enumerate(rule.partition))
+            held = " UNION ALL BY NAME ".join(f"(SELECT * FROM ({r}) {only})" for r in reads)
+            match = " AND ".join(f"({p}) IS NOT DISTINCT FROM _held._k{i}" for i, p in enumerate(rule.partition))
+
+            def narrow(read: str) -> str:
+                return f"SELECT * FROM ({read}) SEMI JOIN (SELECT DISTINCT {exprs} FROM ({held})) _held ON {match}"
+        resolved = current_sql(rule, narrow(snapshot) if snapshot else None, narrow(parts) if parts else None, empty_select(spec))
+        return f"(SELECT * FROM ({resolved}) {only})"
+
+    def restricted(self, keys: str) -> Callable[[str], str]:
+        """A `restrict` for manifest_sql / tracks_joined_sql: each table's view narrowed to the
+        tracks in `keys` by `current_for`, any other source by a semi join."""
+        tables = {quote(name): name for name in TABLES} | {name: name for name in TABLES} | {"_tracks_current": "tracks"}
+
+        def wrap(source: str) -> str:
+            if source in tables:
+                return self.current_for(tables[source], keys)
+            return f"(SELECT * FROM {source} SEMI JOIN {keys} _only USING (track_id))"
+
+        return wrap
+
+    def _live_parts(self, table: str) -> str | None:
+        """The table's parts that the manifest delta does not cover (all of them without one)."""
+        covered = self.manifest_delta.covered.get(table) if self.manifest_delta else None
+        if not covered:
+            return self._parts(table)
+        if self.parts_glob is not None:  # the catalog: whatever parts exist, less the covered ones
+            if all(posixpath.basename(p) in covered for p in self.files[table].parts):
+                return None  # none yet: the first part written rebuilds the catalog (catalog_has_parts)
+            names = "[" + ", ".join(literal(n) for n in sorted(covered)) + "]"
+            return (f"SELECT * EXCLUDE (filename) FROM read_parquet({self.parts_glob(table)}, union_by_name = true, "
+                    f"filename = true) WHERE NOT list_contains({names}, parse_filename(filename))")
+        live = tuple(p for p in self.files[table].parts if posixpath.basename(p) not in covered)
+        return self._read(table, live) if live else None
+
+    def _changed_since_base(self, tables: list[str]) -> list[str] | None:
+        """Per table with parts the base does not cover, the SQL of the tracks they may change
+        (None: some table's rows can change any track, so join everything)."""
+        changed = []
+        for table in tables:
+            if table not in self.files:
+                continue
+            live = self._live_parts(table)
+            if live is None:
+                continue
+            keys = self.changed_tracks(table, live)
+            if keys is None:
+                return None
+            changed.append(keys)
+        return changed
+
+    def _manifest_base(self, columns: str = "*") -> str:
+        """The snapshot's rows, with the delta's in place of the tracks it re-joined."""
+        assert self.manifest_snapshot is not None
+        snapshot = f"SELECT {columns} FROM read_parquet({self.spell('_manifest', (self.manifest_snapshot,))})"
+        if self.manifest_delta is None:
+            return snapshot
+        delta = f"read_parquet({self.spell('_manifest', (self.manifest_delta.path,))})"
+        return f"""SELECT * FROM ({snapshot}) _s ANTI JOIN (SELECT track_id FROM {delta}) _d USING (track_id)
+    UNION ALL BY NAME SELECT {columns} FROM {delta}"""
 
     def manifest(self) -> str:
-        """The manifest: its snapshot where one is valid for these files, plus the tracks that
-        parts written since touch, joined again; the full join otherwise."""
+        """The manifest: its snapshot (and delta) where valid for these files, plus the tracks
+        that parts written since touch, joined again; the full join otherwise."""
         if self.manifest_snapshot is None or self.as_of is not None:
             return manifest_sql()
-        changed = []
-        for table in manifest_tables():
-            files = self.files.get(table)
-            if files is None or not files.parts:
-                continue
-            keys = self.changed_tracks(table)
-            if keys is None:  # a table whose new rows can change any track: join everything
-                return manifest_sql()
-            changed.append(keys)
-        snapshot = f"SELECT * FROM read_parquet({self.spell('_manifest', (self.manifest_snapshot,))})"
+        changed = self._changed_since_base(manifest_tables())
+        if changed is None:
+            return manifest_sql()
+        base = self._manifest_base()
         if not changed:
-            return snapshot
+            return base
         keys = " UNION ".join(f"({k})" for k in changed)
-        restrict = lambda source: f"(SELECT * FROM {source} SEMI JOIN _mkeys USING (track_id))"  # noqa: E731
         # NOT MATERIALIZED: a materialised CTE stops DuckDB pruning columns anywhere in the query
         # (count(*) would read every column of the snapshot); the keys come from small parts.
         return f"""WITH _mkeys AS NOT MATERIALIZED (SELECT DISTINCT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
-    SELECT * FROM ({snapshot}) _m ANTI JOIN _mkeys USING (track_id)
+    SELECT * FROM ({base}) _m ANTI JOIN _mkeys USING (track_id)
     UNION ALL BY NAME
-    SELECT * FROM ({manifest_sql(restrict)})"""
+    SELECT * FROM ({manifest_sql(self.restricted("_mkeys"))})"""
 
     def tracks(self) -> str:
         """`tracks` with `uris`: the manifest snapshot's leading columns where it is valid (the
@@ -306,29 +392,33 @@ class ViewSql:
         joined = "SELECT * FROM _tracks_joined"
         if self.manifest_snapshot is None or self.as_of is not None:
             return joined
-        changed = []
-        for table in ("tracks", "sources"):
-            files = self.files.get(table)
-            if files is not None and files.parts:
-                keys = self.changed_tracks(table)
-                if keys is None:
-                    return joined
-                changed.append(keys)
-        columns = ", ".join(quote(c) for c in [*TABLES["tracks"].schema.names, "uris"])
-        snapshot = f"SELECT {columns} FROM read_parquet({self.spell('_manifest', (self.manifest_snapshot,))})"
+        changed = self._changed_since_base(["tracks", "sources"])
+        if changed is None:
+            return joined
+        base = self._manifest_base(", ".join(quote(c) for c in [*TABLES["tracks"].schema.names, "uris"]))
         if not changed:
-            return snapshot
+            return base
         keys = " UNION ".join(f"({k})" for k in changed)
         return f"""WITH _tkeys AS NOT MATERIALIZED (SELECT DISTINCT track_id FROM ({keys}) WHERE track_id IS NOT NULL)
-    SELECT * FROM ({snapshot}) _t ANTI JOIN _tkeys USING (track_id)
+    SELECT * FROM ({base}) _t ANTI JOIN _tkeys USING (track_id)
     UNION ALL BY NAME
-    SELECT * FROM _tracks_joined SEMI JOIN _tkeys USING (track_id)"""
+    SELECT * FROM ({tracks_joined_sql(self.restricted("_tkeys"))})"""
 
-    def changed_tracks(self, table: str) -> str | None:
-        """The track_ids whose manifest row the table's parts may change; None: any track's."""
+    def track_ids(self) -> str:
+        """Every track_id once: the manifest base's, plus those of the tracks parts it does not
+        cover (tracks are never removed), without resolving the tracks table's parts."""
+        if self.manifest_snapshot is None or self.as_of is not None:
+            return "SELECT track_id FROM _tracks_current"
+        base = self._manifest_base("track_id")
+        live = self._live_parts("tracks")
+        return base if live is None else f"SELECT track_id FROM ({base}) UNION SELECT track_id FROM ({live})"
+
+    def changed_tracks(self, table: str, parts: str | None = None) -> str | None:
+        """The track_ids whose manifest row the table's parts (or the rows of `parts`) may
+        change; None: any track's."""
         spec = TABLES[table]
         rule = dedup_rule(spec)
-        parts = self._parts(table)
+        parts = parts if parts is not None else self._parts(table)
         if rule is None or parts is None or "track_id" not in spec.schema.names:
             return None
         if rule.partition == ("track_id",):
@@ -427,11 +517,13 @@ def create_views(
     files: dict[str, TableFiles] | CorpusFiles,
     as_of: dict[str, str] | None = None,
     manifest_snapshot: str | None = None,
+    manifest_delta: ManifestDelta | None = None,
 ) -> None:
     """Create every view on `con` for the given table files (or a corpus to list them from)."""
     if not isinstance(files, dict):
         files = {name: files.table_files(name) for name in TABLES}
-    for name, sql in all_view_sql(ViewSql(files, as_of=as_of, manifest_snapshot=manifest_snapshot)).items():
+    views = ViewSql(files, as_of=as_of, manifest_snapshot=manifest_snapshot, manifest_delta=manifest_delta)
+    for name, sql in all_view_sql(views).items():
         con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
     for signature, body in MACROS.items():
         con.execute(f"CREATE MACRO {signature} AS {body}")
@@ -446,13 +538,9 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
         if name != "tracks":
             out[name] = v.current(name)
     out["_tracks_current"] = v.current("tracks")
-    # `uris`: the list is built only for the few tracks seen under several paths (a list
-    # aggregate over every source path costs seconds at millions of tracks).
-    out["_tracks_joined"] = """WITH ok AS (SELECT track_id, uri FROM sources WHERE status = 'ok' AND track_id IS NOT NULL),
-        multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
-        u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
-      SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM _tracks_current t LEFT JOIN u USING (track_id)"""
+    out["_tracks_joined"] = tracks_joined_sql()
     out["tracks"] = v.tracks()
+    out["_track_ids"] = v.track_ids()
     out["stale"] = stale_sql()
     out.update(DERIVED_VIEWS)
     out["manifest"] = v.manifest()
@@ -490,6 +578,18 @@ MACROS: dict[str, str] = {
 }
 
 
+def tracks_joined_sql(restrict: Callable[[str], str] | None = None) -> str:
+    """`tracks` with `uris`, every path the track was seen under; with `restrict`, each source
+    wrapped by it (only some tracks: then only their sources rows are aggregated)."""
+    wrap = restrict or (lambda source: source)
+    # `uris`: the list is built only for the few tracks seen under several paths (a list
+    # aggregate over every source path costs seconds at millions of tracks).
+    return f"""WITH ok AS (SELECT track_id, uri FROM {wrap('sources')} WHERE status = 'ok' AND track_id IS NOT NULL),
+        multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
+        u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
+      SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM {wrap('_tracks_current')} t LEFT JOIN u USING (track_id)"""
+
+
 def manifest_sql(restrict: Callable[[str], str] | None = None) -> str:
     """The manifest as a join of every table's current rows; with `restrict`, each joined
     source wrapped by it (only some tracks: the delta of a manifest snapshot)."""
@@ -515,4 +615,7 @@ def manifest_sql(restrict: Callable[[str], str] | None = None) -> str:
             taken.add(out)
             selects.append(f"{alias}.{quote(col)} AS {quote(out)}")
         joins.append(f"LEFT JOIN {wrap('(' + join.sql + ')')} {alias} USING (track_id)")
-    return f"SELECT {', '.join(selects)} FROM {wrap('tracks')} t {' '.join(joins)}"
+    # restricted: the tracks rows joined from their sources (not the `tracks` view, which reads
+    # every track of the manifest snapshot before the restriction applies)
+    base = f"({tracks_joined_sql(restrict)})" if restrict else "tracks"
+    return f"SELECT {', '.join(selects)} FROM {base} t {' '.join(joins)}"

@@ -91,7 +91,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from songmill.flows.query import manifest_summary
 
-    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce)
+    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce, columns=args.columns)
     print(manifest_summary(args.out))
     return 0
 
@@ -172,6 +172,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--split", default=None, metavar="NAME=SHARE,...", help="add a `split` column (e.g. val=0.02); duplicate clusters never straddle splits")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument(
+        "--columns", default=None, metavar="default|all|A,B,...",
+        help="columns to write: default = all but the beat lists (beats, downbeats), all, or a list",
+    )
     p.add_argument("--reproduce", default=None, metavar="SIDECAR", help="write the rows an earlier export's sidecar JSON describes")
     p.set_defaults(func=cmd_manifest)
 

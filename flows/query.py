@@ -186,13 +186,36 @@ def parse_split(text: str | None) -> list[tuple[str, float]]:
     return out
 
 
-def manifest_sql(columns: set[str], where: str | None, split: list[tuple[str, float]], seed: int) -> str:
+def export_columns(available: list[str], columns: str | None) -> list[str]:
+    """The columns an export writes. Default: every manifest column but the tables' bulk
+    columns (beat lists: most of a manifest's bytes and read by no trainer); `all`: every one;
+    otherwise a comma-separated list (track_id always first)."""
+    from songmill.data_schema.tables import TABLES
+
+    if columns is None or columns.strip() == "default":
+        bulk = {c for spec in TABLES.values() for c in spec.bulk_columns}
+        return [c for c in available if c not in bulk]
+    if columns.strip() == "all":
+        return list(available)
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in available]
+    if not wanted:
+        raise ManifestError("--columns: empty list (default, all, or a comma-separated list of manifest columns)")
+    if unknown:
+        raise ManifestError(f"--columns: the manifest has no column {', '.join(map(repr, unknown))}")
+    return ["track_id", *dict.fromkeys(c for c in wanted if c != "track_id")]
+
+
+def manifest_sql(available: list[str], where: str | None, split: list[tuple[str, float]], seed: int, columns: list[str] | None = None) -> str:
     """The export query. A split hashes the duplicate cluster (the track itself when it has
     none) with the seed, so every member of a cluster lands on the same side."""
+    from songmill.data_schema.views import quote
+
     clause = f"WHERE ({where})" if where else ""
+    select = ", ".join(quote(c) for c in columns) if columns is not None else "*"
     if not split:
-        return f"SELECT * FROM manifest {clause} ORDER BY track_id"
-    group = "coalesce(dup_cluster, track_id)" if "dup_cluster" in columns else "track_id"
+        return f"SELECT {select} FROM manifest {clause} ORDER BY track_id"
+    group = "coalesce(dup_cluster, track_id)" if "dup_cluster" in available else "track_id"
     unit = f"('0x' || substr(md5({_literal(str(seed) + ':')} || {group}), 1, 12))::UBIGINT / 281474976710656.0"
     cases, edge = [], 0.0
     for name, share in split:
@@ -200,7 +223,7 @@ def manifest_sql(columns: set[str], where: str | None, split: list[tuple[str, fl
         cases.append(f"WHEN _u < {edge!r} THEN {_literal(name)}")
     return (
         f"SELECT * EXCLUDE (_u), CASE {' '.join(cases)} ELSE 'train' END AS split "
-        f"FROM (SELECT *, {unit} AS _u FROM manifest {clause}) ORDER BY track_id"
+        f"FROM (SELECT {select}, {unit} AS _u FROM manifest {clause}) ORDER BY track_id"
     )
 
 
@@ -263,19 +286,23 @@ def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def write_manifest(corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0) -> ManifestResult:
+def write_manifest(
+    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, columns: str | None = None
+) -> ManifestResult:
     """Write the manifest rows (optionally filtered, optionally with a `split` column) to one
-    Parquet file atomically, with what it was cut from in its metadata and a sidecar JSON."""
+    Parquet file atomically, with what it was cut from in its metadata and a sidecar JSON.
+    `columns`: see `export_columns` (default: all but the beat lists)."""
     splits = parse_split(split)
     con = _export_connection(corpus)
     try:
         if where:
             check_where(con, where)
-        columns = {row[0] for row in con.execute("DESCRIBE manifest").fetchall()}
-        sql = manifest_sql(columns, where, splits, seed)
+        available = [row[0] for row in con.execute("DESCRIBE manifest").fetchall()]
+        chosen = export_columns(available, columns)
+        sql = manifest_sql(available, where, splits, seed, chosen if len(chosen) < len(available) else None)
         state = corpus_state(con, corpus)
         meta = {
-            "sql": sql, "where": where, "split": split, "seed": seed,
+            "sql": sql, "where": where, "split": split, "seed": seed, "columns": columns or "default",
             "songmill_version": _version(), "schema_version": corpus.schema_version,
             "corpus": corpus.root, "corpus_state": state, "created_at": utcnow().isoformat(),
         }
@@ -361,13 +388,14 @@ def _version() -> str:
 
 
 def export_manifest(
-    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, reproduce: str | None = None
+    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, reproduce: str | None = None,
+    columns: str | None = None,
 ) -> int:
     """Write the joined manifest rows (optionally filtered and split) to one Parquet file,
     atomically, with its sidecar; or, with `reproduce`, the rows an earlier sidecar describes."""
     if reproduce:
         return reproduce_manifest(corpus, reproduce, out).rows
-    return write_manifest(corpus, out, where, split, seed).rows
+    return write_manifest(corpus, out, where, split, seed, columns).rows
 
 
 def manifest_summary(out: str) -> str:

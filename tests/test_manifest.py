@@ -57,3 +57,26 @@ def test_split_shares_are_checked(corpus, tmp_path):
     for bad in ("val=1.5", "val", "train=0.1", "val=0.6,test=0.5"):
         with pytest.raises(ManifestError):
             write_manifest(corpus, str(tmp_path / "m.parquet"), split=bad)
+
+
+def test_export_leaves_out_the_beat_lists_unless_asked(corpus, tmp_path):
+    corpus.write("tracks", [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0, created_at=utcnow()) for t in "ab"])
+    corpus.write("music", [dict(track_id=t, stage_version=1, config_hash="m", run_id="r", created_at=utcnow(), bpm=90.0,
+                                beats=[0.5, 1.0], downbeats=[0.5]) for t in "ab"])
+    default = tmp_path / "default.parquet"
+    write_manifest(corpus, str(default), where="len(beats) = 2")  # the filter may still use them
+    names = pq.read_schema(default).names
+    assert "bpm" in names and "dup_cluster" in names and "beats" not in names and "downbeats" not in names
+    every = tmp_path / "all.parquet"
+    write_manifest(corpus, str(every), columns="all")
+    assert pq.read_table(every).column("beats").to_pylist() == [[0.5, 1.0], [0.5, 1.0]]
+    chosen = tmp_path / "chosen.parquet"
+    result = write_manifest(corpus, str(chosen), split="val=0.5", seed=1, columns="bpm, beats")
+    assert pq.read_schema(chosen).names == ["track_id", "bpm", "beats", "split"]
+    again = tmp_path / "again.parquet"
+    reproduce_manifest(corpus, result.sidecar, str(again))  # the sidecar's SQL names the columns
+    assert pq.read_table(again).to_pylist() == pq.read_table(chosen).to_pylist()
+    with pytest.raises(ManifestError, match="no column 'nope'"):
+        write_manifest(corpus, str(tmp_path / "x.parquet"), columns="bpm,nope")
+    assert main(["manifest", "--columns", "keyscale", "--out", str(tmp_path / "cli.parquet"), "--corpus", corpus.root]) == 0
+    assert pq.read_schema(tmp_path / "cli.parquet").names == ["track_id", "keyscale"]

@@ -215,3 +215,80 @@ def test_duckdb_type_names_spelled_from_arrow_mean_what_duckdb_says():
         for column in ours:
             same = con.execute(f"SELECT typeof(NULL::{ours[column]}) = typeof(NULL::{theirs[column]})").fetchall()[0][0]
             assert same, (spec.name, column, ours[column], theirs[column])
+
+
+# -- the manifest delta ------------------------------------------------------------------------------
+def _catalog_rows(corpus, sql):
+    con = duckdb.connect(corpus.catalog_path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _manifest_view(corpus):
+    con = duckdb.connect(corpus.catalog_path, read_only=True)
+    try:
+        return con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'manifest'").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def test_a_manifest_delta_keeps_the_manifest_one_read_between_compactions(corpus, monkeypatch):
+    ids = [f"{i:02x}{'0' * 62}" for i in range(0, 256, 5)]
+    _tracks_and_stages(corpus, ids)
+    for table in ("tracks", "sources", "qc", "music"):
+        corpus.compact(table, manifest=False)
+    snapshot = corpus.refresh_manifest_snapshot()
+    # parts since the snapshot, too many to join at query time (threshold 0: any part is), too
+    # few to compact: the end of the run writes a delta instead
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)
+    some = ids[::4]
+    corpus.write("music", [_music(t, 2, 7.0, "newer") for t in some])
+    corpus.write("qc", [dict(track_id=some[0], stage_version=1, config_hash="q", run_id="again", created_at=utcnow(), qc_pass=False, qc_reasons=["x"])])
+    _tracks_and_stages(corpus, ["ff" * 32], run="new track")
+    moved = some[1]  # a path that now holds other audio: its old track loses the path
+    corpus.write("sources", [dict(uri=f"/m/{some[2]}.wav", size_bytes=2, mtime=2.0, track_id=moved, status="ok", run_id="moved", created_at=utcnow())])
+    assert corpus.manifest_snapshot() is None  # no delta yet: joined in full
+    expected = _window_design(corpus, MANIFEST)
+    corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=1000)
+    assert corpus.table_files("music").parts  # nothing was compacted
+    base = corpus.manifest_base()
+    assert base is not None and base[0].endswith(os.path.basename(snapshot)) and base[1] is not None
+    delta = pq.read_table(base[1].path)
+    assert sorted(delta.column("track_id").to_pylist()) == sorted({*some, "ff" * 32})  # exactly the touched tracks
+    assert set(base[1].covered) == {"tracks", "sources", "qc", "music"}
+    assert _manifest_now(corpus) == expected
+    assert rows(corpus, "SELECT track_id FROM _track_ids ORDER BY 1") == [(t,) for t in sorted([*ids, "ff" * 32])]
+    view = _manifest_view(corpus)  # plain DuckDB reads the snapshot and the delta, and agrees
+    assert "_manifest/manifest-" in view and "_manifest/delta-" in view
+    assert _catalog_rows(corpus, MANIFEST) == expected
+
+    # a part written after the delta: joined at query time, in songmill and in the catalog
+    corpus.write("music", [_music(ids[1], 3, 33.0, "after the delta")])
+    expected = _window_design(corpus, MANIFEST)
+    assert _catalog_rows(corpus, MANIFEST) == expected  # the write itself brought the catalog up to date
+    assert _manifest_now(corpus) == expected
+    assert dict(rows(corpus, "SELECT track_id, bpm FROM manifest"))[ids[1]] == 33.0
+    corpus.compact_if_needed(["music"], min_ratio=1000)  # the delta now covers that part too
+    assert {os.path.basename(p) for p in corpus.table_files("music").parts} == corpus.manifest_base()[1].covered["music"]
+    assert len([n for n in os.listdir(corpus.manifest_dir()) if n.startswith(store.MANIFEST_DELTA_PREFIX)]) == 1
+    assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
+
+    corpus.merge_parts("music")  # the parts it covers are gone (merged): the delta no longer counts
+    assert corpus.manifest_base() is None and _manifest_now(corpus) == expected
+    monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
+    corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=0)  # compacted: a new snapshot, no delta
+    assert not [n for n in os.listdir(corpus.manifest_dir()) if n.startswith(store.MANIFEST_DELTA_PREFIX)]
+    assert corpus.manifest_snapshot() is not None and _manifest_now(corpus) == expected
+
+
+def test_no_manifest_delta_when_a_table_can_change_any_track(corpus, monkeypatch):
+    _tracks_and_stages(corpus, ["a", "b"])
+    for table in ("tracks", "sources", "qc", "music"):
+        corpus.compact(table, manifest=False)
+    corpus.refresh_manifest_snapshot()
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)
+    corpus.write("dup_clusters", [dict(track_id=t, cluster_id="a", canonical_track_id="a", similarity=0.9, index_id="i1", created_at=utcnow()) for t in "ab"])
+    assert corpus.refresh_manifest_delta() is None
+    assert rows(corpus, "SELECT track_id, dup_cluster FROM manifest ORDER BY 1") == [("a", "a"), ("b", "a")]
