@@ -397,9 +397,11 @@ class Corpus:
     def refresh_manifest_delta(self, memory_limit: str = COMPACT_MEMORY_LIMIT) -> str | None:
         """Between compactions: when the parts since the manifest snapshot are too many to join
         at query time, write the manifest delta, the re-joined rows of every track they touch
-        (sorted by track_id, in buckets). Its cost follows the parts, not the corpus: the
-        manifest stays a read of two files however far the last compaction lies behind.
-        Returns its path (None: nothing to do, or no snapshot to put it on)."""
+        (sorted by track_id, in buckets): the previous delta's rows, less the tracks that parts
+        written since touch, which are joined again. Its cost follows the new parts (and a copy
+        of the previous delta), not the corpus: the manifest stays a read of two files however
+        far the last compaction lies behind. Returns its path (None: nothing to do, or no
+        snapshot to put it on)."""
         from songmill.data_schema.tables import TABLES
         from songmill.data_schema.views import (
             ViewSql,
@@ -418,8 +420,8 @@ class Corpus:
             if not self._manifest_delta_too_large(files, delta.covered if delta else {}):
                 return None
             with_parts = [t for t in manifest_tables() if files[t].parts]
-            views = ViewSql(files)
-            keys = [views.changed_tracks(t) for t in with_parts]
+            views = ViewSql(files, manifest_delta=delta)  # its live parts: those the delta does not cover
+            keys = [views.changed_tracks(t, live) for t in with_parts if (live := views.live_parts(t)) is not None]
             if any(k is None for k in keys):
                 return None  # some table's rows can change any track: only a full join is right
             covered = {t: sorted(posixpath.basename(p) for p in files[t].parts) for t in with_parts}
@@ -432,15 +434,21 @@ class Corpus:
                 # its rows weigh about what the same share of the snapshot's rows does
                 with self.fs.open(snapshot, "rb") as f:
                     snapshot_rows = pq.read_metadata(f).num_rows
-                share = con.execute("SELECT count(*) FROM _dkeys").fetchall()[0][0] / max(1, snapshot_rows)
+                kept = f"read_parquet({_sql_literal(delta.path)})" if delta else None
+                rows = con.execute(f"SELECT (SELECT count(*) FROM _dkeys) + {f'(SELECT count(*) FROM {kept})' if kept else 0}").fetchall()[0][0]
+                share = rows / max(1, snapshot_rows)
                 on_disk = share * self._file_sizes(MANIFEST_DIR).get(self._strip(snapshot), 0)
                 buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
                 schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
                 meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode()}
 
                 def bucket_sql(cond: str) -> str:
-                    restrict = views.restricted(f"(SELECT track_id FROM _dkeys WHERE {cond})")
-                    return f"SELECT * FROM ({manifest_sql(restrict)}) ORDER BY track_id"
+                    fresh = manifest_sql(views.restricted(f"(SELECT track_id FROM _dkeys WHERE {cond})"))
+                    if kept is None:
+                        return f"SELECT * FROM ({fresh}) ORDER BY track_id"
+                    # the previous delta's rows stay right for the tracks no newer part touches
+                    old_rows = f"SELECT * FROM {kept} WHERE {cond} AND track_id NOT IN (SELECT track_id FROM _dkeys)"
+                    return f"SELECT * FROM ({old_rows} UNION ALL BY NAME {fresh}) ORDER BY track_id"
 
                 self._write_buckets(con, MANIFEST_DIR, name, schema.with_metadata(meta), buckets, bucket_sql)
             self._remove_manifest_files(keep=(posixpath.basename(snapshot), name))

@@ -311,8 +311,12 @@ class ViewSql:
 
             def narrow(read: str) -> str:
                 return f"SELECT * FROM ({read}) SEMI JOIN (SELECT DISTINCT {exprs} FROM ({held})) _held ON {match}"
-        resolved = current_sql(rule, narrow(snapshot) if snapshot else None, narrow(parts) if parts else None, empty_select(spec))
-        return f"(SELECT * FROM ({resolved}) {only})"
+        if not reads:
+            return f"({empty_select(spec)})"
+        # few rows: one window over them (current_sql's anti / semi joins would read each twice)
+        window = f"QUALIFY row_number() OVER (PARTITION BY {', '.join(rule.partition)} ORDER BY {rule.order}) = 1"
+        union = " UNION ALL BY NAME ".join(f"({narrow(r)})" for r in reads)
+        return f"(SELECT * FROM (SELECT * FROM ({union}) {window}) {only})"
 
     def restricted(self, keys: str) -> Callable[[str], str]:
         """A `restrict` for manifest_sql / tracks_joined_sql: each table's view narrowed to the
@@ -326,7 +330,7 @@ class ViewSql:
 
         return wrap
 
-    def _live_parts(self, table: str) -> str | None:
+    def live_parts(self, table: str) -> str | None:
         """The table's parts that the manifest delta does not cover (all of them without one)."""
         covered = self.manifest_delta.covered.get(table) if self.manifest_delta else None
         if not covered:
@@ -347,7 +351,7 @@ class ViewSql:
         for table in tables:
             if table not in self.files:
                 continue
-            live = self._live_parts(table)
+            live = self.live_parts(table)
             if live is None:
                 continue
             keys = self.changed_tracks(table, live)
@@ -410,7 +414,7 @@ class ViewSql:
         if self.manifest_snapshot is None or self.as_of is not None:
             return "SELECT track_id FROM _tracks_current"
         base = self._manifest_base("track_id")
-        live = self._live_parts("tracks")
+        live = self.live_parts("tracks")
         return base if live is None else f"SELECT track_id FROM ({base}) UNION SELECT track_id FROM ({live})"
 
     def changed_tracks(self, table: str, parts: str | None = None) -> str | None:

@@ -265,11 +265,12 @@ def test_a_manifest_delta_keeps_the_manifest_one_read_between_compactions(corpus
     assert _catalog_rows(corpus, MANIFEST) == expected
 
     # a part written after the delta: joined at query time, in songmill and in the catalog
-    corpus.write("music", [_music(ids[1], 3, 33.0, "after the delta")])
+    corpus.write("music", [_music(t, 3, 33.0, "after the delta") for t in (ids[1], some[3])])  # one in the delta, one not
     expected = _window_design(corpus, MANIFEST)
     assert _catalog_rows(corpus, MANIFEST) == expected  # the write itself brought the catalog up to date
     assert _manifest_now(corpus) == expected
-    assert dict(rows(corpus, "SELECT track_id, bpm FROM manifest"))[ids[1]] == 33.0
+    bpm = dict(rows(corpus, "SELECT track_id, bpm FROM manifest"))
+    assert bpm[ids[1]] == bpm[some[3]] == 33.0
     corpus.compact_if_needed(["music"], min_ratio=1000)  # the delta now covers that part too
     assert {os.path.basename(p) for p in corpus.table_files("music").parts} == corpus.manifest_base()[1].covered["music"]
     assert len([n for n in os.listdir(corpus.manifest_dir()) if n.startswith(store.MANIFEST_DELTA_PREFIX)]) == 1
