@@ -545,21 +545,25 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
     out["_tracks_joined"] = tracks_joined_sql()
     out["tracks"] = v.tracks()
     out["_track_ids"] = v.track_ids()
-    out["stale"] = stale_sql()
+    out["stale"] = stale_sql(v.current_for)
     out.update(DERIVED_VIEWS)
     out["manifest"] = v.manifest()
     return out
 
 
-def stale_sql() -> str:
+def stale_sql(current: Callable[[str, str], str] | None = None) -> str:
     """One row per current stage row whose lineage names an input row that is no longer the
     current row of its table (reprocessed, redone by a new stage version or config, or gone):
-    (stage_table, track_id, input_table)."""
+    (stage_table, track_id, input_table). `current(table, keys)`: that table's current rows for
+    the tracks in `keys` (ViewSql.current_for), so only the rows some lineage names are read."""
     stage_tables = [name for name, spec in TABLES.items() if spec.stage_table]
     if not stage_tables:
         return "SELECT NULL::VARCHAR AS stage_table, NULL::VARCHAR AS track_id, NULL::VARCHAR AS input_table WHERE false"
+    current = current or (lambda table, _keys: quote(table))
     keys = " UNION ALL ".join(
-        f"SELECT {literal(t)} AS input_table, track_id, stage_version, config_hash, run_id FROM {quote(t)}" for t in stage_tables
+        f"SELECT {literal(t)} AS input_table, track_id, stage_version, config_hash, run_id "
+        f"FROM {current(t, f'(SELECT track_id FROM used WHERE used.i.table = {literal(t)})')}"
+        for t in stage_tables
     )
     used = " UNION ALL ".join(
         f"SELECT {literal(t)} AS stage_table, track_id, unnest(inputs) AS i FROM {quote(t)} WHERE len(inputs) > 0"
