@@ -551,7 +551,7 @@ def all_view_sql(v: ViewSql) -> dict[str, str]:
     return out
 
 
-def stale_sql(current: Callable[[str, str], str] | None = None) -> str:
+def stale_sql(current: Callable[[str, str], str]) -> str:
     """One row per current stage row whose lineage names an input row that is no longer the
     current row of its table (reprocessed, redone by a new stage version or config, or gone):
     (stage_table, track_id, input_table). `current(table, keys)`: that table's current rows for
@@ -559,10 +559,11 @@ def stale_sql(current: Callable[[str, str], str] | None = None) -> str:
     stage_tables = [name for name, spec in TABLES.items() if spec.stage_table]
     if not stage_tables:
         return "SELECT NULL::VARCHAR AS stage_table, NULL::VARCHAR AS track_id, NULL::VARCHAR AS input_table WHERE false"
-    current = current or (lambda table, _keys: quote(table))
+    def named_in_lineage(table: str) -> str:
+        return f'(SELECT track_id FROM used WHERE used.i."table" = {literal(table)})'
+
     keys = " UNION ALL ".join(
-        f"SELECT {literal(t)} AS input_table, track_id, stage_version, config_hash, run_id "
-        f"FROM {current(t, f'(SELECT track_id FROM used WHERE used.i.table = {literal(t)})')}"
+        f"SELECT {literal(t)} AS input_table, track_id, stage_version, config_hash, run_id FROM {current(t, named_in_lineage(t))}"
         for t in stage_tables
     )
     used = " UNION ALL ".join(
