@@ -6,11 +6,12 @@ over the track and referenced to the measured tuning. Two chromas of the same fr
 own (36 bins, 8 harmonics; best on one soundfont's timbres) and KeyExtractor's (12 bins, 4
 harmonics, Hann window; steadier across soundfonts). Each is correlated with the 24 rotations of
 three of essentia `Key`'s profiles (bgate, temperley2005, noland: the same correlation `Key`
-computes), and a conditional logit over the 24 keys weighs the six correlations:
-P(key) = softmax(sum_j w_j corr_j(key)). The key is the most probable one and key_confidence its
-probability. The weights (six numbers) are fitted by maximum likelihood on the pooled training
-halves of the development set and its alt_* subsets (benchmarks/devset/fit_key_model.py, which
-also chose the profiles and the L2 penalty by leave-one-piece-out on those halves); numbers in
+computes); with them, KeyExtractor's chroma's natural seventh (v6: for each minor key, its
+subtonic's weight minus its leading tone's). A conditional logit over the 24 keys weighs the
+seven features: P(key) = softmax(sum_j w_j f_j(key)). The key is the most probable one and
+key_confidence its probability. The weights (seven numbers) are fitted by maximum likelihood on
+the pooled training halves of the development set and its alt_* subsets (benchmarks/devset/fit_key_model.py, which
+also chose the features and the L2 penalty by leave-one-piece-out on those halves); numbers in
 the module docstring of annotate/music.py.
 """
 
@@ -140,14 +141,17 @@ PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "noland": ((0.0629, 0.0146, 0.061, 0.0121, 0.0623, 0.0414, 0.0248, 0.0631, 0.015, 0.0521, 0.0142, 0.0478),
                (0.0682, 0.0138, 0.0543, 0.0519, 0.0234, 0.0544, 0.0176, 0.067, 0.0349, 0.0297, 0.0401, 0.027)),
 }
-# The key model: (chroma, profile) features and their weights, fitted by
-# benchmarks/devset/fit_key_model.py on the pooled training halves (L2 0.03, chosen there by
-# leave-one-piece-out among feature sets and penalties).
+# The key model: (chroma, feature) pairs and their weights, fitted by
+# benchmarks/devset/fit_key_model.py on the pooled training halves (v6: L2 0.01, chosen there by
+# leave-one-piece-out among feature sets and penalties; v5's six weights, without
+# natural_seventh, were (1.86, 5.46, -0.95, 4.55, 2.08, 5.34) at L2 0.03). A feature is a
+# profile name (the chroma's correlation with it) or "natural_seventh" (see natural_seventh).
 KEY_MODEL_FEATURES: tuple[tuple[str, str], ...] = (
     ("stage", "bgate"), ("keyextractor", "bgate"), ("stage", "temperley2005"),
     ("keyextractor", "temperley2005"), ("stage", "noland"), ("keyextractor", "noland"),
+    ("keyextractor", "natural_seventh"),
 )
-KEY_MODEL_WEIGHTS: tuple[float, ...] = (1.86, 5.46, -0.95, 4.55, 2.08, 5.34)
+KEY_MODEL_WEIGHTS: tuple[float, ...] = (2.19, 4.12, -1.06, 8.55, 1.53, 5.54, 2.39)
 # key index k: tonic PITCH_CLASSES[k % 12], major below 12, minor from 12
 
 
@@ -194,11 +198,37 @@ def profile_correlations(chroma: np.ndarray, profile: str) -> np.ndarray:
     return out
 
 
+def natural_seventh(chroma: np.ndarray) -> np.ndarray:
+    """Per key (index as key_name): for a minor key, the chroma at its natural seventh (the
+    subtonic, a whole tone below the tonic) minus that at the raised one (the leading tone,
+    a semitone below); 0 for the major keys. Minor in its natural (Aeolian) form, as in folk and
+    much pop, against the harmonic minor's leading tone that temperley2005's minor profile
+    expects: a positive weight keeps a minor key whose seventh is unraised from being read as
+    its relative major. It also raises a major piece's relative minor (the major key's fifth is
+    that minor's subtonic); the profiles' weights, refitted with it, offset that. The chroma is
+    an HPCP (bin 0 = A), folded to 12 semitones."""
+    size = chroma.shape[0]
+    n = size // 12
+    folded = np.roll(chroma.astype(np.float64), n // 2).reshape(12, n).sum(axis=1)  # semitones from A
+    pcs = np.roll(folded, -3)  # pitch classes from C
+    tonic = np.arange(12)
+    out = np.zeros(24)
+    out[12:] = pcs[(tonic + 10) % 12] - pcs[(tonic + 11) % 12]
+    return out
+
+
+def key_feature(chroma: np.ndarray, feature: str) -> np.ndarray:
+    """The 24 keys' values of one key-model feature: a profile's correlation, or natural_seventh."""
+    if feature == "natural_seventh":
+        return natural_seventh(chroma)
+    return profile_correlations(chroma, feature)
+
+
 def key_posterior(chromas: dict[str, np.ndarray], features: tuple[tuple[str, str], ...] = KEY_MODEL_FEATURES,
                   weights: tuple[float, ...] = KEY_MODEL_WEIGHTS) -> np.ndarray:
-    """P(key) over the 24 keys: softmax of the weighted profile correlations of the chromas
-    (name -> summed HPCP, normalised and thresholded as the key model expects)."""
-    z = sum(w * profile_correlations(chromas[name], profile) for (name, profile), w in zip(features, weights, strict=True))
+    """P(key) over the 24 keys: softmax of the weighted features of the chromas (name -> summed
+    HPCP, normalised and thresholded as the key model expects)."""
+    z = sum(w * key_feature(chromas[name], feature) for (name, feature), w in zip(features, weights, strict=True))
     z = np.asarray(z, np.float64) - float(np.max(z))
     p = np.exp(z)
     return p / p.sum()

@@ -16,7 +16,7 @@ score (fifth 0.5, relative 0.3, parallel 0.2), x realtime per core (audio second
 seconds; wall-clock in brackets). The stage's settings were fitted on the `train` half of the
 development set (pieces split by a hash of their name); `--split test` reports only the other
 half. The alt_* subsets (other soundfonts, drifting tempo, reverb, room noise) were built after
-the v3 settings were chosen and are pooled apart; v5's key model (and so key_confidence) and its
+the v3 settings were chosen and are pooled apart; v5's / v6's key model (and so key_confidence) and v5's
 BPM refinement span were fitted / chosen on the pooled train halves of both. Under each pooled table: the Brier score of
 bpm_confidence and key_confidence and the share right per confidence bin.
 

@@ -13,6 +13,8 @@ import soxr
 from songmill.annotate import tempo
 from songmill.annotate.base import Track
 from songmill.annotate.key import (
+    KEY_MODEL_FEATURES,
+    KEY_MODEL_WEIGHTS,
     PROFILES,
     KeyConfig,
     hpcp_frames,
@@ -20,6 +22,8 @@ from songmill.annotate.key import (
     key_of_chroma,
     key_posterior,
     keyextractor_config,
+    model_chroma,
+    natural_seventh,
     profile_correlations,
     tuning_and_key,
 )
@@ -368,3 +372,51 @@ def test_odd_files_give_a_row_or_a_clear_error(tmp_path, frames, sr):
 def test_bad_backend_setting_is_a_clear_error():
     with pytest.raises(ValueError, match="beat_backend"):
         MusicStage(MusicConfig(beat_backend="madmom")).setup()
+
+
+def sine_chords(chords: list[tuple[int, ...]], seconds: float = 1.5, sr: int = ANALYSIS_SR) -> np.ndarray:
+    """Sine chords (MIDI notes), each with its root an octave down in the bass."""
+    t = np.arange(int(seconds * sr)) / sr
+    y = np.concatenate([sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (*c, c[0] - 12)) for c in chords])
+    return (0.2 * y).astype(np.float32)
+
+
+A_MINOR, G_MAJOR, E_MAJOR, C_MAJOR, F_MAJOR = (57, 60, 64), (55, 59, 62), (52, 56, 59), (48, 52, 55), (53, 57, 60)
+
+
+@pytest.mark.parametrize("size", [12, 36])
+def test_natural_seventh_is_the_minor_keys_subtonic_over_leading_tone(size):
+    """G without G#: A minor's seventh is natural (+), G# minor's leading tone is G (-), majors 0."""
+    chroma = np.zeros(size, np.float32)
+    chroma[10 * (size // 12)] = 1.0  # bin 0 = A: G is ten semitones up
+    values = natural_seventh(chroma)
+    assert values[:12].tolist() == [0.0] * 12
+    assert values[12 + PITCH_CLASSES.index("A")] == pytest.approx(1.0)
+    assert values[12 + PITCH_CLASSES.index("G#")] == pytest.approx(-1.0)
+    assert np.count_nonzero(values) == 2
+
+
+def key_chromas(y: np.ndarray) -> dict[str, np.ndarray]:
+    stage, fallback = KeyConfig(), keyextractor_config(KeyConfig())
+    return {name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config).sum(axis=0), config)
+            for name, config in (("stage", stage), ("keyextractor", fallback))}
+
+
+def test_an_aeolian_vamp_stays_minor_and_the_natural_seventh_is_why():
+    """Am - G over and over (i - bVII, a minor without its leading tone, common in folk and pop):
+    A minor, and surer of it than the same model without its natural-seventh feature (which
+    leaves it close to C major, the relative key). The harmonic-minor Am - E and a C major
+    cadence keep their keys."""
+    index = KEY_MODEL_FEATURES.index(("keyextractor", "natural_seventh"))
+    assert KEY_MODEL_WEIGHTS[index] > 0
+    without = tuple(0.0 if i == index else w for i, w in enumerate(KEY_MODEL_WEIGHTS))
+    vamp = sine_chords([A_MINOR, G_MAJOR] * 4 + [A_MINOR])
+    assert tuning_and_key(vamp, ANALYSIS_SR, KeyConfig())["keyscale"] == "A minor"
+    chromas = key_chromas(vamp)
+    a_minor, c_major = 12 + PITCH_CLASSES.index("A"), PITCH_CLASSES.index("C")
+    with_feature, without_feature = key_posterior(chromas), key_posterior(chromas, KEY_MODEL_FEATURES, without)
+    assert with_feature[a_minor] > 1.5 * without_feature[a_minor]
+    assert with_feature[a_minor] - with_feature[c_major] > without_feature[a_minor] - without_feature[c_major] + 0.2
+    assert tuning_and_key(sine_chords([A_MINOR, E_MAJOR] * 4 + [A_MINOR]), ANALYSIS_SR, KeyConfig())["keyscale"] == "A minor"
+    cadence = sine_chords([C_MAJOR, F_MAJOR, G_MAJOR, C_MAJOR] * 3)
+    assert tuning_and_key(cadence, ANALYSIS_SR, KeyConfig())["keyscale"] == "C major"

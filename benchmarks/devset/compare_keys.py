@@ -5,9 +5,10 @@ essentia `Key` profile, key exact and MIREX scores on one half of the developmen
 the `train` half, the one the stage's settings are chosen on). The stage's own setting is the
 row marked `*` (v3's chroma alone); the last rows are KeyExtractor's chroma on the same frames,
 v4's rule (the stage chroma's key unless its correlation is below a ratio times KeyExtractor's
-chroma's, for a few ratios) and v5's key model (marked `v5`: a conditional logit over both
-chromas' correlations with three profiles, fitted by benchmarks/devset/fit_key_model.py).
-`--alt` adds the alt_* subsets (other soundfonts; v4's ratio and v5's weights were fitted on the
+chroma's, for a few ratios) and the stage's key model (marked `v6`: a conditional logit over both
+chromas' correlations with three profiles and KeyExtractor's chroma's natural seventh, fitted by
+benchmarks/devset/fit_key_model.py).
+`--alt` adds the alt_* subsets (other soundfonts; v4's ratio and v5's / v6's weights were fitted on the
 pooled train halves of both).
 
     .venv/bin/python benchmarks/devset/compare_keys.py --devset /tmp/songmill-devset [--split train] [--alt]
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for (chroma_name, profile), values in sorted(scores.items(), key=lambda kv: -np.mean(np.equal(kv[1], 1.0))):
         mark = "*" if CHROMAS.get(chroma_name) == STAGE and profile == STAGE.profile else " "
         mark = "v4" if chroma_name == f"stage, fallback below {V4_RATIO:.2f}" else mark
-        mark = "v5" if chroma_name == "key model" else mark
+        mark = "v6" if chroma_name == "key model" else mark
         print(f"{mark:<3}{chroma_name:<37}{profile:<15}{np.mean(np.equal(values, 1.0)):>7.2f}{np.mean(values):>7.2f}")
     return 0
 

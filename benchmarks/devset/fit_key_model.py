@@ -1,8 +1,9 @@
 """Fit the `music` stage's key model (annotate/key.py: KEY_MODEL_FEATURES, KEY_MODEL_WEIGHTS).
 
-The model is a conditional logit over the 24 keys: P(key) = softmax(sum_j w_j corr_j(key)), where
-corr_j is the correlation of one of the two chromas (the stage's HPCP and KeyExtractor's, both
-computed on the stage's 11025 Hz frames) with one essentia profile. The weights are fitted by
+The model is a conditional logit over the 24 keys: P(key) = softmax(sum_j w_j f_j(key)), where
+f_j is the correlation of one of the two chromas (the stage's HPCP and KeyExtractor's, both
+computed on the stage's 11025 Hz frames) with one essentia profile, or a chroma's natural
+seventh (annotate/key.py: natural_seventh; v6). The weights are fitted by
 maximum likelihood with an L2 penalty on the pooled `train` halves of the development set and its
 alt_* subsets. Which features and which penalty: the best leave-one-piece-out exact score on
 those train halves (the test halves play no part in any choice). Printed: per candidate, the
@@ -34,19 +35,22 @@ from songmill.annotate.key import (  # noqa: E402
     KeyConfig,
     estimate_tuning,
     hpcp_frames,
+    key_feature,
     key_name,
     keyextractor_config,
     model_chroma,
-    profile_correlations,
 )
 from songmill.annotate.tempo import ANALYSIS_SR  # noqa: E402
 
 STAGE = KeyConfig()
 FALLBACK = keyextractor_config(STAGE)
+SIX = tuple((c, p) for p in ("bgate", "temperley2005", "noland") for c in ("stage", "keyextractor"))
 CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     "both chromas, bgate": (("stage", "bgate"), ("keyextractor", "bgate")),
     "both chromas, bgate + temperley2005": tuple((c, p) for p in ("bgate", "temperley2005") for c in ("stage", "keyextractor")),
-    "both chromas, bgate + temperley2005 + noland": KEY_MODEL_FEATURES,
+    "both chromas, bgate + temperley2005 + noland": SIX,
+    "both chromas, three profiles, KeyExtractor's natural seventh": KEY_MODEL_FEATURES,
+    "both chromas, three profiles, both natural sevenths": (*SIX, ("keyextractor", "natural_seventh"), ("stage", "natural_seventh")),
     "KeyExtractor's chroma, three profiles": tuple(("keyextractor", p) for p in ("bgate", "temperley2005", "noland")),
     "stage chroma, three profiles": tuple(("stage", p) for p in ("bgate", "temperley2005", "noland")),
 }
@@ -64,22 +68,22 @@ def features(rows: list[dict]) -> list[dict[tuple[str, str], np.ndarray]]:
         reference = tuning if tuning and abs(1200 * np.log2(tuning / 440.0)) >= STAGE.min_tuning_cents else 440.0
         chromas = {name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config, reference).sum(axis=0), config)
                    for name, config in (("stage", STAGE), ("keyextractor", FALLBACK))}
-        out.append({(name, profile): profile_correlations(chroma, profile)
-                    for name, chroma in chromas.items() for profile in PROFILES})
+        out.append({(name, feature): key_feature(chroma, feature)
+                    for name, chroma in chromas.items() for feature in (*PROFILES, "natural_seventh")})
     return out
 
 
 def fit(feats: list[dict], truths: list[int], names: tuple[tuple[str, str], ...], l2: float) -> np.ndarray:
-    xs = [np.stack([f[n] for n in names], axis=1) for f in feats]
+    x = np.stack([np.stack([f[n] for n in names], axis=1) for f in feats])  # excerpts x 24 keys x features
+    rows = np.arange(x.shape[0])
+    truth = np.asarray(truths)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        total, grad = l2 * float(w @ w), 2 * l2 * w
-        for x, truth in zip(xs, truths, strict=True):
-            z = x @ w
-            p = np.exp(z - z.max())
-            p /= p.sum()
-            total -= float(np.log(p[truth] + 1e-12))
-            grad = grad - (x[truth] - p @ x)
+        z = x @ w
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        total = l2 * float(w @ w) - float(np.log(p[rows, truth] + 1e-12).sum())
+        grad = 2 * l2 * w - (x[rows, truth] - np.einsum("nk,nkf->nf", p, x)).sum(axis=0)
         return total, grad
 
     start = np.full(len(names), 5.0)
