@@ -186,14 +186,16 @@ def pending_track_ids(
     # result is redone. A non-retryable error of this version and config counts as done too.
     # (The current row, not the history: a snapshot scan instead of every row ever written; a
     # current row of a newer stage version also counts, as this version's row would never show.)
+    # A stage that reads no other table records no lineage: its rows cannot be stale (and the
+    # check reads the whole table again: half a second per stage at two million tracks).
+    stale = f" OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}')" if (stage.reads or stage.requires) else ""
     conditions = [] if force else [
         f"""((NOT EXISTS (SELECT 1 FROM {table} r WHERE r.track_id = m.track_id
               AND ((r.stage_version = {int(stage.version)} AND r.config_hash = '{stage.config_hash}')
                    OR r.stage_version > {int(stage.version)}))
             AND NOT EXISTS (SELECT 1 FROM raw_errors e WHERE e.track_id = m.track_id
               AND e.stage = '{stage.name}' AND e.stage_version = {int(stage.version)}
-              AND e.config_hash = '{stage.config_hash}' AND NOT coalesce(e.retryable, false)))
-           OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}'))""",
+              AND e.config_hash = '{stage.config_hash}' AND NOT coalesce(e.retryable, false))){stale})""",
     ]
     for required in stage.requires:
         if required not in produced_in_run:
