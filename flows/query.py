@@ -299,7 +299,7 @@ def write_manifest(
             check_where(con, where)
         available = [row[0] for row in con.execute("DESCRIBE manifest").fetchall()]
         chosen = export_columns(available, columns)
-        sql = manifest_sql(available, where, splits, seed, chosen if len(chosen) < len(available) else None)
+        sql = manifest_sql(available, where, splits, seed, None if chosen == available else chosen)
         state = corpus_state(con, corpus)
         meta = {
             "sql": sql, "where": where, "split": split, "seed": seed, "columns": columns or "default",
