@@ -20,6 +20,7 @@ joining the table snapshots for the filter + group, and the CLI's start-up (`que
 
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 200000
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 2000000 --keep /tmp/corpus-2m
+    .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 2000000 --keep /tmp/corpus-2m --grow 400000  # + 400 k in parts
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 20000000 --tables qc --no-queries  # build + memory only
 """
 
@@ -98,7 +99,7 @@ def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[i
     return {"tracks": tracks, "sources": sources, "qc": qc, "music": music}
 
 
-def build(root: str, n_tracks: int, tables: list[str]) -> dict:
+def build(root: str, n_tracks: int, tables: list[str], first: int = 0) -> dict:
     from songmill.annotate import stage_class
     from songmill.data_schema.store import Corpus
 
@@ -109,8 +110,8 @@ def build(root: str, n_tracks: int, tables: list[str]) -> dict:
     corpus = Corpus(root)
     compactions, compact_s, rows_written = 0, 0.0, 0
     started = time.perf_counter()
-    for start in range(0, n_tracks, PART_ROWS):
-        n = min(PART_ROWS, n_tracks - start)
+    for start in range(first, first + n_tracks, PART_ROWS):
+        n = min(PART_ROWS, first + n_tracks - start)
         for table, data in chunk_tables(start, n, keys["qc"], keys["music"], f"bench-{start}").items():
             if table in tables:
                 corpus.write(table, data)
@@ -264,6 +265,8 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="build the corpus here and keep it (reused if present)")
     parser.add_argument("--no-queries", action="store_true", help="build and compaction memory only")
     parser.add_argument("--no-memory", action="store_true", help="skip the compaction memory probes")
+    parser.add_argument("--grow", type=int, default=0, help="then write this many more tracks in runs of 50 k, each "
+                        "followed by the end-of-run compaction check (a kept corpus grows each time it is given)")
     parser.add_argument("--head-compact", action="store_true", help="also measure a whole-table load into memory (needs RAM)")
     args = parser.parse_args()
     tables = args.tables.split(",")
@@ -273,6 +276,13 @@ def main() -> None:
     if not os.path.exists(os.path.join(root, "songmill.json")):
         report["build"] = build(root, args.tracks, tables)
         print("built", json.dumps(report["build"]), flush=True)
+    if args.grow:  # the state between compactions: new tracks in parts on top of the snapshots
+        from songmill.data_schema.store import Corpus
+
+        first = Corpus(root, create=False).sql("SELECT count(*) AS n FROM _track_ids").column("n")[0].as_py()
+        report["grow"] = build(root, args.grow, tables, first=first)
+        report["tracks"] = first + args.grow
+        print("grew", json.dumps(report["grow"]), flush=True)
     try:
         if set(tables) >= {"tracks", "sources", "qc", "music"} and not args.no_queries:
             stages, pinned = pinned_stages(root)
