@@ -188,7 +188,7 @@ def pending_track_ids(
     # current row of a newer stage version also counts, as this version's row would never show.)
     # A stage that reads no other table records no lineage: its rows cannot be stale (and the
     # check reads the whole table again: half a second per stage at two million tracks).
-    stale = f" OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}')" if (stage.reads or stage.requires) else ""
+    stale = f" OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}')" if input_tables(stage) else ""
     conditions = [] if force else [
         f"""((NOT EXISTS (SELECT 1 FROM {table} r WHERE r.track_id = m.track_id
               AND ((r.stage_version = {int(stage.version)} AND r.config_hash = '{stage.config_hash}')
@@ -383,12 +383,17 @@ def _process_isolating_failures(stage: Stage, tracks: list[Track]) -> list[Any]:
         return results
 
 
+def input_tables(stage: Stage) -> tuple[str, ...]:
+    """The stage tables a stage's rows are computed from (what its lineage records)."""
+    return tuple(dict.fromkeys((*stage.reads, *stage.requires)))
+
+
 def lineage(stage: Stage, track: Track) -> list[dict[str, Any]]:
     """The input rows a result was computed from: for each stage table the stage reads or
     requires, the key of the row it was given (views.py `stale` compares them with the current
     rows later)."""
     out = []
-    for table in dict.fromkeys((*stage.reads, *stage.requires)):
+    for table in input_tables(stage):
         row = track.inputs.get(table)
         if row is not None and "stage_version" in row:
             out.append({"table": table, "stage_version": row["stage_version"], "config_hash": row["config_hash"], "run_id": row["run_id"]})
@@ -397,7 +402,7 @@ def lineage(stage: Stage, track: Track) -> list[dict[str, Any]]:
 
 def _attach_inputs(corpus: Corpus, stage: Stage, tracks: list[Track], produced: dict[str, dict[str, dict[str, Any]]]) -> None:
     ids = [t.track_id for t in tracks]
-    for table in dict.fromkeys((*stage.reads, *stage.requires)):
+    for table in input_tables(stage):
         stored = _current_rows(corpus, table, ids)
         stored.update(produced.get(table, {}))
         for track in tracks:

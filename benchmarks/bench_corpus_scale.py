@@ -279,7 +279,7 @@ def main() -> None:
     if args.grow:  # the state between compactions: new tracks in parts on top of the snapshots
         from songmill.data_schema.store import Corpus
 
-        first = Corpus(root, create=False).sql("SELECT count(*) AS n FROM _track_ids").column("n")[0].as_py()
+        first = Corpus(root, create=False).sql("SELECT count(*) AS n FROM tracks").column("n")[0].as_py()
         report["grow"] = build(root, args.grow, tables, first=first)
         report["tracks"] = first + args.grow
         print("grew", json.dumps(report["grow"]), flush=True)

@@ -432,11 +432,9 @@ class Corpus:
                 union = " UNION ".join(f"({k})" for k in keys)
                 con.execute(f"CREATE TEMP TABLE _dkeys AS SELECT DISTINCT track_id FROM ({union}) WHERE track_id IS NOT NULL")
                 # its rows weigh about what the same share of the snapshot's rows does
-                with self.fs.open(snapshot, "rb") as f:
-                    snapshot_rows = pq.read_metadata(f).num_rows
+                rows = con.execute("SELECT count(*) FROM _dkeys").fetchall()[0][0] + (self._parquet_rows(delta.path) if delta else 0)
+                share = rows / max(1, self._parquet_rows(snapshot))
                 kept = f"read_parquet({_sql_literal(delta.path)})" if delta else None
-                rows = con.execute(f"SELECT (SELECT count(*) FROM _dkeys) + {f'(SELECT count(*) FROM {kept})' if kept else 0}").fetchall()[0][0]
-                share = rows / max(1, snapshot_rows)
                 on_disk = share * self._file_sizes(MANIFEST_DIR).get(self._strip(snapshot), 0)
                 buckets = max(1, math.ceil(on_disk * PARQUET_EXPANSION / SNAPSHOT_BUCKET_BYTES))
                 schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
@@ -454,6 +452,10 @@ class Corpus:
             self._remove_manifest_files(keep=(posixpath.basename(snapshot), name))
             self.refresh_catalog()
             return self._join(MANIFEST_DIR, name)
+
+    def _parquet_rows(self, path: str) -> int:
+        with self.fs.open(path, "rb") as f:
+            return pq.read_metadata(f).num_rows
 
     def _remove_manifest_files(self, keep: tuple[str, ...]) -> None:
         """Remove every manifest snapshot and delta but `keep` (superseded: nothing reads them)."""
