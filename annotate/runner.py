@@ -180,6 +180,18 @@ def pending_track_ids(
     earlier stage of this run produces that table. With `force` (reprocess), current results do
     not count: every selected track is done again and the newer row wins in the views.
     """
+    with corpus.connect() as con:
+        return _pending(con, stage, _candidates(where), produced_in_run, force)
+
+
+def _candidates(where: str | None) -> str:
+    """The tracks a plan chooses from: without --where the track ids alone (the manifest's joins
+    cost time), else the manifest's tracks that match."""
+    return f"SELECT m.track_id FROM manifest m WHERE ({where})" if where else "SELECT track_id FROM _track_ids"
+
+
+def _pending(con: Any, stage: Stage, candidates: str, produced_in_run: set[str], force: bool) -> set[str]:
+    """pending_track_ids on an open connection, choosing among the track ids `candidates` gives."""
     table = stage.table
     # A result is current when a row of this version and config exists and its lineage still
     # holds (the input rows it was computed from are the current rows of their tables); a stale
@@ -200,11 +212,7 @@ def pending_track_ids(
     for required in stage.requires:
         if required not in produced_in_run:
             conditions.append(f"EXISTS (SELECT 1 FROM {required} q WHERE q.track_id = m.track_id)")
-    if where:
-        conditions.append(f"({where})")
-    # Without --where the track ids alone say which tracks exist; the manifest's joins cost time.
-    source = "manifest" if where else "_track_ids"
-    result = corpus.sql(f"SELECT m.track_id FROM {source} m WHERE {' AND '.join(conditions) or 'true'}")
+    result = con.sql(f"SELECT m.track_id FROM ({candidates}) m WHERE {' AND '.join(conditions) or 'true'}").to_arrow_table()
     return set(result.column("track_id").to_pylist())
 
 
@@ -227,15 +235,19 @@ def plan(
     force: bool = False,
 ) -> Plan:
     progress = []
-    for i, (stage, in_run) in enumerate(zip(stages, _requires_in_run(stages), strict=True)):
-        produced = {s.table for s in stages[:i]}
-        pending = pending_track_ids(corpus, stage, where, produced, force)
-        progress.append(StageProgress(stage, pending, in_run))
-    wanted = set().union(*(p.pending for p in progress)) if progress else set()
-    rows = corpus.sql(
-        "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
-        [sorted(wanted)],
-    ).to_pylist()
+    with corpus.connect() as con:  # one connection, and the candidate tracks read once for all stages
+        candidates = _candidates(where)
+        if len(stages) > 1:
+            con.execute(f"CREATE TEMP TABLE _plan_candidates AS {candidates}")
+            candidates = "SELECT track_id FROM _plan_candidates"
+        for i, (stage, in_run) in enumerate(zip(stages, _requires_in_run(stages), strict=True)):
+            produced = {s.table for s in stages[:i]}
+            progress.append(StageProgress(stage, _pending(con, stage, candidates, produced, force), in_run))
+        wanted = set().union(*(p.pending for p in progress)) if progress else set()
+        rows = con.sql(
+            "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
+            params=[sorted(wanted)],
+        ).to_arrow_table().to_pylist() if wanted else []
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), max(1, batch_size))]
     return Plan(run_id or new_run_id(), progress, batches)
 

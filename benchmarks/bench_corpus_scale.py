@@ -22,6 +22,8 @@ joining the table snapshots for the filter + group, and the CLI's start-up (`que
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 2000000 --keep /tmp/corpus-2m
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 2000000 --keep /tmp/corpus-2m --grow 400000  # + 400 k in parts
     .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 20000000 --tables qc --no-queries  # build + memory only
+    # linear growth, 200 k -> 2 M -> 20 M: 20 runs each, no beat lists (20 M with them is ~80 GB)
+    .venv/bin/python benchmarks/bench_corpus_scale.py --tracks 20000000 --run-tracks 1000000 --no-beats --keep /tmp/c20m
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def track_ids(start: int, n: int) -> list[str]:
     return [hashlib.sha256(f"track-{i}".encode()).hexdigest() for i in range(start, start + n)]
 
 
-def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[int, str], run_id: str) -> dict[str, pa.Table]:
+def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[int, str], run_id: str,
+                 beats: bool = True) -> dict[str, pa.Table]:
     rng = np.random.default_rng(start)
     ids = pa.array(track_ids(start, n))
     now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
@@ -84,7 +87,7 @@ def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[i
         "qc_reasons": pa.array([[] if p else ["silence"] for p in passed], pa.list_(pa.string())),
     })
     bpm = rng.uniform(60, 180, n)
-    n_beats = (duration * bpm / 60).astype(np.int64)
+    n_beats = (duration * bpm / 60).astype(np.int64) if beats else np.zeros(n, np.int64)
     offsets = np.concatenate([[0], np.cumsum(n_beats)])
     beat_values = (np.arange(offsets[-1]) - np.repeat(offsets[:-1], n_beats)) * np.repeat(60 / bpm, n_beats)
     beats = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(beat_values.astype(np.float32)))
@@ -99,7 +102,9 @@ def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[i
     return {"tracks": tracks, "sources": sources, "qc": qc, "music": music}
 
 
-def build(root: str, n_tracks: int, tables: list[str], first: int = 0) -> dict:
+def build(root: str, n_tracks: int, tables: list[str], first: int = 0, run_tracks: int = PART_ROWS, beats: bool = True) -> dict:
+    """Write `n_tracks` in runs of `run_tracks` (parts of at most 50 k rows), each run ended by
+    the compaction check an ingest / annotate run ends with."""
     from songmill.annotate import stage_class
     from songmill.data_schema.store import Corpus
 
@@ -108,24 +113,26 @@ def build(root: str, n_tracks: int, tables: list[str], first: int = 0) -> dict:
         stage = stage_class(name)()
         keys[name] = (stage.version, stage.config_hash)
     corpus = Corpus(root)
-    compactions, compact_s, rows_written = 0, 0.0, 0
+    compactions, compact_s, check_s, rows_written = 0, 0.0, 0.0, 0
     started = time.perf_counter()
-    for start in range(first, first + n_tracks, PART_ROWS):
-        n = min(PART_ROWS, first + n_tracks - start)
-        for table, data in chunk_tables(start, n, keys["qc"], keys["music"], f"bench-{start}").items():
-            if table in tables:
-                corpus.write(table, data)
-                rows_written += n
+    for run in range(first, first + n_tracks, run_tracks):
+        for start in range(run, min(run + run_tracks, first + n_tracks), PART_ROWS):
+            n = min(PART_ROWS, run + run_tracks - start, first + n_tracks - start)
+            for table, data in chunk_tables(start, n, keys["qc"], keys["music"], f"bench-{run}", beats).items():
+                if table in tables:
+                    corpus.write(table, data)
+                    rows_written += n
         before = {t: len(corpus.table_files(t).parts) for t in tables}
         t0 = time.perf_counter()
         corpus.compact_if_needed(tables)  # what every ingest / annotate run does at its end
+        check_s += time.perf_counter() - t0
         done = sum(len(corpus.table_files(t).parts) < before[t] for t in tables)
         if done:
             compactions += done
             compact_s += time.perf_counter() - t0
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
     return {"write_s": time.perf_counter() - started, "compactions": compactions, "compact_s": compact_s,
-            "rows_written": rows_written, "bytes": size}
+            "end_of_run_checks_s": check_s, "rows_written": rows_written, "bytes": size}
 
 
 def cli(args: list[str], root: str, repeat: int = 3) -> float:
@@ -267,6 +274,10 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the compaction memory probes")
     parser.add_argument("--grow", type=int, default=0, help="then write this many more tracks in runs of 50 k, each "
                         "followed by the end-of-run compaction check (a kept corpus grows each time it is given)")
+    parser.add_argument("--run-tracks", type=int, default=PART_ROWS, help="tracks per run: the compaction check "
+                        "ends each run (default 50 k; a 20 M build in runs of 1 M is 20 ingest runs)")
+    parser.add_argument("--no-beats", action="store_true", help="empty beat lists (a 20 M corpus with real-length "
+                        "beat lists needs ~80 GB; the views' queries prune the column)")
     parser.add_argument("--head-compact", action="store_true", help="also measure a whole-table load into memory (needs RAM)")
     args = parser.parse_args()
     tables = args.tables.split(",")
@@ -274,13 +285,13 @@ def main() -> None:
     root = args.keep or os.path.join(scratch, "corpus")
     report: dict = {"tracks": args.tracks}
     if not os.path.exists(os.path.join(root, "songmill.json")):
-        report["build"] = build(root, args.tracks, tables)
+        report["build"] = build(root, args.tracks, tables, run_tracks=args.run_tracks, beats=not args.no_beats)
         print("built", json.dumps(report["build"]), flush=True)
     if args.grow:  # the state between compactions: new tracks in parts on top of the snapshots
         from songmill.data_schema.store import Corpus
 
         first = Corpus(root, create=False).sql("SELECT count(*) AS n FROM tracks").column("n")[0].as_py()
-        report["grow"] = build(root, args.grow, tables, first=first)
+        report["grow"] = build(root, args.grow, tables, first=first, beats=not args.no_beats)
         report["tracks"] = first + args.grow
         print("grew", json.dumps(report["grow"]), flush=True)
     try:

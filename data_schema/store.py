@@ -301,8 +301,8 @@ class Corpus:
         """Compact when the rows since the snapshot reach `min_ratio` of it (so a table is
         rewritten a bounded number of times as it grows: amortised linear), or merge parts
         when they pile up past `max_parts` (cheap: the snapshot is not touched). Then bring the
-        manifest up to date: a new snapshot after a compaction, else a new delta when the parts
-        since are too many to join at query time."""
+        manifest up to date: a new snapshot after a compaction, then a new delta when the parts
+        since (of the tables not compacted, after one) are too many to join at query time."""
         compacted = False
         for table in tables:
             sizes = self._file_sizes(table)
@@ -316,8 +316,8 @@ class Corpus:
                 self.merge_parts(table)
         if compacted:  # once per call, however many tables it compacted
             self.refresh_manifest_snapshot()
-        else:
-            self.refresh_manifest_delta()
+        # also after a snapshot: it holds no parts, and the tables not compacted may have many
+        self.refresh_manifest_delta()
 
     # -- manifest snapshot -------------------------------------------------------------------
     def manifest_dir(self) -> str:
