@@ -306,6 +306,27 @@ def test_a_run_that_compacts_some_tables_writes_a_delta_for_the_others(corpus, m
     assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
 
 
+def test_the_end_of_a_small_run_puts_its_part_in_the_delta(corpus, monkeypatch):
+    """A part far under the share that sends the manifest to the full join still goes into the
+    delta at the end of the run: queries never re-join it (that re-join reads every table's
+    snapshot for its tracks, on every query)."""
+    ids = [f"{i:02x}{'0' * 62}" for i in range(0, 256, 2)]
+    _tracks_and_stages(corpus, ids)
+    for table in ("tracks", "sources", "qc", "music"):
+        corpus.compact(table, manifest=False)
+    corpus.refresh_manifest_snapshot()
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)  # tiny files: any part is a small share here
+    part = corpus.write("music", [_music(ids[5], 2, 9.0, "small run")])
+    assert not corpus._manifest_delta_too_large({t: corpus.table_files(t) for t in TABLES}, {})  # small: query time would do
+    expected = _window_design(corpus, MANIFEST)
+    corpus.compact_if_needed(["music"])
+    base = corpus.manifest_base()
+    assert base is not None and base[1] is not None and base[1].covered["music"] == {os.path.basename(part)}
+    assert pq.read_table(base[1].path).column("track_id").to_pylist() == [ids[5]]
+    assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
+    assert corpus.refresh_manifest_delta() is None  # nothing new since: no second delta
+
+
 def test_no_manifest_delta_when_a_table_can_change_any_track(corpus, monkeypatch):
     _tracks_and_stages(corpus, ["a", "b"])
     for table in ("tracks", "sources", "qc", "music"):
