@@ -325,6 +325,15 @@ def test_the_end_of_a_small_run_puts_its_part_in_the_delta(corpus, monkeypatch):
     assert pq.read_table(base[1].path).column("track_id").to_pylist() == [ids[5]]
     assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
     assert corpus.refresh_manifest_delta() is None  # nothing new since: no second delta
+    # a small part on a delta whose copy would cost too much: left to the query, still right
+    monkeypatch.setattr(store, "MANIFEST_DELTA_COPY_RATIO", 0)
+    later = corpus.write("music", [_music(ids[7], 2, 11.0, "another small run")])
+    expected = _window_design(corpus, MANIFEST)
+    assert corpus.refresh_manifest_delta() is None and os.path.basename(later) not in corpus.manifest_base()[1].covered["music"]
+    assert _manifest_now(corpus) == expected
+    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)  # unless too many for the query
+    assert corpus.refresh_manifest_delta() is not None and os.path.basename(later) in corpus.manifest_base()[1].covered["music"]
+    assert _manifest_now(corpus) == expected
 
 
 def test_no_manifest_delta_when_a_table_can_change_any_track(corpus, monkeypatch):
