@@ -587,13 +587,25 @@ MACROS: dict[str, str] = {
 }
 
 
+# The `sources` rows that name a track's path.
+SOURCE_OK = "status = 'ok' AND track_id IS NOT NULL"
+
+
+def multi_path_sources_sql() -> str:
+    """The only `sources` rows `uris` needs beyond `tracks`: those of tracks seen under several
+    paths (few). `sources` is not sorted by track_id, so a manifest snapshot gathers them once
+    rather than scanning every source row in each of its track_id buckets."""
+    return (f"SELECT * FROM sources WHERE {SOURCE_OK} AND track_id IN "
+            f"(SELECT track_id FROM sources WHERE {SOURCE_OK} GROUP BY track_id HAVING count(*) > 1)")
+
+
 def tracks_joined_sql(restrict: Callable[[str], str] | None = None) -> str:
     """`tracks` with `uris`, every path the track was seen under; with `restrict`, each source
     wrapped by it (only some tracks: then only their sources rows are aggregated)."""
     wrap = restrict or (lambda source: source)
     # `uris`: the list is built only for the few tracks seen under several paths (a list
     # aggregate over every source path costs seconds at millions of tracks).
-    return f"""WITH ok AS (SELECT track_id, uri FROM {wrap('sources')} WHERE status = 'ok' AND track_id IS NOT NULL),
+    return f"""WITH ok AS (SELECT track_id, uri FROM {wrap('sources')} WHERE {SOURCE_OK}),
         multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
         u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM {wrap('_tracks_current')} t LEFT JOIN u USING (track_id)"""

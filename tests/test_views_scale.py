@@ -135,6 +135,11 @@ def _manifest_now(corpus):
 
 def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeypatch):
     _tracks_and_stages(corpus, [f"{i:02x}{'0' * 62}" for i in range(0, 256, 7)])
+    copied, failed = f"{14:02x}{'0' * 62}", f"{28:02x}{'0' * 62}"  # a second path; a path that failed
+    corpus.write("sources", [
+        dict(uri="/copies/a.wav", size_bytes=1, mtime=1.0, track_id=copied, status="ok", run_id="r", created_at=utcnow()),
+        dict(uri="/copies/b.wav", size_bytes=1, mtime=1.0, track_id=failed, status="error", run_id="r", created_at=utcnow()),
+    ])
     for table in ("tracks", "sources", "qc", "music"):
         corpus.compact(table, manifest=False)
     monkeypatch.setattr(store, "SNAPSHOT_BUCKET_BYTES", 30_000)  # a few track_id buckets
@@ -145,6 +150,8 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     ids = pq.read_table(snapshot, columns=["track_id"]).column("track_id").to_pylist()
     assert ids == sorted(ids)
     assert _manifest_now(corpus) == _window_design(corpus, MANIFEST)
+    uris = dict(rows(corpus, f"SELECT track_id, uris FROM manifest WHERE track_id IN ('{copied}', '{failed}')"))
+    assert sorted(uris[copied]) == ["/copies/a.wav", f"/m/{copied}.wav"] and uris[failed] == [f"/m/{failed}.wav"]
 
     # tiny parts weigh as much as a tiny snapshot: let the delta path take any share here
     monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)
