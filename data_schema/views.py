@@ -591,12 +591,17 @@ MACROS: dict[str, str] = {
 SOURCE_OK = "status = 'ok' AND track_id IS NOT NULL"
 
 
+def _seen_under_several_paths(ok_sources: str) -> str:
+    """The track ids of `ok_sources` (rows that pass SOURCE_OK) that have more than one path."""
+    return f"SELECT track_id FROM {ok_sources} GROUP BY track_id HAVING count(*) > 1"
+
+
 def multi_path_sources_sql() -> str:
     """The only `sources` rows `uris` needs beyond `tracks`: those of tracks seen under several
     paths (few). `sources` is not sorted by track_id, so a manifest snapshot gathers them once
     rather than scanning every source row in each of its track_id buckets."""
-    return (f"SELECT * FROM sources WHERE {SOURCE_OK} AND track_id IN "
-            f"(SELECT track_id FROM sources WHERE {SOURCE_OK} GROUP BY track_id HAVING count(*) > 1)")
+    several = _seen_under_several_paths(f"(SELECT track_id FROM sources WHERE {SOURCE_OK})")
+    return f"SELECT * FROM sources WHERE {SOURCE_OK} AND track_id IN ({several})"
 
 
 def tracks_joined_sql(restrict: Callable[[str], str] | None = None) -> str:
@@ -606,7 +611,7 @@ def tracks_joined_sql(restrict: Callable[[str], str] | None = None) -> str:
     # `uris`: the list is built only for the few tracks seen under several paths (a list
     # aggregate over every source path costs seconds at millions of tracks).
     return f"""WITH ok AS (SELECT track_id, uri FROM {wrap('sources')} WHERE {SOURCE_OK}),
-        multi AS (SELECT track_id FROM ok GROUP BY track_id HAVING count(*) > 1),
+        multi AS ({_seen_under_several_paths('ok')}),
         u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
       SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM {wrap('_tracks_current')} t LEFT JOIN u USING (track_id)"""
 
