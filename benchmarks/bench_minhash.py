@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from songmill.annotate.minhash import MinHasher, shingle_hash32, shingles  # noqa: E402
 from songmill.annotate.phonemes import phoneme_key, to_ipa_batch  # noqa: E402
-from songmill.annotate.sung import generate_lyrics  # noqa: E402
+from songmill.testaudio.sung import generate_lyrics  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> float:

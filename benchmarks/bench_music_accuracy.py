@@ -2,7 +2,7 @@
 
 Data: the development set (benchmarks/devset/build_devset.py: real compositions from music21's
 corpus rendered by FluidSynth's sampled instruments, with known tempo, beats, downbeats, metre
-and key) and a corpus from songmill's own generator (annotate/synth.py).
+and key) and a corpus from songmill's own generator (testaudio/synth.py).
 
 Paths, timed in this one process with every thread pool limited to one thread:
   essentia    decode (annotate.audio) -> mono 44.1 kHz -> RhythmExtractor2013(method="multifeature")
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devset", type=Path, help="folder written by benchmarks/devset/build_devset.py")
     parser.add_argument("--split", choices=("all", "train", "test"), default="all")
-    parser.add_argument("--synthetic", type=int, default=16, help="tracks from annotate/synth.py (0: none)")
+    parser.add_argument("--synthetic", type=int, default=16, help="tracks from testaudio/synth.py (0: none)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the generated tracks")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=0, help="at most this many excerpts per subset")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     stage.setup()
     with tempfile.TemporaryDirectory(prefix="songmill-music-bench-") as tmp:
         if args.synthetic:
-            print(f"generating {args.synthetic} tracks with annotate/synth.py ...", flush=True)
+            print(f"generating {args.synthetic} tracks with testaudio/synth.py ...", flush=True)
             subsets["generated"] = synthetic_rows(Path(tmp), args.synthetic, args.seconds)
         first = next(iter(subsets.values()))[:1]
         run_essentia(first)  # imports and first-call set-up stay out of the timings

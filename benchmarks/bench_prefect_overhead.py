@@ -31,7 +31,7 @@ def _foreground(flow_fn, *args, **kwargs):
 
 def make_corpus(folder: str, n: int, seconds: float) -> None:
     import numpy as np
-    from songmill.annotate.synth import render_track, write_track
+    from songmill.testaudio.synth import render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     base = render_track(120.0, "A", "minor", seconds * 4, seed=1)
@@ -55,11 +55,11 @@ def main() -> None:
     os.environ["PREFECT_HOME"] = os.path.join(work, "prefect")
     configure_prefect()
     from songmill.annotate.base import Track
+    from songmill.annotate.ingest import ingest
     from songmill.annotate.music import MusicStage
     from songmill.annotate.qc import QCStage
     from songmill.annotate.runner import run_stages
     from songmill.data_schema.store import Corpus
-    from songmill.flows.ingest import ingest
     from songmill.flows.pipeline import annotate_flow
 
     try:

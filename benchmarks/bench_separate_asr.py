@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from songmill.annotate.base import Track  # noqa: E402
 from songmill.annotate.separate import SeparateConfig, SeparateStage  # noqa: E402
-from songmill.annotate.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
-from songmill.annotate.synth import render_track  # noqa: E402
 from songmill.annotate.transcribe import TranscribeConfig, TranscribeStage  # noqa: E402
 from songmill.data_schema.store import Corpus  # noqa: E402
+from songmill.testaudio.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
+from songmill.testaudio.synth import render_track  # noqa: E402
 
 HTDEMUCS_KWARGS = dict(
     sources=["drums", "bass", "other", "vocals"], channels=48, nfft=4096, depth=4, dconv_mode=3,

@@ -34,7 +34,7 @@ BIN = os.path.dirname(sys.executable)
 
 def make_source(folder: str, n: int, seconds: float) -> None:
     import numpy as np
-    from songmill.annotate.synth import render_track, write_track
+    from songmill.testaudio.synth import render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)

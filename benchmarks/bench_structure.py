@@ -1,7 +1,7 @@
 """Structure boundaries on material whose form is known: hit rate at 0.5 s and 3 s.
 
 Two sets, each against same-run baselines that know the number of sections but not the music:
-  - synthetic songs (annotate/song_forms.py): pop forms rendered with annotate/synth.py, each
+  - synthetic songs (testaudio/song_forms.py): pop forms rendered with testaudio/synth.py, each
     label its own material (chords, melody, drum style, level);
   - real compositions (`--chorales N`): Bach chorales from music21's corpus whose score has repeat
     barlines (form A A B ...), repeats expanded, rendered by FluidSynth at a fixed tempo; the truth
@@ -37,13 +37,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from songmill.annotate.song_forms import render_song  # noqa: E402
 from songmill.annotate.structure import (  # noqa: E402
     StructureConfig,
     boundary_hit_rate,
     dsp_sections,
     inner_boundaries,
 )
+from songmill.testaudio.song_forms import render_song  # noqa: E402
 
 SR = 22050
 FORMS = (
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dsp_sections(np.random.default_rng(0).standard_normal(SR * 20).astype(np.float32) * 0.1, SR, StructureConfig())  # JIT warm-up
     if args.songs:
-        evaluate(f"synthetic songs (annotate/song_forms.py, seed {args.seed})", synthetic_songs(args.songs, args.seed))
+        evaluate(f"synthetic songs (testaudio/song_forms.py, seed {args.seed})", synthetic_songs(args.songs, args.seed))
     if args.chorales:
         with tempfile.TemporaryDirectory() as tmp:
             evaluate("Bach chorales with repeats (music21 + FluidSynth)", chorales(args.chorales, Path(tmp), skip=args.skip_chorales))

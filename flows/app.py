@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 from songmill.annotate import runner
+from songmill.annotate.ingest import IngestSummary
 from songmill.data_schema.store import Corpus, default_corpus_root
 from songmill.flows.config import build_stages, load_settings
 from songmill.flows.executors import make_executor
-from songmill.flows.ingest import IngestSummary
 
 
 def resolve_corpus_root(corpus_root: str | None) -> str:

@@ -20,7 +20,7 @@ from songmill.flows.display import print_table
 
 def make_demo_audio(folder: str, n_tracks: int, seed: int = 0) -> list[dict]:
     """Write the demo tracks and two broken files; returns the truth of the good tracks."""
-    from songmill.annotate.synth import demo_track_specs, render_track, write_track
+    from songmill.testaudio.synth import demo_track_specs, render_track, write_track
 
     os.makedirs(folder, exist_ok=True)
     specs = demo_track_specs(n_tracks, seed)

@@ -30,8 +30,8 @@ def add_sung_vocals(folder: str, truth: list[dict], every: int = 3, seed: int = 
     writes lyrics.jsonl (the sung lyrics plus distractors) and returns its records, with
     `file` naming the track each sung lyric went to."""
     import soundfile as sf
-    from songmill.annotate.sung import generate_lyrics, mix_vocals, sing
-    from songmill.annotate.synth import write_track
+    from songmill.testaudio.sung import generate_lyrics, mix_vocals, sing
+    from songmill.testaudio.synth import write_track
 
     chosen = [spec for i, spec in enumerate(truth) if i % every == 1 % every]
     texts = generate_lyrics(len(chosen) + DISTRACTORS, seed=seed + 11)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from songmill.annotate import runner
-from songmill.flows.ingest import IngestSummary
+from songmill.annotate.ingest import IngestSummary
 from songmill.flows.jobs import GroupResult, IngestJob, Job, annotate_jobs
 from songmill.flows.progress import TerminalProgress
 

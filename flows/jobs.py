@@ -27,9 +27,7 @@ from typing import Any, Protocol
 
 from songmill.annotate import runner
 from songmill.annotate.base import Stage, StageConfig, config_hash
-from songmill.data_schema.store import Corpus, new_run_id, utcnow
-from songmill.flows.config import ConfigError, build_config
-from songmill.flows.ingest import (
+from songmill.annotate.ingest import (
     FoundFile,
     IngestConfig,
     IngestSummary,
@@ -38,6 +36,8 @@ from songmill.flows.ingest import (
     ingest_batches,
     plan_ingest,
 )
+from songmill.data_schema.store import Corpus, new_run_id, utcnow
+from songmill.flows.config import ConfigError, build_config
 
 # A task run costs ~10-40 ms of API calls to the Prefect server; a task should carry minutes of
 # audio, while a batch (the unit of decoding and of Parquet parts) stays small for memory.

@@ -27,8 +27,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 from songmill.annotate import runner
+from songmill.annotate.ingest import IngestSummary
 from songmill.data_schema.store import Corpus
-from songmill.flows.ingest import IngestSummary
 from songmill.flows.jobs import GroupResult, IngestJob, Job, annotate_jobs
 from songmill.flows.progress import TerminalProgress
 from songmill.flows.throughput import throughput_markdown

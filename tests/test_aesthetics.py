@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import rows, tone, write_audio
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.flows.ingest import ingest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("audiobox_aesthetics")

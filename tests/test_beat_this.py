@@ -115,7 +115,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
 
 def test_stage_uses_beat_this_for_beats_and_downbeats(weights_dir, tmp_path):
     folder, _ = weights_dir
-    from songmill.annotate.synth import render_track
+    from songmill.testaudio.synth import render_track
 
     audio = render_track(120, "D", "major", 12.0, seed=3, style="pop")
     sf.write(str(tmp_path / "t.wav"), audio, 44100)

@@ -18,8 +18,8 @@ from songmill.annotate.caption import (
     recaption,
     tag_distribution,
 )
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.flows.ingest import ingest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

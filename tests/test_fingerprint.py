@@ -21,10 +21,10 @@ from songmill.annotate.fingerprint import (
     update_index,
     write_index,
 )
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.annotate.synth import render_track
-from songmill.flows.ingest import ingest
 from songmill.flows.query import write_manifest
+from songmill.testaudio.synth import render_track
 
 SR = 44100
 

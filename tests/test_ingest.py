@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import rows, tone, write_audio
-from songmill.flows.ingest import IngestConfig, discover, ingest
+from songmill.annotate.ingest import IngestConfig, discover, ingest
 
 FORMATS = [
     ("a.wav", {}),
@@ -103,7 +103,7 @@ def test_second_run_over_unchanged_source_reads_nothing(tmp_path, corpus, monkey
 
     opened = []
     real_open = fsspec.open
-    monkeypatch.setattr("songmill.flows.ingest.fsspec.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr("songmill.annotate.ingest.fsspec.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     second = ingest(corpus, [str(tmp_path / "src")])
     assert (second.unchanged, second.new_tracks, second.errors) == (4, 0, 0)
     assert opened == []  # not read, not hashed

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 from conftest import rows, tone, write_audio
-from songmill.flows.ingest import ingest, sniff_audio
+from songmill.annotate.ingest import ingest, sniff_audio
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ UNREADABLE = textwrap.dedent(
     """
     import os, sys
     from songmill.data_schema.store import Corpus
-    from songmill.flows.ingest import ingest
+    from songmill.annotate.ingest import ingest
     # One ingest as the starting user first: every lazy import happens while the interpreter's
     # own files are readable (here they are not readable by nobody).
     ingest(Corpus(sys.argv[3]), [os.path.join(sys.argv[2], "ok.wav")])

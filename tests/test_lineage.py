@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import rows, tone, write_audio
 from songmill.annotate.base import Stage
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import pending_track_ids, run_stages
 from songmill.data_schema.store import Corpus, utcnow
 from songmill.data_schema.tables import register_table
-from songmill.flows.ingest import ingest
 from songmill.flows.report import stage_status
 from stages_for_tests import DerivedStage, LevelStage
 

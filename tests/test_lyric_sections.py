@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import rows, tone, write_audio
 from songmill.annotate.base import Track
+from songmill.annotate.ingest import ingest
 from songmill.annotate.lyric_sections import (
     INSTRUMENTAL,
     LyricSectionsConfig,
@@ -15,7 +16,6 @@ from songmill.annotate.lyric_sections import (
     tag_lines,
 )
 from songmill.annotate.runner import run_stages
-from songmill.flows.ingest import ingest
 from songmill.model.lyric_tokens import LyricTokenizer
 
 SECTIONS = [

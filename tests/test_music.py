@@ -1,6 +1,6 @@
 """Tempo, beats, downbeats, metre, key and tuning against music with known truth.
 
-Unit tests use songmill's generator (annotate/synth.py) and small hand-built signals; accuracy on
+Unit tests use songmill's generator (testaudio/synth.py) and small hand-built signals; accuracy on
 real compositions is measured by benchmarks/bench_music_accuracy.py on the development set.
 """
 
@@ -38,8 +38,8 @@ from songmill.annotate.music import (
     dotted_quarter_tracked,
     sharp_name,
 )
-from songmill.annotate.synth import render_track
 from songmill.data_schema.tables import MUSIC, STAGE_KEY_FIELDS
+from songmill.testaudio.synth import render_track
 
 SR = 44100
 

@@ -17,8 +17,8 @@ from songmill.annotate.qc import (
     integrated_loudness,
     measure,
 )
-from songmill.annotate.synth import render_track
 from songmill.data_schema.tables import QC, STAGE_KEY_FIELDS
+from songmill.testaudio.synth import render_track
 
 SR = 44100
 

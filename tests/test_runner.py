@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import rows, tone, write_audio
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.flows.ingest import ingest
 from stages_for_tests import DerivedStage, LevelConfig, LevelStage
 
 TESTS = os.path.dirname(__file__)

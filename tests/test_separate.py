@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_audio
 from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
 from songmill.annotate.separate import SeparateConfig, SeparateStage, load_demucs, vocal_activity
-from songmill.flows.ingest import ingest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("demucs")

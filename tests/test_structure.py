@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import rows, write_audio
 from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.annotate.song_forms import render_song
 from songmill.annotate.structure import (
     StructureConfig,
     StructureStage,
@@ -20,7 +20,7 @@ from songmill.annotate.structure import (
     mark_instrumental,
 )
 from songmill.data_schema.labels import SECTION_LABELS
-from songmill.flows.ingest import ingest
+from songmill.testaudio.song_forms import render_song
 
 FORM = ("intro", "verse", "chorus", "verse", "chorus", "outro")
 SR = 22050

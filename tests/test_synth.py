@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from songmill.annotate.synth import (
+from songmill.testaudio.synth import (
     DEMO_FORMATS,
     PITCH_CLASSES,
     STYLES,

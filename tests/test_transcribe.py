@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from conftest import write_audio
 from songmill.annotate.base import StageUnavailable, Track
+from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
 from songmill.annotate.separate import flac_bytes
-from songmill.annotate.sung import espeak, mix_vocals
-from songmill.annotate.synth import render_track
 from songmill.annotate.transcribe import (
     TranscribeConfig,
     TranscribeStage,
@@ -23,7 +22,8 @@ from songmill.annotate.transcribe import (
     longest_ngram_run,
 )
 from songmill.data_schema.store import utcnow
-from songmill.flows.ingest import ingest
+from songmill.testaudio.sung import espeak, mix_vocals
+from songmill.testaudio.synth import render_track
 
 SENTENCE = "the golden river runs through the quiet city every summer morning"
 

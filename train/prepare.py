@@ -15,12 +15,12 @@ MANIFEST_COLUMNS = (
 
 
 def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0, seed: int = 0, lyrics: bool = True) -> str:
-    """Render `n_tracks` short stereo tracks (annotate.synth) as wavs and write a manifest Parquet
+    """Render `n_tracks` short stereo tracks (testaudio.synth) as wavs and write a manifest Parquet
     with the columns `songmill manifest` exports. Returns the manifest path."""
     import hashlib
 
     import numpy as np
-    from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track, write_track
+    from songmill.testaudio.synth import PITCH_CLASSES, STYLES, render_track, write_track
 
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)

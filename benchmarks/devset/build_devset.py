@@ -5,7 +5,7 @@ Ryan's Mammoth Collection and O'Neill's Music of Ireland
 (1850) folk tunes); they are played through FluidSynth with the
 FluidR3 General MIDI soundfont at tempi drawn per subset, in several instrumentations, and the
 band subsets get a General MIDI drum kit playing a groove for the piece's metre. Nothing here is
-songmill's own generator (annotate/synth.py), so the stage cannot have been tuned to it.
+songmill's own generator (testaudio/synth.py), so the stage cannot have been tuned to it.
 
 Truth, per excerpt (labels.jsonl, one JSON object a line):
   bpm             the rendered tempo of the felt beat: the quarter note in x/4, the half note in

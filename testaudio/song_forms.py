@@ -10,7 +10,7 @@ stage's boundaries (benchmarks/bench_structure.py) and in its tests.
 from __future__ import annotations
 
 import numpy as np
-from songmill.annotate.synth import render_track
+from songmill.testaudio.synth import render_track
 
 # Per label: drum style and level (the chorus is the loudest, as in most songs).
 _LABEL_STYLE = {

@@ -13,7 +13,7 @@ import ctypes.util
 import threading
 
 import numpy as np
-from songmill.annotate.audio import resample
+import soxr
 
 # Everyday song words: lyrics drawn from these share a vocabulary, like real lyrics do, so
 # matching has to rely on what is said in which order.
@@ -153,7 +153,9 @@ def mix_vocals(
 ) -> np.ndarray:
     """Stereo (frames, 2) mix: the mono voice, resampled to `sr`, from `start_s`, at
     `vocal_to_music_db` RMS over the accompaniment (measured where the voice sounds)."""
-    voice = resample(vocals.astype(np.float32), vocal_sr, sr)
+    voice = vocals.astype(np.float32)
+    if vocal_sr != sr:  # soxr HQ, as annotate/audio.py resamples (testaudio imports no other layer)
+        voice = soxr.resample(voice, vocal_sr, sr, quality="HQ").astype(np.float32, copy=False)
     music = accompaniment if accompaniment.ndim == 2 else np.repeat(accompaniment[:, None], 2, axis=1)
     start = int(start_s * sr)
     n = max(music.shape[0], start + voice.size)
