@@ -67,14 +67,14 @@ def reprocess(corpus_root: str | None, stage_names: Sequence[str], where: str, *
 
 def query(corpus_root: str | None, sql: str) -> pa.Table:
     """Read-only SQL over the corpus views (raises QueryRefused for anything that could write)."""
-    from songmill.flows.query import run_query
+    from songmill.data_schema.query import run_query
 
     return run_query(Corpus(resolve_corpus_root(corpus_root), create=False), sql)
 
 
 def manifest(corpus_root: str | None, out: str, where: str | None = None, **options: Any) -> int:
     """Export the joined manifest (optionally filtered) to one Parquet file; returns its rows."""
-    from songmill.flows.query import export_manifest
+    from songmill.data_schema.manifest import export_manifest
 
     return export_manifest(Corpus(resolve_corpus_root(corpus_root), create=False), out, where, **options)
 

@@ -7,25 +7,26 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from songmill.data_schema.query import QueryRefused
 from songmill.data_schema.store import CorpusError
 from songmill.flows import app
+from songmill.flows.commands import corpus_root, settings
 from songmill.flows.config import ConfigError
 from songmill.flows.display import print_table
 from songmill.flows.executors import ENGINES, ExecutorError
-from songmill.flows.query import QueryRefused
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
 PLUGIN_COMMANDS = {
-    "lyrics": "songmill.flows.lyrics",
-    "model": "songmill.flows.model_commands",
-    "train": "songmill.flows.train_commands",
-    "generate": "songmill.flows.train_commands",
-    "models": "songmill.flows.models_commands",
-    "status": "songmill.flows.corpus_commands",
-    "report": "songmill.flows.corpus_commands",
-    "captions": "songmill.flows.caption_commands",
-    "dedup": "songmill.flows.dedup_commands",
+    "lyrics": "songmill.flows.commands.lyrics",
+    "model": "songmill.flows.commands.model_checkpoints",
+    "train": "songmill.flows.commands.train",
+    "generate": "songmill.flows.commands.train",
+    "models": "songmill.flows.commands.stage_weights",
+    "status": "songmill.flows.commands.corpus",
+    "report": "songmill.flows.commands.corpus",
+    "captions": "songmill.flows.commands.captions",
+    "dedup": "songmill.flows.commands.dedup",
 }
 
 
@@ -35,14 +36,6 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=None, help="stage settings TOML (default <corpus>/songmill.toml)")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override one setting (repeatable)")
     return common
-
-
-def corpus_root(args: argparse.Namespace) -> str:
-    return app.resolve_corpus_root(args.corpus)
-
-
-def settings(args: argparse.Namespace) -> dict:
-    return app.settings_for(args.corpus, args.config, args.overrides)
 
 
 def _split(text: str | None) -> list[str]:
@@ -89,7 +82,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from songmill.flows.query import manifest_summary
+    from songmill.data_schema.manifest import manifest_summary
 
     app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce, columns=args.columns)
     print(manifest_summary(args.out))

@@ -2,14 +2,59 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import sys
+from typing import Any
 
 import pyarrow as pa
 
 
-def print_table(table: pa.Table, fmt: str = "table") -> None:
-    from songmill.flows.query import render_csv, render_json
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)  # timestamps, decimals, uuids
 
+
+def cell_text(value: Any) -> str:
+    """One value as text: lists and structs as JSON, NULL as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(_jsonable(value), ensure_ascii=False)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def render_json(table: pa.Table) -> str:
+    return json.dumps([_jsonable(r) for r in table.to_pylist()], ensure_ascii=False, indent=1)
+
+
+def render_csv(table: pa.Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for row in table.to_pylist():
+        writer.writerow([cell_text(v) for v in row.values()])
+    return out.getvalue()
+
+
+def table_cell(value: Any, width: int = 80) -> str:
+    if value is None:
+        return "NULL"
+    text = f"{value:.4g}" if isinstance(value, float) else cell_text(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_table(table: pa.Table, fmt: str = "table") -> None:
     if fmt == "json":
         print(render_json(table))
     elif fmt == "csv":  # lists and structs as JSON text (pyarrow's CSV writer refuses them)
@@ -31,6 +76,4 @@ def print_table(table: pa.Table, fmt: str = "table") -> None:
 
 
 def _cell(value: object) -> str:
-    from songmill.flows.query import table_cell
-
     return table_cell(value)

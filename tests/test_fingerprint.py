@@ -23,7 +23,7 @@ from songmill.annotate.fingerprint import (
 )
 from songmill.annotate.ingest import ingest
 from songmill.annotate.runner import run_stages
-from songmill.flows.query import write_manifest
+from songmill.data_schema.manifest import write_manifest
 from songmill.testaudio.synth import render_track
 
 SR = 44100

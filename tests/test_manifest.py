@@ -9,9 +9,9 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from songmill.data_schema.manifest import ManifestError, reproduce_manifest, write_manifest
 from songmill.data_schema.store import utcnow
 from songmill.flows.cli import main
-from songmill.flows.query import ManifestError, reproduce_manifest, write_manifest
 
 
 def _write(corpus, ids, bpm):

@@ -84,7 +84,7 @@ def test_missing_weights_raise_stage_unavailable(tmp_path):
 
 
 def test_model_info_counts_and_cli(capsys):
-    from songmill.flows.model_commands import register
+    from songmill.flows.commands.model_checkpoints import register
     from songmill.model.info import param_counts
 
     counts = param_counts("tiny")

@@ -9,9 +9,10 @@ import json
 import os
 
 import pytest
+from songmill.data_schema.query import QueryFailed, QueryRefused, run_query
 from songmill.data_schema.store import utcnow
 from songmill.flows.cli import main
-from songmill.flows.query import QueryFailed, QueryRefused, render_csv, render_json, run_query
+from songmill.flows.display import render_csv, render_json
 
 
 def _seed(corpus):

@@ -6,8 +6,9 @@ import json
 import os
 
 import pytest
+from songmill.data_schema.manifest import export_manifest
+from songmill.data_schema.query import QueryRefused, run_query
 from songmill.data_schema.store import Corpus, CorpusError, utcnow
-from songmill.flows.query import QueryRefused, export_manifest, run_query
 
 
 def _qc(track_id, version=1, config="c", **values):

@@ -1,5 +1,5 @@
 """`songmill status` (per stage: current / stale / pending / failed) and `songmill report`
-(one offline HTML file of plots), registered through flows/cli.py's PLUGIN_COMMANDS."""
+(one offline HTML file of plots), registered in flows/cli.py's PLUGIN_COMMANDS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 def cmd_status(args: argparse.Namespace) -> int:
     from songmill.annotate import STAGE_CLASSES
     from songmill.data_schema.store import Corpus
-    from songmill.flows.cli import corpus_root, settings
+    from songmill.flows.commands import corpus_root, settings
     from songmill.flows.config import build_stages
     from songmill.flows.display import print_table
     from songmill.flows.report import stage_status
@@ -27,7 +27,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from songmill.data_schema.store import Corpus
-    from songmill.flows.cli import corpus_root
+    from songmill.flows.commands import corpus_root
     from songmill.flows.report import write_report
 
     path = write_report(Corpus(corpus_root(args), create=False), args.out)

@@ -10,7 +10,7 @@ import sys
 def _cmd_tags(args: argparse.Namespace) -> int:
     from songmill.annotate.caption import tag_distribution
     from songmill.data_schema.store import Corpus, CorpusError
-    from songmill.flows.cli import corpus_root
+    from songmill.flows.commands import corpus_root
 
     try:
         corpus = Corpus(corpus_root(args), create=False)

@@ -150,7 +150,7 @@ def fetch(spec: WeightSpec, settings: dict) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from songmill.flows.cli import settings
+    from songmill.flows.commands import settings
 
     entries = list_models(settings(args))
     if args.json:
@@ -170,7 +170,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from songmill.flows.cli import settings
+    from songmill.flows.commands import settings
 
     conf = settings(args)
     if args.all:

@@ -1,5 +1,5 @@
 """`songmill dedup`: bring the near-duplicate index up to date (incremental), or `--full` rebuild it
-from every fingerprint; registered through flows/cli.py's PLUGIN_COMMANDS."""
+from every fingerprint; registered in flows/cli.py's PLUGIN_COMMANDS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 def cmd_dedup(args: argparse.Namespace) -> int:
     from songmill.annotate.fingerprint import update_index
     from songmill.data_schema.store import Corpus
-    from songmill.flows.cli import corpus_root, settings
+    from songmill.flows.commands import corpus_root, settings
     from songmill.flows.config import build_stages
 
     (stage,) = build_stages(["fingerprint"], settings(args))

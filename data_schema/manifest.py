@@ -1,17 +1,19 @@
-"""Read-only SQL over the corpus, its rendering, and the manifest export the trainer reads.
+"""The manifest: the join of every table's current rows that training reads, in one place.
 
-The read-only guard rests on DuckDB itself: the parser (`extract_statements`, and
-`json_serialize_sql`, which serialises only SELECT statements) admits exactly one SELECT, or an
-EXPLAIN of one without ANALYZE (EXPLAIN ANALYZE runs its statement); the connection then runs
-with external access off except for the corpus folder (no reading or writing other files, no
-ATTACH, INSTALL or LOAD), and its configuration locked so the query cannot turn that back on.
+- its typed record (`ManifestRecord`, the columns the trainer uses) and the one-pass reader
+  (`read_manifest`) that hands the trainer those records;
+- the export (`write_manifest`: filter, split, columns, an atomic Parquet file with what it was
+  cut from in its metadata and a sidecar JSON) and its reproduction (`reproduce_manifest`);
+- `ManifestError`, the one error of all of it.
+
+The view itself is defined with the other views (`data_schema/views.py::manifest_sql`: its columns
+are every stage table's columns, `tables.py`), and kept fast by the manifest snapshot
+(`data_schema/store.py`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -19,135 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import pyarrow as pa
+from songmill.data_schema.query import QueryRefused, check_read_only, first_line
 from songmill.data_schema.store import Corpus, utcnow
+from songmill.data_schema.views import literal as sql_literal
 
 # DuckDB's default row-group size: large groups keep scans fast and files small.
 MANIFEST_ROW_GROUP_SIZE = 122_880
-
-
-class QueryRefused(ValueError):
-    pass
-
-
-class QueryFailed(ValueError):
-    """The query is allowed but DuckDB could not run it (unknown column, type error...)."""
-
-
-def read_only_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
-    """The corpus views on a connection that cannot reach any file outside the corpus."""
-    con = corpus.connect()
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
-    if corpus.is_local:
-        # The views read the corpus folder; nothing else is reachable. (fsspec corpora are read
-        # through a registered filesystem that this setting would block: there the parser
-        # checks below are the guard.)
-        con.execute(f"SET allowed_directories = [{_literal(corpus.path.rstrip('/') + '/')}]")
-        con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _is_plain_select(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
-    result = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
-    return not result.get("error") and len(result.get("statements", [])) == 1
-
-
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> str:
-    """The one statement of `sql` if it only reads; raises QueryRefused otherwise."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryRefused(f"cannot parse query: {_first_line(exc)}") from None
-    if not statements:
-        raise QueryRefused("empty query")
-    if len(statements) > 1:
-        raise QueryRefused(f"`songmill query` is read-only and runs one statement; got {len(statements)}")
-    statement = statements[0]
-    text = statement.query
-    if statement.type == duckdb.StatementType.EXPLAIN:
-        tokens = duckdb.tokenize(text)
-        words = [text[start:end].strip().upper() for (start, _), (end, _) in zip(tokens, [*tokens[1:], (len(text), None)], strict=True)]
-        if len(words) > 1 and words[1] == "ANALYZE":
-            raise QueryRefused("`songmill query` is read-only: EXPLAIN ANALYZE runs its statement; use EXPLAIN")
-        inner = text[tokens[1][0]:] if len(tokens) > 1 else ""
-        if not _is_plain_select(con, inner):
-            raise QueryRefused("`songmill query` is read-only: EXPLAIN only of a SELECT")
-        return text
-    if statement.type != duckdb.StatementType.SELECT or not _is_plain_select(con, text):
-        raise QueryRefused(
-            f"`songmill query` is read-only: a {statement.type.name} statement is not allowed "
-            "(corpus tables change only through ingest / annotate / reprocess)."
-        )
-    return text
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def run_query(corpus: Corpus, sql: str) -> pa.Table:
-    """Run one SELECT (or EXPLAIN of one); anything that could write is refused before it runs."""
-    con = read_only_connection(corpus)
-    try:
-        statement = check_read_only(con, sql)
-        try:
-            return con.sql(statement).to_arrow_table()
-        except duckdb.PermissionException as exc:
-            raise QueryRefused(f"`songmill query` reads only the corpus: {_first_line(exc)}") from None
-        except duckdb.Error as exc:
-            raise QueryFailed(_first_line(exc)) from None
-    finally:
-        con.close()
-
-
-# -- rendering ------------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    return str(value)  # timestamps, decimals, uuids
-
-
-def cell_text(value: Any) -> str:
-    """One value as text: lists and structs as JSON, NULL as empty."""
-    if value is None:
-        return ""
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(_jsonable(value), ensure_ascii=False)
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def render_json(table: pa.Table) -> str:
-    return json.dumps([_jsonable(r) for r in table.to_pylist()], ensure_ascii=False, indent=1)
-
-
-def render_csv(table: pa.Table) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(table.column_names)
-    for row in table.to_pylist():
-        writer.writerow([cell_text(v) for v in row.values()])
-    return out.getvalue()
-
-
-def table_cell(value: Any, width: int = 80) -> str:
-    if value is None:
-        return "NULL"
-    text = f"{value:.4g}" if isinstance(value, float) else cell_text(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # -- manifest -------------------------------------------------------------------------------------
@@ -206,7 +85,7 @@ def export_columns(available: list[str], columns: str | None) -> list[str]:
     return ["track_id", *dict.fromkeys(c for c in wanted if c != "track_id")]
 
 
-def manifest_sql(available: list[str], where: str | None, split: list[tuple[str, float]], seed: int, columns: list[str] | None = None) -> str:
+def export_sql(available: list[str], where: str | None, split: list[tuple[str, float]], seed: int, columns: list[str] | None = None) -> str:
     """The export query. A split hashes the duplicate cluster (the track itself when it has
     none) with the seed, so every member of a cluster lands on the same side."""
     from songmill.data_schema.views import quote
@@ -216,11 +95,11 @@ def manifest_sql(available: list[str], where: str | None, split: list[tuple[str,
     if not split:
         return f"SELECT {select} FROM manifest {clause} ORDER BY track_id"
     group = "coalesce(dup_cluster, track_id)" if "dup_cluster" in available else "track_id"
-    unit = f"('0x' || substr(md5({_literal(str(seed) + ':')} || {group}), 1, 12))::UBIGINT / 281474976710656.0"
+    unit = f"('0x' || substr(md5({sql_literal(str(seed) + ':')} || {group}), 1, 12))::UBIGINT / 281474976710656.0"
     cases, edge = [], 0.0
     for name, share in split:
         edge += share
-        cases.append(f"WHEN _u < {edge!r} THEN {_literal(name)}")
+        cases.append(f"WHEN _u < {edge!r} THEN {sql_literal(name)}")
     return (
         f"SELECT * EXCLUDE (_u), CASE {' '.join(cases)} ELSE 'train' END AS split "
         f"FROM (SELECT {select}, {unit} AS _u FROM manifest {clause}) ORDER BY track_id"
@@ -299,7 +178,7 @@ def write_manifest(
             check_where(con, where)
         available = [row[0] for row in con.execute("DESCRIBE manifest").fetchall()]
         chosen = export_columns(available, columns)
-        sql = manifest_sql(available, where, splits, seed, None if chosen == available else chosen)
+        sql = export_sql(available, where, splits, seed, None if chosen == available else chosen)
         state = corpus_state(con, corpus)
         meta = {
             "sql": sql, "where": where, "split": split, "seed": seed, "columns": columns or "default",
@@ -309,8 +188,8 @@ def write_manifest(
         try:
             path = _copy(con, sql, out, {k: v for k, v in meta.items() if k != "corpus_state"} | {"state_id": state["state_id"]})
         except duckdb.Error as exc:
-            raise ManifestError(f"manifest query failed: {_first_line(exc)}") from None
-        counts = dict(con.execute(f"SELECT {'split' if splits else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({_literal(path)}) GROUP BY ALL").fetchall())
+            raise ManifestError(f"manifest query failed: {first_line(exc)}") from None
+        counts = dict(con.execute(f"SELECT {'split' if splits else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
     finally:
         con.close()
     meta |= {"rows": int(sum(counts.values())), "splits": counts, "track_ids_sha256": _ids_digest(path), "out": path}
@@ -367,7 +246,7 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
                     "or written late with earlier timestamps)"
                 )
         path = _copy(con, sql, out, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
-        counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({_literal(path)}) GROUP BY ALL").fetchall())
+        counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
     finally:
         con.close()
     if _ids_digest(path) != meta.get("track_ids_sha256"):
