@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from songmill.annotate.settings import ConfigError, build_config
 
-# name -> "module:Class". Modules are imported on demand so that `songmill query` never pays for
+if TYPE_CHECKING:
+    from songmill.data_schema.store import Corpus
+
+# The one stage registry: name -> "module:Class". Modules are imported on demand so that `songmill query` never pays for
 # torch / whisper imports; stage modules import heavy libraries inside `setup`, not at top level.
 STAGE_CLASSES: dict[str, str] = {
     "qc": "songmill.annotate.qc:QCStage",
@@ -25,13 +31,34 @@ STAGE_CLASSES: dict[str, str] = {
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
 
 
-def stage_class(name: str) -> type[Stage]:
+def stage_target(name: str) -> str:
+    """"module:Class" of a stage (what a worker imports: it needs no registry of its own)."""
     try:
-        target = STAGE_CLASSES[name]
+        return STAGE_CLASSES[name]
     except KeyError:
-        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGE_CLASSES)}") from None
-    module_name, class_name = target.split(":")
+        raise ConfigError(f"unknown stage {name!r}; known: {', '.join(STAGE_CLASSES)}") from None
+
+
+def import_stage(target: str) -> type[Stage]:
+    """The stage class a "module:Class" target names."""
+    module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["DEFAULT_STAGES", "RUNTIME", "STAGE_CLASSES", "Stage", "StageConfig", "StageUnavailable", "Track", "stage_class"]
+def stage_class(name: str) -> type[Stage]:
+    return import_stage(stage_target(name))
+
+
+def build_stages(names: Iterable[str], settings: Mapping[str, Mapping[str, Any]], corpus: Corpus | None = None) -> list[Stage]:
+    """Stage objects, in the given order, configured from their settings tables."""
+    stages = []
+    for name in names:
+        cls = stage_class(name)
+        stages.append(cls(build_config(cls.config_class, name, settings.get(name)), corpus=corpus))
+    return stages
+
+
+__all__ = [
+    "DEFAULT_STAGES", "RUNTIME", "STAGE_CLASSES", "Stage", "StageConfig", "StageUnavailable", "Track",
+    "build_stages", "import_stage", "stage_class", "stage_target",
+]

@@ -156,5 +156,9 @@ class Stage:
     def process_track(self, track: Track) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_track")
 
+    def after_run(self, corpus: Corpus) -> None:
+        """Corpus-wide work once a run wrote some of this stage's rows (e.g. the fingerprint
+        stage's near-duplicate index). The runner calls it after the `runs` rows are in."""
+
     def __repr__(self) -> str:
         return f"<stage {self.name} v{self.version} {self.config_hash}>"

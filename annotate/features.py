@@ -17,8 +17,8 @@ import numpy as np
 from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
 from songmill.data_schema.shards import shard_bytes, shard_relpath
 from songmill.data_schema.tables import TABLES
+from songmill.model.config import LATENT_FPS, SAMPLE_RATE
 
-LATENT_FPS = 44100 / 512 / 8
 NONE = "none"  # a model setting of "none" leaves that feature out
 # Tables whose current rows give captions, lyrics and the instrumental flag, when they exist.
 OPTIONAL_INPUTS = ("music", "captions", "transcripts", "lyrics_matches", "separation", "lyric_sections")
@@ -407,7 +407,7 @@ class FeatureExtractors:
         import torch
 
         cfg = self.cfg
-        audio, sr = track.audio(44100)
+        audio, sr = track.audio(SAMPLE_RATE)
         audio = audio[: int(cfg.max_duration_s * sr)]
         stereo = audio if audio.shape[1] >= 2 else np.repeat(audio, 2, axis=1)
         tensors: dict[str, torch.Tensor] = {}

@@ -146,6 +146,10 @@ class Plan:
     stages: list[StageProgress]
     batches: list[list[dict[str, Any]]]
     started_at: datetime = field(default_factory=utcnow)
+    # track_id -> table -> row: inputs a caller already holds (a manifest's joined row), used only
+    # where the corpus has no current row of that table (they carry no lineage key, so none is
+    # recorded for them)
+    given_inputs: dict[str, dict[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     @property
     def n_tracks(self) -> int:
@@ -331,7 +335,7 @@ def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> list[S
                 corpus.write("errors", errors)
                 done.n_error = len(errors)
             else:
-                _attach_inputs(corpus, stage, todo, produced)
+                _attach_inputs(corpus, stage, todo, produced, plan.given_inputs)
                 results = _process_isolating_failures(stage, todo)
                 if len(results) != len(todo):
                     raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(todo)} tracks")
@@ -412,7 +416,13 @@ def lineage(stage: Stage, track: Track) -> list[dict[str, Any]]:
     return out
 
 
-def _attach_inputs(corpus: Corpus, stage: Stage, tracks: list[Track], produced: dict[str, dict[str, dict[str, Any]]]) -> None:
+def _attach_inputs(
+    corpus: Corpus,
+    stage: Stage,
+    tracks: list[Track],
+    produced: dict[str, dict[str, dict[str, Any]]],
+    given: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> None:
     ids = [t.track_id for t in tracks]
     for table in input_tables(stage):
         stored = _current_rows(corpus, table, ids)
@@ -420,6 +430,8 @@ def _attach_inputs(corpus: Corpus, stage: Stage, tracks: list[Track], produced: 
         for track in tracks:
             if track.track_id in stored:
                 track.inputs[table] = stored[track.track_id]
+            elif given and table in given.get(track.track_id, {}):
+                track.inputs[table] = given[track.track_id][table]
 
 
 # -- finish ----------------------------------------------------------------------------------------
@@ -447,9 +459,8 @@ def finish(corpus: Corpus, plan: Plan) -> list[RunSummary]:
             rows.append(row | {"host": host, "started_at": plan.started_at, "finished_at": finished})
     corpus.write("runs", rows)
     for p in plan.stages:  # corpus-wide work after a stage's rows are in (the duplicate index)
-        after_run = getattr(p.stage, "after_run", None)
-        if p.n_ok and after_run is not None:
-            after_run(corpus)
+        if p.n_ok:
+            p.stage.after_run(corpus)
     corpus.compact_if_needed([p.stage.table for p in plan.stages] + ["errors", "runs"])
     return summaries
 
@@ -462,9 +473,12 @@ def run_stages(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int, int], None] | None = None,
     force: bool = False,
+    given_inputs: dict[str, dict[str, Mapping[str, Any]]] | None = None,
 ) -> list[RunSummary]:
-    """Run `stages` (in order) over every track that lacks their current results, in-process."""
+    """Run `stages` (in order) over every track that lacks their current results, in-process.
+    `given_inputs` (track_id -> table -> row) stand in where the corpus has no current input row."""
     the_plan = plan(corpus, stages, where, batch_size, run_id, force)
+    the_plan.given_inputs = given_inputs or {}
     setup_stages(the_plan)
     done = 0
     for batch in the_plan.batches:

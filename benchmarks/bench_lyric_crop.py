@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from songmill.model.config import LATENT_FPS  # noqa: E402
 
-LATENT_FPS = 44100 / 512 / 8
 WORDS = "sing the night away light my heart again dance slow under falling stars we were young".split()
 
 
@@ -57,9 +57,10 @@ def write_shards(folder: str, tracks: int, seconds: float, lines: int, seed: int
 
 
 def measure(rows: list[dict], mode: str, crop_s: float, samples: int) -> dict:
+    from songmill.data_schema.manifest import ManifestRecord
     from songmill.train.data import FeatureDataset, SampleKey
 
-    dataset = FeatureDataset(rows, crop_s, 4096, mode)
+    dataset = FeatureDataset([ManifestRecord(**r) for r in rows], crop_s, 4096, mode)
     dataset[SampleKey(0, 0, 0, 0)]  # warm-up: tokenizer, page cache
     tokens = []
     started = time.perf_counter()

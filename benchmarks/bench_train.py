@@ -92,9 +92,9 @@ def _install_bench_text_encoder() -> None:
 def worker(args: argparse.Namespace) -> dict[str, float]:
     import torch
     from songmill.annotate.features import FeatureExtractors, FeaturesConfig
+    from songmill.model.config import LATENT_FPS
     from songmill.train.config import TrainConfig
     from songmill.train.data import (
-        LATENT_FPS,
         BatchStream,
         BucketBatchOrder,
         SampleKey,
@@ -128,6 +128,10 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         next_batch = lambda: next(stream)  # noqa: E731
     else:
         extractors = FeatureExtractors.from_config(FeaturesConfig(**features_settings(paths, args.preset), device=str(device)))
+        import pyarrow.parquet as pq
+
+        # the whole manifest rows: the features stage's inputs (music, captions...) ride on them
+        full_rows = {r["track_id"]: r for r in pq.read_table(paths["features"]).to_pylist()}
         rows = task.rows
         epoch_batches = [b for e in range(1000) for b in order.epoch_batches(e)]
 
@@ -135,8 +139,9 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
             keys: list[SampleKey] = epoch_batches.pop(0)
             items = []
             for key in keys:
-                row = rows[key.index]
-                wav = load_crop(row, cfg.max_crop_s, sample_rng(key))  # (2, samples) at 44.1 kHz
+                record = rows[key.index]
+                row = full_rows[record.track_id]
+                wav = load_crop(record, cfg.max_crop_s, sample_rng(key))  # (2, samples) at 44.1 kHz
                 track = _CropTrack(row, track_inputs(row), wav)
                 tensors, meta = extractors.track_features(track)
                 style = "tags"

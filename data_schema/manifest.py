@@ -13,10 +13,12 @@ are every stage table's columns, `tables.py`), and kept fast by the manifest sna
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,79 @@ import duckdb
 from songmill.data_schema.query import QueryRefused, check_read_only, first_line
 from songmill.data_schema.store import Corpus, utcnow
 from songmill.data_schema.views import literal as sql_literal
+
+
+# -- the typed record the trainer reads ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """One manifest row as the trainer sees it: the columns it reads, typed. A column the trainer
+    starts to read is added here (and nowhere else); every other manifest column stays in the
+    Parquet file, unread by the trainer."""
+
+    track_id: str
+    uri: str
+    duration_s: float
+    features_url: str | None = None  # the cached features shard (the `features` stage)
+    lyrics: str | None = None  # the matched canonical lyrics (the `lyrics` stage)
+
+
+# Read, besides the record's columns: rows failing QC are left out of training.
+QC_COLUMN = "qc_pass"
+RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ManifestRecord))
+ALWAYS_REQUIRED: tuple[str, ...] = ("track_id", "uri", "duration_s")
+
+
+def read_manifest(path: str, require: Sequence[str] = ALWAYS_REQUIRED) -> list[ManifestRecord]:
+    """The trainable records of a manifest Parquet, in one pass over only the columns the trainer
+    reads: rows with qc_pass false are left out, and so are rows lacking a `require`d value
+    (track_id, uri and duration_s are always required)."""
+    import pyarrow.parquet as pq
+
+    required = list(dict.fromkeys([*ALWAYS_REQUIRED, *require]))
+    try:
+        available = pq.read_schema(path).names
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+    missing = [c for c in required if c not in available]
+    if missing:
+        raise ManifestError(
+            f"manifest {path} lacks column(s) {missing}; export it with `songmill manifest --out FILE`"
+            + (" after running the features stage" if "features_url" in missing else "")
+        )
+    wanted = [c for c in (*RECORD_COLUMNS, QC_COLUMN) if c in available]
+    columns = pq.read_table(path, columns=wanted).to_pydict()
+    n = len(columns["track_id"])
+    passed = columns.get(QC_COLUMN, [None] * n)
+    present = {c: columns.get(c, [None] * n) for c in RECORD_COLUMNS}
+    records = [
+        ManifestRecord(**{c: present[c][i] for c in RECORD_COLUMNS})
+        for i in range(n)
+        if passed[i] is not False and all(columns[c][i] is not None for c in required)
+    ]
+    if not records:
+        raise ManifestError(f"manifest {path} has no usable rows (need non-null {required})")
+    return records
+
+
+def features_count(path: str) -> tuple[int, int]:
+    """(rows with a features_url, all rows) of a manifest, from the Parquet footer's null counts
+    (reading the column only where a writer left no statistics)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    names = meta.schema.to_arrow_schema().names
+    if "features_url" not in names:
+        return 0, meta.num_rows
+    index = names.index("features_url")
+    nulls = 0
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(index).statistics
+        if stats is None or not stats.has_null_count:
+            column = pq.read_table(path, columns=["features_url"]).column(0)
+            return meta.num_rows - column.null_count, meta.num_rows
+        nulls += stats.null_count
+    return meta.num_rows - nulls, meta.num_rows
+
 
 # DuckDB's default row-group size: large groups keep scans fast and files small.
 MANIFEST_ROW_GROUP_SIZE = 122_880

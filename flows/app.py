@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from songmill.annotate import runner
+from songmill.annotate import build_stages, runner
 from songmill.annotate.ingest import IngestSummary
+from songmill.annotate.settings import load_settings
 from songmill.data_schema.store import Corpus, default_corpus_root
-from songmill.flows.config import build_stages, load_settings
 from songmill.flows.executors import make_executor
 
 

@@ -7,11 +7,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from songmill.annotate.settings import ConfigError
 from songmill.data_schema.query import QueryRefused
 from songmill.data_schema.store import CorpusError
 from songmill.flows import app
 from songmill.flows.commands import corpus_root, settings
-from songmill.flows.config import ConfigError
 from songmill.flows.display import print_table
 from songmill.flows.executors import ENGINES, ExecutorError
 
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from songmill.flows.config import load_settings
+    from songmill.annotate.settings import load_settings
     from songmill.flows.demo import run_demo
 
     return run_demo(args.out, args.corpus, args.tracks, train=not args.no_train, train_steps=args.train_steps,

@@ -57,7 +57,7 @@ def add_sung_vocals(folder: str, truth: list[dict], every: int = 3, seed: int = 
 def annotate_text_side(root: str, records: list[dict], settings: dict | None, engine: str) -> None:
     from songmill.annotate.lyrics import LyricsConfig
     from songmill.annotate.lyrics_db import LyricsDB
-    from songmill.flows.config import build_config
+    from songmill.annotate.settings import build_config
 
     merged = {stage: {**values, **(settings or {}).get(stage, {})} for stage, values in OFFLINE_SETTINGS.items()}
     merged = {**(settings or {}), **merged}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from songmill.annotate import runner
+from songmill.annotate import import_stage, runner, stage_target
 from songmill.annotate.base import Stage, StageConfig, config_hash
 from songmill.annotate.ingest import (
     FoundFile,
@@ -36,8 +35,8 @@ from songmill.annotate.ingest import (
     ingest_batches,
     plan_ingest,
 )
+from songmill.annotate.settings import build_config
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
-from songmill.flows.config import ConfigError, build_config
 
 # A task run costs ~10-40 ms of API calls to the Prefect server; a task should carry minutes of
 # audio, while a batch (the unit of decoding and of Parquet parts) stays small for memory.
@@ -162,11 +161,6 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES))
 
 
-def import_target(target: str) -> type[Stage]:
-    module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
 def _full_config_key(config: StageConfig) -> str:
     # Runtime settings (device, batch size) do not change results but do change the instance.
     blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()
@@ -175,7 +169,7 @@ def _full_config_key(config: StageConfig) -> str:
 
 def cached_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
     """This process's instance of a stage (built on first use, not yet set up)."""
-    cls = import_target(target)
+    cls = import_stage(target)
     config = build_config(cls.config_class, name, table)
     key = (name, cls.version, _full_config_key(config), target, corpus_root)
     if key not in _STAGE_CACHE:
@@ -209,12 +203,7 @@ def clear_stage_cache() -> None:
 
 def stage_targets(stage_names: list[str]) -> dict[str, str]:
     """name -> "module:Class", resolved here so that a worker needs no registry of its own."""
-    from songmill.annotate import STAGE_CLASSES
-
-    unknown = [n for n in stage_names if n not in STAGE_CLASSES]
-    if unknown:
-        raise ConfigError(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGE_CLASSES)}")
-    return {n: STAGE_CLASSES[n] for n in stage_names}
+    return {n: stage_target(n) for n in stage_names}
 
 
 # -- annotate ----------------------------------------------------------------------------------------
@@ -306,7 +295,7 @@ def annotate_jobs(
     run_id = run_id or new_run_id()
     phases: list[tuple[str, list[str]]] = []
     for name in stage_names:
-        kind = "gpu" if getattr(import_target(targets[name]), "resources", "cpu") == "gpu" else "cpu"
+        kind = "gpu" if import_stage(targets[name]).resources == "gpu" else "cpu"
         if phases and phases[-1][0] == kind:
             phases[-1][1].append(name)
         else:

@@ -14,9 +14,9 @@ import sys
 from typing import Any
 
 from prefect import flow
-from songmill.annotate import DEFAULT_STAGES
+from songmill.annotate import DEFAULT_STAGES, build_stages
 from songmill.annotate.ingest import IngestConfig
-from songmill.flows.config import build_config, build_stages, load_settings
+from songmill.annotate.settings import build_config, load_settings
 from songmill.flows.pipeline import annotate_flow, ingest_flow
 
 DEPLOYMENT_NAME = "songmill-scheduled"

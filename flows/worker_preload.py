@@ -12,13 +12,13 @@ import os
 
 import prefect.task_engine  # noqa: F401 - what runs each task in a worker
 import songmill.flows.pipeline  # noqa: F401 - the tasks and the job code
-from songmill.flows.jobs import import_target
+from songmill.annotate import import_stage
 
 # "module:Class" stage targets, set by the executor for the fork server it starts.
 STAGES_ENV = "SONGMILL_WORKER_STAGES"
 
 for _target in filter(None, os.environ.get(STAGES_ENV, "").split(",")):
     try:
-        import_target(_target).warm_up()
+        import_stage(_target).warm_up()
     except Exception:  # a stage that cannot even import fails in its task, with its own error
         pass

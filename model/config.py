@@ -14,6 +14,13 @@ from typing import Any, TypeVar
 
 T = TypeVar("T", bound="_DictConfig")
 
+# The audio the model hears and the latent frame rate it works at, defined once: mels at 44.1 kHz
+# with hop 512, the DCAE 8x down in time (240 s = 2584 latent frames).
+SAMPLE_RATE = 44100
+HOP_LENGTH = 512
+LATENT_DOWNSAMPLE = 8
+LATENT_FPS = SAMPLE_RATE / HOP_LENGTH / LATENT_DOWNSAMPLE  # 10.77 latent frames per second
+
 
 class _DictConfig:
     """Mixin: dict round trip that rebuilds nested config dataclasses and tuples."""
@@ -58,10 +65,10 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 @dataclass
 class MelConfig(_DictConfig):
-    sample_rate: int = 44100
+    sample_rate: int = SAMPLE_RATE
     channels: int = 2
     n_fft: int = 2048
-    hop_length: int = 512
+    hop_length: int = HOP_LENGTH
     win_length: int = 2048
     n_mels: int = 128
     f_min: float = 40.0

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from songmill.data_schema.manifest import ManifestError, ManifestRecord, read_manifest
 from songmill.train.checkpoint import (
     CheckpointError,
     check_config_matches,
@@ -25,12 +26,10 @@ from songmill.train.data import (
     BatchStream,
     BucketBatchOrder,
     DataPosition,
-    ManifestError,
     SampleKey,
     collate_features,
     collate_mel,
     load_crop,
-    read_manifest,
     sample_rng,
 )
 from songmill.train.loop import lr_factor
@@ -116,7 +115,7 @@ def test_collate_features_pads_every_sequence():
 def test_read_manifest_requires_columns_and_drops_failed_qc(tmp_path):
     path = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"track_id": ["a", "b"], "uri": ["x", "y"], "duration_s": [1.0, 2.0], "qc_pass": [True, False]}), path)
-    assert [r["track_id"] for r in read_manifest(path)] == ["a"]
+    assert [r.track_id for r in read_manifest(path)] == ["a"]
     with pytest.raises(ManifestError, match="features_url"):
         read_manifest(path, require=("track_id", "features_url"))
 
@@ -127,7 +126,7 @@ def test_load_crop_reads_a_random_stereo_crop(tmp_path):
     sr = 22050
     mono = np.linspace(-0.5, 0.5, sr * 3, dtype=np.float32)
     sf.write(tmp_path / "a.wav", mono, sr)
-    row = {"uri": str(tmp_path / "a.wav"), "duration_s": 3.0}
+    row = ManifestRecord("a", str(tmp_path / "a.wav"), 3.0)
     crop = load_crop(row, 1.0, np.random.default_rng(0))
     assert crop.shape == (2, 44100)  # resampled to 44.1 kHz, mono duplicated
     other = load_crop(row, 1.0, np.random.default_rng(1))

@@ -229,8 +229,9 @@ LINES = [{"start": 0.5, "end": 1.5, "text": "first line"}, {"start": 4.5, "end":
 
 
 def _crops(manifest, lyric_crop: str, n: int = 24):
+    from songmill.data_schema.manifest import read_manifest
     from songmill.model.lyric_tokens import LyricTokenizer
-    from songmill.train.data import FeatureDataset, SampleKey, read_manifest
+    from songmill.train.data import FeatureDataset, SampleKey
 
     rows = read_manifest(manifest, require=("track_id", "features_url"))
     dataset = FeatureDataset(rows, max_crop_s=3.0, lyric_crop=lyric_crop)

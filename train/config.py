@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-RUNTIME = {"runtime": True}
+from songmill.annotate.base import RUNTIME
+from songmill.annotate.settings import coerce_settings
 
 
 class TrainConfigError(ValueError):
@@ -142,12 +142,7 @@ class TrainConfig:
 
     def updated(self, values: dict[str, Any]) -> TrainConfig:
         """A copy with `values` applied; unknown keys and wrong types are errors."""
-        hints = typing.get_type_hints(type(self))
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise TrainConfigError(f"unknown training setting(s) {unknown}; known: {sorted(names)}")
-        coerced = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+        coerced = coerce_settings(type(self), values, "[train]", TrainConfigError)
         config = dataclasses.replace(self, **coerced)
         config.validate()
         return config
@@ -197,29 +192,3 @@ def with_legacy_values(saved: dict[str, Any], hashed_only: bool = False) -> dict
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    kind = typing.get_origin(hint) or hint
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-        elif kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
-            return int(float(value))
-        elif kind is float and not isinstance(value, bool):
-            return float(value)
-        elif kind is str and isinstance(value, str):
-            return value
-        elif kind is tuple and isinstance(value, list | tuple):
-            return tuple(float(v) for v in value)
-        elif kind is list:
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            if isinstance(value, list | tuple):
-                return [str(v) for v in value]
-    except (TypeError, ValueError):
-        pass
-    raise TrainConfigError(f"training setting {name} = {value!r} is not a valid {hint}")

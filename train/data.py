@@ -20,34 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+from songmill.data_schema.manifest import ManifestError, ManifestRecord
+from songmill.model.config import LATENT_DOWNSAMPLE, LATENT_FPS, SAMPLE_RATE
 
-SAMPLE_RATE = 44100
-HOP_LENGTH = 512
-LATENT_DOWNSAMPLE = 8
-LATENT_FPS = SAMPLE_RATE / HOP_LENGTH / LATENT_DOWNSAMPLE  # 10.77 latent frames per second
 PAD_MEL = -1.0  # log-mel floor after scaling to [-1, 1]: padding sounds like silence
-
-
-class ManifestError(ValueError):
-    pass
-
-
-def read_manifest(path: str, require: Sequence[str] = ("track_id", "uri", "duration_s")) -> list[dict[str, Any]]:
-    """Manifest rows as dicts; rows failing QC (qc_pass false) are left out."""
-    table = pq.read_table(path)
-    missing = [c for c in require if c not in table.column_names]
-    if missing:
-        raise ManifestError(
-            f"manifest {path} lacks column(s) {missing}; export it with `songmill manifest --out FILE`"
-            + (" after running the features stage" if "features_url" in missing else "")
-        )
-    rows = [r for r in table.to_pylist() if r.get("qc_pass") is not False]
-    rows = [r for r in rows if all(r.get(c) is not None for c in require)]
-    if not rows:
-        raise ManifestError(f"manifest {path} has no usable rows (need non-null {list(require)})")
-    return rows
 
 
 # -- batch order ------------------------------------------------------------------------------
@@ -188,12 +165,12 @@ def crop_length_s(duration_s: float, max_crop_s: float) -> float:
 class MelCropDataset(torch.utils.data.Dataset):
     """Random crops (up to max_crop_s) of each track as stereo 44.1 kHz mel spectrograms."""
 
-    def __init__(self, rows: list[dict[str, Any]], mel_config: Any, max_crop_s: float):
+    def __init__(self, rows: Sequence[ManifestRecord], mel_config: Any, max_crop_s: float):
         self.rows, self.mel_config, self.max_crop_s = rows, mel_config, max_crop_s
         self._mel: torch.nn.Module | None = None  # built lazily, once per worker process
 
     def lengths(self) -> list[float]:
-        return [crop_length_s(r["duration_s"], self.max_crop_s) for r in self.rows]
+        return [crop_length_s(r.duration_s, self.max_crop_s) for r in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -208,15 +185,15 @@ class MelCropDataset(torch.utils.data.Dataset):
             self._mel = MelSpectrogram(self.mel_config).eval()
         with torch.no_grad():
             mel = self._mel(torch.from_numpy(wav).unsqueeze(0))[0]
-        return {"mel": mel, "track_id": row["track_id"]}
+        return {"mel": mel, "track_id": row.track_id}
 
 
-def load_crop(row: dict[str, Any], max_crop_s: float, rng: np.random.Generator) -> np.ndarray:
+def load_crop(row: ManifestRecord, max_crop_s: float, rng: np.random.Generator) -> np.ndarray:
     """A random crop of a track as float32 (2, samples) at 44.1 kHz; reads only the crop when the
     file is seekable, decodes the whole file otherwise."""
     from songmill.annotate.audio import decode, resample
 
-    duration = float(row["duration_s"])
+    duration = float(row.duration_s)
     crop_s = crop_length_s(duration, max_crop_s)
     start_s = float(rng.uniform(0.0, max(duration - crop_s, 0.0)))
     samples, sr = None, None
@@ -224,12 +201,12 @@ def load_crop(row: dict[str, Any], max_crop_s: float, rng: np.random.Generator) 
         import fsspec
         import soundfile as sf
 
-        with fsspec.open(row["uri"], "rb") as f, sf.SoundFile(f) as snd:
+        with fsspec.open(row.uri, "rb") as f, sf.SoundFile(f) as snd:
             sr = snd.samplerate
             snd.seek(int(start_s * sr))
             samples = snd.read(int(round(crop_s * sr)), dtype="float32", always_2d=True)
     except Exception:  # not seekable by libsndfile (m4a, odd mp3): decode it all, then cut
-        full, sr = decode(row["uri"])
+        full, sr = decode(row.uri)
         first = int(start_s * sr)
         samples = full[first : first + int(round(crop_s * sr))]
     samples = resample(samples, sr, SAMPLE_RATE)
@@ -266,7 +243,7 @@ class FeatureDataset(torch.utils.data.Dataset):
     all the lyrics.
     """
 
-    def __init__(self, rows: list[dict[str, Any]], max_crop_s: float, max_lyric_tokens: int = 4096,
+    def __init__(self, rows: Sequence[ManifestRecord], max_crop_s: float, max_lyric_tokens: int = 4096,
                  lyric_crop: str = "full", tokenizer_json: str | None = None):
         self.rows, self.max_crop_s = rows, max_crop_s
         self.max_lyric_tokens = max_lyric_tokens
@@ -275,7 +252,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         self._tokenizer: Any = None  # built lazily, once per worker process
 
     def lengths(self) -> list[float]:
-        return [crop_length_s(r["duration_s"], self.max_crop_s) for r in self.rows]
+        return [crop_length_s(r.duration_s, self.max_crop_s) for r in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -292,7 +269,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
         row = self.rows[key.index]
         rng = sample_rng(key)
-        shard = FeatureShard.open(row["features_url"])
+        shard = FeatureShard.open(row.features_url)
         total = shard.latent_frames
         frames = min(total, max(1, int(self.max_crop_s * LATENT_FPS)))
         start = int(rng.integers(0, total - frames + 1))
@@ -305,7 +282,7 @@ class FeatureDataset(torch.utils.data.Dataset):
             begin_s, end_s = start / LATENT_FPS, (start + frames) / LATENT_FPS
             sung = [ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s]
             lyrics = self._encode("\n".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
-        item: dict[str, Any] = {"track_id": row["track_id"], "latent": shard.latent(start, frames)}
+        item: dict[str, Any] = {"track_id": row.track_id, "latent": shard.latent(start, frames)}
         styles = shard.text_styles
         style = styles[int(rng.integers(0, len(styles)))] if styles else None
         item["caption"] = shard.caption(style) if style else ""

@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             scheduler.step()
-            logs |= getattr(task, "after_step", lambda d: {})(device)
+            logs |= task.after_step(device)
             if ema is not None:
                 ema.update(model)
             step += 1

@@ -1,5 +1,5 @@
-"""Manifests for training: a synthetic one (tests, demo, benchmarks) and feature caching straight
-from a manifest (the `features` stage run outside a corpus annotate pass)."""
+"""Manifests for training: a synthetic one (tests, demo, benchmarks), and the features a DiT
+manifest lacks, computed by the features stage through the annotate runner."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-MANIFEST_COLUMNS = (
-    "track_id", "uri", "duration_s", "sample_rate", "channels", "bpm", "keyscale", "key_tonic", "key_mode", "qc_pass",
-)
+from songmill.annotate.settings import build_config
+from songmill.data_schema.features import FEATURES
+from songmill.data_schema.manifest import features_count
+from songmill.data_schema.views import STAGE_KEY_COLUMNS
+from songmill.model.config import SAMPLE_RATE
 
 
 def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0, seed: int = 0, lyrics: bool = True) -> str:
@@ -37,8 +38,8 @@ def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0,
             track_id = hashlib.sha256(f.read()).hexdigest()
         lyric = " ".join(words[int(j)] for j in rng.integers(0, len(words), 8)) if lyrics and i % 2 == 0 else ""
         rows.append({
-            "track_id": track_id, "uri": os.path.abspath(path), "duration_s": audio.shape[0] / 44100,
-            "sample_rate": 44100, "channels": 2, "bpm": bpm, "keyscale": f"{tonic} {mode}",
+            "track_id": track_id, "uri": os.path.abspath(path), "duration_s": audio.shape[0] / SAMPLE_RATE,
+            "sample_rate": SAMPLE_RATE, "channels": 2, "bpm": bpm, "keyscale": f"{tonic} {mode}",
             "key_tonic": tonic, "key_mode": mode, "qc_pass": True, "lyrics": lyric,
         })
     manifest = os.path.join(out_dir, "manifest.parquet")
@@ -63,14 +64,6 @@ class FeaturesMissing(ValueError):
     """A DiT manifest whose tracks have no cached features; the message says how to make them."""
 
 
-def features_status(manifest: str) -> tuple[int, int]:
-    """(rows with a features_url, all rows) of a manifest."""
-    table = pq.read_table(manifest)
-    if "features_url" not in table.column_names:
-        return 0, table.num_rows
-    return table.num_rows - table.column("features_url").null_count, table.num_rows
-
-
 def missing_features_message(manifest: str) -> str:
     """One line: why a manifest cannot train the DiT, and the exact commands that fix it."""
     return (
@@ -92,8 +85,7 @@ def ensure_features(manifest: str, dcae_checkpoint: str, corpus_root: str, **fea
     copy with them (`<manifest>.features.parquet`), computed by the features stage with
     `dcae_checkpoint` into the corpus at `corpus_root`. Returns (path, computed now).
     Without a DCAE checkpoint raises FeaturesMissing, whose message names the commands."""
-    with_features, rows = features_status(manifest)
-    if with_features > 0:
+    if features_count(manifest)[0] > 0:
         return manifest, False
     if not dcae_checkpoint:
         raise FeaturesMissing(missing_features_message(manifest))
@@ -103,45 +95,57 @@ def ensure_features(manifest: str, dcae_checkpoint: str, corpus_root: str, **fea
 
 
 def cache_features(manifest: str, corpus_root: str, out_manifest: str, **features_settings: Any) -> str:
-    """Run the features stage over a manifest's tracks: shards into the corpus at `corpus_root`,
-    rows into its `features` table, and a copy of the manifest with the features columns added.
-    A track that fails is left out of the copy (and named on stderr); a stage that cannot run
-    at all (weights missing) raises its StageUnavailable, whose message says what to fetch."""
+    """Run the features stage over a manifest's tracks through the annotate runner (what
+    `songmill annotate --stages features` runs): the tracks are ingested into the corpus at
+    `corpus_root` if they are not there yet, the stage writes its shards, its `features` rows
+    with their lineage, an `errors` row per failed track and a `runs` row; then a copy of the
+    manifest gets the features columns. The manifest's joined columns (music, lyrics, captions)
+    stand in for stage inputs the corpus lacks. A track that fails is left out of the copy (and
+    named on stderr); a stage that cannot run at all (weights missing) raises StageUnavailable,
+    whose message says what to fetch."""
     import sys
 
-    from songmill.annotate.base import StageUnavailable, Track
+    from songmill.annotate.base import StageUnavailable
     from songmill.annotate.features import FeaturesConfig, FeaturesStage
-    from songmill.data_schema.store import Corpus, new_run_id, utcnow
-    from songmill.model.weights import WeightsMissing
+    from songmill.annotate.ingest import ingest
+    from songmill.annotate.runner import run_stages
+    from songmill.data_schema.store import Corpus
+    from songmill.data_schema.views import literal
 
-    table = pq.read_table(manifest)
-    rows = [{k: v for k, v in r.items() if k not in FEATURE_COLUMNS} for r in table.to_pylist()]
+    rows = [{k: v for k, v in r.items() if k not in FEATURE_COLUMNS} for r in pq.read_table(manifest).to_pylist()]
     corpus = Corpus(corpus_root)
-    stage = FeaturesStage(FeaturesConfig(**features_settings), corpus=corpus)
-    stage.setup()
-    out_rows, stage_rows = [], []
-    run_id, now = new_run_id(), utcnow()
+    ids = [r["track_id"] for r in rows]
+    known = set(corpus.sql("SELECT track_id FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).column(0).to_pylist())
+    unknown = [r["uri"] for r in rows if r["track_id"] not in known and r.get("uri")]
+    if unknown:
+        ingest(corpus, unknown)
+    stage = FeaturesStage(build_config(FeaturesConfig, "features", features_settings), corpus=corpus)
+    chosen = f"track_id IN ({', '.join(literal(t) for t in ids)})" if ids else "false"
+    (summary,) = run_stages(corpus, [stage], where=chosen, given_inputs={r["track_id"]: track_inputs(r) for r in rows})
+    if summary.unavailable:
+        raise StageUnavailable(summary.unavailable)
+    current = {r["track_id"]: r for r in corpus.sql(
+        "SELECT * FROM features WHERE config_hash = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))", [stage.config_hash, ids]
+    ).to_pylist()}
+    failed = {e["track_id"]: e["message"] for e in corpus.sql(
+        "SELECT track_id, message FROM errors WHERE run_id = ? AND stage = 'features'", [summary.run_id]
+    ).to_pylist()}
+    out_rows = []
     for row in rows:
-        result = stage.process([Track(row, track_inputs(row))])[0]
-        if isinstance(result, StageUnavailable | WeightsMissing):
-            raise result
-        if isinstance(result, BaseException):
-            print(f"features: {row.get('uri', row['track_id'])}: {result}", file=sys.stderr)
+        features = current.get(row["track_id"])
+        if features is None:
+            why = failed.get(row["track_id"], "not in the corpus after ingest (the file changed or is unreadable)")
+            print(f"features: {row.get('uri', row['track_id'])}: {why}", file=sys.stderr)
             continue
-        stage_rows.append({**result, "track_id": row["track_id"], "stage_version": stage.version,
-                           "config_hash": stage.config_hash, "run_id": run_id, "created_at": now})
-        out_rows.append({**row, **result})
+        out_rows.append({**row, **{c: features[c] for c in FEATURE_COLUMNS}})
     if not out_rows:
         raise ValueError(f"features: no track of {manifest} could be processed (see the lines above)")
-    corpus.write("features", stage_rows)
     tmp = f"{out_manifest}.tmp-{os.getpid()}"
     pq.write_table(pa.Table.from_pylist(out_rows), tmp)
     os.replace(tmp, out_manifest)  # atomic: a killed run leaves no half-written manifest
     return out_manifest
 
 
-# Columns the features stage adds: a manifest that has them (null) gets them replaced.
-FEATURE_COLUMNS = (
-    "features_url", "features_sha256", "features_bytes", "latent_frames", "latent_fps", "caption_styles",
-    "lyric_tokens", "lyric_tokenizer", "repa_targets", "has_speaker", "dcae_id", "text_encoder_id",
-)
+# Columns the features stage adds (its table's, data_schema/features.py): a manifest that has
+# them (null) gets them replaced.
+FEATURE_COLUMNS: tuple[str, ...] = tuple(n for n in FEATURES.schema.names if n not in STAGE_KEY_COLUMNS)

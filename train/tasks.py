@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from songmill.data_schema.manifest import features_count, read_manifest
 from songmill.train.config import TrainConfig
 from songmill.train.data import (
     FeatureDataset,
     MelCropDataset,
     collate_features,
     collate_mel,
-    read_manifest,
 )
 from songmill.train.objective import combine_repa, drop_conditions, masked_mean, repa_loss
 from torch import nn
@@ -28,24 +28,37 @@ CONDITIONING_FILE = "conditioning.json"
 # -- DiT ----------------------------------------------------------------------------------------
 
 
-class DiTTask:
+class TrainTask:
+    """What the loop (train/loop.py) trains: a model, its dataset and collate, its loss, its
+    validation, and an optional step of its own after each optimizer step."""
+
+    name: str
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
+        raise NotImplementedError
+
+    def after_step(self, device: torch.device) -> dict[str, float]:
+        """Work after each optimizer step (the DCAE's discriminator update); returns logs."""
+        return {}
+
+
+class DiTTask(TrainTask):
     name = "dit"
 
     def __init__(self, cfg: TrainConfig, manifest: str):
         from songmill.data_schema.shards import FeatureShard
         from songmill.model.config import preset
         from songmill.model.dit import LinearDiT
-        from songmill.train.prepare import (
-            FeaturesMissing,
-            features_status,
-            missing_features_message,
-        )
+        from songmill.train.prepare import FeaturesMissing, missing_features_message
 
         self.cfg = cfg
-        if features_status(manifest)[0] == 0:
+        if features_count(manifest)[0] == 0:
             raise FeaturesMissing(missing_features_message(manifest))
-        self.rows = read_manifest(manifest, require=("track_id", "uri", "duration_s", "features_url"))
-        first = FeatureShard.open(self.rows[0]["features_url"])
+        self.rows = read_manifest(manifest, require=("features_url",))
+        first = FeatureShard.open(self.rows[0].features_url)
         if not first.text_styles:
             raise ValueError("the features hold no text embeddings: run the features stage with a text encoder")
         meta = first.meta
@@ -156,10 +169,10 @@ class DiTTask:
             self._val = load_conditioning(self.conditioning, device)
             from songmill.data_schema.shards import FeatureShard
 
-            shard = FeatureShard.open(self.rows[0]["features_url"])
+            shard = FeatureShard.open(self.rows[0].features_url)
             styles = shard.text_styles
             self._val["prompt"] = shard.caption("tags" if "tags" in styles else styles[0])
-            self._val["lyrics"] = self.rows[0].get("lyrics") or ""
+            self._val["lyrics"] = self.rows[0].lyrics or ""
         return self._val
 
 
@@ -266,7 +279,7 @@ class PatchDiscriminator(nn.Module):
         return self.head(h), features
 
 
-class DCAETask:
+class DCAETask(TrainTask):
     name = "dcae"
 
     def __init__(self, cfg: TrainConfig, manifest: str):
@@ -364,7 +377,7 @@ class DCAETask:
         wav = griffin_lim(recon.float().cpu(), self.cfg.griffin_lim_iters, self.model_preset.mel)[0]
         both = torch.cat([mel[0].cpu(), recon[0].cpu()], dim=0)  # input channels above, reconstruction below
         mse = float(((recon - mel) ** 2).mean())
-        text = f"reconstruction of {self.rows[0]['uri']} (first {self.cfg.val_duration_s:g} s)\nstep: {step}\nmse: {mse:.5f}"
+        text = f"reconstruction of {self.rows[0].uri} (first {self.cfg.val_duration_s:g} s)\nstep: {step}\nmse: {mse:.5f}"
         return write_sample(sample_dir, step, wav, self.model_preset.mel.sample_rate, both, text)
 
 

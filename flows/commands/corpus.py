@@ -7,10 +7,9 @@ import argparse
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from songmill.annotate import STAGE_CLASSES
+    from songmill.annotate import STAGE_CLASSES, build_stages
     from songmill.data_schema.store import Corpus
     from songmill.flows.commands import corpus_root, settings
-    from songmill.flows.config import build_stages
     from songmill.flows.display import print_table
     from songmill.flows.report import stage_status
 

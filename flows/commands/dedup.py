@@ -7,10 +7,10 @@ import argparse
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
+    from songmill.annotate import build_stages
     from songmill.annotate.fingerprint import update_index
     from songmill.data_schema.store import Corpus
     from songmill.flows.commands import corpus_root, settings
-    from songmill.flows.config import build_stages
 
     (stage,) = build_stages(["fingerprint"], settings(args))
     build = update_index(Corpus(corpus_root(args), create=False), stage.config, full=args.full)

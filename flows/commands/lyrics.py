@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def _database(args: argparse.Namespace, create: bool):
     from songmill.annotate.lyrics import LyricsConfig
     from songmill.annotate.lyrics_db import LyricsDB
+    from songmill.annotate.settings import build_config
     from songmill.flows.commands import corpus_root, settings
-    from songmill.flows.config import build_config
 
     # The same [lyrics] settings as the stage, so that the index the stage opens is this one.
     config = build_config(LyricsConfig, "lyrics", settings(args).get("lyrics"))

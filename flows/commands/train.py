@@ -103,7 +103,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from songmill.flows.config import load_settings
+    from songmill.annotate.settings import load_settings
     from songmill.train.checkpoint import load_checkpoint
     from songmill.train.config import TrainConfig, with_legacy_values
 
@@ -150,17 +150,17 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
     """The manifest with cached features: the given one, or (no features, --dcae-checkpoint
     named) a copy after running the features stage into the corpus (--corpus, default ./corpus)
     with the [features] settings; without a DCAE, FeaturesMissing names the commands to run."""
+    from songmill.annotate.settings import load_settings
+    from songmill.data_schema.manifest import features_count
     from songmill.data_schema.store import default_corpus_root
-    from songmill.flows.config import load_settings
     from songmill.train.prepare import (
         FeaturesMissing,
         ensure_features,
         features_manifest_path,
-        features_status,
         missing_features_message,
     )
 
-    if features_status(args.manifest)[0] > 0:
+    if features_count(args.manifest)[0] > 0:
         return args.manifest
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would compute them
         raise FeaturesMissing(missing_features_message(args.manifest) + " (in one process, before torchrun)")
