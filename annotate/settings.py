@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import typing
@@ -111,7 +112,7 @@ def coerce(value: Any, hint: Any) -> Any:
             return value.lower() in _TRUE
     elif kind is int and not isinstance(value, bool | list | dict):
         number = float(value)
-        if number == int(number):
+        if math.isfinite(number) and number == int(number):
             return int(number)
     elif kind is float and not isinstance(value, bool | list | dict):
         return float(value)

@@ -224,3 +224,25 @@ def test_loader_workers_do_not_change_the_batches():
     in_process = BatchStream(_Echo(), order, _collate, num_workers=0)
     workers = BatchStream(_Echo(), order, _collate, num_workers=2)
     assert [next(in_process) for _ in range(5)] == [next(workers) for _ in range(5)]
+
+
+def test_manifest_records_are_typed_and_features_are_counted_from_the_footer(tmp_path):
+    from songmill.data_schema.manifest import features_count
+
+    path = str(tmp_path / "m.parquet")
+    table = pa.table({
+        "track_id": ["a", "b", "c"], "uri": ["x", "y", "z"], "duration_s": [1.0, 2.0, 3.0],
+        "qc_pass": [True, None, False], "features_url": ["fa", None, "fc"], "lyrics": ["la la", None, None],
+        "beats": [[0.5, 1.0], [], [0.2]],  # a column the trainer never reads
+    })
+    pq.write_table(table, path)
+    records = read_manifest(path)
+    assert records == [ManifestRecord("a", "x", 1.0, "fa", "la la"), ManifestRecord("b", "y", 2.0, None, None)]
+    assert [r.track_id for r in read_manifest(path, require=("features_url",))] == ["a"]
+    assert features_count(path) == (2, 3)
+    pq.write_table(table, path, write_statistics=False)  # no null counts in the footer: read the column
+    assert features_count(path) == (2, 3)
+    pq.write_table(table.drop(["features_url"]), path)
+    assert features_count(path) == (0, 3)
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        read_manifest(str(tmp_path / "absent.parquet"))

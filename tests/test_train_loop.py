@@ -3,6 +3,7 @@ resume, SIGTERM checkpoints, refused config changes, `songmill generate`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -197,3 +198,42 @@ def test_dcae_fine_tunes_from_a_weights_dir_keeping_its_latent_constants(manifes
     assert all(torch.equal(start[k], after[k]) for k in start)
     assert after["latent_shift"].item() == pytest.approx(dcae_cfg.latent_shift)
     assert after["latent_scale"].item() == pytest.approx(dcae_cfg.latent_scale)
+
+
+def test_features_for_a_manifest_go_through_the_runner(manifest, dcae_run, tmp_path, capsys):
+    """`train dit` on a featureless manifest runs the features stage the way `songmill annotate
+    --stages features` does: tracks ingested, rows with lineage, an errors row for the track that
+    fails, one runs row; run again, nothing is redone and no row is duplicated."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from songmill.annotate.ingest import ingest
+    from songmill.data_schema.store import Corpus
+    from songmill.testaudio.synth import render_track, write_track
+
+    rows = pq.read_table(manifest).to_pylist()
+    gone = tmp_path / "moved_away.wav"  # ingested, then moved: decoding it fails in the stage
+    write_track(str(gone), render_track(100.0, "C", "major", 2.0, seed=99))
+    ingest(Corpus(str(tmp_path / "corpus")), [str(gone)])
+    with open(gone, "rb") as f:
+        bad_id = hashlib.sha256(f.read()).hexdigest()
+    os.remove(gone)
+    rows.append({**rows[0], "track_id": bad_id, "uri": str(gone), "duration_s": 2.0})
+    mixed = str(tmp_path / "mixed.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), mixed)
+    settings = dict(dcae_checkpoint=dcae_run, text_encoder="tiny-random", mert="none", mhubert="none", speaker="none")
+    out = cache_features(mixed, str(tmp_path / "corpus"), str(tmp_path / "f.parquet"), **settings)
+    assert "moved_away.wav" in capsys.readouterr().err
+    written = pq.read_table(out)
+    assert sorted(written.column("track_id").to_pylist()) == sorted(r["track_id"] for r in rows[:-1])
+    corpus = Corpus(str(tmp_path / "corpus"), create=False)
+    assert corpus.sql("SELECT count(*) FROM tracks").column(0)[0].as_py() == len(rows)
+    features = corpus.sql("SELECT track_id, inputs, run_id FROM features").to_pylist()
+    assert len(features) == len(rows) - 1 and all(f["run_id"] == features[0]["run_id"] for f in features)
+    errors = corpus.sql("SELECT track_id, stage FROM errors WHERE stage = 'features'").to_pylist()
+    assert errors == [{"track_id": bad_id, "stage": "features"}]
+    runs = corpus.sql("SELECT stage, n_ok, n_error FROM runs WHERE stage = 'features'").to_pylist()
+    assert runs == [{"stage": "features", "n_ok": len(rows) - 1, "n_error": 1}]
+
+    cache_features(mixed, str(tmp_path / "corpus"), str(tmp_path / "f2.parquet"), **settings)
+    assert corpus.sql("SELECT count(*) FROM features").column(0)[0].as_py() == len(rows) - 1
+    assert pq.read_table(str(tmp_path / "f2.parquet")).num_rows == len(rows) - 1
