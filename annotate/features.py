@@ -157,6 +157,15 @@ def corpus_lyrics_by_id(corpus) -> dict[str, str]:
     return {r["lyric_id"]: r["lyrics"] for r in rows}
 
 
+def corpus_lyric_texts(corpus: Any) -> list[str]:
+    """Every lyric text the corpus knows: the lyrics catalog and the (non-hallucinated)
+    transcripts (what the lyric tokenizer is trained on)."""
+    texts = list(corpus_lyrics_by_id(corpus).values())
+    transcripts = corpus.sql("SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)")
+    texts += transcripts.column("text").to_pylist()
+    return [t for t in texts if t and t.strip()]
+
+
 def vocals_uri(track: Track) -> str | None:
     row = track.inputs.get("separation") or {}
     return row.get("vocals_uri") or None

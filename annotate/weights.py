@@ -5,7 +5,7 @@ Every entry names a stage setting (e.g. `aesthetics.model`). Songmill looks, in 
   2. `$SONGMILL_MODELS/<entry name>` (what `songmill models fetch` fills when the variable is set);
   3. the Hugging Face cache (`HF_HUB_CACHE`), for entries that live on the hub, or the torch hub
      cache for demucs' checkpoints.
-`songmill models list` prints this; `songmill models fetch NAME` (flows/commands/stage_weights.py)
+`songmill models list` prints this; `songmill models fetch NAME` (annotate/weights_fetch.py)
 downloads what is missing. Stages build their "weights missing" message with `missing_message`,
 so every message names the file and the command.
 """

@@ -13,6 +13,7 @@ from songmill.annotate import build_stages, runner
 from songmill.annotate.ingest import IngestSummary
 from songmill.annotate.settings import load_settings
 from songmill.data_schema.store import Corpus, default_corpus_root
+from songmill.data_schema.views import quote
 from songmill.flows.executors import make_executor
 
 
@@ -116,3 +117,67 @@ def runs(corpus_root: str | None, last: int | None = None, stage: str | None = N
     from songmill.flows.throughput import throughput
 
     return throughput(Corpus(resolve_corpus_root(corpus_root), create=False), last=last, stage=stage)
+
+
+def status(corpus_root: str | None, stage_names: Sequence[str] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """Per stage (default all): tracks current / stale / pending / failed; and the stages that
+    could not be built, with why (an optional package absent)."""
+    from songmill.annotate import STAGE_CLASSES
+    from songmill.flows.report import stage_status
+
+    built, not_installed = [], {}
+    for name in stage_names or list(STAGE_CLASSES):
+        try:
+            built.extend(build_stages([name], settings or {}))
+        except (ImportError, AttributeError) as exc:
+            not_installed[name] = str(exc)
+    return stage_status(Corpus(resolve_corpus_root(corpus_root), create=False), built), not_installed
+
+
+def report(corpus_root: str | None, out: str) -> str:
+    """Plots of the corpus in one self-contained HTML file; returns its path."""
+    from songmill.flows.report import write_report
+
+    return write_report(Corpus(resolve_corpus_root(corpus_root), create=False), out)
+
+
+def caption_tags(corpus_root: str | None, column: str) -> tuple[int, Any, str | None]:
+    """(captioned tracks, Counter of the normalised tags in `column`, a warning when one tag
+    covers most tracks)."""
+    from songmill.annotate.caption import tag_distribution
+
+    corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
+    rows = corpus.sql(f"SELECT {quote(column)} FROM captions").to_pylist()
+    counts, warning = tag_distribution(rows, column)
+    return len(rows), counts, warning
+
+
+def dedup(corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, full: bool = False) -> Any:
+    """Bring the near-duplicate index up to date (`full`: rebuild it); returns the build record."""
+    from songmill.annotate.fingerprint import update_index
+
+    (stage,) = build_stages(["fingerprint"], settings or {})
+    return update_index(Corpus(resolve_corpus_root(corpus_root), create=False), stage.config, full=full)
+
+
+def lyrics_database(corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, create: bool = False) -> Any:
+    """The corpus lyrics database, opened with the same [lyrics] settings as the stage (so that
+    the index the stage opens is this one)."""
+    from songmill.annotate.lyrics import LyricsConfig
+    from songmill.annotate.lyrics_db import LyricsDB
+    from songmill.annotate.settings import build_config
+
+    config = build_config(LyricsConfig, "lyrics", (settings or {}).get("lyrics"))
+    return LyricsDB(Corpus(resolve_corpus_root(corpus_root), create=create), config.index_params())
+
+
+def train_tokenizer(corpus_root: str | None, out: str, vocab_size: int) -> int:
+    """Train the lyric BPE tokenizer on every lyric text the corpus knows; returns how many texts
+    (0: none, nothing written)."""
+    from songmill.annotate.features import corpus_lyric_texts
+    from songmill.model.lyric_tokens import LyricTokenizer
+
+    texts = corpus_lyric_texts(Corpus(resolve_corpus_root(corpus_root), create=False))
+    if texts:
+        LyricTokenizer.train(texts, vocab_size=vocab_size).save(out)
+    return len(texts)

@@ -8,20 +8,18 @@ import sys
 
 
 def _cmd_tags(args: argparse.Namespace) -> int:
-    from songmill.annotate.caption import tag_distribution
-    from songmill.data_schema.store import Corpus, CorpusError
+    from songmill.data_schema.store import CorpusError
+    from songmill.flows import app
     from songmill.flows.commands import corpus_root
 
     try:
-        corpus = Corpus(corpus_root(args), create=False)
+        n_rows, counts, warning = app.caption_tags(corpus_root(args), args.column)
     except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = corpus.sql(f"SELECT {args.column} FROM captions").to_pylist()
-    counts, warning = tag_distribution(rows, args.column)
-    print(f"{args.column} over {len(rows)} captioned tracks ({len(counts)} distinct):")
+    print(f"{args.column} over {n_rows} captioned tracks ({len(counts)} distinct):")
     for tag, n in counts.most_common(args.top):
-        print(f"  {tag:<24} {n:>7}  {100 * n / max(len(rows), 1):5.1f} %")
+        print(f"  {tag:<24} {n:>7}  {100 * n / max(n_rows, 1):5.1f} %")
     if warning:
         print(f"warning: {warning}")
     return 0

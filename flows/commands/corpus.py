@@ -7,30 +7,23 @@ import argparse
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from songmill.annotate import STAGE_CLASSES, build_stages
-    from songmill.data_schema.store import Corpus
+    from songmill.flows import app
     from songmill.flows.commands import corpus_root, settings
     from songmill.flows.display import print_table
-    from songmill.flows.report import stage_status
 
-    names = [s.strip() for s in (args.stages or "").split(",") if s.strip()] or list(STAGE_CLASSES)
-    stages = []
-    for name in names:
-        try:
-            stages.extend(build_stages([name], settings(args)))
-        except (ImportError, AttributeError) as exc:  # a stage whose optional package is absent
-            print(f"{name}: not installed ({exc})")
-    print_table(stage_status(Corpus(corpus_root(args), create=False), stages), args.format)
+    names = [s.strip() for s in (args.stages or "").split(",") if s.strip()] or None
+    table, not_installed = app.status(corpus_root(args), names, settings(args))
+    for name, why in not_installed.items():
+        print(f"{name}: not installed ({why})")
+    print_table(table, args.format)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from songmill.data_schema.store import Corpus
+    from songmill.flows import app
     from songmill.flows.commands import corpus_root
-    from songmill.flows.report import write_report
 
-    path = write_report(Corpus(corpus_root(args), create=False), args.out)
-    print(f"report -> {path}")
+    print(f"report -> {app.report(corpus_root(args), args.out)}")
     return 0
 
 

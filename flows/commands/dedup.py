@@ -7,13 +7,10 @@ import argparse
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from songmill.annotate import build_stages
-    from songmill.annotate.fingerprint import update_index
-    from songmill.data_schema.store import Corpus
+    from songmill.flows import app
     from songmill.flows.commands import corpus_root, settings
 
-    (stage,) = build_stages(["fingerprint"], settings(args))
-    build = update_index(Corpus(corpus_root(args), create=False), stage.config, full=args.full)
+    build = app.dedup(corpus_root(args), settings(args), full=args.full)
     print(
         f"{build.mode} index build {build.index_id}: {build.new_fingerprints} fingerprints matched "
         f"({build.fingerprints} indexed), {build.candidate_pairs} candidate pairs, {build.edges} copies, "

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from songmill.data_schema.store import Corpus
-
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lyrics = subparsers.add_parser("lyrics", help="the canonical lyrics database")
@@ -25,14 +23,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _database(args: argparse.Namespace, create: bool):
-    from songmill.annotate.lyrics import LyricsConfig
-    from songmill.annotate.lyrics_db import LyricsDB
-    from songmill.annotate.settings import build_config
+    from songmill.flows import app
     from songmill.flows.commands import corpus_root, settings
 
-    # The same [lyrics] settings as the stage, so that the index the stage opens is this one.
-    config = build_config(LyricsConfig, "lyrics", settings(args).get("lyrics"))
-    return LyricsDB(Corpus(corpus_root(args), create=create), config.index_params())
+    return app.lyrics_database(corpus_root(args), settings(args), create)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -174,27 +174,14 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
-    from songmill.data_schema.store import Corpus, default_corpus_root
-    from songmill.model.lyric_tokens import LyricTokenizer
+    from songmill.flows import app
 
-    corpus = Corpus(getattr(args, "corpus", None) or default_corpus_root(), create=False)
-    texts = corpus_lyrics(corpus)
+    texts = app.train_tokenizer(getattr(args, "corpus", None), args.out, args.vocab_size)
     if not texts:
         print("no lyrics in the corpus yet (lyrics catalog or transcripts)", file=sys.stderr)
         return 1
-    LyricTokenizer.train(texts, vocab_size=args.vocab_size).save(args.out)
-    print(json.dumps({"out": args.out, "texts": len(texts)}))
+    print(json.dumps({"out": args.out, "texts": texts}))
     return 0
-
-
-def corpus_lyrics(corpus) -> list[str]:
-    """Every lyric text the corpus knows: the lyrics catalog and the (non-hallucinated) transcripts."""
-    from songmill.annotate.features import corpus_lyrics_by_id
-
-    texts = list(corpus_lyrics_by_id(corpus).values())
-    transcripts = corpus.sql("SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)")
-    texts += transcripts.column("text").to_pylist()
-    return [t for t in texts if t and t.strip()]
 
 
 def run_merge_lora(args: argparse.Namespace) -> int:
