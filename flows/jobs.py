@@ -167,19 +167,18 @@ def _full_config_key(config: StageConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
+def cached_stage(name: str, target: str, config: StageConfig, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
     """This process's instance of a stage (built on first use, not yet set up)."""
     cls = import_stage(target)
-    config = build_config(cls.config_class, name, table)
     key = (name, cls.version, _full_config_key(config), target, corpus_root)
     if key not in _STAGE_CACHE:
         _STAGE_CACHE[key] = cls(config, corpus=Corpus(corpus_root, create=False))
     return key, _STAGE_CACHE[key]
 
 
-def ready_stage(name: str, target: str, table: dict[str, Any] | None, corpus_root: str, run_id: str) -> tuple[Stage, str | None]:
+def ready_stage(name: str, target: str, config: StageConfig, corpus_root: str, run_id: str) -> tuple[Stage, str | None]:
     """The stage set up once per process, or why it cannot run (asked again by a later run)."""
-    key, stage = cached_stage(name, target, table, corpus_root)
+    key, stage = cached_stage(name, target, config, corpus_root)
     if key in _READY:
         return stage, None
     failed = _UNAVAILABLE.get(key)
@@ -225,12 +224,20 @@ class AnnotateJob(_DriverState):
     run_id: str = field(default_factory=new_run_id)
     resources: str = "cpu"
     kind: str = "annotate"
+    # name -> the stage's config, validated once from `settings` (annotate_jobs does it before any
+    # work, and before any cluster starts); tasks carry them, so no worker validates again
+    configs: dict[str, StageConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.stage_names:
+            if name not in self.configs:
+                self.configs[name] = build_config(import_stage(self.targets[name]).config_class, name, self.settings.get(name))
 
     def _stages(self) -> list[Stage]:
-        return [cached_stage(n, self.targets[n], self.settings.get(n), self.corpus_root)[1] for n in self.stage_names]
+        return [cached_stage(n, self.targets[n], self.configs[n], self.corpus_root)[1] for n in self.stage_names]
 
     def check(self) -> None:
-        """Fail on unknown stages or bad settings before any work (and before any cluster starts)."""
+        """Fail on stages that cannot even be built before any work (and before any cluster starts)."""
         self._stages()
 
     def describe(self) -> str:
@@ -260,10 +267,10 @@ class AnnotateJob(_DriverState):
         stages, unavailable = [], {}
         for name in self.stage_names:
             if group.pending.get(name):
-                stage, why = ready_stage(name, self.targets[name], self.settings.get(name), self.corpus_root, self.run_id)
+                stage, why = ready_stage(name, self.targets[name], self.configs[name], self.corpus_root, self.run_id)
                 unavailable[name] = why
             else:
-                stage = cached_stage(name, self.targets[name], self.settings.get(name), self.corpus_root)[1]
+                stage = cached_stage(name, self.targets[name], self.configs[name], self.corpus_root)[1]
             stages.append(stage)
         plan = runner.plan_for_batches(self.run_id, stages, group.pending, group.batches, unavailable)
         earlier = runner.drop_already_written(corpus, plan) if may_repeat else []
