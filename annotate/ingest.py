@@ -1,4 +1,8 @@
-"""Ingest: register audio files in the corpus, incrementally.
+"""Ingest: register audio files in the corpus, incrementally; the job before the stages.
+
+It lives beside the stages because it does the same kind of work, with the same helpers (decode
+and probe from annotate/audio.py, `errors` and `runs` rows stamped as the runner stamps them), in
+the same job shape (plan -> batches -> finish) that flows/jobs.py runs on any executor.
 
 `track_id` is the sha256 of the file's bytes, so the same song under two paths is one track that
 remembers both URIs (the `sources` table). A file whose path, size and mtime are unchanged since

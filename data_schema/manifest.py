@@ -6,9 +6,13 @@
   cut from in its metadata and a sidecar JSON) and its reproduction (`reproduce_manifest`);
 - `ManifestError`, the one error of all of it.
 
-The view itself is defined with the other views (`data_schema/views.py::manifest_sql`: its columns
-are every stage table's columns, `tables.py`), and kept fast by the manifest snapshot
-(`data_schema/store.py`).
+Where the columns come from (add a column in one of these places, and nowhere else):
+- the `manifest` view: every column of every stage table (`register_table` in data_schema/, e.g.
+  music's in data_schema/tables.py) plus the registered joins (`register_manifest_join`); the view
+  SQL is `views.py::manifest_sql`, beside the other views it is built from, kept fast by the
+  manifest snapshot;
+- an export: all of those but the tables' `bulk_columns` (beat lists), unless `--columns` says;
+- the trainer: the fields of `ManifestRecord` below.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from songmill.model.config import MelConfig, _DictConfig, unscale_mel
+from songmill.model.config import HOP_LENGTH, SAMPLE_RATE, MelConfig, _DictConfig, unscale_mel
 from torch import nn
 
 
@@ -36,10 +36,10 @@ class ADaMoSConfig(_DictConfig):
     use_template: bool = False
     pre_conv_kernel_size: int = 13
     post_conv_kernel_size: int = 13
-    sampling_rate: int = 44100
+    sampling_rate: int = SAMPLE_RATE
     n_fft: int = 2048
     win_length: int = 2048
-    hop_length: int = 512
+    hop_length: int = HOP_LENGTH
     f_min: int = 40
     f_max: int = 16000
     n_mels: int = 128

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from songmill.model.config import MelConfig, _DictConfig
+from songmill.model.config import HOP_LENGTH, SAMPLE_RATE, MelConfig, _DictConfig
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -21,8 +21,8 @@ from torch.nn.utils import parametrizations
 @dataclass
 class HiFiGANConfig(_DictConfig):
     n_mels: int = 128
-    sample_rate: int = 44100
-    hop_length: int = 512
+    sample_rate: int = SAMPLE_RATE
+    hop_length: int = HOP_LENGTH
     initial_channels: int = 512
     upsample_rates: tuple[int, ...] = (8, 8, 2, 2, 2)
     upsample_kernels: tuple[int, ...] = (16, 16, 4, 4, 4)
