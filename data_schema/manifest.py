@@ -56,6 +56,8 @@ def read_manifest(path: str, require: Sequence[str] = ALWAYS_REQUIRED) -> list[M
     """The trainable records of a manifest Parquet, in one pass over only the columns the trainer
     reads: rows with qc_pass false are left out, and so are rows lacking a `require`d value
     (track_id, uri and duration_s are always required)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     required = list(dict.fromkeys([*ALWAYS_REQUIRED, *require]))
@@ -69,16 +71,13 @@ def read_manifest(path: str, require: Sequence[str] = ALWAYS_REQUIRED) -> list[M
             f"manifest {path} lacks column(s) {missing}; export it with `songmill manifest --out FILE`"
             + (" after running the features stage" if "features_url" in missing else "")
         )
-    wanted = [c for c in (*RECORD_COLUMNS, QC_COLUMN) if c in available]
-    columns = pq.read_table(path, columns=wanted).to_pydict()
-    n = len(columns["track_id"])
-    passed = columns.get(QC_COLUMN, [None] * n)
-    present = {c: columns.get(c, [None] * n) for c in RECORD_COLUMNS}
-    records = [
-        ManifestRecord(**{c: present[c][i] for c in RECORD_COLUMNS})
-        for i in range(n)
-        if passed[i] is not False and all(columns[c][i] is not None for c in required)
-    ]
+    table = pq.read_table(path, columns=[c for c in (*RECORD_COLUMNS, QC_COLUMN) if c in available])
+    keep = pc.fill_null(table[QC_COLUMN].cast(pa.bool_()), True) if QC_COLUMN in available else pa.scalar(True)
+    for column in required:
+        keep = pc.and_(keep, pc.is_valid(table[column]))
+    table = table.filter(keep) if table.num_rows else table
+    columns = [table[c].to_pylist() if c in available else [None] * table.num_rows for c in RECORD_COLUMNS]
+    records = list(map(ManifestRecord, *columns))
     if not records:
         raise ManifestError(f"manifest {path} has no usable rows (need non-null {required})")
     return records

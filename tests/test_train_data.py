@@ -244,5 +244,7 @@ def test_manifest_records_are_typed_and_features_are_counted_from_the_footer(tmp
     assert features_count(path) == (2, 3)
     pq.write_table(table.drop(["features_url"]), path)
     assert features_count(path) == (0, 3)
+    pq.write_table(pa.table({"track_id": ["a"], "uri": ["x"], "duration_s": [1.0], "qc_pass": pa.array([None])}), path)
+    assert [r.track_id for r in read_manifest(path)] == ["a"]  # qc never ran: nothing failed it
     with pytest.raises(ManifestError, match="cannot read manifest"):
         read_manifest(str(tmp_path / "absent.parquet"))
