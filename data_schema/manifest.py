@@ -17,14 +17,14 @@ Where the columns come from (add a column in one of these places, and nowhere el
 
 from __future__ import annotations
 
-import dataclasses
+import gc
 import hashlib
 import json
 import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 from songmill.data_schema.query import QueryRefused, check_read_only, first_line
@@ -33,11 +33,11 @@ from songmill.data_schema.views import literal as sql_literal
 
 
 # -- the typed record the trainer reads ---------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ManifestRecord:
+class ManifestRecord(NamedTuple):
     """One manifest row as the trainer sees it: the columns it reads, typed. A column the trainer
     starts to read is added here (and nowhere else); every other manifest column stays in the
-    Parquet file, unread by the trainer."""
+    Parquet file, unread by the trainer. (A NamedTuple: immutable, and built several times faster
+    than a frozen dataclass, which counts at millions of rows.)"""
 
     track_id: str
     uri: str
@@ -48,7 +48,7 @@ class ManifestRecord:
 
 # Read, besides the record's columns: rows failing QC are left out of training.
 QC_COLUMN = "qc_pass"
-RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ManifestRecord))
+RECORD_COLUMNS: tuple[str, ...] = ManifestRecord._fields
 ALWAYS_REQUIRED: tuple[str, ...] = ("track_id", "uri", "duration_s")
 
 
@@ -77,7 +77,14 @@ def read_manifest(path: str, require: Sequence[str] = ALWAYS_REQUIRED) -> list[M
         keep = pc.and_(keep, pc.is_valid(table[column]))
     table = table.filter(keep) if table.num_rows else table
     columns = [table[c].to_pylist() if c in available else [None] * table.num_rows for c in RECORD_COLUMNS]
-    records = list(map(ManifestRecord, *columns))
+    del table
+    collecting = gc.isenabled()
+    gc.disable()  # millions of new tuples would set off full collections that find nothing to free
+    try:
+        records = list(map(ManifestRecord, *columns))
+    finally:
+        if collecting:
+            gc.enable()
     if not records:
         raise ManifestError(f"manifest {path} has no usable rows (need non-null {required})")
     return records
