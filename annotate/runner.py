@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
 from songmill.annotate.base import Stage, StageUnavailable, Track
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
@@ -188,10 +189,12 @@ def pending_track_ids(
         return _pending(con, stage, _candidates(where), produced_in_run, force)
 
 
-def _candidates(where: str | None) -> str:
+def _candidates(where: str | None, chosen: bool = False) -> str:
     """The tracks a plan chooses from: without --where the track ids alone (the manifest's joins
-    cost time), else the manifest's tracks that match."""
-    return f"SELECT m.track_id FROM manifest m WHERE ({where})" if where else "SELECT track_id FROM _track_ids"
+    cost time), else the manifest's tracks that match; `chosen`: only those in `_chosen_ids` too
+    (a list of track ids registered on the connection, e.g. a training manifest's)."""
+    base = f"SELECT m.track_id FROM manifest m WHERE ({where})" if where else "SELECT track_id FROM _track_ids"
+    return f"SELECT track_id FROM ({base}) WHERE track_id IN (SELECT track_id FROM _chosen_ids)" if chosen else base
 
 
 def _pending(con: Any, stage: Stage, candidates: str, produced_in_run: set[str], force: bool) -> set[str]:
@@ -237,10 +240,15 @@ def plan(
     batch_size: int = DEFAULT_BATCH_SIZE,
     run_id: str | None = None,
     force: bool = False,
+    track_ids: Sequence[str] | None = None,
 ) -> Plan:
+    """What a run owes: the tracks (of `where`, and of `track_ids` when given) lacking each
+    stage's current result, in batches."""
     progress = []
     with corpus.connect() as con:  # one connection, and the candidate tracks read once for all stages
-        candidates = _candidates(where)
+        if track_ids is not None:
+            con.register("_chosen_ids", pa.table({"track_id": pa.array(list(track_ids), pa.string())}))
+        candidates = _candidates(where, chosen=track_ids is not None)
         if len(stages) > 1:
             con.execute(f"CREATE TEMP TABLE _plan_candidates AS {candidates}")
             candidates = "SELECT track_id FROM _plan_candidates"
@@ -473,11 +481,13 @@ def run_stages(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int, int], None] | None = None,
     force: bool = False,
+    track_ids: Sequence[str] | None = None,
     given_inputs: dict[str, dict[str, Mapping[str, Any]]] | None = None,
 ) -> list[RunSummary]:
-    """Run `stages` (in order) over every track that lacks their current results, in-process.
-    `given_inputs` (track_id -> table -> row) stand in where the corpus has no current input row."""
-    the_plan = plan(corpus, stages, where, batch_size, run_id, force)
+    """Run `stages` (in order) over every track that lacks their current results, in-process:
+    all tracks, those `where` selects, and only those in `track_ids` when given. `given_inputs`
+    (track_id -> table -> row) stand in where the corpus has no current input row."""
+    the_plan = plan(corpus, stages, where, batch_size, run_id, force, track_ids)
     the_plan.given_inputs = given_inputs or {}
     setup_stages(the_plan)
     done = 0

@@ -110,7 +110,6 @@ def cache_features(manifest: str, corpus_root: str, out_manifest: str, **feature
     from songmill.annotate.ingest import ingest
     from songmill.annotate.runner import run_stages
     from songmill.data_schema.store import Corpus
-    from songmill.data_schema.views import literal
 
     rows = [{k: v for k, v in r.items() if k not in FEATURE_COLUMNS} for r in pq.read_table(manifest).to_pylist()]
     corpus = Corpus(corpus_root)
@@ -120,8 +119,7 @@ def cache_features(manifest: str, corpus_root: str, out_manifest: str, **feature
     if unknown:
         ingest(corpus, unknown)
     stage = FeaturesStage(build_config(FeaturesConfig, "features", features_settings), corpus=corpus)
-    chosen = f"track_id IN ({', '.join(literal(t) for t in ids)})" if ids else "false"
-    (summary,) = run_stages(corpus, [stage], where=chosen, given_inputs={r["track_id"]: track_inputs(r) for r in rows})
+    (summary,) = run_stages(corpus, [stage], track_ids=ids, given_inputs={r["track_id"]: track_inputs(r) for r in rows})
     if summary.unavailable:
         raise StageUnavailable(summary.unavailable)
     current = {r["track_id"]: r for r in corpus.sql(
