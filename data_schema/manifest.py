@@ -44,6 +44,8 @@ class ManifestRecord(NamedTuple):
     duration_s: float
     features_url: str | None = None  # the cached features shard (the `features` stage)
     lyrics: str | None = None  # the matched canonical lyrics (the `lyrics` stage)
+    # A window row (data_schema/windows.py): where it starts in the track; duration_s is the window's.
+    offset_s: float | None = None
 
 
 # Read, besides the record's columns: rows failing QC are left out of training.
@@ -244,6 +246,18 @@ def _copy(con: duckdb.DuckDBPyConnection, sql: str, out: str, meta: dict[str, An
     return out
 
 
+def _write_rows(con: duckdb.DuckDBPyConnection, sql: str, out: str, meta: dict[str, Any]) -> str:
+    """`_copy`, or with `meta["window"]` the query's rows cut into windows (data_schema/windows.py)."""
+    if not meta.get("window"):
+        return _copy(con, sql, out, meta)
+    from songmill.data_schema.windows import WindowOptions, window_parquet
+
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    window_parquet(con, sql, out, WindowOptions(**meta["window"]), meta)
+    return out
+
+
 def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
     con = corpus.connect()
     con.execute("SET preserve_insertion_order = false")
@@ -251,11 +265,13 @@ def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
 
 
 def write_manifest(
-    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, columns: str | None = None
+    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, columns: str | None = None,
+    window: Any = None,
 ) -> ManifestResult:
     """Write the manifest rows (optionally filtered, optionally with a `split` column) to one
     Parquet file atomically, with what it was cut from in its metadata and a sidecar JSON.
-    `columns`: see `export_columns` (default: all but the beat lists)."""
+    `columns`: see `export_columns` (default: all but the beat lists). `window`: a
+    data_schema.windows.WindowOptions: one row per window cut on musical boundaries."""
     splits = parse_split(split)
     con = _export_connection(corpus)
     try:
@@ -263,6 +279,8 @@ def write_manifest(
             check_where(con, where)
         available = [row[0] for row in con.execute("DESCRIBE manifest").fetchall()]
         chosen = export_columns(available, columns)
+        if window is not None:  # what cutting reads
+            chosen += [c for c in ("duration_s", "bpm", "is_instrumental", "lyrics_source") if c in available and c not in chosen]
         sql = export_sql(available, where, splits, seed, None if chosen == available else chosen)
         state = corpus_state(con, corpus)
         meta = {
@@ -270,8 +288,10 @@ def write_manifest(
             "songmill_version": _version(), "schema_version": corpus.schema_version,
             "corpus": corpus.root, "corpus_state": state, "created_at": utcnow().isoformat(),
         }
+        if window is not None:
+            meta["window"] = window.to_dict()
         try:
-            path = _copy(con, sql, out, {k: v for k, v in meta.items() if k != "corpus_state"} | {"state_id": state["state_id"]})
+            path = _write_rows(con, sql, out, {k: v for k, v in meta.items() if k != "corpus_state"} | {"state_id": state["state_id"]})
         except duckdb.Error as exc:
             raise ManifestError(f"manifest query failed: {first_line(exc)}") from None
         counts = dict(con.execute(f"SELECT {'split' if splits else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
@@ -330,7 +350,7 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
                     f"{state['as_of']}, the manifest was cut from {state['raw_rows']} (rows were removed, "
                     "or written late with earlier timestamps)"
                 )
-        path = _copy(con, sql, out, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
+        path = _write_rows(con, sql, out, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
         counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
     finally:
         con.close()
@@ -353,13 +373,13 @@ def _version() -> str:
 
 def export_manifest(
     corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, reproduce: str | None = None,
-    columns: str | None = None,
+    columns: str | None = None, window: Any = None,
 ) -> int:
     """Write the joined manifest rows (optionally filtered and split) to one Parquet file,
     atomically, with its sidecar; or, with `reproduce`, the rows an earlier sidecar describes."""
     if reproduce:
         return reproduce_manifest(corpus, reproduce, out).rows
-    return write_manifest(corpus, out, where, split, seed, columns).rows
+    return write_manifest(corpus, out, where, split, seed, columns, window).rows
 
 
 def manifest_summary(out: str) -> str:
@@ -368,4 +388,5 @@ def manifest_summary(out: str) -> str:
         meta = json.load(f)
     splits = meta.get("splits") or {}
     shares = f" ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})" if meta.get("split") else ""
-    return f"manifest: {meta['rows']} tracks{shares} -> {out} (what it was cut from: {out}{SIDECAR_SUFFIX})"
+    unit = "windows" if meta.get("window") else "tracks"
+    return f"manifest: {meta['rows']} {unit}{shares} -> {out} (what it was cut from: {out}{SIDECAR_SUFFIX})"

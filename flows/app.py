@@ -80,6 +80,15 @@ def manifest(corpus_root: str | None, out: str, where: str | None = None, **opti
     return export_manifest(Corpus(resolve_corpus_root(corpus_root), create=False), out, where, **options)
 
 
+def window_options(length_s: float | None, align: str = "downbeat") -> Any:
+    """`--window` / `--align` as data_schema.windows.WindowOptions (None: one row per track)."""
+    if length_s is None:
+        return None
+    from songmill.data_schema.windows import WindowOptions
+
+    return WindowOptions(length_s, align)
+
+
 def compact(corpus_root: str | None, tables: Sequence[str] | None = None) -> tuple[dict[str, int], int]:
     """Merge each table's part files; returns (table -> parts merged, stale temporaries removed)."""
     from songmill.data_schema.tables import TABLES

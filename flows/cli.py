@@ -27,6 +27,7 @@ PLUGIN_COMMANDS = {
     "report": "songmill.flows.commands.corpus",
     "captions": "songmill.flows.commands.captions",
     "dedup": "songmill.flows.commands.dedup",
+    "export": "songmill.flows.commands.export",
 }
 
 
@@ -84,7 +85,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from songmill.data_schema.manifest import manifest_summary
 
-    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce, columns=args.columns)
+    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce, columns=args.columns,
+                 window=app.window_options(args.window, args.align))
     print(manifest_summary(args.out))
     return 0
 
@@ -126,6 +128,12 @@ def cmd_stages(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     print_table(app.runs(args.corpus, args.last, args.stage), args.format)
     return 0
+
+
+def add_window_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="one row per window of about SECONDS (at most 240) cut on musical boundaries, each with its own lyric slice")
+    p.add_argument("--align", choices=("downbeat", "section"), default="downbeat", help="with --window: windows start on a downbeat or a section start")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -170,6 +178,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="columns to write: default = all but the beat lists (beats, downbeats), all, or a list",
     )
     p.add_argument("--reproduce", default=None, metavar="SIDECAR", help="write the rows an earlier export's sidecar JSON describes")
+    add_window_arguments(p)
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("serve", parents=[common], help="scheduled ingest + annotate (needs `prefect server start`)")

@@ -195,7 +195,8 @@ def load_crop(row: ManifestRecord, max_crop_s: float, rng: np.random.Generator) 
 
     duration = float(row.duration_s)
     crop_s = crop_length_s(duration, max_crop_s)
-    start_s = float(rng.uniform(0.0, max(duration - crop_s, 0.0)))
+    # A window row (data_schema/windows.py) is cropped inside its window: it starts at offset_s.
+    start_s = float(row.offset_s or 0.0) + float(rng.uniform(0.0, max(duration - crop_s, 0.0)))
     samples, sr = None, None
     try:
         import fsspec
@@ -270,15 +271,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         row = self.rows[key.index]
         rng = sample_rng(key)
         shard = FeatureShard.open(row.features_url)
-        total = shard.latent_frames
+        # A window row (offset_s + duration_s) is cropped inside its window, its lyrics by time.
+        window = row.offset_s is not None
+        first = min(int(float(row.offset_s or 0.0) * LATENT_FPS), max(shard.latent_frames - 1, 0))
+        total = min(shard.latent_frames, first + int(math.ceil(float(row.duration_s) * LATENT_FPS))) - first if window else shard.latent_frames
         frames = min(total, max(1, int(self.max_crop_s * LATENT_FPS)))
-        start = int(rng.integers(0, total - frames + 1))
+        start = first + int(rng.integers(0, total - frames + 1))
         lyrics = shard.lyric_ids()
         lines = shard.meta.get("lyric_lines") or []
         untimed = shard.meta.get("lyrics_untimed", bool(len(lyrics)) and not lines)  # older shards: any ids
-        if self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and untimed):
+        if not window and (self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and untimed)):
             start = 0
-        elif self.lyric_crop == "timestamps" and lines:
+        elif (self.lyric_crop == "timestamps" or window) and lines:
             begin_s, end_s = start / LATENT_FPS, (start + frames) / LATENT_FPS
             sung = [ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s]
             lyrics = self._encode("\n".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
