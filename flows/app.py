@@ -5,6 +5,7 @@ prints what these return; the demo and scripts call them directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,6 +88,20 @@ def window_options(length_s: float | None, align: str = "downbeat") -> Any:
     from songmill.data_schema.windows import WindowOptions
 
     return WindowOptions(length_s, align)
+
+
+def window_manifest(corpus_root: str | None, manifest: str, out: str, window: Any) -> int:
+    """The rows of a manifest file cut into windows (their sections, transcript segments and
+    beats read from the corpus); returns the windows written."""
+    from songmill.data_schema.views import literal
+    from songmill.data_schema.windows import window_parquet
+
+    corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
+    con = corpus.connect()
+    try:
+        return window_parquet(con, f"SELECT * FROM read_parquet({literal(os.path.abspath(manifest))})", out, window)
+    finally:
+        con.close()
 
 
 def compact(corpus_root: str | None, tables: Sequence[str] | None = None) -> tuple[dict[str, int], int]:
