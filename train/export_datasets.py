@@ -435,7 +435,9 @@ def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> di
 
 
 def export_dataset(manifest: str, out: str, options: ExportOptions) -> ExportResult:
-    """Write `manifest`'s rows as the dataset of `options.kind` into `out` (see the module doc)."""
+    """Write `manifest`'s rows as the dataset of `options.kind` into `out` (see the module doc).
+    Rows stream through in batches: the dataset JSON and the HF dataset's rows are written as
+    they come, so memory stays bounded by a batch (plus the flagged list of the report)."""
     started = time.perf_counter()
     rows = manifest_rows(manifest)
     first = next(rows, None)
@@ -446,54 +448,107 @@ def export_dataset(manifest: str, out: str, options: ExportOptions) -> ExportRes
     dropped: Counter[str] = Counter()
     audio: Counter[str] = Counter()
     flagged: list[dict[str, Any]] = []
-    samples: list[dict[str, Any]] = []
-    v1_rows: list[dict[str, Any]] = []
     all_instrumental = True
-    for row in _chain(first, rows):
-        prepared, why = prepare(row, options)
-        if prepared is None:
-            dropped[why or "left out"] += 1
-            if why == "label conflicts":
+    sink = _RowSink(directory, DATASET_JSON if options.kind == "acestep15" else (f"{options.hf_dataset}.rows.jsonl" if options.hf_dataset else None))
+    try:
+        for row in _chain(first, rows):
+            prepared, why = prepare(row, options)
+            if prepared is None:
+                dropped[why or "left out"] += 1
+                if why == "label conflicts":
+                    flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": True,
+                                    "reasons": label_problems(row, options.kind)})
+                continue
+            try:
+                if options.kind == "acestep15":
+                    path, how = place_audio(directory, row, prepared.stem, options.audio, ACESTEP15_AUDIO, ".flac")
+                else:
+                    path, how = place_audio(directory, row, prepared.stem, options.audio, frozenset({".mp3"}), ".mp3")
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, ExportError):
+                    raise
+                dropped["audio unreadable"] += 1
                 flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": True,
-                                "reasons": label_problems(row, options.kind)})
-            continue
-        try:
+                                "reasons": [f"audio: {str(exc).strip()[:200]}"]})
+                continue
+            audio[how] += 1
+            if prepared.problems:
+                flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": False,
+                                "reasons": prepared.problems})
             if options.kind == "acestep15":
-                path, how = place_audio(directory, row, prepared.stem, options.audio, ACESTEP15_AUDIO, ".flac")
+                sample = acestep15_sample(prepared, path, options)
+                all_instrumental &= prepared.instrumental
+                sink.add(sample)
+                _acestep15_sidecars(directory, prepared, sample)
             else:
-                path, how = place_audio(directory, row, prepared.stem, options.audio, frozenset({".mp3"}), ".mp3")
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, ExportError):
-                raise
-            dropped["audio unreadable"] += 1
-            flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": True,
-                            "reasons": [f"audio: {str(exc).strip()[:200]}"]})
-            continue
-        audio[how] += 1
-        if prepared.problems:
-            flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": False,
-                            "reasons": prepared.problems})
+                sink.add(_acestep_v1_files(directory, prepared, path, options))
+            result.written += 1
         if options.kind == "acestep15":
-            sample = acestep15_sample(prepared, path, options)
-            all_instrumental &= prepared.instrumental
-            samples.append(sample)
-            _acestep15_sidecars(directory, prepared, sample)
-        else:
-            v1_rows.append(_acestep_v1_files(directory, prepared, path, options))
-        result.written += 1
-    if options.kind == "acestep15":
-        metadata = {"name": options.name, "custom_tag": options.custom_tag, "tag_position": "prepend",
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "num_samples": len(samples),
-                    "all_instrumental": all_instrumental and bool(samples), "genre_ratio": 0}
-        result.dataset = directory.write_json(DATASET_JSON, {"metadata": metadata, "samples": samples})
-    elif options.hf_dataset:
-        result.hf_dataset = _save_hf_dataset(directory, options.hf_dataset, v1_rows * options.repeat)
+            metadata = {"name": options.name, "custom_tag": options.custom_tag, "tag_position": "prepend",
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "num_samples": result.written,
+                        "all_instrumental": all_instrumental and result.written > 0, "genre_ratio": 0}
+            result.dataset = sink.close_json(metadata)
+        elif options.hf_dataset:
+            result.hf_dataset = _save_hf_dataset(directory, options.hf_dataset, sink.close_rows(), options.repeat)
+    finally:
+        sink.discard()
     result.dropped, result.audio, result.flagged = dict(dropped), dict(audio), len(flagged)
     directory.write_json(REPORT, {"manifest": os.path.abspath(manifest), "options": options.__dict__, "written": result.written,
                                   "dropped": result.dropped, "audio": result.audio, "flagged": flagged,
                                   "seconds": round(time.perf_counter() - started, 3)})
     result.removed_stale = directory.finish({"manifest": os.path.abspath(manifest)})
     return result
+
+
+class _RowSink:
+    """Records written as they come: ACE-Step 1.5's dataset JSON (`samples` first, `metadata`
+    once the count is known: its loader reads keys, not positions), or the HF dataset's rows as
+    JSON lines in a temporary file."""
+
+    def __init__(self, directory: ExportDir, name: str | None):
+        self.directory, self.name, self.count = directory, name, 0
+        self.path = self.tmp = None
+        self.file = None
+        if name is None:
+            return
+        if name == DATASET_JSON:
+            self.path, self.tmp = directory.claim(name)
+        else:
+            self.tmp = os.path.join(directory.out, f".tmp-{uuid.uuid4().hex[:32]}-{name}")
+        self.file = open(self.tmp, "w", encoding="utf-8")
+        if name == DATASET_JSON:
+            self.file.write('{\n  "samples": [')
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            return
+        if self.name == DATASET_JSON:
+            text = json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+            self.file.write(("," if self.count else "") + "\n    " + text)
+        else:
+            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close_json(self, metadata: dict[str, Any]) -> str:
+        assert self.file is not None and self.path is not None and self.tmp is not None
+        meta = json.dumps(metadata, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+        self.file.write(("\n  " if self.count else "") + '],\n  "metadata": ' + meta + "\n}\n")
+        self.file.close()
+        self.file = None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def close_rows(self) -> str:
+        assert self.file is not None and self.tmp is not None
+        self.file.close()
+        self.file = None
+        return self.tmp
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tmp and os.path.exists(self.tmp):
+            os.remove(self.tmp)
 
 
 def _chain(first: dict[str, Any] | None, rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -537,28 +592,38 @@ def _acestep_v1_files(directory: ExportDir, p: Prepared, audio_path: str, option
     }
 
 
-def _save_hf_dataset(directory: ExportDir, name: str, rows: list[dict[str, Any]]) -> str:
-    """The HF dataset convert2hf_dataset.py would save from this folder, saved under DIR/name."""
+def _save_hf_dataset(directory: ExportDir, name: str, rows_jsonl: str, repeat: int) -> str:
+    """The HF dataset convert2hf_dataset.py would save from this folder (its rows `repeat` times,
+    as its --repeat_count does), saved under DIR/name; built through an Arrow cache, not in memory."""
     try:
         from datasets import Dataset
         from datasets.utils import logging as hf_logging
     except ImportError:
         raise ExportError("--hf-dataset needs the `datasets` package (pip install datasets)") from None
-    if not rows:
+    if os.path.getsize(rows_jsonl) == 0:
         raise ExportError("no samples to put in the HF dataset")
     if os.sep in name or name.startswith("."):
         raise ExportError(f"--hf-dataset {name!r}: a plain directory name inside --out")
+
+    def generate(path: str, times: int) -> Iterator[dict[str, Any]]:
+        for _ in range(times):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    yield json.loads(line)
+
     path, tmp = directory.claim(name)
+    cache = os.path.join(directory.out, f".tmp-{uuid.uuid4().hex[:32]}-hf-cache")
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        Dataset.from_list(rows).save_to_disk(tmp)
+        Dataset.from_generator(generate, gen_kwargs={"path": rows_jsonl, "times": repeat}, cache_dir=cache).save_to_disk(tmp)
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
+        for leftover in (tmp, cache):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover)
     return path
