@@ -186,3 +186,21 @@ def test_bad_manifest_is_one_clear_error(tmp_path, capsys):
     assert main(["export", "acestep15", "--manifest", str(bad), "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read manifest" in err[0]
+
+
+def test_unreadable_audio_is_a_dropped_row_not_a_failed_export(manifest, tmp_path):
+    _, ids, path = manifest
+    table = pq.read_table(path)
+    uris = table.column("uri").to_pylist()
+    uris[0] = str(tmp_path / "gone.wav")  # a source deleted since the manifest was cut
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wav")
+    uris[1] = str(broken)
+    hostile = tmp_path / "hostile.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("uri"), "uri", __import__("pyarrow").array(uris)), hostile)
+    out = tmp_path / "v1"
+    result = export_dataset(str(hostile), str(out), ExportOptions("acestep-v1", conflicts="keep"))
+    assert result.written == 3 and result.dropped == {"audio unreadable": 2}
+    report = json.loads((out / "export.json").read_text())
+    assert sum(f["dropped"] and f["reasons"][0].startswith("audio: ") for f in report["flagged"]) == 2
+    assert not any(n.startswith(".tmp-") for n in os.listdir(out))
