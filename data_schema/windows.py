@@ -3,8 +3,8 @@
 `songmill manifest --window 60 --align downbeat|section` (and the exports' same options) turn each
 track into windows of about `length_s` seconds (never more than 240 s, the longest audio ACE-Step's
 trainers read) that start on a downbeat or on a section start and end where the next one starts:
-- each window carries its own lyric slice: the transcript segments whose middle falls inside it,
-  with a `[verse]` / `[chorus]` ... tag before each run of one section (the `tokens` stage's
+- each window carries its own lyric slice: the lines sung inside it (the matched canonical lyrics'
+  lines placed at the transcript segments they match, else the transcript segments), with a `[verse]` / `[chorus]` ... tag before each run of one section (the `tokens` stage's
   convention); a window of an instrumental, or with no sung segment, is `[instrumental]`; a track
   with lyrics but no timed transcript gets NULL (nothing tells which words fall where);
 - its own tempo: from the beats inside it, kept on the track's metrical level (the music table
@@ -21,6 +21,7 @@ The trainer (train/data.py) reads `offset_s` + `duration_s` and crops inside the
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -119,22 +120,52 @@ def section_at(sections: Sequence[dict], t: float) -> str | None:
     return sections[-1]["label"] if sections and t >= sections[-1]["start"] else None
 
 
-def lyric_slice(segments: Sequence[dict], sections: Sequence[dict], start: float, end: float) -> tuple[str, str]:
-    """(tagged, plain) lyrics of the transcript segments whose middle lies in [start, end)."""
-    lines: list[tuple[str, str | None]] = []
-    for seg in segments:
-        text = " ".join((seg.get("text") or "").split())
-        middle = 0.5 * (float(seg["start"]) + float(seg["end"]))
-        if text and start <= middle < end:
-            lines.append((text, section_at(sections, middle)))
-    if not lines:
+_TAG_ONLY = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
+_INLINE_TAG = re.compile(r"\[[^\]\n]*\]")
+
+
+def timed_lines(segments: Sequence[dict], canonical: str | None = None, min_similarity: float = 60.0) -> list[tuple[str, float]]:
+    """(line, time) of the words sung: the transcript segments at their middles or, given the
+    matched canonical lyrics, each canonical line at the segment it matches (in order, never
+    before the previous line's; several lines of one segment spread over it; a line no segment
+    matches goes with the previous one), so a slice holds the canonical text, not the recogniser's."""
+    heard = [(" ".join((seg.get("text") or "").split()), float(seg["start"]), float(seg["end"])) for seg in segments]
+    heard = [h for h in heard if h[0]]
+    if not canonical or not heard:
+        return [(text, 0.5 * (a + b)) for text, a, b in heard]
+    from rapidfuzz import fuzz
+
+    lines = [" ".join(_INLINE_TAG.sub(" ", line).split()) for line in canonical.splitlines() if not _TAG_ONLY.match(line)]
+    lines = [line for line in lines if line]
+    placed: list[int] = []
+    pointer = 0
+    for line in lines:
+        best, best_score = None, min_similarity
+        for j in range(pointer, len(heard)):
+            score = fuzz.partial_ratio(line.lower(), heard[j][0].lower())
+            if score > best_score:
+                best, best_score = j, score
+        pointer = best if best is not None else pointer
+        placed.append(pointer)
+    out = []
+    for k, (line, j) in enumerate(zip(lines, placed, strict=True)):
+        same = [i for i, p in enumerate(placed) if p == j]
+        _, a, b = heard[j]
+        out.append((line, a + (same.index(k) + 0.5) / len(same) * (b - a)))
+    return out
+
+
+def lyric_slice(lines: Sequence[tuple[str, float]], sections: Sequence[dict], start: float, end: float) -> tuple[str, str]:
+    """(tagged, plain) lyrics of the timed lines (`timed_lines`) sung in [start, end)."""
+    sung = [(text, section_at(sections, t)) for text, t in lines if text and start <= t < end]
+    if not sung:
         return INSTRUMENTAL_TAG, ""
-    plain = "\n".join(line for line, _ in lines)
+    plain = "\n".join(line for line, _ in sung)
     if not sections:
         return plain, plain
     blocks: list[str] = []
     previous: object = object()
-    for line, label in lines:
+    for line, label in sung:
         if label != previous:
             blocks.append(f"\n[{label or 'verse'}]")
             previous = label
@@ -188,6 +219,8 @@ def track_windows(row: dict[str, Any], options: WindowOptions) -> list[dict[str,
     segments = row.get("_w_segments")
     instrumental = bool(row.get("is_instrumental")) or row.get("lyrics_source") == "instrumental"
     timed = segments is not None and not row.get("_w_hallucination")
+    canonical = row.get("lyrics") if row.get("lyrics_source") == "canonical" else None
+    sung = timed_lines(segments or [], canonical) if timed else []
     spans = cut_windows(float(duration), options, row.get("_w_downbeats"), [s["start"] for s in sections])
     base = {k: v for k, v in row.items() if k not in AUX_COLUMNS}
     out = []
@@ -195,7 +228,7 @@ def track_windows(row: dict[str, Any], options: WindowOptions) -> list[dict[str,
         if instrumental:
             tagged, plain, vocals = INSTRUMENTAL_TAG, "", False
         elif timed:
-            tagged, plain = lyric_slice(segments or [], sections, start, end)
+            tagged, plain = lyric_slice(sung, sections, start, end)
             vocals = bool(plain)
         else:  # lyrics without times (or none known yet): which words fall here is unknown
             tagged = plain = vocals = None

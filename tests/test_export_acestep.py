@@ -204,3 +204,15 @@ def test_unreadable_audio_is_a_dropped_row_not_a_failed_export(manifest, tmp_pat
     report = json.loads((out / "export.json").read_text())
     assert sum(f["dropped"] and f["reasons"][0].startswith("audio: ") for f in report["flagged"]) == 2
     assert not any(n.startswith(".tmp-") for n in os.listdir(out))
+
+
+def test_export_takes_one_split(manifest, tmp_path):
+    corpus, _, _ = manifest
+    split = tmp_path / "split.parquet"
+    write_manifest(corpus, str(split), split="val=0.5", seed=4)
+    sides = pq.read_table(split).column("split").to_pylist()
+    assert 0 < sides.count("val") < len(sides)
+    result = export_dataset(str(split), str(tmp_path / "val"), ExportOptions("acestep15", conflicts="keep", audio="none", split="val"))
+    assert result.written == sides.count("val") and result.dropped.get("other split", 0) == sides.count("train")
+    samples = json.loads((tmp_path / "val" / "dataset.json").read_text())["samples"]
+    assert {s["songmill"]["split"] for s in samples} <= {"val"}

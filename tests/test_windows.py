@@ -16,6 +16,7 @@ from songmill.data_schema.windows import (
     WindowOptions,
     cut_windows,
     lyric_slice,
+    timed_lines,
     window_bpm,
 )
 from songmill.flows.cli import main
@@ -62,10 +63,19 @@ def test_section_windows_start_on_section_starts():
 def test_lyric_slice_and_local_tempo():
     sections = [dict(start=0.0, end=30.0, label="verse"), dict(start=30.0, end=60.0, label="chorus")]
     segments = [dict(start=5, end=9, text="first line"), dict(start=31, end=35, text="hook  line"), dict(start=58, end=64, text="late")]
-    tagged, plain = lyric_slice(segments, sections, 0.0, 60.0)
+    heard = timed_lines(segments)
+    tagged, plain = lyric_slice(heard, sections, 0.0, 60.0)
     assert tagged == "[verse]\nfirst line\n\n[chorus]\nhook line" and plain == "first line\nhook line"
-    assert lyric_slice(segments, sections, 61.0, 90.0) == ("[chorus]\nlate", "late")
-    assert lyric_slice(segments, sections, 100.0, 160.0) == ("[instrumental]", "")
+    assert lyric_slice(heard, sections, 61.0, 90.0) == ("[chorus]\nlate", "late")
+    assert lyric_slice(heard, sections, 100.0, 160.0) == ("[instrumental]", "")
+    # matched canonical lyrics: their lines, placed at the segments they match (two in one segment
+    # spread over it; a line the recogniser missed goes with the previous one)
+    segments = [dict(start=0, end=8, text="I hear your mind outside, you breathe my winter"), dict(start=40, end=44, text="away I give while question")]
+    canonical = "[Verse 1]\nI hear your mind outside\nyou breathe my winter\nla la unheard\n\n[Chorus]\naway I give wild question"
+    placed = timed_lines(segments, canonical)
+    assert [line for line, _ in placed] == ["I hear your mind outside", "you breathe my winter", "la la unheard", "away I give wild question"]
+    assert [round(t, 2) for _, t in placed] == [1.33, 4.0, 6.67, 42.0]
+    assert lyric_slice(placed, sections, 30.0, 60.0) == ("[chorus]\naway I give wild question", "away I give wild question")
     beats = list(np.arange(0, 30, 60 / 100)) + list(np.arange(30, 60, 60 / 140))
     assert window_bpm(beats, 0, 30, 120.0) == pytest.approx(100, abs=0.5)
     assert window_bpm(beats, 30, 60, 120.0) == pytest.approx(140, abs=0.5)

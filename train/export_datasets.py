@@ -16,7 +16,8 @@ and, with `--hf-dataset NAME`, the HF dataset that script saves (`keys`, `filena
 Labels come from songmill's measurements, in the spellings those trainers parse: bpm an int in
 [30, 300], keyscale `F# minor`, timesignature the numerator ACE-Step 1.5 accepts (2, 3, 4, 6;
 `4/4` -> `4`, `6/8` -> `6`, others left blank), language an ISO 639-1 code of its list or `unknown`
-(always `unknown` for instrumentals). Lyrics carry section tags (`[Verse]`, `[Chorus]`, ... from the
+(always `unknown` for instrumentals). A track nothing is known about (no separation, transcript or
+lyrics) is written as those trainers' own default, instrumental. Lyrics carry section tags (`[Verse]`, `[Chorus]`, ... from the
 `tokens` stage, or per window from transcript times); instrumentals are `[Instrumental]` (v1:
 `[inst]`, a token of its lyric vocabulary). A track whose caption contradicts a measurement, or
 whose labels disagree (separation vs lyrics, transcript vs lyric language, a transcript flagged
@@ -86,6 +87,7 @@ class ExportOptions:
     name: str = "songmill"
     hf_dataset: str | None = None  # acestep-v1: also save the HF dataset under DIR/<name>
     repeat: int = 1  # acestep-v1: rows per sample in the HF dataset (convert2hf_dataset's repeat_count)
+    split: str | None = None  # only the rows of this split (a manifest cut with --split)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -385,6 +387,8 @@ class Prepared:
 
 def prepare(row: dict[str, Any], options: ExportOptions) -> tuple[Prepared | None, str | None]:
     """The labels of one row in the trainer's spelling, or why it is left out."""
+    if options.split is not None and row.get("split", "train") != options.split:
+        return None, "other split"
     if row.get("qc_pass") is False:
         return None, "qc failed"
     if not row.get("duration_s"):
