@@ -19,7 +19,7 @@ import soundfile as sf
 from export_corpus import build
 from songmill.flows.cli import main
 from songmill.flows.query import write_manifest
-from songmill.train.export_datasets import ExportError, ExportOptions, export_dataset
+from songmill.train.export_datasets import ExportError, ExportOptions, caption_of, export_dataset
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -216,3 +216,12 @@ def test_export_takes_one_split(manifest, tmp_path):
     assert result.written == sides.count("val") and result.dropped.get("other split", 0) == sides.count("train")
     samples = json.loads((tmp_path / "val" / "dataset.json").read_text())["samples"]
     assert {s["songmill"]["split"] for s in samples} <= {"val"}
+
+
+def test_a_windows_caption_states_the_windows_tempo_and_length():
+    track = {"bpm": 94.0, "duration_s": 235.0, "caption_recaption": "A piece of music in F major, at 94 BPM, in 6/8 time. "
+             "It is instrumental, about 3:55 long. Form: verse, chorus, verse."}
+    assert caption_of({**track, "window_id": None}, "recaption")[0] == track["caption_recaption"]
+    window = {**track, "window_id": "t:0", "bpm": 112.3, "duration_s": 60.4}
+    assert caption_of(window, "description") == (
+        "A piece of music in F major, at 112 BPM, in 6/8 time. It is instrumental, about 60 seconds long.", "recaption")

@@ -174,11 +174,33 @@ def language_of(row: dict[str, Any]) -> str | None:
     return normalise_language(row.get("lyrics_language") or row.get("transcript_language"))
 
 
+_CAPTION_BPM = re.compile(r"\b\d{2,3}(?:\.\d+)?(\s*(?:BPM|bpm|beats per minute))")
+_CAPTION_FORM = re.compile(r"\s*\bForm: [^.]*\.")
+_CAPTION_LENGTH = re.compile(r"\b(about )?(\d+ seconds|\d+:\d\d)( long)")
+
+
+def _length_phrase(seconds: float) -> str:
+    """The recaption's spelling of a duration (annotate/caption.py)."""
+    if seconds < 90:
+        return f"{round(seconds)} seconds"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
 def caption_of(row: dict[str, Any], style: str) -> tuple[str, str | None]:
+    """The caption of the chosen style (else the next non-empty one). A window's caption is its
+    track's with the tempo and length it states made the window's own (the recaption states both)
+    and the track's form left out."""
     for name in (style, *CAPTION_STYLES):
         text = row.get(f"caption_{name}")
         if text and text.strip():
-            return " ".join(text.split()), name
+            text = " ".join(text.split())
+            if row.get("window_id") is not None:
+                if row.get("bpm"):
+                    text = _CAPTION_BPM.sub(lambda m: f"{round(float(row['bpm']))}{m.group(1)}", text)
+                text = _CAPTION_LENGTH.sub(lambda m: f"{m.group(1) or ''}{_length_phrase(float(row['duration_s']))}{m.group(3)}", text)
+                text = _CAPTION_FORM.sub("", text)  # the track's form is not the window's
+            return text, name
     return "", None
 
 
