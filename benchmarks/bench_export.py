@@ -35,8 +35,8 @@ LYRICS = "[verse]\nwalking down the empty street\necho in the night\n\n[chorus]\
 def build_manifest(work: Path, name: str, n: int, audio_files: list[str]) -> str:
     """A manifest of n tracks; with fewer files than tracks, track i names `<file stem>-i<ext>`."""
     import numpy as np
+    from songmill.data_schema.manifest import write_manifest
     from songmill.data_schema.store import Corpus, utcnow
-    from songmill.flows.query import write_manifest
 
     corpus = Corpus(str(work / f"corpus-{name}"))
     now = utcnow()

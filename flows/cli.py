@@ -11,7 +11,7 @@ from songmill.annotate.settings import ConfigError
 from songmill.data_schema.query import QueryRefused
 from songmill.data_schema.store import CorpusError
 from songmill.flows import app
-from songmill.flows.commands import corpus_root, settings
+from songmill.flows.commands import add_window_arguments, corpus_root, settings
 from songmill.flows.display import print_table
 from songmill.flows.executors import ENGINES, ExecutorError
 
@@ -130,12 +130,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_window_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
-                   help="one row per window of about SECONDS (at most 240) cut on musical boundaries, each with its own lyric slice")
-    p.add_argument("--align", choices=("downbeat", "section"), default="downbeat", help="with --window: windows start on a downbeat or a section start")
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only the plugin module providing it is imported."""
     common = _common_parser()
@@ -178,7 +172,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="columns to write: default = all but the beat lists (beats, downbeats), all, or a list",
     )
     p.add_argument("--reproduce", default=None, metavar="SIDECAR", help="write the rows an earlier export's sidecar JSON describes")
-    add_window_arguments(p)
+    add_window_arguments(p)  # the exports (flows/commands/export.py) take the same options
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("serve", parents=[common], help="scheduled ingest + annotate (needs `prefect server start`)")

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from export_corpus import build
+from songmill.data_schema.manifest import write_manifest
 from songmill.flows.cli import main
-from songmill.flows.query import write_manifest
 from songmill.train.export_datasets import ExportError, ExportOptions, caption_of, export_dataset
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -21,3 +21,10 @@ def corpus_root(args: argparse.Namespace) -> str:
 def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Stage settings from --config (default <corpus>/songmill.toml) and --set overrides."""
     return app.settings_for(args.corpus, args.config, args.overrides)
+
+
+def add_window_arguments(p: argparse.ArgumentParser) -> None:
+    """--window / --align, on `songmill manifest` and on the exports."""
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="one row per window of about SECONDS (at most 240) cut on musical boundaries, each with its own lyric slice")
+    p.add_argument("--align", choices=("downbeat", "section"), default="downbeat", help="with --window: windows start on a downbeat or a section start")

@@ -29,7 +29,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser | None = None) -> None:
-    from songmill.flows.cli import add_window_arguments
+    from songmill.flows.commands import add_window_arguments
     from songmill.train.export_datasets import AUDIO_MODES, CAPTION_STYLES, CONFLICT_MODES
 
     parents = [common] if common is not None else []
