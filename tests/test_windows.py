@@ -133,3 +133,39 @@ def test_trainer_reads_windows_as_tracks(corpus, tmp_path):
     assert crop.shape == (2, 2 * sr) and np.abs(crop).max() > 0.3  # from the loud half, not the silent start
     crop = load_crop(dataclasses.replace(row, offset_s=0.5), 10.0, np.random.default_rng(0))
     assert np.abs(crop).max() < 0.05
+
+
+def test_feature_crops_stay_inside_a_window_with_its_lyrics(tmp_path):
+    """The DiT's dataset crops a window row's cached features inside offset_s .. offset_s +
+    duration_s, and keeps only the timed lyric lines sung in the crop (whatever lyric_crop says)."""
+    import pyarrow as pa
+    import torch
+    from songmill.data_schema.manifest import read_manifest
+    from songmill.data_schema.shards import FeatureShard
+    from songmill.model.lyric_tokens import LyricTokenizer
+    from songmill.train.data import LATENT_FPS, FeatureDataset, SampleKey
+    from test_train_objective import write_feature_manifest
+
+    lines = [{"start": 1.0, "end": 2.0, "text": "before the window"}, {"start": 6.0, "end": 7.0, "text": "inside the window"},
+             {"start": 13.0, "end": 14.0, "text": "after the window"}]
+    path = write_feature_manifest(tmp_path, [{"duration_s": 16.0, "lyrics": "x", "lyric_lines": lines}])
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s", pa.array([6.0]))
+    pq.write_table(table.append_column("offset_s", pa.array([4.0])), path)
+    (row,) = read_manifest(path, require=("features_url",))
+    assert row.offset_s == 4.0 and row.duration_s == 6.0
+    full = FeatureShard.open(row.features_url).latent()
+    tokenizer = LyricTokenizer.load("")
+    for lyric_crop in ("full", "start"):
+        dataset = FeatureDataset([row], max_crop_s=3.0, lyric_crop=lyric_crop)
+        starts = set()
+        for slot in range(12):
+            item = dataset[SampleKey(0, 0, slot, 3)]
+            n = item["latent"].shape[-1]
+            start = next(s for s in range(full.shape[-1] - n + 1) if torch.equal(full[..., s : s + n], item["latent"]))
+            assert int(4.0 * LATENT_FPS) <= start and start + n <= int(4.0 * LATENT_FPS) + int(np.ceil(6.0 * LATENT_FPS))
+            begin, end = start / LATENT_FPS, (start + n) / LATENT_FPS
+            sung = [ln["text"] for ln in lines if begin <= 0.5 * (ln["start"] + ln["end"]) < end]
+            assert item["lyrics"].tolist() == (tokenizer.encode_ids("\n".join(sung)) if sung else [0])
+            starts.add(start)
+        assert len(starts) > 3
