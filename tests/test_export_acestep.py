@@ -128,6 +128,12 @@ def test_export_never_overwrites_what_it_did_not_write(manifest, tmp_path):
     assert (out / victim).read_text() == "user data"
     with pytest.raises(ExportError, match="acestep15 export"):
         export_dataset(narrow, str(out), ExportOptions("acestep-v1"))
+    # linked, then copied over the link: the link is replaced, its target (the user's file) untouched
+    source = pq.read_table(narrow).column("uri")[0].as_py()
+    before = open(source, "rb").read()
+    export_dataset(narrow, str(out), ExportOptions("acestep15", audio="copy"))
+    copied = next(n for n in os.listdir(out) if n.endswith(".wav"))
+    assert not os.path.islink(out / copied) and open(source, "rb").read() == before
 
 
 def test_acestep_v1_folder_is_what_convert2hf_dataset_read(manifest, tmp_path):
