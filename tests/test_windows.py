@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -131,7 +130,7 @@ def test_trainer_reads_windows_as_tracks(corpus, tmp_path):
     row = ManifestRecord("a", path, 2.0, offset_s=5.0)
     crop = load_crop(row, 10.0, np.random.default_rng(0))
     assert crop.shape == (2, 2 * sr) and np.abs(crop).max() > 0.3  # from the loud half, not the silent start
-    crop = load_crop(dataclasses.replace(row, offset_s=0.5), 10.0, np.random.default_rng(0))
+    crop = load_crop(row._replace(offset_s=0.5), 10.0, np.random.default_rng(0))
     assert np.abs(crop).max() < 0.05
 
 
