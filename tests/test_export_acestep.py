@@ -19,7 +19,13 @@ import soundfile as sf
 from export_corpus import build
 from songmill.data_schema.manifest import write_manifest
 from songmill.flows.cli import main
-from songmill.train.export_datasets import ExportError, ExportOptions, caption_of, export_dataset
+from songmill.train.export_datasets import (
+    ExportError,
+    ExportOptions,
+    caption_of,
+    export_dataset,
+    tags_of,
+)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -231,3 +237,23 @@ def test_a_windows_caption_states_the_windows_tempo_and_length():
     window = {**track, "window_id": "t:0", "bpm": 112.3, "duration_s": 60.4}
     assert caption_of(window, "description") == (
         "A piece of music in F major, at 112 BPM, in 6/8 time. It is instrumental, about 60 seconds long.", "recaption")
+
+
+def test_unsure_tempo_and_key_are_left_blank_not_stated(manifest, tmp_path):
+    _, ids, path = manifest
+    import pyarrow as pa
+
+    table = pq.read_table(path)
+    confidences = [0.2 if t == ids["vocal"] else 0.9 for t in table.column("track_id").to_pylist()]
+    unsure = tmp_path / "unsure.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("key_confidence"), "key_confidence", pa.array(confidences))
+                   .set_column(table.schema.get_field_index("bpm_confidence"), "bpm_confidence", pa.array(confidences)), unsure)
+    result = export_dataset(str(unsure), str(tmp_path / "o"), ExportOptions("acestep15", audio="none"))
+    samples = json.loads(open(result.dataset).read())["samples"]
+    by_track = {s["songmill"]["track_id"]: s for s in samples}
+    assert by_track[ids["vocal"]]["bpm"] is None and by_track[ids["vocal"]]["keyscale"] == ""
+    assert by_track[ids["instrumental"]]["bpm"] == 96 and by_track[ids["instrumental"]]["keyscale"] == "C major"
+    loose = export_dataset(str(unsure), str(tmp_path / "all"), ExportOptions("acestep15", audio="none", min_confidence=0.0))
+    assert json.loads(open(loose.dataset).read())["samples"][0]["bpm"] == 120
+    row = {"caption_tags": "synth-pop, 120 bpm, F# minor", "bpm_confidence": 0.2, "key_confidence": 0.9}
+    assert tags_of(row, 0.5) == ["synth-pop", "F# minor"] and tags_of(row) == ["synth-pop", "120 bpm", "F# minor"]

@@ -88,6 +88,9 @@ class ExportOptions:
     hf_dataset: str | None = None  # acestep-v1: also save the HF dataset under DIR/<name>
     repeat: int = 1  # acestep-v1: rows per sample in the HF dataset (convert2hf_dataset's repeat_count)
     split: str | None = None  # only the rows of this split (a manifest cut with --split)
+    # bpm / keyscale whose calibrated confidence (the music stage's probability of being right)
+    # is below this are written blank (ACE-Step's "N/A"), not asserted
+    min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -100,6 +103,8 @@ class ExportOptions:
             raise ExportError(f"--caption-style {self.caption_style!r}: one of {', '.join(CAPTION_STYLES)}")
         if self.repeat < 1:
             raise ExportError("--repeat: at least 1")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ExportError("--min-confidence: a probability in [0, 1]")
 
 
 @dataclass
@@ -149,6 +154,12 @@ def bpm_label(value: Any) -> int | None:
         return None
     bpm = int(round(float(value)))
     return bpm if BPM_RANGE[0] <= bpm <= BPM_RANGE[1] else None
+
+
+def trusted(row: dict[str, Any], confidence_column: str, minimum: float) -> bool:
+    """Whether a measurement is confident enough to state (no confidence recorded: trusted)."""
+    confidence = row.get(confidence_column)
+    return confidence is None or float(confidence) >= minimum
 
 
 def keyscale_label(row: dict[str, Any]) -> str:
@@ -204,11 +215,19 @@ def caption_of(row: dict[str, Any], style: str) -> tuple[str, str | None]:
     return "", None
 
 
-def tags_of(row: dict[str, Any]) -> list[str]:
-    """Comma-free tags: the `tags` caption style's, else genres + moods + instruments."""
+_BPM_TAG = re.compile(r"^\d{2,3}(\.\d+)? ?bpm$", flags=re.I)
+_KEY_TAG = re.compile(r"^[A-G][#b]? (major|minor)$")
+
+
+def tags_of(row: dict[str, Any], min_confidence: float = 0.0) -> list[str]:
+    """Comma-free tags: the `tags` caption style's, else genres + moods + instruments; a tempo or
+    key tag whose measurement is below `min_confidence` is left out."""
     raw = (row.get("caption_tags") or "").split(",") if row.get("caption_tags") else [
         *(row.get("genres") or []), *(row.get("moods") or []), *(row.get("instruments") or [])]
-    return list(dict.fromkeys(t for t in (" ".join(str(x).replace(",", " ").split()) for x in raw) if t))
+    tags = (" ".join(str(x).replace(",", " ").split()) for x in raw)
+    untrusted = [pattern for pattern, column in ((_BPM_TAG, "bpm_confidence"), (_KEY_TAG, "key_confidence"))
+                 if not trusted(row, column, min_confidence)]
+    return list(dict.fromkeys(t for t in tags if t and not any(p.match(t) for p in untrusted)))
 
 
 def label_problems(row: dict[str, Any], kind: str) -> list[str]:
@@ -444,8 +463,8 @@ def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> di
         "lyrics": p.lyrics,
         "raw_lyrics": "" if p.instrumental else p.lyrics,
         "formatted_lyrics": "",
-        "bpm": bpm_label(row.get("bpm")),
-        "keyscale": keyscale_label(row),
+        "bpm": bpm_label(row.get("bpm")) if trusted(row, "bpm_confidence", options.min_confidence) else None,
+        "keyscale": keyscale_label(row) if trusted(row, "key_confidence", options.min_confidence) else "",
         "timesignature": ACESTEP15_TIME_SIGNATURES.get(str(row.get("time_signature") or ""), ""),
         "duration": int(math.floor(float(row["duration_s"]))),
         "language": p.language,
@@ -600,7 +619,7 @@ def _acestep15_sidecars(directory: ExportDir, p: Prepared, sample: dict[str, Any
 def _acestep_v1_files(directory: ExportDir, p: Prepared, audio_path: str, options: ExportOptions) -> dict[str, Any]:
     """`X_prompt.txt` (tags joined by ", ", as convert2hf_dataset splits them) and `X_lyrics.txt`;
     returns the HF dataset row."""
-    tags = tags_of(p.row)
+    tags = tags_of(p.row, options.min_confidence)
     if options.custom_tag:
         tags = [options.custom_tag, *[t for t in tags if t != options.custom_tag]]
     directory.write_text(p.stem + "_prompt.txt", ", ".join(tags) + "\n")

@@ -15,7 +15,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     options = ExportOptions(args.kind, audio=args.audio, custom_tag=args.custom_tag, caption_style=args.caption_style,
                             conflicts=args.conflicts, name=args.name, hf_dataset=getattr(args, "hf_dataset", None),
-                            repeat=getattr(args, "repeat", 1), split=args.split)
+                            repeat=getattr(args, "repeat", 1), split=args.split, min_confidence=args.min_confidence)
     window = app.window_options(args.window, args.align)
     if window is None:
         print(export_dataset(args.manifest, args.out, options).summary())
@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                        help="tracks whose caption contradicts a measurement or whose labels disagree: drop (default), "
                             "review (1.5: written with labeled false), keep; all listed in DIR/export.json")
         p.add_argument("--name", default="songmill", help="dataset name (ACE-Step 1.5 metadata)")
+        p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
+                       help="bpm / key measured with a confidence below P are left blank, not stated (default 0.5)")
         p.add_argument("--split", default=None, metavar="NAME", help="only the rows of this split (a manifest cut with --split)")
         add_window_arguments(p)
         if kind == "acestep-v1":
