@@ -31,12 +31,21 @@ STAGE_CLASSES: dict[str, str] = {
 DEFAULT_STAGES: tuple[str, ...] = ("qc", "music")
 
 
+def unknown_stage_message(name: str) -> str:
+    """`unknown stage 'musik' (did you mean 'music'?); known: ...`"""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(STAGE_CLASSES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown stage {name!r}{hint}; known: {', '.join(STAGE_CLASSES)}"
+
+
 def stage_target(name: str) -> str:
     """"module:Class" of a stage (what a worker imports: it needs no registry of its own)."""
     try:
         return STAGE_CLASSES[name]
     except KeyError:
-        raise ConfigError(f"unknown stage {name!r}; known: {', '.join(STAGE_CLASSES)}") from None
+        raise ConfigError(unknown_stage_message(name)) from None
 
 
 def import_stage(target: str) -> type[Stage]:
@@ -60,5 +69,5 @@ def build_stages(names: Iterable[str], settings: Mapping[str, Mapping[str, Any]]
 
 __all__ = [
     "DEFAULT_STAGES", "RUNTIME", "STAGE_CLASSES", "Stage", "StageConfig", "StageUnavailable", "Track",
-    "build_stages", "import_stage", "stage_class", "stage_target",
+    "build_stages", "import_stage", "stage_class", "stage_target", "unknown_stage_message",
 ]

@@ -178,7 +178,55 @@ def _unavailable(what: str, setting: str, path: str, hint: str) -> StageUnavaila
     return StageUnavailable(
         f"features: {what} weights not found at {path!r}. {hint} Then set "
         f"`--set features.{setting}=DIR` (or `{setting} = \"DIR\"` under [features] in songmill.toml), "
-        f"or `{setting} = \"none\"` to leave this feature out."
+        + (f"or `{setting} = \"tiny-random\"` offline (a tiny text encoder with random weights; the DiT needs one)."
+           if setting == "text_encoder" else f"or `{setting} = \"none\"` to leave this feature out.")
+    )
+
+
+# The feature models, (setting, what, Hugging Face id); and what runs offline instead of each:
+# the tiny preset's text encoder built from random weights, no REPA target, no speaker vector
+# (what `songmill demo` trains with).
+FEATURE_MODELS = (
+    ("text_encoder", "text encoder (umT5)", "google/umt5-base"),
+    ("mert", "MERT", "m-a-p/MERT-v1-330M"),
+    ("mhubert", "mHuBERT", "utter-project/mHuBERT-147"),
+    ("speaker", "speaker x-vector (WavLM)", "microsoft/wavlm-base-plus-sv"),
+)
+OFFLINE_FEATURE_SETTINGS = {"text_encoder": "tiny-random", "mert": NONE, "mhubert": NONE, "speaker": NONE}
+
+
+def offline_settings_hint(settings: list[str] | None = None) -> str:
+    """`--set features.text_encoder=tiny-random --set features.mert=none ...` for these settings."""
+    return " ".join(f"--set features.{k}={v}" for k, v in OFFLINE_FEATURE_SETTINGS.items() if settings is None or k in settings)
+
+
+def missing_feature_models(cfg: FeaturesConfig) -> list[tuple[str, str, str, str]]:
+    """Every feature model the settings name that is not on this machine, found without loading
+    any: (setting, what, where looked, Hugging Face id)."""
+    missing = []
+    for setting, what, hub in FEATURE_MODELS:
+        path = getattr(cfg, setting)
+        if path in (NONE, "tiny-random" if setting == "text_encoder" else NONE):
+            continue
+        try:
+            _local_pretrained_dir(path, what, setting, hub)
+        except StageUnavailable:
+            missing.append((setting, what, path, hub))
+    return missing
+
+
+def check_feature_models(cfg: FeaturesConfig) -> None:
+    """Refuse, before any model loads, settings naming absent models: all of them in one message,
+    with how to fetch each and the settings that run offline."""
+    missing = missing_feature_models(cfg)
+    if not missing:
+        return
+    names = "; ".join(f"{what} at {path!r} (`--set features.{setting}=DIR` after `hf download {hub} --local-dir DIR`)"
+                      for setting, what, path, hub in missing)
+    raise StageUnavailable(
+        f"features: {len(missing)} model(s) not on this machine: {names}. Offline, without them: "
+        f"{offline_settings_hint([m[0] for m in missing])} (a tiny random text encoder and no REPA / "
+        "speaker targets, as `songmill demo` trains; the same keys under [features] in songmill.toml)"
     )
 
 
@@ -379,6 +427,7 @@ class FeatureExtractors:
         from songmill.model.lyric_tokens import LyricTokenizer
         from songmill.model.mel import MelSpectrogram
 
+        check_feature_models(cfg)  # every absent model named at once, before the DCAE loads
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ext = cls(cfg, device)
         ext.dcae, ext.dcae_id, ext.dcae_path = load_dcae_for_features(cfg.dcae_checkpoint, device)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -134,3 +135,40 @@ def coerce(value: Any, hint: Any) -> Any:
     elif kind not in (bool, int, float, str, list, tuple, dict):
         return value
     raise ValueError(f"{value!r} is not a valid {hint}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def dump_settings(settings: dict[str, dict[str, Any]], header: str = "") -> str:
+    """Stage tables as TOML text that load_settings reads back to the same values."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for stage, table in settings.items():
+        if not table:
+            continue
+        lines += ["", f"[{stage}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_settings(path: str, settings: dict[str, dict[str, Any]], header: str = "") -> None:
+    """Write a settings TOML atomically (a temporary file renamed into place)."""
+    text = dump_settings(settings, header)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -56,6 +56,7 @@ class Corpus(Protocol):
     def manifest_base(self, files: dict[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None: ...
 
 ROOT_MACRO = "songmill_root"
+CATALOG_ALIAS = "songmill"
 STATE_SUFFIX = ".json"
 LOCK_NAME = ".catalog.lock"
 ROOT_SQL = (
@@ -69,8 +70,11 @@ def _relative(corpus: Corpus, url: str) -> str:
     return f"{ROOT_MACRO}() || {literal('/' + rel)}"
 
 
-# Bump when the catalog's layout changes (how it spells files, its state file).
-CATALOG_FORMAT = 3
+# Bump when the catalog's layout changes (how it spells files, its state file, its storage).
+CATALOG_FORMAT = 4
+# The DuckDB storage format of the catalog file: one that DuckDB 1.4 (LTS) and later, and PyPI's
+# duckdb-cli shell, open.
+CATALOG_STORAGE_VERSION = "v1.4.0"
 
 
 def catalog_views(
@@ -166,12 +170,21 @@ def write_catalog(corpus: Corpus, retries: int = 3) -> str:
 
 
 def _write(corpus: Corpus, views: dict[str, str]) -> None:
-    # The temporary database sits in the corpus folder, so `songmill_root()` resolves to the
-    # corpus while the views are bound here, exactly as it will for readers of the final file.
+    # Written in an older storage format (views and macros only, so nothing is lost) that the
+    # DuckDB shells people install can open: PyPI's duckdb-cli 1.5 reads storage versions up to
+    # 1.5, not the 2.0 format this duckdb writes by default.
+    # The temporary database sits in the corpus folder, and `songmill_root` is set to it while
+    # the views are bound, exactly as it will resolve for readers of the final file.
     tmp = os.path.join(corpus.path, f".tmp-{uuid.uuid4().hex}.duckdb")
     try:
-        con = duckdb.connect(tmp)
+        con = duckdb.connect(":memory:")
         try:
+            con.execute(f"SET VARIABLE {ROOT_MACRO} = {literal(corpus.path)}")
+            try:
+                con.execute(f"ATTACH {literal(tmp)} AS {CATALOG_ALIAS} (STORAGE_VERSION {literal(CATALOG_STORAGE_VERSION)})")
+            except duckdb.Error:  # a duckdb older than that format writes its own, readable anyway
+                con.execute(f"ATTACH {literal(tmp)} AS {CATALOG_ALIAS}")
+            con.execute(f"USE {CATALOG_ALIAS}")
             con.execute("BEGIN")  # one transaction: a commit (and fsync) per view costs 10x more
             con.execute(f"CREATE MACRO {ROOT_MACRO}() AS {ROOT_SQL}")
             for name, sql in views.items():
@@ -179,7 +192,9 @@ def _write(corpus: Corpus, views: dict[str, str]) -> None:
             for macro, body in MACROS.items():
                 con.execute(f"CREATE MACRO {macro} AS {body}")
             con.execute("COMMIT")
-            con.execute("CHECKPOINT")
+            con.execute(f"CHECKPOINT {CATALOG_ALIAS}")
+            con.execute("USE memory")
+            con.execute(f"DETACH {CATALOG_ALIAS}")
         finally:
             con.close()
         os.replace(tmp, corpus.catalog_path)
@@ -197,9 +212,6 @@ def ensure_catalog(corpus: Corpus) -> str:
     if state.get("files") != files_state(files, *(corpus.manifest_base(files) or (None, None))) or not os.path.exists(corpus.catalog_path):
         write_catalog(corpus)
     return corpus.catalog_path
-
-
-CATALOG_ALIAS = "songmill"
 
 
 def open_catalog(corpus: Corpus) -> duckdb.DuckDBPyConnection:

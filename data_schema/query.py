@@ -79,6 +79,17 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def error_with_hints(exc: BaseException) -> str:
+    """DuckDB's message on one line with its hint lines (`Did you mean "music"?`, candidate
+    bindings), without the `LINE 1:` excerpt of the query that follows them."""
+    lines = []
+    for line in str(exc).strip().splitlines():
+        if not line.strip() or line.startswith("LINE "):
+            break
+        lines.append(line.strip())
+    return " ".join(lines) or type(exc).__name__
+
+
 def run_query(corpus: Corpus, sql: str) -> pa.Table:
     """Run one SELECT (or EXPLAIN of one); anything that could write is refused before it runs."""
     con = read_only_connection(corpus)
@@ -89,6 +100,6 @@ def run_query(corpus: Corpus, sql: str) -> pa.Table:
         except duckdb.PermissionException as exc:
             raise QueryRefused(f"`songmill query` reads only the corpus: {first_line(exc)}") from None
         except duckdb.Error as exc:
-            raise QueryFailed(first_line(exc)) from None
+            raise QueryFailed(error_with_hints(exc)) from None
     finally:
         con.close()

@@ -170,7 +170,10 @@ class Corpus:
                 "written before schema versions existed. Refusing to guess its layout."
             )
         if not create:
-            raise CorpusError(f"no corpus at {self.root} (run `songmill ingest` first)")
+            raise CorpusError(
+                f"no corpus at {self.root}: name one with --corpus DIR or $SONGMILL_CORPUS "
+                "(default ./corpus), or create it with `songmill ingest SOURCE`"
+            )
         self.fs.makedirs(self.path, exist_ok=True)
         meta = {"schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat()}
         self._atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())

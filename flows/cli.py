@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from songmill.annotate.settings import ConfigError
-from songmill.data_schema.query import QueryRefused
+from songmill.data_schema.query import QueryFailed, QueryRefused
 from songmill.data_schema.store import CorpusError
 from songmill.flows import app
 from songmill.flows.commands import add_window_arguments, corpus_root, settings
+from songmill.flows.demo import DemoFolderError
 from songmill.flows.display import print_table
 from songmill.flows.executors import ENGINES, ExecutorError
 
@@ -31,9 +32,9 @@ PLUGIN_COMMANDS = {
 }
 
 
-def _common_parser() -> argparse.ArgumentParser:
+def _common_parser(corpus_help: str = "corpus directory or fsspec URL (default $SONGMILL_CORPUS or ./corpus)") -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--corpus", default=None, help="corpus directory or fsspec URL (default $SONGMILL_CORPUS or ./corpus)")
+    common.add_argument("--corpus", default=None, help=corpus_help)
     common.add_argument("--config", default=None, help="stage settings TOML (default <corpus>/songmill.toml)")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override one setting (repeatable)")
     return common
@@ -44,7 +45,14 @@ def _split(text: str | None) -> list[str]:
 
 
 def _engine(args: argparse.Namespace) -> dict:
-    return {"engine": args.engine, "address": args.address, "workers": args.workers, "show_progress": not args.quiet}
+    engine = args.engine
+    if engine is None:
+        from songmill.flows.executors import default_engine
+
+        engine, note = (("dask", None) if args.address else default_engine())
+        if note and not args.quiet:
+            print(note, file=sys.stderr)
+    return {"engine": engine, "address": args.address, "workers": args.workers, "show_progress": not args.quiet}
 
 
 # -- commands: parse, call flows/app.py, print ------------------------------------------------------
@@ -137,8 +145,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     engine = argparse.ArgumentParser(add_help=False)
-    engine.add_argument("--engine", choices=ENGINES, default="prefect",
-                        help="prefect: a Prefect flow (default); local: in-process; dask: a Prefect flow on Dask workers")
+    engine.add_argument("--engine", choices=ENGINES, default=None,
+                        help="prefect: a Prefect flow; local: in-process; dask: a Prefect flow on Dask workers "
+                             "(default: prefect when a Prefect server is configured (PREFECT_API_URL), else local)")
     engine.add_argument("--address", default=None, help="with --engine dask: scheduler of an existing cluster (tcp://HOST:8786)")
     engine.add_argument("--workers", type=int, default=None, help="with --engine dask and no --address: worker processes (default one per core)")
     engine.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -194,9 +203,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("demo", parents=[common], help="the main job end to end on a generated corpus")
+    demo_common = _common_parser(
+        "the demo's corpus folder (default OUT/corpus); it must be new, empty or made by an earlier demo: "
+        "the demo refuses a folder holding anything it did not make"
+    )
+    p = sub.add_parser("demo", parents=[demo_common], help="the main job end to end on a generated corpus")
     p.add_argument("--engine", choices=ENGINES, default="prefect", help="how ingest and annotate run")
-    p.add_argument("--out", default="./songmill-demo", help="working directory for the demo corpus")
+    p.add_argument("--out", default="./songmill-demo", help="working directory: audio, corpus, manifest, training run (default ./songmill-demo)")
     p.add_argument("--tracks", type=int, default=12)
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--no-train", action="store_true", help="skip the tiny training run")
@@ -213,6 +226,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _closed_pipe() -> int:
+    """The reader of our output went away (`songmill query ... | head`): that is not an error.
+    Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line: a traceback instead of one line
@@ -222,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CorpusError, ConfigError, ExecutorError, QueryRefused) as exc:
+    except BrokenPipeError:
+        return _closed_pipe()
+    except (CorpusError, ConfigError, ExecutorError, QueryRefused, QueryFailed, DemoFolderError) as exc:
         if debug:
             raise
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)

@@ -9,13 +9,107 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
+from collections.abc import Iterable
 
 import pyarrow as pa
+from songmill.annotate.settings import CONFIG_FILE, write_settings
 from songmill.data_schema.store import Corpus
 from songmill.flows import app
 from songmill.flows.display import print_table
+
+# Written into every folder the demo makes; the demo re-uses (and clears) only folders holding it.
+DEMO_MARKER = ".songmill-demo"
+# What the demo (and songmill on its corpus) writes at the top of its folders; anything else
+# there is the user's, and the demo refuses the folder rather than touch it.
+OUT_ENTRIES = {DEMO_MARKER, "audio", "corpus", "manifest.parquet", "manifest.parquet.json", "train", "report.html"}
+AUDIO_FIXED_ENTRIES = {DEMO_MARKER, "broken_truncated.mp3", "broken_not_audio.wav", "truth.json", "lyrics.jsonl"}
+
+
+class DemoFolderError(ValueError):
+    """A folder the demo would write into holds something the demo did not make."""
+
+
+def _corpus_entries() -> set[str]:
+    """Top-level names songmill writes in a corpus folder (tables, catalog, Prefect's state...)."""
+    from songmill.data_schema.tables import TABLES
+
+    return {DEMO_MARKER, *TABLES, "songmill.json", "songmill.toml", "songmill.duckdb", "songmill.duckdb.json",
+            "songmill.duckdb.wal", "songmill.duckdb.tmp", "_prefect", "_manifest", ".catalog.lock", "indexes", "features"}
+
+
+def _is_songmill_entry(name: str, allowed: set[str]) -> bool:
+    return name in allowed or name.startswith(".tmp-")
+
+
+def claim_demo_folder(folder: str, allowed: Iterable[str], what: str) -> None:
+    """Make sure the demo may write (and clear) `folder`: it is missing, empty, or made by an
+    earlier demo (it holds DEMO_MARKER) and holds nothing but what the demo writes there.
+    Raises DemoFolderError before anything is written; nothing is removed here."""
+    allowed = set(allowed)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise DemoFolderError(f"the demo's {what} {folder} exists and is not a folder; give another path")
+    entries = os.listdir(folder) if os.path.isdir(folder) else []
+    if entries and DEMO_MARKER not in entries:
+        raise DemoFolderError(
+            f"the demo's {what} {folder} holds files the demo did not make ({_names(entries)}); "
+            "the demo only writes into a new or empty folder: give another path"
+        )
+    foreign = sorted(e for e in entries if not _is_songmill_entry(e, allowed))
+    if foreign:
+        raise DemoFolderError(
+            f"the demo's {what} {folder} holds files the demo did not make ({_names(foreign)}); "
+            "move them away or give another path"
+        )
+
+
+def _names(entries: list[str]) -> str:
+    shown = sorted(entries)[:3]
+    return ", ".join(shown) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+
+
+def _reset_demo_folder(folder: str, allowed: Iterable[str]) -> None:
+    """Remove what an earlier demo wrote in `folder` (checked by claim_demo_folder) and mark it."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name == DEMO_MARKER or not _is_songmill_entry(name, set(allowed)):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    with open(os.path.join(folder, DEMO_MARKER), "w") as f:
+        f.write("made by `songmill demo`; a later demo clears what it wrote here\n")
+
+
+def _audio_entries(folder: str) -> set[str]:
+    """The demo's audio file names: the fixed ones and those of the generated tracks."""
+    from songmill.testaudio.synth import DEMO_FORMATS, STYLES
+
+    names = set(AUDIO_FIXED_ENTRIES)
+    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+        stem, _, ext = entry.rpartition(".")
+        if stem.startswith("demo_") and ext in DEMO_FORMATS and any(f"_{s}_" in stem for s in STYLES):
+            names.add(entry)
+    return names
+
+
+SETTINGS_HEADER = """Written by `songmill demo`: the settings its stages ran with (the offline ones).
+`songmill status`, `annotate` and `reprocess` on this corpus read them."""
+
+
+def demo_settings(settings: dict | None) -> dict[str, dict]:
+    """The offline stage settings the demo runs with, the user's (--config, --set) on top."""
+    from songmill.flows.demo_text import OFFLINE_SETTINGS
+
+    user = settings or {}
+    merged = {stage: dict(table) for stage, table in user.items()}
+    for stage, values in OFFLINE_SETTINGS.items():
+        merged[stage] = {**values, **user.get(stage, {})}
+    return merged
 
 
 def make_demo_audio(folder: str, n_tracks: int, seed: int = 0) -> list[dict]:
@@ -64,6 +158,26 @@ def _summary(corpus: Corpus, truth: list[dict]) -> tuple[pa.Table, dict]:
     return table, {"tracks": len(rows), "bpm_correct": bpm_ok, "key_correct": key_ok, "errors": errors}
 
 
+def next_steps(root: str) -> list[str]:
+    """What to try next, each command spelled to run as typed in a fresh shell."""
+    from songmill.flows.hints import activate_hint, venv_command
+
+    songmill, q = venv_command("songmill"), shlex.quote
+    prefect_home = os.environ.get("PREFECT_HOME", os.path.join(root, "_prefect"))
+    lines = [
+        f"  DuckDB:     {songmill} query \"SELECT track_id, uri, bpm, keyscale, qc_pass FROM manifest LIMIT 5\" --corpus {q(root)}",
+        f"              plain DuckDB, every view: {venv_command('duckdb')} {q(os.path.join(root, 'songmill.duckdb'))} -c \"FROM manifest LIMIT 5\"",
+        f"  Status:     {songmill} status --corpus {q(root)}",
+        f"  Plots:      {songmill} report --out {q(os.path.join(os.path.dirname(root), 'report.html'))} --corpus {q(root)}",
+        f"  Prefect UI: PREFECT_HOME={q(prefect_home)} {venv_command('prefect')} server start",
+        "              then open http://127.0.0.1:4200 to see the ingest and annotate flow runs",
+    ]
+    activate = activate_hint()
+    if activate:
+        lines.append(f"  (or `{activate}` once in a shell, then plain `songmill`, `duckdb` and `prefect`)")
+    return lines
+
+
 def run_demo(
     out: str = "./songmill-demo",
     corpus_root: str | None = None,
@@ -78,10 +192,15 @@ def run_demo(
     started = time.perf_counter()
     out = os.path.abspath(out)
     audio_dir = os.path.join(out, "audio")
-    root = corpus_root or os.path.join(out, "corpus")
-    if os.path.exists(root):  # the demo starts from scratch each time
-        shutil.rmtree(root)
-    shutil.rmtree(audio_dir, ignore_errors=True)
+    root = os.path.abspath(corpus_root or os.path.join(out, "corpus"))
+    # The demo starts from scratch each time, so it clears what an earlier demo wrote; it checks
+    # every folder first and refuses (before writing anything) one holding anything else.
+    claim_demo_folder(out, OUT_ENTRIES, "working directory (--out)")
+    claim_demo_folder(audio_dir, _audio_entries(audio_dir), "audio folder")
+    claim_demo_folder(root, _corpus_entries(), "corpus (--corpus)")
+    _reset_demo_folder(out, OUT_ENTRIES - {"audio", "corpus"})  # those two: checked and cleared on their own
+    _reset_demo_folder(audio_dir, _audio_entries(audio_dir))
+    _reset_demo_folder(root, _corpus_entries())
 
     print(f"1/5 generating {n_tracks} tracks with known tempo and key -> {audio_dir}")
     truth = make_demo_audio(audio_dir, n_tracks)
@@ -89,8 +208,12 @@ def run_demo(
 
     sung = demo_text.add_sung_vocals(audio_dir, truth)
 
+    # The demo's settings go into its corpus's songmill.toml, so `status`, `annotate` and
+    # `reprocess` on that corpus afterwards use what the demo used.
+    settings = demo_settings(settings)
+    write_settings(os.path.join(root, CONFIG_FILE), settings, header=SETTINGS_HEADER)
+
     print("2/5 ingest")
-    settings = settings or {}
     summary = app.ingest(root, [audio_dir], settings, engine=engine)
     print(f"  {summary.new_tracks} new tracks, {summary.errors} errors")
 
@@ -126,9 +249,6 @@ def run_demo(
 
     demo_text.print_missing_weights(settings)
     print(f"\ndone in {time.perf_counter() - started:.0f} s. The corpus is {root}")
-    print(f"  DuckDB:     songmill query \"SELECT * FROM manifest LIMIT 5\" --corpus {root}")
-    print(f"              or plain DuckDB, every view: duckdb {os.path.join(root, 'songmill.duckdb')} -c \"FROM manifest LIMIT 5\"")
-    print(f"  Status:     songmill status --corpus {root};  plots: songmill report --out report.html --corpus {root}")
-    print(f"  Prefect UI: PREFECT_HOME={os.environ.get('PREFECT_HOME', os.path.join(root, '_prefect'))} prefect server start")
-    print("              then open http://127.0.0.1:4200 to see the ingest and annotate flow runs")
+    for line in next_steps(root):
+        print(line)
     return 0

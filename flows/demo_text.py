@@ -108,8 +108,11 @@ def print_missing_weights(settings: dict | None) -> None:
             missing.append(spec)
     if not missing:
         return
+    from songmill.flows.hints import venv_command
+
+    songmill = venv_command("songmill")
     print("stages whose weights are not on this machine (they write retryable errors until fetched):")
     for spec in missing:
-        how = f"songmill models fetch {spec.name}" if spec.source != "path" else f"--set {spec.stage}.{spec.setting}=DIR"
+        how = f"{songmill} models fetch {spec.name}" if spec.source != "path" else f"--set {spec.stage}.{spec.setting}=DIR"
         print(f"  {spec.stage:<11} {spec.name:<26} {how}")
-    print("  (`songmill models list` shows where each is looked for)")
+    print(f"  (`{songmill} models list` shows where each is looked for)")

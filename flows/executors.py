@@ -255,6 +255,26 @@ def shared_prefect_api() -> Iterator[None]:
         yield
 
 
+def default_engine() -> tuple[str, str | None]:
+    """The engine of a command that names none, and a note for the user (or None).
+
+    With a Prefect server configured (PREFECT_API_URL), a Prefect flow reporting to it. Without
+    one, Prefect would first start a temporary server of its own: 10 s per command, 35 s on a new
+    corpus, and slower still on a busy machine. Then the job runs in this process (the same job,
+    the same rows) and the note says how to get the Prefect UI instead."""
+    from songmill.flows.prefect_env import DEFAULT_UI_URL, configured_api_url
+
+    if configured_api_url():
+        return "prefect", None
+    from songmill.flows.hints import venv_command
+
+    return "local", (
+        f"running in this process: no Prefect server is configured. For run history and the UI, start one "
+        f"(`{venv_command('prefect')} server start`) and `export PREFECT_API_URL={DEFAULT_UI_URL}`, "
+        "or pass --engine prefect (a temporary server per command)"
+    )
+
+
 def make_executor(engine: str, corpus_root: str | None = None, address: str | None = None, workers: int | None = None,
                   show_progress: bool = True) -> LocalExecutor | PrefectExecutor | DaskExecutor:
     if address and engine != "dask":

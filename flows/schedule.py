@@ -50,16 +50,18 @@ def check_server() -> str | None:
     """Why no Prefect server can take the deployment (none configured, none answering), or None."""
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
+    from songmill.flows.hints import venv_command
 
+    prefect = venv_command("prefect")
     url = get_current_settings().api.url  # env var or `prefect config set PREFECT_API_URL=...`
     if not url:
-        return ("scheduled runs need a running Prefect server: start `prefect server start`, then "
+        return (f"scheduled runs need a running Prefect server: start `{prefect} server start`, then "
                 "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
         reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
-        return f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); is `prefect server start` running?"
+        return f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); is `{prefect} server start` running?"
     return None
 
 

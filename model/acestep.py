@@ -520,6 +520,26 @@ def _write_songmill(directory: Path, name: str, config: Mapping[str, Any], tenso
     (directory / f"{name}.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
 
 
+def _relative_files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()} if directory.is_dir() else set()
+
+
+def _check_replaceable(final: Path, would_write: set[str]) -> None:
+    """`final` may be replaced only when it holds nothing but what this write puts there again
+    (an earlier import or export of the same parts): anything else in it is someone else's."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise ReleaseFormatError(f"{final} exists and is not a directory; give another --out")
+    foreign = sorted(_relative_files(final) - would_write)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ReleaseFormatError(
+            f"{final} holds files songmill would not write there ({', '.join(foreign[:3])}{more}); "
+            "nothing was replaced: move them away or give another --out"
+        )
+
+
 def _replace_dir(staging: Path, final: Path) -> None:
     """Swap a fully written staging directory in for `final` (a re-run replaces, never adds)."""
     import shutil
@@ -614,6 +634,8 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
             (directory / TRAINER_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True) + "\n")
         for name, config in release_configs.items():
             (staging / name / RELEASE_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for child in sorted(staging.iterdir()):  # every target checked before any is replaced
+            _check_replaceable(out / child.name, _relative_files(child))
         for child in sorted(staging.iterdir()):
             _replace_dir(child, out / child.name)
             written[child.name] = str(out / child.name)
@@ -738,6 +760,8 @@ def export_release(checkpoint: str | Path, out: str | Path, dcae: str | Path | N
     text = conditioning.get("text_encoder", "none")
     if text not in ("none", "tiny-random", "") and Path(text).is_dir():
         target = out / TEXT_ENCODER_DIR
+        copied = {f for f in _relative_files(Path(text)) if not f.endswith(tuple(PICKLE_SUFFIXES))}
+        _check_replaceable(target, copied)
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(text, target, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))

@@ -71,8 +71,35 @@ def missing_features_message(manifest: str) -> str:
         f"text embeddings computed once by the features stage. Run `songmill train dit --manifest {manifest} "
         f"--dcae-checkpoint DCAE_RUN ...` to compute them first (DCAE_RUN from `songmill train dcae --manifest "
         f"{manifest} --run-dir DCAE_RUN`), or `songmill annotate --stages features --set "
-        f"features.dcae_checkpoint=DCAE_RUN` and export the manifest again"
+        f"features.dcae_checkpoint=DCAE_RUN` and export the manifest again. Offline (no umT5 / MERT / mHuBERT / "
+        f"WavLM weights), add {_offline_hint()}"
     )
+
+
+def _offline_hint() -> str:
+    from songmill.annotate.features import offline_settings_hint
+
+    return offline_settings_hint()
+
+
+def refuse_textless_features(features_settings: dict[str, Any]) -> None:
+    """The DiT is conditioned on text: features computed without a text encoder cannot train it,
+    so say so before the features stage runs rather than after."""
+    if str(features_settings.get("text_encoder", "")).strip().lower() == "none":
+        raise FeaturesMissing(
+            "features.text_encoder = \"none\" computes features without text embeddings, and the DiT trains on "
+            "them: name a text encoder (a umT5 directory), or offline `--set features.text_encoder=tiny-random` "
+            "(the tiny preset's encoder with random weights, as `songmill demo` trains)"
+        )
+
+
+def check_features_settings(features_settings: dict[str, Any]) -> None:
+    """Before any work: features that could train the DiT (a text encoder), and every model the
+    settings name present (all absent ones in one message, with the settings that run offline)."""
+    from songmill.annotate.features import FeaturesConfig, check_feature_models
+
+    refuse_textless_features(features_settings)
+    check_feature_models(FeaturesConfig(**features_settings))
 
 
 def features_manifest_path(manifest: str) -> str:
@@ -89,6 +116,7 @@ def ensure_features(manifest: str, dcae_checkpoint: str, corpus_root: str, **fea
         return manifest, False
     if not dcae_checkpoint:
         raise FeaturesMissing(missing_features_message(manifest))
+    check_features_settings(features_settings)
     out = features_manifest_path(manifest)
     cache_features(manifest, corpus_root, out, **{**features_settings, "dcae_checkpoint": dcae_checkpoint})
     return out, True

@@ -60,7 +60,10 @@ class DiTTask(TrainTask):
         self.rows = read_manifest(manifest, require=("features_url",))
         first = FeatureShard.open(self.rows[0].features_url)
         if not first.text_styles:
-            raise ValueError("the features hold no text embeddings: run the features stage with a text encoder")
+            raise ValueError(
+                "the features hold no text embeddings (computed with features.text_encoder = \"none\"): run the "
+                "features stage again with a text encoder, offline `--set features.text_encoder=tiny-random`"
+            )
         meta = first.meta
         model_preset = preset(cfg.preset)
         text_dim = int(first.text_embedding(first.text_styles[0]).shape[-1])

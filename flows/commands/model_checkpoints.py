@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from songmill.model.config import PRESET_NAMES
 
@@ -22,8 +23,11 @@ def _import_acestep(args: argparse.Namespace) -> int:
     for part, directory in written.items():
         print(f"{part}: {directory}")
     if "dit" in written:
-        print(f"next: songmill generate {written['dit']} ... or train a LoRA with "
-              f"`songmill train dit --set base_checkpoint={written['dit']} --set lora_rank=16 ...`")
+        from songmill.flows.hints import venv_command
+
+        songmill, dit = venv_command("songmill"), shlex.quote(written["dit"])
+        print(f"next: {songmill} generate --checkpoint {dit} --prompt \"funk, 104 bpm\" --duration 30 --out song.wav\n"
+              f"  or a LoRA: {songmill} train dit --manifest train.parquet --lora-rank 16 --base-checkpoint {dit} --run-dir runs/lora")
     return 0
 
 

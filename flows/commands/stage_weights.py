@@ -36,7 +36,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
     missing = [e["name"] for e in entries if not e["present"]]
     if missing:
-        print(f"\n{len(missing)} missing; `songmill models fetch NAME` or `songmill models fetch --all` downloads them")
+        from songmill.flows.hints import venv_command
+
+        songmill = venv_command("songmill")
+        print(f"\n{len(missing)} missing; `{songmill} models fetch NAME` or `{songmill} models fetch --all` downloads them")
     return 0
 
 

@@ -155,6 +155,7 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
     from songmill.data_schema.store import default_corpus_root
     from songmill.train.prepare import (
         FeaturesMissing,
+        check_features_settings,
         ensure_features,
         features_manifest_path,
         missing_features_message,
@@ -167,6 +168,7 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
     corpus = getattr(args, "corpus", None) or default_corpus_root()
     settings = load_settings(getattr(args, "config", None), corpus, getattr(args, "overrides", []))
     if config.dcae_checkpoint:
+        check_features_settings(settings.get("features", {}))
         print(f"{args.manifest} has no features: running the features stage with DCAE {config.dcae_checkpoint} "
               f"into {corpus} -> {features_manifest_path(args.manifest)}", file=sys.stderr)
     path, _ = ensure_features(args.manifest, config.dcae_checkpoint, corpus, **settings.get("features", {}))
