@@ -97,9 +97,10 @@ def check_features_settings(features_settings: dict[str, Any]) -> None:
     """Before any work: features that could train the DiT (a text encoder), and every model the
     settings name present (all absent ones in one message, with the settings that run offline)."""
     from songmill.annotate.features import FeaturesConfig, check_feature_models
+    from songmill.annotate.settings import build_config
 
     refuse_textless_features(features_settings)
-    check_feature_models(FeaturesConfig(**features_settings))
+    check_feature_models(build_config(FeaturesConfig, "features", features_settings))
 
 
 def features_manifest_path(manifest: str) -> str:
