@@ -166,7 +166,7 @@ def next_steps(root: str) -> list[str]:
     prefect_home = os.environ.get("PREFECT_HOME", os.path.join(root, "_prefect"))
     lines = [
         f"  DuckDB:     {songmill} query \"SELECT track_id, uri, bpm, keyscale, qc_pass FROM manifest LIMIT 5\" --corpus {q(root)}",
-        f"              plain DuckDB, every view: {venv_command('duckdb')} {q(os.path.join(root, 'songmill.duckdb'))} -c \"FROM manifest LIMIT 5\"",
+        f"              plain DuckDB, every view: {venv_command('duckdb')} {q(os.path.join(root, 'songmill.duckdb'))} -c \"SELECT uri, bpm, keyscale FROM manifest LIMIT 5\"",
         f"  Status:     {songmill} status --corpus {q(root)}",
         f"  Plots:      {songmill} report --out {q(os.path.join(os.path.dirname(root), 'report.html'))} --corpus {q(root)}",
         f"  Prefect UI: PREFECT_HOME={q(prefect_home)} {venv_command('prefect')} server start",
