@@ -287,3 +287,24 @@ def test_train_dit_refuses_textless_features_before_computing_them(tmp_path, cap
     err = capsys.readouterr().err
     assert "text_encoder=tiny-random" in err and len([x for x in err.splitlines() if x.strip()]) == 1
     assert not (tmp_path / "corpus" / "features").exists()
+
+
+def test_resuming_a_dit_run_reuses_the_features_computed_from_its_manifest(tmp_path, capsys):
+    from songmill.model.config import preset
+    from songmill.model.dcae import MusicDCAE
+    from songmill.model.weights import save_module
+    from songmill.train.prepare import synthetic_manifest
+
+    manifest = synthetic_manifest(str(tmp_path / "audio"), n_tracks=1, duration_s=1.0)
+    dcae_cfg = preset("tiny").dcae
+    save_module(MusicDCAE(dcae_cfg), dcae_cfg.to_dict(), tmp_path / "dcae", "dcae")
+    quiet = ["--set", "train.progress=false", "--set", "train.val_every=0", "--set", "train.max_crop_s=1.0", "--batch-size", "1"]
+    offline = ["--set", "features.text_encoder=tiny-random", "--set", "features.mert=none",
+               "--set", "features.mhubert=none", "--set", "features.speaker=none"]
+    assert main(["train", "dit", "--manifest", manifest, "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--max-steps", "1",
+                 "--dcae-checkpoint", str(tmp_path / "dcae"), "--corpus", str(tmp_path / "corpus"), *offline, *quiet]) == 0
+    capsys.readouterr()
+    # as the README has it: the same manifest, --resume, no feature settings on the line
+    assert main(["train", "dit", "--manifest", manifest, "--resume", str(tmp_path / "run"), "--max-steps", "2",
+                 "--corpus", str(tmp_path / "corpus"), *quiet]) == 0
+    assert "computed from it earlier" in capsys.readouterr().err

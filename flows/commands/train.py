@@ -163,6 +163,12 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
 
     if features_count(args.manifest)[0] > 0:
         return args.manifest
+    computed = features_manifest_path(args.manifest)
+    if (os.path.exists(computed) and os.path.getmtime(computed) >= os.path.getmtime(args.manifest)
+            and features_count(computed)[0] > 0):
+        # computed from this manifest by an earlier `train dit` (a --resume, a second run): reuse
+        print(f"{args.manifest} has no features: training on {computed}, computed from it earlier", file=sys.stderr)
+        return computed
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would compute them
         raise FeaturesMissing(missing_features_message(args.manifest) + " (in one process, before torchrun)")
     corpus = getattr(args, "corpus", None) or default_corpus_root()
