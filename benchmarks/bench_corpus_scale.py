@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -102,9 +103,11 @@ def chunk_tables(start: int, n: int, qc_key: tuple[int, str], music_key: tuple[i
     return {"tracks": tracks, "sources": sources, "qc": qc, "music": music}
 
 
-def build(root: str, n_tracks: int, tables: list[str], first: int = 0, run_tracks: int = PART_ROWS, beats: bool = True) -> dict:
+def build(root: str, n_tracks: int, tables: list[str], first: int = 0, run_tracks: int = PART_ROWS, beats: bool = True,
+          end_of_run_check: bool = True) -> dict:
     """Write `n_tracks` in runs of `run_tracks` (parts of at most 50 k rows), each run ended by
-    the compaction check an ingest / annotate run ends with."""
+    the compaction check an ingest / annotate run ends with (unless `end_of_run_check` is false:
+    the bulk state, every part left as written)."""
     from songmill.annotate import stage_class
     from songmill.data_schema.store import Corpus
 
@@ -122,6 +125,8 @@ def build(root: str, n_tracks: int, tables: list[str], first: int = 0, run_track
                 if table in tables:
                     corpus.write(table, data)
                     rows_written += n
+        if not end_of_run_check:
+            continue
         before = {t: len(corpus.table_files(t).parts) for t in tables}
         t0 = time.perf_counter()
         corpus.compact_if_needed(tables)  # what every ingest / annotate run does at its end
@@ -243,6 +248,85 @@ def with_small_delta(root: str, fn):
 
 
 TARGETS = {"group": 1.0, "count": 1.0, "export": 5.0, "plan": 2.0}
+BULK_TIMEOUT_S = 3600
+
+
+def cli_call(args: list[str], root: str, timeout: float = BULK_TIMEOUT_S) -> dict:
+    """One whole CLI call: wall seconds and the peak RSS of its process (os.wait4's rusage is
+    that child's own), or the last line it printed on failure (a failure is a result here)."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([BIN, *args, "--corpus", root], stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        lines = err.read().decode(errors="replace").strip().splitlines()
+    out = {"s": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    if proc.returncode != 0:
+        out["failed"] = (lines[-1] if lines else f"exit {proc.returncode}")[:300]
+    return out
+
+
+def best_of(args: list[str], root: str, repeat: int) -> dict:
+    calls = [cli_call(args, root) for _ in range(repeat)]
+    failed = [c for c in calls if "failed" in c]
+    out = failed[0] if failed else min(calls, key=lambda c: c["s"])
+    print(" ", args[0], json.dumps(out), flush=True)  # as it comes: a long run keeps what it measured
+    return out
+
+
+def bulk_round(root: str, scratch: str, repeat: int, plan: bool = True) -> dict:
+    """group, count, export (and planning: an annotate call with nothing pending), CLI calls."""
+    out = {
+        "group": best_of(["query", GROUP_SQL], root, repeat),
+        "count": best_of(["query", COUNT_SQL], root, repeat),
+        "export": best_of(["manifest", "--where", EXPORT_WHERE, "--out", os.path.join(scratch, "m.parquet")], root, 1),
+    }
+    if plan:
+        out["plan"] = best_of(["annotate", "--stages", "qc,music", "--engine", "local", "--quiet"], root, 1 if repeat == 1 else 2)
+    return out
+
+
+def bulk(root: str, scratch: str, args: argparse.Namespace, tables: list[str]) -> dict:
+    """The state a first annotate run over a whole library leaves: every table written in one
+    run, `PART_ROWS`-row parts, no compaction. Then, as whole CLI calls: the queries before
+    compaction (slow is allowed, failing is not), an annotate call with nothing pending (its
+    planning, and the end-of-run compaction it does), `songmill compact` (peak RSS), the queries
+    and the planning after."""
+    report: dict = {"tracks": args.tracks, "mode": "bulk"}
+    if not os.path.exists(os.path.join(root, "songmill.json")):
+        report["build"] = build(root, args.tracks, tables, run_tracks=args.tracks, beats=not args.no_beats,
+                                end_of_run_check=False)
+        print("built", json.dumps(report["build"]), flush=True)
+    if args.build_only:
+        return report
+    if args.no_queries:
+        report["compact"] = cli_call(["compact"], root)
+        print(json.dumps(report, indent=1), flush=True)
+        return report
+    report["startup"] = best_of(["query", "SELECT 1"], root, 3)
+    report["before"] = bulk_round(root, scratch, repeat=1)
+    print("before", json.dumps(report["before"]), flush=True)
+    report["compact"] = best_of(["compact"], root, 1)
+    report["after"] = bulk_round(root, scratch, repeat=3)
+    print(json.dumps(report, indent=1), flush=True)
+    print(f"\n{'bulk, whole CLI calls':34s} {'target':>7s} {'before s':>9s} {'after s':>8s} {'met':>4s}")
+    for key in ("group", "count", "export", "plan"):
+        before, after = report["before"][key], report["after"][key]
+        shown = lambda c: "FAILED" if "failed" in c else f"{c['s']:.2f}"  # noqa: E731
+        met = "failed" not in after and after["s"] <= TARGETS[key]
+        print(f"{key:34s} {TARGETS[key]:7.2f} {shown(before):>9s} {shown(after):>8s} {'yes' if met else 'NO':>4s}")
+    c = report["compact"]
+    print(f"{'compact (peak RSS MB, target 2048)':34s} {'':7s} {'':9s} {'FAILED' if 'failed' in c else c['s']:>8} "
+          f"{c['peak_rss_mb']} MB; annotate before compaction: {report['before']['plan']['peak_rss_mb']} MB")
+    print(f"CLI start-up (query 'SELECT 1'): {report['startup']['s']:.2f} s")
+    return report
 
 
 def print_table(report: dict) -> None:
@@ -278,11 +362,22 @@ def main() -> None:
                         "ends each run (default 50 k; a 20 M build in runs of 1 M is 20 ingest runs)")
     parser.add_argument("--no-beats", action="store_true", help="empty beat lists (a 20 M corpus with real-length "
                         "beat lists needs ~80 GB; the views' queries prune the column)")
+    parser.add_argument("--bulk", action="store_true", help="one run that writes everything (parts of 50 k rows, no "
+                        "end-of-run compaction: the state a first annotate run over a whole library leaves), then "
+                        "the CLI calls before and after `songmill compact`, with its peak RSS")
+    parser.add_argument("--build-only", action="store_true", help="with --bulk and --keep: build the corpus, nothing else "
+                        "(copy it, then run --bulk on each copy: the calls change its state)")
     parser.add_argument("--head-compact", action="store_true", help="also measure a whole-table load into memory (needs RAM)")
     args = parser.parse_args()
     tables = args.tables.split(",")
     scratch = tempfile.mkdtemp(prefix="bench-corpus-")
     root = args.keep or os.path.join(scratch, "corpus")
+    if args.bulk:
+        try:
+            bulk(root, scratch, args, tables)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     report: dict = {"tracks": args.tracks}
     if not os.path.exists(os.path.join(root, "songmill.json")):
         report["build"] = build(root, args.tracks, tables, run_tracks=args.run_tracks, beats=not args.no_beats)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import duckdb
-from songmill.data_schema import store
+from songmill.data_schema import manifest_cache
 from songmill.data_schema.store import Corpus, utcnow
 
 VIEWS = ["tracks", "qc", "music", "errors", "manifest", "near_duplicates", "raw_qc", "stale"]
@@ -45,7 +45,7 @@ def _songmill(corpus, sql):
 
 
 def test_plain_duckdb_sees_songmill_rows_after_writes_compaction_and_a_move(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)  # tiny parts: the snapshot + delta path
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 1000.0)  # tiny parts: the snapshot + delta path
     corpus = Corpus(tmp_path / "corpus")
     _write(corpus, 5)
     catalog = corpus.catalog_path

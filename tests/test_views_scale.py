@@ -11,8 +11,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from conftest import rows
-from songmill.data_schema import store
-from songmill.data_schema.store import MERGED_FROM_KEY, utcnow
+from songmill.data_schema import compaction, layout, manifest_cache
+from songmill.data_schema.layout import MERGED_FROM_KEY, MERGED_SUFFIX
+from songmill.data_schema.store import utcnow
 from songmill.data_schema.tables import TABLES
 from songmill.data_schema.views import TableFiles, create_views
 
@@ -54,7 +55,7 @@ QUERIES = [
 def test_snapshot_plus_newer_parts_equals_the_window_design(corpus, seed, monkeypatch):
     _random_history(corpus, seed=seed)
     expected = [_window_design(corpus, q) for q in QUERIES]
-    monkeypatch.setattr(store, "SNAPSHOT_BUCKET_BYTES", 2000)  # many buckets even for a tiny table
+    monkeypatch.setattr(layout, "SNAPSHOT_BUCKET_BYTES", 2000)  # many buckets even for a tiny table
     for table in ("music", "errors", "sources"):
         assert corpus.compact(table) == 12
     assert [rows(corpus, q) for q in QUERIES] == expected
@@ -86,7 +87,7 @@ def test_a_compaction_killed_before_removing_parts_is_finished_by_the_next(corpu
 
 
 def test_compaction_runs_automatically_when_parts_pile_up(corpus):
-    for i in range(store.MIN_COMPACT_PARTS - 1):
+    for i in range(compaction.MIN_COMPACT_PARTS - 1):
         corpus.write("music", [_music(f"a{i}")])
         corpus.compact_if_needed(["music"])
     assert corpus.table_files("music").snapshot is None
@@ -100,8 +101,8 @@ def test_compaction_runs_automatically_when_parts_pile_up(corpus):
     assert len(corpus.table_files("music").parts) == 3
     corpus.compact_if_needed(["music"], max_parts=2, min_ratio=1000)  # too many parts: merged
     files = corpus.table_files("music")
-    assert len(files.parts) == 1 and files.parts[0].endswith(store.MERGED_SUFFIX)
-    assert rows(corpus, "SELECT count(*) FROM music") == [(store.MIN_COMPACT_PARTS + 3,)]
+    assert len(files.parts) == 1 and files.parts[0].endswith(MERGED_SUFFIX)
+    assert rows(corpus, "SELECT count(*) FROM music") == [(compaction.MIN_COMPACT_PARTS + 3,)]
 
 
 def test_columns_added_after_old_files_read_as_null(corpus):
@@ -142,7 +143,7 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     ])
     for table in ("tracks", "sources", "qc", "music"):
         corpus.compact(table, manifest=False)
-    monkeypatch.setattr(store, "SNAPSHOT_BUCKET_BYTES", 30_000)  # a few track_id buckets
+    monkeypatch.setattr(layout, "SNAPSHOT_BUCKET_BYTES", 30_000)  # a few track_id buckets
     snapshot = corpus.refresh_manifest_snapshot()
     monkeypatch.undo()
     assert corpus.manifest_snapshot() is not None
@@ -154,7 +155,7 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     assert sorted(uris[copied]) == ["/copies/a.wav", f"/m/{copied}.wav"] and uris[failed] == [f"/m/{failed}.wav"]
 
     # tiny parts weigh as much as a tiny snapshot: let the delta path take any share here
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 1000.0)
     some = [f"{i:02x}{'0' * 62}" for i in range(0, 256, 21)]
     corpus.write("music", [_music(t, 2, 7.0, "newer") for t in some])  # reprocessed by a newer version
     corpus.write("qc", [dict(track_id=some[0], stage_version=1, config_hash="q", run_id="again", created_at=utcnow(), qc_pass=False, qc_reasons=["x"])])
@@ -174,19 +175,19 @@ def test_manifest_snapshot_plus_newer_parts_equals_the_full_join(corpus, monkeyp
     finally:
         con.close()
 
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)  # any delta too large: joined in full
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 0.0)  # any delta too large: joined in full
     assert corpus.manifest_snapshot() is None and _manifest_now(corpus) == with_parts
     assert "_manifest/manifest-" not in duckdb.connect(corpus.catalog_path, read_only=True).execute(
         "SELECT sql FROM duckdb_views() WHERE view_name = 'manifest'").fetchall()[0][0]  # the catalog follows
 
-    monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
+    monkeypatch.setattr(compaction, "MIN_COMPACT_PARTS", 1)
     corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=0)  # one new manifest snapshot for all
     assert corpus.manifest_snapshot() is not None and not corpus.table_files("qc").parts
     assert _manifest_now(corpus) == with_parts
 
 
 def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus, monkeypatch):
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)  # tiny parts: any share is fine here
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 1000.0)  # tiny parts: any share is fine here
     _tracks_and_stages(corpus, ["a", "b", "c"])
     for table in ("tracks", "sources", "qc"):
         corpus.compact(table, manifest=False)
@@ -201,7 +202,7 @@ def test_a_table_compacted_after_the_manifest_snapshot_is_joined_in_full(corpus,
 
 
 def test_rows_of_a_table_that_can_change_any_track_are_joined_in_full(corpus, monkeypatch):
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 1000.0)
     _tracks_and_stages(corpus, ["a", "b"])
     for table in ("tracks", "sources", "qc"):
         corpus.compact(table, manifest=False)
@@ -249,7 +250,7 @@ def test_a_manifest_delta_keeps_the_manifest_one_read_between_compactions(corpus
     snapshot = corpus.refresh_manifest_snapshot()
     # parts since the snapshot, too many to join at query time (threshold 0: any part is), too
     # few to compact: the end of the run writes a delta instead
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 0.0)
     some = ids[::4]
     corpus.write("music", [_music(t, 2, 7.0, "newer") for t in some])
     corpus.write("qc", [dict(track_id=some[0], stage_version=1, config_hash="q", run_id="again", created_at=utcnow(), qc_pass=False, qc_reasons=["x"])])
@@ -280,14 +281,14 @@ def test_a_manifest_delta_keeps_the_manifest_one_read_between_compactions(corpus
     assert bpm[ids[1]] == bpm[some[3]] == 33.0
     corpus.compact_if_needed(["music"], min_ratio=1000)  # the delta now covers that part too
     assert {os.path.basename(p) for p in corpus.table_files("music").parts} == corpus.manifest_base()[1].covered["music"]
-    assert len([n for n in os.listdir(corpus.manifest_dir()) if n.startswith(store.MANIFEST_DELTA_PREFIX)]) == 1
+    assert len([n for n in os.listdir(corpus.manifest_dir()) if n.startswith(manifest_cache.MANIFEST_DELTA_PREFIX)]) == 1
     assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
 
     corpus.merge_parts("music")  # the parts it covers are gone (merged): the delta no longer counts
     assert corpus.manifest_base() is None and _manifest_now(corpus) == expected
-    monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
+    monkeypatch.setattr(compaction, "MIN_COMPACT_PARTS", 1)
     corpus.compact_if_needed(["tracks", "sources", "qc", "music"], min_ratio=0)  # compacted: a new snapshot, no delta
-    assert not [n for n in os.listdir(corpus.manifest_dir()) if n.startswith(store.MANIFEST_DELTA_PREFIX)]
+    assert not [n for n in os.listdir(corpus.manifest_dir()) if n.startswith(manifest_cache.MANIFEST_DELTA_PREFIX)]
     assert corpus.manifest_snapshot() is not None and _manifest_now(corpus) == expected
 
 
@@ -300,8 +301,8 @@ def test_a_run_that_compacts_some_tables_writes_a_delta_for_the_others(corpus, m
     for table in ("tracks", "sources", "qc", "music"):
         corpus.compact(table, manifest=False)
     corpus.refresh_manifest_snapshot()
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)
-    monkeypatch.setattr(store, "MIN_COMPACT_PARTS", 1)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 0.0)
+    monkeypatch.setattr(compaction, "MIN_COMPACT_PARTS", 1)
     _tracks_and_stages(corpus, ["ff" * 32], run="new track")
     corpus.write("music", [_music(t, 2, 7.0, "newer") for t in ids[:3]])
     expected = _window_design(corpus, MANIFEST)
@@ -322,9 +323,9 @@ def test_the_end_of_a_small_run_puts_its_part_in_the_delta(corpus, monkeypatch):
     for table in ("tracks", "sources", "qc", "music"):
         corpus.compact(table, manifest=False)
     corpus.refresh_manifest_snapshot()
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 1000.0)  # tiny files: any part is a small share here
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 1000.0)  # tiny files: any part is a small share here
     part = corpus.write("music", [_music(ids[5], 2, 9.0, "small run")])
-    assert not corpus._manifest_delta_too_large({t: corpus.table_files(t) for t in TABLES}, {})  # small: query time would do
+    assert not manifest_cache._delta_too_large(corpus, {t: corpus.table_files(t) for t in TABLES}, {})  # small: query time would do
     expected = _window_design(corpus, MANIFEST)
     corpus.compact_if_needed(["music"])
     base = corpus.manifest_base()
@@ -333,12 +334,12 @@ def test_the_end_of_a_small_run_puts_its_part_in_the_delta(corpus, monkeypatch):
     assert _manifest_now(corpus) == expected and _catalog_rows(corpus, MANIFEST) == expected
     assert corpus.refresh_manifest_delta() is None  # nothing new since: no second delta
     # a small part on a delta whose copy would cost too much: left to the query, still right
-    monkeypatch.setattr(store, "MANIFEST_DELTA_COPY_RATIO", 0)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_DELTA_COPY_RATIO", 0)
     later = corpus.write("music", [_music(ids[7], 2, 11.0, "another small run")])
     expected = _window_design(corpus, MANIFEST)
     assert corpus.refresh_manifest_delta() is None and os.path.basename(later) not in corpus.manifest_base()[1].covered["music"]
     assert _manifest_now(corpus) == expected
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)  # unless too many for the query
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 0.0)  # unless too many for the query
     assert corpus.refresh_manifest_delta() is not None and os.path.basename(later) in corpus.manifest_base()[1].covered["music"]
     assert _manifest_now(corpus) == expected
 
@@ -348,7 +349,7 @@ def test_no_manifest_delta_when_a_table_can_change_any_track(corpus, monkeypatch
     for table in ("tracks", "sources", "qc", "music"):
         corpus.compact(table, manifest=False)
     corpus.refresh_manifest_snapshot()
-    monkeypatch.setattr(store, "MANIFEST_MAX_DELTA", 0.0)
+    monkeypatch.setattr(manifest_cache, "MANIFEST_MAX_DELTA", 0.0)
     corpus.write("dup_clusters", [dict(track_id=t, cluster_id="a", canonical_track_id="a", similarity=0.9, index_id="i1", created_at=utcnow()) for t in "ab"])
     assert corpus.refresh_manifest_delta() is None
     assert rows(corpus, "SELECT track_id, dup_cluster FROM manifest ORDER BY 1") == [("a", "a"), ("b", "a")]
