@@ -192,22 +192,23 @@ def _batches(corpus: Store, table: str, url: str) -> Iterator[pa.Table]:
             yield rows.select(schema.names).cast(schema)
 
 
-def _bucket_of(con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRule, buckets: int) -> np.ndarray:
-    """Each row's bucket: the track_id range it falls in (track_bucket's ranges), or a hash of
-    its key for other keys."""
+def _with_buckets(con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRule, buckets: int) -> tuple[pa.Table, np.ndarray]:
+    """The rows and each one's bucket: the track_id range it falls in (track_bucket's ranges),
+    or a hash of its key for other keys."""
     if rule.partition == ("track_id",):
         ids = rows.column("track_id")
         bucket = np.zeros(rows.num_rows, np.int32)
         for i in range(1, buckets):  # the number of range starts at or below the id
             bucket += pc.fill_null(pc.greater_equal(ids, track_bucket_start(i, buckets)), False).to_numpy(zero_copy_only=False)
-        return bucket
+        return rows, bucket
     key = ", ".join(rule.partition)
     con.register("_scatter_rows", rows)
-    try:  # one row per input row, in order: a plain projection of a registered Arrow table
-        out = con.execute(f"SELECT (hash({key}) % {buckets})::INTEGER AS b FROM _scatter_rows").fetchnumpy()["b"]
+    try:  # rows and hashes from one query: its output order need not be the input's
+        out = con.execute(f"SELECT (hash({key}) % {buckets})::INTEGER AS _bucket, * FROM _scatter_rows").to_arrow_table()
     finally:
         con.unregister("_scatter_rows")
-    return np.asarray(out, np.int32)
+    bucket = out.column("_bucket").to_numpy()
+    return out.drop_columns(["_bucket"]).cast(rows.schema), bucket
 
 
 def _scatter(
@@ -240,7 +241,7 @@ def _scatter(
                     history.write(rows)
                 if not buckets:
                     continue
-                bucket = _bucket_of(con, rows, rule, buckets)  # type: ignore[arg-type]
+                rows, bucket = _with_buckets(con, rows, rule, buckets)  # type: ignore[arg-type]
                 for b in np.unique(bucket):
                     part = rows.filter(pa.array(bucket == b))
                     held[b].append(part)
