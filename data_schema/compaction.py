@@ -204,7 +204,7 @@ def _with_buckets(con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRul
     key = ", ".join(rule.partition)
     con.register("_scatter_rows", rows)
     try:  # rows and hashes from one query: its output order need not be the input's
-        out = con.execute(f"SELECT (hash({key}) % {buckets})::INTEGER AS _bucket, * FROM _scatter_rows").to_arrow_table()
+        out = con.sql(f"SELECT (hash({key}) % {buckets})::INTEGER AS _bucket, * FROM _scatter_rows").to_arrow_table()
     finally:
         con.unregister("_scatter_rows")
     bucket = out.column("_bucket").to_numpy()
