@@ -190,8 +190,8 @@ class MusicConfig(StageConfig):
     # below `neural_below_confidence`; always: on every track; never: DSP only.
     neural: str = "auto"
     # Fitted on the train half of the real-production development set
-    # (benchmarks/bench_music_accuracy.py --fit; see ENSEMBLE_NOTE): the cascade's threshold, the
-    # estimators' vote weights and the credit for a vote an octave (x2, x1/2, x3, x1/3) away.
+    # (benchmarks/bench_music_accuracy.py --fit): the cascade's threshold, the estimators' weights
+    # for the metrical level and the credit there for a vote an octave (x2, x1/2, x3, x1/3) away.
     neural_below_confidence: float = 0.5
     weight_dsp: float = 1.0
     weight_percival: float = 0.6
@@ -325,37 +325,44 @@ def estimator_weight(name: str, config: MusicConfig) -> float:
     return config.weight_learned
 
 
+def _related(bpm: float, reference: float) -> bool:
+    """Same pulse: within 4 % of the reference or of its double, half, triple or third."""
+    return _within(bpm, reference) or any(_within(bpm, reference * f) for f in OCTAVE_FACTORS)
+
+
 def vote(estimates: list[dict[str, Any]], config: MusicConfig) -> tuple[dict[str, Any] | None, float, float]:
     """The estimate the ensemble chooses, its share of the weighted vote, and bpm_agreement.
 
-    Each estimate is a candidate; its score is the weight of the estimators within 4 % of it plus
-    `octave_credit` x the weight of those an octave (or a third) away: the metrical level is
-    decided by agreement between the estimators first; a weak prior (120 BPM) and then the
-    candidate's own weight only break ties. bpm_agreement: the share of estimators within 4 % of
+    Agreement first, in two steps: the pulse is the one most estimators find at some metrical
+    level (within 4 % of a candidate, its double, half, triple or third; each estimator one vote,
+    the weights break ties); the level within that pulse is the candidate with the most weight
+    exactly within 4 % (`weight_*`: the learned backend's levels are the most reliable on real
+    productions); a weak prior (120 BPM) last. bpm_agreement: the share of estimators within 4 % of
     the choice, an octave / a third away counting half (they found the pulse, not the level)."""
     usable = [e for e in estimates if e["bpm"] and e["bpm"] > 0]
     if not usable:
         return None, 0.0, 0.0
-    total = sum(estimator_weight(e["estimator"], config) for e in usable)
+    weight = {id(e): estimator_weight(e["estimator"], config) for e in usable}
+    total = sum(weight.values())
 
-    def score(candidate: dict[str, Any]) -> float:
-        c = candidate["bpm"]
-        support = 0.0
-        for other in usable:
-            w = estimator_weight(other["estimator"], config)
-            if _within(other["bpm"], c):
-                support += w
-            elif any(_within(other["bpm"], c * f) for f in OCTAVE_FACTORS):
-                support += config.octave_credit * w
-        prior = -0.01 * abs(np.log2(c / 120.0))
-        return support + prior + 1e-3 * estimator_weight(candidate["estimator"], config)
+    def family(candidate: dict[str, Any]) -> tuple[int, float]:
+        related = [o for o in usable if _related(o["bpm"], candidate["bpm"])]
+        return len(related), sum(weight[id(o)] for o in related)
 
-    best = max(usable, key=score)
+    pulse = max(family(e) for e in usable)
+    members = [e for e in usable if family(e) == pulse]
+
+    def level(candidate: dict[str, Any]) -> float:
+        exact = sum(weight[id(o)] for o in usable if _within(o["bpm"], candidate["bpm"]))
+        octave = sum(weight[id(o)] for o in usable if not _within(o["bpm"], candidate["bpm"]) and _related(o["bpm"], candidate["bpm"]))
+        prior = -0.01 * abs(np.log2(candidate["bpm"] / 120.0))
+        return exact + config.octave_credit * octave + prior + 1e-3 * weight[id(candidate)]
+
+    best = max(members, key=level)
     exact = sum(_within(e["bpm"], best["bpm"]) for e in estimates)
-    octave = sum(not _within(e["bpm"], best["bpm"]) and any(_within(e["bpm"], best["bpm"] * f) for f in OCTAVE_FACTORS)
-                 for e in estimates)
+    octave = sum(not _within(e["bpm"], best["bpm"]) and _related(e["bpm"], best["bpm"]) for e in estimates)
     agreement = (exact + 0.5 * octave) / len(estimates)
-    share = sum(estimator_weight(e["estimator"], config) for e in usable if _within(e["bpm"], best["bpm"])) / total
+    share = sum(weight[id(e)] for e in usable if _within(e["bpm"], best["bpm"])) / total
     return best, share, agreement
 
 

@@ -15,7 +15,10 @@ Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_de
 Projects whose tempo is automated (an LMMS `<bpm id=...>` model with an automation pattern
 pointing at it, or Hydrogen's timeline tempo markers) are left out: a fixed grid would be wrong.
 
-Excerpts: `--seconds` long (30) at 20 %, 45 % and 70 % of the song (the `orig` variant), and at
+Songs are cut at `--max-song-s` (120 s: the clips that start later are removed from a copy of the
+project before rendering; a full render is cut there too), so the excerpts' positions do not
+depend on how the render was made. Excerpts: `--seconds` long (30; the whole song when shorter, from 12 s) at 20 %, 45 % and 70 % of
+that (the `orig` variant), and at
 45 % two more variants of the same stretch: `mp3` (ffmpeg libmp3lame 128 kbit/s, decoded back)
 and `fx` (sox: bass cut, treble boost, reverb). Silent stretches are skipped. Split by project
 (benchmarks/bench_music_accuracy.py: split_of, a CRC-32 of the project name); every excerpt of a
@@ -48,6 +51,7 @@ HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
 OFFSETS = (0.20, 0.45, 0.70)
 VARIANT_OFFSET = 0.45
 SR = 44100
+MIN_EXCERPT_S = 12.0
 MIN_RMS = 1e-3  # an excerpt quieter than this (-60 dBFS) is an intro, a break or the tail
 
 
@@ -88,8 +92,34 @@ def hydrogen_truth(path: Path) -> dict | None:
     return {"bpm": bpm, "numerator": 4 if sizes <= {192} else 0, "denominator": 4}
 
 
-def render_lmms(project: Path, wav: Path) -> bool:
+def shortened_project(project: Path, max_song_s: float, folder: Path) -> Path:
+    """The project without the clips that start after `max_song_s` (LMMS renders a song to its
+    last clip: cutting a 4-minute song at 2 minutes halves the render). Ticks: 48 a quarter note."""
+    root = ET.fromstring(lmms_xml(project))
+    truth = lmms_truth(project)
+    limit = max_song_s * (truth["bpm"] if truth else 120.0) / 60.0 * 48
+    song = root.find("song")
+    for container in (song.iter() if song is not None else ()):
+        for child in list(container):
+            if child.tag in ("pattern", "bbtco", "sampletco", "automationpattern") and float(child.get("pos", 0)) >= limit \
+                    and container.tag == "track":
+                container.remove(child)
+    out = folder / (project.name.split(".")[0] + ".mmp")
+    out.write_bytes(ET.tostring(root, encoding="utf-8"))
+    return out
+
+
+def render_lmms(project: Path, wav: Path, max_song_s: float = 0.0) -> bool:
+    import tempfile
+
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    with tempfile.TemporaryDirectory(prefix="lmms-project-") as folder:
+        if max_song_s:
+            project = shortened_project(project, max_song_s, Path(folder))
+        return _render_lmms(project, wav, env)
+
+
+def _render_lmms(project: Path, wav: Path, env: dict) -> bool:
     cmd = ["nice", "-n", "10", "lmms", "--allowroot", "-r", str(project), "-o", str(wav), "-f", "wav"]
     try:
         subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
@@ -175,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--sets", default="lmms,hydrogen")
+    parser.add_argument("--max-song-s", type=float, default=120.0,
+                        help="render and excerpt only the first this many seconds of each song (0: all)")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("lmms", "h2cli", "ffmpeg", "sox") if shutil.which(tool) is None]
     if missing:
@@ -196,22 +228,25 @@ def main(argv: list[str] | None = None) -> int:
             if shutil.which(tool) is None:
                 continue
             tmp = wav.with_suffix(".part.wav")
-            ok = render_lmms(path, tmp) if kind == "lmms" else render_hydrogen(path, tmp)
+            ok = render_lmms(path, tmp, args.max_song_s) if kind == "lmms" else render_hydrogen(path, tmp)
             if not ok:
                 skipped.append(f"{name}: render failed")
                 continue
             tmp.replace(wav)
-        audio = read_wav(wav)
+        audio = read_wav(wav)[: int(args.max_song_s * SR) if args.max_song_s else None]
         duration = audio.shape[0] / SR
         signature = f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
-        made = 0
+        made, starts = 0, set()
+        length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
         for share in OFFSETS:
-            start = round(max(0.0, min(share * duration, duration - args.seconds)), 2)
-            # start on a beat of the grid so the excerpts of short songs do not coincide
-            out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
-            if not out.exists() and not write_excerpt(audio, start, args.seconds, out):
+            start = round(max(0.0, min(share * duration, duration - length)), 2)
+            if length < MIN_EXCERPT_S or start in starts:  # a short song: one excerpt, not three copies
                 continue
-            beats, downbeats = grid(truth, start, args.seconds)
+            starts.add(start)
+            out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
+            if not out.exists() and not write_excerpt(audio, start, length, out):
+                continue
+            beats, downbeats = grid(truth, start, length)
             base = {"subset": kind, "piece": f"{kind}:{name}", "bpm": truth["bpm"], "beats": beats,
                     "downbeats": downbeats, "time_signature": signature, "key_tonic": None, "key_mode": None,
                     "start_s": start, "source": str(path)}
