@@ -1,5 +1,23 @@
 """The `music` stage: tempo, beats, downbeats, metre, key and tuning, from one decode.
 
+v7, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
+
+- Every track: the v6 DSP path (`dsp`, with its calibrated confidence) and essentia's
+  PercivalBpmEstimator (`percival`, ~700x realtime at 11025 Hz).
+- The learned backend (annotate/music_learned.py: BeatNet's CRNN, weights from its PyPI wheel,
+  + madmom's DBN; or madmom's RNNs on opt-in; or Beat This when its weights are set) runs where
+  `needs_learned` says: the DSP estimators disagree (not within 4 %) or the v6 confidence is
+  below `neural_below_confidence` (`neural = auto`; `always`, `never`). Its beats and downbeats
+  replace the DSP path's where it ran.
+- `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
+  with the most weight exactly within 4 % (weights fitted on the train half of the real-production
+  set, benchmarks/devset/build_lmms_devset.py), a weak 120 BPM prior last. The row records every
+  estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on
+  (the winner's vote share, learned ran) fitted on that train half.
+- Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
+  prior fitted on our General-MIDI renders); learned activations know the level of a produced
+  mix. Measured figures: benchmarks/RESULTS.md (issue 19).
+
 Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
 
 1. Mono at 11025 Hz (the runner decodes once per batch and shares the audio between stages).
@@ -185,6 +203,9 @@ class MusicConfig(StageConfig):
     # "madmom" (madmom's RNNs: CC BY-NC-SA 4.0 models, only with `madmom_models_licence` set to
     # exactly "CC BY-NC-SA 4.0").
     learned_backend: str = "beatnet"
+    # BeatNet's trainings whose activations are averaged (comma-separated, of 1, 2, 3), chosen on
+    # the train half of the real-production set
+    beatnet_models: str = "1"
     madmom_models_licence: str = ""
     # auto: the learned backend where the DSP estimators disagree or the stage's confidence is
     # below `neural_below_confidence`; always: on every track; never: DSP only.
@@ -508,6 +529,8 @@ class MusicStage(Stage):
             raise ValueError(f"music: neural must be auto, always or never, not {config.neural!r}")
         if config.learned_backend not in ("beatnet", "madmom"):
             raise ValueError(f"music: learned_backend must be beatnet or madmom, not {config.learned_backend!r}")
+        if not set(config.beatnet_models.replace(" ", "").split(",")) <= {"1", "2", "3"}:
+            raise ValueError(f"music: beatnet_models must list 1, 2 or 3 (e.g. \"1,2\"), not {config.beatnet_models!r}")
         if config.beat_backend == "dsp" or config.neural == "never":
             return
         device = _torch_device(config.device)
@@ -531,7 +554,8 @@ class MusicStage(Stage):
             if config.learned_backend == "madmom":
                 self.learned = music_learned.MadmomTracker(config.madmom_models_licence, config.min_bpm, config.max_bpm)
             else:
-                self.learned = music_learned.BeatNetTracker(device=device, min_bpm=max(config.min_bpm, 55.0),
+                models = tuple(int(m) for m in config.beatnet_models.split(",") if m.strip())
+                self.learned = music_learned.BeatNetTracker(models, device=device, min_bpm=max(config.min_bpm, 55.0),
                                                             max_bpm=min(config.max_bpm, 215.0))
             self.learned_name = config.learned_backend
         except music_learned.BackendMissing as exc:

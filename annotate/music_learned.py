@@ -121,12 +121,17 @@ def _decoded(activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: f
 
 
 class BeatNetTracker:
-    """BeatNet's CRNN (weights from its wheel) + madmom's DBN: `tracker(mono_22050)`."""
+    """BeatNet's CRNN (weights from its wheel) + madmom's DBN: `tracker(mono_22050)`.
+
+    `models`: which of the wheel's three trainings to use (1: GTZAN held out in training,
+    2: Ballroom held out, 3: the Rock corpus held out); with several, their activations are
+    averaged before the DBN (one feature pass; each network costs about a third of a pass)."""
 
     name = "beatnet"
     licence = BEATNET_LICENCE
 
-    def __init__(self, model: int = 1, device: str = "cpu", min_bpm: float = 55.0, max_bpm: float = 215.0) -> None:
+    def __init__(self, models: tuple[int, ...] | int = 1, device: str = "cpu", min_bpm: float = 55.0,
+                 max_bpm: float = 215.0) -> None:
         import_madmom()
         try:
             import BeatNet
@@ -135,35 +140,50 @@ class BeatNetTracker:
             from BeatNet.model import BDA
         except ImportError as exc:
             raise BackendMissing(f"BeatNet not installed ({exc}); pip install --no-deps BeatNet==1.1.3") from exc
-        weights = Path(BeatNet.__file__).parent / "models" / BEATNET_MODELS[model]
-        if not weights.is_file():
-            raise BackendMissing(f"BeatNet weights missing: {weights}")
         self.device = device
         self.min_bpm, self.max_bpm = min_bpm, max_bpm
         self.features = LOG_SPECT(sample_rate=SAMPLE_RATE, win_length=int(0.064 * SAMPLE_RATE),
                                   hop_size=int(0.02 * SAMPLE_RATE), n_bands=[24], mode="offline")
-        self.model = BDA(272, 150, 2, device)
-        state = torch.load(str(weights), map_location=device, weights_only=True)
-        self.model.load_state_dict(state, strict=True)
-        self.model.eval()
+        self.models = {}
+        for model in (models,) if isinstance(models, int) else tuple(models):
+            if model not in BEATNET_MODELS:
+                raise ValueError(f"BeatNet model must be one of {sorted(BEATNET_MODELS)}, not {model!r}")
+            weights = Path(BeatNet.__file__).parent / "models" / BEATNET_MODELS[model]
+            if not weights.is_file():
+                raise BackendMissing(f"BeatNet weights missing: {weights}")
+            network = BDA(272, 150, 2, device)
+            network.load_state_dict(torch.load(str(weights), map_location=device, weights_only=True), strict=True)
+            self.models[model] = network.eval()
 
-    def activations(self, y: np.ndarray) -> np.ndarray:
-        """(frames, 2) beat and downbeat probabilities of mono audio at 22050 Hz."""
+    def spectrogram(self, y: np.ndarray) -> np.ndarray:
+        """BeatNet's input: (frames, 272) log spectrogram and its positive difference, 50 frames/s."""
+        return np.ascontiguousarray(self.features.process_audio(np.asarray(y, dtype=np.float32)).T, dtype=np.float32)
+
+    def model_activations(self, feats: np.ndarray, model: int) -> np.ndarray:
+        """(frames, 2) beat and downbeat probabilities of one of the networks."""
         import torch
 
-        feats = np.ascontiguousarray(self.features.process_audio(np.asarray(y, dtype=np.float32)).T, dtype=np.float32)
+        network = self.models[model]
         with torch.no_grad():
             # BDA keeps its LSTM state between calls (made for streaming): start every track afresh
-            self.model.hidden = torch.zeros(2, 1, self.model.dim_hd, device=self.device)
-            self.model.cell = torch.zeros(2, 1, self.model.dim_hd, device=self.device)
-            logits = self.model(torch.from_numpy(feats).unsqueeze(0).to(self.device))[0]
-            probs = self.model.final_pred(logits).cpu().numpy()
+            network.hidden = torch.zeros(2, 1, network.dim_hd, device=self.device)
+            network.cell = torch.zeros(2, 1, network.dim_hd, device=self.device)
+            logits = network(torch.from_numpy(feats).unsqueeze(0).to(self.device))[0]
+            probs = network.final_pred(logits).cpu().numpy()
         return np.ascontiguousarray(probs[:2].T)
+
+    def activations(self, y: np.ndarray) -> np.ndarray:
+        """(frames, 2) beat and downbeat probabilities of mono audio at 22050 Hz (mean over models)."""
+        feats = self.spectrogram(y)
+        return sum(self.model_activations(feats, m) for m in self.models) / len(self.models)
+
+    def decode(self, activations: np.ndarray) -> LearnedBeats:
+        return _decoded(activations, (2, 3, 4), self.min_bpm, self.max_bpm)
 
     def __call__(self, y: np.ndarray) -> LearnedBeats:
         if y.shape[0] < SAMPLE_RATE * 2:
             return LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
-        return _decoded(self.activations(y), (2, 3, 4), self.min_bpm, self.max_bpm)
+        return self.decode(self.activations(y))
 
 
 class MadmomTracker:

@@ -35,6 +35,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -237,10 +238,21 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
         t2 = time.process_time()
         percival_bpm(np.ascontiguousarray(mono, dtype=np.float32), config)  # timed alone (its answer is in analysis)
         t3 = time.process_time()
-        learned = tracker(track.audio(22050, mono=True)[0]) if tracker is not None else None
-        t4 = time.process_time()
-        item = {"analysis": analysis, "learned": learned, "seconds": mono.shape[0] / ANALYSIS_SR,
-                "decode": t1 - t0, "dsp": t2 - t1, "percival": t3 - t2, "learned_cpu": t4 - t3}
+        item = {"analysis": analysis, "seconds": mono.shape[0] / ANALYSIS_SR,
+                "decode": t1 - t0, "dsp": t2 - t1, "percival": t3 - t2, "learned_by": {}, "learned_cpu_by": {}}
+        if tracker is not None:  # every BeatNet training and their averages, one feature pass
+            feats = tracker.spectrogram(track.audio(22050, mono=True)[0])
+            shared = time.process_time() - t3
+            acts, nn_cpu = {}, {}
+            for model in tracker.models:
+                t = time.process_time()
+                acts[model] = tracker.model_activations(feats, model)
+                nn_cpu[model] = time.process_time() - t
+            for combo in BEATNET_COMBOS:
+                models = tuple(int(m) for m in combo.split(","))
+                t = time.process_time()
+                item["learned_by"][combo] = tracker.decode(sum(acts[m] for m in models) / len(models))
+                item["learned_cpu_by"][combo] = shared + sum(nn_cpu[m] for m in models) + time.process_time() - t
         if madmom is not None:
             t5 = time.process_time()
             item["madmom"] = madmom(track.audio(22050, mono=True)[0])
@@ -262,9 +274,19 @@ def _as_result(row: dict) -> dict:
     return {**row, "bpm": row["bpm"] or 0.0, "beats": np.asarray(row["beats"]), "downbeats": np.asarray(row["downbeats"])}
 
 
+BEATNET_COMBOS = ("1", "2", "3", "1,2", "1,3", "2,3", "1,2,3")
+
+
 def method_runs(cache: list[dict], config: MusicConfig, learned_name: str = "beatnet") -> dict[str, tuple]:
     """(results, audio seconds, timer, share sent to the learned backend) of each method."""
     from songmill.annotate.music import finish, needs_learned
+
+    for c in cache:
+        if c["learned_by"]:
+            c["learned"] = c["learned_by"][config.beatnet_models]
+            c["learned_cpu"] = c["learned_cpu_by"][config.beatnet_models]
+        else:
+            c["learned"] = None
 
     seconds = sum(c["seconds"] for c in cache)
     decode = sum(c["decode"] for c in cache)
@@ -279,11 +301,13 @@ def method_runs(cache: list[dict], config: MusicConfig, learned_name: str = "bea
     perc = [{"bpm": c["analysis"].estimates[1]["bpm"], "beats": np.zeros(0), "downbeats": None,
              "time_signature": None} for c in cache]
     runs["essentia Percival alone"] = (perc, seconds, CpuTimer(decode + sum(c["percival"] for c in cache)), 0.0)
-    if cache and cache[0]["learned"] is not None:
-        alone = [{"bpm": c["learned"].bpm, "beats": c["learned"].beats, "downbeats": c["learned"].downbeats,
-                  "time_signature": None} for c in cache]
-        learned_cpu = sum(c["learned_cpu"] for c in cache)
-        runs[f"{learned_name} + madmom DBN alone"] = (alone, seconds, CpuTimer(decode + learned_cpu), 1.0)
+    for combo in (BEATNET_COMBOS if cache and cache[0]["learned_by"] else ()):
+        if "," in combo and combo not in ("1,2,3", config.beatnet_models):
+            continue
+        alone = [{"bpm": c["learned_by"][combo].bpm, "beats": c["learned_by"][combo].beats,
+                  "downbeats": c["learned_by"][combo].downbeats, "time_signature": None} for c in cache]
+        learned_cpu = sum(c["learned_cpu_by"][combo] for c in cache)
+        runs[f"BeatNet {combo} + madmom DBN alone"] = (alone, seconds, CpuTimer(decode + learned_cpu), 1.0)
     if cache and "madmom" in cache[0]:
         alone = [{"bpm": c["madmom"].bpm, "beats": c["madmom"].beats, "downbeats": c["madmom"].downbeats,
                   "time_signature": None} for c in cache]
@@ -312,28 +336,30 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     from songmill.annotate import music
 
     best, best_key = config, None
-    for w_perc in (0.3, 0.6, 0.9):
-        for w_learned in (1.0, 1.5, 2.0, 3.0):
-            for credit in (0.0, 0.25, 0.5):
-                for threshold in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01):
-                    trial = dataclasses.replace(config, weight_percival=w_perc, weight_learned=w_learned,
-                                                octave_credit=credit, neural_below_confidence=threshold)
-                    hits1 = hits2 = sent = 0
-                    for row, c in zip(rows, cache, strict=True):
-                        estimates = list(c["analysis"].estimates)
-                        if music.needs_learned(estimates, trial):
-                            sent += 1
-                            estimates.append({"estimator": "beatnet", "bpm": c["learned"].bpm, "confidence": 0.0})
-                        choice, _, _ = music.vote(estimates, trial)
-                        bpm = choice["bpm"] if choice else 0.0
-                        hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
-                    key = (hits1, hits2, -sent)
-                    if best_key is None or key > best_key:
-                        best, best_key = trial, key
+    grid = itertools.product(BEATNET_COMBOS, (0.3, 0.6, 0.9), (1.0, 1.5, 2.0, 3.0), (0.0, 0.25, 0.5),
+                             (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01))
+    for combo, w_perc, w_learned, credit, threshold in grid:
+        trial = dataclasses.replace(config, weight_percival=w_perc, weight_learned=w_learned, octave_credit=credit,
+                                    neural_below_confidence=threshold, beatnet_models=combo)
+        hits1 = hits2 = sent = 0
+        for row, c in zip(rows, cache, strict=True):
+            estimates = list(c["analysis"].estimates)
+            if music.needs_learned(estimates, trial):
+                sent += 1
+                estimates.append({"estimator": "beatnet", "bpm": c["learned_by"][combo].bpm, "confidence": 0.0})
+            choice, _, _ = music.vote(estimates, trial)
+            bpm = choice["bpm"] if choice else 0.0
+            hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
+        # ties: the cheaper cascade (networks run = tracks sent x networks averaged)
+        key = (hits1, hits2, -sent * len(combo.split(",")))
+        if best_key is None or key > best_key:
+            best, best_key = trial, key
+    for c in cache:
+        c["learned"] = c["learned_by"][best.beatnet_models]
     n = len(rows)
-    print(f"fitted on {n} train excerpts: weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
+    print(f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
           f"octave_credit={best.octave_credit} neural_below_confidence={best.neural_below_confidence} "
-          f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, sent {-best_key[2] / n:.2f})")
+          f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network runs per track {-best_key[2] / n:.2f})")
     # bpm_confidence: logistic regression of acc1 on (the winner's vote share, learned ran)
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
@@ -383,7 +409,7 @@ def real_sets(args: argparse.Namespace) -> int:
     if args.limit:
         labels = [r for s in sorted({r["subset"] for r in labels}) for r in [x for x in labels if x["subset"] == s][: args.limit]]
     config = MusicConfig()
-    tracker = BeatNetTracker()
+    tracker = BeatNetTracker((1, 2, 3))
     madmom = MadmomTracker(MADMOM_MODELS_LICENCE) if args.madmom else None
     first = labels[:1]
     run_essentia(first)
@@ -401,6 +427,12 @@ def real_sets(args: argparse.Namespace) -> int:
     if args.fit:
         train = [i for i, r in enumerate(labels) if split_of(r) == "train"]
         config = fit_ensemble([labels[i] for i in train], [cache[i] for i in train], config)
+    end_to_end = None
+    if args.check_stage:  # the stage itself (MusicStage.process, as the runner calls it) on the test half
+        test = [i for i, r in enumerate(labels) if split_of(r) == "test"]
+        stage = MusicStage(config)
+        stage.setup()
+        end_to_end = (test, run_production([labels[i] for i in test], args.batch_size, stage))
     parts = ("test", "train", "all") if args.fit else (args.split,)
     for part in parts:
         for subset in sorted({r["subset"] for r in labels}) + ["all real"]:
@@ -414,6 +446,10 @@ def real_sets(args: argparse.Namespace) -> int:
             runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
                 [essentia_results[i] for i in keep], sum(cache[i]["seconds"] for i in keep),
                 CpuTimer(essentia_timer.cpu * share), 0.0)
+            if end_to_end and subset == "all real" and part == "test":
+                results, secs, timer = end_to_end[1]
+                sent = float(np.mean([len(x.get("bpm_estimates") or []) > 2 for x in results]))
+                runs["MusicStage.process end to end (cascade)"] = (results, secs, timer, sent)
             print_methods(f"{subset}, {part} split", rows, runs)
             if subset == "all real":
                 cascade = runs.get("cascade (neural=auto)")
@@ -451,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsets", default="", help="comma-separated subsets to run (default: all)")
     parser.add_argument("--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py")
     parser.add_argument("--fit", action="store_true", help="with --real: fit the ensemble on the train half, report test")
+    parser.add_argument("--check-stage", action="store_true", help="with --real: also MusicStage.process on the test half")
     parser.add_argument("--dump", action="store_true", help="with --real: every excerpt's estimates")
     parser.add_argument("--madmom", action="store_true", help="with --real: also madmom's RNN (CC BY-NC-SA 4.0 models)")
     args = parser.parse_args(argv)

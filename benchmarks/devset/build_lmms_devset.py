@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="lmms,hydrogen")
     parser.add_argument("--max-song-s", type=float, default=120.0,
                         help="render and excerpt only the first this many seconds of each song (0: all)")
+    parser.add_argument("--no-render", action="store_true", help="label only the songs already rendered")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("lmms", "h2cli", "ffmpeg", "sox") if shutil.which(tool) is None]
     if missing:
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         wav = renders / f"{kind}-{slug}.wav"
         if not wav.exists():
             tool = "lmms" if kind == "lmms" else "h2cli"
-            if shutil.which(tool) is None:
+            if shutil.which(tool) is None or args.no_render:
                 continue
             tmp = wav.with_suffix(".part.wav")
             ok = render_lmms(path, tmp, args.max_song_s) if kind == "lmms" else render_hydrogen(path, tmp)
