@@ -37,6 +37,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -416,12 +417,18 @@ def real_sets(args: argparse.Namespace) -> int:
     run_estimators(first, config, tracker, madmom)  # imports and first calls stay out of the timings
     print("one thread; x realtime per core = audio s / process CPU s (decode included); "
           "learned = share of tracks given to the learned backend", flush=True)
-    cache = run_estimators(labels, config, tracker, madmom)
-    essentia_results, _, essentia_timer = run_essentia(labels)
+    if args.cache and args.cache.exists():  # a previous run's measurements (re-fitting, re-printing)
+        cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
+    else:
+        cache = run_estimators(labels, config, tracker, madmom)
+        essentia_results, _, essentia_timer = run_essentia(labels)
+        essentia_cpu = essentia_timer.cpu
+        if args.cache:
+            args.cache.write_bytes(pickle.dumps((cache, essentia_results, essentia_cpu)))
     if args.dump:
         for row, c, e in zip(labels, cache, essentia_results, strict=True):
             found = " ".join(f"{x['estimator']} {x['bpm']:.1f}" for x in c["analysis"].estimates)
-            learned = f"beatnet {c['learned'].bpm:.1f} ({c['learned'].confidence:.2f})" if c["learned"] else ""
+            learned = " ".join(f"beatnet{k} {v.bpm:.1f}" for k, v in c["learned_by"].items() if "," not in k)
             print(f"{split_of(row):<5} {Path(row['path']).stem:<48} truth {row['bpm']:6.1f}  {found}  {learned}  "
                   f"essentia {e['bpm']:.1f}  dsp conf {c['analysis'].estimates[0]['confidence']}")
     if args.fit:
@@ -445,7 +452,7 @@ def real_sets(args: argparse.Namespace) -> int:
             share = sum(cache[i]["seconds"] for i in keep) / sum(c["seconds"] for c in cache)
             runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
                 [essentia_results[i] for i in keep], sum(cache[i]["seconds"] for i in keep),
-                CpuTimer(essentia_timer.cpu * share), 0.0)
+                CpuTimer(essentia_cpu * share), 0.0)
             if end_to_end and subset == "all real" and part == "test":
                 results, secs, timer = end_to_end[1]
                 sent = float(np.mean([len(x.get("bpm_estimates") or []) > 2 for x in results]))
@@ -464,6 +471,34 @@ def real_sets(args: argparse.Namespace) -> int:
                     sc = scores([labels[i] for i in idx], c[0])
                     print(f"  variant {variant:<5} ({len(idx)}): cascade acc1 {sc['acc1']:.3f} acc2 {sc['acc2']:.3f} "
                           f"beatF {sc['beat_f']:.3f}")
+    return 0
+
+
+def speed_on_songs(folder: Path, limit: int) -> int:
+    """--speed DIR: x realtime per core of whole songs (the development set's full renders,
+    `DIR/renders/*.wav`, 1.5-5 minutes), decode included: MusicStage with neural=never (DSP
+    only), auto (the cascade) and always, and essentia's defaults, in one run."""
+    import soundfile
+
+    songs = sorted(p for p in (folder / "renders").glob("*.wav") if soundfile.info(str(p)).duration >= 90)[:limit]
+    rows = [{"path": str(p)} for p in songs]
+    minutes = sum(soundfile.info(str(p)).duration for p in songs) / 60
+    print(f"{len(songs)} whole songs, {minutes:.1f} minutes; one thread; x realtime per core (wall in brackets)")
+    run_essentia(rows[:1])
+    for label, config in (("essentia RhythmExtractor2013 + KeyExtractor", None),
+                          ("MusicStage neural=never (DSP only)", MusicConfig(neural="never")),
+                          ("MusicStage neural=auto (cascade)", MusicConfig(neural="auto")),
+                          ("MusicStage neural=always", MusicConfig(neural="always"))):
+        if config is None:
+            _, seconds, timer = run_essentia(rows)
+            sent = ""
+        else:
+            stage = MusicStage(config)
+            stage.setup()
+            run_production(rows[:1], 1, stage)
+            results, seconds, timer = run_production(rows, 4, stage)
+            sent = f"  learned backend on {np.mean([x.get('beat_source') != 'dsp' for x in results]):.2f} of songs"
+        print(f"{label:<46}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}", flush=True)
     return 0
 
 
@@ -487,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsets", default="", help="comma-separated subsets to run (default: all)")
     parser.add_argument("--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py")
     parser.add_argument("--fit", action="store_true", help="with --real: fit the ensemble on the train half, report test")
+    parser.add_argument("--speed", type=Path, help="x realtime on whole songs: DIR/renders/*.wav (build_lmms_devset.py)")
+    parser.add_argument("--cache", type=Path, help="with --real: keep / reuse the measurements in this pickle file")
     parser.add_argument("--check-stage", action="store_true", help="with --real: also MusicStage.process on the test half")
     parser.add_argument("--dump", action="store_true", help="with --real: every excerpt's estimates")
     parser.add_argument("--madmom", action="store_true", help="with --real: also madmom's RNN (CC BY-NC-SA 4.0 models)")
@@ -497,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     except ImportError:
         pass
+    if args.speed:
+        return speed_on_songs(args.speed, args.limit or 10)
     if args.real:
         return real_sets(args)
     subsets: dict[str, list[dict]] = {}
