@@ -21,6 +21,7 @@ period on a 50 frames/s grid is quantised: a median interval of 21 frames reads 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class LearnedBeats:
     downbeats: np.ndarray
     bpm: float
     confidence: float  # mean beat activation at the decoded beats (0-1)
+    # with several networks and `separate_votes`: each network's own decoded tempo, as more
+    # votes for the ensemble ({estimator, bpm, confidence}); the beats are the averaged ones
+    votes: list = dataclasses.field(default_factory=list)
 
 
 def import_madmom() -> Any:
@@ -131,7 +135,8 @@ class BeatNetTracker:
     licence = BEATNET_LICENCE
 
     def __init__(self, models: tuple[int, ...] | int = 1, device: str = "cpu", min_bpm: float = 55.0,
-                 max_bpm: float = 215.0) -> None:
+                 max_bpm: float = 215.0, separate_votes: bool = False) -> None:
+        self.separate_votes = separate_votes
         import_madmom()
         try:
             import BeatNet
@@ -183,7 +188,15 @@ class BeatNetTracker:
     def __call__(self, y: np.ndarray) -> LearnedBeats:
         if y.shape[0] < SAMPLE_RATE * 2:
             return LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
-        return self.decode(self.activations(y))
+        feats = self.spectrogram(y)
+        per_model = {m: self.model_activations(feats, m) for m in self.models}
+        found = self.decode(sum(per_model.values()) / len(per_model))
+        if self.separate_votes and len(per_model) > 1:
+            for model, activations in per_model.items():
+                own = self.decode(activations)
+                found.votes.append({"estimator": f"beatnet{model}", "bpm": round(float(own.bpm), 2),
+                                    "confidence": round(float(own.confidence), 3)})
+        return found
 
 
 class MadmomTracker:

@@ -122,6 +122,19 @@ def test_ensemble_row_holds_every_estimate_and_its_agreement(beatnet, tmp_path):
     assert abs(agreeing["bpm"] - 128.0) <= 0.04 * 128.0
 
 
+def test_each_network_votes_when_asked(tmp_path):
+    y = resample(drum_loop(128.0, 12.0), SR, 22050)
+    tracker = music_learned.BeatNetTracker((1, 2), separate_votes=True)
+    found = tracker(y)
+    assert [v["estimator"] for v in found.votes] == ["beatnet1", "beatnet2"]
+    assert all(abs(v["bpm"] - 128.0) <= 0.04 * 128.0 for v in found.votes)
+    analysis = music.dsp_analysis(resample(drum_loop(128.0, 12.0), SR, music.ANALYSIS_SR), MusicConfig())
+    row = music.finish(analysis, MusicConfig(), found, "beatnet")
+    assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beatnet", "beatnet1", "beatnet2"]
+    with pytest.raises(ValueError, match="beatnet_models"):
+        MusicStage(MusicConfig(beatnet_models="1,4")).setup()
+
+
 class CountingTracker:
     """The real BeatNet tracker, counting its calls."""
 
