@@ -21,6 +21,11 @@ if ! ldconfig -p 2>/dev/null | grep -q libchromaprint && command -v apt-get >/de
     step "Debian's libchromaprint-tools (fingerprints)" "30 s" \
         bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libchromaprint-tools'
 fi
+# The music tests render a real LMMS demo project (lmms-common's shorties, under a second) and the
+# real-production development set (benchmarks/devset/build_lmms_devset.py) renders all of them.
+if ! command -v lmms >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q lmms lmms-common
+fi
 # torch first and pinned: the CPU wheel of 2.13.0 is on local disk here; an unpinned torch would
 # pull gigabytes of CUDA wheels.
 step "torch 2.13.0 (CPU build)" "1 min" $PIP install "torch==2.13.0"

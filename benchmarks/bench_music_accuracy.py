@@ -34,9 +34,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"  # per-core figures: set before numpy / scipy load their thread pools
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,7 +53,7 @@ from bench_dsp import Timer  # noqa: E402  (benchmarks/ is on sys.path above)
 from songmill.annotate.audio import decode, to_mono_resampled  # noqa: E402
 from songmill.annotate.base import Track  # noqa: E402
 from songmill.annotate.key import PITCH_CLASSES, sharp_name  # noqa: E402
-from songmill.annotate.music import MusicStage  # noqa: E402
+from songmill.annotate.music import MusicConfig, MusicStage  # noqa: E402
 
 BEAT_WINDOW_S = 0.07
 METRES = ("4/4", "3/4", "6/8", "12/8")
@@ -156,9 +160,10 @@ def scores(rows: list[dict], results: list[dict]) -> dict[str, float]:
                 out["downbeat_f"].append(f_measure(result["downbeats"], np.asarray(row["downbeats"])))
         if result["time_signature"] is not None and row.get("time_signature") in METRES:
             out["metre"].append(result["time_signature"] == row["time_signature"])
-        score = mirex_key(result["key_tonic"], result["key_mode"], row["key_tonic"], row["key_mode"])
-        out["key"].append(score == 1.0)
-        out["mirex"].append(score)
+        if row.get("key_tonic") and "key_tonic" in result:  # LMMS / Hydrogen: no key label; estimators without key
+            score = mirex_key(result["key_tonic"], result["key_mode"], row["key_tonic"], row["key_mode"])
+            out["key"].append(score == 1.0)
+            out["mirex"].append(score)
     return {k: (float(np.mean(v)) if v else float("nan")) for k, v in out.items()}
 
 
@@ -173,8 +178,11 @@ def calibration(rows: list[dict], results: list[dict]) -> str:
     parts = []
     for column, hit in (("bpm_confidence", lambda r, x: acc1(x["bpm"], r["bpm"])),
                         ("key_confidence", lambda r, x: mirex_key(x["key_tonic"], x["key_mode"], r["key_tonic"], r["key_mode"]) == 1.0)):
-        p = np.array([float(x.get(column) or 0.0) for x in results])
-        y = np.array([hit(r, x) for r, x in zip(rows, results, strict=True)], float)
+        pairs = [(r, x) for r, x in zip(rows, results, strict=True) if column == "bpm_confidence" or r.get("key_tonic")]
+        if not pairs or any(column not in x for _, x in pairs):
+            continue
+        p = np.array([float(x.get(column) or 0.0) for _, x in pairs])
+        y = np.array([hit(r, x) for r, x in pairs], float)
         bins = []
         for lo, hi in zip(CONFIDENCE_BINS[:-1], CONFIDENCE_BINS[1:], strict=True):
             inside = (p >= lo) & (p < hi)
@@ -212,6 +220,315 @@ def merge(runs: list, keep: list[bool]) -> tuple:
     return [x for x, k in zip(results, keep, strict=True) if k], sum(r[1] for r in runs), timer
 
 
+# --------------------------------------------------------------------------------------------
+# The v7 ensemble: every estimator alone, the cascade, the ensemble on every track
+
+
+def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) -> list[dict]:
+    """Per track: the DSP analysis (music.dsp_analysis: the v6 path, Percival, the key), the
+    learned backend's beats, and the process CPU seconds of each part (decode counted once)."""
+    from songmill.annotate.music import ANALYSIS_SR, dsp_analysis, percival_bpm
+
+    cache = []
+    for i, row in enumerate(rows):
+        track = Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
+        t0 = time.process_time()
+        mono, _ = track.audio(ANALYSIS_SR, mono=True)
+        t1 = time.process_time()
+        analysis = dsp_analysis(mono, config)
+        t2 = time.process_time()
+        percival_bpm(np.ascontiguousarray(mono, dtype=np.float32), config)  # timed alone (its answer is in analysis)
+        t3 = time.process_time()
+        item = {"analysis": analysis, "seconds": mono.shape[0] / ANALYSIS_SR,
+                "decode": t1 - t0, "dsp": t2 - t1, "percival": t3 - t2, "learned_by": {}, "learned_cpu_by": {},
+                "dbn_cpu_by": {}}
+        if tracker is not None:  # every BeatNet training and their averages, one feature pass
+            feats = tracker.spectrogram(track.audio(22050, mono=True)[0])
+            shared = time.process_time() - t3
+            acts, nn_cpu = {}, {}
+            for model in tracker.models:
+                t = time.process_time()
+                acts[model] = tracker.model_activations(feats, model)
+                nn_cpu[model] = time.process_time() - t
+            for combo in BEATNET_COMBOS:
+                models = tuple(int(m) for m in combo.split(","))
+                t = time.process_time()
+                item["learned_by"][combo] = tracker.decode(sum(acts[m] for m in models) / len(models))
+                item["dbn_cpu_by"][combo] = time.process_time() - t
+                item["learned_cpu_by"][combo] = shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
+        if madmom is not None:
+            t5 = time.process_time()
+            item["madmom"] = madmom(track.audio(22050, mono=True)[0])
+            item["madmom_cpu"] = time.process_time() - t5
+        track.release_audio()
+        cache.append(item)
+    return cache
+
+
+class CpuTimer:
+    """A Timer-shaped total of CPU seconds summed over the parts a method uses (wall = CPU here:
+    the parts ran one after another in this single-threaded process)."""
+
+    def __init__(self, cpu: float) -> None:
+        self.cpu = self.wall = max(cpu, 1e-9)
+
+
+def _as_result(row: dict) -> dict:
+    return {**row, "bpm": row["bpm"] or 0.0, "beats": np.asarray(row["beats"]), "downbeats": np.asarray(row["downbeats"])}
+
+
+BEATNET_COMBOS = ("1", "2", "3", "1,2", "1,3", "2,3", "1,2,3")
+
+
+def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
+    """The learned backend's answer for one cached track under `config` (which networks, their
+    own votes or not) and its CPU seconds, from the per-network measurements."""
+    if not c["learned_by"]:
+        return None, 0.0
+    combo = config.beatnet_models
+    found, cpu = c["learned_by"][combo], c["learned_cpu_by"][combo]
+    if config.beatnet_separate_votes and "," in combo:
+        votes = [{"estimator": f"beatnet{m}", "bpm": round(float(c["learned_by"][m].bpm), 2),
+                  "confidence": round(float(c["learned_by"][m].confidence), 3)} for m in combo.split(",")]
+        found = dataclasses.replace(found, votes=votes)
+        cpu += sum(c["dbn_cpu_by"][m] for m in combo.split(","))
+    return found, cpu
+
+
+def method_runs(cache: list[dict], config: MusicConfig, learned_name: str = "beatnet") -> dict[str, tuple]:
+    """(results, audio seconds, timer, share sent to the learned backend) of each method."""
+    from songmill.annotate.music import finish, needs_learned
+
+    for c in cache:
+        c["learned"], c["learned_cpu"] = learned_as_configured(c, config)
+
+    seconds = sum(c["seconds"] for c in cache)
+    decode = sum(c["decode"] for c in cache)
+    runs: dict[str, tuple] = {}
+    dsp_only = dataclasses.replace(config, neural="never")
+    alone_dsp = []
+    for c in cache:
+        only = dataclasses.replace(c["analysis"], estimates=c["analysis"].estimates[:1])
+        alone_dsp.append(_as_result(finish(only, dsp_only)))
+    dsp_cpu = decode + sum(c["dsp"] for c in cache)
+    runs["v6 DSP path alone (dsp)"] = (alone_dsp, seconds, CpuTimer(dsp_cpu), 0.0)
+    perc = [{"bpm": c["analysis"].estimates[1]["bpm"], "beats": np.zeros(0), "downbeats": None,
+             "time_signature": None} for c in cache]
+    runs["essentia Percival alone"] = (perc, seconds, CpuTimer(decode + sum(c["percival"] for c in cache)), 0.0)
+    for combo in (BEATNET_COMBOS if cache and cache[0]["learned_by"] else ()):
+        if "," in combo and combo not in ("1,2,3", config.beatnet_models):
+            continue
+        alone = [{"bpm": c["learned_by"][combo].bpm, "beats": c["learned_by"][combo].beats,
+                  "downbeats": c["learned_by"][combo].downbeats, "time_signature": None} for c in cache]
+        learned_cpu = sum(c["learned_cpu_by"][combo] for c in cache)
+        runs[f"BeatNet {combo} + madmom DBN alone"] = (alone, seconds, CpuTimer(decode + learned_cpu), 1.0)
+    if cache and "madmom" in cache[0]:
+        alone = [{"bpm": c["madmom"].bpm, "beats": c["madmom"].beats, "downbeats": c["madmom"].downbeats,
+                  "time_signature": None} for c in cache]
+        runs["madmom RNN (opt-in) alone"] = (alone, seconds, CpuTimer(decode + sum(c["madmom_cpu"] for c in cache)), 1.0)
+    runs["DSP ensemble (dsp + Percival; neural=never)"] = (
+        [_as_result(finish(c["analysis"], dsp_only)) for c in cache], seconds, CpuTimer(dsp_cpu), 0.0)
+    if cache and cache[0]["learned"] is not None:
+        cascade, sent, cpu = [], 0, dsp_cpu
+        for c in cache:
+            if needs_learned(c["analysis"].estimates, config):
+                cascade.append(_as_result(finish(c["analysis"], config, c["learned"], learned_name)))
+                sent, cpu = sent + 1, cpu + c["learned_cpu"]
+            else:
+                cascade.append(_as_result(finish(c["analysis"], config)))
+        runs["cascade (neural=auto)"] = (cascade, seconds, CpuTimer(cpu), sent / len(cache))
+        everywhere = [_as_result(finish(c["analysis"], config, c["learned"], learned_name)) for c in cache]
+        runs["ensemble on every track (neural=always)"] = (
+            everywhere, seconds, CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)), 1.0)
+    return runs
+
+
+MIN_CASCADE_SPEED = 60.0  # x realtime per core on the train half, decode included
+
+
+def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> MusicConfig:
+    """The BeatNet networks, the cascade threshold, vote weights and octave credit with the best
+    acc1 of the cascade on these (train) rows among the settings whose cascade runs at
+    MIN_CASCADE_SPEED or faster there (ties: acc2, then fewer network runs), then the logistic
+    calibration of bpm_confidence on the same rows."""
+    from songmill.annotate import music
+
+    best, best_key = config, None
+    grid = itertools.product(BEATNET_COMBOS, (False, True), (0.3, 0.6, 0.9), (1.0, 1.5, 2.0, 3.0), (0.0, 0.25, 0.5),
+                             (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01))
+    for combo, separate, w_perc, w_learned, credit, threshold in grid:
+        if separate and "," not in combo:
+            continue
+        trial = dataclasses.replace(config, weight_percival=w_perc, weight_learned=w_learned, octave_credit=credit,
+                                    neural_below_confidence=threshold, beatnet_models=combo,
+                                    beatnet_separate_votes=separate)
+        hits1 = hits2 = sent = 0
+        networks = len(combo.split(",")) * (2 if separate else 1)  # decodes count too
+        cpu = sum(c["decode"] + c["dsp"] for c in cache)
+        for row, c in zip(rows, cache, strict=True):
+            estimates = list(c["analysis"].estimates)
+            if music.needs_learned(estimates, trial):
+                sent += 1
+                found, learned_cpu = learned_as_configured(c, trial)
+                cpu += learned_cpu
+                estimates += [{"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0}, *found.votes]
+            choice, _, _ = music.vote(estimates, trial)
+            bpm = choice["bpm"] if choice else 0.0
+            hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
+        if sum(c["seconds"] for c in cache) / cpu < MIN_CASCADE_SPEED:
+            continue  # the issue's speed target for the cascade, as a constraint of the fit
+        # ties: the cheaper cascade (networks run = tracks sent x networks averaged)
+        key = (hits1, hits2, -sent * networks)
+        if best_key is None or key > best_key:
+            best, best_key = trial, key
+    for c in cache:
+        c["learned"], _ = learned_as_configured(c, best)
+    n = len(rows)
+    print(f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
+          f"beatnet_separate_votes={best.beatnet_separate_votes} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
+          f"octave_credit={best.octave_credit} neural_below_confidence={best.neural_below_confidence} "
+          f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network + decode runs per track {-best_key[2] / n:.2f})")
+    # bpm_confidence: logistic regression of acc1 on (the winner's vote share, learned ran)
+    features, hits = [], []
+    for row, c in zip(rows, cache, strict=True):
+        estimates = list(c["analysis"].estimates)
+        ran = music.needs_learned(estimates, best)
+        if ran:
+            estimates += [{"estimator": "beatnet", "bpm": c["learned"].bpm, "confidence": 0.0}, *c["learned"].votes]
+        choice, share, _ = music.vote(estimates, best)
+        features.append((1.0, share, float(ran)))
+        hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))
+    x, y = np.asarray(features), np.asarray(hits)
+    coef = np.zeros(3)
+    for _ in range(50):  # Newton steps, L2 0.1 (few excerpts: keep the coefficients modest)
+        p = 1.0 / (1.0 + np.exp(-x @ coef))
+        gradient = x.T @ (p - y) + 0.1 * coef
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 0.1 * np.eye(3)
+        coef -= np.linalg.solve(hessian, gradient)
+    print(f"bpm_confidence logistic on (1, vote share, learned ran): ENSEMBLE_CONFIDENCE_COEF = "
+          f"({coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f})")
+    music.ENSEMBLE_CONFIDENCE_COEF = tuple(round(float(v), 3) for v in coef)
+    return best
+
+
+def print_methods(name: str, rows: list[dict], runs: dict[str, tuple]) -> None:
+    seconds = next(iter(runs.values()))[1]
+    print(f"\n{name}: {len(rows)} excerpts, {seconds:.0f} s of audio")
+    header = (f"{'method':<46}{'acc1':>6}{'acc2':>6}{'beatF':>7}{'dbF':>6}{'key':>6}{'MIREX':>7}"
+              f"{'x rt/core':>11}{'learned':>9}")
+    print(header)
+    print("-" * len(header))
+    for label, (results, secs, timer, share) in runs.items():
+        sc = scores(rows, results)
+
+        def cell(value: float, width: int) -> str:
+            return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{width}.3f}"
+
+        print(f"{label:<46}{cell(sc['acc1'], 6)}{cell(sc['acc2'], 6)}{cell(sc['beat_f'], 7)}{cell(sc['downbeat_f'], 6)}"
+              f"{cell(sc['key'], 6)}{cell(sc['mirex'], 7)}{secs / timer.cpu:>10.1f}x{share:>9.2f}")
+
+
+def real_sets(args: argparse.Namespace) -> int:
+    """--real DIR: the real-production sets (benchmarks/devset/build_lmms_devset.py), every
+    method in one run; --fit fits the ensemble on the train half and reports the test half."""
+    from songmill.annotate.music_learned import MADMOM_MODELS_LICENCE, BeatNetTracker, MadmomTracker
+
+    labels = [json.loads(line) for line in (args.real / "labels.jsonl").read_text().splitlines()]
+    if args.limit:
+        labels = [r for s in sorted({r["subset"] for r in labels}) for r in [x for x in labels if x["subset"] == s][: args.limit]]
+    config = MusicConfig()
+    tracker = BeatNetTracker((1, 2, 3))
+    madmom = MadmomTracker(MADMOM_MODELS_LICENCE) if args.madmom else None
+    first = labels[:1]
+    run_essentia(first)
+    run_estimators(first, config, tracker, madmom)  # imports and first calls stay out of the timings
+    print("one thread; x realtime per core = audio s / process CPU s (decode included); "
+          "learned = share of tracks given to the learned backend", flush=True)
+    if args.cache and args.cache.exists():  # a previous run's measurements (re-fitting, re-printing)
+        cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
+    else:
+        cache = run_estimators(labels, config, tracker, madmom)
+        essentia_results, _, essentia_timer = run_essentia(labels)
+        essentia_cpu = essentia_timer.cpu
+        if args.cache:
+            args.cache.write_bytes(pickle.dumps((cache, essentia_results, essentia_cpu)))
+    if args.dump:
+        for row, c, e in zip(labels, cache, essentia_results, strict=True):
+            found = " ".join(f"{x['estimator']} {x['bpm']:.1f}" for x in c["analysis"].estimates)
+            learned = " ".join(f"beatnet{k} {v.bpm:.1f}" for k, v in c["learned_by"].items() if "," not in k)
+            print(f"{split_of(row):<5} {Path(row['path']).stem:<48} truth {row['bpm']:6.1f}  {found}  {learned}  "
+                  f"essentia {e['bpm']:.1f}  dsp conf {c['analysis'].estimates[0]['confidence']}")
+    if args.fit:
+        train = [i for i, r in enumerate(labels) if split_of(r) == "train"]
+        config = fit_ensemble([labels[i] for i in train], [cache[i] for i in train], config)
+    end_to_end = None
+    if args.check_stage:  # the stage itself (MusicStage.process, as the runner calls it) on the test half
+        test = [i for i, r in enumerate(labels) if split_of(r) == "test"]
+        stage = MusicStage(config)
+        stage.setup()
+        end_to_end = (test, run_production([labels[i] for i in test], args.batch_size, stage))
+    parts = ("test", "train", "all") if args.fit else (args.split,)
+    for part in parts:
+        for subset in sorted({r["subset"] for r in labels}) + ["all real"]:
+            keep = [i for i, r in enumerate(labels) if (subset == "all real" or r["subset"] == subset)
+                    and (part == "all" or split_of(r) == part)]
+            if not keep:
+                continue
+            rows = [labels[i] for i in keep]
+            runs = method_runs([cache[i] for i in keep], config)
+            share = sum(cache[i]["seconds"] for i in keep) / sum(c["seconds"] for c in cache)
+            runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
+                [essentia_results[i] for i in keep], sum(cache[i]["seconds"] for i in keep),
+                CpuTimer(essentia_cpu * share), 0.0)
+            if end_to_end and subset == "all real" and part == "test":
+                results, secs, timer = end_to_end[1]
+                sent = float(np.mean([len(x.get("bpm_estimates") or []) > 2 for x in results]))
+                runs["MusicStage.process end to end (cascade)"] = (results, secs, timer, sent)
+            print_methods(f"{subset}, {part} split", rows, runs)
+            if subset == "all real":
+                cascade = runs.get("cascade (neural=auto)")
+                if cascade:
+                    print("cascade " + calibration(rows, cascade[0]))
+                by_variant = {}
+                for i in keep:
+                    by_variant.setdefault(labels[i].get("variant", "orig"), []).append(i)
+                for variant, idx in sorted(by_variant.items()):
+                    vr = method_runs([cache[i] for i in idx], config)
+                    c = vr.get("cascade (neural=auto)") or vr["DSP ensemble (dsp + Percival; neural=never)"]
+                    sc = scores([labels[i] for i in idx], c[0])
+                    print(f"  variant {variant:<5} ({len(idx)}): cascade acc1 {sc['acc1']:.3f} acc2 {sc['acc2']:.3f} "
+                          f"beatF {sc['beat_f']:.3f}")
+    return 0
+
+
+def speed_on_songs(folder: Path, limit: int) -> int:
+    """--speed DIR: x realtime per core of whole songs (the development set's full renders,
+    `DIR/renders/*.wav`, 1.5-5 minutes), decode included: MusicStage with neural=never (DSP
+    only), auto (the cascade) and always, and essentia's defaults, in one run."""
+    import soundfile
+
+    songs = sorted(p for p in (folder / "renders").glob("*.wav") if soundfile.info(str(p)).duration >= 90)[:limit]
+    rows = [{"path": str(p)} for p in songs]
+    minutes = sum(soundfile.info(str(p)).duration for p in songs) / 60
+    print(f"{len(songs)} whole songs, {minutes:.1f} minutes; one thread; x realtime per core (wall in brackets)")
+    run_essentia(rows[:1])
+    for label, config in (("essentia RhythmExtractor2013 + KeyExtractor", None),
+                          ("MusicStage neural=never (DSP only)", MusicConfig(neural="never")),
+                          ("MusicStage neural=auto (cascade)", MusicConfig(neural="auto")),
+                          ("MusicStage neural=always", MusicConfig(neural="always"))):
+        if config is None:
+            _, seconds, timer = run_essentia(rows)
+            sent = ""
+        else:
+            stage = MusicStage(config)
+            stage.setup()
+            run_production(rows[:1], 1, stage)
+            results, seconds, timer = run_production(rows, 4, stage)
+            sent = f"  learned backend on {np.mean([x.get('beat_source') != 'dsp' for x in results]):.2f} of songs"
+        print(f"{label:<46}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}", flush=True)
+    return 0
+
+
 def synthetic_rows(folder: Path, n: int, seconds: float) -> list[dict]:
     from bench_dsp import make_corpus
 
@@ -230,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=0, help="at most this many excerpts per subset")
     parser.add_argument("--subsets", default="", help="comma-separated subsets to run (default: all)")
+    parser.add_argument("--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py")
+    parser.add_argument("--fit", action="store_true", help="with --real: fit the ensemble on the train half, report test")
+    parser.add_argument("--speed", type=Path, help="x realtime on whole songs: DIR/renders/*.wav (build_lmms_devset.py)")
+    parser.add_argument("--cache", type=Path, help="with --real: keep / reuse the measurements in this pickle file")
+    parser.add_argument("--check-stage", action="store_true", help="with --real: also MusicStage.process on the test half")
+    parser.add_argument("--dump", action="store_true", help="with --real: every excerpt's estimates")
+    parser.add_argument("--madmom", action="store_true", help="with --real: also madmom's RNN (CC BY-NC-SA 4.0 models)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -237,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     except ImportError:
         pass
+    if args.speed:
+        return speed_on_songs(args.speed, args.limit or 10)
+    if args.real:
+        return real_sets(args)
     subsets: dict[str, list[dict]] = {}
     if args.devset:
         labels = args.devset / "labels.jsonl"

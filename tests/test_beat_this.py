@@ -103,8 +103,8 @@ def test_missing_weights_say_what_to_do(tmp_path):
     with pytest.raises(StageUnavailable, match="music_beat_this"):
         stage.setup()
     auto = MusicStage(MusicConfig(beat_backend="auto", beat_this_weights=str(tmp_path)))
-    auto.setup()  # auto falls back to the ensemble
-    assert auto.beat_tracker is None
+    auto.setup()  # auto falls back to the default learned backend (or the DSP path without one)
+    assert auto.learned_name != "beat_this"
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
@@ -120,13 +120,16 @@ def test_stage_uses_beat_this_for_beats_and_downbeats(weights_dir, tmp_path):
     audio = render_track(120, "D", "major", 12.0, seed=3, style="pop")
     sf.write(str(tmp_path / "t.wav"), audio, 44100)
     track = Track({"track_id": "t", "uri": str(tmp_path / "t.wav"), "duration_s": 12.0})
-    stage = MusicStage(MusicConfig(beat_backend="beat_this", beat_this_weights=str(folder / "weights")))
+    stage = MusicStage(MusicConfig(beat_backend="beat_this", beat_this_weights=str(folder / "weights"), neural="always"))
     stage.setup()
-    assert stage.beat_tracker is not None
+    assert stage.learned_name == "beat_this"
     [row] = stage.process([track])
     assert not isinstance(row, BaseException), row
-    beats, downbeats = stage.beat_tracker(track.audio(22050, mono=True)[0])
+    beats, downbeats = stage.learned.tracker(track.audio(22050, mono=True)[0])
+    assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beat_this"]
     if beats.shape[0] >= 4:  # random weights: whatever it found is what the row holds
-        assert row["beats"] == pytest.approx(list(beats), abs=1e-4)
-        assert row["downbeats"] == pytest.approx(list(downbeats), abs=1e-4)
+        assert row["beat_source"] == "beat_this"
+        if abs(row["bpm"] - row["bpm_estimates"][2]["bpm"]) <= 0.04 * row["bpm"]:  # same metrical level
+            assert row["beats"] == pytest.approx(list(beats), abs=1e-4)
+            assert row["downbeats"] == pytest.approx(list(downbeats), abs=1e-4)
     assert row["keyscale"] == "D major"  # key still comes from the DSP path

@@ -34,6 +34,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{e['name']:<{width}}  {e['setting']:<24} {state}{unused}")
         if not e["present"]:
             print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
+    from songmill.annotate.music_learned import beat_backends
+
+    print("\nmusic beat backends (learned; the DSP path needs none):")
+    for b in beat_backends(str((settings(args).get("music") or {}).get("beat_this_weights", ""))):
+        print(f"  {b['name']:<11} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}")
     missing = [e["name"] for e in entries if not e["present"]]
     if missing:
         from songmill.flows.hints import venv_command

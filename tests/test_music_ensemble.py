@@ -1,0 +1,203 @@
+"""The music stage's v7 tempo ensemble and cascade, and its learned backend (BeatNet's real weights)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from songmill.annotate import music, music_learned
+from songmill.annotate.base import Track
+from songmill.annotate.music import MusicConfig, MusicStage
+
+pytest.importorskip("BeatNet", reason="BeatNet not installed (setup.sh installs it from requirements-nodeps.txt)")
+
+SR = 44100
+LMMS_SNIPPET = Path("/usr/share/lmms/projects/shorties/Greshz-CoolSnip.mmpz")  # 140 BPM, 13.7 s
+
+
+def drum_loop(bpm: float, seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    """Kick on 1 and 3, snare on 2 and 4, closed hat on every eighth: plain synthesized drums."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros(int(seconds * sr), np.float32)
+    beat = 60.0 / bpm
+    t = np.arange(int(0.25 * sr)) / sr
+    kick = (np.sin(2 * np.pi * (50 + 90 * np.exp(-t * 30)) * t) * np.exp(-t * 12)).astype(np.float32)
+    snare = (rng.standard_normal(t.shape[0]) * np.exp(-t * 25) * 0.6).astype(np.float32)
+    hat = np.diff(rng.standard_normal(t.shape[0]), prepend=0) * np.exp(-t * 90) * 0.25
+    for i in range(int(seconds / beat * 2)):
+        start = int(i * beat / 2 * sr)
+        parts = [hat] + ([kick] if i % 4 == 0 else []) + ([snare] if i % 4 == 2 else [])
+        for part in parts:
+            end = min(start + part.shape[0], y.shape[0])
+            y[start:end] += part[: end - start]
+    return 0.5 * y / np.abs(y).max()
+
+
+def resample(y: np.ndarray, sr: int, target: int) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(y, orig_sr=sr, target_sr=target).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def beatnet() -> music_learned.BeatNetTracker:
+    return music_learned.BeatNetTracker()  # the CRNN weights shipped in the BeatNet wheel
+
+
+def test_beatnet_real_weights_find_a_drum_loops_tempo(beatnet):
+    found = beatnet(resample(drum_loop(128.0, 16.0), SR, 22050))
+    assert abs(found.bpm - 128.0) <= 0.04 * 128.0, found.bpm
+    assert found.beats.shape[0] >= 25
+    assert 0.0 < found.confidence <= 1.0
+    # each call starts the LSTM afresh: the same audio gives the same beats
+    again = beatnet(resample(drum_loop(128.0, 16.0), SR, 22050))
+    assert np.allclose(found.beats, again.beats)
+
+
+@pytest.mark.skipif(shutil.which("lmms") is None or not LMMS_SNIPPET.exists(), reason="lmms / lmms-common not installed")
+def test_beatnet_on_a_real_lmms_production(beatnet, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "devset"))
+    import build_lmms_devset
+
+    truth = build_lmms_devset.lmms_truth(LMMS_SNIPPET)
+    assert truth == {"bpm": 140.0, "numerator": 4, "denominator": 4}
+    wav = tmp_path / "snip.wav"
+    assert build_lmms_devset.render_lmms(LMMS_SNIPPET, wav)
+    y, sr = sf.read(str(wav), dtype="float32")
+    found = beatnet(resample(y.mean(axis=1), sr, 22050))
+    assert abs(found.bpm - 140.0) <= 0.04 * 140.0, found.bpm
+    # the reported tempo is refined off the DBN's whole-frame periods (21 frames = 142.9 BPM)
+    assert abs(found.bpm - 140.0) < abs(music_learned.tempo_of(found.beats) - 140.0) + 0.5
+
+
+def test_refined_tempo_resolves_a_fraction_of_a_frame():
+    fps, bpm = music_learned.FPS, 140.0
+    activation = np.zeros(fps * 20)
+    activation[np.round(np.arange(0, 20, 60 / bpm) * fps).astype(int) % activation.shape[0]] = 1.0
+    activation = np.convolve(activation, [0.25, 0.5, 1.0, 0.5, 0.25], mode="same")  # peaks as wide as a network's
+    # a DBN that steps whole frames reads 142.9 (21 frames); the 8-beat comb resolves an eighth of
+    # a frame (21.5 frames: 139.5)
+    assert abs(music_learned.refine_bpm(activation, 142.86) - bpm) < 0.6
+
+
+def test_vote_records_disagreement():
+    config = MusicConfig()
+    agreeing = [{"estimator": "dsp", "bpm": 120.0, "confidence": 0.9}, {"estimator": "percival", "bpm": 121.0, "confidence": None},
+                {"estimator": "beatnet", "bpm": 119.5, "confidence": 0.8}]
+    best, _, agreement = music.vote(agreeing, config)
+    assert agreement == 1.0 and abs(best["bpm"] - 120) < 2
+    split = [{"estimator": "dsp", "bpm": 120.0, "confidence": 0.9}, {"estimator": "percival", "bpm": 93.0, "confidence": None},
+             {"estimator": "beatnet", "bpm": 60.0, "confidence": 0.8}]
+    best, _, agreement = music.vote(split, config)
+    assert agreement < 1.0
+    # the two that agree on the pulse (120 and its half) outvote the odd one out
+    assert best["bpm"] in (120.0, 60.0)
+    assert music.needs_learned(split[:2], config)  # the DSP estimators disagree: the cascade asks
+    assert not music.needs_learned(split[:2], MusicConfig(neural="never"))
+
+
+def _track(tmp_path: Path, y: np.ndarray, name: str = "t") -> Track:
+    path = tmp_path / f"{name}.wav"
+    sf.write(str(path), y, SR)
+    return Track({"track_id": name, "uri": str(path), "duration_s": y.shape[0] / SR})
+
+
+def test_ensemble_row_holds_every_estimate_and_its_agreement(beatnet, tmp_path):
+    y = drum_loop(128.0, 16.0)
+    analysis = music.dsp_analysis(resample(y, SR, music.ANALYSIS_SR), MusicConfig())
+    disagreeing = music_learned.LearnedBeats(np.arange(0, 16, 60 / 97.0), np.zeros(0), 97.0, 0.9)
+    row = music.finish(analysis, MusicConfig(), disagreeing, "beatnet")
+    assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beatnet"]
+    assert row["bpm_agreement"] < 1.0
+    assert 0.0 < row["bpm_confidence"] < 1.0
+    real = beatnet(resample(y, SR, 22050))
+    agreeing = music.finish(analysis, MusicConfig(), real, "beatnet")
+    assert agreeing["bpm_agreement"] > row["bpm_agreement"]
+    assert agreeing["beat_source"] == "beatnet"
+    assert abs(agreeing["bpm"] - 128.0) <= 0.04 * 128.0
+
+
+def test_each_network_votes_when_asked(tmp_path):
+    y = resample(drum_loop(128.0, 12.0), SR, 22050)
+    tracker = music_learned.BeatNetTracker((1, 2), separate_votes=True)
+    found = tracker(y)
+    assert [v["estimator"] for v in found.votes] == ["beatnet1", "beatnet2"]
+    assert all(abs(v["bpm"] - 128.0) <= 0.04 * 128.0 for v in found.votes)
+    analysis = music.dsp_analysis(resample(drum_loop(128.0, 12.0), SR, music.ANALYSIS_SR), MusicConfig())
+    row = music.finish(analysis, MusicConfig(), found, "beatnet")
+    assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beatnet", "beatnet1", "beatnet2"]
+    with pytest.raises(ValueError, match="beatnet_models"):
+        MusicStage(MusicConfig(beatnet_models="1,4")).setup()
+
+
+class CountingTracker:
+    """The real BeatNet tracker, counting its calls."""
+
+    def __init__(self, tracker: music_learned.BeatNetTracker) -> None:
+        self.tracker, self.calls = tracker, 0
+
+    def __call__(self, y: np.ndarray) -> music_learned.LearnedBeats:
+        self.calls += 1
+        return self.tracker(y)
+
+
+def test_cascade_setting_decides_whether_the_learned_model_runs(beatnet, tmp_path):
+    track = _track(tmp_path, drum_loop(128.0, 12.0))
+    never = MusicStage(MusicConfig(neural="never"))
+    never.setup()
+    assert never.learned is None  # not even loaded
+    [row] = never.process([track])
+    assert row["beat_source"] == "dsp" and len(row["bpm_estimates"]) == 2
+
+    always = MusicStage(MusicConfig(neural="always"))
+    always.setup()
+    assert always.learned_name == "beatnet"
+    always.learned = CountingTracker(always.learned)
+    [row] = always.process([track])
+    assert always.learned.calls == 1
+    assert row["beat_source"] == "beatnet" and [e["estimator"] for e in row["bpm_estimates"]][-1] == "beatnet"
+
+    auto = MusicStage(MusicConfig(neural="auto", neural_below_confidence=2.0))  # nothing is confident enough
+    auto.setup()
+    auto.learned = CountingTracker(auto.learned)
+    auto.process([track])
+    assert auto.learned.calls == 1
+    trusting = MusicStage(MusicConfig(neural="auto", neural_below_confidence=0.0))
+    trusting.setup()
+    trusting.learned = CountingTracker(trusting.learned)
+    [row] = trusting.process([track])
+    agree = music._within(row["bpm_estimates"][0]["bpm"], row["bpm_estimates"][1]["bpm"])
+    assert trusting.learned.calls == (0 if agree else 1)
+
+
+def test_missing_backend_is_one_line_and_the_dsp_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "BeatNet", None)  # as if the wheel were not installed
+    stage = MusicStage(MusicConfig(neural="always"))
+    stage.setup()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beatnet unavailable" in err[0] and "DSP path only" in err[0]
+    [row] = stage.process([_track(tmp_path, drum_loop(128.0, 10.0))])
+    assert row["beat_source"] == "dsp" and row["bpm"] is not None
+
+
+def test_madmom_models_need_the_licence_named(tmp_path, capsys):
+    with pytest.raises(music_learned.BackendMissing, match="CC BY-NC-SA 4.0"):
+        music_learned.MadmomTracker("yes")
+    stage = MusicStage(MusicConfig(learned_backend="madmom"))
+    stage.setup()
+    assert stage.learned is None and "CC BY-NC-SA 4.0" in capsys.readouterr().err
+    names = {b["name"]: b for b in music_learned.beat_backends()}
+    assert names["beatnet"]["present"] and "CC BY 4.0" in names["beatnet"]["licence"]
+    assert "CC BY-NC-SA" in names["madmom-rnn"]["licence"] and "beat-this" in names
+
+
+def test_models_list_shows_the_beat_backends():
+    out = subprocess.run([sys.executable, "-m", "songmill.flows.cli", "models", "list"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "beatnet" in out.stdout and "CC BY 4.0" in out.stdout and "madmom-rnn" in out.stdout
