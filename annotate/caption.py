@@ -9,6 +9,12 @@ Backends (`caption.backend`):
   Its processor needs torchvision's video processor, so the audio part of it is done here: the
   checkpoint's own WhisperFeatureExtractor and tokenizer, and `<|AUDIO|>` expanded to the
   encoder's output length exactly as `Qwen2_5OmniProcessor` does;
+- `tags`: the musicnn tagger (annotate/tagger.py; weights converted from the `musicnn` wheel,
+  offline): its genre / mood / instrument tags, normalised into the caption vocabulary, feed the
+  `tags` style and the recaption; its vocal / no-vocal tags are checked against `separate`;
+- `auto` (the default): the audio LM (qwen2-audio) where its weights are present, else `tags`, so
+  an offline install writes captions with real content. Where both are present the tagger runs
+  beside the LM and a genre disagreement between them is listed in `contradictions`;
 - `recaption`: no audio LM, only the recaption from the measurements (offline, no weights).
 
 Every prompt style (tags; a one-sentence description; a detailed description; use-case) is asked
@@ -61,11 +67,16 @@ OMNI_SYSTEM = (
 
 @dataclass
 class CaptionConfig(StageConfig):
-    backend: str = "qwen2-audio"  # qwen2-audio | qwen2.5-omni | recaption
+    backend: str = "auto"  # auto | qwen2-audio | qwen2.5-omni | tags | recaption
     model: str = ""  # folder or hub id (cache only); "" = the backend's release
     styles: tuple[str, ...] = CAPTION_STYLES
     clip_s: float = 30.0
     max_new_tokens_scale: float = 1.0
+    # musicnn tagger folders ("" = the songmill-assembled copies; tagger_msd "none" leaves it out)
+    tagger: str = ""
+    tagger_msd: str = ""
+    tagger_threshold: float = 0.1
+    tagger_max_s: float = 600.0
     batch_size: int = field(default=8, metadata=RUNTIME)
     dtype: str = field(default="auto", metadata=RUNTIME)  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
 
@@ -244,7 +255,8 @@ def recaption(facts: dict[str, Any], tags: dict[str, list[str]], seed: str) -> s
         second.append(f"about {_duration_phrase(float(facts['duration_s']))}")
     text = sentence
     if second:
-        text += " " + ", ".join(second) + "."
+        joined = ", ".join(second)
+        text += " " + joined[0].upper() + joined[1:] + "."
     if facts.get("form"):
         text += f" Form: {', '.join(dict.fromkeys(facts['form'].split())) if len(facts['form'].split()) > 8 else ', '.join(facts['form'].split())}."
     return text
@@ -395,25 +407,45 @@ class CaptionStage(Stage):
     def __init__(self, config: CaptionConfig | None = None, corpus=None):
         super().__init__(config, corpus)
         self.lm: AudioLM | None = None
+        self.tagger = None  # annotate.tagger.MusicTagger
+        self.lm_backend = ""  # the LM backend in use ("" = none)
 
     def setup(self) -> None:
         cfg = self.config
         unknown = [s for s in cfg.styles if s not in PROMPTS]
         if unknown:
             raise StageUnavailable(f"caption.styles: unknown style(s) {unknown}; known: {list(PROMPTS)}")
-        if cfg.backend == "recaption" or self.lm is not None:
+        if cfg.backend == "recaption" or self.lm is not None or self.tagger is not None:
             return
-        if cfg.backend not in BACKEND_WEIGHTS:
-            raise StageUnavailable(f"caption.backend must be qwen2-audio, qwen2.5-omni or recaption, not {cfg.backend!r}")
+        if cfg.backend not in BACKEND_WEIGHTS and cfg.backend not in ("auto", "tags"):
+            raise StageUnavailable(f"caption.backend must be auto, qwen2-audio, qwen2.5-omni, tags or recaption, not {cfg.backend!r}")
+        import torch
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        lm_backend = "qwen2-audio" if cfg.backend == "auto" else cfg.backend
+        lm_path = None
+        if lm_backend in BACKEND_WEIGHTS:
+            try:
+                lm_path = resolve_model(lm_backend, cfg.model)
+            except StageUnavailable:
+                if cfg.backend != "auto":
+                    raise
+        from songmill.annotate.tagger import MusicTagger
+
+        try:
+            self.tagger = MusicTagger.load(cfg.tagger, cfg.tagger_msd, device, cfg.tagger_threshold)
+        except StageUnavailable:
+            if lm_path is None:  # auto with neither, or tags without its weights
+                raise
+        if lm_path is None:
+            return
         try:
             import transformers  # noqa: F401
         except ImportError:
             raise StageUnavailable("transformers is not installed: pip install transformers") from None
-        import torch
-
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
-        self.lm = AudioLM(cfg.backend, resolve_model(cfg.backend, cfg.model), device, dtype)
+        self.lm = AudioLM(lm_backend, lm_path, device, dtype)
+        self.lm_backend = lm_backend
 
     def describe(self, audios: list[np.ndarray]) -> list[dict[str, str]]:
         """Style -> LM text for each clip: every (clip, style) prompt, batch_size per generate call."""
@@ -434,26 +466,34 @@ class CaptionStage(Stage):
         self.setup()
         cfg = self.config
         results: list[Any] = [None] * len(tracks)
-        clips, slots = [], []
+        clips, slots, tagged = [], [], {}
         for i, track in enumerate(tracks):
             try:
                 audio, _ = track.finite_audio(SAMPLE_RATE, mono=True)
                 clips.append(np.ascontiguousarray(middle_clip(audio, cfg.clip_s), np.float32))
+                if self.tagger is not None:
+                    tagged[i] = self.tagger.tag(audio, cfg.tagger_max_s)
                 slots.append(i)
             except Exception as exc:
                 results[i] = exc
         described = self.describe(clips) if self.lm is not None and clips else [{} for _ in clips]
         for i, texts in zip(slots, described, strict=True):
-            results[i] = self._row(tracks[i], texts)
+            results[i] = self._row(tracks[i], texts, tagged.get(i))
         return results
 
-    def _row(self, track: Track, texts: dict[str, str]) -> dict[str, Any]:
+    def _row(self, track: Track, texts: dict[str, str], tagged=None) -> dict[str, Any]:
         facts = measurements(track)
         tags = parse_tags([texts.get("tags", "")] + [v for k, v in texts.items() if k != "tags"])
         flagged = contradictions(texts.values(), facts)
+        if tagged is not None:
+            flagged += tagger_disagreements(tagged, tags if self.lm is not None else None, track.inputs.get("separation"))
+            if self.lm is None:
+                tags = {"genres": tagged.genres, "moods": tagged.moods, "instruments": tagged.instruments}
         row: dict[str, Any] = {f"caption_{s}": (texts.get(s) or None) for s in CAPTION_STYLES}
-        if self.lm is None:  # recaption backend: the tags style says what was measured
-            row["caption_tags"] = measured_tag_text(facts)
+        if self.lm is None:  # tags / recaption backends: the tags style says what was heard and measured
+            heard = tags["genres"] + tags["moods"] + tags["instruments"]
+            measured = measured_tag_text(facts)
+            row["caption_tags"] = ", ".join(heard + ([measured] if measured != "music" else [])) if heard else measured
         row.update(
             caption_recaption=recaption(facts, tags, track.track_id),
             genres=tags["genres"],
@@ -461,9 +501,30 @@ class CaptionStage(Stage):
             instruments=tags["instruments"],
             contradictions=flagged,
             caption_flagged=bool(flagged),
-            model=self.config.backend if self.lm is None else f"{self.config.backend}:{self.config.model or REGISTRY[BACKEND_WEIGHTS[self.config.backend]].repo}",
+            model=self._model_name(),
         )
         return row
+
+    def _model_name(self) -> str:
+        tagger = f"tags:{self.tagger.name}" if self.tagger is not None else ""
+        if self.lm is None:
+            return tagger or "recaption"
+        lm = f"{self.lm_backend}:{self.config.model or REGISTRY[BACKEND_WEIGHTS[self.lm_backend]].repo}"
+        return f"{lm}+{tagger}" if tagger else lm
+
+
+def tagger_disagreements(tagged, lm_tags: dict[str, list[str]] | None, separation: dict | None) -> list[str]:
+    """The tagger against the separate stage (vocals) and, when an audio LM ran, against the LM's
+    genres: each disagreement as one line."""
+    found = []
+    if separation and separation.get("is_instrumental") is not None and tagged.vocals is not None:
+        if tagged.vocals and separation["is_instrumental"]:
+            found.append(f"vocals: tagger hears vocals (p={tagged.vocal_probability:.2f}), separate measured instrumental")
+        elif not tagged.vocals and not separation["is_instrumental"]:
+            found.append(f"vocals: tagger hears no vocals (p={tagged.instrumental_probability:.2f}), separate measured vocals")
+    if lm_tags is not None and lm_tags.get("genres") and tagged.genres and not set(lm_tags["genres"]) & set(tagged.genres):
+        found.append(f"genre: audio LM says {', '.join(lm_tags['genres'][:3])}, tagger hears {', '.join(tagged.genres)}")
+    return found
 
 
 def measured_tag_text(facts: dict[str, Any]) -> str:

@@ -43,8 +43,8 @@ class WeightSpec:
     def selected(self, stage_settings: dict | None) -> bool:
         if self.selector is None:
             return True
-        key, value, default = self.selector
-        return str((stage_settings or {}).get(key, default)) == value
+        key, values, default = self.selector  # values: one value, or several joined by "|"
+        return str((stage_settings or {}).get(key, default)) in values.split("|")
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -73,24 +73,24 @@ REGISTRY: dict[str, WeightSpec] = {
         ),
         WeightSpec(
             "musicnn-mtt", "caption", "tagger", "musicnn-mtt", source="pypi", licence="ISC",
-            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",),
+            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",), selector=("backend", "tags|auto", "auto"),
             note="musicnn MagnaTagATune tagger (instruments, genre, mood, vocal), converted from its TF1 checkpoint",
         ),
         WeightSpec(
             "musicnn-msd", "caption", "tagger_msd", "musicnn-msd", source="pypi", licence="ISC",
-            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",),
+            files=("musicnn.safetensors", "musicnn.json"), packages=("musicnn",), selector=("backend", "tags|auto", "auto"),
             note="musicnn Million Song Dataset tagger (genre, mood), converted from its TF1 checkpoint",
         ),
         WeightSpec(
             "qwen2-audio-7b-instruct", "caption", "model", "Qwen/Qwen2-Audio-7B-Instruct",
-            repo="Qwen/Qwen2-Audio-7B-Instruct", files=("config.json",), selector=("backend", "qwen2-audio", "qwen2-audio"),
+            repo="Qwen/Qwen2-Audio-7B-Instruct", files=("config.json",), selector=("backend", "qwen2-audio|auto", "auto"),
             allow_patterns=("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
         ),
         WeightSpec(
             "qwen2.5-omni-7b", "caption", "model", "Qwen/Qwen2.5-Omni-7B",
             repo="Qwen/Qwen2.5-Omni-7B", files=("config.json",),
             allow_patterns=("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"),
-            note="caption.backend = qwen2.5-omni (thinker only)", selector=("backend", "qwen2.5-omni", "qwen2-audio"),
+            note="caption.backend = qwen2.5-omni (thinker only)", selector=("backend", "qwen2.5-omni", "auto"),
         ),
         WeightSpec(
             "structure-model", "structure", "model_path", "", source="path",
