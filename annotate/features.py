@@ -32,6 +32,7 @@ class FeaturesConfig(StageConfig):
     text_encoder: str = "google/umt5-base"  # "tiny-random" builds the tiny preset's encoder
     mert: str = "m-a-p/MERT-v1-330M"
     mhubert: str = "utter-project/mHuBERT-147"
+    # "resemblyzer": the 256-d voice encoder from its PyPI wheel (annotate/speaker.py), offline
     speaker: str = "microsoft/wavlm-base-plus-sv"
     # MERT ships its model code with its weights: loading it runs that (local) code.
     trust_remote_code: bool = True
@@ -444,7 +445,11 @@ class FeatureExtractors:
             if path != NONE:
                 local = _local_pretrained_dir(path, name, name, hub)
                 ext.ssl[name] = SSLTarget(name, local, layer, cfg.trust_remote_code, device)
-        if cfg.speaker != NONE:
+        if cfg.speaker == "resemblyzer" or os.path.isfile(os.path.join(cfg.speaker, "voice_encoder.safetensors")):
+            from songmill.annotate.speaker import ResemblyzerEmbedder
+
+            ext.speaker = ResemblyzerEmbedder.load(cfg.speaker, device)
+        elif cfg.speaker != NONE:
             local = _local_pretrained_dir(cfg.speaker, "speaker x-vector", "speaker", "microsoft/wavlm-base-plus-sv")
             ext.speaker = SpeakerEmbedder(local, device)
         try:

@@ -117,15 +117,17 @@ class Musicnn(nn.Module):
 
 def log_mel_patches(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, patch_frames: int = PATCH_FRAMES) -> np.ndarray:
     """musicnn's input: librosa's Slaney mel power spectrogram of 16 kHz mono audio, rounded to
-    float16 (as the original extractor does), log10(10000 x + 1), cut into non-overlapping
-    patches (a clip shorter than one patch is repeated to fill it). (patches, frames, mels)."""
+    float16, log10(10000 x + 1) rounded to float16 (as the original extractor feeds it), cut into
+    non-overlapping patches (a clip shorter than one patch is repeated to fill it).
+    (patches, frames, mels). The extractor multiplies in float16, so loud bins (mel > 6.55)
+    overflow to inf there and its tags turn NaN; the log is taken in float32 here."""
     import librosa
 
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"musicnn expects {SAMPLE_RATE} Hz audio, got {sample_rate}")
     mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=SAMPLE_RATE, hop_length=HOP,
                                          n_fft=N_FFT, n_mels=N_MELS).T  # fmt: skip
-    mel = np.log10(10000 * mel.astype(np.float16).astype(np.float32) + 1)
+    mel = np.log10(10000 * mel.astype(np.float16).astype(np.float32) + 1).astype(np.float16)
     if mel.shape[0] < patch_frames:
         reps = int(np.ceil(patch_frames / max(1, mel.shape[0])))
         mel = np.tile(mel, (reps, 1))[:patch_frames] if mel.shape[0] else np.zeros((patch_frames, N_MELS), np.float32)
