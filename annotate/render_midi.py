@@ -1,7 +1,7 @@
 """Short General-MIDI pieces rendered with FluidSynth: real instrument samples (FluidR3 GM) for
 checking the tagger and the demo on music whose instrumentation and style are known.
 
-`write_midi` writes a standard MIDI file from (start beat, length in beats, channel, pitch,
+Each piece function returns (notes, channel programs, bpm). `write_midi` writes a standard MIDI file from (start beat, length in beats, channel, pitch,
 velocity) notes; `render` plays it through the `fluidsynth` command (Debian `fluidsynth` +
 `fluid-soundfont-gm`). Two pieces: `piano_piece` (a solo piano in the classical style: Alberti
 bass under a melody, I-IV-V-I) and `electronic_piece` (a four-on-the-floor GM drum kit with a
@@ -60,7 +60,7 @@ def render(midi: str | Path, wav: str | Path, sample_rate: int = 44100) -> Path:
     return Path(wav)
 
 
-def piano_piece(seconds: float = 10.0, bpm: float = 84.0) -> tuple[list[Note], dict[int, int]]:
+def piano_piece(seconds: float = 10.0, bpm: float = 84.0) -> tuple[list[Note], dict[int, int], float]:
     """Solo acoustic grand piano: Alberti bass in C major under a stepwise melody."""
     chords = [(48, 52, 55), (48, 53, 57), (47, 50, 55), (48, 52, 55)]  # I IV V6 I
     melody = [72, 74, 76, 77, 76, 74, 72, 71, 72, 76, 79, 77, 76, 74, 72, 72]
@@ -71,10 +71,10 @@ def piano_piece(seconds: float = 10.0, bpm: float = 84.0) -> tuple[list[Note], d
         for i, pitch in enumerate((low, high, mid, high)):  # Alberti: low-high-mid-high in sixteenths
             notes.append((beat + i * 0.25, 0.25, 0, pitch, 58))
         notes.append((beat, 1.0, 0, melody[beat % len(melody)], 76))
-    return notes, {0: 0}
+    return notes, {0: 0}, bpm
 
 
-def electronic_piece(seconds: float = 10.0, bpm: float = 128.0) -> tuple[list[Note], dict[int, int]]:
+def electronic_piece(seconds: float = 10.0, bpm: float = 128.0) -> tuple[list[Note], dict[int, int], float]:
     """GM drums (kick on every beat, clap on 2 and 4, closed hi-hat eighths, open hat off-beats),
     a synth bass (Lead 2 sawtooth, an octave down) and a square-wave lead arpeggio."""
     notes: list[Note] = []
@@ -90,4 +90,4 @@ def electronic_piece(seconds: float = 10.0, bpm: float = 128.0) -> tuple[list[No
         notes.append((beat + 0.5, 0.4, 1, root - 12, 110))  # off-beat bass
         for i, step in enumerate((0, 12, 7, 15)):
             notes.append((beat + i * 0.25, 0.2, 2, root + 24 + step, 85))
-    return notes, {1: 38, 2: 80}  # Synth Bass 1, Lead 1 (square)
+    return notes, {1: 38, 2: 80}, bpm  # Synth Bass 1, Lead 1 (square)
