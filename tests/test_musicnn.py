@@ -106,3 +106,13 @@ def test_vocals_are_cross_checked_against_separate(tagger, renders):
     ])  # fmt: skip
     assert not agree["caption_flagged"] and agree["contradictions"] == []
     assert disagree["caption_flagged"] and disagree["contradictions"][0].startswith("vocals: tagger hears no vocals")
+
+
+def test_an_audio_lm_and_the_tagger_disagreeing_on_genre_is_recorded():
+    from songmill.annotate.caption import tagger_disagreements
+    from songmill.annotate.tagger import TagResult
+
+    heard = TagResult({"techno": 0.6}, ["techno", "electronic"], [], ["synthesizer"], 0.05, 0.4)
+    assert tagger_disagreements(heard, {"genres": ["jazz"]}, None) == ["genre: audio LM says jazz, tagger hears techno, electronic"]
+    assert tagger_disagreements(heard, {"genres": ["electronic", "house"]}, {"is_instrumental": True}) == []
+    assert tagger_disagreements(heard, {"genres": []}, {"is_instrumental": False})[0].startswith("vocals: tagger hears no vocals")
