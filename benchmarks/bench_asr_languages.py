@@ -6,7 +6,7 @@ transcribe stage.
     .venv/bin/python benchmarks/bench_asr_languages.py [--clips 6] [--vocal-db 0] [--threads 2]
 
 Each clip: two or three lines of a language's lyric pool, sung by that language's espeak-ng
-voice (annotate/sung.py: pitch and speed vary per line) over a generated band (annotate/synth.py)
+voice (testaudio/sung.py: pitch and speed vary per line) over a generated band (testaudio/synth.py)
 at `--vocal-db` vocal-to-music level, as the demo does; transcribed from the mix (no separation
 weights here). WER: word edit distance over the reference's words, after lower-casing and
 dropping punctuation; a clip whose language is misidentified keeps its (high) WER.
@@ -28,9 +28,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from songmill.annotate.base import Track  # noqa: E402
-from songmill.annotate.sung import mix_vocals, sing  # noqa: E402
-from songmill.annotate.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
 from songmill.annotate.transcribe import WHISPER_SR, TranscribeConfig, TranscribeStage  # noqa: E402
+from songmill.testaudio.sung import mix_vocals, sing  # noqa: E402
+from songmill.testaudio.synth import PITCH_CLASSES, STYLES, render_track  # noqa: E402
 
 LYRICS = {  # language -> (espeak-ng voice, lines)
     "en": ("en-us", ["I hold your hand tonight", "we walk the golden road", "the river runs away",

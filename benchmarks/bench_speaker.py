@@ -4,7 +4,7 @@ and how well one espeak-ng voice is told from others, sung over a band and alone
 
     .venv/bin/python benchmarks/bench_speaker.py [--voices 6] [--clips 4] [--vocal-db 0]
 
-Each voice sings `--clips` different generated lyrics (annotate/sung.py). Reported: mean cosine
+Each voice sings `--clips` different generated lyrics (testaudio/sung.py). Reported: mean cosine
 similarity of same-voice pairs and of different-voice pairs, and nearest-neighbour accuracy
 (the most similar other clip is the same voice), on the clean voice (a perfect vocal stem) and
 on the mix with the band (no separation); baseline: the same scores for a plain mean log-mel
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from songmill.annotate.audio import resample, to_mono_resampled  # noqa: E402
 from songmill.annotate.packaged_weights import assemble  # noqa: E402
 from songmill.annotate.speaker import ResemblyzerEmbedder  # noqa: E402
-from songmill.annotate.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
-from songmill.annotate.synth import render_track  # noqa: E402
 from songmill.model.voice_encoder import embed_utterance, mel_frames  # noqa: E402
+from songmill.testaudio.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
+from songmill.testaudio.synth import render_track  # noqa: E402
 
 VOICES = ("en-us", "en-us+f3", "en-us+klatt", "en-us+m7", "en-us+f5", "en-us+croak", "en-us+whisper", "en-us+m1")
 

@@ -29,9 +29,9 @@ DISTRACTORS = 20
 
 def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0) -> list[dict]:
     """A solo piano piece (C major, 84 bpm) and a drums-and-synths piece (A minor, 128 bpm) from
-    annotate/render_midi.py, rendered by FluidSynth into `folder` and added to `truth`; none
+    testaudio/render_midi.py, rendered by FluidSynth into `folder` and added to `truth`; none
     when fluidsynth or the GM soundfont is missing."""
-    from songmill.annotate import render_midi
+    from songmill.testaudio import render_midi
 
     added = []
     for piece, tonic, mode in (("piano", "C", "major"), ("electronic", "A", "minor")):

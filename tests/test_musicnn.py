@@ -43,7 +43,7 @@ def test_torch_port_equals_the_tensorflow_original(tagger, variant, key):
 
 
 def _render(tmp_path: Path, piece: str, seconds: float = 10.0) -> str:
-    from songmill.annotate import render_midi
+    from songmill.testaudio import render_midi
 
     if shutil.which("fluidsynth") is None or not render_midi.SOUNDFONT.exists():
         pytest.skip("fluidsynth + fluid-soundfont-gm not installed")

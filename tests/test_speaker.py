@@ -25,7 +25,7 @@ def embedder():
 
 
 def _sung(line: int, voice: str) -> np.ndarray:
-    from songmill.annotate.sung import sing
+    from songmill.testaudio.sung import sing
 
     try:
         audio, sr = sing(LINES[line], seed=line + 5, voice=voice)

@@ -28,8 +28,8 @@ def base_stage():
 
 
 def test_base_names_the_language_of_sung_clips(base_stage, tmp_path):
-    from songmill.annotate.sung import mix_vocals, sing
-    from songmill.annotate.synth import render_track
+    from songmill.testaudio.sung import mix_vocals, sing
+    from songmill.testaudio.synth import render_track
 
     tracks = []
     for i, (language, (voice, text)) in enumerate(SUNG.items()):

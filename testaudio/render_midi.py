@@ -1,8 +1,8 @@
 """Short General-MIDI pieces rendered with FluidSynth: real instrument samples (FluidR3 GM) for
 checking the tagger and the demo on music whose instrumentation and style are known.
 
-Each piece function returns (notes, channel programs, bpm). `write_midi` writes a standard MIDI file from (start beat, length in beats, channel, pitch,
-velocity) notes; `render` plays it through the `fluidsynth` command (Debian `fluidsynth` +
+Each piece function returns (notes, channel programs, bpm). `write_midi` writes a standard MIDI
+file from (start beat, length in beats, channel, pitch, velocity) notes; `render` plays it through the `fluidsynth` command (Debian `fluidsynth` +
 `fluid-soundfont-gm`). Two pieces: `piano_piece` (a solo piano in the classical style: Alberti
 bass under a melody, I-IV-V-I) and `electronic_piece` (a four-on-the-floor GM drum kit with a
 sawtooth synth bass and a square-wave lead at 128 bpm).
