@@ -201,6 +201,11 @@ def offline_settings_hint(settings: list[str] | None = None) -> str:
     return " ".join(f"--set features.{k}={v}" for k, v in OFFLINE_FEATURE_SETTINGS.items() if settings is None or k in settings)
 
 
+def uses_resemblyzer(speaker: str) -> bool:
+    """`features.speaker` names Resemblyzer: the word, or a folder songmill converted it into."""
+    return speaker == "resemblyzer" or os.path.isfile(os.path.join(speaker, "voice_encoder.safetensors"))
+
+
 def missing_feature_models(cfg: FeaturesConfig) -> list[tuple[str, str, str, str]]:
     """Every feature model the settings name that is not on this machine, found without loading
     any: (setting, what, where looked, Hugging Face id)."""
@@ -208,6 +213,12 @@ def missing_feature_models(cfg: FeaturesConfig) -> list[tuple[str, str, str, str
     for setting, what, hub in FEATURE_MODELS:
         path = getattr(cfg, setting)
         if path in (NONE, "tiny-random" if setting == "text_encoder" else NONE):
+            continue
+        if setting == "speaker" and uses_resemblyzer(path):
+            from songmill.annotate.weights import REGISTRY, locate
+
+            if not locate(REGISTRY["resemblyzer"], None if path == "resemblyzer" else path).present:
+                missing.append((setting, "speaker encoder (Resemblyzer; `songmill models fetch resemblyzer` builds it)", path, "-"))
             continue
         try:
             _local_pretrained_dir(path, what, setting, hub)
@@ -445,7 +456,7 @@ class FeatureExtractors:
             if path != NONE:
                 local = _local_pretrained_dir(path, name, name, hub)
                 ext.ssl[name] = SSLTarget(name, local, layer, cfg.trust_remote_code, device)
-        if cfg.speaker == "resemblyzer" or os.path.isfile(os.path.join(cfg.speaker, "voice_encoder.safetensors")):
+        if uses_resemblyzer(cfg.speaker):
             from songmill.annotate.speaker import ResemblyzerEmbedder
 
             ext.speaker = ResemblyzerEmbedder.load(cfg.speaker, device)

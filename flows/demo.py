@@ -87,9 +87,10 @@ def _reset_demo_folder(folder: str, allowed: Iterable[str]) -> None:
 
 def _audio_entries(folder: str) -> set[str]:
     """The demo's audio file names: the fixed ones and those of the generated tracks."""
+    from songmill.flows.demo_text import INSTRUMENT_RENDER_NAMES
     from songmill.testaudio.synth import DEMO_FORMATS, STYLES
 
-    names = set(AUDIO_FIXED_ENTRIES)
+    names = set(AUDIO_FIXED_ENTRIES) | set(INSTRUMENT_RENDER_NAMES)
     for entry in os.listdir(folder) if os.path.isdir(folder) else []:
         stem, _, ext = entry.rpartition(".")
         if stem.startswith("demo_") and ext in DEMO_FORMATS and any(f"_{s}_" in stem for s in STYLES):

@@ -27,6 +27,11 @@ TEXT_STAGES = ["transcribe", "lyrics", "structure", "tokens", "caption"]
 DISTRACTORS = 20
 
 
+# The instrument renders' file names (the demo owns them in its audio folder, flows/demo.py).
+INSTRUMENT_RENDERS = (("piano", "C", "major"), ("electronic", "A", "minor"))
+INSTRUMENT_RENDER_NAMES = tuple(f"gm_{piece}_{tonic}_{mode}.wav" for piece, tonic, mode in INSTRUMENT_RENDERS)
+
+
 def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0) -> list[dict]:
     """A solo piano piece (C major, 84 bpm) and a drums-and-synths piece (A minor, 128 bpm) from
     testaudio/render_midi.py, rendered by FluidSynth into `folder` and added to `truth`; none
@@ -34,9 +39,8 @@ def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0
     from songmill.testaudio import render_midi
 
     added = []
-    for piece, tonic, mode in (("piano", "C", "major"), ("electronic", "A", "minor")):
+    for (piece, tonic, mode), name in zip(INSTRUMENT_RENDERS, INSTRUMENT_RENDER_NAMES, strict=True):
         notes, programs, bpm = getattr(render_midi, f"{piece}_piece")(seconds)
-        name = f"gm_{piece}_{tonic}_{mode}.wav"
         try:
             midi = render_midi.write_midi(os.path.join(folder, f".{piece}.mid"), notes, bpm, programs)
             render_midi.render(midi, os.path.join(folder, name))
