@@ -98,10 +98,12 @@ def features_count(path: str) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(path).metadata
-    names = meta.schema.to_arrow_schema().names
-    if "features_url" not in names:
+    # The row groups index leaf columns: a nested column (beats, bpm_estimates) before
+    # features_url holds several leaves, so its top-level position is not its leaf index.
+    leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if "features_url" not in leaves:
         return 0, meta.num_rows
-    index = names.index("features_url")
+    index = leaves.index("features_url")
     nulls = 0
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(index).statistics

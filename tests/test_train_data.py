@@ -244,6 +244,10 @@ def test_manifest_records_are_typed_and_features_are_counted_from_the_footer(tmp
     assert features_count(path) == (2, 3)
     pq.write_table(table.drop(["features_url"]), path)
     assert features_count(path) == (0, 3)
+    # a nested column before features_url holds several leaf columns in the footer
+    estimates = pa.array([[{"estimator": "dsp", "bpm": 120.0}], None, None])
+    pq.write_table(pa.table({"bpm_estimates": estimates, "features_url": ["fa", "fb", None]}), path)
+    assert features_count(path) == (2, 3)
     pq.write_table(pa.table({"track_id": ["a"], "uri": ["x"], "duration_s": [1.0], "qc_pass": pa.array([None])}), path)
     assert [r.track_id for r in read_manifest(path)] == ["a"]  # qc never ran: nothing failed it
     with pytest.raises(ManifestError, match="cannot read manifest"):
