@@ -128,6 +128,22 @@ def test_hints_name_the_venv_scripts(tmp_path, monkeypatch):
     assert " songmill query" not in lines.replace(f"{songmill} query", "")
 
 
+def test_errors_from_below_flows_print_songmill_as_it_runs(tmp_path, monkeypatch, capsys):
+    """train/ says bare `songmill manifest --out FILE` (it cannot import flows/hints.py); the CLI
+    prints it spelled as it runs from a fresh shell."""
+    import pyarrow.parquet as pq
+    from songmill.flows.hints import venv_command
+
+    songmill = venv_command()
+    if songmill == "songmill":
+        pytest.skip("songmill is not run from a virtualenv here: the bare name is right")
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"track_id": ["a"]}), tmp_path / "narrow.parquet")
+    assert main(["export", "acestep15", "--manifest", str(tmp_path / "narrow.parquet"), "--out", str(tmp_path / "ds")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`{songmill} manifest --out FILE`" in err[0] and "`songmill " not in err[0]
+
+
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("first_hour") / "corpus"
