@@ -260,6 +260,39 @@ def _write_rows(con: duckdb.DuckDBPyConnection, sql: str, out: str, meta: dict[s
     return out
 
 
+def _is_songmill_manifest(path: str) -> bool:
+    """True when `path` is a Parquet file holding songmill's manifest metadata (one we wrote)."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not Parquet, unreadable: not ours
+        return False
+    return MANIFEST_META_KEY.encode() in metadata
+
+
+def _is_songmill_sidecar(path: str) -> bool:
+    """True when `path` is a JSON sidecar songmill wrote beside a manifest."""
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"sql", "corpus_state", "track_ids_sha256"} <= meta.keys()
+
+
+def check_out_path(out: str) -> None:
+    """Refuse an --out (or its sidecar) that exists and is not a manifest songmill wrote: never
+    overwrite a user's file. Replacing songmill's own earlier manifest is fine."""
+    out = os.path.abspath(out)
+    if os.path.lexists(out) and not (os.path.isfile(out) and _is_songmill_manifest(out)):
+        kind = "a directory" if os.path.isdir(out) else "not a manifest songmill wrote"
+        raise ManifestError(f"refusing to overwrite {out}: it exists and is {kind}; choose another --out")
+    sidecar = out + SIDECAR_SUFFIX
+    if os.path.lexists(sidecar) and not (os.path.isfile(sidecar) and _is_songmill_sidecar(sidecar)):
+        raise ManifestError(f"refusing to overwrite {sidecar}: it exists and is not a sidecar songmill wrote; choose another --out")
+
+
 def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
     con = corpus.connect()
     con.execute("SET preserve_insertion_order = false")
@@ -275,6 +308,7 @@ def write_manifest(
     `columns`: see `export_columns` (default: all but the beat lists). `window`: a
     data_schema.windows.WindowOptions: one row per window cut on musical boundaries."""
     splits = parse_split(split)
+    check_out_path(out)
     con = _export_connection(corpus)
     try:
         if where:
@@ -332,6 +366,7 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
         sql = meta["sql"]
     except (OSError, ValueError, KeyError) as exc:
         raise ManifestError(f"cannot read manifest sidecar {sidecar}: {exc}") from None
+    check_out_path(out)
     import duckdb as _duckdb
     from songmill.data_schema.tables import TABLES
     from songmill.data_schema.views import create_views
@@ -352,13 +387,22 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
                     f"{state['as_of']}, the manifest was cut from {state['raw_rows']} (rows were removed, "
                     "or written late with earlier timestamps)"
                 )
-        path = _write_rows(con, sql, out, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
-        counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
+        # Written to a temporary file of our own beside --out and checked there: a mismatch
+        # removes only that file, and whatever was at --out stays as it was.
+        path = os.path.abspath(out)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        try:
+            _write_rows(con, sql, tmp, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
+            counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(tmp)}) GROUP BY ALL").fetchall())
+            if _ids_digest(tmp) != meta.get("track_ids_sha256"):
+                raise ManifestError(f"cannot reproduce {sidecar}: the rows differ from the recorded ones; {path} was left as it was")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     finally:
         con.close()
-    if _ids_digest(path) != meta.get("track_ids_sha256"):
-        os.remove(path)
-        raise ManifestError(f"cannot reproduce {sidecar}: the rows differ from the recorded ones")
     # the same description (it reproduces again), saying where it came from
     written = _write_sidecar(path, meta | {"out": path, "reproduced_from": os.path.abspath(sidecar), "reproduced_at": utcnow().isoformat()})
     return ManifestResult(int(sum(counts.values())), path, written, counts if meta.get("split") else {})

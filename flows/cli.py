@@ -15,6 +15,7 @@ from songmill.flows.commands import add_window_arguments, corpus_root, settings
 from songmill.flows.demo import DemoFolderError
 from songmill.flows.display import print_table
 from songmill.flows.executors import ENGINES, ExecutorError
+from songmill.flows.hints import runnable
 
 # Sub-commands added by other packages with `register(subparsers, common)`; imported only when
 # named (or for --help), so that `songmill query` never pays for importing torch.
@@ -72,7 +73,7 @@ def print_summaries(summaries: list) -> None:
     for s in summaries:
         speed = f", {s.audio_seconds / s.wall_s:.0f}x realtime" if s.wall_s > 0 and s.audio_seconds else ""
         line = f"{s.stage} v{s.stage_version} [{s.config_hash}]: {s.n_input} to do, {s.n_ok} ok, {s.n_error} errors{speed}"
-        print(line + (f"\n  unavailable: {s.unavailable}" if s.unavailable else ""))
+        print(line + (f"\n  unavailable: {runnable(s.unavailable)}" if s.unavailable else ""))
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CorpusError, ConfigError, ExecutorError, QueryRefused, QueryFailed, DemoFolderError) as exc:
         if debug:
             raise
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        print(runnable(f"error: {exc.args[0] if exc.args else exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -262,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         lines = str(exc).strip().splitlines()
-        print(f"error: {type(exc).__name__}: {lines[0] if lines else 'no message'} (--debug for a traceback)", file=sys.stderr)
+        print(runnable(f"error: {type(exc).__name__}: {lines[0] if lines else 'no message'} (--debug for a traceback)"), file=sys.stderr)
         return 1
 
 

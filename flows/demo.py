@@ -7,12 +7,13 @@ exports the training manifest, trains the tiny DCAE and DiT on it and writes a g
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shlex
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 from songmill.annotate.settings import CONFIG_FILE, write_settings
@@ -37,17 +38,63 @@ def _corpus_entries() -> set[str]:
     from songmill.data_schema.tables import TABLES
 
     return {DEMO_MARKER, *TABLES, "songmill.json", "songmill.toml", "songmill.duckdb", "songmill.duckdb.json",
-            "songmill.duckdb.wal", "songmill.duckdb.tmp", "_prefect", "_manifest", ".catalog.lock", "indexes", "features"}
+            "songmill.duckdb.wal", "songmill.duckdb.tmp", "_prefect", "_manifest", ".catalog.lock", "indexes", "features", "stems"}
 
 
 def _is_songmill_entry(name: str, allowed: set[str]) -> bool:
     return name in allowed or name.startswith(".tmp-")
 
 
-def claim_demo_folder(folder: str, allowed: Iterable[str], what: str) -> None:
+# Files songmill writes inside a corpus's folders (data_schema/store.py, catalog.py, the stages'
+# blobs), as paths relative to the top-level folder; the demo clears a corpus folder only when
+# everything in it matches (Prefect's own home, `_prefect`, is Prefect's to fill).
+_CORPUS_FILE_PATTERNS = (
+    ".compact.lock", ".catalog.lock", ".tmp-*", "part-*.parquet", "current-*.parquet", "history-*.parquet",
+)
+_CORPUS_FOLDER_PATTERNS = {
+    "_manifest": ("manifest-*.parquet", "delta-*.parquet"),
+    "indexes": ("lyrics-lsh-*.pkl",),
+    "features": ("[0-9a-f][0-9a-f]/*.safetensors",),
+    "stems": ("*/*/*-vocals.flac", "*/*/*-accompaniment.flac"),
+}
+
+
+def _is_songmill_corpus_file(top: str, relpath: str) -> bool:
+    """Whether `relpath` (posix, inside the corpus's top-level folder `top`) is a file songmill
+    writes there."""
+    if top == "_prefect":
+        return True
+    name = relpath.rsplit("/", 1)[-1]
+    if name.startswith(".tmp-") or ("/" not in relpath and any(fnmatch.fnmatchcase(name, p) for p in _CORPUS_FILE_PATTERNS)):
+        return True
+    return any(fnmatch.fnmatchcase(relpath, p) for p in _CORPUS_FOLDER_PATTERNS.get(top, ()))
+
+
+def _foreign_files_inside(folder: str, allowed: set[str], is_own: Callable[[str, str], bool]) -> list[str]:
+    """Files below the allowed top-level folders of `folder` that `is_own` does not recognise."""
+    foreign = []
+    for top in sorted(allowed):
+        base = os.path.join(folder, top)
+        if not os.path.isdir(base) or os.path.islink(base):
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, base).replace(os.sep, "/")
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                relpath = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if not is_own(top, relpath):
+                    foreign.append(f"{top}/{relpath}")
+    return foreign
+
+
+def claim_demo_folder(
+    folder: str, allowed: Iterable[str], what: str, is_own: Callable[[str, str], bool] | None = None,
+) -> None:
     """Make sure the demo may write (and clear) `folder`: it is missing, empty, or made by an
     earlier demo (it holds DEMO_MARKER) and holds nothing but what the demo writes there.
-    Raises DemoFolderError before anything is written; nothing is removed here."""
+    `is_own(top, relpath)`: whether a file inside the top-level folder `top` is songmill's (the
+    demo clears those folders whole, so a user's file anywhere inside is refused); without it
+    only the top level is checked. Raises DemoFolderError before anything is written; nothing is
+    removed here."""
     allowed = set(allowed)
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise DemoFolderError(f"the demo's {what} {folder} exists and is not a folder; give another path")
@@ -61,6 +108,12 @@ def claim_demo_folder(folder: str, allowed: Iterable[str], what: str) -> None:
     if foreign:
         raise DemoFolderError(
             f"the demo's {what} {folder} holds files the demo did not make ({_names(foreign)}); "
+            "move them away or give another path"
+        )
+    inside = _foreign_files_inside(folder, allowed, is_own) if is_own is not None and entries else []
+    if inside:
+        raise DemoFolderError(
+            f"the demo's {what} {folder} holds files the demo did not make ({_names(inside)}); "
             "move them away or give another path"
         )
 
@@ -198,7 +251,7 @@ def run_demo(
     # every folder first and refuses (before writing anything) one holding anything else.
     claim_demo_folder(out, OUT_ENTRIES, "working directory (--out)")
     claim_demo_folder(audio_dir, _audio_entries(audio_dir), "audio folder")
-    claim_demo_folder(root, _corpus_entries(), "corpus (--corpus)")
+    claim_demo_folder(root, _corpus_entries(), "corpus (--corpus)", _is_songmill_corpus_file)
     _reset_demo_folder(out, OUT_ENTRIES - {"audio", "corpus"})  # those two: checked and cleared on their own
     _reset_demo_folder(audio_dir, _audio_entries(audio_dir))
     _reset_demo_folder(root, _corpus_entries())

@@ -22,6 +22,14 @@ def venv_command(name: str = "songmill") -> str:
     return shlex.quote(relative if not relative.startswith("..") else path)
 
 
+def runnable(text: str) -> str:
+    """`text` with each backticked `songmill ...` command spelled as `venv_command()` spells it.
+    Messages made below flows/ (annotate/, train/, data_schema/ cannot import it) say bare
+    `songmill ...`; the CLI passes what it prints of them through here so they run as typed."""
+    songmill = venv_command()
+    return text if songmill == "songmill" else text.replace("`songmill ", f"`{songmill} ")
+
+
 def activate_hint() -> str | None:
     """`source .venv/bin/activate` for the running virtualenv, or None outside one."""
     activate = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "activate")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from songmill.flows.hints import venv_command
 
 if TYPE_CHECKING:
     import duckdb
@@ -431,7 +432,7 @@ def _sections(con: duckdb.DuckDBPyConnection, data: dict[str, Any]) -> list[tupl
     in_clusters = int(sum(int(k) * v for k, v in zip(*sizes, strict=True)))
     sections.append(("Duplicates", f"{exact:,} tracks found at several paths (exact copies); {in_clusters:,} tracks in {clusters:,} near-duplicate clusters",
                      bar_chart([f"{k} tracks" for k in sizes[0]], sizes[1], "Duplicates", x_title="clusters",
-                               empty="No near-duplicate clusters (run the fingerprint stage and `songmill dedup`).")))
+                               empty=f"No near-duplicate clusters (run the fingerprint stage and `{venv_command()} dedup`).")))
     sections.append(("Stage coverage over time", "tracks with a result, per table (cumulative)", line_chart(_coverage_over_time(con), "Stage coverage")))
     return sections
 

@@ -65,6 +65,39 @@ def test_demo_folder_with_its_marker_is_cleared_but_a_user_file_there_is_refused
         claim_demo_folder(str(other), _corpus_entries(), "corpus")
 
 
+def test_demo_refuses_a_user_file_inside_a_table_folder_of_its_corpus(tmp_path):
+    """The demo clears its corpus's table folders whole, so a file of the user's anywhere inside
+    one (here corpus/tracks/notes.txt) makes it refuse, and the file stays."""
+    from songmill.flows.demo import (
+        DEMO_MARKER,
+        DemoFolderError,
+        _corpus_entries,
+        _is_songmill_corpus_file,
+        _reset_demo_folder,
+        claim_demo_folder,
+    )
+
+    root = tmp_path / "corpus"
+    _reset_demo_folder(str(root), _corpus_entries())
+    own = ["tracks/part-20260101T000000-abc.parquet", "tracks/current-x.parquet", "tracks/.compact.lock",
+           "features/ab/abcdef.safetensors", "_manifest/manifest-x.parquet", "indexes/lyrics-lsh-k.pkl",
+           "stems/ab/abc/htdemucs-12345678-vocals.flac", "_prefect/prefect.db"]
+    for rel in own:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    claim_demo_folder(str(root), _corpus_entries(), "corpus", _is_songmill_corpus_file)  # all songmill's
+    for rel in ("tracks/notes.txt", "features/ab/mine.wav", "music/old/part-1.parquet"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("mine")
+        with pytest.raises(DemoFolderError, match=rel.replace(".", r"\.")):
+            claim_demo_folder(str(root), _corpus_entries(), "corpus", _is_songmill_corpus_file)
+        (root / rel).unlink()
+    # through the command: one line, exit 2, the file is still there
+    (root / "tracks" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--corpus", str(root), "--no-train"]) == 2
+    assert (root / "tracks" / "notes.txt").read_text() == "mine" and (root / DEMO_MARKER).exists()
+
+
 def test_demo_help_names_its_own_default_corpus(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
@@ -93,6 +126,22 @@ def test_hints_name_the_venv_scripts(tmp_path, monkeypatch):
     assert f"{songmill} query" in lines and f"{songmill} status" in lines
     assert f"{os.path.join(VENV_BIN, 'prefect')} server start" in lines
     assert " songmill query" not in lines.replace(f"{songmill} query", "")
+
+
+def test_errors_from_below_flows_print_songmill_as_it_runs(tmp_path, monkeypatch, capsys):
+    """train/ says bare `songmill manifest --out FILE` (it cannot import flows/hints.py); the CLI
+    prints it spelled as it runs from a fresh shell."""
+    import pyarrow.parquet as pq
+    from songmill.flows.hints import venv_command
+
+    songmill = venv_command()
+    if songmill == "songmill":
+        pytest.skip("songmill is not run from a virtualenv here: the bare name is right")
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"track_id": ["a"]}), tmp_path / "narrow.parquet")
+    assert main(["export", "acestep15", "--manifest", str(tmp_path / "narrow.parquet"), "--out", str(tmp_path / "ds")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`{songmill} manifest --out FILE`" in err[0] and "`songmill " not in err[0]
 
 
 @pytest.fixture(scope="module")

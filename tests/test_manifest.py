@@ -80,3 +80,53 @@ def test_export_leaves_out_the_beat_lists_unless_asked(corpus, tmp_path):
         write_manifest(corpus, str(tmp_path / "x.parquet"), columns="bpm,nope")
     assert main(["manifest", "--columns", "keyscale", "--out", str(tmp_path / "cli.parquet"), "--corpus", corpus.root]) == 0
     assert pq.read_schema(tmp_path / "cli.parquet").names == ["track_id", "keyscale"]
+
+
+def test_reproduce_that_does_not_match_leaves_what_was_at_out(corpus, tmp_path, capsys):
+    """A failed digest check removes only songmill's own temporary file: the file at --out (here an
+    earlier manifest) is byte for byte what it was, and nothing is left beside it."""
+    _write(corpus, ["a", "b", "c"], 90.0)
+    result = write_manifest(corpus, str(tmp_path / "m.parquet"))
+    kept = tmp_path / "kept.parquet"
+    write_manifest(corpus, str(kept), where="track_id = 'a'")
+    before = kept.read_bytes()
+    meta = json.loads(open(result.sidecar).read())
+    meta["track_ids_sha256"] = "0" * 64  # the recorded rows no longer match what the corpus gives
+    with open(result.sidecar, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ManifestError, match="rows differ"):
+        reproduce_manifest(corpus, result.sidecar, str(kept))
+    assert kept.read_bytes() == before
+    assert main(["manifest", "--reproduce", result.sidecar, "--out", str(kept), "--corpus", corpus.root]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ" in err
+    assert kept.read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_manifest_out_refuses_what_songmill_did_not_write(corpus, tmp_path, capsys):
+    _write(corpus, ["a", "b"], 90.0)
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep")
+    notes = tmp_path / "notes.parquet"
+    notes.write_text("my notes")
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pq.read_table(write_manifest(corpus, str(tmp_path / "src.parquet")).out).replace_schema_metadata({}), foreign)
+    foreign_bytes = foreign.read_bytes()
+    sidecar_owner = tmp_path / "fresh.parquet"
+    (tmp_path / "fresh.parquet.json").write_text('{"mine": 1}')
+    source = write_manifest(corpus, str(tmp_path / "m.parquet")).sidecar
+    for out in (folder, notes, foreign, sidecar_owner):
+        with pytest.raises(ManifestError, match="refusing to overwrite"):
+            write_manifest(corpus, str(out))
+        with pytest.raises(ManifestError, match="refusing to overwrite"):
+            reproduce_manifest(corpus, source, str(out))
+        assert main(["manifest", "--out", str(out), "--corpus", corpus.root]) != 0
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert (folder / "mine.txt").read_text() == "keep" and notes.read_text() == "my notes"
+    assert foreign.read_bytes() == foreign_bytes and (tmp_path / "fresh.parquet.json").read_text() == '{"mine": 1}'
+    assert not sidecar_owner.exists()
+    # songmill's own earlier manifest (and sidecar) are replaced as before
+    again = write_manifest(corpus, str(tmp_path / "m.parquet"), where="track_id = 'a'")
+    assert again.rows == 1 and json.loads(open(again.sidecar).read())["rows"] == 1

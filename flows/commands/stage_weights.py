@@ -11,6 +11,7 @@ import sys
 from songmill.annotate.weights import REGISTRY, locate
 from songmill.annotate.weights_fetch import FetchError, fetch, list_models, selected_value
 from songmill.flows.commands import settings
+from songmill.flows.hints import runnable, venv_command
 
 
 def _human(n: int) -> str:
@@ -42,8 +43,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {b['name']:<11} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}")
     missing = [e["name"] for e in entries if not e["present"]]
     if missing:
-        from songmill.flows.hints import venv_command
-
         songmill = venv_command("songmill")
         print(f"\n{len(missing)} missing; `{songmill} models fetch NAME` or `{songmill} models fetch --all` downloads them")
     return 0
@@ -59,7 +58,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
             return 2
         names = [args.name]
     else:
-        print("error: name the weights to fetch, or --all (see `songmill models list`)", file=sys.stderr)
+        print(f"error: name the weights to fetch, or --all (see `{venv_command()} models list`)", file=sys.stderr)
         return 2
     failed = 0
     for name in names:
@@ -71,7 +70,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         try:
             path = fetch(spec, conf)
         except FetchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(runnable(f"error: {exc}"), file=sys.stderr)  # FetchError's text says `songmill models fetch`
             failed += 1
             continue
         print(f"{name}: fetched -> {path}")
