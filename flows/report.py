@@ -397,11 +397,12 @@ def _sections(con: duckdb.DuckDBPyConnection, data: dict[str, Any]) -> list[tupl
         ("Durations", f"{n_tracks:,} tracks, {hours_text}", histogram(_array(data["tracks"], "duration_s"), "Durations", x_title="duration (s)")),
         ("Tempo", "BPM of the music stage", histogram(_array(music, "bpm"), "Tempo", lo=40, hi=220, x_title="BPM")),
     ]
-    if music is not None and "bpm_agreement" in music.column_names:
+    agreement = _array(music, "bpm_agreement")
+    if len(agreement) and agreement.null_count < len(agreement):  # music v7 rows record it
         sections.append(("BPM agreement", "how well the tempo estimators agree (1 = all the same)",
-                         histogram(_array(music, "bpm_agreement"), "BPM agreement", lo=0, hi=1, x_title="agreement")))
+                         histogram(agreement, "BPM agreement", lo=0, hi=1, x_title="agreement")))
     else:
-        sections.append(("BPM confidence", "the music stage's tempo confidence (no bpm_agreement column in this corpus)",
+        sections.append(("BPM confidence", "the music stage's tempo confidence (no music rows record bpm_agreement yet: music v7 does)",
                          histogram(_array(music, "bpm_confidence"), "BPM confidence", lo=0, hi=1, x_title="confidence")))
     sections += [
         ("Keys", "key and mode", bar_chart(*_counts(_values(music, "keyscale"), 24), "Keys")),

@@ -109,9 +109,11 @@ def test_demo_help_names_its_own_default_corpus(capsys):
 def test_demo_settings_round_trip_through_the_corpus_toml(tmp_path):
     from songmill.annotate.settings import load_settings, write_settings
     from songmill.flows.demo import demo_settings
+    from songmill.flows.demo_text import OFFLINE_SETTINGS
 
     settings = demo_settings({"transcribe": {"beam_size": 3}, "qc": {"min_duration_s": 1.5, "flags": ["a", "b"]}})
-    assert settings["transcribe"] == {"model": "tiny.en", "input": "mix", "beam_size": 3}  # the user's wins
+    assert settings["transcribe"] == {**OFFLINE_SETTINGS["transcribe"], "beam_size": 3}  # the user's wins
+    assert settings["caption"] == OFFLINE_SETTINGS["caption"]
     write_settings(str(tmp_path / "songmill.toml"), settings, header="written by a test")
     assert load_settings(None, str(tmp_path)) == settings
 

@@ -58,7 +58,7 @@ def test_report_has_a_summary_labelled_axes_whole_counts_and_a_coverage_plot(cor
     coverage = re.search(r'aria-label="Stage coverage".*?</p>', html, re.S).group(0)
     assert coverage.count("<polyline") == 3 and all(len(p.split()) >= 4 for p in re.findall(r'points="([^"]+)"', coverage))
     assert 'class="legend"' in coverage and "qc (20)" in coverage
-    # no bpm_agreement column yet: the tempo confidence instead, and no failure
+    # no music row records bpm_agreement yet (the column exists, all null): the tempo confidence instead
     assert "BPM confidence" in html
 
 
@@ -71,3 +71,14 @@ def test_report_says_every_track_passed_qc_instead_of_no_data(corpus, tmp_path):
     assert main(["report", "--out", str(out), "--corpus", corpus.root]) == 0
     html = out.read_text()
     assert "Every one of the 3 tracks with a QC result passed" in html and "No data for qc reasons" not in html
+
+
+def test_report_plots_bpm_agreement_once_music_rows_record_it(corpus, tmp_path):
+    now = utcnow()
+    corpus.write("tracks", [dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0, created_at=now) for i in range(4)])
+    corpus.write("music", [dict(track_id=f"t{i}", stage_version=7, config_hash="m", run_id="r", created_at=now, bpm=120.0,
+                                bpm_confidence=0.9, bpm_agreement=[1.0, 1.0, 0.5, 0.25][i]) for i in range(4)])
+    out = tmp_path / "report.html"
+    assert main(["report", "--out", str(out), "--corpus", corpus.root]) == 0
+    html = out.read_text()
+    assert 'aria-label="BPM agreement"' in html and 'aria-label="BPM confidence"' not in html
