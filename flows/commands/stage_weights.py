@@ -52,11 +52,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     conf = settings(args)
     if args.all:
         names = [n for n, s in REGISTRY.items() if s.source != "path"]
-    elif args.name:
-        if args.name not in REGISTRY:
-            print(f"error: unknown weights {args.name!r}; known: {', '.join(REGISTRY)}", file=sys.stderr)
+    elif args.names:
+        unknown = [n for n in args.names if n not in REGISTRY]
+        if unknown:
+            print(f"error: unknown weights {', '.join(map(repr, unknown))}; known: {', '.join(REGISTRY)}", file=sys.stderr)
             return 2
-        names = [args.name]
+        names = list(args.names)
     else:
         print(f"error: name the weights to fetch, or --all (see `{venv_command()} models list`)", file=sys.stderr)
         return 2
@@ -84,6 +85,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_cmd_list)
     get = sub.add_parser("fetch", help="download weights (needs network)", parents=[common])
-    get.add_argument("name", nargs="?", help=f"one of: {', '.join(REGISTRY)}")
+    get.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(REGISTRY)}")
     get.add_argument("--all", action="store_true", help="every entry that has a public download")
     get.set_defaults(func=_cmd_fetch)
