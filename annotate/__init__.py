@@ -41,7 +41,7 @@ def unknown_stage_message(name: str) -> str:
 
 
 def stage_target(name: str) -> str:
-    """"module:Class" of a stage (what a worker imports: it needs no registry of its own)."""
+    """ "module:Class" of a stage (what a worker imports: it needs no registry of its own)."""
     try:
         return STAGE_CLASSES[name]
     except KeyError:
@@ -58,7 +58,9 @@ def stage_class(name: str) -> type[Stage]:
     return import_stage(stage_target(name))
 
 
-def build_stages(names: Iterable[str], settings: Mapping[str, Mapping[str, Any]], corpus: Corpus | None = None) -> list[Stage]:
+def build_stages(
+    names: Iterable[str], settings: Mapping[str, Mapping[str, Any]], corpus: Corpus | None = None
+) -> list[Stage]:
     """Stage objects, in the given order, configured from their settings tables."""
     stages = []
     for name in names:
@@ -68,6 +70,16 @@ def build_stages(names: Iterable[str], settings: Mapping[str, Mapping[str, Any]]
 
 
 __all__ = [
-    "DEFAULT_STAGES", "RUNTIME", "STAGE_CLASSES", "Stage", "StageConfig", "StageUnavailable", "Track",
-    "build_stages", "import_stage", "stage_class", "stage_target", "unknown_stage_message",
+    "DEFAULT_STAGES",
+    "RUNTIME",
+    "STAGE_CLASSES",
+    "Stage",
+    "StageConfig",
+    "StageUnavailable",
+    "Track",
+    "build_stages",
+    "import_stage",
+    "stage_class",
+    "stage_target",
+    "unknown_stage_message",
 ]

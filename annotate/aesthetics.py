@@ -112,14 +112,20 @@ def load_model(directory: str, precision: str = "32", device: str = "cpu"):
 
     with open(os.path.join(directory, "config.json")) as f:
         config = json.load(f)
-    if not isinstance(config.get("target_transform"), dict) or set(AXES) - set(config["target_transform"]):
-        raise StageUnavailable(f"{directory}/config.json has no target_transform for {', '.join(AXES)}")
+    if not isinstance(config.get("target_transform"), dict) or set(AXES) - set(
+        config["target_transform"]
+    ):
+        raise StageUnavailable(
+            f"{directory}/config.json has no target_transform for {', '.join(AXES)}"
+        )
     model = build_model(config, precision)
     load_state_into(model, os.path.join(directory, WEIGHTS_FILE), strict=True)
     return model.eval().requires_grad_(False).to(device)
 
 
-def windows(audio: np.ndarray, window: int, hop: int, max_windows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def windows(
+    audio: np.ndarray, window: int, hop: int, max_windows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n, window) zero-padded windows, their (n, window) validity masks and (n,) weights (the
     share of real samples), as infer.make_inference_batch cuts them; long tracks keep
     `max_windows` evenly spread windows."""
@@ -157,8 +163,14 @@ class AestheticsStage(Stage):
         import torch
 
         cfg = self.config
-        self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device == "cuda" else "32")
+        self.device = (
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        precision = (
+            cfg.precision
+            if cfg.precision != "auto"
+            else ("bf16" if self.device == "cuda" else "32")
+        )
         spec = REGISTRY["audiobox-aesthetics"]
         where = locate(spec, cfg.model)
         if not where.present:
@@ -187,7 +199,10 @@ class AestheticsStage(Stage):
                 out = self.model(batch)
                 for a in AXES:
                     preds[a].append(out[a].float().cpu().numpy())
-        values = {a: np.concatenate(preds[a]) * self.transform[a]["std"] + self.transform[a]["mean"] for a in AXES}
+        values = {
+            a: np.concatenate(preds[a]) * self.transform[a]["std"] + self.transform[a]["mean"]
+            for a in AXES
+        }
         results, offset = [], 0
         for _, _, weights in cut:
             n = len(weights)

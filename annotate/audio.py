@@ -35,12 +35,23 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-_SF_BIT_DEPTH = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32, "FLOAT": 32, "DOUBLE": 64}
+_SF_BIT_DEPTH = {
+    "PCM_S8": 8,
+    "PCM_U8": 8,
+    "PCM_16": 16,
+    "PCM_24": 24,
+    "PCM_32": 32,
+    "FLOAT": 32,
+    "DOUBLE": 64,
+}
 
 
 def _reason(exc: Exception) -> str:
     """The decoder's complaint without the repr of our in-memory buffer."""
-    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>:?\s*", "", str(exc)).strip() or type(exc).__name__
+    return (
+        re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>:?\s*", "", str(exc)).strip()
+        or type(exc).__name__
+    )
 
 
 def read_bytes(uri: str) -> bytes:
@@ -64,7 +75,9 @@ def decode_with_info(source: str | bytes) -> tuple[tuple[np.ndarray, int], Audio
         try:
             samples, sr, info = _decode_pyav(data)
         except Exception as av_error:
-            raise DecodeError(f"not decodable audio: soundfile: {_reason(sf_error)}; pyav: {_reason(av_error)}") from None
+            raise DecodeError(
+                f"not decodable audio: soundfile: {_reason(sf_error)}; pyav: {_reason(av_error)}"
+            ) from None
     if samples.shape[0] == 0:
         raise DecodeError("no audio frames")
     if not np.isfinite(samples).all():
@@ -148,7 +161,9 @@ def probe(data: bytes) -> AudioInfo:
         try:
             result = _probe_pyav(data)
         except Exception as av_error:
-            raise DecodeError(f"not decodable audio: soundfile: {_reason(sf_error)}; pyav: {_reason(av_error)}") from None
+            raise DecodeError(
+                f"not decodable audio: soundfile: {_reason(sf_error)}; pyav: {_reason(av_error)}"
+            ) from None
     if result.frames <= 0 or result.sample_rate <= 0 or result.channels <= 0:
         raise DecodeError(
             f"no audio frames (frames={result.frames}, rate={result.sample_rate}, channels={result.channels})"

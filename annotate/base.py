@@ -95,7 +95,9 @@ class Track:
             self._variants[key] = convert(samples, native_sr, sr)
         return self._variants[key], sr
 
-    def finite_audio(self, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+    def finite_audio(
+        self, sample_rate: int | None = None, mono: bool = False
+    ) -> tuple[np.ndarray, int]:
         """`audio()`, refusing empty or non-finite audio with a one-line error (the track's
         errors row) before a model turns it into NaN scores."""
         audio, sr = self.audio(sample_rate, mono)
@@ -154,7 +156,9 @@ class Stage:
         return results
 
     def process_track(self, track: Track) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_track")
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither process nor process_track"
+        )
 
     def after_run(self, corpus: Corpus) -> None:
         """Corpus-wide work once a run wrote some of this stage's rows (e.g. the fingerprint

@@ -78,7 +78,9 @@ class CaptionConfig(StageConfig):
     tagger_threshold: float = 0.1
     tagger_max_s: float = 600.0
     batch_size: int = field(default=8, metadata=RUNTIME)
-    dtype: str = field(default="auto", metadata=RUNTIME)  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    dtype: str = field(
+        default="auto", metadata=RUNTIME
+    )  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
 
 
 # -- tag vocabulary ---------------------------------------------------------------------------------
@@ -139,7 +141,9 @@ def _split_terms(text: str) -> list[str]:
     for term in _AND_TERMS:
         lowered = lowered.replace(term, term.replace(" and ", "\x00"))
     parts = re.split(r",|/|;|\band\b", lowered)
-    return [t for t in (normalise_tag(p.replace("\x00", " and ")) for p in parts) if 0 < len(t) <= 40]
+    return [
+        t for t in (normalise_tag(p.replace("\x00", " and ")) for p in parts) if 0 < len(t) <= 40
+    ]
 
 
 def parse_tags(texts: Iterable[str]) -> dict[str, list[str]]:
@@ -163,7 +167,9 @@ def parse_tags(texts: Iterable[str]) -> dict[str, list[str]]:
     return {k: list(dict.fromkeys(v)) for k, v in found.items()}
 
 
-def tag_distribution(rows: Iterable[dict[str, Any]], column: str = "genres") -> tuple[Counter, str | None]:
+def tag_distribution(
+    rows: Iterable[dict[str, Any]], column: str = "genres"
+) -> tuple[Counter, str | None]:
     """Counts of each tag over caption rows, and a warning when one tag covers over half the
     tracks (a caption model collapsing to one genre)."""
     counts: Counter = Counter()
@@ -187,7 +193,17 @@ _LANGUAGE_NAMES = {
     "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ru": "Russian", "nl": "Dutch", "sv": "Swedish",
     "pl": "Polish", "tr": "Turkish", "ar": "Arabic", "hi": "Hindi",
 }  # fmt: skip
-_FLATS = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
+_FLATS = {
+    "Db": "C#",
+    "Eb": "D#",
+    "Gb": "F#",
+    "Ab": "G#",
+    "Bb": "A#",
+    "Cb": "B",
+    "Fb": "E",
+    "E#": "F",
+    "B#": "C",
+}
 
 
 def measurements(track: Track) -> dict[str, Any]:
@@ -198,8 +214,14 @@ def measurements(track: Track) -> dict[str, Any]:
     structure = track.inputs.get("structure") or {}
     instrumental = separation.get("is_instrumental")
     if instrumental is None and transcript:
-        instrumental = not (transcript.get("text") or "").strip() or transcript.get("input") == "none"
-    language = transcript.get("language") if not instrumental and not transcript.get("hallucination") else None
+        instrumental = (
+            not (transcript.get("text") or "").strip() or transcript.get("input") == "none"
+        )
+    language = (
+        transcript.get("language")
+        if not instrumental and not transcript.get("hallucination")
+        else None
+    )
     return {
         "bpm": float(music["bpm"]) if music.get("bpm") else None,
         "keyscale": music.get("keyscale") or None,
@@ -225,10 +247,16 @@ def _duration_phrase(seconds: float) -> str:
 
 def recaption(facts: dict[str, Any], tags: dict[str, list[str]], seed: str) -> str:
     """A natural-language caption: the LM's genre / mood / instrument words, the measured numbers."""
-    genres, moods, instruments = tags.get("genres") or [], tags.get("moods") or [], tags.get("instruments") or []
+    genres, moods, instruments = (
+        tags.get("genres") or [],
+        tags.get("moods") or [],
+        tags.get("instruments") or [],
+    )
     mood = f"{moods[0]} " if moods else ""
     if genres:
-        subject = f"{mood}{' and '.join(genres[:2])} {_pick(('track', 'piece', 'song'), seed, 'noun')}"
+        subject = (
+            f"{mood}{' and '.join(genres[:2])} {_pick(('track', 'piece', 'song'), seed, 'noun')}"
+        )
     else:
         subject = f"{mood}piece of music"
     article = "An" if subject[:1].lower() in "aeiou" else "A"
@@ -236,7 +264,9 @@ def recaption(facts: dict[str, Any], tags: dict[str, list[str]], seed: str) -> s
     if instruments:
         listed = [i for i in instruments if "vocal" not in i][:3]
         if listed:
-            parts.append(f"with {', '.join(listed[:-1]) + ' and ' if len(listed) > 1 else ''}{listed[-1]}")
+            parts.append(
+                f"with {', '.join(listed[:-1]) + ' and ' if len(listed) > 1 else ''}{listed[-1]}"
+            )
     facts_text = []
     if facts.get("keyscale"):
         facts_text.append(f"in {facts['keyscale']}")
@@ -244,10 +274,20 @@ def recaption(facts: dict[str, Any], tags: dict[str, list[str]], seed: str) -> s
         facts_text.append(f"at {round(facts['bpm'])} BPM")
     if facts.get("time_signature"):
         facts_text.append(f"in {facts['time_signature']} time")
-    sentence = " ".join(parts + facts_text[:1]) + (", " + ", ".join(facts_text[1:]) if len(facts_text) > 1 else "") + "."
+    sentence = (
+        " ".join(parts + facts_text[:1])
+        + (", " + ", ".join(facts_text[1:]) if len(facts_text) > 1 else "")
+        + "."
+    )
     second = []
     if facts.get("instrumental") is True:
-        second.append(_pick(("It is instrumental", "There are no vocals", "An instrumental with no singing"), seed, "inst"))
+        second.append(
+            _pick(
+                ("It is instrumental", "There are no vocals", "An instrumental with no singing"),
+                seed,
+                "inst",
+            )
+        )
     elif facts.get("instrumental") is False:
         language = _LANGUAGE_NAMES.get(str(facts.get("language") or ""), None)
         second.append(f"It has {language} vocals" if language else "It has vocals")
@@ -267,24 +307,36 @@ def contradictions(texts: Iterable[str], facts: dict[str, Any]) -> list[str]:
     found = []
     text = " ".join(t for t in texts if t)
     if facts.get("bpm"):
-        for value in re.findall(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)", text, flags=re.I):
+        for value in re.findall(
+            r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)", text, flags=re.I
+        ):
             said, measured = float(value), float(facts["bpm"])
             if not any(abs(said - measured * f) <= 0.08 * measured * f for f in (0.5, 1.0, 2.0)):
                 found.append(f"bpm: caption says {value}, measured {measured:.0f}")
     if facts.get("keyscale"):
-        for tonic, accidental, mode in re.findall(r"\b([A-G])([#b♯♭]?)[ -](major|minor)\b", text, flags=re.I):
+        for tonic, accidental, mode in re.findall(
+            r"\b([A-G])([#b♯♭]?)[ -](major|minor)\b", text, flags=re.I
+        ):
             name = tonic.upper() + accidental.replace("♯", "#").replace("♭", "b")
             said = f"{_FLATS.get(name, name)} {mode.lower()}"
             if said != facts["keyscale"]:
                 found.append(f"key: caption says {said}, measured {facts['keyscale']}")
     if facts.get("time_signature"):
-        for num, den in re.findall(r"\b(\d{1,2})/(\d{1,2})\b(?:\s*time|\s*meter|\s*metre|\s*signature)?", text):
+        for num, den in re.findall(
+            r"\b(\d{1,2})/(\d{1,2})\b(?:\s*time|\s*meter|\s*metre|\s*signature)?", text
+        ):
             if den in ("2", "4", "8") and f"{num}/{den}" != facts["time_signature"]:
-                found.append(f"time signature: caption says {num}/{den}, measured {facts['time_signature']}")
+                found.append(
+                    f"time signature: caption says {num}/{den}, measured {facts['time_signature']}"
+                )
     lowered = text.lower()
-    if facts.get("instrumental") is True and re.search(r"\b(sings?|singer|sung|vocalist|lyrics|rapping|raps)\b", lowered):
+    if facts.get("instrumental") is True and re.search(
+        r"\b(sings?|singer|sung|vocalist|lyrics|rapping|raps)\b", lowered
+    ):
         found.append("vocals: caption mentions singing, measured instrumental")
-    if facts.get("instrumental") is False and re.search(r"\b(instrumental (track|piece|song)|no vocals|without vocals)\b", lowered):
+    if facts.get("instrumental") is False and re.search(
+        r"\b(instrumental (track|piece|song)|no vocals|without vocals)\b", lowered
+    ):
         found.append("vocals: caption says instrumental, measured vocals")
     language = facts.get("language")
     if language and language in _LANGUAGE_NAMES:
@@ -336,32 +388,56 @@ class AudioLM:
             if model_type == "qwen2_5_omni":  # the full release: keep the thinker, drop the talker
                 from transformers import Qwen2_5OmniForConditionalGeneration
 
-                full = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=self.dtype, enable_audio_output=False)
+                full = Qwen2_5OmniForConditionalGeneration.from_pretrained(
+                    path, dtype=self.dtype, enable_audio_output=False
+                )
                 self.model = full.thinker
             else:
                 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-                self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=self.dtype)
+                self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+                    path, dtype=self.dtype
+                )
         self.tokenizer.padding_side = "left"
         self.model.eval().requires_grad_(False).to(device)
 
     def _qwen2_audio_inputs(self, audios: list[np.ndarray], prompts: list[str]):
         texts = [
             self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "audio", "audio_url": "track"}, {"type": "text", "text": p}]}],
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "audio", "audio_url": "track"},
+                            {"type": "text", "text": p},
+                        ],
+                    }
+                ],
                 add_generation_prompt=True,
                 tokenize=False,
             )
             for p in prompts
         ]
-        return self.processor(text=texts, audio=audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+        return self.processor(
+            text=texts, audio=audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
+        )
 
     def _omni_inputs(self, audios: list[np.ndarray], prompts: list[str]):
-        features = self.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length", return_tensors="pt")
+        features = self.feature_extractor(
+            audios,
+            sampling_rate=SAMPLE_RATE,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
         lengths = features["attention_mask"].sum(-1).tolist()
         texts = []
         for prompt, n_frames in zip(prompts, lengths, strict=True):
-            audio = "<|audio_bos|>" + "<|AUDIO|>" * _audio_output_length(int(n_frames)) + "<|audio_eos|>"
+            audio = (
+                "<|audio_bos|>"
+                + "<|AUDIO|>" * _audio_output_length(int(n_frames))
+                + "<|audio_eos|>"
+            )
             texts.append(
                 f"<|im_start|>system\n{OMNI_SYSTEM}<|im_end|>\n<|im_start|>user\n{audio}{prompt}<|im_end|>\n<|im_start|>assistant\n"
             )
@@ -370,15 +446,27 @@ class AudioLM:
         inputs["feature_attention_mask"] = features["attention_mask"]
         return inputs
 
-    def generate(self, audios: list[np.ndarray], prompts: list[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self, audios: list[np.ndarray], prompts: list[str], max_new_tokens: int
+    ) -> list[str]:
         torch = self.torch
-        inputs = self._qwen2_audio_inputs(audios, prompts) if self.backend == "qwen2-audio" else self._omni_inputs(audios, prompts)
+        inputs = (
+            self._qwen2_audio_inputs(audios, prompts)
+            if self.backend == "qwen2-audio"
+            else self._omni_inputs(audios, prompts)
+        )
         inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+            )
         sequences = out.sequences if hasattr(out, "sequences") else out
         new = sequences[:, inputs["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -414,14 +502,20 @@ class CaptionStage(Stage):
         cfg = self.config
         unknown = [s for s in cfg.styles if s not in PROMPTS]
         if unknown:
-            raise StageUnavailable(f"caption.styles: unknown style(s) {unknown}; known: {list(PROMPTS)}")
+            raise StageUnavailable(
+                f"caption.styles: unknown style(s) {unknown}; known: {list(PROMPTS)}"
+            )
         if cfg.backend == "recaption" or self.lm is not None or self.tagger is not None:
             return
         if cfg.backend not in BACKEND_WEIGHTS and cfg.backend not in ("auto", "tags"):
-            raise StageUnavailable(f"caption.backend must be auto, qwen2-audio, qwen2.5-omni, tags or recaption, not {cfg.backend!r}")
+            raise StageUnavailable(
+                f"caption.backend must be auto, qwen2-audio, qwen2.5-omni, tags or recaption, not {cfg.backend!r}"
+            )
         import torch
 
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         lm_backend = "qwen2-audio" if cfg.backend == "auto" else cfg.backend
         lm_path = None
         if lm_backend in BACKEND_WEIGHTS:
@@ -442,7 +536,9 @@ class CaptionStage(Stage):
         try:
             import transformers  # noqa: F401
         except ImportError:
-            raise StageUnavailable("transformers is not installed: pip install transformers") from None
+            raise StageUnavailable(
+                "transformers is not installed: pip install transformers"
+            ) from None
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
         self.lm = AudioLM(lm_backend, lm_path, device, dtype)
         self.lm_backend = lm_backend
@@ -457,7 +553,9 @@ class CaptionStage(Stage):
             max_new = max(1, int(MAX_NEW_TOKENS[style] * cfg.max_new_tokens_scale))
             for start in range(0, len(audios), step):
                 batch = list(range(start, min(start + step, len(audios))))
-                texts = self.lm.generate([audios[i] for i in batch], [PROMPTS[style]] * len(batch), max_new)
+                texts = self.lm.generate(
+                    [audios[i] for i in batch], [PROMPTS[style]] * len(batch), max_new
+                )
                 for i, text in zip(batch, texts, strict=True):
                     out[i][style] = text
         return out
@@ -486,14 +584,26 @@ class CaptionStage(Stage):
         tags = parse_tags([texts.get("tags", "")] + [v for k, v in texts.items() if k != "tags"])
         flagged = contradictions(texts.values(), facts)
         if tagged is not None:
-            flagged += tagger_disagreements(tagged, tags if self.lm is not None else None, track.inputs.get("separation"))
+            flagged += tagger_disagreements(
+                tagged, tags if self.lm is not None else None, track.inputs.get("separation")
+            )
             if self.lm is None:
-                tags = {"genres": tagged.genres, "moods": tagged.moods, "instruments": tagged.instruments}
+                tags = {
+                    "genres": tagged.genres,
+                    "moods": tagged.moods,
+                    "instruments": tagged.instruments,
+                }
         row: dict[str, Any] = {f"caption_{s}": (texts.get(s) or None) for s in CAPTION_STYLES}
-        if self.lm is None:  # tags / recaption backends: the tags style says what was heard and measured
+        if (
+            self.lm is None
+        ):  # tags / recaption backends: the tags style says what was heard and measured
             heard = tags["genres"] + tags["moods"] + tags["instruments"]
             measured = measured_tag_text(facts)
-            row["caption_tags"] = ", ".join(heard + ([measured] if measured != "music" else [])) if heard else measured
+            row["caption_tags"] = (
+                ", ".join(heard + ([measured] if measured != "music" else []))
+                if heard
+                else measured
+            )
         row.update(
             caption_recaption=recaption(facts, tags, track.track_id),
             genres=tags["genres"],
@@ -513,17 +623,30 @@ class CaptionStage(Stage):
         return f"{lm}+{tagger}" if tagger else lm
 
 
-def tagger_disagreements(tagged, lm_tags: dict[str, list[str]] | None, separation: dict | None) -> list[str]:
+def tagger_disagreements(
+    tagged, lm_tags: dict[str, list[str]] | None, separation: dict | None
+) -> list[str]:
     """The tagger against the separate stage (vocals) and, when an audio LM ran, against the LM's
     genres: each disagreement as one line."""
     found = []
     if separation and separation.get("is_instrumental") is not None and tagged.vocals is not None:
         if tagged.vocals and separation["is_instrumental"]:
-            found.append(f"vocals: tagger hears vocals (p={tagged.vocal_probability:.2f}), separate measured instrumental")
+            found.append(
+                f"vocals: tagger hears vocals (p={tagged.vocal_probability:.2f}), separate measured instrumental"
+            )
         elif not tagged.vocals and not separation["is_instrumental"]:
-            found.append(f"vocals: tagger hears no vocals (p={tagged.instrumental_probability:.2f}), separate measured vocals")
-    if lm_tags is not None and lm_tags.get("genres") and tagged.genres and not set(lm_tags["genres"]) & set(tagged.genres):
-        found.append(f"genre: audio LM says {', '.join(lm_tags['genres'][:3])}, tagger hears {', '.join(tagged.genres)}")
+            found.append(
+                f"vocals: tagger hears no vocals (p={tagged.instrumental_probability:.2f}), separate measured vocals"
+            )
+    if (
+        lm_tags is not None
+        and lm_tags.get("genres")
+        and tagged.genres
+        and not set(lm_tags["genres"]) & set(tagged.genres)
+    ):
+        found.append(
+            f"genre: audio LM says {', '.join(lm_tags['genres'][:3])}, tagger hears {', '.join(tagged.genres)}"
+        )
     return found
 
 

@@ -21,7 +21,14 @@ from songmill.model.config import LATENT_FPS, SAMPLE_RATE
 
 NONE = "none"  # a model setting of "none" leaves that feature out
 # Tables whose current rows give captions, lyrics and the instrumental flag, when they exist.
-OPTIONAL_INPUTS = ("music", "captions", "transcripts", "lyrics_matches", "separation", "lyric_sections")
+OPTIONAL_INPUTS = (
+    "music",
+    "captions",
+    "transcripts",
+    "lyrics_matches",
+    "separation",
+    "lyric_sections",
+)
 
 
 @dataclass
@@ -53,7 +60,15 @@ def _registered_inputs() -> tuple[str, ...]:
 
 # -- captions and lyrics from the other stages' rows -------------------------------------------
 
-_NOT_CAPTIONS = {"track_id", "stage_version", "config_hash", "run_id", "created_at", "model", "language"}
+_NOT_CAPTIONS = {
+    "track_id",
+    "stage_version",
+    "config_hash",
+    "run_id",
+    "created_at",
+    "model",
+    "language",
+}
 
 
 def caption_texts(track: Track) -> dict[str, str]:
@@ -96,7 +111,9 @@ def lyrics_text(track: Track, lyrics_by_id: dict[str, str] | None = None) -> str
     else the matched canonical lyric, else the transcript (unless flagged as a hallucination),
     else "" (instrumental)."""
     sections = track.inputs.get("lyric_sections") or {}
-    if sections.get("lyrics_source") not in (None, "none") and isinstance(sections.get("lyrics_tagged"), str):
+    if sections.get("lyrics_source") not in (None, "none") and isinstance(
+        sections.get("lyrics_tagged"), str
+    ):
         return sections["lyrics_tagged"]
     if is_instrumental(track):
         return ""
@@ -121,7 +138,11 @@ def lyric_lines(track: Track, lyrics: str) -> list[dict[str, Any]]:
     it. [] when the lyrics have no timestamps (a matched catalog lyric) or the segments do not
     make up the text."""
     transcript = track.inputs.get("transcripts") or {}
-    segments = [s for s in transcript.get("segments") or [] if s and s.get("text") and s.get("start") is not None]
+    segments = [
+        s
+        for s in transcript.get("segments") or []
+        if s and s.get("text") and s.get("start") is not None
+    ]
     if not lyrics or not segments:
         return []
     words = lyrics.split()
@@ -139,7 +160,13 @@ def lyric_lines(track: Track, lyrics: str) -> list[dict[str, Any]]:
         count = len(segment["text"].split())
         tags = [t for i in range(first_word, first_word + count) for t in tags_before.get(i, [])]
         text = "\n".join([*tags, segment["text"].strip()])
-        lines.append({"start": float(segment["start"]), "end": float(segment.get("end") or segment["start"]), "text": text})
+        lines.append(
+            {
+                "start": float(segment["start"]),
+                "end": float(segment.get("end") or segment["start"]),
+                "text": text,
+            }
+        )
         first_word += count
     return lines
 
@@ -162,7 +189,9 @@ def corpus_lyric_texts(corpus: Any) -> list[str]:
     """Every lyric text the corpus knows: the lyrics catalog and the (non-hallucinated)
     transcripts (what the lyric tokenizer is trained on)."""
     texts = list(corpus_lyrics_by_id(corpus).values())
-    transcripts = corpus.sql("SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)")
+    transcripts = corpus.sql(
+        "SELECT text FROM transcripts WHERE text IS NOT NULL AND NOT coalesce(hallucination, false)"
+    )
     texts += transcripts.column("text").to_pylist()
     return [t for t in texts if t and t.strip()]
 
@@ -178,9 +207,12 @@ def vocals_uri(track: Track) -> str | None:
 def _unavailable(what: str, setting: str, path: str, hint: str) -> StageUnavailable:
     return StageUnavailable(
         f"features: {what} weights not found at {path!r}. {hint} Then set "
-        f"`--set features.{setting}=DIR` (or `{setting} = \"DIR\"` under [features] in songmill.toml), "
-        + (f"or `{setting} = \"tiny-random\"` offline (a tiny text encoder with random weights; the DiT needs one)."
-           if setting == "text_encoder" else f"or `{setting} = \"none\"` to leave this feature out.")
+        f'`--set features.{setting}=DIR` (or `{setting} = "DIR"` under [features] in songmill.toml), '
+        + (
+            f'or `{setting} = "tiny-random"` offline (a tiny text encoder with random weights; the DiT needs one).'
+            if setting == "text_encoder"
+            else f'or `{setting} = "none"` to leave this feature out.'
+        )
     )
 
 
@@ -193,17 +225,28 @@ FEATURE_MODELS = (
     ("mhubert", "mHuBERT", "utter-project/mHuBERT-147"),
     ("speaker", "speaker x-vector (WavLM)", "microsoft/wavlm-base-plus-sv"),
 )
-OFFLINE_FEATURE_SETTINGS = {"text_encoder": "tiny-random", "mert": NONE, "mhubert": NONE, "speaker": NONE}
+OFFLINE_FEATURE_SETTINGS = {
+    "text_encoder": "tiny-random",
+    "mert": NONE,
+    "mhubert": NONE,
+    "speaker": NONE,
+}
 
 
 def offline_settings_hint(settings: list[str] | None = None) -> str:
     """`--set features.text_encoder=tiny-random --set features.mert=none ...` for these settings."""
-    return " ".join(f"--set features.{k}={v}" for k, v in OFFLINE_FEATURE_SETTINGS.items() if settings is None or k in settings)
+    return " ".join(
+        f"--set features.{k}={v}"
+        for k, v in OFFLINE_FEATURE_SETTINGS.items()
+        if settings is None or k in settings
+    )
 
 
 def uses_resemblyzer(speaker: str) -> bool:
     """`features.speaker` names Resemblyzer: the word, or a folder songmill converted it into."""
-    return speaker == "resemblyzer" or os.path.isfile(os.path.join(speaker, "voice_encoder.safetensors"))
+    return speaker == "resemblyzer" or os.path.isfile(
+        os.path.join(speaker, "voice_encoder.safetensors")
+    )
 
 
 def missing_feature_models(cfg: FeaturesConfig) -> list[tuple[str, str, str, str]]:
@@ -218,7 +261,14 @@ def missing_feature_models(cfg: FeaturesConfig) -> list[tuple[str, str, str, str
             from songmill.annotate.weights import REGISTRY, locate
 
             if not locate(REGISTRY["resemblyzer"], None if path == "resemblyzer" else path).present:
-                missing.append((setting, "speaker encoder (Resemblyzer; `songmill models fetch resemblyzer` builds it)", path, "-"))
+                missing.append(
+                    (
+                        setting,
+                        "speaker encoder (Resemblyzer; `songmill models fetch resemblyzer` builds it)",
+                        path,
+                        "-",
+                    )
+                )
             continue
         try:
             _local_pretrained_dir(path, what, setting, hub)
@@ -233,8 +283,10 @@ def check_feature_models(cfg: FeaturesConfig) -> None:
     missing = missing_feature_models(cfg)
     if not missing:
         return
-    names = "; ".join(f"{what} at {path!r} (`--set features.{setting}=DIR` after `hf download {hub} --local-dir DIR`)"
-                      for setting, what, path, hub in missing)
+    names = "; ".join(
+        f"{what} at {path!r} (`--set features.{setting}=DIR` after `hf download {hub} --local-dir DIR`)"
+        for setting, what, path, hub in missing
+    )
     raise StageUnavailable(
         f"features: {len(missing)} model(s) not on this machine: {names}. Offline, without them: "
         f"{offline_settings_hint([m[0] for m in missing])} (a tiny random text encoder and no REPA / "
@@ -246,7 +298,9 @@ def _local_pretrained_dir(path: str, what: str, setting: str, hub_id_hint: str) 
     """A local dir (or a hub id resolved from the local cache only) holding config.json."""
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
-            raise _unavailable(what, setting, path, f"{os.path.join(path, 'config.json')} is missing.")
+            raise _unavailable(
+                what, setting, path, f"{os.path.join(path, 'config.json')} is missing."
+            )
         return path
     try:
         from huggingface_hub import snapshot_download
@@ -254,7 +308,10 @@ def _local_pretrained_dir(path: str, what: str, setting: str, hub_id_hint: str) 
         return snapshot_download(path, local_files_only=True)
     except Exception:
         raise _unavailable(
-            what, setting, path, f"Download them where there is network: `hf download {hub_id_hint} --local-dir DIR`."
+            what,
+            setting,
+            path,
+            f"Download them where there is network: `hf download {hub_id_hint} --local-dir DIR`.",
         ) from None
 
 
@@ -271,11 +328,17 @@ class SSLTarget:
         )
 
         self.name, self.layer, self.device = name, layer, device
-        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        self.model = AutoModel.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         self.model.eval().requires_grad_(False).to(device)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         try:
-            self.extractor = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+            self.extractor = AutoFeatureExtractor.from_pretrained(
+                path, trust_remote_code=trust_remote_code, local_files_only=True
+            )
         except (OSError, ValueError):  # no preprocessor_config.json: the wav2vec2 defaults
             self.extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
         self.sample_rate = int(self.extractor.sampling_rate)
@@ -312,7 +375,9 @@ class SpeakerEmbedder:
             Wav2Vec2FeatureExtractor,
         )
 
-        self.model = AutoModelForAudioXVector.from_pretrained(path, local_files_only=True).eval().to(device)
+        self.model = (
+            AutoModelForAudioXVector.from_pretrained(path, local_files_only=True).eval().to(device)
+        )
         try:
             self.extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError):
@@ -383,7 +448,9 @@ class FeaturesStage(Stage):
     def setup(self) -> None:
         cfg: FeaturesConfig = self.config
         if self.corpus is None:
-            raise StageUnavailable("the features stage needs its corpus (stage.corpus) to write the shards")
+            raise StageUnavailable(
+                "the features stage needs its corpus (stage.corpus) to write the shards"
+            )
         if not cfg.dcae_checkpoint:
             raise StageUnavailable(
                 "features: no DCAE checkpoint configured. Train one with `songmill train dcae "
@@ -440,13 +507,17 @@ class FeatureExtractors:
         from songmill.model.mel import MelSpectrogram
 
         check_feature_models(cfg)  # every absent model named at once, before the DCAE loads
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         ext = cls(cfg, device)
         ext.dcae, ext.dcae_id, ext.dcae_path = load_dcae_for_features(cfg.dcae_checkpoint, device)
         ext.mel = MelSpectrogram().to(device)
         if cfg.text_encoder != NONE:
             if cfg.text_encoder != "tiny-random":
-                _local_pretrained_dir(cfg.text_encoder, "text encoder (umT5)", "text_encoder", "google/umt5-base")
+                _local_pretrained_dir(
+                    cfg.text_encoder, "text encoder (umT5)", "text_encoder", "google/umt5-base"
+                )
             ext.text_encoder = build_text_encoder(cfg.text_encoder, device)
             ext.text_encoder_spec = cfg.text_encoder
         for name, path, layer, hub in (
@@ -461,7 +532,9 @@ class FeatureExtractors:
 
             ext.speaker = ResemblyzerEmbedder.load(cfg.speaker, device)
         elif cfg.speaker != NONE:
-            local = _local_pretrained_dir(cfg.speaker, "speaker x-vector", "speaker", "microsoft/wavlm-base-plus-sv")
+            local = _local_pretrained_dir(
+                cfg.speaker, "speaker x-vector", "speaker", "microsoft/wavlm-base-plus-sv"
+            )
             ext.speaker = SpeakerEmbedder(local, device)
         try:
             ext.tokenizer = LyricTokenizer.load(cfg.lyric_tokenizer)

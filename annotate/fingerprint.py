@@ -46,17 +46,33 @@ class FingerprintConfig(StageConfig):
     algorithm: int = 2  # Chromaprint's default algorithm (CHROMAPRINT_ALGORITHM_TEST2)
     # Index settings: they decide the clusters, not the fingerprints, so they stay out of the
     # stage's config hash (changing one rebuilds the index, it does not re-fingerprint).
-    threshold: float = field(default=0.56, metadata=RUNTIME)  # min fraction of matching frames (tuned: bench)
-    match_bits: int = field(default=3, metadata=RUNTIME)  # a frame matches: <= this many bits differ
+    threshold: float = field(
+        default=0.56, metadata=RUNTIME
+    )  # min fraction of matching frames (tuned: bench)
+    match_bits: int = field(
+        default=3, metadata=RUNTIME
+    )  # a frame matches: <= this many bits differ
     min_overlap_s: float = field(default=20.0, metadata=RUNTIME)  # (or 60 % of the shorter track)
     max_offset_s: float = field(default=12.0, metadata=RUNTIME)  # trims / lead-ins up to this long
     key_bits: int = field(default=24, metadata=RUNTIME)  # index key: the values' top bits
     sample: int = field(default=4, metadata=RUNTIME)  # index 1/sample of the keys (by hash)
     max_bucket: int = field(default=64, metadata=RUNTIME)  # keys of more tracks say nothing (tones)
-    min_shared: int = field(default=3, metadata=RUNTIME)  # candidates share this many keys at one offset
+    min_shared: int = field(
+        default=3, metadata=RUNTIME
+    )  # candidates share this many keys at one offset
 
 
-INDEX_SETTINGS = ("algorithm", "threshold", "match_bits", "min_overlap_s", "max_offset_s", "key_bits", "sample", "max_bucket", "min_shared")
+INDEX_SETTINGS = (
+    "algorithm",
+    "threshold",
+    "match_bits",
+    "min_overlap_s",
+    "max_offset_s",
+    "key_bits",
+    "sample",
+    "max_bucket",
+    "min_shared",
+)
 KEY_SETTINGS = ("algorithm", "key_bits", "sample")  # what the stored keys depend on
 
 
@@ -70,7 +86,9 @@ def _chromaprint():
     try:
         import chromaprint
     except ImportError as exc:
-        raise StageUnavailable(f"pyacoustid is not installed ({exc}): `pip install pyacoustid`") from None
+        raise StageUnavailable(
+            f"pyacoustid is not installed ({exc}): `pip install pyacoustid`"
+        ) from None
     return chromaprint
 
 
@@ -134,13 +152,19 @@ class Postings:
     position: np.ndarray
 
     @classmethod
-    def of(cls, prints: Sequence[np.ndarray], owners: Sequence[int], cfg: FingerprintConfig) -> Postings:
+    def of(
+        cls, prints: Sequence[np.ndarray], owners: Sequence[int], cfg: FingerprintConfig
+    ) -> Postings:
         if not len(prints):
             return cls.empty()
         sizes = np.array([p.size for p in prints], np.int64)
-        values = np.concatenate([np.asarray(p, np.uint32) for p in prints])  # all at once: no per-track numpy calls
+        values = np.concatenate(
+            [np.asarray(p, np.uint32) for p in prints]
+        )  # all at once: no per-track numpy calls
         owner = np.repeat(np.asarray(owners, np.int64), sizes)
-        position = np.arange(values.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        position = np.arange(values.size, dtype=np.int64) - np.repeat(
+            np.cumsum(sizes) - sizes, sizes
+        )
         key, chosen = index_keys(values, cfg)
         return cls(key, owner[chosen], position[chosen])
 
@@ -149,11 +173,20 @@ class Postings:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def __add__(self, other: Postings) -> Postings:
-        return Postings(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("key", "owner", "position")))
+        return Postings(
+            *(
+                np.concatenate([getattr(self, f), getattr(other, f)])
+                for f in ("key", "owner", "position")
+            )
+        )
 
 
 def candidate_pairs(
-    query: Postings, index: Postings, cfg: FingerprintConfig, frames_per_second: float = FRAMES_PER_SECOND, chunk: int = 2_000_000
+    query: Postings,
+    index: Postings,
+    cfg: FingerprintConfig,
+    frames_per_second: float = FRAMES_PER_SECOND,
+    chunk: int = 2_000_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(track a, track b, offset, votes) candidates with a < b: a query posting and an index
     posting of another track share a key; per pair the offset (a's position - b's position) with
@@ -163,9 +196,15 @@ def candidate_pairs(
     ikey, iown, ipos = index.key[order], index.owner[order], index.position[order]
     same = query is index
     # bucket size in distinct tracks (a copy-rich recording repeats keys without being a tone)
-    distinct = np.r_[True, (ikey[1:] != ikey[:-1]) | (iown[1:] != iown[:-1])] if ikey.size else np.zeros(0, bool)
+    distinct = (
+        np.r_[True, (ikey[1:] != ikey[:-1]) | (iown[1:] != iown[:-1])]
+        if ikey.size
+        else np.zeros(0, bool)
+    )
     ukey, first = np.unique(ikey, return_index=True)
-    tracks_per_key = np.add.reduceat(distinct.astype(np.int64), first) if ukey.size else np.zeros(0, np.int64)
+    tracks_per_key = (
+        np.add.reduceat(distinct.astype(np.int64), first) if ukey.size else np.zeros(0, np.int64)
+    )
     common = ukey[tracks_per_key > cfg.max_bucket]
     max_offset = int(cfg.max_offset_s * frames_per_second)
     width = 2 * max_offset + 1
@@ -199,11 +238,20 @@ def candidate_pairs(
         codes.append((a[ok] * n_tracks + b[ok]) * width + (offset[ok] + max_offset))
         start = stop
     if not codes or not sum(c.size for c in codes):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
     code, count = np.unique(np.concatenate(codes), return_counts=True)
     pair, offset = np.divmod(code, width)
     # a trim by a fraction of a frame spreads the hits over two neighbouring offsets: count both
-    count = count + _count_at(code, count, code - 1, offset > 0) + _count_at(code, count, code + 1, offset < width - 1)
+    count = (
+        count
+        + _count_at(code, count, code - 1, offset > 0)
+        + _count_at(code, count, code + 1, offset < width - 1)
+    )
     offset -= max_offset
     # per pair: the offset with the most hits
     order = np.lexsort((-count, pair))
@@ -214,7 +262,9 @@ def candidate_pairs(
     return a, b, offset[chosen], count[chosen]
 
 
-def _count_at(code: np.ndarray, count: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _count_at(
+    code: np.ndarray, count: np.ndarray, wanted: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
     """count[code == wanted] per element (0 where absent or not `valid`); `code` is sorted."""
     at = np.minimum(np.searchsorted(code, wanted), code.size - 1)
     return np.where(valid & (code[at] == wanted), count[at], 0)
@@ -256,7 +306,9 @@ class Edges:
     candidates: int
 
 
-def find_edges(prints: Sequence[np.ndarray], candidates: tuple[np.ndarray, ...], cfg: FingerprintConfig) -> Edges:
+def find_edges(
+    prints: Sequence[np.ndarray], candidates: tuple[np.ndarray, ...], cfg: FingerprintConfig
+) -> Edges:
     """The candidate pairs (candidate_pairs) that score as copies; `prints[i]` is track number
     i's fingerprint (only candidates' fingerprints are needed: the others may be empty)."""
     a, b, offsets, _ = candidates
@@ -267,7 +319,9 @@ def find_edges(prints: Sequence[np.ndarray], candidates: tuple[np.ndarray, ...],
             keep_a.append(i)
             keep_b.append(j)
             sims.append(score.matched)
-    return Edges(np.array(keep_a, np.int64), np.array(keep_b, np.int64), np.array(sims, float), int(a.size))
+    return Edges(
+        np.array(keep_a, np.int64), np.array(keep_b, np.int64), np.array(sims, float), int(a.size)
+    )
 
 
 @dataclass
@@ -296,14 +350,22 @@ def union_clusters(n: int, edges: Edges, linked: Sequence[tuple[int, int]] = ())
     return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
-def cluster(track_ids: Sequence[str], prints: Sequence[np.ndarray], cfg: FingerprintConfig) -> Clusters:
+def cluster(
+    track_ids: Sequence[str], prints: Sequence[np.ndarray], cfg: FingerprintConfig
+) -> Clusters:
     """Cluster fingerprints from scratch (all against all)."""
     postings = Postings.of(prints, range(len(prints)), cfg)
     edges = find_edges(prints, candidate_pairs(postings, postings, cfg), cfg)
     best = np.zeros(len(track_ids))
     np.maximum.at(best, edges.a, edges.similarity)
     np.maximum.at(best, edges.b, edges.similarity)
-    return Clusters(list(track_ids), union_clusters(len(track_ids), edges), best, edges.candidates, int(edges.a.size))
+    return Clusters(
+        list(track_ids),
+        union_clusters(len(track_ids), edges),
+        best,
+        edges.candidates,
+        int(edges.a.size),
+    )
 
 
 # -- the index in the corpus ----------------------------------------------------------------------
@@ -327,19 +389,25 @@ def _algorithm(cfg: FingerprintConfig) -> str:
     return f"chromaprint-{cfg.algorithm}"
 
 
-def _prints_of(corpus: Corpus, track_ids: Sequence[str] | None, algorithm: str) -> dict[str, np.ndarray]:
+def _prints_of(
+    corpus: Corpus, track_ids: Sequence[str] | None, algorithm: str
+) -> dict[str, np.ndarray]:
     """Current fingerprints of these tracks (all when None)."""
     con = corpus.connect()
     try:
         query = "SELECT track_id, fingerprint FROM fingerprints WHERE algorithm = ?"
         if track_ids is not None:
-            con.register("wanted_ids", pa.table({"track_id": pa.array(list(track_ids), pa.string())}))
+            con.register(
+                "wanted_ids", pa.table({"track_id": pa.array(list(track_ids), pa.string())})
+            )
             query += " AND track_id IN (SELECT track_id FROM wanted_ids)"
         table = con.sql(query, params=[algorithm]).to_arrow_table()
     finally:
         con.close()
     ids, blobs = table.column("track_id").to_pylist(), table.column("fingerprint").to_pylist()
-    return {t: np.frombuffer(f, dtype="<u4").astype(np.uint32) for t, f in zip(ids, blobs, strict=True)}
+    return {
+        t: np.frombuffer(f, dtype="<u4").astype(np.uint32) for t, f in zip(ids, blobs, strict=True)
+    }
 
 
 def _last_build(corpus: Corpus) -> dict[str, Any] | None:
@@ -347,7 +415,9 @@ def _last_build(corpus: Corpus) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: bool = False) -> IndexBuild:
+def update_index(
+    corpus: Corpus, cfg: FingerprintConfig | None = None, full: bool = False
+) -> IndexBuild:
     """Bring the near-duplicate clusters up to date with the current fingerprints: incrementally
     (new fingerprints against the stored keys) or, when `full`, when the index settings changed,
     or when an indexed fingerprint was replaced, from every fingerprint. Every build writes its
@@ -373,14 +443,26 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     # the stored keys these fingerprints share (a scan of the keys lists only, not the prints)
     query_postings = Postings.of([new_prints[t] for t in new_ids], range(len(new_ids)), cfg)
     with corpus.connect() as con:
-        con.register("query_keys", pa.table({"key": pa.array(np.unique(query_postings.key), pa.int64())}))
-        stored = con.sql(
-            """SELECT track_id, key, position FROM (
+        con.register(
+            "query_keys", pa.table({"key": pa.array(np.unique(query_postings.key), pa.int64())})
+        )
+        stored = (
+            con.sql(
+                """SELECT track_id, key, position FROM (
                  SELECT track_id, unnest(keys) AS key, unnest(positions) AS position
                  FROM fingerprint_index WHERE algorithm = ?)
                WHERE key IN (SELECT key FROM query_keys)""",
-            params=[algorithm],
-        ).to_arrow_table() if new_ids else pa.table({"track_id": pa.array([], pa.string()), "key": pa.array([], pa.int64()), "position": pa.array([], pa.int64())})
+                params=[algorithm],
+            ).to_arrow_table()
+            if new_ids
+            else pa.table(
+                {
+                    "track_id": pa.array([], pa.string()),
+                    "key": pa.array([], pa.int64()),
+                    "position": pa.array([], pa.int64()),
+                }
+            )
+        )
     old_ids = sorted(set(stored.column("track_id").to_pylist()))
     number = {t: i for i, t in enumerate(new_ids + old_ids)}
     old_postings = Postings(
@@ -398,7 +480,8 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     edges = find_edges(prints, candidates, cfg)
     # merge with the last build's clusters
     previous = corpus.sql(
-        "SELECT track_id, cluster_id, similarity FROM dup_clusters WHERE index_id = ?", [last["index_id"]]
+        "SELECT track_id, cluster_id, similarity FROM dup_clusters WHERE index_id = ?",
+        [last["index_id"]],
     ).to_pylist()
     ids = new_ids + old_ids
     for r in previous:
@@ -413,10 +496,19 @@ def update_index(corpus: Corpus, cfg: FingerprintConfig | None = None, full: boo
     np.maximum.at(best, edges.b, edges.similarity)
     linked = [(number[r["track_id"]], number[r["cluster_id"]]) for r in previous]
     roots = union_clusters(len(ids), edges, linked)
-    build = IndexBuild(index_id, "incremental", int(last["fingerprints"]) + len(new_ids) if last else len(new_ids),
-                       len(new_ids), edges.candidates, int(edges.a.size), 0)
+    build = IndexBuild(
+        index_id,
+        "incremental",
+        int(last["fingerprints"]) + len(new_ids) if last else len(new_ids),
+        len(new_ids),
+        edges.candidates,
+        int(edges.a.size),
+        0,
+    )
     _write_build(corpus, cfg, build, ids, roots, best, now)
-    _write_keys(corpus, cfg, new_ids, new_prints, {r["track_id"]: r["run_id"] for r in new}, index_id, now)
+    _write_keys(
+        corpus, cfg, new_ids, new_prints, {r["track_id"]: r["run_id"] for r in new}, index_id, now
+    )
     return build
 
 
@@ -426,7 +518,9 @@ def _new_index_id() -> tuple[Any, str]:
     return now, f"{now:%Y%m%dT%H%M%S%f}-{new_run_id()[-8:]}"
 
 
-def _full_build(corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last: dict | None) -> IndexBuild:
+def _full_build(
+    corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last: dict | None
+) -> IndexBuild:
     algorithm = _algorithm(cfg)
     now, index_id = _new_index_id()
     by_id = _prints_of(corpus, None, algorithm)
@@ -440,14 +534,24 @@ def _full_build(corpus: Corpus, cfg: FingerprintConfig, state: list[dict], last:
     roots = union_clusters(len(ids), edges)
     build = IndexBuild(index_id, "full", len(ids), len(ids), edges.candidates, int(edges.a.size), 0)
     _write_build(corpus, cfg, build, ids, roots, best, now)
-    keys_changed = last is None or _settings(json.loads(last["settings"]), KEY_SETTINGS) != _settings(cfg, KEY_SETTINGS)
+    keys_changed = last is None or _settings(
+        json.loads(last["settings"]), KEY_SETTINGS
+    ) != _settings(cfg, KEY_SETTINGS)
     run_of = {r["track_id"]: r["run_id"] for r in state}
     stale = [r["track_id"] for r in state if keys_changed or r["fingerprint_run_id"] != r["run_id"]]
     _write_keys(corpus, cfg, [t for t in stale if t in by_id], by_id, run_of, index_id, now)
     return build
 
 
-def _write_build(corpus: Corpus, cfg: FingerprintConfig, build: IndexBuild, ids: list[str], roots: np.ndarray, best: np.ndarray, now) -> None:
+def _write_build(
+    corpus: Corpus,
+    cfg: FingerprintConfig,
+    build: IndexBuild,
+    ids: list[str],
+    roots: np.ndarray,
+    best: np.ndarray,
+    now,
+) -> None:
     """Every cluster of this build, then the build's row (the view shows the newest build)."""
     members: dict[int, list[int]] = {}
     for i, r in enumerate(roots.tolist()):
@@ -459,10 +563,15 @@ def _write_build(corpus: Corpus, cfg: FingerprintConfig, build: IndexBuild, ids:
         con = corpus.connect()
         try:
             con.register("clustered_ids", pa.table({"track_id": pa.array(clustered, pa.string())}))
-            quality = {r["track_id"]: r for r in con.sql(
-                """SELECT track_id, codec, sample_rate, duration_s, bit_depth FROM tracks
+            quality = {
+                r["track_id"]: r
+                for r in con.sql(
+                    """SELECT track_id, codec, sample_rate, duration_s, bit_depth FROM tracks
                    WHERE track_id IN (SELECT track_id FROM clustered_ids)"""
-            ).to_arrow_table().to_pylist()}
+                )
+                .to_arrow_table()
+                .to_pylist()
+            }
         finally:
             con.close()
     out = []
@@ -470,30 +579,60 @@ def _write_build(corpus: Corpus, cfg: FingerprintConfig, build: IndexBuild, ids:
         canonical = max(group, key=lambda i: _quality(quality.get(ids[i], {"track_id": ids[i]})))
         cluster_id = min(ids[i] for i in group)
         for i in group:
-            out.append({
-                "track_id": ids[i], "cluster_id": cluster_id, "canonical_track_id": ids[canonical],
-                "similarity": 1.0 if i == canonical else float(best[i]),
-                "index_id": build.index_id, "algorithm": _algorithm(cfg), "threshold": cfg.threshold, "created_at": now,
-            })
+            out.append(
+                {
+                    "track_id": ids[i],
+                    "cluster_id": cluster_id,
+                    "canonical_track_id": ids[canonical],
+                    "similarity": 1.0 if i == canonical else float(best[i]),
+                    "index_id": build.index_id,
+                    "algorithm": _algorithm(cfg),
+                    "threshold": cfg.threshold,
+                    "created_at": now,
+                }
+            )
     build.clustered_tracks = len(out)
     corpus.write("dup_clusters", out)
-    corpus.write("dup_index_builds", [{
-        **build.__dict__, "algorithm": _algorithm(cfg), "settings": _settings(cfg), "created_at": now,
-    }])
+    corpus.write(
+        "dup_index_builds",
+        [
+            {
+                **build.__dict__,
+                "algorithm": _algorithm(cfg),
+                "settings": _settings(cfg),
+                "created_at": now,
+            }
+        ],
+    )
 
 
-def _write_keys(corpus: Corpus, cfg: FingerprintConfig, ids: Sequence[str], prints: dict[str, np.ndarray], run_of: dict[str, str], index_id: str, now) -> None:
+def _write_keys(
+    corpus: Corpus,
+    cfg: FingerprintConfig,
+    ids: Sequence[str],
+    prints: dict[str, np.ndarray],
+    run_of: dict[str, str],
+    index_id: str,
+    now,
+) -> None:
     """The stored keys of newly indexed fingerprints (written last: a build killed before this
     point leaves them new, and the next build matches them again)."""
     rows = []
     for t in ids:
         keys, positions = index_keys(prints[t], cfg)
-        rows.append({
-            "track_id": t, "fingerprint_run_id": run_of[t], "algorithm": _algorithm(cfg),
-            "keys": keys.astype(np.int32), "positions": positions.astype(np.int32), "index_id": index_id, "created_at": now,
-        })
+        rows.append(
+            {
+                "track_id": t,
+                "fingerprint_run_id": run_of[t],
+                "algorithm": _algorithm(cfg),
+                "keys": keys.astype(np.int32),
+                "positions": positions.astype(np.int32),
+                "index_id": index_id,
+                "created_at": now,
+            }
+        )
     for start in range(0, len(rows), 50_000):
-        corpus.write("fingerprint_index", rows[start:start + 50_000])
+        corpus.write("fingerprint_index", rows[start : start + 50_000])
 
 
 def write_index(corpus: Corpus, cfg: FingerprintConfig | None = None) -> int:

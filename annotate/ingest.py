@@ -31,8 +31,24 @@ from songmill.annotate.runner import error_row, stamp_row
 from songmill.data_schema.store import Corpus, new_run_id, utcnow
 
 AUDIO_EXTENSIONS = (
-    ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
-    ".aif", ".aiff", ".aifc", ".wma", ".webm", ".caf", ".w64", ".mka",
+    ".wav",
+    ".wave",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+    ".mp4",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".wma",
+    ".webm",
+    ".caf",
+    ".w64",
+    ".mka",
 )
 GLOB_CHARS = set("*?[")
 # The `stage_version` of ingest's errors rows.
@@ -94,10 +110,20 @@ def _mtime(info: dict[str, Any]) -> float:
 # Leading bytes of the containers soundfile / PyAV decode: how a file with no (or an unknown)
 # extension is recognised as audio.
 AUDIO_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"RIFF", "wav"), (0, b"RF64", "wav"), (0, b"fLaC", "flac"), (0, b"OggS", "ogg"),
-    (0, b"ID3", "mp3"), (0, b"FORM", "aiff"), (0, b"caff", "caf"), (0, b"wvpk", "wavpack"),
-    (0, b"\x1aE\xdf\xa3", "matroska"), (0, b"0&\xb2u\x8ef\xcf\x11", "asf"), (4, b"ftyp", "mp4"),
-    (0, b"riff", "w64"), (0, b"\xff\xf1", "aac"), (0, b"\xff\xf9", "aac"),
+    (0, b"RIFF", "wav"),
+    (0, b"RF64", "wav"),
+    (0, b"fLaC", "flac"),
+    (0, b"OggS", "ogg"),
+    (0, b"ID3", "mp3"),
+    (0, b"FORM", "aiff"),
+    (0, b"caff", "caf"),
+    (0, b"wvpk", "wavpack"),
+    (0, b"\x1aE\xdf\xa3", "matroska"),
+    (0, b"0&\xb2u\x8ef\xcf\x11", "asf"),
+    (4, b"ftyp", "mp4"),
+    (0, b"riff", "w64"),
+    (0, b"\xff\xf1", "aac"),
+    (0, b"\xff\xf9", "aac"),
 )
 SNIFF_BYTES = 16
 
@@ -140,19 +166,33 @@ def _walk_local(root: str, out: Discovery, exts: tuple[str, ...]) -> list[str]:
         try:
             st = os.stat(folder)
             if (st.st_dev, st.st_ino) in seen:
-                out.problems.append(Problem(folder, "SymlinkLoop", f"{folder}: directory already visited through another path (symlink loop)"))
+                out.problems.append(
+                    Problem(
+                        folder,
+                        "SymlinkLoop",
+                        f"{folder}: directory already visited through another path (symlink loop)",
+                    )
+                )
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            out.problems.append(Problem(folder, type(exc).__name__, f"cannot list {folder}: {exc.strerror or exc}"))
+            out.problems.append(
+                Problem(folder, type(exc).__name__, f"cannot list {folder}: {exc.strerror or exc}")
+            )
             continue
         for entry in entries:
             path = entry.path
             try:
                 st = os.stat(path)  # follows symlinks
             except FileNotFoundError:
-                out.problems.append(Problem(path, "BrokenSymlink", f"{path}: symlink to {os.readlink(path) if entry.is_symlink() else '?'} which does not exist"))
+                out.problems.append(
+                    Problem(
+                        path,
+                        "BrokenSymlink",
+                        f"{path}: symlink to {os.readlink(path) if entry.is_symlink() else '?'} which does not exist",
+                    )
+                )
                 continue
             except OSError as exc:
                 kind = "SymlinkLoop" if exc.errno == errno.ELOOP else type(exc).__name__
@@ -160,12 +200,24 @@ def _walk_local(root: str, out: Discovery, exts: tuple[str, ...]) -> list[str]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if entry.name.lower().endswith(exts):
-                    out.problems.append(Problem(path, "IsADirectoryError", f"{path} is a directory, not an audio file (its contents are ingested)"))
+                    out.problems.append(
+                        Problem(
+                            path,
+                            "IsADirectoryError",
+                            f"{path} is a directory, not an audio file (its contents are ingested)",
+                        )
+                    )
                 stack.append(path)
             elif stat.S_ISREG(st.st_mode):
                 files.append(path)
             else:
-                out.problems.append(Problem(path, "NotARegularFile", f"{path} is not a regular file (a pipe, socket or device)"))
+                out.problems.append(
+                    Problem(
+                        path,
+                        "NotARegularFile",
+                        f"{path} is not a regular file (a pipe, socket or device)",
+                    )
+                )
     return files
 
 
@@ -189,7 +241,13 @@ def discover_all(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTEN
             elif fs.exists(path):
                 paths, explicit = [path], True
             elif local and os.path.islink(path):
-                out.problems.append(Problem(os.path.abspath(path), "BrokenSymlink", f"{path}: symlink to {os.readlink(path)} which does not exist"))
+                out.problems.append(
+                    Problem(
+                        os.path.abspath(path),
+                        "BrokenSymlink",
+                        f"{path}: symlink to {os.readlink(path)} which does not exist",
+                    )
+                )
                 continue
             else:
                 out.missing.append(source)
@@ -207,7 +265,11 @@ def discover_all(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTEN
                 continue
             if info.get("type") == "directory":
                 if p.lower().endswith(exts):
-                    out.problems.append(Problem(uri, "IsADirectoryError", f"{uri} is a directory, not an audio file"))
+                    out.problems.append(
+                        Problem(
+                            uri, "IsADirectoryError", f"{uri} is a directory, not an audio file"
+                        )
+                    )
                 continue
             found_file = FoundFile(uri, int(info.get("size") or 0), _mtime(info))
             if explicit or p.lower().endswith(exts):
@@ -224,12 +286,19 @@ def discover_all(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTEN
             else:
                 ext = os.path.splitext(p)[1]
                 what = f"extension {ext!r} is not audio" if ext else "no extension"
-                out.skipped.append((found_file, f"{what} and its first bytes are no audio container songmill decodes"))
+                out.skipped.append(
+                    (
+                        found_file,
+                        f"{what} and its first bytes are no audio container songmill decodes",
+                    )
+                )
     out.files = sorted(found.values(), key=lambda f: f.uri)
     return out
 
 
-def discover(sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSIONS) -> tuple[list[FoundFile], list[str]]:
+def discover(
+    sources: Sequence[str], extensions: Iterable[str] = AUDIO_EXTENSIONS
+) -> tuple[list[FoundFile], list[str]]:
     """(files to ingest, missing sources); see `discover_all` for what else is found."""
     found = discover_all(sources, extensions)
     return found.files, found.missing
@@ -276,7 +345,9 @@ def _track_row(track_id: str, uri: str, data: bytes, verify: str) -> dict[str, A
     }
 
 
-def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify: str = "header") -> IngestSummary:
+def ingest_batch(
+    corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify: str = "header"
+) -> IngestSummary:
     """Hash and probe `files`; write their tracks, sources and errors rows (one part each).
 
     Content already in the corpus (or earlier in the batch) is a new path of a known track. Files
@@ -305,7 +376,11 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
             if track_id in known:
                 summary.new_uris += 1
             else:
-                tracks.append(stamp_row(_track_row(track_id, f.uri, data, verify), run_id=run_id, created_at=now))
+                tracks.append(
+                    stamp_row(
+                        _track_row(track_id, f.uri, data, verify), run_id=run_id, created_at=now
+                    )
+                )
                 known.add(track_id)
                 summary.new_tracks += 1
                 summary.audio_seconds += float(tracks[-1]["duration_s"] or 0.0)
@@ -313,15 +388,28 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
         except (DecodeError, OSError, ValueError, RuntimeError) as exc:
             errors.append(
                 error_row(
-                    stage="ingest", stage_version=INGEST_VERSION, config_hash=verify, track_id=track_id,
-                    uri=f.uri, exc=exc, retryable=False, run_id=run_id, created_at=now,
+                    stage="ingest",
+                    stage_version=INGEST_VERSION,
+                    config_hash=verify,
+                    track_id=track_id,
+                    uri=f.uri,
+                    exc=exc,
+                    retryable=False,
+                    run_id=run_id,
+                    created_at=now,
                 )
             )
             summary.errors += 1
             status = "error"
         sources.append(
             stamp_row(
-                {"uri": f.uri, "size_bytes": f.size, "mtime": f.mtime, "track_id": track_id, "status": status},
+                {
+                    "uri": f.uri,
+                    "size_bytes": f.size,
+                    "mtime": f.mtime,
+                    "track_id": track_id,
+                    "status": status,
+                },
                 run_id=run_id,
                 created_at=now,
             )
@@ -335,20 +423,40 @@ def ingest_batch(corpus: Corpus, files: Sequence[FoundFile], run_id: str, verify
     return summary
 
 
-def finish_ingest(corpus: Corpus, summary: IngestSummary | None = None, started_at: datetime | None = None, config_hash: str = "") -> None:
+def finish_ingest(
+    corpus: Corpus,
+    summary: IngestSummary | None = None,
+    started_at: datetime | None = None,
+    config_hash: str = "",
+) -> None:
     """The run's `runs` row (stage `ingest`: files read, tracks + new paths ok, errors), then
     compaction where part files piled up."""
     if summary is not None and summary.to_read:
-        corpus.write("runs", [{
-            "run_id": summary.run_id, "stage": "ingest", "stage_version": INGEST_VERSION, "config_hash": config_hash,
-            "n_input": summary.to_read, "n_ok": summary.new_tracks + summary.new_uris, "n_error": summary.errors,
-            "audio_seconds": summary.audio_seconds, "wall_s": summary.wall_s, "host": socket.gethostname(),
-            "started_at": started_at or utcnow(), "finished_at": utcnow(),
-        }])
+        corpus.write(
+            "runs",
+            [
+                {
+                    "run_id": summary.run_id,
+                    "stage": "ingest",
+                    "stage_version": INGEST_VERSION,
+                    "config_hash": config_hash,
+                    "n_input": summary.to_read,
+                    "n_ok": summary.new_tracks + summary.new_uris,
+                    "n_error": summary.errors,
+                    "audio_seconds": summary.audio_seconds,
+                    "wall_s": summary.wall_s,
+                    "host": socket.gethostname(),
+                    "started_at": started_at or utcnow(),
+                    "finished_at": utcnow(),
+                }
+            ],
+        )
     corpus.compact_if_needed(["tracks", "sources", "errors", "runs"])
 
 
-def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, run_id: str | None = None) -> tuple[list[FoundFile], IngestSummary]:
+def plan_ingest(
+    corpus: Corpus, sources: Sequence[str], config: IngestConfig, run_id: str | None = None
+) -> tuple[list[FoundFile], IngestSummary]:
     """Discover files and drop those unchanged since the last run (path + size + mtime)."""
     found = discover_all(sources, config.extensions)
     files = found.files
@@ -366,15 +474,27 @@ def plan_ingest(corpus: Corpus, sources: Sequence[str], config: IngestConfig, ru
     return todo, summary
 
 
-def record_discovery_problems(corpus: Corpus, found: Discovery, known: dict[str, tuple[int, float, str | None]], summary: IngestSummary) -> None:
+def record_discovery_problems(
+    corpus: Corpus,
+    found: Discovery,
+    known: dict[str, tuple[int, float, str | None]],
+    summary: IngestSummary,
+) -> None:
     """One `errors` row per path that could not be looked at, and a `sources` row (status
     `skipped`, with the reason) per file that is not audio; unchanged skipped files are not
     recorded again."""
     now = utcnow()
     errors = [
         error_row(
-            stage="ingest", stage_version=INGEST_VERSION, config_hash="discover", track_id=None, uri=p.uri,
-            exc=_DiscoveryError(p.message), retryable=False, run_id=summary.run_id, created_at=now,
+            stage="ingest",
+            stage_version=INGEST_VERSION,
+            config_hash="discover",
+            track_id=None,
+            uri=p.uri,
+            exc=_DiscoveryError(p.message),
+            retryable=False,
+            run_id=summary.run_id,
+            created_at=now,
         )
         for p in found.problems
     ]
@@ -385,10 +505,20 @@ def record_discovery_problems(corpus: Corpus, found: Discovery, known: dict[str,
         seen = known.get(f.uri)
         if seen is not None and seen[0] == f.size and seen[1] == f.mtime:
             continue
-        skipped.append(stamp_row(
-            {"uri": f.uri, "size_bytes": f.size, "mtime": f.mtime, "track_id": None, "status": "skipped", "reason": reason},
-            run_id=summary.run_id, created_at=now,
-        ))
+        skipped.append(
+            stamp_row(
+                {
+                    "uri": f.uri,
+                    "size_bytes": f.size,
+                    "mtime": f.mtime,
+                    "track_id": None,
+                    "status": "skipped",
+                    "reason": reason,
+                },
+                run_id=summary.run_id,
+                created_at=now,
+            )
+        )
     corpus.write("errors", errors)
     corpus.write("sources", skipped)
     summary.errors += len(errors)
@@ -408,7 +538,9 @@ def ingest_batches(files: Sequence[FoundFile], batch_size: int) -> list[list[Fou
     by_size = sorted(files, key=lambda f: (f.size, f.uri))
     batches: list[list[FoundFile]] = []
     for f in by_size:
-        if not batches or (len(batches[-1]) >= max(1, batch_size) and batches[-1][-1].size != f.size):
+        if not batches or (
+            len(batches[-1]) >= max(1, batch_size) and batches[-1][-1].size != f.size
+        ):
             batches.append([])
         batches[-1].append(f)
     return batches

@@ -24,7 +24,17 @@ import numpy as np
 from songmill.annotate.tempo import essentia_standard
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLATS = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
+_FLATS = {
+    "Db": "C#",
+    "Eb": "D#",
+    "Gb": "F#",
+    "Ab": "G#",
+    "Bb": "A#",
+    "Cb": "B",
+    "Fb": "E",
+    "E#": "F",
+    "B#": "C",
+}
 TUNING_FRAME = 4096
 
 
@@ -39,7 +49,9 @@ class KeyConfig:
     profile: str = "bgate"
     frame: int = 2048  # samples at the analysis rate: 186 ms at 11025 Hz, no overlap
     hpcp_size: int = 36
-    harmonics: int = 8  # HPCP harmonic weighting: a peak also counts for the classes it is a harmonic of
+    harmonics: int = (
+        8  # HPCP harmonic weighting: a peak also counts for the classes it is a harmonic of
+    )
     polyphony: bool = False  # Key's polyphonic profiles (harmonics of the profile's notes)
     three_chords: bool = False  # Key's profile: tonic, dominant and subdominant triads
     min_hz: float = 40.0
@@ -59,21 +71,43 @@ def keyextractor_config(config: KeyConfig) -> KeyConfig:
     """essentia KeyExtractor's chroma and key settings (its defaults at 44.1 kHz: 93 ms frames;
     on the development set its key did not change with the rate, only with the frame length),
     on `config`'s frames."""
-    return replace(config, profile="bgate", hpcp_size=12, harmonics=4, polyphony=False, three_chords=False,
-                   min_hz=25.0, max_hz=3500.0, band_preset=False, window="hann", peak_threshold=1e-4,
-                   pcp_threshold=0.2, method="chroma")
+    return replace(
+        config,
+        profile="bgate",
+        hpcp_size=12,
+        harmonics=4,
+        polyphony=False,
+        three_chords=False,
+        min_hz=25.0,
+        max_hz=3500.0,
+        band_preset=False,
+        window="hann",
+        peak_threshold=1e-4,
+        pcp_threshold=0.2,
+        method="chroma",
+    )
 
 
-def estimate_tuning(y: np.ndarray, sr: int, min_hz: float = 40.0, max_hz: float = 5000.0) -> float | None:
+def estimate_tuning(
+    y: np.ndarray, sr: int, min_hz: float = 40.0, max_hz: float = 5000.0
+) -> float | None:
     """Concert-A frequency from the deviation of spectral peaks from equal temperament."""
     es = essentia_standard()
     window = es.Windowing(type="blackmanharris62", size=TUNING_FRAME)
     spectrum = es.Spectrum(size=TUNING_FRAME)
-    peaks = es.SpectralPeaks(sampleRate=sr, minFrequency=min_hz, maxFrequency=min(max_hz, sr / 2 - 1),
-                             maxPeaks=60, magnitudeThreshold=1e-5, orderBy="magnitude")
+    peaks = es.SpectralPeaks(
+        sampleRate=sr,
+        minFrequency=min_hz,
+        maxFrequency=min(max_hz, sr / 2 - 1),
+        maxPeaks=60,
+        magnitudeThreshold=1e-5,
+        orderBy="magnitude",
+    )
     tuning = es.TuningFrequency()  # accumulates a histogram over the frames it sees
     tuning_hz = None
-    for frame in es.FrameGenerator(y, frameSize=TUNING_FRAME, hopSize=TUNING_FRAME, startFromZero=True):
+    for frame in es.FrameGenerator(
+        y, frameSize=TUNING_FRAME, hopSize=TUNING_FRAME, startFromZero=True
+    ):
         freqs, mags = peaks(spectrum(window(frame)))
         if freqs.shape[0]:
             tuning_hz, _ = tuning(freqs, mags)
@@ -86,24 +120,47 @@ def estimate_tuning(y: np.ndarray, sr: int, min_hz: float = 40.0, max_hz: float 
     return float(440.0 * 2 ** (cents / 1200))
 
 
-def hpcp_frames(y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 440.0) -> np.ndarray:
+def hpcp_frames(
+    y: np.ndarray, sr: int, config: KeyConfig, reference_hz: float = 440.0
+) -> np.ndarray:
     """Per-frame HPCP (frames x hpcp_size, unnormalised; zeros where a frame has no peaks)."""
     es = essentia_standard()
     max_hz = min(config.max_hz, sr / 2 - 100)
     window = es.Windowing(type=config.window, size=config.frame)
     spectrum = es.Spectrum(size=config.frame)
-    peaks = es.SpectralPeaks(sampleRate=sr, maxPeaks=60, minFrequency=config.min_hz, maxFrequency=max_hz,
-                             magnitudeThreshold=config.peak_threshold, orderBy="magnitude")
+    peaks = es.SpectralPeaks(
+        sampleRate=sr,
+        maxPeaks=60,
+        minFrequency=config.min_hz,
+        maxFrequency=max_hz,
+        magnitudeThreshold=config.peak_threshold,
+        orderBy="magnitude",
+    )
     whiten = es.SpectralWhitening(sampleRate=sr, maxFrequency=max_hz)
-    hpcp = es.HPCP(size=config.hpcp_size, sampleRate=sr, referenceFrequency=reference_hz,
-                   harmonics=config.harmonics, bandPreset=config.band_preset, minFrequency=config.min_hz,
-                   maxFrequency=max_hz, weightType="cosine", nonLinear=False, windowSize=1.0,
-                   normalized="none")  # loud frames weigh more: measured better than per-frame unit max
+    hpcp = es.HPCP(
+        size=config.hpcp_size,
+        sampleRate=sr,
+        referenceFrequency=reference_hz,
+        harmonics=config.harmonics,
+        bandPreset=config.band_preset,
+        minFrequency=config.min_hz,
+        maxFrequency=max_hz,
+        weightType="cosine",
+        nonLinear=False,
+        windowSize=1.0,
+        normalized="none",
+    )  # loud frames weigh more: measured better than per-frame unit max
     frames = []
-    for frame in es.FrameGenerator(y, frameSize=config.frame, hopSize=config.frame, startFromZero=True):
+    for frame in es.FrameGenerator(
+        y, frameSize=config.frame, hopSize=config.frame, startFromZero=True
+    ):
         spec = spectrum(window(frame))
         freqs, mags = peaks(spec)
-        frames.append(hpcp(freqs, whiten(spec, freqs, mags)) if freqs.shape[0] else np.zeros(config.hpcp_size, np.float32))
+        frames.append(
+            hpcp(freqs, whiten(spec, freqs, mags))
+            if freqs.shape[0]
+            else np.zeros(config.hpcp_size, np.float32)
+        )
     return np.asarray(frames, np.float32).reshape(-1, config.hpcp_size)
 
 
@@ -120,26 +177,67 @@ def _normalised(chroma: np.ndarray) -> np.ndarray:
 def key_of_chroma(chroma: np.ndarray, config: KeyConfig) -> dict[str, Any]:
     """Tonic (sharps), mode, the profile correlation and its margin over the second-best key."""
     es = essentia_standard()
-    key = es.Key(profileType=config.profile, pcpSize=config.hpcp_size, usePolyphony=config.polyphony,
-                 useThreeChords=config.three_chords)
+    key = es.Key(
+        profileType=config.profile,
+        pcpSize=config.hpcp_size,
+        usePolyphony=config.polyphony,
+        useThreeChords=config.three_chords,
+    )
     chroma = _normalised(chroma)
     if config.pcp_threshold > 0:  # as KeyExtractor: weak pitch classes count as absent
         chroma = np.where(chroma < config.pcp_threshold, 0.0, chroma).astype(np.float32)
     tonic, mode, strength, margin = key(chroma)
     tonic = sharp_name(tonic)
-    return {"key_tonic": tonic, "key_mode": mode, "keyscale": f"{tonic} {mode}",
-            "key_strength": float(strength), "key_margin": float(margin)}
+    return {
+        "key_tonic": tonic,
+        "key_mode": mode,
+        "keyscale": f"{tonic} {mode}",
+        "key_strength": float(strength),
+        "key_margin": float(margin),
+    }
 
 
 # essentia Key's profiles (src/algorithms/tonal/key.cpp, keyEDM3.cpp): major then minor, tonic
 # first, one value a semitone.
 PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "bgate": ((1.00, 0.00, 0.42, 0.00, 0.53, 0.37, 0.00, 0.77, 0.00, 0.38, 0.21, 0.30),
-              (1.00, 0.00, 0.36, 0.39, 0.00, 0.38, 0.00, 0.74, 0.27, 0.00, 0.42, 0.23)),
-    "temperley2005": ((0.748, 0.060, 0.488, 0.082, 0.67, 0.46, 0.096, 0.715, 0.104, 0.366, 0.057, 0.4),
-                      (0.712, 0.084, 0.474, 0.618, 0.049, 0.46, 0.105, 0.747, 0.404, 0.067, 0.133, 0.33)),
-    "noland": ((0.0629, 0.0146, 0.061, 0.0121, 0.0623, 0.0414, 0.0248, 0.0631, 0.015, 0.0521, 0.0142, 0.0478),
-               (0.0682, 0.0138, 0.0543, 0.0519, 0.0234, 0.0544, 0.0176, 0.067, 0.0349, 0.0297, 0.0401, 0.027)),
+    "bgate": (
+        (1.00, 0.00, 0.42, 0.00, 0.53, 0.37, 0.00, 0.77, 0.00, 0.38, 0.21, 0.30),
+        (1.00, 0.00, 0.36, 0.39, 0.00, 0.38, 0.00, 0.74, 0.27, 0.00, 0.42, 0.23),
+    ),
+    "temperley2005": (
+        (0.748, 0.060, 0.488, 0.082, 0.67, 0.46, 0.096, 0.715, 0.104, 0.366, 0.057, 0.4),
+        (0.712, 0.084, 0.474, 0.618, 0.049, 0.46, 0.105, 0.747, 0.404, 0.067, 0.133, 0.33),
+    ),
+    "noland": (
+        (
+            0.0629,
+            0.0146,
+            0.061,
+            0.0121,
+            0.0623,
+            0.0414,
+            0.0248,
+            0.0631,
+            0.015,
+            0.0521,
+            0.0142,
+            0.0478,
+        ),
+        (
+            0.0682,
+            0.0138,
+            0.0543,
+            0.0519,
+            0.0234,
+            0.0544,
+            0.0176,
+            0.067,
+            0.0349,
+            0.0297,
+            0.0401,
+            0.027,
+        ),
+    ),
 }
 # The key model: (chroma, feature) pairs and their weights, fitted by
 # benchmarks/devset/fit_key_model.py on the pooled training halves (v6: L2 0.01, chosen there by
@@ -147,8 +245,12 @@ PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 # natural_seventh, were (1.86, 5.46, -0.95, 4.55, 2.08, 5.34) at L2 0.03). A feature is a
 # profile name (the chroma's correlation with it) or "natural_seventh" (see natural_seventh).
 KEY_MODEL_FEATURES: tuple[tuple[str, str], ...] = (
-    ("stage", "bgate"), ("keyextractor", "bgate"), ("stage", "temperley2005"),
-    ("keyextractor", "temperley2005"), ("stage", "noland"), ("keyextractor", "noland"),
+    ("stage", "bgate"),
+    ("keyextractor", "bgate"),
+    ("stage", "temperley2005"),
+    ("keyextractor", "temperley2005"),
+    ("stage", "noland"),
+    ("keyextractor", "noland"),
     ("keyextractor", "natural_seventh"),
 )
 KEY_MODEL_WEIGHTS: tuple[float, ...] = (2.19, 4.12, -1.06, 8.55, 1.53, 5.54, 2.39)
@@ -209,7 +311,9 @@ def natural_seventh(chroma: np.ndarray) -> np.ndarray:
     an HPCP (bin 0 = A), folded to 12 semitones."""
     size = chroma.shape[0]
     n = size // 12
-    folded = np.roll(chroma.astype(np.float64), n // 2).reshape(12, n).sum(axis=1)  # semitones from A
+    folded = (
+        np.roll(chroma.astype(np.float64), n // 2).reshape(12, n).sum(axis=1)
+    )  # semitones from A
     pcs = np.roll(folded, -3)  # pitch classes from C
     tonic = np.arange(12)
     out = np.zeros(24)
@@ -224,11 +328,17 @@ def key_feature(chroma: np.ndarray, feature: str) -> np.ndarray:
     return profile_correlations(chroma, feature)
 
 
-def key_posterior(chromas: dict[str, np.ndarray], features: tuple[tuple[str, str], ...] = KEY_MODEL_FEATURES,
-                  weights: tuple[float, ...] = KEY_MODEL_WEIGHTS) -> np.ndarray:
+def key_posterior(
+    chromas: dict[str, np.ndarray],
+    features: tuple[tuple[str, str], ...] = KEY_MODEL_FEATURES,
+    weights: tuple[float, ...] = KEY_MODEL_WEIGHTS,
+) -> np.ndarray:
     """P(key) over the 24 keys: softmax of the weighted features of the chromas (name -> summed
     HPCP, normalised and thresholded as the key model expects)."""
-    z = sum(w * key_feature(chromas[name], feature) for (name, feature), w in zip(features, weights, strict=True))
+    z = sum(
+        w * key_feature(chromas[name], feature)
+        for (name, feature), w in zip(features, weights, strict=True)
+    )
     z = np.asarray(z, np.float64) - float(np.max(z))
     p = np.exp(z)
     return p / p.sum()
@@ -243,8 +353,14 @@ def model_chroma(chroma: np.ndarray, config: KeyConfig) -> np.ndarray:
 
 
 def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
-    empty = {"key_tonic": None, "key_mode": None, "keyscale": None, "key_strength": 0.0,
-             "key_confidence": 0.0, "tuning_hz": None}
+    empty = {
+        "key_tonic": None,
+        "key_mode": None,
+        "keyscale": None,
+        "key_strength": 0.0,
+        "key_confidence": 0.0,
+        "tuning_hz": None,
+    }
     if config.method not in ("model", "chroma"):
         raise ValueError(f"key method must be model or chroma, not {config.method!r}")
     if y.shape[0] < TUNING_FRAME or float(np.abs(y).max()) < 1e-5:  # too short or silent: no key
@@ -261,16 +377,27 @@ def tuning_and_key(y: np.ndarray, sr: int, config: KeyConfig) -> dict[str, Any]:
     if config.method == "chroma":
         row = key_of_chroma(chroma, config)
         margin = row.pop("key_margin")
-        row["key_confidence"] = float(np.clip(margin, 0.0, 1.0))  # Key's relative margin to the runner-up
+        row["key_confidence"] = float(
+            np.clip(margin, 0.0, 1.0)
+        )  # Key's relative margin to the runner-up
         row["tuning_hz"] = tuning_hz
         return row
     fallback = keyextractor_config(config)
-    chromas = {"stage": model_chroma(chroma, config),
-               "keyextractor": model_chroma(hpcp_frames(y, sr, fallback, reference_hz).sum(axis=0), fallback)}
+    chromas = {
+        "stage": model_chroma(chroma, config),
+        "keyextractor": model_chroma(
+            hpcp_frames(y, sr, fallback, reference_hz).sum(axis=0), fallback
+        ),
+    }
     posterior = key_posterior(chromas)
     best = int(np.argmax(posterior))
     tonic, mode = key_name(best)
-    return {"key_tonic": tonic, "key_mode": mode, "keyscale": f"{tonic} {mode}",
-            # the stage chroma's bgate correlation with the chosen key (essentia Key's strength)
-            "key_strength": float(profile_correlations(chromas["stage"], "bgate")[best]),
-            "key_confidence": float(posterior[best]), "tuning_hz": tuning_hz}
+    return {
+        "key_tonic": tonic,
+        "key_mode": mode,
+        "keyscale": f"{tonic} {mode}",
+        # the stage chroma's bgate correlation with the chosen key (essentia Key's strength)
+        "key_strength": float(profile_correlations(chromas["stage"], "bgate")[best]),
+        "key_confidence": float(posterior[best]),
+        "tuning_hz": tuning_hz,
+    }

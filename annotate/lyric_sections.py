@@ -31,7 +31,9 @@ _LETTER = re.compile(r"[^\W\d_]")
 @dataclass
 class LyricSectionsConfig(StageConfig):
     lyric_tokenizer: str = ""  # tokenizer.json from `songmill train tokenizer`; "" = UTF-8 bytes
-    min_line_similarity: float = 55.0  # rapidfuzz ratio (0-100) for a canonical line to take a segment's section
+    min_line_similarity: float = (
+        55.0  # rapidfuzz ratio (0-100) for a canonical line to take a segment's section
+    )
     max_tokens: int = 4096
 
 
@@ -57,7 +59,9 @@ def transcript_lines(transcript: dict, sections: list[dict]) -> list[tuple[str, 
     return out
 
 
-def align_canonical(canonical: str, heard: list[tuple[str, str | None]], min_similarity: float) -> list[tuple[str, str | None]]:
+def align_canonical(
+    canonical: str, heard: list[tuple[str, str | None]], min_similarity: float
+) -> list[tuple[str, str | None]]:
     """Canonical lines with the section of the transcript segment each one matches (in order)."""
     from rapidfuzz import fuzz
 
@@ -110,7 +114,9 @@ class LyricSectionsStage(Stage):
         except FileNotFoundError as exc:
             raise StageUnavailable(f"lyric_sections: {exc}") from None
         if self.corpus is not None:
-            rows = self.corpus.sql("SELECT lyric_id, lyrics, language FROM lyrics WHERE lyrics IS NOT NULL").to_pylist()
+            rows = self.corpus.sql(
+                "SELECT lyric_id, lyrics, language FROM lyrics WHERE lyrics IS NOT NULL"
+            ).to_pylist()
             self.lyrics_by_id = {r["lyric_id"]: r for r in rows}
 
     def canonical(self, track: Track) -> tuple[str | None, str | None]:
@@ -130,11 +136,21 @@ class LyricSectionsStage(Stage):
         separation = track.inputs.get("separation") or {}
         canonical, canonical_language = self.canonical(track)
         heard = [] if transcript.get("hallucination") else transcript_lines(transcript, sections)
-        if separation.get("is_instrumental") or (not heard and not canonical and (transcript or separation)):
+        if separation.get("is_instrumental") or (
+            not heard and not canonical and (transcript or separation)
+        ):
             plain, tagged, source, language = "", INSTRUMENTAL, "instrumental", None
         elif canonical:
-            lines = align_canonical(canonical, heard, self.config.min_line_similarity) if heard and sections else None
-            plain = "\n".join(" ".join(line.split()) for line in strip_section_tags(canonical).splitlines() if line.strip())
+            lines = (
+                align_canonical(canonical, heard, self.config.min_line_similarity)
+                if heard and sections
+                else None
+            )
+            plain = "\n".join(
+                " ".join(line.split())
+                for line in strip_section_tags(canonical).splitlines()
+                if line.strip()
+            )
             tagged = tag_lines(lines) if lines else canonical.strip()
             source, language = "canonical", canonical_language or transcript.get("language")
         elif heard:

@@ -47,7 +47,9 @@ class LyricsConfig(StageConfig):
     fallback_scan: bool = True
 
     def index_params(self) -> LyricsIndexParams:
-        return LyricsIndexParams(self.num_perm, self.seed, self.scheme, self.shingle_size, self.lsh_threshold)
+        return LyricsIndexParams(
+            self.num_perm, self.seed, self.scheme, self.shingle_size, self.lsh_threshold
+        )
 
 
 @dataclass
@@ -60,7 +62,9 @@ class Candidate:
     score: float = 0.0
 
 
-def rescore(query_key: str, lyric_key: str, shingle_size: int, alignment_weight: float) -> tuple[float, float, float, float]:
+def rescore(
+    query_key: str, lyric_key: str, shingle_size: int, alignment_weight: float
+) -> tuple[float, float, float, float]:
     """(jaccard, containment, alignment, score) of a transcript against one lyric, exactly."""
     from rapidfuzz import fuzz
 
@@ -90,7 +94,9 @@ class LyricsStage(Stage):
 
     def setup(self) -> None:
         if self.corpus is None:
-            raise StageUnavailable("the lyrics stage needs its corpus (stage.corpus) to read the lyrics database")
+            raise StageUnavailable(
+                "the lyrics stage needs its corpus (stage.corpus) to read the lyrics database"
+            )
         self.db = LyricsDB(self.corpus, self.config.index_params())
         self.index = self.db.index()
         if len(self.index) == 0:
@@ -116,7 +122,9 @@ class LyricsStage(Stage):
         ipa: dict[int, str] = {}
         for language in {lang for lang, _ in queries.values()}:
             members = [i for i, (lang, _) in queries.items() if lang == language]
-            for i, text in zip(members, to_ipa_batch([queries[i][1] for i in members], language), strict=True):
+            for i, text in zip(
+                members, to_ipa_batch([queries[i][1] for i in members], language), strict=True
+            ):
                 ipa[i] = text
         keys = {i: phoneme_key(ipa[i]) for i in ipa}
         for i in list(keys):
@@ -125,7 +133,11 @@ class LyricsStage(Stage):
                 del keys[i]
         order = sorted(keys)
         hasher = self.config.index_params().hasher()
-        signatures = hasher.signatures([keys[i] for i in order], cfg.shingle_size) if order else np.zeros((0, cfg.num_perm))
+        signatures = (
+            hasher.signatures([keys[i] for i in order], cfg.shingle_size)
+            if order
+            else np.zeros((0, cfg.num_perm))
+        )
         found = {i: self.index.query(sig) for i, sig in zip(order, signatures, strict=True)}
         # Rank each track's LSH candidates by estimated Jaccard (signatures held by the index),
         # then read the few best of the whole batch in one query for the exact re-score.
@@ -137,8 +149,13 @@ class LyricsStage(Stage):
             shortlist[i] = [(ids[j], float(estimates[j])) for j in best_first]
         self._score(results, shortlist, ipa, keys, "lsh+rescore")
         if cfg.fallback_scan:
-            missed = [i for i in order if isinstance(results[i], dict) and not results[i]["matched"]]
-            scanned = {i: self.index.nearest(signatures[order.index(i)], cfg.max_candidates) for i in missed}
+            missed = [
+                i for i in order if isinstance(results[i], dict) and not results[i]["matched"]
+            ]
+            scanned = {
+                i: self.index.nearest(signatures[order.index(i)], cfg.max_candidates)
+                for i in missed
+            }
             self._score(results, scanned, ipa, keys, "scan+rescore", keep_better_only=True)
         return results
 
@@ -149,7 +166,12 @@ class LyricsStage(Stage):
         lyrics = self.db.get(wanted, "lyric_id, ipa") if wanted else {}
         for i, pairs in shortlist.items():
             try:
-                row = self._match(ipa[i], keys[i], [(c, e, lyrics[c]["ipa"]) for c, e in pairs if c in lyrics], method)
+                row = self._match(
+                    ipa[i],
+                    keys[i],
+                    [(c, e, lyrics[c]["ipa"]) for c, e in pairs if c in lyrics],
+                    method,
+                )
             except Exception as exc:  # one bad track never stops the batch
                 results[i] = exc
                 continue
@@ -157,15 +179,23 @@ class LyricsStage(Stage):
             if not keep_better_only or (row["score"] or 0) > (previous.get("score") or 0):
                 results[i] = row
 
-    def _match(self, query_ipa: str, query_key: str, shortlist: list[tuple[str, float, str | None]], method: str) -> dict[str, Any]:
+    def _match(
+        self,
+        query_ipa: str,
+        query_key: str,
+        shortlist: list[tuple[str, float, str | None]],
+        method: str,
+    ) -> dict[str, Any]:
         cfg = self.config
         if not shortlist:
             return self._unmatched(method.split("+")[0], query_ipa)
         candidates = []
         for lyric_id, estimate, lyric_ipa in shortlist:
             candidate = Candidate(lyric_id, estimate)
-            candidate.jaccard, candidate.containment, candidate.alignment, candidate.score = rescore(
-                query_key, phoneme_key(lyric_ipa or ""), cfg.shingle_size, cfg.alignment_weight
+            candidate.jaccard, candidate.containment, candidate.alignment, candidate.score = (
+                rescore(
+                    query_key, phoneme_key(lyric_ipa or ""), cfg.shingle_size, cfg.alignment_weight
+                )
             )
             candidates.append(candidate)
         candidates.sort(key=lambda c: (-c.score, c.lyric_id))
@@ -181,7 +211,14 @@ class LyricsStage(Stage):
         )
 
     def _unmatched(self, method: str, query_ipa: str | None = None) -> dict[str, Any]:
-        return self._row(lyric_id=None, score=None, matched=False, method=method, candidates=[], query_ipa=query_ipa)
+        return self._row(
+            lyric_id=None,
+            score=None,
+            matched=False,
+            method=method,
+            candidates=[],
+            query_ipa=query_ipa,
+        )
 
     def _row(self, **values: Any) -> dict[str, Any]:
         return values | {"db_lyrics": len(self.index), "db_fingerprint": self.index.fingerprint}

@@ -55,7 +55,9 @@ class LyricsIndexParams:
     num_perm: int = DEFAULT_NUM_PERM
     seed: int = DEFAULT_SEED
     scheme: str = DEFAULT_SCHEME
-    shingle_size: int = 5  # IPA characters per shingle (about two phonemes: unrelated lyrics share few)
+    shingle_size: int = (
+        5  # IPA characters per shingle (about two phonemes: unrelated lyrics share few)
+    )
     # LSH banding for this threshold (42 bands x 3 rows at 128 permutations) finds a lyric at
     # estimated Jaccard 0.4 with p = 0.94 and 0.5 with p = 0.996, and lets through ~1 % of
     # lyrics at 0.06: transcripts with errors, or of part of a song, sit around 0.35 - 0.9.
@@ -63,7 +65,9 @@ class LyricsIndexParams:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self) | {"phonemes": PHONEMES_VERSION, "format": INDEX_FORMAT}, sort_keys=True)
+        blob = json.dumps(
+            asdict(self) | {"phonemes": PHONEMES_VERSION, "format": INDEX_FORMAT}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def hasher(self) -> MinHasher:
@@ -104,9 +108,13 @@ def read_lyrics_file(path: str) -> list[dict[str, Any]]:
         raise LyricsFileError(f"{path}: expected a .jsonl, .csv or .parquet file")
     if records and not all(isinstance(r, dict) for r in records):
         raise LyricsFileError(f"{path}: every record must be an object with lyric_id and lyrics")
-    missing = {"lyric_id", "lyrics"} - set().union(*(r.keys() for r in records)) if records else set()
+    missing = (
+        {"lyric_id", "lyrics"} - set().union(*(r.keys() for r in records)) if records else set()
+    )
     if missing:
-        raise LyricsFileError(f"{path}: missing column(s) {sorted(missing)}; expected {', '.join(LYRICS_FIELDS)}")
+        raise LyricsFileError(
+            f"{path}: missing column(s) {sorted(missing)}; expected {', '.join(LYRICS_FIELDS)}"
+        )
     return records
 
 
@@ -122,7 +130,9 @@ def _signature_bytes(signature: np.ndarray) -> bytes:
 def signatures_from_bytes(blobs: Sequence[bytes], num_perm: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, num_perm), np.uint32)
-    return np.frombuffer(b"".join(blobs), dtype="<u4").reshape(len(blobs), num_perm).astype(np.uint32)
+    return (
+        np.frombuffer(b"".join(blobs), dtype="<u4").reshape(len(blobs), num_perm).astype(np.uint32)
+    )
 
 
 class LyricsIndex:
@@ -160,7 +170,10 @@ class LyricsIndex:
         new = [i for i in lyric_ids if i not in self.position]
         used = len(self.position)
         if used + len(new) > self._signatures.shape[0]:  # grow by doubling
-            grown = np.zeros((max(2 * self._signatures.shape[0], used + len(new), 1024), self.params.num_perm), np.uint32)
+            grown = np.zeros(
+                (max(2 * self._signatures.shape[0], used + len(new), 1024), self.params.num_perm),
+                np.uint32,
+            )
             grown[:used] = self._signatures[:used]
             self._signatures = grown
         for lyric_id in new:
@@ -201,7 +214,9 @@ class LyricsIndex:
     def _row_signatures(self, rows: pa.Table) -> np.ndarray:
         """Stored signatures where they were made with these parameters, recomputed otherwise."""
         p = self.params
-        stored = rows.select(["signature", "num_perm", "seed", "scheme", "shingle_size", "phonemes_version"]).to_pylist()
+        stored = rows.select(
+            ["signature", "num_perm", "seed", "scheme", "shingle_size", "phonemes_version"]
+        ).to_pylist()
         usable = [
             r["signature"] is not None
             and (r["num_perm"], r["seed"], r["scheme"], r["shingle_size"], r["phonemes_version"])
@@ -232,7 +247,11 @@ def _ipa_for(records: Sequence[Mapping[str, Any]]) -> list[str]:
         else:
             by_language.setdefault(normalise_language(r.get("language")), []).append(i)
     for language, indices in by_language.items():
-        for i, ipa in zip(indices, to_ipa_batch([records[i]["lyrics"] or "" for i in indices], language), strict=True):
+        for i, ipa in zip(
+            indices,
+            to_ipa_batch([records[i]["lyrics"] or "" for i in indices], language),
+            strict=True,
+        ):
             out[i] = ipa
     return out
 
@@ -245,7 +264,9 @@ class LyricsDB:
         self.params = params or LyricsIndexParams()
 
     # -- reads ----------------------------------------------------------------------------------
-    def latest(self, columns: str = "*", where: str | None = None, params: list[Any] | None = None) -> pa.Table:
+    def latest(
+        self, columns: str = "*", where: str | None = None, params: list[Any] | None = None
+    ) -> pa.Table:
         sql = f"SELECT {columns} FROM ({LATEST_LYRICS_SQL}) l"
         return self.corpus.sql(sql + (f" WHERE {where}" if where else ""), params)
 
@@ -261,10 +282,19 @@ class LyricsDB:
         return {r["lyric_id"]: r for r in rows.to_pylist()}
 
     def count(self) -> int:
-        return int(self.corpus.sql(f"SELECT count(*) AS n FROM ({LATEST_LYRICS_SQL})").column("n")[0].as_py())
+        return int(
+            self.corpus.sql(f"SELECT count(*) AS n FROM ({LATEST_LYRICS_SQL})")
+            .column("n")[0]
+            .as_py()
+        )
 
     # -- writes ---------------------------------------------------------------------------------
-    def add(self, records: Iterable[Mapping[str, Any]], source: str | None = None, run_id: str | None = None) -> AddSummary:
+    def add(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        source: str | None = None,
+        run_id: str | None = None,
+    ) -> AddSummary:
         """Add or update lyrics; identical re-adds are skipped. Updates the LSH index."""
         summary = AddSummary()
         wanted: dict[str, dict[str, Any]] = {}
@@ -274,16 +304,25 @@ class LyricsDB:
             if not lyric_id or not isinstance(text, str) or not text.strip():
                 summary.invalid.append(f"record {n}: needs a lyric_id and non-empty lyrics")
                 continue
-            clean = {k: (None if record.get(k) in (None, "") else str(record.get(k))) for k in LYRICS_FIELDS}
+            clean = {
+                k: (None if record.get(k) in (None, "") else str(record.get(k)))
+                for k in LYRICS_FIELDS
+            }
             clean["lyric_id"] = lyric_id
             clean["language"] = normalise_language(clean["language"])
             wanted[lyric_id] = clean  # the last record of an id in a file wins
-        known = self.get(list(wanted), "lyric_id, content_sha256, phonemes_version") if wanted else {}
+        known = (
+            self.get(list(wanted), "lyric_id, content_sha256, phonemes_version") if wanted else {}
+        )
         todo = []
         for lyric_id, record in wanted.items():
             record["content_sha256"] = _content_sha(record)
             old = known.get(lyric_id)
-            if old and old["content_sha256"] == record["content_sha256"] and old["phonemes_version"] == PHONEMES_VERSION:
+            if (
+                old
+                and old["content_sha256"] == record["content_sha256"]
+                and old["phonemes_version"] == PHONEMES_VERSION
+            ):
                 summary.unchanged += 1
                 continue
             summary.updated += old is not None
@@ -341,12 +380,26 @@ class LyricsDB:
         new_parts = sorted(parts.keys() - index.parts)
         if not new_parts:
             return index
-        columns = ["lyric_id", "lyrics", "language", "ipa", "phonemes_version", "signature", "num_perm", "seed", "scheme", "shingle_size", "created_at"]
+        columns = [
+            "lyric_id",
+            "lyrics",
+            "language",
+            "ipa",
+            "phonemes_version",
+            "signature",
+            "num_perm",
+            "seed",
+            "scheme",
+            "shingle_size",
+            "created_at",
+        ]
         tables = []
         for name in new_parts:
             with self.corpus.fs.open(parts[name], "rb") as f:
                 tables.append(pq.read_table(f, columns=columns))
         index.apply(pa.concat_tables(tables, promote_options="permissive"))
         index.parts.update(new_parts)
-        self.corpus.write_bytes(self.index_relpath, pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
+        self.corpus.write_bytes(
+            self.index_relpath, pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL)
+        )
         return index

@@ -114,7 +114,12 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 class MinHasher:
     """Computes datasketch-compatible MinHash signatures for batches of texts or hash arrays."""
 
-    def __init__(self, num_perm: int = DEFAULT_NUM_PERM, seed: int = DEFAULT_SEED, scheme: str = DEFAULT_SCHEME):
+    def __init__(
+        self,
+        num_perm: int = DEFAULT_NUM_PERM,
+        seed: int = DEFAULT_SEED,
+        scheme: str = DEFAULT_SCHEME,
+    ):
         if scheme not in SUPPORTED_SCHEMES:
             raise ValueError(f"scheme must be one of {SUPPORTED_SCHEMES}, got {scheme!r}")
         self.num_perm = num_perm
@@ -181,7 +186,9 @@ class MinHasher:
             docs = nonempty[i:j]
             lo, hi = starts[docs[0]], ends[docs[-1]]
             permuted = self._permute(hashes[lo:hi])
-            out[docs] = np.minimum.reduceat(permuted, starts[docs] - lo, axis=1).T.astype(self.dtype)
+            out[docs] = np.minimum.reduceat(permuted, starts[docs] - lo, axis=1).T.astype(
+                self.dtype
+            )
             i = j
         return out
 

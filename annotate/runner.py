@@ -65,7 +65,9 @@ def error_row(
     }
 
 
-def stamp_row(row: Mapping[str, Any], *, run_id: str, created_at: datetime | None = None, **keys: Any) -> dict[str, Any]:
+def stamp_row(
+    row: Mapping[str, Any], *, run_id: str, created_at: datetime | None = None, **keys: Any
+) -> dict[str, Any]:
     """A result row with its bookkeeping columns: the key columns given (track_id, stage_version,
     config_hash, ...), the run that wrote it and when."""
     stamped = dict(row)
@@ -75,7 +77,9 @@ def stamp_row(row: Mapping[str, Any], *, run_id: str, created_at: datetime | Non
     return stamped
 
 
-def stage_error_row(run_id: str, stage: Stage, track: Track, exc: BaseException, retryable: bool) -> dict[str, Any]:
+def stage_error_row(
+    run_id: str, stage: Stage, track: Track, exc: BaseException, retryable: bool
+) -> dict[str, Any]:
     return error_row(
         stage=stage.name,
         stage_version=stage.version,
@@ -114,7 +118,14 @@ class StageProgress:
     wall_s: float = 0.0
 
     def counts(self) -> StageCounts:
-        return StageCounts(self.stage.name, self.n_ok, self.n_error, self.audio_seconds, self.wall_s, self.unavailable)
+        return StageCounts(
+            self.stage.name,
+            self.n_ok,
+            self.n_error,
+            self.audio_seconds,
+            self.wall_s,
+            self.unavailable,
+        )
 
     def add(self, counts: StageCounts) -> None:
         self.n_ok += counts.n_ok
@@ -193,11 +204,21 @@ def _candidates(where: str | None, chosen: bool = False) -> str:
     """The tracks a plan chooses from: without --where the track ids alone (the manifest's joins
     cost time), else the manifest's tracks that match; `chosen`: only those in `_chosen_ids` too
     (a list of track ids registered on the connection, e.g. a training manifest's)."""
-    base = f"SELECT m.track_id FROM manifest m WHERE ({where})" if where else "SELECT track_id FROM _track_ids"
-    return f"SELECT track_id FROM ({base}) WHERE track_id IN (SELECT track_id FROM _chosen_ids)" if chosen else base
+    base = (
+        f"SELECT m.track_id FROM manifest m WHERE ({where})"
+        if where
+        else "SELECT track_id FROM _track_ids"
+    )
+    return (
+        f"SELECT track_id FROM ({base}) WHERE track_id IN (SELECT track_id FROM _chosen_ids)"
+        if chosen
+        else base
+    )
 
 
-def _pending(con: Any, stage: Stage, candidates: str, produced_in_run: set[str], force: bool) -> set[str]:
+def _pending(
+    con: Any, stage: Stage, candidates: str, produced_in_run: set[str], force: bool
+) -> set[str]:
     """pending_track_ids on an open connection, choosing among the track ids `candidates` gives."""
     table = stage.table
     # A result is current when a row of this version and config exists and its lineage still
@@ -207,19 +228,29 @@ def _pending(con: Any, stage: Stage, candidates: str, produced_in_run: set[str],
     # current row of a newer stage version also counts, as this version's row would never show.)
     # A stage that reads no other table records no lineage: its rows cannot be stale (and the
     # check reads the whole table again: half a second per stage at two million tracks).
-    stale = f" OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}')" if input_tables(stage) else ""
-    conditions = [] if force else [
-        f"""((NOT EXISTS (SELECT 1 FROM {table} r WHERE r.track_id = m.track_id
+    stale = (
+        f" OR m.track_id IN (SELECT s.track_id FROM stale s WHERE s.stage_table = '{table}')"
+        if input_tables(stage)
+        else ""
+    )
+    conditions = (
+        []
+        if force
+        else [
+            f"""((NOT EXISTS (SELECT 1 FROM {table} r WHERE r.track_id = m.track_id
               AND ((r.stage_version = {int(stage.version)} AND r.config_hash = '{stage.config_hash}')
                    OR r.stage_version > {int(stage.version)}))
             AND NOT EXISTS (SELECT 1 FROM raw_errors e WHERE e.track_id = m.track_id
               AND e.stage = '{stage.name}' AND e.stage_version = {int(stage.version)}
               AND e.config_hash = '{stage.config_hash}' AND NOT coalesce(e.retryable, false))){stale})""",
-    ]
+        ]
+    )
     for required in stage.requires:
         if required not in produced_in_run:
             conditions.append(f"EXISTS (SELECT 1 FROM {required} q WHERE q.track_id = m.track_id)")
-    result = con.sql(f"SELECT m.track_id FROM ({candidates}) m WHERE {' AND '.join(conditions) or 'true'}").to_arrow_table()
+    result = con.sql(
+        f"SELECT m.track_id FROM ({candidates}) m WHERE {' AND '.join(conditions) or 'true'}"
+    ).to_arrow_table()
     return set(result.column("track_id").to_pylist())
 
 
@@ -245,21 +276,33 @@ def plan(
     """What a run owes: the tracks (of `where`, and of `track_ids` when given) lacking each
     stage's current result, in batches."""
     progress = []
-    with corpus.connect() as con:  # one connection, and the candidate tracks read once for all stages
+    with (
+        corpus.connect() as con
+    ):  # one connection, and the candidate tracks read once for all stages
         if track_ids is not None:
-            con.register("_chosen_ids", pa.table({"track_id": pa.array(list(track_ids), pa.string())}))
+            con.register(
+                "_chosen_ids", pa.table({"track_id": pa.array(list(track_ids), pa.string())})
+            )
         candidates = _candidates(where, chosen=track_ids is not None)
         if len(stages) > 1:
             con.execute(f"CREATE TEMP TABLE _plan_candidates AS {candidates}")
             candidates = "SELECT track_id FROM _plan_candidates"
         for i, (stage, in_run) in enumerate(zip(stages, _requires_in_run(stages), strict=True)):
             produced = {s.table for s in stages[:i]}
-            progress.append(StageProgress(stage, _pending(con, stage, candidates, produced, force), in_run))
+            progress.append(
+                StageProgress(stage, _pending(con, stage, candidates, produced, force), in_run)
+            )
         wanted = set().union(*(p.pending for p in progress)) if progress else set()
-        rows = con.sql(
-            "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
-            params=[sorted(wanted)],
-        ).to_arrow_table().to_pylist() if wanted else []
+        rows = (
+            con.sql(
+                "SELECT * FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY track_id",
+                params=[sorted(wanted)],
+            )
+            .to_arrow_table()
+            .to_pylist()
+            if wanted
+            else []
+        )
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), max(1, batch_size))]
     return Plan(run_id or new_run_id(), progress, batches)
 
@@ -291,16 +334,26 @@ def drop_already_written(corpus: Corpus, plan: Plan) -> list[StageCounts]:
         for p in plan.stages:
             if not p.pending:
                 continue
-            ok = {r[0] for r in con.execute(
-                f"SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
-                [plan.run_id, ids],
-            ).fetchall()} & p.pending
-            failed = {r[0] for r in con.execute(
-                "SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
-                [plan.run_id, p.stage.name, ids],
-            ).fetchall()} & p.pending - ok
+            ok = {
+                r[0]
+                for r in con.execute(
+                    f"SELECT track_id FROM raw_{p.stage.table} WHERE run_id = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [plan.run_id, ids],
+                ).fetchall()
+            } & p.pending
+            failed = {
+                r[0]
+                for r in con.execute(
+                    "SELECT track_id FROM raw_errors WHERE run_id = ? AND stage = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [plan.run_id, p.stage.name, ids],
+                ).fetchall()
+            } & p.pending - ok
             p.pending -= ok | failed
-            earlier.append(StageCounts(p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)))
+            earlier.append(
+                StageCounts(
+                    p.stage.name, len(ok), len(failed), sum(durations.get(t, 0.0) for t in ok)
+                )
+            )
     return earlier
 
 
@@ -317,7 +370,9 @@ def setup_stages(plan: Plan) -> None:
 
 # -- run -------------------------------------------------------------------------------------------
 def _current_rows(corpus: Corpus, table: str, track_ids: list[str]) -> dict[str, dict[str, Any]]:
-    rows = corpus.sql(f"SELECT * FROM {table} WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [track_ids]).to_pylist()
+    rows = corpus.sql(
+        f"SELECT * FROM {table} WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [track_ids]
+    ).to_pylist()
     return {r["track_id"]: r for r in rows}
 
 
@@ -339,14 +394,21 @@ def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> list[S
             done = StageCounts(stage.name, unavailable=progress.unavailable)
             started = time.perf_counter()
             if progress.unavailable is not None:
-                errors = [stage_error_row(plan.run_id, stage, t, StageUnavailable(progress.unavailable), True) for t in todo]
+                errors = [
+                    stage_error_row(
+                        plan.run_id, stage, t, StageUnavailable(progress.unavailable), True
+                    )
+                    for t in todo
+                ]
                 corpus.write("errors", errors)
                 done.n_error = len(errors)
             else:
                 _attach_inputs(corpus, stage, todo, produced, plan.given_inputs)
                 results = _process_isolating_failures(stage, todo)
                 if len(results) != len(todo):
-                    raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(todo)} tracks")
+                    raise RuntimeError(
+                        f"stage {stage.name} returned {len(results)} results for {len(todo)} tracks"
+                    )
                 rows, errors = [], []
                 now = utcnow()
                 for track, result in zip(todo, results, strict=True):
@@ -372,7 +434,9 @@ def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> list[S
                 produced.setdefault(stage.table, {}).update({r["track_id"]: r for r in rows})
                 done.n_ok, done.n_error = len(rows), len(errors)
                 done.wall_s = time.perf_counter() - started
-            progress.add(StageCounts(stage.name, done.n_ok, done.n_error, done.audio_seconds, done.wall_s))
+            progress.add(
+                StageCounts(stage.name, done.n_ok, done.n_error, done.audio_seconds, done.wall_s)
+            )
             counts.append(done)
     finally:
         for track in tracks.values():
@@ -380,9 +444,13 @@ def run_batch(corpus: Corpus, plan: Plan, batch: list[dict[str, Any]]) -> list[S
     return counts
 
 
-def run_batches(corpus: Corpus, plan: Plan, batches: Iterable[list[dict[str, Any]]]) -> list[StageCounts]:
+def run_batches(
+    corpus: Corpus, plan: Plan, batches: Iterable[list[dict[str, Any]]]
+) -> list[StageCounts]:
     """`run_batch` over several batches; returns each stage's totals over them."""
-    totals: dict[str, StageCounts] = {p.stage.name: StageCounts(p.stage.name, unavailable=p.unavailable) for p in plan.stages}
+    totals: dict[str, StageCounts] = {
+        p.stage.name: StageCounts(p.stage.name, unavailable=p.unavailable) for p in plan.stages
+    }
     for batch in batches:
         for c in run_batch(corpus, plan, batch):
             t = totals[c.stage]
@@ -420,7 +488,14 @@ def lineage(stage: Stage, track: Track) -> list[dict[str, Any]]:
     for table in input_tables(stage):
         row = track.inputs.get(table)
         if row is not None and "stage_version" in row:
-            out.append({"table": table, "stage_version": row["stage_version"], "config_hash": row["config_hash"], "run_id": row["run_id"]})
+            out.append(
+                {
+                    "table": table,
+                    "stage_version": row["stage_version"],
+                    "config_hash": row["config_hash"],
+                    "run_id": row["run_id"],
+                }
+            )
     return out
 
 
@@ -464,7 +539,9 @@ def finish(corpus: Corpus, plan: Plan) -> list[RunSummary]:
         summaries.append(summary)
         if p.pending:
             row = {k: v for k, v in summary.__dict__.items() if k != "unavailable"}
-            rows.append(row | {"host": host, "started_at": plan.started_at, "finished_at": finished})
+            rows.append(
+                row | {"host": host, "started_at": plan.started_at, "finished_at": finished}
+            )
     corpus.write("runs", rows)
     for p in plan.stages:  # corpus-wide work after a stage's rows are in (the duplicate index)
         if p.n_ok:

@@ -54,7 +54,7 @@ def _hf_repo(name: str) -> str:
     if name == "htdemucs":
         return f"{HF_NAMESPACE}/HTDemucs"
     if name.startswith("htdemucs_"):
-        return f"{HF_NAMESPACE}/HTDemucs-{name[len('htdemucs_'):]}"
+        return f"{HF_NAMESPACE}/HTDemucs-{name[len('htdemucs_') :]}"
     return f"{HF_NAMESPACE}/Demucs-{name}"
 
 
@@ -93,7 +93,9 @@ def _bag_definition(name: str, model_dir: str | None) -> tuple[dict[str, Any], s
     return {"models": [name]}, None  # a single signature
 
 
-def _find_signature(sig: str, model_dir: str | None, hf_name: str | None, remote: dict[str, str]) -> Path | None:
+def _find_signature(
+    sig: str, model_dir: str | None, hf_name: str | None, remote: dict[str, str]
+) -> Path | None:
     """The local weights file of one signature, or None."""
     if model_dir:
         folder = Path(model_dir)
@@ -120,7 +122,9 @@ def _hub_checkpoint(sig: str, remote: dict[str, str]) -> Path:
     """Where `demucs` caches a downloaded signature: the torch hub checkpoints folder."""
     import torch
 
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(remote.get(sig, f"{sig}.th"))
+    return (
+        Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(remote.get(sig, f"{sig}.th"))
+    )
 
 
 def load_demucs(name: str, model_dir: str | None = None):
@@ -155,7 +159,8 @@ def load_demucs(name: str, model_dir: str | None = None):
         paths.append(path)
     if missing:
         raise StageUnavailable(
-            f"demucs model {name!r}: weights file(s) missing: " + "; ".join(missing)
+            f"demucs model {name!r}: weights file(s) missing: "
+            + "; ".join(missing)
             + f". Looked in {'separate.model_dir, ' if model_dir else ''}the torch hub cache and the "
             f"Hugging Face cache. Online, `python -c \"import demucs.pretrained as p; p.get_model('{name}')\"` "
             "fills those caches (for the default, `songmill models fetch htdemucs`); offline, copy the "
@@ -189,7 +194,9 @@ def _frame_db(x: np.ndarray, frame: int) -> np.ndarray:
     return 10 * np.log10(power + 1e-12)
 
 
-def vocal_activity(vocals: np.ndarray, mix: np.ndarray, sr: int, floor_db: float, margin_db: float) -> float:
+def vocal_activity(
+    vocals: np.ndarray, mix: np.ndarray, sr: int, floor_db: float, margin_db: float
+) -> float:
     frame = max(1, int(FRAME_S * sr))
     v, m = _frame_db(vocals, frame), _frame_db(mix, frame)
     return float(np.mean((v > floor_db) & (v > m - margin_db)))
@@ -218,15 +225,21 @@ class SeparateStage(Stage):
         if self.model is not None:
             return
         if self.corpus is None:
-            raise StageUnavailable("the separate stage needs its corpus (stage.corpus) to write the stems")
+            raise StageUnavailable(
+                "the separate stage needs its corpus (stage.corpus) to write the stems"
+            )
         try:
             import demucs  # noqa: F401
         except ImportError:
-            raise StageUnavailable("demucs is not installed: pip install --no-deps demucs einops julius") from None
+            raise StageUnavailable(
+                "demucs is not installed: pip install --no-deps demucs einops julius"
+            ) from None
         self.device = _device(self.config.device)
         model = load_demucs(self.config.model, self.config.model_dir)
         if "vocals" not in model.sources:
-            raise StageUnavailable(f"demucs model {self.config.model!r} has no vocals source: {model.sources}")
+            raise StageUnavailable(
+                f"demucs model {self.config.model!r} has no vocals source: {model.sources}"
+            )
         self.model = model.to(self.device).eval()
 
     def process(self, tracks):
@@ -240,10 +253,14 @@ class SeparateStage(Stage):
             except Exception as exc:  # undecodable: this track only
                 prepared.append(exc)
         results: list[Any] = [p if isinstance(p, BaseException) else None for p in prepared]
-        ready = sorted((p for p in prepared if not isinstance(p, BaseException)), key=lambda p: p[1].shape[0])
+        ready = sorted(
+            (p for p in prepared if not isinstance(p, BaseException)), key=lambda p: p[1].shape[0]
+        )
         for group in _length_groups(ready, self._batch_tracks()):
             try:
-                stems = self._separate([audio for _, audio in group], [tracks[i].track_id for i, _ in group])
+                stems = self._separate(
+                    [audio for _, audio in group], [tracks[i].track_id for i, _ in group]
+                )
                 for (i, audio), (vocals, accompaniment) in zip(group, stems, strict=True):
                     results[i] = self._row(tracks[i], audio, vocals, accompaniment)
             except Exception as exc:  # e.g. out of memory on a long group: retry one by one
@@ -263,7 +280,9 @@ class SeparateStage(Stage):
             return self.config.batch_tracks
         return 8 if self.device.startswith("cuda") else 1
 
-    def _separate(self, audios: list[np.ndarray], seeds: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _separate(
+        self, audios: list[np.ndarray], seeds: list[str]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stems of tracks of similar length, separated as one batch; each (frames, channels)."""
         import torch
         from demucs.apply import apply_model
@@ -295,13 +314,17 @@ class SeparateStage(Stage):
             out.append((vocals.T.cpu().numpy(), accompaniment.T.cpu().numpy()))
         return out
 
-    def _row(self, track: Track, mix: np.ndarray, vocals: np.ndarray, accompaniment: np.ndarray) -> dict[str, Any]:
+    def _row(
+        self, track: Track, mix: np.ndarray, vocals: np.ndarray, accompaniment: np.ndarray
+    ) -> dict[str, Any]:
         cfg = self.config
         sr = self.model.samplerate
         tid = track.track_id
         stem_dir = f"stems/{tid[:2]}/{tid}/{self.model_tag}-{self.config_hash[:8]}"
         vocals_uri = self.corpus.write_bytes(f"{stem_dir}-vocals.flac", flac_bytes(vocals, sr))
-        accompaniment_uri = self.corpus.write_bytes(f"{stem_dir}-accompaniment.flac", flac_bytes(accompaniment, sr))
+        accompaniment_uri = self.corpus.write_bytes(
+            f"{stem_dir}-accompaniment.flac", flac_bytes(accompaniment, sr)
+        )
         mix_energy = float(np.sum(mix.astype(np.float64) ** 2))
         vocal_energy = float(np.sum(vocals.astype(np.float64) ** 2))
         activity = vocal_activity(vocals, mix, sr, cfg.activity_floor_db, cfg.activity_margin_db)
@@ -324,14 +347,24 @@ def _to_stereo(audio: np.ndarray, channels: int) -> np.ndarray:
         return audio
     if audio.shape[1] == 1:
         return np.repeat(audio, channels, axis=1)
-    return audio[:, :channels] if audio.shape[1] > channels else np.repeat(audio.mean(1, keepdims=True), channels, axis=1)
+    return (
+        audio[:, :channels]
+        if audio.shape[1] > channels
+        else np.repeat(audio.mean(1, keepdims=True), channels, axis=1)
+    )
 
 
-def _length_groups(items: list[tuple[int, np.ndarray]], size: int, max_padding: float = 0.25) -> list[list[tuple[int, np.ndarray]]]:
+def _length_groups(
+    items: list[tuple[int, np.ndarray]], size: int, max_padding: float = 0.25
+) -> list[list[tuple[int, np.ndarray]]]:
     """Consecutive (length-sorted) items in groups of at most `size`, padding at most ~25 %."""
     groups: list[list[tuple[int, np.ndarray]]] = []
     for item in items:
-        if groups and len(groups[-1]) < size and item[1].shape[0] <= (1 + max_padding) * groups[-1][0][1].shape[0]:
+        if (
+            groups
+            and len(groups[-1]) < size
+            and item[1].shape[0] <= (1 + max_padding) * groups[-1][0][1].shape[0]
+        ):
             groups[-1].append(item)
         else:
             groups.append([item])

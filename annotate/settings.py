@@ -29,7 +29,9 @@ class ConfigError(ValueError):
     pass
 
 
-def load_settings(path: str | None, corpus_root: str | None, overrides: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+def load_settings(
+    path: str | None, corpus_root: str | None, overrides: Iterable[str] = ()
+) -> dict[str, dict[str, Any]]:
     """Stage tables from the TOML file (explicit path, else `<corpus>/songmill.toml` if present)
     with the `--set` overrides applied on top."""
     settings: dict[str, dict[str, Any]] = {}
@@ -46,7 +48,9 @@ def load_settings(path: str | None, corpus_root: str | None, overrides: Iterable
                 raise ConfigError(f"{path}: {exc}") from None
         for section, table in raw.items():
             if not isinstance(table, dict):
-                raise ConfigError(f"{path}: top-level key {section!r} must be a [table] of stage settings")
+                raise ConfigError(
+                    f"{path}: top-level key {section!r} must be a [table] of stage settings"
+                )
             settings[section] = dict(table)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -65,7 +69,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def build_config(config_class: type[StageConfig], stage: str, table: Mapping[str, Any] | None) -> StageConfig:
+def build_config(
+    config_class: type[StageConfig], stage: str, table: Mapping[str, Any] | None
+) -> StageConfig:
     """A stage's config dataclass from its settings table, with types checked and coerced."""
     return config_class(**coerce_settings(config_class, table or {}, f"[{stage}]", ConfigError))
 
@@ -87,7 +93,9 @@ def coerce_settings(
         try:
             out[name] = coerce(value, hints[name])
         except (TypeError, ValueError, OverflowError):
-            raise error(f"{where} {name} = {json.dumps(value, default=str)} is not a valid {hints[name]}") from None
+            raise error(
+                f"{where} {name} = {json.dumps(value, default=str)} is not a valid {hints[name]}"
+            ) from None
     return out
 
 
@@ -120,7 +128,9 @@ def coerce(value: Any, hint: Any) -> Any:
     elif kind is str and not isinstance(value, bool | list | dict):
         return str(value)
     elif kind is list and isinstance(value, str):
-        return [coerce(v.strip(), args[0]) if args else v.strip() for v in value.split(",") if v.strip()]
+        return [
+            coerce(v.strip(), args[0]) if args else v.strip() for v in value.split(",") if v.strip()
+        ]
     elif kind is list and isinstance(value, list | tuple):
         return [coerce(v, args[0]) for v in value] if args else list(value)
     elif kind is tuple and isinstance(value, list | tuple):
@@ -151,7 +161,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+            + "}"
+        )
     raise ConfigError(f"cannot write {value!r} to TOML")
 
 
@@ -161,7 +175,9 @@ def dump_settings(settings: dict[str, dict[str, Any]], header: str = "") -> str:
     for stage, table in settings.items():
         if not table:
             continue
-        lines += ["", f"[{stage}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        lines += ["", f"[{stage}]"] + [
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None
+        ]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

@@ -43,7 +43,9 @@ class ResemblyzerEmbedder:
         self.model.load_state_dict(load_file(str(Path(folder) / "voice_encoder.safetensors")))
         self.model.eval().requires_grad_(False).to(device)
         if dim and dim < EMBEDDING_DIM:
-            raise StageUnavailable(f"features.speaker_dim = {dim} is smaller than Resemblyzer's {EMBEDDING_DIM} dimensions")
+            raise StageUnavailable(
+                f"features.speaker_dim = {dim} is smaller than Resemblyzer's {EMBEDDING_DIM} dimensions"
+            )
         self.dim = dim or EMBEDDING_DIM
         self.max_s = max_s
         self._torch = torch
@@ -53,7 +55,9 @@ class ResemblyzerEmbedder:
         spec = REGISTRY["resemblyzer"]
         where = locate(spec, None if setting == "resemblyzer" else setting)
         if not where.present:
-            raise StageUnavailable(missing_message(spec, where.looked, "features speaker (Resemblyzer)"))
+            raise StageUnavailable(
+                missing_message(spec, where.looked, "features speaker (Resemblyzer)")
+            )
         return cls(where.path, device, dim)
 
     @staticmethod
@@ -61,10 +65,14 @@ class ResemblyzerEmbedder:
         """Resemblyzer's preprocess_wav on 16 kHz audio: volume up to -30 dBFS, long silences cut."""
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # its scipy.ndimage.morphology import
+                warnings.simplefilter(
+                    "ignore", DeprecationWarning
+                )  # its scipy.ndimage.morphology import
                 from resemblyzer.audio import normalize_volume, trim_long_silences
         except ImportError as exc:
-            raise StageUnavailable(f"features speaker (Resemblyzer): {exc}; pip install --no-deps Resemblyzer webrtcvad-wheels") from None
+            raise StageUnavailable(
+                f"features speaker (Resemblyzer): {exc}; pip install --no-deps Resemblyzer webrtcvad-wheels"
+            ) from None
         wav = np.clip(np.asarray(mono, np.float32), -1.0, 1.0)
         if not np.any(wav):
             return wav[:0]

@@ -45,7 +45,9 @@ class StructureConfig(StageConfig):
     repetition_knn: float = 0.03  # neighbours per beat, as a share of the beats
     repetition_smooth_beats: float = 4.0  # Gaussian smoothing of the lag matrix along time
     peak_sigma: float = 0.5  # novelty peaks must exceed mean + peak_sigma * std
-    same_section: float = 0.35  # cosine distance under which two segments count as the same material
+    same_section: float = (
+        0.35  # cosine distance under which two segments count as the same material
+    )
     max_duration_s: float = 1200.0  # longer tracks: the first max_duration_s
 
 
@@ -68,13 +70,17 @@ def beat_times(audio: np.ndarray, sr: int, music_row: dict | None = None) -> np.
     return beats
 
 
-def beat_features(audio: np.ndarray, sr: int, beats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def beat_features(
+    audio: np.ndarray, sr: int, beats: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dims, n_beats) normalised features, (n_beats,) loudness in dB, and the beat-interval
     start times (s), starting at 0."""
     import librosa
 
     stft = np.abs(librosa.stft(audio, n_fft=2048, hop_length=HOP))
-    chroma = librosa.feature.chroma_stft(S=stft**2, sr=sr, tuning=0.0)  # the music stage measures tuning
+    chroma = librosa.feature.chroma_stft(
+        S=stft**2, sr=sr, tuning=0.0
+    )  # the music stage measures tuning
     mel = librosa.feature.melspectrogram(S=stft**2, sr=sr, n_mels=64)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel + 1e-10), n_mfcc=13)
     rms = librosa.feature.rms(S=stft, frame_length=2048)
@@ -144,10 +150,16 @@ def pick_peaks(curve: np.ndarray, min_distance: int, sigma: float) -> list[int]:
     if len(curve) < 3:
         return []
     threshold = curve.mean() + sigma * curve.std()
-    candidates = [i for i in range(1, len(curve) - 1) if curve[i] >= curve[i - 1] and curve[i] >= curve[i + 1] and curve[i] > threshold]
+    candidates = [
+        i
+        for i in range(1, len(curve) - 1)
+        if curve[i] >= curve[i - 1] and curve[i] >= curve[i + 1] and curve[i] > threshold
+    ]
     chosen: list[int] = []
     for i in sorted(candidates, key=lambda j: -curve[j]):
-        if min_distance <= i <= len(curve) - 1 - min_distance and all(abs(i - c) >= min_distance for c in chosen):
+        if min_distance <= i <= len(curve) - 1 - min_distance and all(
+            abs(i - c) >= min_distance for c in chosen
+        ):
             chosen.append(i)
     return sorted(chosen)
 
@@ -215,7 +227,11 @@ def label_segments(clusters: list[int], energy: list[float]) -> list[str]:
 
 def mark_instrumental(sections: list[dict], transcript: dict | None) -> None:
     """A section with no transcribed words, in a song that has words, is instrumental."""
-    if not transcript or transcript.get("input") == "none" or not (transcript.get("text") or "").strip():
+    if (
+        not transcript
+        or transcript.get("input") == "none"
+        or not (transcript.get("text") or "").strip()
+    ):
         return
     if transcript.get("hallucination"):
         return
@@ -228,10 +244,19 @@ def mark_instrumental(sections: list[dict], transcript: dict | None) -> None:
             section["label"] = "instrumental"
 
 
-def dsp_sections(audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: dict | None = None) -> list[dict]:
+def dsp_sections(
+    audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: dict | None = None
+) -> list[dict]:
     duration = len(audio) / sr
     if duration < 2 * cfg.min_section_s or float(np.abs(audio).max(initial=0.0)) < 1e-6:
-        return [{"start": 0.0, "end": duration, "label": "verse" if duration >= cfg.min_section_s else "intro", "confidence": 0.0}]
+        return [
+            {
+                "start": 0.0,
+                "end": duration,
+                "label": "verse" if duration >= cfg.min_section_s else "intro",
+                "confidence": 0.0,
+            }
+        ]
     beats = beat_times(audio, sr, music_row)
     features, loud, starts = beat_features(audio, sr, beats)
     stacked = with_context(features, cfg.context_beats)
@@ -241,8 +266,12 @@ def dsp_sections(audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: di
     curve = novelty(ssm, cfg.kernel_beats)
     curve = curve / (curve.max() + 1e-9)
     if cfg.repetition_weight > 0 and features.shape[1] > 8:
-        repeats = repetition_novelty(features[:12], cfg.repetition_context, cfg.repetition_knn, cfg.repetition_smooth_beats)
-        curve = (1 - cfg.repetition_weight) * curve + cfg.repetition_weight * repeats / (repeats.max() + 1e-9)
+        repeats = repetition_novelty(
+            features[:12], cfg.repetition_context, cfg.repetition_knn, cfg.repetition_smooth_beats
+        )
+        curve = (1 - cfg.repetition_weight) * curve + cfg.repetition_weight * repeats / (
+            repeats.max() + 1e-9
+        )
     beat_s = float(np.median(np.diff(starts))) if len(starts) > 1 else 0.5
     min_beats = max(2, int(round(cfg.min_section_s / max(beat_s, 1e-3))))
     peaks = pick_peaks(curve, min_beats, cfg.peak_sigma)
@@ -254,7 +283,12 @@ def dsp_sections(audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: di
     energy = [float(loud[a:b].mean()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     labels = label_segments(cluster_segments(means, cfg.same_section), energy)
     return [
-        {"start": bounds[i], "end": bounds[i + 1], "label": labels[i], "confidence": float(strength[edges[i]]) if i else 1.0}
+        {
+            "start": bounds[i],
+            "end": bounds[i + 1],
+            "label": labels[i],
+            "confidence": float(strength[edges[i]]) if i else 1.0,
+        }
         for i in range(len(labels))
     ]
 
@@ -262,11 +296,18 @@ def dsp_sections(audio: np.ndarray, sr: int, cfg: StructureConfig, music_row: di
 # -- evaluation -------------------------------------------------------------------------------------
 
 
-def boundary_hit_rate(reference: list[float], estimated: list[float], window: float) -> dict[str, float]:
+def boundary_hit_rate(
+    reference: list[float], estimated: list[float], window: float
+) -> dict[str, float]:
     """Precision, recall and F of estimated boundaries against reference ones (inner boundaries,
     one-to-one matches within +-window seconds, as mir_eval's hit rate)."""
     ref, est = sorted(reference), sorted(estimated)
-    pairs = sorted((abs(r - e), i, j) for i, r in enumerate(ref) for j, e in enumerate(est) if abs(r - e) <= window)
+    pairs = sorted(
+        (abs(r - e), i, j)
+        for i, r in enumerate(ref)
+        for j, e in enumerate(est)
+        if abs(r - e) <= window
+    )
     used_r, used_e, hits = set(), set(), 0
     for _, i, j in pairs:
         if i not in used_r and j not in used_e:

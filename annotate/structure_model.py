@@ -35,7 +35,9 @@ class StructureNet(nn.Module):
         self.max_frames = int(config.get("max_frames", 4096))
         self.proj = nn.Linear(int(config.get("in_dim", IN_DIM)), width)
         self.pos = nn.Parameter(torch.zeros(1, self.max_frames, width))
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.boundary = nn.Linear(width, 1)
         self.label = nn.Linear(width, len(SECTION_LABELS))
@@ -67,25 +69,38 @@ def frame_features(audio: np.ndarray, sr: int) -> np.ndarray:
     both = np.vstack([mel, chroma])
     per = max(1, int(round(FRAME_S * sr / hop)))
     n = max(1, both.shape[1] // per)
-    pooled = both[:, : n * per].reshape(both.shape[0], n, per).mean(-1) if both.shape[1] >= per else both.mean(1, keepdims=True)
+    pooled = (
+        both[:, : n * per].reshape(both.shape[0], n, per).mean(-1)
+        if both.shape[1] >= per
+        else both.mean(1, keepdims=True)
+    )
     pooled = (pooled - pooled.mean(1, keepdims=True)) / (pooled.std(1, keepdims=True) + 1e-6)
     return pooled.T.astype(np.float32)
 
 
-def decode(prob: np.ndarray, votes: np.ndarray, duration: float, min_section_s: float) -> list[dict]:
+def decode(
+    prob: np.ndarray, votes: np.ndarray, duration: float, min_section_s: float
+) -> list[dict]:
     min_frames = max(1, int(round(min_section_s / FRAME_S)))
     chosen: list[int] = []
     for i in np.argsort(-prob):
         if prob[i] < 0.5:
             break
-        if min_frames <= i <= len(prob) - min_frames and all(abs(int(i) - c) >= min_frames for c in chosen):
+        if min_frames <= i <= len(prob) - min_frames and all(
+            abs(int(i) - c) >= min_frames for c in chosen
+        ):
             chosen.append(int(i))
     edges = [0, *sorted(chosen), len(prob)]
     sections = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         label = SECTION_LABELS[int(np.bincount(votes[a:b], minlength=len(SECTION_LABELS)).argmax())]
         sections.append(
-            {"start": a * FRAME_S, "end": min(duration, b * FRAME_S) if b < len(prob) else duration, "label": label, "confidence": float(prob[a]) if a else 1.0}
+            {
+                "start": a * FRAME_S,
+                "end": min(duration, b * FRAME_S) if b < len(prob) else duration,
+                "label": label,
+                "confidence": float(prob[a]) if a else 1.0,
+            }
         )
     return sections
 

@@ -104,7 +104,9 @@ class MusicTagger:
         self.name = "+".join(models)
 
     @classmethod
-    def load(cls, mtt: str = "", msd: str = "", device: str = "cpu", threshold: float = 0.1) -> MusicTagger:
+    def load(
+        cls, mtt: str = "", msd: str = "", device: str = "cpu", threshold: float = 0.1
+    ) -> MusicTagger:
         """Load from the settings (a folder, or "" for the songmill-assembled copy); MSD is
         optional ("none" leaves it out). StageUnavailable names what to fetch when MTT is absent."""
         models = {}
@@ -129,7 +131,9 @@ class MusicTagger:
         if audio.size > n:
             start = (audio.size - n) // 2
             audio = audio[start : start + n]
-        patches = torch.from_numpy(log_mel_patches(np.ascontiguousarray(audio, np.float32)).astype(np.float32))
+        patches = torch.from_numpy(
+            log_mel_patches(np.ascontiguousarray(audio, np.float32)).astype(np.float32)
+        )
         scores: dict[str, float] = {}
         for model in self.models.values():
             device = next(model.parameters()).device
@@ -156,6 +160,8 @@ def _load_musicnn(folder: Path, device: str):
     state = load_file(str(folder / "musicnn.safetensors"))
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     if set(state) != expected:
-        raise StageUnavailable(f"{folder / 'musicnn.safetensors'} does not hold musicnn's weights: `songmill models fetch` rebuilds it")
+        raise StageUnavailable(
+            f"{folder / 'musicnn.safetensors'} does not hold musicnn's weights: `songmill models fetch` rebuilds it"
+        )
     model.load_state_dict(state, strict=False)
     return model.eval().requires_grad_(False).to(device)

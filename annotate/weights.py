@@ -188,7 +188,9 @@ def demucs_checkpoint_files(model: str = "htdemucs") -> list[tuple[str, str]]:
             root = line.split(":", 1)[1].strip()
         elif line and not line.startswith("#"):
             files[line.split("-", 1)[0]] = root + line
-    return [(ROOT_URL + files[str(sig)], os.path.basename(files[str(sig)])) for sig in bag["models"]]
+    return [
+        (ROOT_URL + files[str(sig)], os.path.basename(files[str(sig)])) for sig in bag["models"]
+    ]
 
 
 def locate(spec: WeightSpec, setting_value: str | None = None) -> Location:
@@ -196,8 +198,10 @@ def locate(spec: WeightSpec, setting_value: str | None = None) -> Location:
     value = spec.default if setting_value is None else setting_value
     looked: list[str] = []
     candidates: list[Path] = []
-    if value and (os.sep in value or value.startswith(".") or os.path.exists(value)) and not (
-        spec.repo and value == spec.repo
+    if (
+        value
+        and (os.sep in value or value.startswith(".") or os.path.exists(value))
+        and not (spec.repo and value == spec.repo)
     ):
         candidates.append(Path(value))
     if models_dir():
@@ -222,11 +226,18 @@ def locate(spec: WeightSpec, setting_value: str | None = None) -> Location:
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         looked.append(str(folder))
         try:
-            names = [name for _, name in demucs_checkpoint_files(value if value and "/" not in value else "htdemucs")]
+            names = [
+                name
+                for _, name in demucs_checkpoint_files(
+                    value if value and "/" not in value else "htdemucs"
+                )
+            ]
         except Exception:  # demucs missing, or an unknown bag name
             names = []
         if names and all((folder / n).is_file() for n in names):
-            return Location(spec, looked, str(folder), sum((folder / n).stat().st_size for n in names))
+            return Location(
+                spec, looked, str(folder), sum((folder / n).stat().st_size for n in names)
+            )
     return Location(spec, looked)
 
 

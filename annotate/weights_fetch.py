@@ -42,7 +42,8 @@ def list_models(settings: dict) -> list[dict]:
                 "path": where.path,
                 "size_bytes": where.size_bytes,
                 "looked": where.looked,
-                "source": spec.repo or (f"pypi: {' + '.join(spec.packages)}" if spec.source == "pypi" else spec.source),
+                "source": spec.repo
+                or (f"pypi: {' + '.join(spec.packages)}" if spec.source == "pypi" else spec.source),
                 "licence": spec.licence,
                 "in_use": spec.selected(settings.get(spec.stage)),
             }
@@ -54,7 +55,15 @@ def _is_offline_error(exc: BaseException) -> bool:
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(e) for e in _chain(exc)).lower()
     return bool(
-        names & {"ConnectError", "ConnectTimeout", "ConnectionError", "OfflineModeIsEnabled", "URLError", "gaierror"}
+        names
+        & {
+            "ConnectError",
+            "ConnectTimeout",
+            "ConnectionError",
+            "OfflineModeIsEnabled",
+            "URLError",
+            "gaierror",
+        }
         or "name or service not known" in text
         or "temporary failure in name resolution" in text
         or "offline" in text
@@ -83,7 +92,9 @@ def fetch_hf(spec: WeightSpec, repo: str) -> str:
     from huggingface_hub import HfApi, snapshot_download
 
     target = models_dir()
-    kwargs = {"local_dir": os.path.join(target, spec.name)} if target else {"cache_dir": hf_cache_dir()}
+    kwargs = (
+        {"local_dir": os.path.join(target, spec.name)} if target else {"cache_dir": hf_cache_dir()}
+    )
     path = snapshot_download(repo, allow_patterns=list(spec.allow_patterns) or None, **kwargs)
     info = HfApi().model_info(repo, files_metadata=True)
     checked = 0
@@ -95,7 +106,9 @@ def fetch_hf(spec: WeightSpec, repo: str) -> str:
         expected = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
         actual = _sha256(local)
         if actual != expected:
-            raise FetchError(f"{local}: sha256 {actual} differs from the hub's {expected}; delete it and fetch again")
+            raise FetchError(
+                f"{local}: sha256 {actual} differs from the hub's {expected}; delete it and fetch again"
+            )
         checked += 1
     print(f"  {spec.name}: {checked} file(s) checked against the hub's sha256", file=sys.stderr)
     return path
@@ -105,7 +118,11 @@ def fetch_torch_hub(spec: WeightSpec, model: str) -> str:
     import torch
     from songmill.annotate.weights import demucs_checkpoint_files
 
-    target = Path(models_dir()) / spec.name if models_dir() else Path(torch.hub.get_dir()) / "checkpoints"
+    target = (
+        Path(models_dir()) / spec.name
+        if models_dir()
+        else Path(torch.hub.get_dir()) / "checkpoints"
+    )
     target.mkdir(parents=True, exist_ok=True)
     for url, name in demucs_checkpoint_files(model):
         dest = target / name

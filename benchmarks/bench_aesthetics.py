@@ -34,7 +34,14 @@ def load_tracks(files: list[str], n: int, seconds: float) -> list[np.ndarray]:
         return [to_mono_resampled(*decode(f), 16000)[: int(seconds * 16000)] for f in files[:n]]
     from songmill.testaudio.synth import STYLES, render_track
 
-    return [to_mono_resampled(render_track(100 + 7 * i, "A", "minor", seconds, seed=i, style=STYLES[i % len(STYLES)]), 44100, 16000) for i in range(n)]
+    return [
+        to_mono_resampled(
+            render_track(100 + 7 * i, "A", "minor", seconds, seed=i, style=STYLES[i % len(STYLES)]),
+            44100,
+            16000,
+        )
+        for i in range(n)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         model = build_model({"target_transform": {a: {"mean": 5.0, "std": 1.5} for a in AXES}})
-        print(f"AesMultiOutput (release size): {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, random weights")
+        print(
+            f"AesMultiOutput (release size): {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, random weights"
+        )
         save_model(model, tmp)
         del model
-        stage = AestheticsStage(AestheticsConfig(model=tmp, device=args.device, window_batch=args.window_batch, max_windows=0))
+        stage = AestheticsStage(
+            AestheticsConfig(
+                model=tmp, device=args.device, window_batch=args.window_batch, max_windows=0
+            )
+        )
         stage.setup()
         stage.scores([tracks[0][:16000]])  # warm-up
 
@@ -80,15 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         batched = stage.scores(tracks)
         prod_wall = time.perf_counter() - started
-    worst = max(abs(b[a][0] - p[a][0]) for b, p in zip(baseline, batched, strict=True) for a in AXES)
+    worst = max(
+        abs(b[a][0] - p[a][0]) for b, p in zip(baseline, batched, strict=True) for a in AXES
+    )
     cores = args.threads if args.device == "cpu" else 1
     base_x = audio_s / base_wall / cores
     prod_x = audio_s / prod_wall / cores
     windows = sum(int(np.ceil(len(t) / 160000)) for t in tracks)
-    print(f"{len(tracks)} tracks, {audio_s:.0f} s of audio, {windows} windows of 10 s, {args.threads} thread(s), {args.device}")
-    print(f"baseline   (one window per pass): {base_x:7.2f} x realtime per core  ({base_wall:.1f} s)")
-    print(f"production (batch {args.window_batch:>2} windows):   {prod_x:7.2f} x realtime per core  ({prod_wall:.1f} s)")
-    print(f"ratio production / baseline: {prod_x / base_x:.2f}; largest score difference {worst:.2e}")
+    print(
+        f"{len(tracks)} tracks, {audio_s:.0f} s of audio, {windows} windows of 10 s, {args.threads} thread(s), {args.device}"
+    )
+    print(
+        f"baseline   (one window per pass): {base_x:7.2f} x realtime per core  ({base_wall:.1f} s)"
+    )
+    print(
+        f"production (batch {args.window_batch:>2} windows):   {prod_x:7.2f} x realtime per core  ({prod_wall:.1f} s)"
+    )
+    print(
+        f"ratio production / baseline: {prod_x / base_x:.2f}; largest score difference {worst:.2e}"
+    )
     return 0
 
 

@@ -84,16 +84,33 @@ def make_clips(work: Path, n: int, vocal_db: float) -> list[dict]:
             music = render_track(float(rng.integers(80, 140)), PITCH_CLASSES[int(rng.integers(12))], ("major", "minor")[k % 2],
                                  vocals.size / sr + 2.0, seed=k, style=STYLES[k % len(STYLES)])  # fmt: skip
             path = work / f"{language}{k}.wav"
-            sf.write(path, mix_vocals(vocals, sr, music, 44100, vocal_to_music_db=vocal_db, start_s=1.0), 44100)
-            clips.append({"language": language, "text": " ".join(chosen), "path": str(path), "seconds": sf.info(path).duration})
+            sf.write(
+                path,
+                mix_vocals(vocals, sr, music, 44100, vocal_to_music_db=vocal_db, start_s=1.0),
+                44100,
+            )
+            clips.append(
+                {
+                    "language": language,
+                    "text": " ".join(chosen),
+                    "path": str(path),
+                    "seconds": sf.info(path).duration,
+                }
+            )
     return clips
 
 
-def run_stage(model: str, clips: list[dict], threads: int) -> tuple[TranscribeStage, list[dict], float]:
-    stage = TranscribeStage(TranscribeConfig(model=model, beam_size=1, input="mix", cpu_threads=threads))
+def run_stage(
+    model: str, clips: list[dict], threads: int
+) -> tuple[TranscribeStage, list[dict], float]:
+    stage = TranscribeStage(
+        TranscribeConfig(model=model, beam_size=1, input="mix", cpu_threads=threads)
+    )
     stage.setup()
     start = time.perf_counter()
-    rows = stage.process([Track({"track_id": str(i), "uri": c["path"]}) for i, c in enumerate(clips)])
+    rows = stage.process(
+        [Track({"track_id": str(i), "uri": c["path"]}) for i, c in enumerate(clips)]
+    )
     return stage, rows, time.perf_counter() - start
 
 
@@ -107,7 +124,9 @@ def run_bare(stage: TranscribeStage, clips: list[dict]) -> float:
         audios.append(np.ascontiguousarray(to_mono_resampled(samples, sr, WHISPER_SR), np.float32))
     start = time.perf_counter()
     for audio in audios:
-        segments, _ = stage.model.transcribe(audio, beam_size=1, vad_filter=True, condition_on_previous_text=False)
+        segments, _ = stage.model.transcribe(
+            audio, beam_size=1, vad_filter=True, condition_on_previous_text=False
+        )
         list(segments)
     return time.perf_counter() - start
 
@@ -121,7 +140,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-asr-languages-"))
     clips = make_clips(work, args.clips, args.vocal_db)
     audio_s = sum(c["seconds"] for c in clips)
-    print(f"{len(clips)} sung clips, {len(LYRICS)} languages, {audio_s:.0f} s of audio, vocals {args.vocal_db:+.0f} dB over the band")
+    print(
+        f"{len(clips)} sung clips, {len(LYRICS)} languages, {audio_s:.0f} s of audio, vocals {args.vocal_db:+.0f} dB over the band"
+    )
     results = {}
     for model in ("base", "tiny.en"):
         stage, rows, stage_s = run_stage(model, clips, args.threads)
@@ -143,11 +164,18 @@ def main() -> None:
             totals[model][1] += wers
             cells += [f"{right}/{len(idx)}", f"{np.mean(wers):.2f}"]
         print(f"{language} | {len(idx)} | " + " | ".join(cells))
-    print("all | " + str(len(clips)) + " | " + " | ".join(f"{t[0]}/{len(clips)} | {np.mean(t[1]):.2f}" for t in totals.values()))
+    print(
+        "all | "
+        + str(len(clips))
+        + " | "
+        + " | ".join(f"{t[0]}/{len(clips)} | {np.mean(t[1]):.2f}" for t in totals.values())
+    )
     for i, c in enumerate(clips):
         row = results["base"][i]
         if row["language"] != c["language"]:
-            print(f"  base misses {c['language']}{i % args.clips}: said {row['language']} ({row['language_prob']:.2f}): {row['text'][:70]!r}")
+            print(
+                f"  base misses {c['language']}{i % args.clips}: said {row['language']} ({row['language_prob']:.2f}): {row['text'][:70]!r}"
+            )
 
 
 if __name__ == "__main__":

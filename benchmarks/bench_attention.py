@@ -86,16 +86,32 @@ def measure(args: argparse.Namespace, impl: str, frames: int) -> dict[str, float
 def _measure_in_worker(args: argparse.Namespace, impl: str, frames: int) -> dict[str, float]:
     """CPU: a fresh process per measurement so its peak RSS belongs to this one call only."""
     cmd = [
-        sys.executable, __file__, "--worker", impl, str(frames), "--device", args.device,
-        "--width", str(args.width), "--head-dim", str(args.head_dim), "--batch", str(args.batch),
-        "--repeats", str(args.repeats), "--threads", str(args.threads),
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        str(frames),
+        "--device",
+        args.device,
+        "--width",
+        str(args.width),
+        "--head-dim",
+        str(args.head_dim),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
     ] + (["--backward"] if args.backward else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--head-dim", type=int, default=64)
@@ -114,11 +130,17 @@ def main() -> None:
 
     heads = args.width // args.head_dim
     mode = "fwd+bwd" if args.backward else "fwd"
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(f"# self-attention {mode}, batch {args.batch}, width {args.width} = {heads} heads x "
-          f"{args.head_dim}, device {name}, torch {torch.__version__}")
-    print(f"{'frames':>7} {'linear ms':>10} {'sdpa ms':>10} {'speedup':>8} "
-          f"{'linear MiB':>11} {'sdpa MiB':>9} {'mem ratio':>9}")
+    name = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
+    )
+    print(
+        f"# self-attention {mode}, batch {args.batch}, width {args.width} = {heads} heads x "
+        f"{args.head_dim}, device {name}, torch {torch.__version__}"
+    )
+    print(
+        f"{'frames':>7} {'linear ms':>10} {'sdpa ms':>10} {'speedup':>8} "
+        f"{'linear MiB':>11} {'sdpa MiB':>9} {'mem ratio':>9}"
+    )
     for frames in args.frames:
         row = {}
         for impl in ("linear", "sdpa"):
@@ -129,9 +151,14 @@ def main() -> None:
         lin, sdpa = row["linear"], row["sdpa"]
         speedup = sdpa["seconds"] / lin["seconds"]
         mem_ratio = sdpa["peak_mib"] / max(lin["peak_mib"], 1e-3)
-        print(f"{frames:>7} {lin['seconds'] * 1e3:>10.2f} {sdpa['seconds'] * 1e3:>10.2f} {speedup:>7.2f}x "
-              f"{lin['peak_mib']:>11.1f} {sdpa['peak_mib']:>9.1f} {mem_ratio:>8.2f}x", flush=True)
-    print("# speedup = sdpa time / linear time; mem ratio = sdpa peak / linear peak (extra over inputs)")
+        print(
+            f"{frames:>7} {lin['seconds'] * 1e3:>10.2f} {sdpa['seconds'] * 1e3:>10.2f} {speedup:>7.2f}x "
+            f"{lin['peak_mib']:>11.1f} {sdpa['peak_mib']:>9.1f} {mem_ratio:>8.2f}x",
+            flush=True,
+        )
+    print(
+        "# speedup = sdpa time / linear time; mem ratio = sdpa peak / linear peak (extra over inputs)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+]
 
 
 def byte_tokenizer():
@@ -34,9 +41,21 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["genre: rock, pop\nmood: happy\ninstruments: guitar, drums. Describe this music."] * 50, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:])
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(
+        ["genre: rock, pop\nmood: happy\ninstruments: guitar, drums. Describe this music."] * 50,
+        trainer=trainer,
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIALS[1:],
+    )
 
 
 def random_qwen2_audio(folder: str, size: str, device: str) -> None:
@@ -62,7 +81,9 @@ def random_qwen2_audio(folder: str, size: str, device: str) -> None:
     with torch.device(device):
         model = Qwen2AudioForConditionalGeneration(config).to(dtype)
     model.save_pretrained(folder)
-    Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok).save_pretrained(folder)
+    Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok
+    ).save_pretrained(folder)
     del model
 
 
@@ -73,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="full", choices=["full", "tiny"])
     parser.add_argument("--tracks", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--token-scale", type=float, default=1.0, help="scale of each style's max_new_tokens")
+    parser.add_argument(
+        "--token-scale", type=float, default=1.0, help="scale of each style's max_new_tokens"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -83,14 +106,30 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and args.size == "full" and not args.model:
-        print("note: no GPU here; the full-size run is meant for a GPU machine (it will be very slow on CPU)")
-    clips = [to_mono_resampled(render_track(90 + 5 * i, "C", "major", 30.0, seed=i, style=STYLES[i % len(STYLES)]), 44100, 16000) for i in range(args.tracks)]
+        print(
+            "note: no GPU here; the full-size run is meant for a GPU machine (it will be very slow on CPU)"
+        )
+    clips = [
+        to_mono_resampled(
+            render_track(90 + 5 * i, "C", "major", 30.0, seed=i, style=STYLES[i % len(STYLES)]),
+            44100,
+            16000,
+        )
+        for i in range(args.tracks)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
         if not path:
             random_qwen2_audio(tmp, args.size, device)
             path = tmp
-        stage = CaptionStage(CaptionConfig(backend=args.backend, model=path, batch_size=1, max_new_tokens_scale=args.token_scale))
+        stage = CaptionStage(
+            CaptionConfig(
+                backend=args.backend,
+                model=path,
+                batch_size=1,
+                max_new_tokens_scale=args.token_scale,
+            )
+        )
         stage.setup()
         results = {}
         for batch in (1, args.batch):
@@ -107,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             n = len(clips) if batch > 1 else max(1, args.tracks // 4)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
             results[batch] = (n * len(stage.config.styles) / wall, n / wall, peak)
-    print(f"{args.backend} ({'weights ' + args.model if args.model else args.size + ' random'}), {device}, {len(stage.config.styles)} styles per track, 30 s clips")
+    print(
+        f"{args.backend} ({'weights ' + args.model if args.model else args.size + ' random'}), {device}, {len(stage.config.styles)} styles per track, 30 s clips"
+    )
     for batch, (captions, tracks, peak) in results.items():
-        print(f"batch {batch:>2}: {captions:7.2f} captions/s  {tracks:6.2f} tracks/s  peak {peak:.1f} GiB")
+        print(
+            f"batch {batch:>2}: {captions:7.2f} captions/s  {tracks:6.2f} tracks/s  peak {peak:.1f} GiB"
+        )
     print(f"ratio batch {args.batch} / batch 1: {results[args.batch][0] / results[1][0]:.2f}")
     return 0
 

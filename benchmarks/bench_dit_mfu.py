@@ -84,7 +84,9 @@ def gemm_ceiling(width: int, tokens: int, device: str, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch", type=int, default=1)
@@ -95,7 +97,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="override the datasheet peak")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="override the datasheet peak"
+    )
     args = parser.parse_args()
 
     cfg = preset(args.preset).dit
@@ -126,14 +130,18 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = args.peak_tflops * 1e12 or next((v for k, v in DATASHEET_PEAK.items() if k in name), 0.0)
     params = sum(p.numel() for p in model.parameters())
-    print(f"# DiT {args.preset} ({params / 1e9:.3f} B params), batch {args.batch} x {args.frames} "
-          f"frames, text {args.text_tokens}, lyrics {args.lyric_tokens} tokens, bf16 autocast, "
-          f"device {name}, checkpointing {args.checkpointing}, compile {args.compile}")
+    print(
+        f"# DiT {args.preset} ({params / 1e9:.3f} B params), batch {args.batch} x {args.frames} "
+        f"frames, text {args.text_tokens}, lyrics {args.lyric_tokens} tokens, bf16 autocast, "
+        f"device {name}, checkpointing {args.checkpointing}, compile {args.compile}"
+    )
     print(f"model FLOPs per fwd+bwd step : {flops / 1e9:.1f} GFLOP")
     print(f"step time (median of {args.steps}): {seconds * 1e3:.1f} ms")
     print(f"achieved                     : {achieved / 1e12:.3f} TFLOP/s")
-    print(f"bf16 GEMM baseline (measured): {gemm / 1e12:.3f} TFLOP/s -> step at "
-          f"{achieved / gemm:.1%} of it")
+    print(
+        f"bf16 GEMM baseline (measured): {gemm / 1e12:.3f} TFLOP/s -> step at "
+        f"{achieved / gemm:.1%} of it"
+    )
     if peak:
         print(f"MFU vs datasheet {peak / 1e12:.0f} TFLOP/s : {achieved / peak:.1%}")
     if args.device == "cuda":

@@ -69,8 +69,13 @@ def make_corpus(folder: Path, n: int, seconds: float, seed: int) -> list[dict]:
             "format": DEMO_FORMATS[i % len(DEMO_FORMATS)],
         }
         audio = render_track(
-            spec["bpm"], spec["key_tonic"], spec["key_mode"], seconds, seed=spec["seed"],
-            style=spec["style"], tuning_hz=spec["tuning_hz"],
+            spec["bpm"],
+            spec["key_tonic"],
+            spec["key_mode"],
+            seconds,
+            seed=spec["seed"],
+            style=spec["style"],
+            tuning_hz=spec["tuning_hz"],
         )
         spec["path"] = str(folder / f"track_{i:03d}_{style}.{spec['format']}")
         write_track(spec["path"], audio)
@@ -110,15 +115,30 @@ def make_chorales(folder: Path, n: int) -> list[dict]:
         stem = folder / f"chorale_{len(specs):03d}"
         score.write("midi", fp=str(stem) + ".mid")
         subprocess.run(
-            ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", "44100", "-F", f"{stem}.wav", str(soundfont), f"{stem}.mid"],
-            check=True, capture_output=True,
+            [
+                "fluidsynth",
+                "-ni",
+                "-q",
+                "-g",
+                "0.8",
+                "-r",
+                "44100",
+                "-F",
+                f"{stem}.wav",
+                str(soundfont),
+                f"{stem}.mid",
+            ],
+            check=True,
+            capture_output=True,
         )
-        specs.append({
-            "path": f"{stem}.wav",
-            "bpm": float(marks[0][2].getQuarterBPM()) if marks else 120.0,
-            "key_tonic": PITCH_CLASSES[final_bass],
-            "key_mode": mode,
-        })
+        specs.append(
+            {
+                "path": f"{stem}.wav",
+                "bpm": float(marks[0][2].getQuarterBPM()) if marks else 120.0,
+                "key_tonic": PITCH_CLASSES[final_bass],
+                "key_mode": mode,
+            }
+        )
     return specs
 
 
@@ -161,7 +181,9 @@ def run_baseline(specs: list[dict]) -> tuple[list[tuple[float, str, str]], float
     return results, audio_seconds, timer
 
 
-def run_production(specs: list[dict], batch_size: int) -> tuple[list[tuple[float, str, str]], float, Timer]:
+def run_production(
+    specs: list[dict], batch_size: int
+) -> tuple[list[tuple[float, str, str]], float, Timer]:
     qc, music = QCStage(), MusicStage()
     qc.setup()
     music.setup()
@@ -210,12 +232,16 @@ def accuracy(specs: list[dict], results: list[tuple[float, str, str]]) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chorales", type=int, default=0, help="also evaluate N rendered Bach chorales")
+    parser.add_argument(
+        "--chorales", type=int, default=0, help="also evaluate N rendered Bach chorales"
+    )
     args = parser.parse_args(argv)
 
     import essentia
@@ -229,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     with tempfile.TemporaryDirectory(prefix="songmill-bench-") as tmp:
-        print(f"generating {args.tracks} tracks x {args.seconds:.0f} s (wav/flac/mp3/ogg) ...", flush=True)
+        print(
+            f"generating {args.tracks} tracks x {args.seconds:.0f} s (wav/flac/mp3/ogg) ...",
+            flush=True,
+        )
         corpora = {"synthetic": make_corpus(Path(tmp), args.tracks, args.seconds, args.seed)}
         if args.chorales:
             print(f"rendering {args.chorales} Bach chorales with FluidSynth ...", flush=True)
@@ -243,28 +272,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(name: str, specs: list[dict], baseline: tuple, production: tuple) -> None:
-    (base_results, base_seconds, base_time), (prod_results, prod_seconds, prod_time) = baseline, production
+    (base_results, base_seconds, base_time), (prod_results, prod_seconds, prod_time) = (
+        baseline,
+        production,
+    )
     base_x, prod_x = base_seconds / base_time.cpu, prod_seconds / prod_time.cpu
     base_acc, prod_acc = accuracy(specs, base_results), accuracy(specs, prod_results)
     print(
         f"\n{name}: {len(specs)} tracks, {base_seconds:.0f} s of audio; one thread; x realtime per core ="
         " audio seconds / process CPU seconds (wall-clock in brackets)\n"
     )
-    header = (
-        f"{'path':<44}{'x rt/core':>10}{'(wall)':>9}{'BPM':>7}{'BPM x1/2/2':>12}{'key':>7}{'rel':>5}{'5th':>5}"
-    )
+    header = f"{'path':<44}{'x rt/core':>10}{'(wall)':>9}{'BPM':>7}{'BPM x1/2/2':>12}{'key':>7}{'rel':>5}{'5th':>5}"
     print(header)
     print("-" * len(header))
     for label, x, wall_x, acc in (
-        ("baseline: decode + multifeature + KeyExtractor", base_x, base_seconds / base_time.wall, base_acc),
-        ("production: decode + QCStage + MusicStage", prod_x, prod_seconds / prod_time.wall, prod_acc),
+        (
+            "baseline: decode + multifeature + KeyExtractor",
+            base_x,
+            base_seconds / base_time.wall,
+            base_acc,
+        ),
+        (
+            "production: decode + QCStage + MusicStage",
+            prod_x,
+            prod_seconds / prod_time.wall,
+            prod_acc,
+        ),
     ):
         print(
             f"{label:<44}{x:>9.1f}x{wall_x:>8.1f}x{acc['bpm_acc']:>7.0%}{acc['bpm_acc_octave']:>12.0%}"
             f"{acc['key_acc']:>7.0%}{acc['relative_errors']:>5}{acc['fifth_errors']:>5}"
         )
-    print(f"\nspeed-up production / baseline: {prod_x / base_x:.2f}x  (target: production >= 100x realtime)")
-    ok = prod_x >= 100 and prod_acc["bpm_acc"] >= base_acc["bpm_acc"] and prod_acc["key_acc"] >= base_acc["key_acc"]
+    print(
+        f"\nspeed-up production / baseline: {prod_x / base_x:.2f}x  (target: production >= 100x realtime)"
+    )
+    ok = (
+        prod_x >= 100
+        and prod_acc["bpm_acc"] >= base_acc["bpm_acc"]
+        and prod_acc["key_acc"] >= base_acc["key_acc"]
+    )
     print("target met" if ok else "TARGET NOT MET")
 
 

@@ -36,8 +36,12 @@ def make_tracks(folder: str, n: int, seconds: float) -> None:
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
-    songs = [render_track(bpm, tonic, mode, seconds * 3, seed=i)
-             for i, (bpm, tonic, mode) in enumerate([(96.0, "A", "minor"), (124.0, "D", "major"), (140.0, "F#", "minor")])]
+    songs = [
+        render_track(bpm, tonic, mode, seconds * 3, seed=i)
+        for i, (bpm, tonic, mode) in enumerate(
+            [(96.0, "A", "minor"), (124.0, "D", "major"), (140.0, "F#", "minor")]
+        )
+    ]
     hop = int(seconds * 44100)
     for i in range(n):
         base = songs[i % len(songs)]
@@ -80,8 +84,16 @@ def split_audio(audio: str, parts: int) -> list[str]:
 def run_split(roots: list[str]) -> float:
     """Wall time of one independent local process per corpus, all started together."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", SPLIT_WORKER, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env) for root in roots]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPLIT_WORKER, root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for root in roots
+    ]
     for proc in procs:
         proc.stdout.readline()  # imports done
     t0 = time.perf_counter()
@@ -96,7 +108,9 @@ def run_split(roots: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=2)
@@ -130,7 +144,9 @@ def main() -> None:
         if "dask-running" in engines:
             from distributed import LocalCluster
 
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+            cluster = LocalCluster(
+                n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
 
         timings = {}
         with temporary_settings({PREFECT_API_URL: server.api_url}):
@@ -140,9 +156,18 @@ def main() -> None:
             make_tracks(os.path.join(work, "warm-audio"), 4 * args.workers, args.seconds)
             for engine in engines:
                 if engine in ("local", "dask-running"):
-                    kwargs = {"engine": "dask", "address": cluster.scheduler_address} if engine == "dask-running" else {"engine": "local"}
+                    kwargs = (
+                        {"engine": "dask", "address": cluster.scheduler_address}
+                        if engine == "dask-running"
+                        else {"engine": "local"}
+                    )
                     shutil.rmtree(warm, ignore_errors=True)
-                    app.ingest(warm, [os.path.join(work, "warm-audio")], engine="local", show_progress=False)
+                    app.ingest(
+                        warm,
+                        [os.path.join(work, "warm-audio")],
+                        engine="local",
+                        show_progress=False,
+                    )
                     app.annotate(warm, ["qc", "music"], {}, show_progress=False, **kwargs)
             for engine in engines:
                 if engine == "split":
@@ -153,7 +178,9 @@ def main() -> None:
                 if engine == "dask-running":
                     kwargs = {"engine": "dask", "address": cluster.scheduler_address}
                 t0 = time.perf_counter()
-                summaries = app.annotate(roots[engine][0], ["qc", "music"], {}, show_progress=False, **kwargs)
+                summaries = app.annotate(
+                    roots[engine][0], ["qc", "music"], {}, show_progress=False, **kwargs
+                )
                 timings[engine] = time.perf_counter() - t0
                 ok = {s.stage: s.n_ok for s in summaries}
                 print(f"  {engine:13s} {timings[engine]:8.1f} s  {ok}", flush=True)
@@ -162,30 +189,58 @@ def main() -> None:
 
         # Seconds the stages spent on tracks, summed over processes: equal per engine unless the
         # workers were starved of CPU (a shared machine) or did extra work.
-        core_s = {e: sum(Corpus(r).sql("SELECT sum(wall_s) AS s FROM runs WHERE stage IN ('qc', 'music')").column("s")[0].as_py()
-                         for r in rs) for e, rs in roots.items()}
+        core_s = {
+            e: sum(
+                Corpus(r)
+                .sql("SELECT sum(wall_s) AS s FROM runs WHERE stage IN ('qc', 'music')")
+                .column("s")[0]
+                .as_py()
+                for r in rs
+            )
+            for e, rs in roots.items()
+        }
         reference = result_rows(roots[engines[0]])
         same = {e: result_rows(r) == reference for e, r in roots.items()}
         base = timings.get("local", timings[engines[0]])
         audio_s = args.tracks * args.seconds
-        print(f"\n{args.tracks} tracks x {args.seconds:.0f} s, qc + music, {args.workers} dask workers, {os.cpu_count()} cores")
-        print(f"{'engine':14s} {'wall s':>8s} {'x realtime':>11s} {'vs local':>9s} {'stage core s':>13s}  rows identical")
+        print(
+            f"\n{args.tracks} tracks x {args.seconds:.0f} s, qc + music, {args.workers} dask workers, {os.cpu_count()} cores"
+        )
+        print(
+            f"{'engine':14s} {'wall s':>8s} {'x realtime':>11s} {'vs local':>9s} {'stage core s':>13s}  rows identical"
+        )
         for engine in engines:
             wall = timings[engine]
-            print(f"{engine:14s} {wall:8.1f} {audio_s / wall:11.0f} {base / wall:8.2f}x {core_s[engine]:13.1f}  {same[engine]}")
+            print(
+                f"{engine:14s} {wall:8.1f} {audio_s / wall:11.0f} {base / wall:8.2f}x {core_s[engine]:13.1f}  {same[engine]}"
+            )
         for engine in engines:
             if not same[engine]:  # say what differs: row counts, raw rows, or values
                 got = result_rows(roots[engine])
                 for table in reference:
-                    raw = sum(Corpus(r).sql(f"SELECT count(*) AS n FROM raw_{table}").column("n")[0].as_py() for r in roots[engine])
-                    differing = sum(1 for a, b in zip(reference[table], got[table], strict=False) if a != b)
-                    print(f"  {engine} {table}: {len(got[table])} rows ({raw} raw) vs {len(reference[table])}, {differing} differ")
+                    raw = sum(
+                        Corpus(r)
+                        .sql(f"SELECT count(*) AS n FROM raw_{table}")
+                        .column("n")[0]
+                        .as_py()
+                        for r in roots[engine]
+                    )
+                    differing = sum(
+                        1 for a, b in zip(reference[table], got[table], strict=False) if a != b
+                    )
+                    print(
+                        f"  {engine} {table}: {len(got[table])} rows ({raw} raw) vs {len(reference[table])}, {differing} differ"
+                    )
         if "split" in timings:
             for engine in ("dask", "dask-running"):
                 if engine in timings:
-                    print(f"{engine} reaches {timings['split'] / timings[engine]:.0%} of the split ceiling's speed")
+                    print(
+                        f"{engine} reaches {timings['split'] / timings[engine]:.0%} of the split ceiling's speed"
+                    )
         if "prefect" in timings and "local" in timings:
-            print(f"prefect overhead vs local: {100 * (timings['prefect'] / timings['local'] - 1):+.1f} %")
+            print(
+                f"prefect overhead vs local: {100 * (timings['prefect'] / timings['local'] - 1):+.1f} %"
+            )
     finally:
         if cluster is not None:
             cluster.close()

@@ -43,21 +43,78 @@ def build_manifest(work: Path, name: str, n: int, audio_files: list[str]) -> str
     ids = [f"{i:064x}" for i in range(n)]
     beats = np.arange(0.25, 180, 0.5).round(3).tolist()
     rows = {
-        "tracks": [dict(track_id=t, uri=_numbered(audio_files[i % len(audio_files)], i) if len(audio_files) < n else audio_files[i],
-                        duration_s=180.0, sample_rate=44100, channels=2, created_at=now) for i, t in enumerate(ids)],
+        "tracks": [
+            dict(
+                track_id=t,
+                uri=_numbered(audio_files[i % len(audio_files)], i)
+                if len(audio_files) < n
+                else audio_files[i],
+                duration_s=180.0,
+                sample_rate=44100,
+                channels=2,
+                created_at=now,
+            )
+            for i, t in enumerate(ids)
+        ],
         "qc": [dict(track_id=t, created_at=now, **KEY, qc_pass=True) for t in ids],
-        "music": [dict(track_id=t, created_at=now, **KEY, bpm=120.0, bpm_confidence=0.9, keyscale="F# minor", key_tonic="F#", key_mode="minor",
-                       time_signature="4/4", beats=beats, downbeats=beats[::4]) for t in ids],
-        "separation": [dict(track_id=t, created_at=now, **KEY, is_instrumental=i % 5 == 0) for i, t in enumerate(ids)],
-        "transcripts": [dict(track_id=t, created_at=now, **KEY, text="walking down the empty street", language="en", hallucination=False,
-                             segments=[dict(start=1.0, end=3.0, text="walking down the empty street")]) for t in ids],
-        "lyric_sections": [dict(track_id=t, created_at=now, **KEY, lyrics_tagged="[instrumental]" if i % 5 == 0 else LYRICS,
-                                lyrics_source="instrumental" if i % 5 == 0 else "transcript") for i, t in enumerate(ids)],
-        "captions": [dict(track_id=t, created_at=now, **KEY, caption_description=f"An energetic synth-pop song with a driving beat, number {i}.",
-                          caption_tags="synth-pop, energetic, female vocals", caption_recaption="A synth-pop song in F# minor at 120 BPM.",
-                          genres=["synth-pop"], moods=["energetic"], instruments=["synthesizer"],
-                          contradictions=["bpm: caption says 90, measured 120"] if i % 50 == 0 else [],
-                          caption_flagged=i % 50 == 0) for i, t in enumerate(ids)],
+        "music": [
+            dict(
+                track_id=t,
+                created_at=now,
+                **KEY,
+                bpm=120.0,
+                bpm_confidence=0.9,
+                keyscale="F# minor",
+                key_tonic="F#",
+                key_mode="minor",
+                time_signature="4/4",
+                beats=beats,
+                downbeats=beats[::4],
+            )
+            for t in ids
+        ],
+        "separation": [
+            dict(track_id=t, created_at=now, **KEY, is_instrumental=i % 5 == 0)
+            for i, t in enumerate(ids)
+        ],
+        "transcripts": [
+            dict(
+                track_id=t,
+                created_at=now,
+                **KEY,
+                text="walking down the empty street",
+                language="en",
+                hallucination=False,
+                segments=[dict(start=1.0, end=3.0, text="walking down the empty street")],
+            )
+            for t in ids
+        ],
+        "lyric_sections": [
+            dict(
+                track_id=t,
+                created_at=now,
+                **KEY,
+                lyrics_tagged="[instrumental]" if i % 5 == 0 else LYRICS,
+                lyrics_source="instrumental" if i % 5 == 0 else "transcript",
+            )
+            for i, t in enumerate(ids)
+        ],
+        "captions": [
+            dict(
+                track_id=t,
+                created_at=now,
+                **KEY,
+                caption_description=f"An energetic synth-pop song with a driving beat, number {i}.",
+                caption_tags="synth-pop, energetic, female vocals",
+                caption_recaption="A synth-pop song in F# minor at 120 BPM.",
+                genres=["synth-pop"],
+                moods=["energetic"],
+                instruments=["synthesizer"],
+                contradictions=["bpm: caption says 90, measured 120"] if i % 50 == 0 else [],
+                caption_flagged=i % 50 == 0,
+            )
+            for i, t in enumerate(ids)
+        ],
     }
     for table, table_rows in rows.items():
         corpus.write(table, table_rows)
@@ -115,7 +172,9 @@ def worker(mode: str, manifest: str, out: str) -> None:
         written = file_ceiling(manifest, out, int(mode.split(":")[1]))
     else:
         kind, audio, *extra = mode.split(":")
-        options = ExportOptions(kind, audio=audio, conflicts="keep", hf_dataset="hf" if extra == ["hf"] else None)
+        options = ExportOptions(
+            kind, audio=audio, conflicts="keep", hf_dataset="hf" if extra == ["hf"] else None
+        )
         written = export_dataset(manifest, out, options).written
     wall = time.perf_counter() - started
     peak = _peak_rss_mib()
@@ -133,7 +192,12 @@ def _peak_rss_mib() -> float:
 
 
 def measure(mode: str, manifest: str, out: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", mode, manifest, out], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", mode, manifest, out],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -141,7 +205,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracks", type=int, default=10_000)
     parser.add_argument("--copy-tracks", type=int, default=300)
-    parser.add_argument("--worker", nargs=3, metavar=("MODE", "MANIFEST", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("MODE", "MANIFEST", "OUT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -158,7 +224,10 @@ def main() -> int:
         t = np.arange(5 * 44100) / 44100
         sf.write(wav, np.stack([0.3 * np.sin(2 * np.pi * 220 * t)] * 2, axis=1), 44100)
         mp3 = work / "src" / "song.mp3"
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-q:a", "4", str(mp3)], check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-q:a", "4", str(mp3)],
+            check=True,
+        )
         copies = []
         for i in range(args.copy_tracks):
             for src in (wav, mp3):
@@ -169,27 +238,48 @@ def main() -> int:
         started = time.perf_counter()
         big = build_manifest(work, "wav", args.tracks, [str(wav)])
         big_mp3 = build_manifest(work, "mp3", args.tracks, [str(mp3)])
-        small_wav = build_manifest(work, "copy-wav", args.copy_tracks, [c for c in copies if c.endswith(".wav")])
-        small_mp3 = build_manifest(work, "copy-mp3", args.copy_tracks, [c for c in copies if c.endswith(".mp3")])
-        print(f"manifests built in {time.perf_counter() - started:.1f} s ({args.tracks} and {args.copy_tracks} tracks, "
-              f"{os.path.getsize(big) / 2**20:.1f} MiB); machine: {os.cpu_count()} cores")
-        runs = [("baseline", big, args.tracks), ("files:3", big, args.tracks), ("acestep15:none", big, args.tracks), ("acestep15:link", big, args.tracks),
-                ("acestep-v1:link", big_mp3, args.tracks), ("acestep-v1:link:hf", big_mp3, args.tracks),
-                ("baseline", small_wav, args.copy_tracks), ("acestep15:copy", small_wav, args.copy_tracks),
-                ("acestep-v1:copy", small_mp3, args.copy_tracks)]
+        small_wav = build_manifest(
+            work, "copy-wav", args.copy_tracks, [c for c in copies if c.endswith(".wav")]
+        )
+        small_mp3 = build_manifest(
+            work, "copy-mp3", args.copy_tracks, [c for c in copies if c.endswith(".mp3")]
+        )
+        print(
+            f"manifests built in {time.perf_counter() - started:.1f} s ({args.tracks} and {args.copy_tracks} tracks, "
+            f"{os.path.getsize(big) / 2**20:.1f} MiB); machine: {os.cpu_count()} cores"
+        )
+        runs = [
+            ("baseline", big, args.tracks),
+            ("files:3", big, args.tracks),
+            ("acestep15:none", big, args.tracks),
+            ("acestep15:link", big, args.tracks),
+            ("acestep-v1:link", big_mp3, args.tracks),
+            ("acestep-v1:link:hf", big_mp3, args.tracks),
+            ("baseline", small_wav, args.copy_tracks),
+            ("acestep15:copy", small_wav, args.copy_tracks),
+            ("acestep-v1:copy", small_mp3, args.copy_tracks),
+        ]
         results = []
         for i, (mode, manifest, n) in enumerate(runs):
-            out = str(work / f"out-{i}" / ("rows.json" if mode == "baseline" else ""))  # a new directory per run
+            out = str(
+                work / f"out-{i}" / ("rows.json" if mode == "baseline" else "")
+            )  # a new directory per run
             os.makedirs(os.path.dirname(out) if mode == "baseline" else out, exist_ok=True)
             r = measure(mode, manifest, out)
             results.append((mode, n, r))
         base = {n: r["seconds"] for mode, n, r in results if mode == "baseline"}
-        print(f"{'mode':<22}{'tracks':>8}{'written':>9}{'seconds':>9}{'tracks/s':>10}{'x baseline time':>17}{'peak RSS MiB':>14}")
+        print(
+            f"{'mode':<22}{'tracks':>8}{'written':>9}{'seconds':>9}{'tracks/s':>10}{'x baseline time':>17}{'peak RSS MiB':>14}"
+        )
         for mode, n, r in results:
-            print(f"{mode:<22}{n:>8}{r['written']:>9}{r['seconds']:>9.2f}{n / r['seconds']:>10.0f}{r['seconds'] / base[n]:>17.1f}{r['peak_mib']:>14.0f}")
-        print("# tracks/s = manifest rows in / wall s; written < tracks: rows dropped (none here: --conflicts keep);"
-              " baseline = pyarrow read + one json.dump of the same rows, same run;"
-              " files:3 = 3 small files per track written atomically, same run")
+            print(
+                f"{mode:<22}{n:>8}{r['written']:>9}{r['seconds']:>9.2f}{n / r['seconds']:>10.0f}{r['seconds'] / base[n]:>17.1f}{r['peak_mib']:>14.0f}"
+            )
+        print(
+            "# tracks/s = manifest rows in / wall s; written < tracks: rows dropped (none here: --conflicts keep);"
+            " baseline = pyarrow read + one json.dump of the same rows, same run;"
+            " files:3 = 3 small files per track written atomically, same run"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

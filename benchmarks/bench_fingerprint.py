@@ -78,11 +78,29 @@ def write_audio(path: str, data: np.ndarray, sr: int, **opts) -> None:
             f.write(data[i : i + sr])
 
 
-COPIES = ("mp3-128k.mp3", "vorbis.ogg", "opus.opus", "22k.flac", "48k.wav", "quiet.wav", "loud.wav", "mono.wav", "leadtrim.flac", "tailtrim.flac")
+COPIES = (
+    "mp3-128k.mp3",
+    "vorbis.ogg",
+    "opus.opus",
+    "22k.flac",
+    "48k.wav",
+    "quiet.wav",
+    "loud.wav",
+    "mono.wav",
+    "leadtrim.flac",
+    "tailtrim.flac",
+)
 
 
-def transforms(audio: np.ndarray, lead: float, tail: float) -> dict[str, tuple[np.ndarray, int, dict]]:
-    mp3 = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": 0.6, "bitrate_mode": "CONSTANT"}
+def transforms(
+    audio: np.ndarray, lead: float, tail: float
+) -> dict[str, tuple[np.ndarray, int, dict]]:
+    mp3 = {
+        "format": "MP3",
+        "subtype": "MPEG_LAYER_III",
+        "compression_level": 0.6,
+        "bitrate_mode": "CONSTANT",
+    }
     return {
         "mp3-128k.mp3": (audio, SR, mp3),
         "vorbis.ogg": (audio, SR, {"format": "OGG", "subtype": "VORBIS"}),
@@ -97,29 +115,44 @@ def transforms(audio: np.ndarray, lead: float, tail: float) -> dict[str, tuple[n
     }
 
 
-def _with_copies(folder: str, rec: str, load_audio, rng: np.random.Generator) -> list[tuple[str, str]]:
+def _with_copies(
+    folder: str, rec: str, load_audio, rng: np.random.Generator
+) -> list[tuple[str, str]]:
     lead, tail = rng.uniform(1.0, 5.0), rng.uniform(1.0, 5.0)
     paths = [os.path.join(folder, f"{rec}-{name}") for name in COPIES]
     if not all(os.path.exists(p) for p in paths):  # (rendered once, reused from the cache)
-        for path, (name, (data, sr, opts)) in zip(paths, transforms(load_audio(), lead, tail).items(), strict=True):
-            write_audio(path + ".part", data, sr, **({"format": name.rsplit(".", 1)[1].upper()} | opts))
+        for path, (name, (data, sr, opts)) in zip(
+            paths, transforms(load_audio(), lead, tail).items(), strict=True
+        ):
+            write_audio(
+                path + ".part", data, sr, **({"format": name.rsplit(".", 1)[1].upper()} | opts)
+            )
             os.replace(path + ".part", path)
     return [(p, rec) for p in paths]
 
 
-def build_set(folder: str, devset: str, songs: int, unrelated: int, seconds: float) -> list[tuple[str, str]]:
+def build_set(
+    folder: str, devset: str, songs: int, unrelated: int, seconds: float
+) -> list[tuple[str, str]]:
     """(path, recording id) of every file; rendered files are kept in `folder` and reused."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     files = []
-    def alt(path: str) -> bool:  # the alt_* subsets (other soundfonts, reverb, room noise): unrelated only
+
+    def alt(
+        path: str,
+    ) -> bool:  # the alt_* subsets (other soundfonts, reverb, room noise): unrelated only
         return os.path.basename(os.path.dirname(path)).startswith("alt_")
 
-    for n, path in enumerate(sorted(glob.glob(os.path.join(devset, "*", "*.flac")), key=lambda p: (alt(p), p))):
+    for n, path in enumerate(
+        sorted(glob.glob(os.path.join(devset, "*", "*.flac")), key=lambda p: (alt(p), p))
+    ):
         rec = "dev-" + os.path.relpath(path, devset).replace("/", "_")[: -len(".flac")]
         files.append((path, rec))
         if n % 2 == 0 and not alt(path):
-            files += _with_copies(folder, rec, lambda path=path: (lambda a, sr: a[: 60 * sr])(*decode(path)), rng)
+            files += _with_copies(
+                folder, rec, lambda path=path: (lambda a, sr: a[: 60 * sr])(*decode(path)), rng
+            )
     specs, rng = [], np.random.default_rng(0)
     for g in range((songs + unrelated + 2) // 3):  # an "artist": one style, tempo and key
         style, tonic = STYLES[g % len(STYLES)], PITCH_CLASSES[int(rng.integers(12))]
@@ -130,7 +163,12 @@ def build_set(folder: str, devset: str, songs: int, unrelated: int, seconds: flo
         rec = f"syn{n:04d}"
         original = os.path.join(folder, f"{rec}.wav")
         if not os.path.exists(original):
-            write_audio(original + ".part", render_track(bpm, tonic, mode, seconds, seed=seed, style=style), SR, format="WAV")
+            write_audio(
+                original + ".part",
+                render_track(bpm, tonic, mode, seconds, seed=seed, style=style),
+                SR,
+                format="WAV",
+            )
             os.replace(original + ".part", original)
         files.append((original, rec))
         if n < songs:
@@ -151,7 +189,9 @@ LM_PEAKS_PER_S, LM_FANOUT, LM_MAX_DT, LM_MAX_DF = 20, 5, 63, 63
 def _max_filter(x: np.ndarray, size: int, axis: int) -> np.ndarray:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (size // 2, size // 2)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, constant_values=-np.inf), size, axis=axis)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x, pad, constant_values=-np.inf), size, axis=axis
+    )
     return windows.max(axis=-1)
 
 
@@ -161,7 +201,9 @@ def landmarks(mono_8k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     LM_MAX_DT frames and LM_MAX_DF bins, hashed as (anchor bin, bin gap, frame gap)."""
     if mono_8k.size < LM_NFFT:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    frames = np.lib.stride_tricks.sliding_window_view(mono_8k, LM_NFFT)[::LM_HOP] * np.hanning(LM_NFFT).astype(np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(mono_8k, LM_NFFT)[::LM_HOP] * np.hanning(
+        LM_NFFT
+    ).astype(np.float32)
     spec = np.log(np.abs(np.fft.rfft(frames, axis=1))[:, 1:257] + 1e-4)
     local = _max_filter(_max_filter(spec, 17, 0), 17, 1)
     t, f = np.nonzero(spec == local)
@@ -192,7 +234,9 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def fingerprint_files(files: list[tuple[str, str]]) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]], dict]:
+def fingerprint_files(
+    files: list[tuple[str, str]],
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]], dict]:
     """Chromaprint (the stage) and landmark fingerprints of every file, with CPU times."""
     stage = FingerprintStage()
     stage.setup()
@@ -203,10 +247,15 @@ def fingerprint_files(files: list[tuple[str, str]]) -> tuple[list[np.ndarray], l
         samples, sr = decode(path)
         t1 = cpu()
         track = Track({"track_id": path, "uri": path})
-        track._native = (samples, sr)  # the runner decodes once per batch and shares it the same way
+        track._native = (
+            samples,
+            sr,
+        )  # the runner decodes once per batch and shares it the same way
         row = stage.process_track(track)
         t2 = cpu()
-        marks.append(landmarks(to_mono_resampled(samples, sr, LM_SR)[: int(stage.config.seconds * LM_SR)]))
+        marks.append(
+            landmarks(to_mono_resampled(samples, sr, LM_SR)[: int(stage.config.seconds * LM_SR)])
+        )
         t3 = cpu()
         times["decode"] += t1 - t0
         times["chromaprint"] += t2 - t1
@@ -219,7 +268,9 @@ def fingerprint_files(files: list[tuple[str, str]]) -> tuple[list[np.ndarray], l
 def fpcalc_speed(files: list[tuple[str, str]]) -> float:
     audio, t0 = 0.0, children_cpu()
     for path, _ in files:
-        out = subprocess.run(["fpcalc", "-raw", "-length", "120", path], capture_output=True, text=True)
+        out = subprocess.run(
+            ["fpcalc", "-raw", "-length", "120", path], capture_output=True, text=True
+        )
         if "FINGERPRINT=" not in out.stdout:  # (it exits 3 on a benign end-of-file decode warning)
             raise RuntimeError(f"fpcalc failed on {path}: {out.stderr.strip()}")
         audio += min(sf.info(path).duration, 120.0)
@@ -237,13 +288,23 @@ class Scored:
     eligible: np.ndarray
 
 
-def chromaprint_scores(prints: list[np.ndarray], cfg: FingerprintConfig) -> tuple[Scored, np.ndarray]:
+def chromaprint_scores(
+    prints: list[np.ndarray], cfg: FingerprintConfig
+) -> tuple[Scored, np.ndarray]:
     """Scored candidates (fraction of matching frames) and their 1 - bit error rate."""
     postings = Postings.of(prints, range(len(prints)), cfg)
     a, b, off, _ = candidate_pairs(postings, postings, cfg)
-    scores = [score_pair(prints[i], prints[j], o, cfg) for i, j, o in zip(a.tolist(), b.tolist(), off.tolist(), strict=True)]
-    eligible = [is_copy(dataclasses.replace(s, matched=1.0), prints[i].size, prints[j].size, cfg) for s, i, j in zip(scores, a.tolist(), b.tolist(), strict=True)]
-    return Scored(a, b, np.array([s.matched for s in scores]), np.array(eligible, bool)), np.array([s.bit_similarity for s in scores])
+    scores = [
+        score_pair(prints[i], prints[j], o, cfg)
+        for i, j, o in zip(a.tolist(), b.tolist(), off.tolist(), strict=True)
+    ]
+    eligible = [
+        is_copy(dataclasses.replace(s, matched=1.0), prints[i].size, prints[j].size, cfg)
+        for s, i, j in zip(scores, a.tolist(), b.tolist(), strict=True)
+    ]
+    return Scored(a, b, np.array([s.matched for s in scores]), np.array(eligible, bool)), np.array(
+        [s.bit_similarity for s in scores]
+    )
 
 
 def landmark_scores(marks: list[tuple[np.ndarray, np.ndarray]]) -> Scored:
@@ -255,22 +316,34 @@ def landmark_scores(marks: list[tuple[np.ndarray, np.ndarray]]) -> Scored:
     )
     a, b, _, votes = candidate_pairs(postings, postings, cfg, frames_per_second=LM_FPS)
     sizes = np.array([h.size for h, _ in marks])
-    return Scored(a, b, votes / np.maximum(np.minimum(sizes[a], sizes[b]), 1), np.ones(a.size, bool))
+    return Scored(
+        a, b, votes / np.maximum(np.minimum(sizes[a], sizes[b]), 1), np.ones(a.size, bool)
+    )
 
 
 def pair_counts(truth: list[str], roots: np.ndarray) -> tuple[int, int, int]:
     """(true positive, false positive, false negative) pairs of a clustering against the truth."""
+
     def pairs(counter: Counter) -> int:
         return sum(c * (c - 1) // 2 for c in counter.values())
+
     both = pairs(Counter(zip(truth, roots.tolist(), strict=True)))
     return both, pairs(Counter(roots.tolist())) - both, pairs(Counter(truth)) - both
 
 
 def evaluate(scored: Scored, truth: list[str], threshold: float) -> dict:
     keep = scored.eligible & (scored.score >= threshold)
-    roots = union_clusters(len(truth), Edges(scored.a[keep], scored.b[keep], scored.score[keep], int(keep.size)))
+    roots = union_clusters(
+        len(truth), Edges(scored.a[keep], scored.b[keep], scored.score[keep], int(keep.size))
+    )
     tp, fp, fn = pair_counts(truth, roots)
-    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "false_pairs": fp, "missed_pairs": fn, "true_pairs": tp + fn}
+    return {
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "false_pairs": fp,
+        "missed_pairs": fn,
+        "true_pairs": tp + fn,
+    }
 
 
 def tune(scored: Scored, truth: list[str]) -> tuple[float, float]:
@@ -281,16 +354,23 @@ def tune(scored: Scored, truth: list[str]) -> tuple[float, float]:
         r = evaluate(scored, truth, t)
         f1.append(2 * r["precision"] * r["recall"] / max(r["precision"] + r["recall"], 1e-9))
     best = np.flatnonzero(np.isclose(f1, max(f1)))
-    run = best[best - np.arange(best.size) == (best - np.arange(best.size))[0]]  # first contiguous run
+    run = best[
+        best - np.arange(best.size) == (best - np.arange(best.size))[0]
+    ]  # first contiguous run
     return float(grid[run[run.size // 2]]), float(max(f1))
 
 
 def separation(scored: Scored, truth: list[str]) -> dict:
-    same = np.array([truth[i] == truth[j] for i, j in zip(scored.a.tolist(), scored.b.tolist(), strict=True)], bool)
+    same = np.array(
+        [truth[i] == truth[j] for i, j in zip(scored.a.tolist(), scored.b.tolist(), strict=True)],
+        bool,
+    )
     t, f = scored.score[same & scored.eligible], scored.score[~same & scored.eligible]
     return {
-        "true_pairs_min_score": float(t.min()) if t.size else None, "true_p1": float(np.percentile(t, 1)) if t.size else None,
-        "false_pairs_max_score": float(f.max()) if f.size else None, "false_p99_9": float(np.percentile(f, 99.9)) if f.size else None,
+        "true_pairs_min_score": float(t.min()) if t.size else None,
+        "true_p1": float(np.percentile(t, 1)) if t.size else None,
+        "false_pairs_max_score": float(f.max()) if f.size else None,
+        "false_p99_9": float(np.percentile(f, 99.9)) if f.size else None,
     }
 
 
@@ -300,25 +380,48 @@ def _held_out(files, prints, marks, tune_idx: list[int], test_idx: list[int]) ->
     truth_tune, truth_test = [files[i][1] for i in tune_idx], [files[i][1] for i in test_idx]
     best = None
     for match_bits in (2, 3, 4):
-        tuned, _ = chromaprint_scores([prints[i] for i in tune_idx], FingerprintConfig(match_bits=match_bits))
+        tuned, _ = chromaprint_scores(
+            [prints[i] for i in tune_idx], FingerprintConfig(match_bits=match_bits)
+        )
         threshold, f1 = tune(tuned, truth_tune)
         margin = separation(tuned, truth_tune)
-        out[f"chromaprint_match_bits_{match_bits}_tune"] = {"threshold": threshold, "f1": f1, **margin}
+        out[f"chromaprint_match_bits_{match_bits}_tune"] = {
+            "threshold": threshold,
+            "f1": f1,
+            **margin,
+        }
         gap = (margin["true_pairs_min_score"] or 0) - (margin["false_pairs_max_score"] or 0)
         if best is None or (f1, gap) > best[0]:
             best = ((f1, gap), match_bits, threshold)
     _, match_bits, threshold = best
     cfg = FingerprintConfig(match_bits=match_bits, threshold=threshold)
     tested, bits_test = chromaprint_scores([prints[i] for i in test_idx], cfg)
-    out["chromaprint"] = {"match_bits": match_bits, "threshold": threshold, **evaluate(tested, truth_test, threshold), **separation(tested, truth_test)}
+    out["chromaprint"] = {
+        "match_bits": match_bits,
+        "threshold": threshold,
+        **evaluate(tested, truth_test, threshold),
+        **separation(tested, truth_test),
+    }
     default = FingerprintConfig()
     shipped, _ = chromaprint_scores([prints[i] for i in test_idx], default)
-    out["chromaprint_shipped_defaults"] = {"match_bits": default.match_bits, "threshold": default.threshold, **evaluate(shipped, truth_test, default.threshold)}
+    out["chromaprint_shipped_defaults"] = {
+        "match_bits": default.match_bits,
+        "threshold": default.threshold,
+        **evaluate(shipped, truth_test, default.threshold),
+    }
     previous = Scored(tested.a, tested.b, bits_test, tested.eligible)  # the last session's rule
-    out["baseline_bit_error_rate_0.75"] = {**evaluate(previous, truth_test, 0.75), **separation(previous, truth_test)}
+    out["baseline_bit_error_rate_0.75"] = {
+        **evaluate(previous, truth_test, 0.75),
+        **separation(previous, truth_test),
+    }
     lm_threshold, lm_f1 = tune(landmark_scores([marks[i] for i in tune_idx]), truth_tune)
     lm_test = landmark_scores([marks[i] for i in test_idx])
-    out["landmarks"] = {"threshold": lm_threshold, "tune_f1": lm_f1, **evaluate(lm_test, truth_test, lm_threshold), **separation(lm_test, truth_test)}
+    out["landmarks"] = {
+        "threshold": lm_threshold,
+        "tune_f1": lm_f1,
+        **evaluate(lm_test, truth_test, lm_threshold),
+        **separation(lm_test, truth_test),
+    }
     return out
 
 
@@ -326,13 +429,26 @@ def accuracy(files: list[tuple[str, str]], prints: list[np.ndarray], marks: list
     """Both ways round (tune on half 0, report on half 1, and back), and the two reports summed."""
     out: dict = {"files": len(files), "recordings": len({r for _, r in files})}
     halves = {h: [i for i, (_, r) in enumerate(files) if half(r) == h] for h in (0, 1)}
-    folds = {f"tune_{t}_test_{1 - t}": _held_out(files, prints, marks, halves[t], halves[1 - t]) for t in (0, 1)}
+    folds = {
+        f"tune_{t}_test_{1 - t}": _held_out(files, prints, marks, halves[t], halves[1 - t])
+        for t in (0, 1)
+    }
     out.update(folds)
-    for method in ("chromaprint", "chromaprint_shipped_defaults", "baseline_bit_error_rate_0.75", "landmarks"):
+    for method in (
+        "chromaprint",
+        "chromaprint_shipped_defaults",
+        "baseline_bit_error_rate_0.75",
+        "landmarks",
+    ):
         tp = sum(f[method]["true_pairs"] - f[method]["missed_pairs"] for f in folds.values())
         fp = sum(f[method]["false_pairs"] for f in folds.values())
         fn = sum(f[method]["missed_pairs"] for f in folds.values())
-        out[f"held_out_both_halves_{method}"] = {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "false_pairs": fp, "missed_pairs": fn}
+        out[f"held_out_both_halves_{method}"] = {
+            "precision": tp / max(tp + fp, 1),
+            "recall": tp / max(tp + fn, 1),
+            "false_pairs": fp,
+            "missed_pairs": fn,
+        }
     out["index_cost_whole_set"] = index_cost(prints, marks)
     return out
 
@@ -348,18 +464,23 @@ def index_cost(prints: list[np.ndarray], marks: list) -> dict:
     return {
         "chromaprint_index_entries": int(Postings.of(prints, range(len(prints)), cfg).key.size),
         "landmark_index_entries": int(sum(h.size for h, _ in marks)),
-        "chromaprint_match_cpu_s": t1 - t0, "landmark_match_cpu_s": t2 - t1,
+        "chromaprint_match_cpu_s": t1 - t0,
+        "landmark_match_cpu_s": t2 - t1,
     }
 
 
 # -- clustering at scale ---------------------------------------------------------------------------
-def realistic_prints(files, prints, n: int, rng: np.random.Generator, frames: int = 950) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+def realistic_prints(
+    files, prints, n: int, rng: np.random.Generator, frames: int = 950
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
     """n fingerprints of crops of real ones (see the module docstring) and the planted (copy,
     original) pairs."""
     originals = [i for i, (p, r) in enumerate(files) if not os.path.basename(p).startswith(f"{r}-")]
     copies_of: dict[str, list[int]] = {}
     for i, (p, r) in enumerate(files):
-        if os.path.basename(p).startswith(f"{r}-") and "trim" not in p:  # aligned copies (the shift trims)
+        if (
+            os.path.basename(p).startswith(f"{r}-") and "trim" not in p
+        ):  # aligned copies (the shift trims)
             copies_of.setdefault(r, []).append(i)
     with_copies = [i for i in originals if files[i][1] in copies_of]
     out, planted = [], []
@@ -369,7 +490,11 @@ def realistic_prints(files, prints, n: int, rng: np.random.Generator, frames: in
         while total < frames:
             src = int(rng.choice(with_copies if k < n // 20 else originals))
             length = int(rng.integers(40, 240))  # 5-30 s
-            limit = min(prints[c].size for c in copies_of[files[src][1]]) if k < n // 20 else prints[src].size
+            limit = (
+                min(prints[c].size for c in copies_of[files[src][1]])
+                if k < n // 20
+                else prints[src].size
+            )
             start = int(rng.integers(0, max(1, limit - length)))
             piece = prints[src][start : start + length]
             pieces.append((src, start, piece.size))
@@ -383,14 +508,18 @@ def realistic_prints(files, prints, n: int, rng: np.random.Generator, frames: in
         for src, start, m in pieces:
             copy = prints[int(rng.choice(copies_of[files[src][1]]))]
             part = copy[start : start + m]
-            parts.append(np.pad(part, (0, m - part.size), constant_values=0) if part.size < m else part)
+            parts.append(
+                np.pad(part, (0, m - part.size), constant_values=0) if part.size < m else part
+            )
         shifted = np.concatenate(parts)[:frames] ^ mask
         out[n - n // 20 + k] = shifted[int(rng.integers(0, 41)) :]  # a lead-in trim of up to 5 s
         planted.append((n - n // 20 + k, k))
     return out, planted
 
 
-def random_prints(n: int, rng: np.random.Generator, frames: int = 950) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+def random_prints(
+    n: int, rng: np.random.Generator, frames: int = 950
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
     """Last session's set: uniform random values, 5 % copies with 8 % of bits flipped, shifted."""
     prints = list(rng.integers(0, 2**32, (n, frames), dtype=np.uint64).astype(np.uint32))
     planted = []
@@ -404,7 +533,9 @@ def random_prints(n: int, rng: np.random.Generator, frames: int = 950) -> tuple[
 def key_load(prints: list[np.ndarray], cfg: FingerprintConfig) -> float:
     """Mean number of distinct tracks holding the key of an index entry (how full buckets are)."""
     postings = Postings.of(prints, range(len(prints)), cfg)
-    _, per_key = np.unique(np.unique(postings.key * len(prints) + postings.owner) // len(prints), return_counts=True)
+    _, per_key = np.unique(
+        np.unique(postings.key * len(prints) + postings.owner) // len(prints), return_counts=True
+    )
     return float((per_key.astype(float) ** 2).sum() / per_key.sum())
 
 
@@ -417,11 +548,37 @@ def write_corpus(root: str, prints: list[np.ndarray], start: int = 0) -> list[st
     ids = [hashlib.sha256(str(start + i).encode()).hexdigest() for i in range(len(prints))]
     for s in range(0, len(prints), 20_000):
         chunk = range(s, min(s + 20_000, len(prints)))
-        corpus.write("tracks", [{"track_id": ids[i], "uri": f"/x/{ids[i]}.flac", "codec": "flac", "sample_rate": 44100, "duration_s": 120.0, "created_at": now} for i in chunk])
-        corpus.write("fingerprints", [{
-            "track_id": ids[i], "stage_version": 1, "config_hash": config_hash(cfg), "run_id": f"bench-{start}", "created_at": now,
-            "algorithm": "chromaprint-2", "fingerprint": prints[i].astype("<u4").tobytes(), "frames": int(prints[i].size), "seconds": 120.0,
-        } for i in chunk])
+        corpus.write(
+            "tracks",
+            [
+                {
+                    "track_id": ids[i],
+                    "uri": f"/x/{ids[i]}.flac",
+                    "codec": "flac",
+                    "sample_rate": 44100,
+                    "duration_s": 120.0,
+                    "created_at": now,
+                }
+                for i in chunk
+            ],
+        )
+        corpus.write(
+            "fingerprints",
+            [
+                {
+                    "track_id": ids[i],
+                    "stage_version": 1,
+                    "config_hash": config_hash(cfg),
+                    "run_id": f"bench-{start}",
+                    "created_at": now,
+                    "algorithm": "chromaprint-2",
+                    "fingerprint": prints[i].astype("<u4").tobytes(),
+                    "frames": int(prints[i].size),
+                    "seconds": 120.0,
+                }
+                for i in chunk
+            ],
+        )
     return ids
 
 
@@ -443,8 +600,14 @@ def clustering(files, prints, n: int) -> dict:
         t0 = time.perf_counter()
         incremental = update_index(corpus)
         incremental_s = time.perf_counter() - t0
-        cluster_of = {r["track_id"]: r["cluster_id"] for r in corpus.sql("SELECT track_id, cluster_id FROM near_duplicates").to_pylist()}
-        found = sum(cluster_of.get(ids[c]) is not None and cluster_of.get(ids[c]) == cluster_of.get(ids[o]) for c, o in planted)
+        cluster_of = {
+            r["track_id"]: r["cluster_id"]
+            for r in corpus.sql("SELECT track_id, cluster_id FROM near_duplicates").to_pylist()
+        }
+        found = sum(
+            cluster_of.get(ids[c]) is not None and cluster_of.get(ids[c]) == cluster_of.get(ids[o])
+            for c, o in planted
+        )
         clustered = len(cluster_of)
         t0 = time.perf_counter()
         rebuilt = update_index(corpus, full=True)
@@ -461,23 +624,43 @@ def clustering(files, prints, n: int) -> dict:
         for j in range(i + 1, min(sample, i + 31)):
             max(score_pair(real[i], real[j], off, cfg).matched for off in range(-40, 41, 8))
     pairs_done = sum(min(sample, i + 31) - i - 1 for i in range(sample))
-    brute_s = (time.perf_counter() - t0) / pairs_done * (81 / 11 / 3) * n * (n - 1) / 2  # 81 offsets; score_pair tries 3
+    brute_s = (
+        (time.perf_counter() - t0) / pairs_done * (81 / 11 / 3) * n * (n - 1) / 2
+    )  # 81 offsets; score_pair tries 3
     return {
-        "fingerprints": n, "realistic_full_build_s": full_s, "full_build": dataclasses.asdict(full),
-        "incremental_new": new_n, "incremental_build_s": incremental_s, "incremental_build": dataclasses.asdict(incremental),
-        "full_rebuild_after_s": rebuild_s, "full_rebuild_after": dataclasses.asdict(rebuilt),
-        "planted_copies": len(planted), "planted_found": int(found), "tracks_in_clusters": clustered,
+        "fingerprints": n,
+        "realistic_full_build_s": full_s,
+        "full_build": dataclasses.asdict(full),
+        "incremental_new": new_n,
+        "incremental_build_s": incremental_s,
+        "incremental_build": dataclasses.asdict(incremental),
+        "full_rebuild_after_s": rebuild_s,
+        "full_rebuild_after": dataclasses.asdict(rebuilt),
+        "planted_copies": len(planted),
+        "planted_found": int(found),
+        "tracks_in_clusters": clustered,
         "expected_in_clusters": 2 * len(planted),
-        "key_load_realistic": key_load(real, FingerprintConfig()), "key_load_uniform_random": key_load(random_set, FingerprintConfig()),
-        "baseline_uniform_random_cluster_s": random_s, "baseline_uniform_random_candidates": random_found.pairs_scored,
-        "baseline_uniform_random_planted_found": int(sum(random_found.cluster[c] == random_found.cluster[o] for c, o in random_planted)),
-        "brute_force_all_pairs_s_extrapolated": brute_s, "speedup_vs_brute_force": brute_s / full_s,
+        "key_load_realistic": key_load(real, FingerprintConfig()),
+        "key_load_uniform_random": key_load(random_set, FingerprintConfig()),
+        "baseline_uniform_random_cluster_s": random_s,
+        "baseline_uniform_random_candidates": random_found.pairs_scored,
+        "baseline_uniform_random_planted_found": int(
+            sum(random_found.cluster[c] == random_found.cluster[o] for c, o in random_planted)
+        ),
+        "brute_force_all_pairs_s_extrapolated": brute_s,
+        "speedup_vs_brute_force": brute_s / full_s,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "songmill-fpbench"), help="rendered files and fingerprints (kept)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(tempfile.gettempdir(), "songmill-fpbench"),
+        help="rendered files and fingerprints (kept)",
+    )
     parser.add_argument("--devset", default="/tmp/songmill-devset")
     parser.add_argument("--songs", type=int, default=20)
     parser.add_argument("--unrelated", type=int, default=40)
@@ -492,7 +675,9 @@ def main() -> None:
     missing = [f for f in files if f[0] not in known]
     if missing:
         new_prints, new_marks, _ = fingerprint_files(missing)
-        known.update({p: (fp, lm) for (p, _), fp, lm in zip(missing, new_prints, new_marks, strict=True)})
+        known.update(
+            {p: (fp, lm) for (p, _), fp, lm in zip(missing, new_prints, new_marks, strict=True)}
+        )
         with open(cached + ".part", "wb") as f:
             pickle.dump(known, f)
         os.replace(cached + ".part", cached)
@@ -502,18 +687,28 @@ def main() -> None:
         report["accuracy"] = accuracy(files, prints, marks)
         print(json.dumps(report, indent=1), flush=True)
     if args.part in ("speed", "all"):
-        sample = [files[i] for i in np.random.default_rng(3).choice(len(files), min(args.speed_files, len(files)), replace=False)]
+        sample = [
+            files[i]
+            for i in np.random.default_rng(3).choice(
+                len(files), min(args.speed_files, len(files)), replace=False
+            )
+        ]
         _, _, t = fingerprint_files(sample)
         fpcalc = fpcalc_speed(sample)
         report["speed"] = {
-            "files": len(sample), "audio_s": t["audio_s"],
+            "files": len(sample),
+            "audio_s": t["audio_s"],
             "chromaprint_stage_x_realtime_per_core": t["audio_s"] / t["chromaprint"],
-            "chromaprint_stage_with_decode_x_realtime_per_core": t["audio_s"] / (t["chromaprint"] + t["decode"]),
+            "chromaprint_stage_with_decode_x_realtime_per_core": t["audio_s"]
+            / (t["chromaprint"] + t["decode"]),
             "landmarks_x_realtime_per_core": t["audio_s"] / t["landmarks"],
-            "landmarks_with_decode_x_realtime_per_core": t["audio_s"] / (t["landmarks"] + t["decode"]),
+            "landmarks_with_decode_x_realtime_per_core": t["audio_s"]
+            / (t["landmarks"] + t["decode"]),
             "baseline_fpcalc_x_realtime_per_core": fpcalc,
         }
-        report["speed"]["stage_with_decode_vs_fpcalc"] = report["speed"]["chromaprint_stage_with_decode_x_realtime_per_core"] / fpcalc
+        report["speed"]["stage_with_decode_vs_fpcalc"] = (
+            report["speed"]["chromaprint_stage_with_decode_x_realtime_per_core"] / fpcalc
+        )
         print(json.dumps(report, indent=1), flush=True)
     if args.part in ("clustering", "all"):
         report["clustering"] = clustering(files, prints, args.fingerprints)

@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from songmill.model.config import LATENT_FPS  # noqa: E402
 
-WORDS = "sing the night away light my heart again dance slow under falling stars we were young".split()
+WORDS = (
+    "sing the night away light my heart again dance slow under falling stars we were young".split()
+)
 
 
 def write_shards(folder: str, tracks: int, seconds: float, lines: int, seed: int) -> list[dict]:
@@ -37,18 +39,34 @@ def write_shards(folder: str, tracks: int, seconds: float, lines: int, seed: int
     for i in range(tracks):
         frames = int(np.ceil(seconds * LATENT_FPS))
         starts = np.sort(rng.uniform(0, seconds - 3.0, lines))
-        timed = [{"start": float(s), "end": float(s + 2.5), "text": " ".join(rng.choice(WORDS, 6))} for s in starts]
+        timed = [
+            {"start": float(s), "end": float(s + 2.5), "text": " ".join(rng.choice(WORDS, 6))}
+            for s in starts
+        ]
         text = " ".join(line["text"] for line in timed)
         tensors = {
-            "latent": torch.from_numpy(rng.standard_normal((8, 16, frames), dtype=np.float32)).half(),
+            "latent": torch.from_numpy(
+                rng.standard_normal((8, 16, frames), dtype=np.float32)
+            ).half(),
             "text.tags": torch.from_numpy(rng.standard_normal((24, 768), dtype=np.float32)).half(),
             "lyrics": torch.tensor(tokenizer.encode_ids(text), dtype=torch.int32),
-            "repa.mert": torch.from_numpy(rng.standard_normal((int(seconds * 75), 1024), dtype=np.float32)).half(),
-            "repa.mhubert": torch.from_numpy(rng.standard_normal((int(seconds * 50), 768), dtype=np.float32)).half(),
+            "repa.mert": torch.from_numpy(
+                rng.standard_normal((int(seconds * 75), 1024), dtype=np.float32)
+            ).half(),
+            "repa.mhubert": torch.from_numpy(
+                rng.standard_normal((int(seconds * 50), 768), dtype=np.float32)
+            ).half(),
         }
-        meta = {"latent_frames": frames, "latent_fps": LATENT_FPS, "captions": {"tags": "pop"},
-                "repa_fps": {"mert": 75.0, "mhubert": 50.0}, "speaker_dim": 512, "lyric_tokenizer_path": "",
-                "lyric_lines": timed, "lyrics_untimed": False}
+        meta = {
+            "latent_frames": frames,
+            "latent_fps": LATENT_FPS,
+            "captions": {"tags": "pop"},
+            "repa_fps": {"mert": 75.0, "mhubert": 50.0},
+            "speaker_dim": 512,
+            "lyric_tokenizer_path": "",
+            "lyric_lines": timed,
+            "lyrics_untimed": False,
+        }
         path = os.path.join(folder, f"{i}.safetensors")
         with open(path, "wb") as f:
             f.write(shard_bytes(tensors, meta))
@@ -72,7 +90,9 @@ def measure(rows: list[dict], mode: str, crop_s: float, samples: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--lines", type=int, default=60)
@@ -90,10 +110,14 @@ def main() -> None:
                 if mode not in results or r["samples_per_s"] > results[mode]["samples_per_s"]:
                     results[mode] = r
     base = results["full"]
-    print(f"{args.tracks} shards of {args.seconds:g} s, {args.lines} timed lines each, {args.crop_s:g} s crops, {args.samples} samples")
+    print(
+        f"{args.tracks} shards of {args.seconds:g} s, {args.lines} timed lines each, {args.crop_s:g} s crops, {args.samples} samples"
+    )
     print(f"{'lyric_crop':12s}{'samples/s':>12s}{'x full':>9s}{'lyric tokens / crop':>22s}")
     for mode, r in results.items():
-        print(f"{mode:12s}{r['samples_per_s']:12.1f}{r['samples_per_s'] / base['samples_per_s']:9.2f}{r['mean_lyric_tokens']:22.1f}")
+        print(
+            f"{mode:12s}{r['samples_per_s']:12.1f}{r['samples_per_s'] / base['samples_per_s']:9.2f}{r['mean_lyric_tokens']:22.1f}"
+        )
     print(json.dumps(results))
 
 

@@ -61,15 +61,31 @@ def main() -> None:
     hasher = params.hasher()
     start = time.perf_counter()
     signatures = hasher.signatures([phoneme_key(s) for s in ipa], params.shingle_size)
-    print(f"signatures: {time.perf_counter() - start:.2f} s ({len(ipa) / (time.perf_counter() - start):.0f} lyrics/s)")
+    print(
+        f"signatures: {time.perf_counter() - start:.2f} s ({len(ipa) / (time.perf_counter() - start):.0f} lyrics/s)"
+    )
 
     corpus = Corpus(tempfile.mkdtemp(prefix="bench-lyrics-") + "/corpus")
     now = utcnow()
     rows = [
-        {"lyric_id": f"L{i:06d}", "title": None, "artist": None, "language": "en", "lyrics": t, "ipa": s,
-         "phonemes_version": PHONEMES_VERSION, "signature": sig.astype("<u4").tobytes(), "num_perm": params.num_perm,
-         "seed": params.seed, "scheme": params.scheme, "shingle_size": params.shingle_size, "content_sha256": None,
-         "source": "bench", "run_id": "bench", "created_at": now}  # fmt: skip
+        {
+            "lyric_id": f"L{i:06d}",
+            "title": None,
+            "artist": None,
+            "language": "en",
+            "lyrics": t,
+            "ipa": s,
+            "phonemes_version": PHONEMES_VERSION,
+            "signature": sig.astype("<u4").tobytes(),
+            "num_perm": params.num_perm,
+            "seed": params.seed,
+            "scheme": params.scheme,
+            "shingle_size": params.shingle_size,
+            "content_sha256": None,
+            "source": "bench",
+            "run_id": "bench",
+            "created_at": now,
+        }  # fmt: skip
         for i, (t, s, sig) in enumerate(zip(texts, ipa, signatures, strict=True))
     ]
     start = time.perf_counter()
@@ -109,9 +125,15 @@ def main() -> None:
     p50, p95 = np.percentile(lsh_ms, [50, 95])
     s50, s95 = np.percentile(scan_ms, [50, 95])
     print(f"\n{n} queries (20 % word errors) against {len(texts)} lyrics:")
-    print(f"  LSH query + rank candidates: p50 {p50:.2f} ms, p95 {p95:.2f} ms; candidates median {int(np.median(n_candidates))}")
-    print(f"  exhaustive estimate scan (baseline): p50 {s50:.2f} ms, p95 {s95:.2f} ms -> LSH {s50 / p50:.1f}x faster at p50")
-    print(f"  true lyric among LSH candidates {recall / n:.3f}; top-1 by estimate: LSH {lsh_top1 / n:.3f}, scan {scan_top1 / n:.3f}")
+    print(
+        f"  LSH query + rank candidates: p50 {p50:.2f} ms, p95 {p95:.2f} ms; candidates median {int(np.median(n_candidates))}"
+    )
+    print(
+        f"  exhaustive estimate scan (baseline): p50 {s50:.2f} ms, p95 {s95:.2f} ms -> LSH {s50 / p50:.1f}x faster at p50"
+    )
+    print(
+        f"  true lyric among LSH candidates {recall / n:.3f}; top-1 by estimate: LSH {lsh_top1 / n:.3f}, scan {scan_top1 / n:.3f}"
+    )
 
     # The whole stage per batch of 16 tracks: espeak-ng on the transcripts, signatures, LSH,
     # one DuckDB read of the shortlisted lyrics, exact re-score.
@@ -119,11 +141,19 @@ def main() -> None:
 
     stage = LyricsStage(LyricsConfig(lsh_threshold=params.lsh_threshold), corpus=corpus)
     stage.setup()
-    batch = [Track({"track_id": str(i), "uri": ""}, {"transcripts": {"text": garble(texts[i], rng), "language": "en"}}) for i in picks[:64]]
+    batch = [
+        Track(
+            {"track_id": str(i), "uri": ""},
+            {"transcripts": {"text": garble(texts[i], rng), "language": "en"}},
+        )
+        for i in picks[:64]
+    ]
     start = time.perf_counter()
     results = [r for b in range(0, len(batch), 16) for r in stage.process(batch[b : b + 16])]
     per_track = 1000 * (time.perf_counter() - start) / len(batch)
-    top1 = np.mean([r["lyric_id"] == f"L{int(t.track_id):06d}" for r, t in zip(results, batch, strict=True)])
+    top1 = np.mean(
+        [r["lyric_id"] == f"L{int(t.track_id):06d}" for r, t in zip(results, batch, strict=True)]
+    )
     scans = sum(r["method"] == "scan+rescore" for r in results)
     print(f"  lyrics stage end to end: {per_track:.0f} ms per track (batches of 16); top-1 {top1:.3f} on {len(batch)} tracks "
           f"({scans} found by the exhaustive fallback scan)")  # fmt: skip

@@ -45,9 +45,15 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=1000)
     parser.add_argument("--vocal-db", type=float, default=0.0)
     parser.add_argument("--beam-size", type=int, default=1)
-    parser.add_argument("--models", default="base,tiny.en", help="faster-whisper models, compared in this run")
-    parser.add_argument("--instrumentals", type=int, default=0, help="bands with no voice: must get no match")
-    parser.add_argument("--conditions", default="mix,clean,stem", help="mix, clean (vocal alone), stem (htdemucs)")
+    parser.add_argument(
+        "--models", default="base,tiny.en", help="faster-whisper models, compared in this run"
+    )
+    parser.add_argument(
+        "--instrumentals", type=int, default=0, help="bands with no voice: must get no match"
+    )
+    parser.add_argument(
+        "--conditions", default="mix,clean,stem", help="mix, clean (vocal alone), stem (htdemucs)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-lyrics-match-"))
@@ -55,7 +61,9 @@ def main() -> None:
     texts = generate_lyrics(args.songs + args.distractors, seed=7, lines=(4, 8))
     start = time.perf_counter()
     LyricsDB(corpus).add([{"lyric_id": f"L{i:05d}", "lyrics": t} for i, t in enumerate(texts)])
-    print(f"lyrics database: {len(texts)} lyrics ({args.songs} sung, {args.distractors} distractors) added in {time.perf_counter() - start:.1f} s")
+    print(
+        f"lyrics database: {len(texts)} lyrics ({args.songs} sung, {args.distractors} distractors) added in {time.perf_counter() - start:.1f} s"
+    )
 
     rng = np.random.default_rng(0)
     mixes, voices, seconds = [], [], 0.0
@@ -90,7 +98,9 @@ def main() -> None:
         try:
             separator = SeparateStage(SeparateConfig(), corpus=corpus)
             separator.setup()
-            stems = separator.process([Track({"track_id": f"s{i:03d}", "uri": p}) for i, p in enumerate(mixes)])
+            stems = separator.process(
+                [Track({"track_id": f"s{i:03d}", "uri": p}) for i, p in enumerate(mixes)]
+            )
             conditions["vocal stem (htdemucs)"] = [row["vocals_uri"] for row in stems]
         except StageUnavailable as exc:
             print(f"vocal stem condition skipped: {str(exc)[:160]}...")
@@ -105,35 +115,58 @@ def evaluate(asr, matcher, conditions, texts, instrumentals, model) -> None:
     from rapidfuzz import fuzz, process
 
     if instrumentals:
-        rows = asr.process([Track({"track_id": f"i{i:03d}", "uri": p}) for i, p in enumerate(instrumentals)])
-        tracks = [Track({"track_id": f"i{i:03d}", "uri": p}, {"transcripts": t}) for i, (p, t) in enumerate(zip(instrumentals, rows, strict=True))]
-        matches = [m for b in range(0, len(tracks), 16) for m in matcher.process(tracks[b : b + 16])]
-        false = [(i, m["lyric_id"], rows[i]["text"][:60]) for i, m in enumerate(matches) if m["lyric_id"] is not None]
+        rows = asr.process(
+            [Track({"track_id": f"i{i:03d}", "uri": p}) for i, p in enumerate(instrumentals)]
+        )
+        tracks = [
+            Track({"track_id": f"i{i:03d}", "uri": p}, {"transcripts": t})
+            for i, (p, t) in enumerate(zip(instrumentals, rows, strict=True))
+        ]
+        matches = [
+            m for b in range(0, len(tracks), 16) for m in matcher.process(tracks[b : b + 16])
+        ]
+        false = [
+            (i, m["lyric_id"], rows[i]["text"][:60])
+            for i, m in enumerate(matches)
+            if m["lyric_id"] is not None
+        ]
         print(f"[instrumentals] {len(false)}/{len(instrumentals)} given a lyric (false matches); "
               f"{sum(bool(r['text']) for r in rows)} with any transcript text")  # fmt: skip
         for miss in false:
             print(f"    false match: {miss}")
     for name, paths in conditions.items():
         start = time.perf_counter()
-        transcripts = asr.process([Track({"track_id": f"t{i:03d}", "uri": p}) for i, p in enumerate(paths)])
+        transcripts = asr.process(
+            [Track({"track_id": f"t{i:03d}", "uri": p}) for i, p in enumerate(paths)]
+        )
         asr_s = time.perf_counter() - start
         audio_s = sum(sf.info(p).duration for p in paths)
-        tracks = [Track({"track_id": f"t{i:03d}", "uri": p}, {"transcripts": t}) for i, (p, t) in enumerate(zip(paths, transcripts, strict=True))]
+        tracks = [
+            Track({"track_id": f"t{i:03d}", "uri": p}, {"transcripts": t})
+            for i, (p, t) in enumerate(zip(paths, transcripts, strict=True))
+        ]
         start = time.perf_counter()
-        matches = [m for b in range(0, len(tracks), 16) for m in matcher.process(tracks[b : b + 16])]
+        matches = [
+            m for b in range(0, len(tracks), 16) for m in matcher.process(tracks[b : b + 16])
+        ]
         match_ms = 1000 * (time.perf_counter() - start) / len(tracks)
         top1 = np.mean([m["lyric_id"] == f"L{i:05d}" for i, m in enumerate(matches)])
         wrong = sum(m["lyric_id"] not in (None, f"L{i:05d}") for i, m in enumerate(matches))
         scans = sum(m["method"] == "scan+rescore" for m in matches)
         start = time.perf_counter()
         choices = [t.lower() for t in texts]
-        fuzzy = [process.extractOne(t["text"].lower(), choices, scorer=fuzz.partial_ratio)[2] for t in transcripts]
+        fuzzy = [
+            process.extractOne(t["text"].lower(), choices, scorer=fuzz.partial_ratio)[2]
+            for t in transcripts
+        ]
         fuzzy_ms = 1000 * (time.perf_counter() - start) / len(transcripts)
         fuzzy_top1 = np.mean([j == i for i, j in enumerate(fuzzy)])
         print(f"\n[{name}] ASR {audio_s / asr_s:.1f}x realtime (faster-whisper {model} int8, CPU)")
         print(f"  phonemes + MinHash LSH + re-score: top-1 {top1:.3f} ({wrong} wrong, {len(matches) - wrong - int(round(top1 * len(matches)))} unmatched; "
               f"{scans} via fallback scan), {match_ms:.0f} ms per track")  # fmt: skip
-        print(f"  baseline text fuzzy match, brute force: top-1 {fuzzy_top1:.3f}, {fuzzy_ms:.0f} ms per track")
+        print(
+            f"  baseline text fuzzy match, brute force: top-1 {fuzzy_top1:.3f}, {fuzzy_ms:.0f} ms per track"
+        )
         for i, m in enumerate(matches):
             if m["lyric_id"] != f"L{i:05d}" and name == "mix":
                 print(f"    miss {i}: score {m['score']}, heard {transcripts[i]['text'][:90]!r}")

@@ -39,13 +39,38 @@ def write_manifest(path: str, rows: int) -> None:
         "channels": np.full(rows, 2, np.int32),
         "codec": ["flac"] * rows,
         "qc_pass": rng.uniform(size=rows) > 0.05,
-        "features_url": [f"corpus/features/{i % 256:02x}/{ids[i]}.safetensors" for i in range(rows)],
+        "features_url": [
+            f"corpus/features/{i % 256:02x}/{ids[i]}.safetensors" for i in range(rows)
+        ],
         "lyrics": [" ".join(rng.choice(words, 40)) if i % 3 else None for i in range(rows)],
     }
-    for name in ("silence_ratio", "clipping_ratio", "lufs", "bandwidth_hz", "dc_offset", "bpm", "bpm_confidence",
-                 "key_confidence", "tuning_hz", "ce", "cu", "pc", "pq", "vocal_ratio", "lyric_score"):
+    for name in (
+        "silence_ratio",
+        "clipping_ratio",
+        "lufs",
+        "bandwidth_hz",
+        "dc_offset",
+        "bpm",
+        "bpm_confidence",
+        "key_confidence",
+        "tuning_hz",
+        "ce",
+        "cu",
+        "pc",
+        "pq",
+        "vocal_ratio",
+        "lyric_score",
+    ):
         columns[name] = rng.normal(size=rows)
-    for name in ("key_tonic", "key_mode", "keyscale", "time_signature", "language", "lyric_id", "caption_model"):
+    for name in (
+        "key_tonic",
+        "key_mode",
+        "keyscale",
+        "time_signature",
+        "language",
+        "lyric_id",
+        "caption_model",
+    ):
         columns[name] = [str(v) for v in rng.choice(words, rows)]
     for name in ("caption_tags", "caption_description", "caption_recaption"):
         columns[name] = [" ".join(rng.choice(words, 25)) for _ in range(rows)]
@@ -65,7 +90,11 @@ def earlier_reader(path: str) -> int:
         del table
     table = pq.read_table(path)
     rows = [r for r in table.to_pylist() if r.get("qc_pass") is not False]
-    rows = [r for r in rows if all(r.get(c) is not None for c in ("track_id", "uri", "duration_s", "features_url"))]
+    rows = [
+        r
+        for r in rows
+        if all(r.get(c) is not None for c in ("track_id", "uri", "duration_s", "features_url"))
+    ]
     return len(rows)
 
 
@@ -92,11 +121,22 @@ def child(mode: str, path: str) -> None:
     base = _peak_rss_mib()
     started = time.perf_counter()
     n = {"earlier": earlier_reader, "one-pass": one_pass_reader}[mode](path)
-    print(json.dumps({"mode": mode, "rows": n, "wall_s": time.perf_counter() - started, "peak_rss_growth_mib": _peak_rss_mib() - base}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "rows": n,
+                "wall_s": time.perf_counter() - started,
+                "peak_rss_growth_mib": _peak_rss_mib() - base,
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
@@ -111,16 +151,25 @@ def main() -> None:
         results: dict[str, list[dict]] = {"earlier": [], "one-pass": []}
         for _ in range(args.repeats):  # interleaved, so that both see the same machine load
             for mode in results:
-                out = subprocess.run([sys.executable, __file__, "--child", mode, path], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, path],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
         best = {m: min(r["wall_s"] for r in rs) for m, rs in results.items()}
         peak = {m: min(r["peak_rss_growth_mib"] for r in rs) for m, rs in results.items()}
-        assert len({rs[0]["rows"] for rs in results.values()}) == 1, "the readers disagree on the rows"
+        assert len({rs[0]["rows"] for rs in results.values()}) == 1, (
+            "the readers disagree on the rows"
+        )
         print(f"{'reader':<10} {'wall s (best)':>14} {'peak RSS growth MiB':>20}")
         for mode in results:
             print(f"{mode:<10} {best[mode]:>14.2f} {peak[mode]:>20.0f}")
-        print(f"one-pass vs earlier: {best['earlier'] / best['one-pass']:.1f}x faster, "
-              f"{peak['earlier'] / max(peak['one-pass'], 1):.1f}x less peak memory ({results['earlier'][0]['rows']} trainable rows)")
+        print(
+            f"one-pass vs earlier: {best['earlier'] / best['one-pass']:.1f}x faster, "
+            f"{peak['earlier'] / max(peak['one-pass'], 1):.1f}x less peak memory ({results['earlier'][0]['rows']} trainable rows)"
+        )
 
 
 if __name__ == "__main__":

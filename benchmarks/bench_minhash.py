@@ -47,7 +47,9 @@ def main() -> None:
     texts = generate_lyrics(args.docs, seed=0, lines=(24, 32))
     start = time.perf_counter()
     ipa = [phoneme_key(s) for s in to_ipa_batch(texts, "en")]
-    print(f"{len(ipa)} lyrics phonemized in {time.perf_counter() - start:.1f} s; IPA length median {int(np.median([len(s) for s in ipa]))} chars")
+    print(
+        f"{len(ipa)} lyrics phonemized in {time.perf_counter() - start:.1f} s; IPA length median {int(np.median([len(s) for s in ipa]))} chars"
+    )
     k, num_perm = args.shingle, args.num_perm
     shingle_lists = [shingles(s, k) for s in ipa]
     encoded = [[s.encode() for s in sh] for sh in shingle_lists]
@@ -90,21 +92,38 @@ def main() -> None:
         results[scheme] = (ours_s, sha1_s, same_s, single_s, identical)
         print(f"\nscheme {scheme} ({num_perm} permutations, {k}-char shingles, {n} documents)")
         print(f"  vectorised (numpy, incl. shingling)     {n / ours_s:10.0f} docs/s")
-        print(f"  datasketch update_batch, SHA-1          {n / sha1_s:10.0f} docs/s   -> ratio {sha1_s / ours_s:6.1f}x")
-        print(f"  datasketch update_batch, same hashfunc  {n / same_s:10.0f} docs/s   -> ratio {same_s / ours_s:6.1f}x  (hash values identical: {identical})")
-        print(f"  datasketch update one by one, SHA-1     {n / single_s:10.0f} docs/s   -> ratio {single_s / ours_s:6.1f}x")
+        print(
+            f"  datasketch update_batch, SHA-1          {n / sha1_s:10.0f} docs/s   -> ratio {sha1_s / ours_s:6.1f}x"
+        )
+        print(
+            f"  datasketch update_batch, same hashfunc  {n / same_s:10.0f} docs/s   -> ratio {same_s / ours_s:6.1f}x  (hash values identical: {identical})"
+        )
+        print(
+            f"  datasketch update one by one, SHA-1     {n / single_s:10.0f} docs/s   -> ratio {single_s / ours_s:6.1f}x"
+        )
 
     # Jaccard estimates against datasketch's own (SHA-1) sketches on related pairs.
     hasher = MinHasher(num_perm, 1)
-    pairs = [(ipa[i], ipa[i][: len(ipa[i]) // 2] + ipa[i + 1][len(ipa[i + 1]) // 2 :]) for i in range(0, 200, 2)]
+    pairs = [
+        (ipa[i], ipa[i][: len(ipa[i]) // 2] + ipa[i + 1][len(ipa[i + 1]) // 2 :])
+        for i in range(0, 200, 2)
+    ]
     ours = hasher.signatures([x for p in pairs for x in p], k)
     diffs = []
     for j, (a, b) in enumerate(pairs):
         ma, mb = MinHash(num_perm=num_perm), MinHash(num_perm=num_perm)
         ma.update_batch([s.encode() for s in shingles(a, k)])
         mb.update_batch([s.encode() for s in shingles(b, k)])
-        exact = len(set(shingles(a, k)) & set(shingles(b, k))) / len(set(shingles(a, k)) | set(shingles(b, k)))
-        diffs.append((hasher.jaccard_estimates(ours[2 * j], ours[2 * j + 1 : 2 * j + 2])[0], ma.jaccard(mb), exact))
+        exact = len(set(shingles(a, k)) & set(shingles(b, k))) / len(
+            set(shingles(a, k)) | set(shingles(b, k))
+        )
+        diffs.append(
+            (
+                hasher.jaccard_estimates(ours[2 * j], ours[2 * j + 1 : 2 * j + 2])[0],
+                ma.jaccard(mb),
+                exact,
+            )
+        )
     d = np.array(diffs)
     print(f"\nJaccard estimates on {len(pairs)} half-shared pairs: mean |ours - exact| {np.abs(d[:, 0] - d[:, 2]).mean():.3f}, "
           f"mean |datasketch(SHA-1) - exact| {np.abs(d[:, 1] - d[:, 2]).mean():.3f}, mean |ours - datasketch| {np.abs(d[:, 0] - d[:, 1]).mean():.3f}")  # fmt: skip

@@ -127,41 +127,67 @@ def run_essentia(rows: list[dict]) -> tuple[list[dict], float, Timer]:
             seconds += samples.shape[0] / sr
             bpm, beats, _, _, _ = rhythm(mono)
             tonic, mode, _ = key_extractor(mono)
-            results.append({"bpm": float(bpm), "beats": np.asarray(beats), "downbeats": None,
-                            "time_signature": None, "key_tonic": sharp_name(tonic), "key_mode": mode})
+            results.append(
+                {
+                    "bpm": float(bpm),
+                    "beats": np.asarray(beats),
+                    "downbeats": None,
+                    "time_signature": None,
+                    "key_tonic": sharp_name(tonic),
+                    "key_mode": mode,
+                }
+            )
     return results, seconds, timer
 
 
-def run_production(rows: list[dict], batch_size: int, stage: MusicStage) -> tuple[list[dict], float, Timer]:
+def run_production(
+    rows: list[dict], batch_size: int, stage: MusicStage
+) -> tuple[list[dict], float, Timer]:
     results, seconds = [], 0.0
     with Timer() as timer:
         for first in range(0, len(rows), batch_size):
-            batch = [Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
-                     for i, row in enumerate(rows[first : first + batch_size], start=first)]
+            batch = [
+                Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
+                for i, row in enumerate(rows[first : first + batch_size], start=first)
+            ]
             for track, out in zip(batch, stage.process(batch), strict=True):
                 if isinstance(out, BaseException):
                     raise RuntimeError(f"{track.uri}: {out!r}")
                 samples, sr = track.audio()
                 seconds += samples.shape[0] / sr
-                results.append({**out, "bpm": out["bpm"] or 0.0, "beats": np.asarray(out["beats"]),
-                                "downbeats": np.asarray(out["downbeats"])})
+                results.append(
+                    {
+                        **out,
+                        "bpm": out["bpm"] or 0.0,
+                        "beats": np.asarray(out["beats"]),
+                        "downbeats": np.asarray(out["downbeats"]),
+                    }
+                )
                 track.release_audio()
     return results, seconds, timer
 
 
 def scores(rows: list[dict], results: list[dict]) -> dict[str, float]:
-    out: dict[str, list[float]] = {k: [] for k in ("acc1", "acc2", "beat_f", "downbeat_f", "metre", "key", "mirex")}
+    out: dict[str, list[float]] = {
+        k: [] for k in ("acc1", "acc2", "beat_f", "downbeat_f", "metre", "key", "mirex")
+    }
     for row, result in zip(rows, results, strict=True):
         out["acc1"].append(acc1(result["bpm"], row["bpm"]))
         out["acc2"].append(acc2(result["bpm"], row["bpm"]))
         if row.get("beats"):
             out["beat_f"].append(f_measure(result["beats"], np.asarray(row["beats"])))
             if result["downbeats"] is not None and row.get("downbeats"):
-                out["downbeat_f"].append(f_measure(result["downbeats"], np.asarray(row["downbeats"])))
+                out["downbeat_f"].append(
+                    f_measure(result["downbeats"], np.asarray(row["downbeats"]))
+                )
         if result["time_signature"] is not None and row.get("time_signature") in METRES:
             out["metre"].append(result["time_signature"] == row["time_signature"])
-        if row.get("key_tonic") and "key_tonic" in result:  # LMMS / Hydrogen: no key label; estimators without key
-            score = mirex_key(result["key_tonic"], result["key_mode"], row["key_tonic"], row["key_mode"])
+        if (
+            row.get("key_tonic") and "key_tonic" in result
+        ):  # LMMS / Hydrogen: no key label; estimators without key
+            score = mirex_key(
+                result["key_tonic"], result["key_mode"], row["key_tonic"], row["key_mode"]
+            )
             out["key"].append(score == 1.0)
             out["mirex"].append(score)
     return {k: (float(np.mean(v)) if v else float("nan")) for k, v in out.items()}
@@ -176,9 +202,20 @@ def calibration(rows: list[dict], results: list[dict]) -> str:
     and the observed rate per confidence bin (calibrated: each bin's rate within it, and higher
     bins right more often)."""
     parts = []
-    for column, hit in (("bpm_confidence", lambda r, x: acc1(x["bpm"], r["bpm"])),
-                        ("key_confidence", lambda r, x: mirex_key(x["key_tonic"], x["key_mode"], r["key_tonic"], r["key_mode"]) == 1.0)):
-        pairs = [(r, x) for r, x in zip(rows, results, strict=True) if column == "bpm_confidence" or r.get("key_tonic")]
+    for column, hit in (
+        ("bpm_confidence", lambda r, x: acc1(x["bpm"], r["bpm"])),
+        (
+            "key_confidence",
+            lambda r, x: (
+                mirex_key(x["key_tonic"], x["key_mode"], r["key_tonic"], r["key_mode"]) == 1.0
+            ),
+        ),
+    ):
+        pairs = [
+            (r, x)
+            for r, x in zip(rows, results, strict=True)
+            if column == "bpm_confidence" or r.get("key_tonic")
+        ]
         if not pairs or any(column not in x for _, x in pairs):
             continue
         p = np.array([float(x.get(column) or 0.0) for _, x in pairs])
@@ -187,9 +224,14 @@ def calibration(rows: list[dict], results: list[dict]) -> str:
         for lo, hi in zip(CONFIDENCE_BINS[:-1], CONFIDENCE_BINS[1:], strict=True):
             inside = (p >= lo) & (p < hi)
             if inside.any():
-                bins.append(f"[{lo:.2f},{min(hi, 1.0):.2f}) {y[inside].mean():.2f} of {int(inside.sum())}")
-        parts.append(f"{column}: Brier {np.mean((p - y) ** 2):.3f} (constant rate {np.mean((y.mean() - y) ** 2):.3f};"
-                     f" mean confidence {p.mean():.2f}, observed {y.mean():.2f}); right per bin: " + ", ".join(bins))
+                bins.append(
+                    f"[{lo:.2f},{min(hi, 1.0):.2f}) {y[inside].mean():.2f} of {int(inside.sum())}"
+                )
+        parts.append(
+            f"{column}: Brier {np.mean((p - y) ** 2):.3f} (constant rate {np.mean((y.mean() - y) ** 2):.3f};"
+            f" mean confidence {p.mean():.2f}, observed {y.mean():.2f}); right per bin: "
+            + ", ".join(bins)
+        )
     return "\n  ".join(parts)
 
 
@@ -207,9 +249,11 @@ def print_table(name: str, rows: list[dict], essentia_run: tuple, production_run
         def cell(value: float, width: int) -> str:
             return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{width}.2f}"
 
-        print(f"{label:<40}{cell(s['acc1'], 6)}{cell(s['acc2'], 6)}{cell(s['beat_f'], 7)}{cell(s['downbeat_f'], 6)}"
-              f"{cell(s['metre'], 7)}{cell(s['key'], 6)}{cell(s['mirex'], 7)}"
-              f"{seconds / timer.cpu:>10.1f}x{seconds / timer.wall:>8.1f}x")
+        print(
+            f"{label:<40}{cell(s['acc1'], 6)}{cell(s['acc2'], 6)}{cell(s['beat_f'], 7)}{cell(s['downbeat_f'], 6)}"
+            f"{cell(s['metre'], 7)}{cell(s['key'], 6)}{cell(s['mirex'], 7)}"
+            f"{seconds / timer.cpu:>10.1f}x{seconds / timer.wall:>8.1f}x"
+        )
 
 
 def merge(runs: list, keep: list[bool]) -> tuple:
@@ -237,11 +281,20 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
         t1 = time.process_time()
         analysis = dsp_analysis(mono, config)
         t2 = time.process_time()
-        percival_bpm(np.ascontiguousarray(mono, dtype=np.float32), config)  # timed alone (its answer is in analysis)
+        percival_bpm(
+            np.ascontiguousarray(mono, dtype=np.float32), config
+        )  # timed alone (its answer is in analysis)
         t3 = time.process_time()
-        item = {"analysis": analysis, "seconds": mono.shape[0] / ANALYSIS_SR,
-                "decode": t1 - t0, "dsp": t2 - t1, "percival": t3 - t2, "learned_by": {}, "learned_cpu_by": {},
-                "dbn_cpu_by": {}}
+        item = {
+            "analysis": analysis,
+            "seconds": mono.shape[0] / ANALYSIS_SR,
+            "decode": t1 - t0,
+            "dsp": t2 - t1,
+            "percival": t3 - t2,
+            "learned_by": {},
+            "learned_cpu_by": {},
+            "dbn_cpu_by": {},
+        }
         if tracker is not None:  # every BeatNet training and their averages, one feature pass
             feats = tracker.spectrogram(track.audio(22050, mono=True)[0])
             shared = time.process_time() - t3
@@ -253,9 +306,13 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
             for combo in BEATNET_COMBOS:
                 models = tuple(int(m) for m in combo.split(","))
                 t = time.process_time()
-                item["learned_by"][combo] = tracker.decode(sum(acts[m] for m in models) / len(models))
+                item["learned_by"][combo] = tracker.decode(
+                    sum(acts[m] for m in models) / len(models)
+                )
                 item["dbn_cpu_by"][combo] = time.process_time() - t
-                item["learned_cpu_by"][combo] = shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
+                item["learned_cpu_by"][combo] = (
+                    shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
+                )
         if madmom is not None:
             t5 = time.process_time()
             item["madmom"] = madmom(track.audio(22050, mono=True)[0])
@@ -274,7 +331,12 @@ class CpuTimer:
 
 
 def _as_result(row: dict) -> dict:
-    return {**row, "bpm": row["bpm"] or 0.0, "beats": np.asarray(row["beats"]), "downbeats": np.asarray(row["downbeats"])}
+    return {
+        **row,
+        "bpm": row["bpm"] or 0.0,
+        "beats": np.asarray(row["beats"]),
+        "downbeats": np.asarray(row["downbeats"]),
+    }
 
 
 BEATNET_COMBOS = ("1", "2", "3", "1,2", "1,3", "2,3", "1,2,3")
@@ -288,14 +350,22 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
     combo = config.beatnet_models
     found, cpu = c["learned_by"][combo], c["learned_cpu_by"][combo]
     if config.beatnet_separate_votes and "," in combo:
-        votes = [{"estimator": f"beatnet{m}", "bpm": round(float(c["learned_by"][m].bpm), 2),
-                  "confidence": round(float(c["learned_by"][m].confidence), 3)} for m in combo.split(",")]
+        votes = [
+            {
+                "estimator": f"beatnet{m}",
+                "bpm": round(float(c["learned_by"][m].bpm), 2),
+                "confidence": round(float(c["learned_by"][m].confidence), 3),
+            }
+            for m in combo.split(",")
+        ]
         found = dataclasses.replace(found, votes=votes)
         cpu += sum(c["dbn_cpu_by"][m] for m in combo.split(","))
     return found, cpu
 
 
-def method_runs(cache: list[dict], config: MusicConfig, learned_name: str = "beatnet") -> dict[str, tuple]:
+def method_runs(
+    cache: list[dict], config: MusicConfig, learned_name: str = "beatnet"
+) -> dict[str, tuple]:
     """(results, audio seconds, timer, share sent to the learned backend) of each method."""
     from songmill.annotate.music import finish, needs_learned
 
@@ -312,34 +382,82 @@ def method_runs(cache: list[dict], config: MusicConfig, learned_name: str = "bea
         alone_dsp.append(_as_result(finish(only, dsp_only)))
     dsp_cpu = decode + sum(c["dsp"] for c in cache)
     runs["v6 DSP path alone (dsp)"] = (alone_dsp, seconds, CpuTimer(dsp_cpu), 0.0)
-    perc = [{"bpm": c["analysis"].estimates[1]["bpm"], "beats": np.zeros(0), "downbeats": None,
-             "time_signature": None} for c in cache]
-    runs["essentia Percival alone"] = (perc, seconds, CpuTimer(decode + sum(c["percival"] for c in cache)), 0.0)
-    for combo in (BEATNET_COMBOS if cache and cache[0]["learned_by"] else ()):
+    perc = [
+        {
+            "bpm": c["analysis"].estimates[1]["bpm"],
+            "beats": np.zeros(0),
+            "downbeats": None,
+            "time_signature": None,
+        }
+        for c in cache
+    ]
+    runs["essentia Percival alone"] = (
+        perc,
+        seconds,
+        CpuTimer(decode + sum(c["percival"] for c in cache)),
+        0.0,
+    )
+    for combo in BEATNET_COMBOS if cache and cache[0]["learned_by"] else ():
         if "," in combo and combo not in ("1,2,3", config.beatnet_models):
             continue
-        alone = [{"bpm": c["learned_by"][combo].bpm, "beats": c["learned_by"][combo].beats,
-                  "downbeats": c["learned_by"][combo].downbeats, "time_signature": None} for c in cache]
+        alone = [
+            {
+                "bpm": c["learned_by"][combo].bpm,
+                "beats": c["learned_by"][combo].beats,
+                "downbeats": c["learned_by"][combo].downbeats,
+                "time_signature": None,
+            }
+            for c in cache
+        ]
         learned_cpu = sum(c["learned_cpu_by"][combo] for c in cache)
-        runs[f"BeatNet {combo} + madmom DBN alone"] = (alone, seconds, CpuTimer(decode + learned_cpu), 1.0)
+        runs[f"BeatNet {combo} + madmom DBN alone"] = (
+            alone,
+            seconds,
+            CpuTimer(decode + learned_cpu),
+            1.0,
+        )
     if cache and "madmom" in cache[0]:
-        alone = [{"bpm": c["madmom"].bpm, "beats": c["madmom"].beats, "downbeats": c["madmom"].downbeats,
-                  "time_signature": None} for c in cache]
-        runs["madmom RNN (opt-in) alone"] = (alone, seconds, CpuTimer(decode + sum(c["madmom_cpu"] for c in cache)), 1.0)
+        alone = [
+            {
+                "bpm": c["madmom"].bpm,
+                "beats": c["madmom"].beats,
+                "downbeats": c["madmom"].downbeats,
+                "time_signature": None,
+            }
+            for c in cache
+        ]
+        runs["madmom RNN (opt-in) alone"] = (
+            alone,
+            seconds,
+            CpuTimer(decode + sum(c["madmom_cpu"] for c in cache)),
+            1.0,
+        )
     runs["DSP ensemble (dsp + Percival; neural=never)"] = (
-        [_as_result(finish(c["analysis"], dsp_only)) for c in cache], seconds, CpuTimer(dsp_cpu), 0.0)
+        [_as_result(finish(c["analysis"], dsp_only)) for c in cache],
+        seconds,
+        CpuTimer(dsp_cpu),
+        0.0,
+    )
     if cache and cache[0]["learned"] is not None:
         cascade, sent, cpu = [], 0, dsp_cpu
         for c in cache:
             if needs_learned(c["analysis"].estimates, config):
-                cascade.append(_as_result(finish(c["analysis"], config, c["learned"], learned_name)))
+                cascade.append(
+                    _as_result(finish(c["analysis"], config, c["learned"], learned_name))
+                )
                 sent, cpu = sent + 1, cpu + c["learned_cpu"]
             else:
                 cascade.append(_as_result(finish(c["analysis"], config)))
         runs["cascade (neural=auto)"] = (cascade, seconds, CpuTimer(cpu), sent / len(cache))
-        everywhere = [_as_result(finish(c["analysis"], config, c["learned"], learned_name)) for c in cache]
+        everywhere = [
+            _as_result(finish(c["analysis"], config, c["learned"], learned_name)) for c in cache
+        ]
         runs["ensemble on every track (neural=always)"] = (
-            everywhere, seconds, CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)), 1.0)
+            everywhere,
+            seconds,
+            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
+            1.0,
+        )
     return runs
 
 
@@ -354,14 +472,26 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     from songmill.annotate import music
 
     best, best_key = config, None
-    grid = itertools.product(BEATNET_COMBOS, (False, True), (0.3, 0.6, 0.9), (1.0, 1.5, 2.0, 3.0), (0.0, 0.25, 0.5),
-                             (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01))
+    grid = itertools.product(
+        BEATNET_COMBOS,
+        (False, True),
+        (0.3, 0.6, 0.9),
+        (1.0, 1.5, 2.0, 3.0),
+        (0.0, 0.25, 0.5),
+        (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
+    )
     for combo, separate, w_perc, w_learned, credit, threshold in grid:
         if separate and "," not in combo:
             continue
-        trial = dataclasses.replace(config, weight_percival=w_perc, weight_learned=w_learned, octave_credit=credit,
-                                    neural_below_confidence=threshold, beatnet_models=combo,
-                                    beatnet_separate_votes=separate)
+        trial = dataclasses.replace(
+            config,
+            weight_percival=w_perc,
+            weight_learned=w_learned,
+            octave_credit=credit,
+            neural_below_confidence=threshold,
+            beatnet_models=combo,
+            beatnet_separate_votes=separate,
+        )
         hits1 = hits2 = sent = 0
         networks = len(combo.split(",")) * (2 if separate else 1)  # decodes count too
         cpu = sum(c["decode"] + c["dsp"] for c in cache)
@@ -371,7 +501,10 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
                 sent += 1
                 found, learned_cpu = learned_as_configured(c, trial)
                 cpu += learned_cpu
-                estimates += [{"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0}, *found.votes]
+                estimates += [
+                    {"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0},
+                    *found.votes,
+                ]
             choice, _, _ = music.vote(estimates, trial)
             bpm = choice["bpm"] if choice else 0.0
             hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
@@ -384,17 +517,22 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     for c in cache:
         c["learned"], _ = learned_as_configured(c, best)
     n = len(rows)
-    print(f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
-          f"beatnet_separate_votes={best.beatnet_separate_votes} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
-          f"octave_credit={best.octave_credit} neural_below_confidence={best.neural_below_confidence} "
-          f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network + decode runs per track {-best_key[2] / n:.2f})")
+    print(
+        f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
+        f"beatnet_separate_votes={best.beatnet_separate_votes} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
+        f"octave_credit={best.octave_credit} neural_below_confidence={best.neural_below_confidence} "
+        f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network + decode runs per track {-best_key[2] / n:.2f})"
+    )
     # bpm_confidence: logistic regression of acc1 on (the winner's vote share, learned ran)
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
         estimates = list(c["analysis"].estimates)
         ran = music.needs_learned(estimates, best)
         if ran:
-            estimates += [{"estimator": "beatnet", "bpm": c["learned"].bpm, "confidence": 0.0}, *c["learned"].votes]
+            estimates += [
+                {"estimator": "beatnet", "bpm": c["learned"].bpm, "confidence": 0.0},
+                *c["learned"].votes,
+            ]
         choice, share, _ = music.vote(estimates, best)
         features.append((1.0, share, float(ran)))
         hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))
@@ -405,8 +543,10 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         gradient = x.T @ (p - y) + 0.1 * coef
         hessian = (x * (p * (1 - p))[:, None]).T @ x + 0.1 * np.eye(3)
         coef -= np.linalg.solve(hessian, gradient)
-    print(f"bpm_confidence logistic on (1, vote share, learned ran): ENSEMBLE_CONFIDENCE_COEF = "
-          f"({coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f})")
+    print(
+        f"bpm_confidence logistic on (1, vote share, learned ran): ENSEMBLE_CONFIDENCE_COEF = "
+        f"({coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f})"
+    )
     music.ENSEMBLE_CONFIDENCE_COEF = tuple(round(float(v), 3) for v in coef)
     return best
 
@@ -414,8 +554,10 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
 def print_methods(name: str, rows: list[dict], runs: dict[str, tuple]) -> None:
     seconds = next(iter(runs.values()))[1]
     print(f"\n{name}: {len(rows)} excerpts, {seconds:.0f} s of audio")
-    header = (f"{'method':<46}{'acc1':>6}{'acc2':>6}{'beatF':>7}{'dbF':>6}{'key':>6}{'MIREX':>7}"
-              f"{'x rt/core':>11}{'learned':>9}")
+    header = (
+        f"{'method':<46}{'acc1':>6}{'acc2':>6}{'beatF':>7}{'dbF':>6}{'key':>6}{'MIREX':>7}"
+        f"{'x rt/core':>11}{'learned':>9}"
+    )
     print(header)
     print("-" * len(header))
     for label, (results, secs, timer, share) in runs.items():
@@ -424,8 +566,10 @@ def print_methods(name: str, rows: list[dict], runs: dict[str, tuple]) -> None:
         def cell(value: float, width: int) -> str:
             return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{width}.3f}"
 
-        print(f"{label:<46}{cell(sc['acc1'], 6)}{cell(sc['acc2'], 6)}{cell(sc['beat_f'], 7)}{cell(sc['downbeat_f'], 6)}"
-              f"{cell(sc['key'], 6)}{cell(sc['mirex'], 7)}{secs / timer.cpu:>10.1f}x{share:>9.2f}")
+        print(
+            f"{label:<46}{cell(sc['acc1'], 6)}{cell(sc['acc2'], 6)}{cell(sc['beat_f'], 7)}{cell(sc['downbeat_f'], 6)}"
+            f"{cell(sc['key'], 6)}{cell(sc['mirex'], 7)}{secs / timer.cpu:>10.1f}x{share:>9.2f}"
+        )
 
 
 def real_sets(args: argparse.Namespace) -> int:
@@ -435,16 +579,27 @@ def real_sets(args: argparse.Namespace) -> int:
 
     labels = [json.loads(line) for line in (args.real / "labels.jsonl").read_text().splitlines()]
     if args.limit:
-        labels = [r for s in sorted({r["subset"] for r in labels}) for r in [x for x in labels if x["subset"] == s][: args.limit]]
+        labels = [
+            r
+            for s in sorted({r["subset"] for r in labels})
+            for r in [x for x in labels if x["subset"] == s][: args.limit]
+        ]
     config = MusicConfig()
     tracker = BeatNetTracker((1, 2, 3))
     madmom = MadmomTracker(MADMOM_MODELS_LICENCE) if args.madmom else None
     first = labels[:1]
     run_essentia(first)
-    run_estimators(first, config, tracker, madmom)  # imports and first calls stay out of the timings
-    print("one thread; x realtime per core = audio s / process CPU s (decode included); "
-          "learned = share of tracks given to the learned backend", flush=True)
-    if args.cache and args.cache.exists():  # a previous run's measurements (re-fitting, re-printing)
+    run_estimators(
+        first, config, tracker, madmom
+    )  # imports and first calls stay out of the timings
+    print(
+        "one thread; x realtime per core = audio s / process CPU s (decode included); "
+        "learned = share of tracks given to the learned backend",
+        flush=True,
+    )
+    if (
+        args.cache and args.cache.exists()
+    ):  # a previous run's measurements (re-fitting, re-printing)
         cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
     else:
         cache = run_estimators(labels, config, tracker, madmom)
@@ -455,14 +610,20 @@ def real_sets(args: argparse.Namespace) -> int:
     if args.dump:
         for row, c, e in zip(labels, cache, essentia_results, strict=True):
             found = " ".join(f"{x['estimator']} {x['bpm']:.1f}" for x in c["analysis"].estimates)
-            learned = " ".join(f"beatnet{k} {v.bpm:.1f}" for k, v in c["learned_by"].items() if "," not in k)
-            print(f"{split_of(row):<5} {Path(row['path']).stem:<48} truth {row['bpm']:6.1f}  {found}  {learned}  "
-                  f"essentia {e['bpm']:.1f}  dsp conf {c['analysis'].estimates[0]['confidence']}")
+            learned = " ".join(
+                f"beatnet{k} {v.bpm:.1f}" for k, v in c["learned_by"].items() if "," not in k
+            )
+            print(
+                f"{split_of(row):<5} {Path(row['path']).stem:<48} truth {row['bpm']:6.1f}  {found}  {learned}  "
+                f"essentia {e['bpm']:.1f}  dsp conf {c['analysis'].estimates[0]['confidence']}"
+            )
     if args.fit:
         train = [i for i, r in enumerate(labels) if split_of(r) == "train"]
         config = fit_ensemble([labels[i] for i in train], [cache[i] for i in train], config)
     end_to_end = None
-    if args.check_stage:  # the stage itself (MusicStage.process, as the runner calls it) on the test half
+    if (
+        args.check_stage
+    ):  # the stage itself (MusicStage.process, as the runner calls it) on the test half
         test = [i for i, r in enumerate(labels) if split_of(r) == "test"]
         stage = MusicStage(config)
         stage.setup()
@@ -470,16 +631,23 @@ def real_sets(args: argparse.Namespace) -> int:
     parts = ("test", "train", "all") if args.fit else (args.split,)
     for part in parts:
         for subset in sorted({r["subset"] for r in labels}) + ["all real"]:
-            keep = [i for i, r in enumerate(labels) if (subset == "all real" or r["subset"] == subset)
-                    and (part == "all" or split_of(r) == part)]
+            keep = [
+                i
+                for i, r in enumerate(labels)
+                if (subset == "all real" or r["subset"] == subset)
+                and (part == "all" or split_of(r) == part)
+            ]
             if not keep:
                 continue
             rows = [labels[i] for i in keep]
             runs = method_runs([cache[i] for i in keep], config)
             share = sum(cache[i]["seconds"] for i in keep) / sum(c["seconds"] for c in cache)
             runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
-                [essentia_results[i] for i in keep], sum(cache[i]["seconds"] for i in keep),
-                CpuTimer(essentia_cpu * share), 0.0)
+                [essentia_results[i] for i in keep],
+                sum(cache[i]["seconds"] for i in keep),
+                CpuTimer(essentia_cpu * share),
+                0.0,
+            )
             if end_to_end and subset == "all real" and part == "test":
                 results, secs, timer = end_to_end[1]
                 sent = float(np.mean([len(x.get("bpm_estimates") or []) > 2 for x in results]))
@@ -494,10 +662,15 @@ def real_sets(args: argparse.Namespace) -> int:
                     by_variant.setdefault(labels[i].get("variant", "orig"), []).append(i)
                 for variant, idx in sorted(by_variant.items()):
                     vr = method_runs([cache[i] for i in idx], config)
-                    c = vr.get("cascade (neural=auto)") or vr["DSP ensemble (dsp + Percival; neural=never)"]
+                    c = (
+                        vr.get("cascade (neural=auto)")
+                        or vr["DSP ensemble (dsp + Percival; neural=never)"]
+                    )
                     sc = scores([labels[i] for i in idx], c[0])
-                    print(f"  variant {variant:<5} ({len(idx)}): cascade acc1 {sc['acc1']:.3f} acc2 {sc['acc2']:.3f} "
-                          f"beatF {sc['beat_f']:.3f}")
+                    print(
+                        f"  variant {variant:<5} ({len(idx)}): cascade acc1 {sc['acc1']:.3f} acc2 {sc['acc2']:.3f} "
+                        f"beatF {sc['beat_f']:.3f}"
+                    )
     return 0
 
 
@@ -507,15 +680,21 @@ def speed_on_songs(folder: Path, limit: int) -> int:
     only), auto (the cascade) and always, and essentia's defaults, in one run."""
     import soundfile
 
-    songs = sorted(p for p in (folder / "renders").glob("*.wav") if soundfile.info(str(p)).duration >= 90)[:limit]
+    songs = sorted(
+        p for p in (folder / "renders").glob("*.wav") if soundfile.info(str(p)).duration >= 90
+    )[:limit]
     rows = [{"path": str(p)} for p in songs]
     minutes = sum(soundfile.info(str(p)).duration for p in songs) / 60
-    print(f"{len(songs)} whole songs, {minutes:.1f} minutes; one thread; x realtime per core (wall in brackets)")
+    print(
+        f"{len(songs)} whole songs, {minutes:.1f} minutes; one thread; x realtime per core (wall in brackets)"
+    )
     run_essentia(rows[:1])
-    for label, config in (("essentia RhythmExtractor2013 + KeyExtractor", None),
-                          ("MusicStage neural=never (DSP only)", MusicConfig(neural="never")),
-                          ("MusicStage neural=auto (cascade)", MusicConfig(neural="auto")),
-                          ("MusicStage neural=always", MusicConfig(neural="always"))):
+    for label, config in (
+        ("essentia RhythmExtractor2013 + KeyExtractor", None),
+        ("MusicStage neural=never (DSP only)", MusicConfig(neural="never")),
+        ("MusicStage neural=auto (cascade)", MusicConfig(neural="auto")),
+        ("MusicStage neural=always", MusicConfig(neural="always")),
+    ):
         if config is None:
             _, seconds, timer = run_essentia(rows)
             sent = ""
@@ -525,7 +704,10 @@ def speed_on_songs(folder: Path, limit: int) -> int:
             run_production(rows[:1], 1, stage)
             results, seconds, timer = run_production(rows, 4, stage)
             sent = f"  learned backend on {np.mean([x.get('beat_source') != 'dsp' for x in results]):.2f} of songs"
-        print(f"{label:<46}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}", flush=True)
+        print(
+            f"{label:<46}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}",
+            flush=True,
+        )
     return 0
 
 
@@ -533,27 +715,70 @@ def synthetic_rows(folder: Path, n: int, seconds: float) -> list[dict]:
     from bench_dsp import make_corpus
 
     specs = make_corpus(folder, n, seconds, seed=7)
-    return [{"path": s["path"], "bpm": s["bpm"], "key_tonic": s["key_tonic"], "key_mode": s["key_mode"],
-             "subset": "generated", "piece": Path(s["path"]).stem,
-             "time_signature": "3/4" if s["style"] == "waltz" else "4/4"} for s in specs]
+    return [
+        {
+            "path": s["path"],
+            "bpm": s["bpm"],
+            "key_tonic": s["key_tonic"],
+            "key_mode": s["key_mode"],
+            "subset": "generated",
+            "piece": Path(s["path"]).stem,
+            "time_signature": "3/4" if s["style"] == "waltz" else "4/4",
+        }
+        for s in specs
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devset", type=Path, help="folder written by benchmarks/devset/build_devset.py")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--devset", type=Path, help="folder written by benchmarks/devset/build_devset.py"
+    )
     parser.add_argument("--split", choices=("all", "train", "test"), default="all")
-    parser.add_argument("--synthetic", type=int, default=16, help="tracks from testaudio/synth.py (0: none)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of the generated tracks")
+    parser.add_argument(
+        "--synthetic", type=int, default=16, help="tracks from testaudio/synth.py (0: none)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="length of the generated tracks"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=0, help="at most this many excerpts per subset")
-    parser.add_argument("--subsets", default="", help="comma-separated subsets to run (default: all)")
-    parser.add_argument("--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py")
-    parser.add_argument("--fit", action="store_true", help="with --real: fit the ensemble on the train half, report test")
-    parser.add_argument("--speed", type=Path, help="x realtime on whole songs: DIR/renders/*.wav (build_lmms_devset.py)")
-    parser.add_argument("--cache", type=Path, help="with --real: keep / reuse the measurements in this pickle file")
-    parser.add_argument("--check-stage", action="store_true", help="with --real: also MusicStage.process on the test half")
-    parser.add_argument("--dump", action="store_true", help="with --real: every excerpt's estimates")
-    parser.add_argument("--madmom", action="store_true", help="with --real: also madmom's RNN (CC BY-NC-SA 4.0 models)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="at most this many excerpts per subset"
+    )
+    parser.add_argument(
+        "--subsets", default="", help="comma-separated subsets to run (default: all)"
+    )
+    parser.add_argument(
+        "--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py"
+    )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="with --real: fit the ensemble on the train half, report test",
+    )
+    parser.add_argument(
+        "--speed",
+        type=Path,
+        help="x realtime on whole songs: DIR/renders/*.wav (build_lmms_devset.py)",
+    )
+    parser.add_argument(
+        "--cache", type=Path, help="with --real: keep / reuse the measurements in this pickle file"
+    )
+    parser.add_argument(
+        "--check-stage",
+        action="store_true",
+        help="with --real: also MusicStage.process on the test half",
+    )
+    parser.add_argument(
+        "--dump", action="store_true", help="with --real: every excerpt's estimates"
+    )
+    parser.add_argument(
+        "--madmom",
+        action="store_true",
+        help="with --real: also madmom's RNN (CC BY-NC-SA 4.0 models)",
+    )
     args = parser.parse_args(argv)
     try:
         import torch
@@ -569,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.devset:
         labels = args.devset / "labels.jsonl"
         if not labels.exists():
-            raise SystemExit(f"{labels} not found: build it with benchmarks/devset/build_devset.py --out {args.devset}")
+            raise SystemExit(
+                f"{labels} not found: build it with benchmarks/devset/build_devset.py --out {args.devset}"
+            )
         for line in labels.read_text().splitlines():
             row = json.loads(line)
             if row["subset"] == "full" or args.split == "all" or split_of(row) == args.split:
@@ -589,12 +816,20 @@ def main(argv: list[str] | None = None) -> int:
         run_production(first, 1, stage)
         # alt_*: other soundfonts, drifting tempo, reverb, noise; built after the v3 tuning, pooled
         # apart (v5's key model and BPM refinement were fitted / chosen on their train half too)
-        groups = {"development excerpts": {"rows": [], "essentia": [], "production": []},
-                  "alt_* (other soundfonts, human tempo, reverb, noise)":
-                  {"rows": [], "essentia": [], "production": []}}
+        groups = {
+            "development excerpts": {"rows": [], "essentia": [], "production": []},
+            "alt_* (other soundfonts, human tempo, reverb, noise)": {
+                "rows": [],
+                "essentia": [],
+                "production": [],
+            },
+        }
         print(f"split: {args.split}; one thread; x realtime per core = audio s / process CPU s")
         for name, rows in subsets.items():
-            essentia_run, production_run = run_essentia(rows), run_production(rows, args.batch_size, stage)
+            essentia_run, production_run = (
+                run_essentia(rows),
+                run_production(rows, args.batch_size, stage),
+            )
             print_table(name, rows, essentia_run, production_run)
             if name not in ("full", "generated"):
                 pooled = groups[list(groups)[1 if name.startswith("alt_") else 0]]
@@ -611,8 +846,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows = [row for row, k in zip(pooled["rows"], keep, strict=True) if k]
                 production = merge(pooled["production"], keep)
-                print_table(f"{title}, {part} split (pooled; speed over all)", rows,
-                            merge(pooled["essentia"], keep), production)
+                print_table(
+                    f"{title}, {part} split (pooled; speed over all)",
+                    rows,
+                    merge(pooled["essentia"], keep),
+                    production,
+                )
                 print("production " + calibration(rows, production[0]))
     return 0
 

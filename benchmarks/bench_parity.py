@@ -39,23 +39,37 @@ from seeded import seeded_state  # noqa: E402
 from songmill.model import acestep  # noqa: E402
 from songmill.model.mel import log_mel  # noqa: E402
 
-TARGETS = {"dit": 1e-4, "mel": 1e-5, "dcae_encode": 1e-4, "dcae_decode": 1e-4, "vocoder": 1e-4, "decode_audio": 1e-4}
+TARGETS = {
+    "dit": 1e-4,
+    "mel": 1e-5,
+    "dcae_encode": 1e-4,
+    "dcae_decode": 1e-4,
+    "vocoder": 1e-4,
+    "decode_audio": 1e-4,
+}
 
 
 def _release(fixtures: Path, root: Path, seed_offset: int = 0) -> Path:
     manifest = json.loads((fixtures / "manifest.json").read_text())
-    for part, directory in (("dit", acestep.TRANSFORMER_DIR), ("dcae", acestep.DCAE_DIR), ("vocoder", acestep.VOCODER_DIR)):
+    for part, directory in (
+        ("dit", acestep.TRANSFORMER_DIR),
+        ("dcae", acestep.DCAE_DIR),
+        ("vocoder", acestep.VOCODER_DIR),
+    ):
         target = root / directory
         target.mkdir(parents=True)
         (target / "config.json").write_text(json.dumps(manifest[part]["release_config"]))
-        save_file(seeded_state(manifest[part]["shapes"], manifest["seed"] + seed_offset), str(target / acestep.WEIGHTS_FILE))
+        save_file(
+            seeded_state(manifest[part]["shapes"], manifest["seed"] + seed_offset),
+            str(target / acestep.WEIGHTS_FILE),
+        )
     return root
 
 
 @torch.no_grad()
 def parity(fixtures: Path, release: Path) -> dict[str, float]:
     io = load_file(str(fixtures / "io.safetensors"))
-    inputs = {k[len("dit.in."):]: v for k, v in io.items() if k.startswith("dit.in.")}
+    inputs = {k[len("dit.in.") :]: v for k, v in io.items() if k.startswith("dit.in.")}
     dit = acestep.load_dit(release)
     dcae = acestep.load_dcae(release)
     vocoder = acestep.load_vocoder(release)
@@ -82,15 +96,24 @@ def _base_release(root: Path, dit_depth: int) -> Path:
     base = preset("base")
     cfg = DiTConfig.from_dict({**base.dit.to_dict(), "depth": dit_depth, "repa_block": 1})
     dit = LinearDiT(cfg)
-    acestep.write_part(root / acestep.TRANSFORMER_DIR, acestep.dit_config_to_release(cfg), acestep.export_dit_tensors(dit))
+    acestep.write_part(
+        root / acestep.TRANSFORMER_DIR,
+        acestep.dit_config_to_release(cfg),
+        acestep.export_dit_tensors(dit),
+    )
     del dit
     dcae = MusicDCAE(base.dcae)
-    state = {k: v for k, v in dcae.state_dict().items() if k not in ("latent_shift", "latent_scale")}
+    state = {
+        k: v for k, v in dcae.state_dict().items() if k not in ("latent_shift", "latent_scale")
+    }
     acestep.write_part(root / acestep.DCAE_DIR, acestep.dcae_config_to_release(base.dcae), state)
     vocoder_cfg = ADaMoSConfig()
     vocoder = ADaMoSHiFiGAN(vocoder_cfg)
-    acestep.write_part(root / acestep.VOCODER_DIR, vocoder_cfg.to_dict(),
-                       {**vocoder.state_dict(), **acestep.vocoder_derived_buffers(vocoder_cfg)})
+    acestep.write_part(
+        root / acestep.VOCODER_DIR,
+        vocoder_cfg.to_dict(),
+        {**vocoder.state_dict(), **acestep.vocoder_derived_buffers(vocoder_cfg)},
+    )
     return root
 
 
@@ -113,14 +136,28 @@ def import_cost(dit_depth: int, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             acestep.import_release(release, Path(tmp) / f"out{i}")
             imported.append(time.perf_counter() - start)
-        return {"bytes": size, "baseline_s": min(baseline), "copy_s": min(copied), "import_s": min(imported)}
+        return {
+            "bytes": size,
+            "baseline_s": min(baseline),
+            "copy_s": min(copied),
+            "import_s": min(imported),
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", help="a checkout of ace-step/ACE-Step to regenerate the fixtures from")
-    parser.add_argument("--ref-python", default="python3", help="interpreter with ACE-Step's dependencies")
-    parser.add_argument("--dit-depth", type=int, default=1, help="DiT blocks in the import benchmark (24 in the release)")
+    parser.add_argument(
+        "--reference", help="a checkout of ace-step/ACE-Step to regenerate the fixtures from"
+    )
+    parser.add_argument(
+        "--ref-python", default="python3", help="interpreter with ACE-Step's dependencies"
+    )
+    parser.add_argument(
+        "--dit-depth",
+        type=int,
+        default=1,
+        help="DiT blocks in the import benchmark (24 in the release)",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-import", action="store_true")
     args = parser.parse_args()
@@ -131,13 +168,25 @@ def main() -> None:
         source = "committed fixtures"
         if args.reference:
             fixtures = Path(tmp) / "fixtures"
-            subprocess.run([args.ref_python, str(FIXTURES / "make_fixtures.py"), "--reference", args.reference,
-                            "--out", str(fixtures)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    args.ref_python,
+                    str(FIXTURES / "make_fixtures.py"),
+                    "--reference",
+                    args.reference,
+                    "--out",
+                    str(fixtures),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             source = f"fixtures regenerated now from {args.reference}"
         same = parity(fixtures, _release(fixtures, Path(tmp) / "release"))
         other = parity(fixtures, _release(fixtures, Path(tmp) / "other", seed_offset=1))
     print(f"parity against ACE-Step's classes ({source}), fp32 CPU, max |diff|:")
-    print(f"  {'part':<13} {'songmill':>10} {'target':>8} {'other weights (scale of a mismatch)':>38}")
+    print(
+        f"  {'part':<13} {'songmill':>10} {'target':>8} {'other weights (scale of a mismatch)':>38}"
+    )
     for part, value in same.items():
         verdict = "ok" if value <= TARGETS[part] else "OVER"
         mismatch = "(no weights)" if part == "mel" else f"{other[part]:.3g}"
@@ -145,11 +194,17 @@ def main() -> None:
     if args.skip_import:
         return
     cost = import_cost(args.dit_depth, args.repeats)
-    print(f"import of a random base-width checkpoint ({cost['bytes'] / 1e9:.2f} GB fp32; DiT depth {args.dit_depth}/24):")
-    print(f"  baseline safetensors.load_file of the same files (memory-mapped): {cost['baseline_s']:.3f} s")
+    print(
+        f"import of a random base-width checkpoint ({cost['bytes'] / 1e9:.2f} GB fp32; DiT depth {args.dit_depth}/24):"
+    )
+    print(
+        f"  baseline safetensors.load_file of the same files (memory-mapped): {cost['baseline_s']:.3f} s"
+    )
     print(f"  baseline load_file + save_file copy of the same files: {cost['copy_s']:.2f} s")
-    print(f"  songmill model import-acestep (read + check + write): {cost['import_s']:.2f} s "
-          f"= {cost['import_s'] / cost['baseline_s']:.0f} x load_file, {cost['import_s'] / cost['copy_s']:.2f} x copy")
+    print(
+        f"  songmill model import-acestep (read + check + write): {cost['import_s']:.2f} s "
+        f"= {cost['import_s'] / cost['baseline_s']:.0f} x load_file, {cost['import_s'] / cost['copy_s']:.2f} x copy"
+    )
 
 
 if __name__ == "__main__":

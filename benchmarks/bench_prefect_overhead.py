@@ -44,7 +44,9 @@ def make_corpus(folder: str, n: int, seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -66,7 +68,11 @@ def main() -> None:
         audio = os.path.join(work, "audio")
         print(f"generating {args.tracks} tracks of {args.seconds:.0f} s ...", flush=True)
         make_corpus(audio, args.tracks, args.seconds)
-        corpora = {f"{name}{i}": Corpus(os.path.join(work, f"{name}{i}")) for name in ("runner", "prefect") for i in range(args.repeats)}
+        corpora = {
+            f"{name}{i}": Corpus(os.path.join(work, f"{name}{i}"))
+            for name in ("runner", "prefect")
+            for i in range(args.repeats)
+        }
         for c in corpora.values():
             ingest(c, [audio])
         rows = corpora["runner0"].sql("SELECT * FROM tracks ORDER BY track_id").to_pylist()
@@ -90,8 +96,23 @@ def main() -> None:
         for i in range(args.repeats):
             for name, call in (
                 ("bare", bare_run),
-                ("runner", lambda i=i: run_stages(corpora[f"runner{i}"], [QCStage(), MusicStage()], batch_size=args.batch_size)),
-                ("prefect", lambda i=i: _foreground(annotate_flow, corpora[f"prefect{i}"].root, ["qc", "music"], {}, batch_size=args.batch_size, show_progress=False)),
+                (
+                    "runner",
+                    lambda i=i: run_stages(
+                        corpora[f"runner{i}"], [QCStage(), MusicStage()], batch_size=args.batch_size
+                    ),
+                ),
+                (
+                    "prefect",
+                    lambda i=i: _foreground(
+                        annotate_flow,
+                        corpora[f"prefect{i}"].root,
+                        ["qc", "music"],
+                        {},
+                        batch_size=args.batch_size,
+                        show_progress=False,
+                    ),
+                ),
             ):
                 t0 = time.perf_counter()
                 call()
@@ -102,7 +123,9 @@ def main() -> None:
         print(f"\n{args.tracks} tracks x {args.seconds:.0f} s, batch {args.batch_size}")
         print(f"{'path':10s} {'wall s':>8s} {'x realtime':>11s} {'overhead vs bare':>17s}")
         for name, wall in (("bare", bare), ("runner", runner), ("prefect", prefect)):
-            print(f"{name:10s} {wall:8.2f} {audio_s / wall:11.0f} {100 * (wall / bare - 1):+16.1f}%")
+            print(
+                f"{name:10s} {wall:8.2f} {audio_s / wall:11.0f} {100 * (wall / bare - 1):+16.1f}%"
+            )
         print(f"prefect vs runner: {100 * (prefect / runner - 1):+.1f}%")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,7 +41,11 @@ class GaussianVelocity:
         self.forwards += x.shape[0]
         sigma = t.double().reshape(-1, 1, 1, 1)
         uncond = (cond.speaker.abs().sum(dim=1) == 0).reshape(-1, 1, 1, 1)
-        m = torch.where(uncond, torch.tensor(self.m_uncond, dtype=torch.float64), torch.tensor(self.m_cond, dtype=torch.float64))
+        m = torch.where(
+            uncond,
+            torch.tensor(self.m_uncond, dtype=torch.float64),
+            torch.tensor(self.m_cond, dtype=torch.float64),
+        )
         var = sigma**2 + (1 - sigma) ** 2 * self.s**2
         centred = x.double() - (1 - sigma) * m
         noise_hat = sigma / var * centred
@@ -50,8 +54,13 @@ class GaussianVelocity:
 
 
 def _cond(batch: int) -> Conditions:
-    return Conditions(torch.ones(batch, 2, 4), torch.ones(batch, 2, dtype=torch.bool),
-                      torch.ones(batch, 3, dtype=torch.long), torch.ones(batch, 3, dtype=torch.bool), torch.ones(batch, 512))
+    return Conditions(
+        torch.ones(batch, 2, 4),
+        torch.ones(batch, 2, dtype=torch.bool),
+        torch.ones(batch, 3, dtype=torch.long),
+        torch.ones(batch, 3, dtype=torch.bool),
+        torch.ones(batch, 512),
+    )
 
 
 SAMPLERS = {
@@ -72,13 +81,23 @@ def accuracy(samples: int, seed: int) -> dict:
         for label, scale in (("unguided", 1.0), ("guided_15", 15.0)):
             field = GaussianVelocity(m_cond, 0.0, s)
             x = sample(field, noise, _cond(samples), settings.replace(guidance_scale=scale))
-            row[label] = {"mean": float(x.mean()), "std": float(x.std()), "forwards_per_sample": field.forwards / samples}
+            row[label] = {
+                "mean": float(x.mean()),
+                "std": float(x.std()),
+                "forwards_per_sample": field.forwards / samples,
+            }
         out[name] = row
-    print(f"\n1. exact Gaussian velocity field, {samples} samples: data mean {m_cond} (given the condition), std {s}")
-    print(f"{'sampler':32s}{'unguided mean':>15s}{'std':>8s}{'|std err|':>10s}{'guided 15 mean':>16s}{'std':>8s}")
+    print(
+        f"\n1. exact Gaussian velocity field, {samples} samples: data mean {m_cond} (given the condition), std {s}"
+    )
+    print(
+        f"{'sampler':32s}{'unguided mean':>15s}{'std':>8s}{'|std err|':>10s}{'guided 15 mean':>16s}{'std':>8s}"
+    )
     for name, row in out.items():
         u, g = row["unguided"], row["guided_15"]
-        print(f"{name:32s}{u['mean']:15.4f}{u['std']:8.4f}{abs(u['std'] - s) / s:10.2%}{g['mean']:16.3f}{g['std']:8.3f}")
+        print(
+            f"{name:32s}{u['mean']:15.4f}{u['std']:8.4f}{abs(u['std'] - s) / s:10.2%}{g['mean']:16.3f}{g['std']:8.3f}"
+        )
     return out
 
 
@@ -91,11 +110,20 @@ def cost(preset_name: str, seconds: float, device: str, repeats: int) -> dict:
     dit = LinearDiT(cfg).to(device).eval()
     frames = int(round(seconds * 44100 / 512 / 8))
     text = torch.randn(1, 32, cfg.text_dim)
-    cond = Conditions(text, torch.ones(1, 32, dtype=torch.bool), torch.randint(1, 200, (1, 64)),
-                      torch.ones(1, 64, dtype=torch.bool), torch.randn(1, cfg.speaker_dim)).to(device)
-    noise = torch.randn(1, cfg.in_channels, cfg.latent_height, frames, generator=torch.Generator().manual_seed(0)).to(device)
+    cond = Conditions(
+        text,
+        torch.ones(1, 32, dtype=torch.bool),
+        torch.randint(1, 200, (1, 64)),
+        torch.ones(1, 64, dtype=torch.bool),
+        torch.randn(1, cfg.speaker_dim),
+    ).to(device)
+    noise = torch.randn(
+        1, cfg.in_channels, cfg.latent_height, frames, generator=torch.Generator().manual_seed(0)
+    ).to(device)
     forwards = {"n": 0}
-    hook = dit.register_forward_pre_hook(lambda m, a: forwards.__setitem__("n", forwards["n"] + a[0].shape[0]))
+    hook = dit.register_forward_pre_hook(
+        lambda m, a: forwards.__setitem__("n", forwards["n"] + a[0].shape[0])
+    )
     sample(dit, noise, cond, SamplerSettings(steps=2))  # warm-up
     out = {}
     for name, settings in SAMPLERS.items():
@@ -112,27 +140,37 @@ def cost(preset_name: str, seconds: float, device: str, repeats: int) -> dict:
         out[name] = {"seconds": min(times), "forwards": forwards["n"]}
     hook.remove()
     base = out["euler27-cfg (baseline)"]
-    print(f"\n2. DiT {preset_name} (random weights) on {device}, {seconds:g} s of audio ({frames} latent frames), best of {repeats}")
+    print(
+        f"\n2. DiT {preset_name} (random weights) on {device}, {seconds:g} s of audio ({frames} latent frames), best of {repeats}"
+    )
     print(f"{'sampler':32s}{'DiT forwards':>14s}{'s':>9s}{'x baseline':>12s}{'s per audio s':>15s}")
     for name, r in out.items():
-        print(f"{name:32s}{r['forwards']:14d}{r['seconds']:9.2f}{r['seconds'] / base['seconds']:12.2f}{r['seconds'] / seconds:15.3f}")
+        print(
+            f"{name:32s}{r['forwards']:14d}{r['seconds']:9.2f}{r['seconds'] / base['seconds']:12.2f}{r['seconds'] / seconds:15.3f}"
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "base"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadiest on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1: steadiest on a shared machine)"
+    )
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    results = {"accuracy": accuracy(args.samples, args.seed),
-               "cost": cost(args.preset, args.seconds, args.device, args.repeats)}
+    results = {
+        "accuracy": accuracy(args.samples, args.seed),
+        "cost": cost(args.preset, args.seconds, args.device, args.repeats),
+    }
     print(json.dumps(results))
 
 

@@ -65,23 +65,41 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sep-asr-"))
     songs = make_songs(work, args.tracks, args.seconds)
     audio_s = args.tracks * args.seconds
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.tracks} tracks x {args.seconds:.0f} s")
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, {args.tracks} tracks x {args.seconds:.0f} s"
+    )
 
     torch.manual_seed(0)
     model = HTDemucs(**HTDEMUCS_KWARGS)
     args_, kwargs = model._init_args_kwargs
-    save_with_checksum({"klass": HTDemucs, "args": args_, "kwargs": kwargs, "state": model.state_dict()}, work / "955717e8.th")
+    save_with_checksum(
+        {"klass": HTDemucs, "args": args_, "kwargs": kwargs, "state": model.state_dict()},
+        work / "955717e8.th",
+    )
     (work / "htdemucs.yaml").write_text("models: ['955717e8']\n")
-    print(f"htdemucs architecture, random weights: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+    print(
+        f"htdemucs architecture, random weights: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"
+    )
     for shifts in (0, 1):
-        stage = SeparateStage(SeparateConfig(model="htdemucs", model_dir=str(work), shifts=shifts, device=device), corpus=Corpus(work / "corpus"))
+        stage = SeparateStage(
+            SeparateConfig(model="htdemucs", model_dir=str(work), shifts=shifts, device=device),
+            corpus=Corpus(work / "corpus"),
+        )
         stage.setup()
         start = time.perf_counter()
-        rows = stage.process([Track({"track_id": f"{i:02d}" * 4, "uri": p}) for i, p in enumerate(songs)])
+        rows = stage.process(
+            [Track({"track_id": f"{i:02d}" * 4, "uri": p}) for i, p in enumerate(songs)]
+        )
         wall = time.perf_counter() - start
         assert all(isinstance(r, dict) for r in rows), rows
-        print(f"  separate (shifts={shifts}, overlap 0.25, incl. decode + FLAC stems): {audio_s / wall:.2f}x realtime ({wall:.1f} s)")
+        print(
+            f"  separate (shifts={shifts}, overlap 0.25, incl. decode + FLAC stems): {audio_s / wall:.2f}x realtime ({wall:.1f} s)"
+        )
 
     asr = TranscribeStage(TranscribeConfig(model="tiny.en", beam_size=1, device=device))
     asr.setup()
@@ -89,7 +107,9 @@ def main() -> None:
     start = time.perf_counter()
     asr.process([Track({"track_id": f"t{i}", "uri": p}) for i, p in enumerate(songs)])
     wall = time.perf_counter() - start
-    print(f"  transcribe faster-whisper tiny.en (real weights, {'float16' if device == 'cuda' else 'int8'}, beam 1, VAD): {audio_s / wall:.1f}x realtime")
+    print(
+        f"  transcribe faster-whisper tiny.en (real weights, {'float16' if device == 'cuda' else 'int8'}, beam 1, VAD): {audio_s / wall:.1f}x realtime"
+    )
 
     if device == "cuda":  # large-v3 is too slow to be worth timing on two CPU cores
         import whisper
@@ -100,14 +120,26 @@ def main() -> None:
         big = Whisper(dims)
         torch.nn.init.normal_(big.decoder.positional_embedding, std=0.02)
         path = work / "large-v3-random.pt"
-        torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": big.half().state_dict()}, path)
+        torch.save(
+            {"dims": dataclasses.asdict(dims), "model_state_dict": big.half().state_dict()}, path
+        )
         del big
-        stage = TranscribeStage(TranscribeConfig(backend="openai-whisper", model=str(path), beam_size=1, temperatures=(0.0,), device=device))
+        stage = TranscribeStage(
+            TranscribeConfig(
+                backend="openai-whisper",
+                model=str(path),
+                beam_size=1,
+                temperatures=(0.0,),
+                device=device,
+            )
+        )
         stage.setup()
         start = time.perf_counter()
         stage.process([Track({"track_id": f"t{i}", "uri": p}) for i, p in enumerate(songs)])
         wall = time.perf_counter() - start
-        print(f"  transcribe openai-whisper large-v3 dims (random weights, fp16, greedy): {audio_s / wall:.1f}x realtime")
+        print(
+            f"  transcribe openai-whisper large-v3 dims (random weights, fp16, greedy): {audio_s / wall:.1f}x realtime"
+        )
         _ = whisper, np
 
 

@@ -40,7 +40,13 @@ def make_source(folder: str, n: int, seconds: float) -> None:
     rng = np.random.default_rng(0)
     keys = ["C", "D", "E", "F#", "A"]
     for i in range(n):
-        audio = render_track(float(rng.integers(70, 160)), keys[i % len(keys)], "minor" if i % 2 else "major", seconds, seed=i)
+        audio = render_track(
+            float(rng.integers(70, 160)),
+            keys[i % len(keys)],
+            "minor" if i % 2 else "major",
+            seconds,
+            seed=i,
+        )
         write_track(os.path.join(folder, f"t{i:04d}.flac"), audio.astype("float32"))
 
 
@@ -78,11 +84,16 @@ def counts(corpus_root: str, stages: list[str]) -> dict[str, int]:
     from songmill.data_schema.store import Corpus
 
     corpus = Corpus(corpus_root, create=False)
-    return {t: corpus.sql(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py() for t in ["tracks", *stages]}
+    return {
+        t: corpus.sql(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py()
+        for t in ["tracks", *stages]
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--stages", default="qc,music")
@@ -96,12 +107,33 @@ def main() -> None:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    server_env = {**base_env, "PREFECT_HOME": os.path.join(work, "server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    client_env = {**base_env, "PREFECT_HOME": os.path.join(work, "client"), "PREFECT_API_URL": api_url,
-                  "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    server_env = {
+        **base_env,
+        "PREFECT_HOME": os.path.join(work, "server"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    client_env = {
+        **base_env,
+        "PREFECT_HOME": os.path.join(work, "client"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
     log = open(os.path.join(work, "server.log"), "wb")
-    server = subprocess.Popen([os.path.join(BIN, "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            os.path.join(BIN, "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=server_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     serve = None
     try:
         wait_healthy(api_url, server)
@@ -110,16 +142,35 @@ def main() -> None:
         cli_corpus = os.path.join(work, "cli")
         t0 = time.perf_counter()
         for cmd in (["ingest", source], ["annotate", "--stages", args.stages]):
-            subprocess.run([songmill, *cmd, "--corpus", cli_corpus, "--quiet"], env=client_env, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [songmill, *cmd, "--corpus", cli_corpus, "--quiet"],
+                env=client_env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         cli_s = time.perf_counter() - t0
 
         served_corpus = os.path.join(work, "served")
         serve_log = os.path.join(work, "serve.log")
         with open(serve_log, "wb") as out:
-            serve = subprocess.Popen([songmill, "serve", "--cron", "* * * * *", "--source", source, "--stages", args.stages,
-                                      "--corpus", served_corpus], env=client_env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            serve = subprocess.Popen(
+                [
+                    songmill,
+                    "serve",
+                    "--cron",
+                    "* * * * *",
+                    "--source",
+                    source,
+                    "--stages",
+                    args.stages,
+                    "--corpus",
+                    served_corpus,
+                ],
+                env=client_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -131,12 +182,19 @@ def main() -> None:
             while run is None and time.monotonic() < deadline:
                 if serve.poll() is not None:
                     raise SystemExit(f"songmill serve exited; see {serve_log}")
-                done = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["songmill-scheduled"])))
-                        if r.state and r.state.is_final()]
+                done = [
+                    r
+                    for r in client.read_flow_runs(
+                        flow_filter=FlowFilter(name=FlowFilterName(any_=["songmill-scheduled"]))
+                    )
+                    if r.state and r.state.is_final()
+                ]
                 run = done[0] if done else None
                 time.sleep(1)
             if run is None or not run.state.is_completed():
-                raise SystemExit(f"no completed scheduled run ({run and run.state}); see {serve_log}")
+                raise SystemExit(
+                    f"no completed scheduled run ({run and run.state}); see {serve_log}"
+                )
         stop(serve)
         scheduled_total_s = (run.end_time - run.expected_start_time).total_seconds()
         scheduled_run_s = (run.end_time - run.start_time).total_seconds()
@@ -145,10 +203,16 @@ def main() -> None:
         cli_counts, served_counts = counts(cli_corpus, stages), counts(served_corpus, stages)
         print(f"\n{args.tracks} tracks x {args.seconds:.0f} s, stages {args.stages}")
         print(f"  cli (ingest + annotate processes)      {cli_s:7.1f} s   1.00")
-        print(f"  scheduled, due -> end                  {scheduled_total_s:7.1f} s   {scheduled_total_s / cli_s:.2f}")
-        print(f"  scheduled, run start -> end            {scheduled_run_s:7.1f} s   {scheduled_run_s / cli_s:.2f}")
+        print(
+            f"  scheduled, due -> end                  {scheduled_total_s:7.1f} s   {scheduled_total_s / cli_s:.2f}"
+        )
+        print(
+            f"  scheduled, run start -> end            {scheduled_run_s:7.1f} s   {scheduled_run_s / cli_s:.2f}"
+        )
         print(f"  scheduled start lag (due -> running)   {lag_s:+7.1f} s")
-        print(f"  rows cli {cli_counts} / scheduled {served_counts}: {'same' if cli_counts == served_counts else 'DIFFERENT'}")
+        print(
+            f"  rows cli {cli_counts} / scheduled {served_counts}: {'same' if cli_counts == served_counts else 'DIFFERENT'}"
+        )
     finally:
         if serve is not None:
             stop(serve)

@@ -29,7 +29,16 @@ from songmill.model.voice_encoder import embed_utterance, mel_frames  # noqa: E4
 from songmill.testaudio.sung import generate_lyrics, mix_vocals, sing  # noqa: E402
 from songmill.testaudio.synth import render_track  # noqa: E402
 
-VOICES = ("en-us", "en-us+f3", "en-us+klatt", "en-us+m7", "en-us+f5", "en-us+croak", "en-us+whisper", "en-us+m1")
+VOICES = (
+    "en-us",
+    "en-us+f3",
+    "en-us+klatt",
+    "en-us+m7",
+    "en-us+f5",
+    "en-us+croak",
+    "en-us+whisper",
+    "en-us+m1",
+)
 
 
 def scores(vectors: np.ndarray, labels: list[str]) -> tuple[float, float, float]:
@@ -79,13 +88,21 @@ def main() -> None:
     staged = np.stack([embedder.embed(c) for c in clean])
     stage_s = time.perf_counter() - start
     on_mix = np.stack([embedder.embed(m) for m in mixed])
-    print(f"{len(clean)} clips, {args.voices} voices, {audio_s:.0f} s of voice, {threads} torch threads")
+    print(
+        f"{len(clean)} clips, {args.voices} voices, {audio_s:.0f} s of voice, {threads} torch threads"
+    )
     print(f"bare encoder {audio_s / bare_s / threads:.0f}x realtime per core; stage embedder (volume + VAD + encoder) "
           f"{audio_s / stage_s / threads:.0f}x per core; preprocessing {100 * prep_s / stage_s:.0f} % of it")  # fmt: skip
     print("\ninput | features | same-voice cos | other-voice cos | nearest clip same voice")
     print("---|---|---|---|---")
-    for name, audio, vectors in (("clean voice", clean, staged), (f"mix, vocals {args.vocal_db:+.0f} dB", mixed, on_mix)):
-        for feature, vec in (("Resemblyzer", vectors), ("mean log-mel (baseline)", np.stack([log_mel_mean(a) for a in audio]))):
+    for name, audio, vectors in (
+        ("clean voice", clean, staged),
+        (f"mix, vocals {args.vocal_db:+.0f} dB", mixed, on_mix),
+    ):
+        for feature, vec in (
+            ("Resemblyzer", vectors),
+            ("mean log-mel (baseline)", np.stack([log_mel_mean(a) for a in audio])),
+        ):
             same, other, nearest = scores(vec, labels)
             print(f"{name} | {feature} | {same:.3f} | {other:.3f} | {nearest:.2f}")
     np.testing.assert_allclose(bare, staged, atol=1e-5)

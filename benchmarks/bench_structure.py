@@ -63,7 +63,16 @@ def synthetic_songs(n: int, seed: int) -> list[dict]:
         bars = [int(rng.choice([4, 8, 8, 8])) for _ in FORMS[i % len(FORMS)]]
         audio, truth = render_song(FORMS[i % len(FORMS)], bpm=bpm, key_tonic=["C", "A", "F#", "D#"][i % 4],
                                    key_mode=["major", "minor"][i % 2], bars=bars, sr=SR, seed=seed * 1000 + i)  # fmt: skip
-        items.append({"name": f"song{i:02d}", "audio": audio.mean(1), "truth": inner_boundaries(truth), "sections": truth, "bpm": bpm, "beats_per_bar": 4})
+        items.append(
+            {
+                "name": f"song{i:02d}",
+                "audio": audio.mean(1),
+                "truth": inner_boundaries(truth),
+                "sections": truth,
+                "bpm": bpm,
+                "beats_per_bar": 4,
+            }
+        )
     return items
 
 
@@ -95,7 +104,9 @@ def chorales(n: int, folder: Path, quarter_bpm: float = 80.0, skip: int = 0) -> 
     from music21 import corpus, instrument, tempo
 
     if shutil.which("fluidsynth") is None or not SOUNDFONT.exists():
-        raise SystemExit("--chorales needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)")
+        raise SystemExit(
+            "--chorales needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)"
+        )
     import soundfile as sf
     from songmill.annotate.audio import to_mono_resampled
 
@@ -142,11 +153,16 @@ def baselines(item: dict, duration: float) -> dict[str, list[float]]:
 
 def frame_labels(sections: list[dict], duration: float, step: float = 0.5) -> list[str]:
     times = np.arange(0.0, duration, step)
-    return [next((s["label"] for s in sections if s["start"] <= t < s["end"]), sections[-1]["label"]) for t in times]
+    return [
+        next((s["label"] for s in sections if s["start"] <= t < s["end"]), sections[-1]["label"])
+        for t in times
+    ]
 
 
 def evaluate(name: str, items: list[dict]) -> None:
-    scores: dict[str, dict[float, list[dict]]] = {m: {0.5: [], 3.0: []} for m in ("dsp", "even", "bars8")}
+    scores: dict[str, dict[float, list[dict]]] = {
+        m: {0.5: [], 3.0: []} for m in ("dsp", "even", "bars8")
+    }
     audio_s, wall = 0.0, 0.0
     labels: dict[str, list[float]] = {"dsp": [], "all chorus": []}
     for item in items:
@@ -164,8 +180,12 @@ def evaluate(name: str, items: list[dict]) -> None:
         for method, est in estimates.items():
             for window in (0.5, 3.0):
                 scores[method][window].append(boundary_hit_rate(item["truth"], est, window))
-    print(f"\n{name}: {len(items)} pieces, {audio_s / 60:.1f} min of audio; DSP {audio_s / wall:.0f}x realtime on one core")
-    print(f"{'method':<8} {'P@0.5':>6} {'R@0.5':>6} {'F@0.5':>6}   {'P@3':>6} {'R@3':>6} {'F@3':>6}")
+    print(
+        f"\n{name}: {len(items)} pieces, {audio_s / 60:.1f} min of audio; DSP {audio_s / wall:.0f}x realtime on one core"
+    )
+    print(
+        f"{'method':<8} {'P@0.5':>6} {'R@0.5':>6} {'F@0.5':>6}   {'P@3':>6} {'R@3':>6} {'F@3':>6}"
+    )
     for method, by_window in scores.items():
         cells = []
         for window in (0.5, 3.0):
@@ -183,16 +203,36 @@ def evaluate(name: str, items: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=1, help="synthetic songs' seed (the DSP settings were tuned on other songs)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="synthetic songs' seed (the DSP settings were tuned on other songs)",
+    )
     parser.add_argument("--chorales", type=int, default=0)
-    parser.add_argument("--skip-chorales", type=int, default=12, help="the first 12 eligible chorales were used to tune the DSP settings")
+    parser.add_argument(
+        "--skip-chorales",
+        type=int,
+        default=12,
+        help="the first 12 eligible chorales were used to tune the DSP settings",
+    )
     args = parser.parse_args(argv)
-    dsp_sections(np.random.default_rng(0).standard_normal(SR * 20).astype(np.float32) * 0.1, SR, StructureConfig())  # JIT warm-up
+    dsp_sections(
+        np.random.default_rng(0).standard_normal(SR * 20).astype(np.float32) * 0.1,
+        SR,
+        StructureConfig(),
+    )  # JIT warm-up
     if args.songs:
-        evaluate(f"synthetic songs (testaudio/song_forms.py, seed {args.seed})", synthetic_songs(args.songs, args.seed))
+        evaluate(
+            f"synthetic songs (testaudio/song_forms.py, seed {args.seed})",
+            synthetic_songs(args.songs, args.seed),
+        )
     if args.chorales:
         with tempfile.TemporaryDirectory() as tmp:
-            evaluate("Bach chorales with repeats (music21 + FluidSynth)", chorales(args.chorales, Path(tmp), skip=args.skip_chorales))
+            evaluate(
+                "Bach chorales with repeats (music21 + FluidSynth)",
+                chorales(args.chorales, Path(tmp), skip=args.skip_chorales),
+            )
     return 0
 
 

@@ -38,16 +38,51 @@ from songmill.annotate.caption import CaptionConfig, CaptionStage  # noqa: E402
 from songmill.annotate.tagger import MusicTagger  # noqa: E402
 from songmill.model.musicnn import MSD_LABELS, MTT_LABELS  # noqa: E402
 
-SYNTHS = {"tripleoscillator", "zynaddsubfx", "lb302", "sid", "bitinvader", "kicker", "monstro", "watsyn", "organic", "nes", "opl2", "sfxr"}
-ELECTRONIC = {"electronic", "techno", "electro", "electronica", "dance", "house", "synth", "beat", "beats", "ambient", "experimental", "trance"}
+SYNTHS = {
+    "tripleoscillator",
+    "zynaddsubfx",
+    "lb302",
+    "sid",
+    "bitinvader",
+    "kicker",
+    "monstro",
+    "watsyn",
+    "organic",
+    "nes",
+    "opl2",
+    "sfxr",
+}
+ELECTRONIC = {
+    "electronic",
+    "techno",
+    "electro",
+    "electronica",
+    "dance",
+    "house",
+    "synth",
+    "beat",
+    "beats",
+    "ambient",
+    "experimental",
+    "trance",
+}
 DRUMS = {"drums", "beat", "beats", "techno", "dance"}
-NAME_GENRES = {"house": {"house", "dance", "electronic"}, "reggae": {"reggae"}, "80s": {"80s"}, "c64": {"electronic", "synth", "electro"}}
+NAME_GENRES = {
+    "house": {"house", "dance", "electronic"},
+    "reggae": {"reggae"},
+    "80s": {"80s"},
+    "c64": {"electronic", "synth", "electro"},
+}
 DEMOS = "/usr/share/lmms/projects/demos"
 
 
 def project_facts(path: str) -> dict:
     raw = open(path, "rb").read()
-    xml = zlib.decompress(raw[4:]).decode("utf-8", "replace") if path.endswith("z") else raw.decode("utf-8", "replace")
+    xml = (
+        zlib.decompress(raw[4:]).decode("utf-8", "replace")
+        if path.endswith("z")
+        else raw.decode("utf-8", "replace")
+    )
     plugins = Counter(re.findall(r'<instrument name="([^"]+)"', xml))
     samples = re.findall(r'src="([^"]+)"', xml)
     expected: dict[str, set[str]] = {}
@@ -65,7 +100,9 @@ def project_facts(path: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--renders", default="/tmp/lmms", help="folder of <project>.wav renders")
-    parser.add_argument("--seconds", type=float, default=60.0, help="tag this much from the middle of each render")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="tag this much from the middle of each render"
+    )
     args = parser.parse_args()
     projects = sorted(glob.glob(f"{DEMOS}/*.mmp*") + glob.glob(f"{DEMOS}/*/*.mmp*"))
     items = []
@@ -99,11 +136,18 @@ def main() -> None:
     stage = CaptionStage(CaptionConfig(backend="tags"))
     stage.setup()
     start = time.perf_counter()
-    rows = stage.process([Track({"track_id": str(i), "uri": c, "duration_s": args.seconds}) for i, c in enumerate(clips)])
+    rows = stage.process(
+        [
+            Track({"track_id": str(i), "uri": c, "duration_s": args.seconds})
+            for i, c in enumerate(clips)
+        ]
+    )
     stage_s = time.perf_counter() - start
     for clip in clips:
         os.remove(clip)
-    print(f"{len(items)} LMMS demo renders, {audio_s:.0f} s tagged ({args.seconds:.0f} s from the middle of each), {threads} torch threads")
+    print(
+        f"{len(items)} LMMS demo renders, {audio_s:.0f} s tagged ({args.seconds:.0f} s from the middle of each), {threads} torch threads"
+    )
     print(f"bare tagger (mel + MTT + MSD musicnn): {audio_s / bare_s / threads:.0f}x realtime per core; "
           f"caption stage (tags backend: decode, tagger, recaption): {audio_s / stage_s / threads:.0f}x per core; "
           f"stage overhead {100 * (stage_s / bare_s - 1):+.0f} %")  # fmt: skip
@@ -120,13 +164,22 @@ def main() -> None:
         for family in facts["expected"].values():
             hits["tagger"].append(bool(set(top) & family))
             hits["constant top 5"].append(bool(set(constant) & family))
-            draws = [bool(set(rng.choice(vocabulary, 5, replace=False)) & family) for _ in range(2000)]
+            draws = [
+                bool(set(rng.choice(vocabulary, 5, replace=False)) & family) for _ in range(2000)
+            ]
             hits["random 5 tags"].append(float(np.mean(draws)))
-        agree = ", ".join(f"{c}: {'yes' if set(top) & f else 'no'}" for c, f in facts["expected"].items()) or "-"
+        agree = (
+            ", ".join(
+                f"{c}: {'yes' if set(top) & f else 'no'}" for c, f in facts["expected"].items()
+            )
+            or "-"
+        )
         plugins = ", ".join(f"{k} x{v}" for k, v in facts["plugins"].items())
         print(f"{os.path.basename(project)} | {plugins} | {', '.join(facts['expected'])} | {', '.join(top)} | {agree} | "
               f"{', '.join(row['genres'])} / {', '.join(row['instruments'])}")  # fmt: skip
-    print("\nagreement with what the projects say (claims checked: " + str(len(hits["tagger"])) + ")")
+    print(
+        "\nagreement with what the projects say (claims checked: " + str(len(hits["tagger"])) + ")"
+    )
     for name, values in hits.items():
         print(f"  {name}: {np.mean(values):.2f}")
     print(f"  (constant top 5: {', '.join(constant)})")

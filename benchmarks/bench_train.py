@@ -31,10 +31,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from songmill.annotate.base import Track  # noqa: E402
 
-MERT_330M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                 conv_dim=(512,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)
-MHUBERT_147 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   conv_dim=(512,) * 7)
+MERT_330M = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    conv_dim=(512,) * 7,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+)
+MHUBERT_147 = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    conv_dim=(512,) * 7,
+)
 
 
 def prepare(folder: str, preset_name: str, tracks: int, seconds: float) -> dict[str, str]:
@@ -47,17 +59,26 @@ def prepare(folder: str, preset_name: str, tracks: int, seconds: float) -> dict[
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
     torch.manual_seed(0)
-    paths = {"mert": os.path.join(folder, "mert"), "mhubert": os.path.join(folder, "mhubert"),
-             "dcae": os.path.join(folder, "dcae")}
+    paths = {
+        "mert": os.path.join(folder, "mert"),
+        "mhubert": os.path.join(folder, "mhubert"),
+        "dcae": os.path.join(folder, "dcae"),
+    }
     HubertModel(HubertConfig(**MERT_330M)).save_pretrained(paths["mert"])
     Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(paths["mert"])
     HubertModel(HubertConfig(**MHUBERT_147)).save_pretrained(paths["mhubert"])
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(paths["mhubert"])
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(
+        paths["mhubert"]
+    )
     dcae_cfg = preset(preset_name).dcae
     save_module(MusicDCAE(dcae_cfg), dcae_cfg.to_dict(), paths["dcae"], "dcae")
-    paths["manifest"] = synthetic_manifest(os.path.join(folder, "audio"), n_tracks=tracks, duration_s=seconds)
+    paths["manifest"] = synthetic_manifest(
+        os.path.join(folder, "audio"), n_tracks=tracks, duration_s=seconds
+    )
     paths["features"] = cache_features(
-        paths["manifest"], os.path.join(folder, "corpus"), os.path.join(folder, "features.parquet"),
+        paths["manifest"],
+        os.path.join(folder, "corpus"),
+        os.path.join(folder, "features.parquet"),
         **features_settings(paths, preset_name),
     )
     return paths
@@ -66,8 +87,14 @@ def prepare(folder: str, preset_name: str, tracks: int, seconds: float) -> dict[
 def features_settings(paths: dict[str, str], preset_name: str) -> dict[str, str]:
     # tiny: the tiny random text encoder; small / base: a umT5-base-sized random encoder
     text = "tiny-random" if preset_name == "tiny" else "bench-umt5-base"
-    return dict(dcae_checkpoint=paths["dcae"], text_encoder=text, mert=paths["mert"], mhubert=paths["mhubert"],
-                speaker="none", ssl_chunk_s=30.0)
+    return dict(
+        dcae_checkpoint=paths["dcae"],
+        text_encoder=text,
+        mert=paths["mert"],
+        mhubert=paths["mhubert"],
+        speaker="none",
+        ssl_chunk_s=30.0,
+    )
 
 
 def _install_bench_text_encoder() -> None:
@@ -80,8 +107,17 @@ def _install_bench_text_encoder() -> None:
 
     def build(spec: str, device: str = "cpu"):
         if spec == "bench-umt5-base":
-            cfg = TextEncoderConfig(kind="tiny-random", path="", d_model=768, max_length=256, vocab_size=256384,
-                                    num_layers=12, num_heads=12, d_kv=64, d_ff=2048)
+            cfg = TextEncoderConfig(
+                kind="tiny-random",
+                path="",
+                d_model=768,
+                max_length=256,
+                vocab_size=256384,
+                num_layers=12,
+                num_heads=12,
+                d_kv=64,
+                d_ff=2048,
+            )
             return TextEncoder.tiny_random(cfg).to(device)
         return original(spec, device)
 
@@ -109,8 +145,15 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     with open(args.paths) as f:
         paths = json.load(f)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = TrainConfig(kind="dit", preset=args.preset, batch_size=args.batch, max_crop_s=args.crop_s, progress=False,
-                      lora_rank=args.lora_rank, precision="auto")
+    cfg = TrainConfig(
+        kind="dit",
+        preset=args.preset,
+        batch_size=args.batch,
+        max_crop_s=args.crop_s,
+        progress=False,
+        lora_rank=args.lora_rank,
+        precision="auto",
+    )
     task = DiTTask(cfg, paths["features"])
     model = task.model
     if args.lora_rank:
@@ -127,7 +170,9 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         stream = BatchStream(task.dataset, order, task.collate)
         next_batch = lambda: next(stream)  # noqa: E731
     else:
-        extractors = FeatureExtractors.from_config(FeaturesConfig(**features_settings(paths, args.preset), device=str(device)))
+        extractors = FeatureExtractors.from_config(
+            FeaturesConfig(**features_settings(paths, args.preset), device=str(device))
+        )
         import pyarrow.parquet as pq
 
         # the whole manifest rows: the features stage's inputs (music, captions...) ride on them
@@ -146,13 +191,22 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
                 tensors, meta = extractors.track_features(track)
                 style = "tags"
                 frames = int(meta["latent_frames"])
-                items.append({
-                    "track_id": row["track_id"], "latent": tensors["latent"].float(), "caption": meta["captions"][style],
-                    "text": tensors[f"text.{style}"].float(), "lyrics": tensors["lyrics"].long(),
-                    "speaker": torch.zeros(512),
-                    "repa": {n: tensors[f"repa.{n}"].float()[: max(1, round(frames / LATENT_FPS * fps))]
-                             for n, fps in meta["repa_fps"].items()},
-                })
+                items.append(
+                    {
+                        "track_id": row["track_id"],
+                        "latent": tensors["latent"].float(),
+                        "caption": meta["captions"][style],
+                        "text": tensors[f"text.{style}"].float(),
+                        "lyrics": tensors["lyrics"].long(),
+                        "speaker": torch.zeros(512),
+                        "repa": {
+                            n: tensors[f"repa.{n}"].float()[
+                                : max(1, round(frames / LATENT_FPS * fps))
+                            ]
+                            for n, fps in meta["repa_fps"].items()
+                        },
+                    }
+                )
             return collate_features(items)
 
     def step() -> None:
@@ -178,8 +232,12 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = _peak_rss_mib()
-    return {"samples_per_s": args.steps * args.batch / elapsed, "peak_mib": peak, "device": device.type,
-            "trainable_m": sum(p.numel() for p in params) / 1e6}
+    return {
+        "samples_per_s": args.steps * args.batch / elapsed,
+        "peak_mib": peak,
+        "device": device.type,
+        "trainable_m": sum(p.numel() for p in params) / 1e6,
+    }
 
 
 def _peak_rss_mib() -> float:
@@ -204,7 +262,9 @@ class _CropTrack(Track):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "base"))
     parser.add_argument("--crop-s", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=2)
@@ -226,28 +286,63 @@ def main() -> None:
         paths_file = os.path.join(folder, "paths.json")
         with open(paths_file, "w") as f:
             json.dump(paths, f)
-        print(f"prepared audio, frozen models and features cache in {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"prepared audio, frozen models and features cache in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
         results = {}
         for mode in ("cached", "compute"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--paths", paths_file,
-                   "--preset", args.preset, "--crop-s", str(args.crop_s), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--lora-rank", str(args.lora_rank)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                mode,
+                "--paths",
+                paths_file,
+                "--preset",
+                args.preset,
+                "--crop-s",
+                str(args.crop_s),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--lora-rank",
+                str(args.lora_rank),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
-                raise SystemExit(f"{mode} worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+                raise SystemExit(
+                    f"{mode} worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+                )
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     cached, compute = results["cached"], results["compute"]
     mode = f"LoRA r={args.lora_rank}" if args.lora_rank else "full fine-tune"
-    print(f"\nDiT preset {args.preset} ({mode}, {cached['trainable_m']:.1f} M trainable), batch {args.batch} x "
-          f"{args.crop_s:g} s crops, {args.steps} timed steps on {cached['device']}")
+    print(
+        f"\nDiT preset {args.preset} ({mode}, {cached['trainable_m']:.1f} M trainable), batch {args.batch} x "
+        f"{args.crop_s:g} s crops, {args.steps} timed steps on {cached['device']}"
+    )
     print(f"{'':10s}{'samples/s':>12s}{'peak MiB':>12s}")
     for name, r in results.items():
         print(f"{name:10s}{r['samples_per_s']:12.3f}{r['peak_mib']:12.0f}")
     speedup = cached["samples_per_s"] / compute["samples_per_s"]
     saving = 1.0 - cached["peak_mib"] / compute["peak_mib"]
-    print(f"cached / compute: {speedup:.2f}x samples/s (target >= 3x), {100 * saving:.0f} % less peak memory (target >= 50 %)")
-    print(json.dumps({"preset": args.preset, "lora_rank": args.lora_rank, "speedup": speedup,
-                      "memory_saving": saving, "results": results}))
+    print(
+        f"cached / compute: {speedup:.2f}x samples/s (target >= 3x), {100 * saving:.0f} % less peak memory (target >= 50 %)"
+    )
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "lora_rank": args.lora_rank,
+                "speedup": speedup,
+                "memory_saving": saving,
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

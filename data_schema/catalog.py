@@ -53,7 +53,10 @@ class Corpus(Protocol):
 
     def table_files(self, table: str) -> TableFiles: ...
 
-    def manifest_base(self, files: dict[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None: ...
+    def manifest_base(
+        self, files: dict[str, TableFiles] | None = None
+    ) -> tuple[str, ManifestDelta | None] | None: ...
+
 
 ROOT_MACRO = "songmill_root"
 CATALOG_ALIAS = "songmill"
@@ -78,7 +81,10 @@ CATALOG_STORAGE_VERSION = "v1.4.0"
 
 
 def catalog_views(
-    corpus: Corpus, files: dict[str, TableFiles], manifest_snapshot: str | None = None, manifest_delta: ManifestDelta | None = None
+    corpus: Corpus,
+    files: dict[str, TableFiles],
+    manifest_snapshot: str | None = None,
+    manifest_delta: ManifestDelta | None = None,
 ) -> dict[str, str]:
     """The SQL of every view as the catalog spells it (paths relative to the catalog)."""
 
@@ -88,7 +94,15 @@ def catalog_views(
     def parts_glob(table: str) -> str:
         return f"{ROOT_MACRO}() || {literal('/' + table + '/part-*.parquet')}"
 
-    return all_view_sql(ViewSql(files, spell=spell, parts_glob=parts_glob, manifest_snapshot=manifest_snapshot, manifest_delta=manifest_delta))
+    return all_view_sql(
+        ViewSql(
+            files,
+            spell=spell,
+            parts_glob=parts_glob,
+            manifest_snapshot=manifest_snapshot,
+            manifest_delta=manifest_delta,
+        )
+    )
 
 
 def code_signature() -> str:
@@ -97,12 +111,18 @@ def code_signature() -> str:
     parts = [f"{CATALOG_FORMAT}/{VIEWS_VERSION}/{SCHEMA_VERSION}"]
     parts += [f"{n}:{s.schema}:{s.key}:{s.stage_table}" for n, s in TABLES.items()]
     parts += [f"{j.name}:{j.sql}:{j.columns}" for j in MANIFEST_JOINS.values()]
-    parts += [f"{k}:{v}" for k, v in sorted(DERIVED_VIEWS.items())] + [f"{k}:{v}" for k, v in MACROS.items()]
+    parts += [f"{k}:{v}" for k, v in sorted(DERIVED_VIEWS.items())] + [
+        f"{k}:{v}" for k, v in MACROS.items()
+    ]
     parts += sorted(MANIFEST_EXCLUDED_TABLES)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def files_state(files: dict[str, TableFiles], manifest_snapshot: str | None, manifest_delta: ManifestDelta | None = None) -> dict:
+def files_state(
+    files: dict[str, TableFiles],
+    manifest_snapshot: str | None,
+    manifest_delta: ManifestDelta | None = None,
+) -> dict:
     """What a catalog built from these files depends on: names, not contents (files are
     immutable once renamed into place), and only whether a table has parts (read by a glob)."""
     name = os.path.basename
@@ -110,9 +130,14 @@ def files_state(files: dict[str, TableFiles], manifest_snapshot: str | None, man
     return {
         "code": code_signature(),
         "tables": {  # table -> [snapshot, history, has parts, has parts the manifest delta does not cover]
-            t: [name(f.snapshot) if f.snapshot else None, [name(h) for h in f.history], bool(f.parts),
-                any(name(p) not in covered.get(t, ()) for p in f.parts)]
-            for t, f in files.items() if f.snapshot or f.history or f.parts
+            t: [
+                name(f.snapshot) if f.snapshot else None,
+                [name(h) for h in f.history],
+                bool(f.parts),
+                any(name(p) not in covered.get(t, ()) for p in f.parts),
+            ]
+            for t, f in files.items()
+            if f.snapshot or f.history or f.parts
         },
         "manifest_snapshot": name(manifest_snapshot) if manifest_snapshot else None,
         "manifest_delta": name(manifest_delta.path) if manifest_delta else None,
@@ -135,7 +160,12 @@ def catalog_has_parts(corpus: Corpus, table: str) -> bool:
     """Whether the catalog already reads `table`'s new parts through its glob (so another part
     needs no rebuild); parts the manifest delta covers do not count."""
     tables = read_state(corpus).get("files", {}).get("tables", {})  # see files_state
-    return table in tables and len(tables[table]) > 3 and bool(tables[table][3]) and os.path.exists(corpus.catalog_path)
+    return (
+        table in tables
+        and len(tables[table]) > 3
+        and bool(tables[table][3])
+        and os.path.exists(corpus.catalog_path)
+    )
 
 
 @contextlib.contextmanager
@@ -181,7 +211,9 @@ def _write(corpus: Corpus, views: dict[str, str]) -> None:
         try:
             con.execute(f"SET VARIABLE {ROOT_MACRO} = {literal(corpus.path)}")
             try:
-                con.execute(f"ATTACH {literal(tmp)} AS {CATALOG_ALIAS} (STORAGE_VERSION {literal(CATALOG_STORAGE_VERSION)})")
+                con.execute(
+                    f"ATTACH {literal(tmp)} AS {CATALOG_ALIAS} (STORAGE_VERSION {literal(CATALOG_STORAGE_VERSION)})"
+                )
             except duckdb.Error:  # a duckdb older than that format writes its own, readable anyway
                 con.execute(f"ATTACH {literal(tmp)} AS {CATALOG_ALIAS}")
             con.execute(f"USE {CATALOG_ALIAS}")
@@ -209,7 +241,9 @@ def ensure_catalog(corpus: Corpus) -> str:
     other view definitions (checked by listing the table folders: no view is built)."""
     files = {name: corpus.table_files(name) for name in TABLES}
     state = read_state(corpus)
-    if state.get("files") != files_state(files, *(corpus.manifest_base(files) or (None, None))) or not os.path.exists(corpus.catalog_path):
+    if state.get("files") != files_state(
+        files, *(corpus.manifest_base(files) or (None, None))
+    ) or not os.path.exists(corpus.catalog_path):
         write_catalog(corpus)
     return corpus.catalog_path
 

@@ -57,7 +57,13 @@ SCATTER_BUFFER_BYTES = 128 * 2**20
 READ_BUFFER_BYTES = 4 * 2**20
 
 
-def compact(corpus: Store, table: str, min_parts: int = 1, memory_limit: str | None = None, manifest: bool = True) -> int:
+def compact(
+    corpus: Store,
+    table: str,
+    min_parts: int = 1,
+    memory_limit: str | None = None,
+    manifest: bool = True,
+) -> int:
     """Major compaction: a new `current-*` snapshot (old snapshot + parts, deduplicated,
     sorted by key) and the parts merged into one `history-*` file. Returns parts merged.
 
@@ -83,13 +89,27 @@ def compact(corpus: Store, table: str, min_parts: int = 1, memory_limit: str | N
         rule = dedup_rule(spec)
         names = [posixpath.basename(p) for p in files.parts]
         stamp = f"{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
-        history = corpus.pending_parquet(table, f"{HISTORY_PREFIX}{stamp}.parquet", _file_schema(table, {MERGED_FROM_KEY: json.dumps(names)}))
+        history = corpus.pending_parquet(
+            table,
+            f"{HISTORY_PREFIX}{stamp}.parquet",
+            _file_schema(table, {MERGED_FROM_KEY: json.dumps(names)}),
+        )
         try:
             with corpus.spill_dir() as spill, corpus.bounded_connection(memory_limit, spill) as con:
                 if rule is None:
                     _scatter(corpus, con, table, files.parts, history)
                 else:
-                    _write_snapshot(corpus, con, table, files, rule, f"{CURRENT_PREFIX}{stamp}.parquet", history, spill, memory_limit)
+                    _write_snapshot(
+                        corpus,
+                        con,
+                        table,
+                        files,
+                        rule,
+                        f"{CURRENT_PREFIX}{stamp}.parquet",
+                        history,
+                        spill,
+                        memory_limit,
+                    )
             history.publish()
         finally:
             history.discard()
@@ -115,7 +135,11 @@ def merge_parts(corpus: Store, table: str, memory_limit: str | None = None) -> i
             return 0
         names = [posixpath.basename(p) for p in files.parts]
         stamp = f"{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
-        merged = corpus.pending_parquet(table, f"{PART_PREFIX}{stamp}{MERGED_SUFFIX}", _file_schema(table, {MERGED_FROM_KEY: json.dumps(names)}))
+        merged = corpus.pending_parquet(
+            table,
+            f"{PART_PREFIX}{stamp}{MERGED_SUFFIX}",
+            _file_schema(table, {MERGED_FROM_KEY: json.dumps(names)}),
+        )
         try:
             for url in files.parts:
                 for rows in _batches(corpus, table, url):
@@ -128,7 +152,9 @@ def merge_parts(corpus: Store, table: str, memory_limit: str | None = None) -> i
         return len(files.parts)
 
 
-def compact_if_needed(corpus: Store, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25) -> None:
+def compact_if_needed(
+    corpus: Store, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25
+) -> None:
     """Compact when the rows since the snapshot reach `min_ratio` of it (so a table is
     rewritten a bounded number of times as it grows: amortised linear), or merge parts
     when they pile up past `max_parts` (cheap: the snapshot is not touched). Then bring the
@@ -140,7 +166,9 @@ def compact_if_needed(corpus: Store, tables: Iterable[str], max_parts: int = 64,
         parts = {p: n for p, n in sizes.items() if posixpath.basename(p).startswith(PART_PREFIX)}
         if not parts:
             continue
-        snapshot = sum(n for p, n in sizes.items() if posixpath.basename(p).startswith(CURRENT_PREFIX))
+        snapshot = sum(
+            n for p, n in sizes.items() if posixpath.basename(p).startswith(CURRENT_PREFIX)
+        )
         if len(parts) >= MIN_COMPACT_PARTS and sum(parts.values()) >= min_ratio * snapshot:
             compacted |= compact(corpus, table, manifest=False) > 0
         elif len(parts) > max_parts:
@@ -170,7 +198,9 @@ def finish_merges(corpus: Store, table: str) -> None:
 
 def _file_schema(table: str, metadata: dict[str, str] | None = None) -> pa.Schema:
     """The table's Arrow schema with songmill's file metadata (and `metadata`)."""
-    meta = {"songmill.schema_version": str(SCHEMA_VERSION), "songmill.table": table} | (metadata or {})
+    meta = {"songmill.schema_version": str(SCHEMA_VERSION), "songmill.table": table} | (
+        metadata or {}
+    )
     return table_spec(table).schema.with_metadata({k.encode(): v.encode() for k, v in meta.items()})
 
 
@@ -182,7 +212,9 @@ def _batches(corpus: Store, table: str, url: str) -> Iterator[pa.Table]:
     with corpus.fs.open(corpus.fs_path(url), "rb") as f:
         parquet = pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
         meta = parquet.metadata
-        row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / max(1, meta.num_rows)
+        row_bytes = sum(
+            meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)
+        ) / max(1, meta.num_rows)
         present = [n for n in schema.names if n in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=rows_per_group(row_bytes), columns=present):
             rows = pa.Table.from_batches([batch])
@@ -192,19 +224,25 @@ def _batches(corpus: Store, table: str, url: str) -> Iterator[pa.Table]:
             yield rows.select(schema.names).cast(schema)
 
 
-def _with_buckets(con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRule, buckets: int) -> tuple[pa.Table, np.ndarray]:
+def _with_buckets(
+    con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRule, buckets: int
+) -> tuple[pa.Table, np.ndarray]:
     """The rows and each one's bucket: the track_id range it falls in (track_bucket's ranges),
     or a hash of its key for other keys."""
     if rule.partition == ("track_id",):
         ids = rows.column("track_id")
         bucket = np.zeros(rows.num_rows, np.int32)
         for i in range(1, buckets):  # the number of range starts at or below the id
-            bucket += pc.fill_null(pc.greater_equal(ids, track_bucket_start(i, buckets)), False).to_numpy(zero_copy_only=False)
+            bucket += pc.fill_null(
+                pc.greater_equal(ids, track_bucket_start(i, buckets)), False
+            ).to_numpy(zero_copy_only=False)
         return rows, bucket
     key = ", ".join(rule.partition)
     con.register("_scatter_rows", rows)
     try:  # rows and hashes from one query: its output order need not be the input's
-        out = con.sql(f"SELECT (hash({key}) % {buckets})::INTEGER AS _bucket, * FROM _scatter_rows").to_arrow_table()
+        out = con.sql(
+            f"SELECT (hash({key}) % {buckets})::INTEGER AS _bucket, * FROM _scatter_rows"
+        ).to_arrow_table()
     finally:
         con.unregister("_scatter_rows")
     bucket = out.column("_bucket").to_numpy()
@@ -212,8 +250,15 @@ def _with_buckets(con: duckdb.DuckDBPyConnection, rows: pa.Table, rule: DedupRul
 
 
 def _scatter(
-    corpus: Store, con: duckdb.DuckDBPyConnection, table: str, urls: Iterable[str], history: PendingParquet | None,
-    rule: DedupRule | None = None, buckets: int = 0, spill: str | None = None, history_urls: Iterable[str] = (),
+    corpus: Store,
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    urls: Iterable[str],
+    history: PendingParquet | None,
+    rule: DedupRule | None = None,
+    buckets: int = 0,
+    spill: str | None = None,
+    history_urls: Iterable[str] = (),
 ) -> list[str | None]:
     """One pass over the files `urls`: every row into `history` when that is given (only the
     rows of `history_urls` when those are given), and with `buckets`, into one spill file per
@@ -258,8 +303,15 @@ def _scatter(
 
 
 def _write_snapshot(
-    corpus: Store, con: duckdb.DuckDBPyConnection, table: str, files: TableFiles, rule: DedupRule, name: str,
-    history: PendingParquet, spill: str, memory_limit: str,
+    corpus: Store,
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    files: TableFiles,
+    rule: DedupRule,
+    name: str,
+    history: PendingParquet,
+    spill: str,
+    memory_limit: str,
 ) -> None:
     """The deduplicated snapshot, bucket by bucket, so memory stays bounded at any table size
     and in any state: the parts (and for keys other than track_id, the old snapshot, which is
@@ -273,8 +325,12 @@ def _write_snapshot(
     inputs = [files.snapshot, *files.parts] if files.snapshot else list(files.parts)
     buckets = bucket_count(sum(sizes.get(corpus.fs_path(u), 0) for u in inputs), memory_limit)
     by_range = rule.partition == ("track_id",)
-    scattered = list(files.parts) if by_range or not files.snapshot else [files.snapshot, *files.parts]
-    bucket_files = _scatter(corpus, con, table, scattered, history, rule, buckets, spill, history_urls=files.parts)
+    scattered = (
+        list(files.parts) if by_range or not files.snapshot else [files.snapshot, *files.parts]
+    )
+    bucket_files = _scatter(
+        corpus, con, table, scattered, history, rule, buckets, spill, history_urls=files.parts
+    )
     order = ", ".join(rule.partition)
     columns = ", ".join(f'"{n}"' for n in spec.schema.names)
     views = ViewSql({table: files})
@@ -283,9 +339,20 @@ def _write_snapshot(
         snapshot = None
         if files.snapshot and by_range:
             snapshot = f"SELECT * FROM ({views._read(table, (files.snapshot,))}) WHERE {track_bucket(b, buckets)}"
-        delta = f"SELECT * FROM read_parquet({sql_literal(bucket_files[b])})" if bucket_files[b] else None
+        delta = (
+            f"SELECT * FROM read_parquet({sql_literal(bucket_files[b])})"
+            if bucket_files[b]
+            else None
+        )
         if snapshot is None and delta is None:
             return f"SELECT {columns} FROM ({empty_select(spec)})"
         return f"SELECT {columns} FROM ({current_sql(rule, snapshot, delta, '')}) ORDER BY {order}"
 
-    corpus.write_buckets(con, table, name, _file_schema(table), (bucket_sql(b) for b in range(buckets)), corpus.row_bytes(inputs))
+    corpus.write_buckets(
+        con,
+        table,
+        name,
+        _file_schema(table),
+        (bucket_sql(b) for b in range(buckets)),
+        corpus.row_bytes(inputs),
+    )

@@ -90,4 +90,8 @@ register_view(
     """SELECT track_id, cluster_id, canonical_track_id, similarity FROM dup_clusters
        WHERE index_id = coalesce((SELECT max(index_id) FROM dup_index_builds), (SELECT max(index_id) FROM dup_clusters))""",
 )
-register_manifest_join("near_duplicates", "SELECT track_id, cluster_id AS dup_cluster FROM near_duplicates", ("dup_cluster",))
+register_manifest_join(
+    "near_duplicates",
+    "SELECT track_id, cluster_id AS dup_cluster FROM near_duplicates",
+    ("dup_cluster",),
+)

@@ -80,7 +80,9 @@ LYRIC_SECTIONS = register_table(
     "lyric_sections",
     [
         pa.field("lyrics_plain", pa.string()),
-        pa.field("lyrics_tagged", pa.string()),  # [verse] / [chorus] ... ; "[instrumental]" for instrumentals
+        pa.field(
+            "lyrics_tagged", pa.string()
+        ),  # [verse] / [chorus] ... ; "[instrumental]" for instrumentals
         pa.field("lyrics_source", pa.string()),  # canonical | transcript | instrumental | none
         pa.field("lyrics_lang", pa.string()),
         pa.field("lyrics_phonemes", pa.string()),  # G2P (IPA) for non-Romanised scripts, else null

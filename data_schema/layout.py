@@ -64,22 +64,32 @@ def track_bucket(bucket: int, buckets: int) -> str:
     if buckets == 1:
         return "true"
     lo, hi = track_bucket_start(bucket, buckets), track_bucket_start(bucket + 1, buckets)
-    return " AND ".join(
-        ([f"track_id >= {sql_literal(lo)}"] if bucket > 0 else [])
-        + ([f"track_id < {sql_literal(hi)}"] if bucket < buckets - 1 else [])
-    ) or "true"
+    return (
+        " AND ".join(
+            ([f"track_id >= {sql_literal(lo)}"] if bucket > 0 else [])
+            + ([f"track_id < {sql_literal(hi)}"] if bucket < buckets - 1 else [])
+        )
+        or "true"
+    )
 
 
 _MANIFEST_OF: dict[str, Any] = {}
 
 
-
-
 def memory_bytes(limit: str) -> int:
     """A DuckDB memory limit ('1GB', '512MiB') in bytes."""
     text = limit.strip().upper().replace(" ", "")
-    for suffix, scale in (("KIB", 2**10), ("MIB", 2**20), ("GIB", 2**30), ("TIB", 2**40),
-                          ("KB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12), ("B", 1)):
+    for suffix, scale in (
+        ("KIB", 2**10),
+        ("MIB", 2**20),
+        ("GIB", 2**30),
+        ("TIB", 2**40),
+        ("KB", 10**3),
+        ("MB", 10**6),
+        ("GB", 10**9),
+        ("TB", 10**12),
+        ("B", 1),
+    ):
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * scale)
     return int(float(text))
@@ -89,7 +99,10 @@ def buckets_for(expanded_bytes: float, memory_limit: str | None = None) -> int:
     """How many buckets a rewrite of `expanded_bytes` (in memory) takes: each about
     SNAPSHOT_BUCKET_BYTES, and at most a BUCKETS_PER_MEMORY_LIMIT-th of DuckDB's memory limit
     (a bucket is deduplicated or joined, and sorted, in memory: rows, window, sort)."""
-    bucket_bytes = min(SNAPSHOT_BUCKET_BYTES, memory_bytes(memory_limit or COMPACT_MEMORY_LIMIT) // BUCKETS_PER_MEMORY_LIMIT)
+    bucket_bytes = min(
+        SNAPSHOT_BUCKET_BYTES,
+        memory_bytes(memory_limit or COMPACT_MEMORY_LIMIT) // BUCKETS_PER_MEMORY_LIMIT,
+    )
     return max(1, math.ceil(expanded_bytes / max(1, bucket_bytes)))
 
 
@@ -120,10 +133,19 @@ class Store(Protocol):
     def parquet_rows(self, path: str) -> int: ...
     def row_bytes(self, urls: Iterable[str]) -> float: ...
     def pending_parquet(self, folder: str, name: str, schema: pa.Schema) -> PendingParquet: ...
-    def write_buckets(self, con: duckdb.DuckDBPyConnection, folder: str, name: str, schema: pa.Schema,
-                      queries: Iterable[str], row_bytes: float) -> None: ...
+    def write_buckets(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        folder: str,
+        name: str,
+        schema: pa.Schema,
+        queries: Iterable[str],
+        row_bytes: float,
+    ) -> None: ...
     def spill_dir(self) -> AbstractContextManager[str]: ...
-    def bounded_connection(self, memory_limit: str | None = None, spill: str | None = None) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+    def bounded_connection(
+        self, memory_limit: str | None = None, spill: str | None = None
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
     def exclusive_lock(self, table: str) -> AbstractContextManager[None]: ...
     def refresh_catalog(self) -> str | None: ...
 
@@ -137,8 +159,14 @@ class PendingParquet:
         corpus.fs.makedirs(corpus.join_path(folder), exist_ok=True)
         self.dest = corpus.join_path(folder, name)
         self.remote_tmp = corpus.join_path(folder, TMP_PREFIX + name)
-        self.local = self.remote_tmp if corpus.is_local else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
-        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(self.local, schema, compression="zstd")
+        self.local = (
+            self.remote_tmp
+            if corpus.is_local
+            else tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
+        )
+        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.local, schema, compression="zstd"
+        )
         self.rows = 0
 
     def write(self, rows: pa.Table) -> None:

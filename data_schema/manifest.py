@@ -74,11 +74,17 @@ def read_manifest(path: str, require: Sequence[str] = ALWAYS_REQUIRED) -> list[M
             + (" after running the features stage" if "features_url" in missing else "")
         )
     table = pq.read_table(path, columns=[c for c in (*RECORD_COLUMNS, QC_COLUMN) if c in available])
-    keep = pc.fill_null(table[QC_COLUMN].cast(pa.bool_()), True) if QC_COLUMN in available else pa.scalar(True)
+    keep = (
+        pc.fill_null(table[QC_COLUMN].cast(pa.bool_()), True)
+        if QC_COLUMN in available
+        else pa.scalar(True)
+    )
     for column in required:
         keep = pc.and_(keep, pc.is_valid(table[column]))
     table = table.filter(keep) if table.num_rows else table
-    columns = [table[c].to_pylist() if c in available else [None] * table.num_rows for c in RECORD_COLUMNS]
+    columns = [
+        table[c].to_pylist() if c in available else [None] * table.num_rows for c in RECORD_COLUMNS
+    ]
     del table
     collecting = gc.isenabled()
     gc.disable()  # millions of new tuples would set off full collections that find nothing to free
@@ -168,13 +174,23 @@ def export_columns(available: list[str], columns: str | None) -> list[str]:
     wanted = [c.strip() for c in columns.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in available]
     if not wanted:
-        raise ManifestError("--columns: empty list (default, all, or a comma-separated list of manifest columns)")
+        raise ManifestError(
+            "--columns: empty list (default, all, or a comma-separated list of manifest columns)"
+        )
     if unknown:
-        raise ManifestError(f"--columns: the manifest has no column {', '.join(map(repr, unknown))}")
+        raise ManifestError(
+            f"--columns: the manifest has no column {', '.join(map(repr, unknown))}"
+        )
     return ["track_id", *dict.fromkeys(c for c in wanted if c != "track_id")]
 
 
-def export_sql(available: list[str], where: str | None, split: list[tuple[str, float]], seed: int, columns: list[str] | None = None) -> str:
+def export_sql(
+    available: list[str],
+    where: str | None,
+    split: list[tuple[str, float]],
+    seed: int,
+    columns: list[str] | None = None,
+) -> str:
     """The export query. A split hashes the duplicate cluster (the track itself when it has
     none) with the seed, so every member of a cluster lands on the same side."""
     from songmill.data_schema.views import quote
@@ -207,8 +223,16 @@ def corpus_state(con: duckdb.DuckDBPyConnection, corpus: Corpus) -> dict[str, An
         if not files.raw:
             continue
         column = time_column(spec)
-        newest, rows = con.execute(f"SELECT max({quote(column)})::VARCHAR, count(*) FROM raw_{name}").fetchall()[0] if column else (None, None)
-        names = [os.path.basename(p) for p in ((files.snapshot,) if files.snapshot else ()) + files.raw]
+        newest, rows = (
+            con.execute(
+                f"SELECT max({quote(column)})::VARCHAR, count(*) FROM raw_{name}"
+            ).fetchall()[0]
+            if column
+            else (None, None)
+        )
+        names = [
+            os.path.basename(p) for p in ((files.snapshot,) if files.snapshot else ()) + files.raw
+        ]
         tables[name] = {"as_of": newest, "raw_rows": rows, "files": names}
     blob = json.dumps(tables, sort_keys=True).encode()
     return {"state_id": hashlib.sha256(blob).hexdigest()[:16], "tables": tables}
@@ -220,7 +244,8 @@ def _ids_digest(path: str) -> str:
     with duckdb.connect(":memory:") as con:
         return con.execute(
             "SELECT sha256(coalesce(string_agg(track_id, chr(10) ORDER BY file_row_number), '')) "
-            "FROM read_parquet(?, file_row_number = true)", [path]
+            "FROM read_parquet(?, file_row_number = true)",
+            [path],
         ).fetchall()[0][0]
 
 
@@ -287,10 +312,14 @@ def check_out_path(out: str) -> None:
     out = os.path.abspath(out)
     if os.path.lexists(out) and not (os.path.isfile(out) and _is_songmill_manifest(out)):
         kind = "a directory" if os.path.isdir(out) else "not a manifest songmill wrote"
-        raise ManifestError(f"refusing to overwrite {out}: it exists and is {kind}; choose another --out")
+        raise ManifestError(
+            f"refusing to overwrite {out}: it exists and is {kind}; choose another --out"
+        )
     sidecar = out + SIDECAR_SUFFIX
     if os.path.lexists(sidecar) and not (os.path.isfile(sidecar) and _is_songmill_sidecar(sidecar)):
-        raise ManifestError(f"refusing to overwrite {sidecar}: it exists and is not a sidecar songmill wrote; choose another --out")
+        raise ManifestError(
+            f"refusing to overwrite {sidecar}: it exists and is not a sidecar songmill wrote; choose another --out"
+        )
 
 
 def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
@@ -300,7 +329,12 @@ def _export_connection(corpus: Corpus) -> duckdb.DuckDBPyConnection:
 
 
 def write_manifest(
-    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, columns: str | None = None,
+    corpus: Corpus,
+    out: str,
+    where: str | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    columns: str | None = None,
     window: Any = None,
 ) -> ManifestResult:
     """Write the manifest rows (optionally filtered, optionally with a `split` column) to one
@@ -316,24 +350,50 @@ def write_manifest(
         available = [row[0] for row in con.execute("DESCRIBE manifest").fetchall()]
         chosen = export_columns(available, columns)
         if window is not None:  # what cutting reads
-            chosen += [c for c in ("duration_s", "bpm", "is_instrumental", "lyrics_source") if c in available and c not in chosen]
+            chosen += [
+                c
+                for c in ("duration_s", "bpm", "is_instrumental", "lyrics_source")
+                if c in available and c not in chosen
+            ]
         sql = export_sql(available, where, splits, seed, None if chosen == available else chosen)
         state = corpus_state(con, corpus)
         meta = {
-            "sql": sql, "where": where, "split": split, "seed": seed, "columns": columns or "default",
-            "songmill_version": _version(), "schema_version": corpus.schema_version,
-            "corpus": corpus.root, "corpus_state": state, "created_at": utcnow().isoformat(),
+            "sql": sql,
+            "where": where,
+            "split": split,
+            "seed": seed,
+            "columns": columns or "default",
+            "songmill_version": _version(),
+            "schema_version": corpus.schema_version,
+            "corpus": corpus.root,
+            "corpus_state": state,
+            "created_at": utcnow().isoformat(),
         }
         if window is not None:
             meta["window"] = window.to_dict()
         try:
-            path = _write_rows(con, sql, out, {k: v for k, v in meta.items() if k != "corpus_state"} | {"state_id": state["state_id"]})
+            path = _write_rows(
+                con,
+                sql,
+                out,
+                {k: v for k, v in meta.items() if k != "corpus_state"}
+                | {"state_id": state["state_id"]},
+            )
         except duckdb.Error as exc:
             raise ManifestError(f"manifest query failed: {first_line(exc)}") from None
-        counts = dict(con.execute(f"SELECT {'split' if splits else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL").fetchall())
+        counts = dict(
+            con.execute(
+                f"SELECT {'split' if splits else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(path)}) GROUP BY ALL"
+            ).fetchall()
+        )
     finally:
         con.close()
-    meta |= {"rows": int(sum(counts.values())), "splits": counts, "track_ids_sha256": _ids_digest(path), "out": path}
+    meta |= {
+        "rows": int(sum(counts.values())),
+        "splits": counts,
+        "track_ids_sha256": _ids_digest(path),
+        "out": path,
+    }
     sidecar = _write_sidecar(path, meta)
     return ManifestResult(int(sum(counts.values())), path, sidecar, counts if splits else {})
 
@@ -371,7 +431,10 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
     from songmill.data_schema.tables import TABLES
     from songmill.data_schema.views import create_views
 
-    as_of = {name: (tables[name]["as_of"] if name in tables and tables[name]["as_of"] else "-infinity") for name in TABLES}
+    as_of = {
+        name: (tables[name]["as_of"] if name in tables and tables[name]["as_of"] else "-infinity")
+        for name in TABLES
+    }
     con = _duckdb.connect(":memory:")
     try:
         if not corpus.is_local:
@@ -391,12 +454,26 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
         # removes only that file, and whatever was at --out stays as it was.
         path = os.path.abspath(out)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        tmp = os.path.join(
+            os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}"
+        )
         try:
-            _write_rows(con, sql, tmp, {k: v for k, v in meta.items() if k not in ("corpus_state", "out")} | {"reproduced_from": os.path.abspath(sidecar)})
-            counts = dict(con.execute(f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(tmp)}) GROUP BY ALL").fetchall())
+            _write_rows(
+                con,
+                sql,
+                tmp,
+                {k: v for k, v in meta.items() if k not in ("corpus_state", "out")}
+                | {"reproduced_from": os.path.abspath(sidecar)},
+            )
+            counts = dict(
+                con.execute(
+                    f"SELECT {'split' if meta.get('split') else chr(39) + 'all' + chr(39)}, count(*) FROM read_parquet({sql_literal(tmp)}) GROUP BY ALL"
+                ).fetchall()
+            )
             if _ids_digest(tmp) != meta.get("track_ids_sha256"):
-                raise ManifestError(f"cannot reproduce {sidecar}: the rows differ from the recorded ones; {path} was left as it was")
+                raise ManifestError(
+                    f"cannot reproduce {sidecar}: the rows differ from the recorded ones; {path} was left as it was"
+                )
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -404,8 +481,18 @@ def reproduce_manifest(corpus: Corpus, sidecar: str, out: str) -> ManifestResult
     finally:
         con.close()
     # the same description (it reproduces again), saying where it came from
-    written = _write_sidecar(path, meta | {"out": path, "reproduced_from": os.path.abspath(sidecar), "reproduced_at": utcnow().isoformat()})
-    return ManifestResult(int(sum(counts.values())), path, written, counts if meta.get("split") else {})
+    written = _write_sidecar(
+        path,
+        meta
+        | {
+            "out": path,
+            "reproduced_from": os.path.abspath(sidecar),
+            "reproduced_at": utcnow().isoformat(),
+        },
+    )
+    return ManifestResult(
+        int(sum(counts.values())), path, written, counts if meta.get("split") else {}
+    )
 
 
 def _version() -> str:
@@ -418,8 +505,14 @@ def _version() -> str:
 
 
 def export_manifest(
-    corpus: Corpus, out: str, where: str | None = None, split: str | None = None, seed: int = 0, reproduce: str | None = None,
-    columns: str | None = None, window: Any = None,
+    corpus: Corpus,
+    out: str,
+    where: str | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    reproduce: str | None = None,
+    columns: str | None = None,
+    window: Any = None,
 ) -> int:
     """Write the joined manifest rows (optionally filtered and split) to one Parquet file,
     atomically, with its sidecar; or, with `reproduce`, the rows an earlier sidecar describes."""
@@ -433,6 +526,10 @@ def manifest_summary(out: str) -> str:
     with open(os.path.abspath(out) + SIDECAR_SUFFIX) as f:
         meta = json.load(f)
     splits = meta.get("splits") or {}
-    shares = f" ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})" if meta.get("split") else ""
+    shares = (
+        f" ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"
+        if meta.get("split")
+        else ""
+    )
     unit = "windows" if meta.get("window") else "tracks"
     return f"manifest: {meta['rows']} {unit}{shares} -> {out} (what it was cut from: {out}{SIDECAR_SUFFIX})"

@@ -83,7 +83,9 @@ def manifest_snapshot(corpus: Store, files: Mapping[str, TableFiles] | None = No
     return base[0] if base else None
 
 
-def manifest_base(corpus: Store, files: Mapping[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None:
+def manifest_base(
+    corpus: Store, files: Mapping[str, TableFiles] | None = None
+) -> tuple[str, ManifestDelta | None] | None:
     """The manifest snapshot right for these table files and the manifest delta on top of it
     (None: no delta, or one covering parts no longer there); None when there is no usable
     snapshot, or the parts neither covers are too many to join at query time."""
@@ -111,11 +113,18 @@ def _matching_snapshot(corpus: Store, files: Mapping[str, TableFiles]) -> str | 
 def _delta(corpus: Store, snapshot: str, files: Mapping[str, TableFiles]) -> ManifestDelta | None:
     """The newest manifest delta written on `snapshot` whose parts are all still there."""
 
-    deltas = [p for p in corpus.list_files(MANIFEST_DIR) if posixpath.basename(p).startswith(MANIFEST_DELTA_PREFIX)]
+    deltas = [
+        p
+        for p in corpus.list_files(MANIFEST_DIR)
+        if posixpath.basename(p).startswith(MANIFEST_DELTA_PREFIX)
+    ]
     if not deltas:
         return None
     built_from = _manifest_of(corpus, deltas[-1]) or {}
-    if built_from.get("on") != posixpath.basename(snapshot) or built_from.get("signature") != manifest_signature():
+    if (
+        built_from.get("on") != posixpath.basename(snapshot)
+        or built_from.get("signature") != manifest_signature()
+    ):
         return None
     covered = {t: frozenset(names) for t, names in built_from.get("covered", {}).items()}
     for table, names in covered.items():
@@ -125,7 +134,9 @@ def _delta(corpus: Store, snapshot: str, files: Mapping[str, TableFiles]) -> Man
     return ManifestDelta(corpus.url(deltas[-1]), covered)
 
 
-def _uncovered_parts(corpus: Store, files: Mapping[str, TableFiles], covered: Mapping[str, frozenset[str]]) -> dict[str, tuple[int, int]]:
+def _uncovered_parts(
+    corpus: Store, files: Mapping[str, TableFiles], covered: Mapping[str, frozenset[str]]
+) -> dict[str, tuple[int, int]]:
     """Per manifest table with parts the delta does not cover: (their bytes, the table
     snapshot's bytes)."""
 
@@ -136,13 +147,22 @@ def _uncovered_parts(corpus: Store, files: Mapping[str, TableFiles], covered: Ma
             continue
         sizes = corpus.file_sizes(table)
         skip = covered.get(table, frozenset())
-        parts = sum(sizes.get(corpus.fs_path(u), 0) for u in table_files.parts if posixpath.basename(u) not in skip)
+        parts = sum(
+            sizes.get(corpus.fs_path(u), 0)
+            for u in table_files.parts
+            if posixpath.basename(u) not in skip
+        )
         if parts:
-            out[table] = (parts, sizes.get(corpus.fs_path(table_files.snapshot), 0) if table_files.snapshot else 0)
+            out[table] = (
+                parts,
+                sizes.get(corpus.fs_path(table_files.snapshot), 0) if table_files.snapshot else 0,
+            )
     return out
 
 
-def _delta_too_large(corpus: Store, files: Mapping[str, TableFiles], covered: Mapping[str, frozenset[str]]) -> bool:
+def _delta_too_large(
+    corpus: Store, files: Mapping[str, TableFiles], covered: Mapping[str, frozenset[str]]
+) -> bool:
     """Whether the parts written since the snapshot (less those the delta covers) are too
     many for the snapshot + delta view to pay: re-joining a large share of the tracks costs
     more than the full join (at 2 M tracks a 400 k-track delta made a group 4.0 s against
@@ -151,7 +171,11 @@ def _delta_too_large(corpus: Store, files: Mapping[str, TableFiles], covered: Ma
 
 
 def _newest_snapshot(corpus: Store) -> str | None:
-    names = [p for p in corpus.list_files(MANIFEST_DIR) if posixpath.basename(p).startswith(MANIFEST_PREFIX)]
+    names = [
+        p
+        for p in corpus.list_files(MANIFEST_DIR)
+        if posixpath.basename(p).startswith(MANIFEST_PREFIX)
+    ]
     return names[-1] if names else None
 
 
@@ -175,33 +199,54 @@ def refresh_delta(corpus: Store, memory_limit: str | None = None) -> str | None:
         uncovered = _uncovered_parts(corpus, files, delta.covered if delta else {})
         if not uncovered:
             return None  # every part is in the delta already
-        kept_bytes = corpus.file_sizes(MANIFEST_DIR).get(corpus.fs_path(delta.path), 0) if delta else 0
+        kept_bytes = (
+            corpus.file_sizes(MANIFEST_DIR).get(corpus.fs_path(delta.path), 0) if delta else 0
+        )
         new_bytes = sum(parts for parts, _ in uncovered.values())
         if kept_bytes > MANIFEST_DELTA_COPY_RATIO * new_bytes and not _past_max_delta(uncovered):
             return None  # a few rows on a large delta: left to the query until they add up
         with_parts = [t for t in manifest_tables() if files[t].parts]
-        views = ViewSql(files, manifest_delta=delta)  # its live parts: those the delta does not cover
-        keys = [views.changed_tracks(t, live) for t in with_parts if (live := views.live_parts(t)) is not None]
+        views = ViewSql(
+            files, manifest_delta=delta
+        )  # its live parts: those the delta does not cover
+        keys = [
+            views.changed_tracks(t, live)
+            for t in with_parts
+            if (live := views.live_parts(t)) is not None
+        ]
         if any(k is None for k in keys):
             return None  # some table's rows can change any track: only a full join is right
         covered = {t: sorted(posixpath.basename(p) for p in files[t].parts) for t in with_parts}
         name = f"{MANIFEST_DELTA_PREFIX}{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}.parquet"
-        built_from = {"on": posixpath.basename(snapshot), "signature": manifest_signature(), "covered": covered}
+        built_from = {
+            "on": posixpath.basename(snapshot),
+            "signature": manifest_signature(),
+            "covered": covered,
+        }
         with corpus.bounded_connection(memory_limit) as con:
             create_views(con, files)
             union = " UNION ".join(f"({k})" for k in keys)
-            con.execute(f"CREATE TEMP TABLE _dkeys AS SELECT DISTINCT track_id FROM ({union}) WHERE track_id IS NOT NULL")
+            con.execute(
+                f"CREATE TEMP TABLE _dkeys AS SELECT DISTINCT track_id FROM ({union}) WHERE track_id IS NOT NULL"
+            )
             # sized by its rows and what a joined row weighs (not by the snapshot's share: the
             # snapshot may hold few tracks, when a table had only parts at the compaction)
-            rows = con.execute("SELECT count(*) FROM _dkeys").fetchall()[0][0] + (corpus.parquet_rows(delta.path) if delta else 0)
+            rows = con.execute("SELECT count(*) FROM _dkeys").fetchall()[0][0] + (
+                corpus.parquet_rows(delta.path) if delta else 0
+            )
             kept = f"read_parquet({sql_literal(delta.path)})" if delta else None
             row_bytes = _joined_row_bytes(corpus, files)
             buckets = buckets_for(rows * row_bytes * DELTA_JOIN_EXPANSION, memory_limit)
             schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
-            meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode()}
+            meta = {
+                b"songmill.schema_version": str(SCHEMA_VERSION).encode(),
+                MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode(),
+            }
 
             def bucket_sql(cond: str) -> str:
-                fresh = manifest_sql(views.restricted(f"(SELECT track_id FROM _dkeys WHERE {cond})"))
+                fresh = manifest_sql(
+                    views.restricted(f"(SELECT track_id FROM _dkeys WHERE {cond})")
+                )
                 if kept is None:
                     return f"SELECT * FROM ({fresh}) ORDER BY track_id"
                 # the previous delta's rows stay right for the tracks no newer part touches
@@ -209,8 +254,12 @@ def refresh_delta(corpus: Store, memory_limit: str | None = None) -> str | None:
                 return f"SELECT * FROM ({old_rows} UNION ALL BY NAME {fresh}) ORDER BY track_id"
 
             corpus.write_buckets(
-                con, MANIFEST_DIR, name, schema.with_metadata(meta),
-                (bucket_sql(track_bucket(b, buckets)) for b in range(buckets)), row_bytes,
+                con,
+                MANIFEST_DIR,
+                name,
+                schema.with_metadata(meta),
+                (bucket_sql(track_bucket(b, buckets)) for b in range(buckets)),
+                row_bytes,
             )
         _remove_files(corpus, keep=(posixpath.basename(snapshot), name))
         corpus.refresh_catalog()
@@ -231,7 +280,10 @@ def _joined_row_bytes(corpus: Store, files: Mapping[str, TableFiles]) -> float:
 def _remove_files(corpus: Store, keep: tuple[str, ...]) -> None:
     """Remove every manifest snapshot and delta but `keep` (superseded: nothing reads them)."""
     for old in corpus.list_files(MANIFEST_DIR):
-        if posixpath.basename(old).startswith((MANIFEST_PREFIX, MANIFEST_DELTA_PREFIX)) and posixpath.basename(old) not in keep:
+        if (
+            posixpath.basename(old).startswith((MANIFEST_PREFIX, MANIFEST_DELTA_PREFIX))
+            and posixpath.basename(old) not in keep
+        ):
             corpus.fs.rm(old)
 
 
@@ -251,7 +303,11 @@ def refresh_snapshot(corpus: Store, memory_limit: str | None = None) -> str | No
         on_disk, row_bytes = 0, 0.0  # a manifest row weighs about the sum of its tables' rows
         for t in manifest_tables():
             sizes = corpus.file_sizes(t)
-            read = [u for u in (base[t].history if dedup_rule(TABLES[t]) is None else (base[t].snapshot,)) if u]
+            read = [
+                u
+                for u in (base[t].history if dedup_rule(TABLES[t]) is None else (base[t].snapshot,))
+                if u
+            ]
             on_disk += sum(sizes.get(corpus.fs_path(u), 0) for u in read)
             row_bytes += corpus.row_bytes(read) if read else 0.0
         buckets = bucket_count(on_disk, memory_limit)
@@ -259,18 +315,26 @@ def refresh_snapshot(corpus: Store, memory_limit: str | None = None) -> str | No
         with corpus.bounded_connection(memory_limit) as con:
             create_views(con, base)
             schema = con.sql("SELECT * FROM manifest LIMIT 0").to_arrow_table().schema
-            meta = {b"songmill.schema_version": str(SCHEMA_VERSION).encode(), MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode()}
+            meta = {
+                b"songmill.schema_version": str(SCHEMA_VERSION).encode(),
+                MANIFEST_OF_KEY.encode(): json.dumps(built_from).encode(),
+            }
             # one pass over `sources` (not sorted by track_id: each bucket would scan it all,
             # 0.76 s a bucket at 20 M tracks, quadratic in all)
             con.execute(f"CREATE TEMP TABLE _multi_path_sources AS {multi_path_sources_sql()}")
             source = lambda src: "_multi_path_sources" if src == "sources" else src  # noqa: E731
+
             # the bucket's range on every joined source, not only on the left side
             def bucket_sql(cond: str) -> str:
                 return f"SELECT * FROM ({manifest_sql(lambda src: f'(SELECT * FROM {source(src)} WHERE {cond})')}) ORDER BY track_id"
 
             corpus.write_buckets(
-                con, MANIFEST_DIR, name, schema.with_metadata(meta),
-                (bucket_sql(track_bucket(b, buckets)) for b in range(buckets)), row_bytes,
+                con,
+                MANIFEST_DIR,
+                name,
+                schema.with_metadata(meta),
+                (bucket_sql(track_bucket(b, buckets)) for b in range(buckets)),
+                row_bytes,
             )
         _remove_files(corpus, keep=(name,))
         corpus.refresh_catalog()

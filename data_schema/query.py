@@ -55,15 +55,22 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     if not statements:
         raise QueryRefused("empty query")
     if len(statements) > 1:
-        raise QueryRefused(f"`songmill query` is read-only and runs one statement; got {len(statements)}")
+        raise QueryRefused(
+            f"`songmill query` is read-only and runs one statement; got {len(statements)}"
+        )
     statement = statements[0]
     text = statement.query
     if statement.type == duckdb.StatementType.EXPLAIN:
         tokens = duckdb.tokenize(text)
-        words = [text[start:end].strip().upper() for (start, _), (end, _) in zip(tokens, [*tokens[1:], (len(text), None)], strict=True)]
+        words = [
+            text[start:end].strip().upper()
+            for (start, _), (end, _) in zip(tokens, [*tokens[1:], (len(text), None)], strict=True)
+        ]
         if len(words) > 1 and words[1] == "ANALYZE":
-            raise QueryRefused("`songmill query` is read-only: EXPLAIN ANALYZE runs its statement; use EXPLAIN")
-        inner = text[tokens[1][0]:] if len(tokens) > 1 else ""
+            raise QueryRefused(
+                "`songmill query` is read-only: EXPLAIN ANALYZE runs its statement; use EXPLAIN"
+            )
+        inner = text[tokens[1][0] :] if len(tokens) > 1 else ""
         if not _is_plain_select(con, inner):
             raise QueryRefused("`songmill query` is read-only: EXPLAIN only of a SELECT")
         return text
@@ -98,7 +105,9 @@ def run_query(corpus: Corpus, sql: str) -> pa.Table:
         try:
             return con.sql(statement).to_arrow_table()
         except duckdb.PermissionException as exc:
-            raise QueryRefused(f"`songmill query` reads only the corpus: {first_line(exc)}") from None
+            raise QueryRefused(
+                f"`songmill query` reads only the corpus: {first_line(exc)}"
+            ) from None
         except duckdb.Error as exc:
             raise QueryFailed(error_with_hints(exc)) from None
     finally:

@@ -100,7 +100,11 @@ class FeatureShard:
     def lyric_ids(self):
         import torch
 
-        return self._get("lyrics").long() if "lyrics" in self.keys else torch.zeros(0, dtype=torch.long)
+        return (
+            self._get("lyrics").long()
+            if "lyrics" in self.keys
+            else torch.zeros(0, dtype=torch.long)
+        )
 
     def speaker(self):
         import torch

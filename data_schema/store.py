@@ -56,6 +56,7 @@ from songmill.data_schema.tables import SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSION
 if TYPE_CHECKING:
     from songmill.data_schema.views import ManifestDelta, TableFiles
 
+
 class CorpusError(RuntimeError):
     """The corpus cannot be used as asked (unknown schema version, not a corpus...)."""
 
@@ -81,7 +82,9 @@ class Corpus:
 
     # -- layout -----------------------------------------------------------------------------
     def join_path(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts) if self.is_local else posixpath.join(self.path, *parts)
+        return (
+            os.path.join(self.path, *parts) if self.is_local else posixpath.join(self.path, *parts)
+        )
 
     def table_dir(self, table: str) -> str:
         return self.join_path(table)
@@ -138,7 +141,11 @@ class Corpus:
     def write(self, table: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> str | None:
         """Append rows to `table` as one new part file. Returns its path (None if no rows)."""
         spec = table_spec(table)
-        data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=spec.schema)
+        data = (
+            rows
+            if isinstance(rows, pa.Table)
+            else pa.Table.from_pylist(list(rows), schema=spec.schema)
+        )
         if data.num_rows == 0:
             return None
         for f in spec.schema:  # columns the writer does not know of (lineage...) are NULL
@@ -155,7 +162,12 @@ class Corpus:
         name = f"part-{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}.parquet"
         tmp, dest = self.join_path(table, TMP_PREFIX + name), self.join_path(table, name)
         with self.fs.open(tmp, "wb") as f:
-            pq.write_table(data, f, compression="zstd", row_group_size=rows_per_group(data.nbytes / data.num_rows))
+            pq.write_table(
+                data,
+                f,
+                compression="zstd",
+                row_group_size=rows_per_group(data.nbytes / data.num_rows),
+            )
             if self.is_local:
                 f.flush()
                 os.fsync(f.fileno())
@@ -193,7 +205,9 @@ class Corpus:
 
     # -- compaction --------------------------------------------------------------------------
     # -- compaction (compaction.py) and the manifest cache (manifest_cache.py) --------------
-    def compact(self, table: str, min_parts: int = 1, memory_limit: str | None = None, manifest: bool = True) -> int:
+    def compact(
+        self, table: str, min_parts: int = 1, memory_limit: str | None = None, manifest: bool = True
+    ) -> int:
         """Major compaction of `table` (see compaction.compact). Returns parts merged."""
         return compaction.compact(self, table, min_parts, memory_limit, manifest)
 
@@ -201,7 +215,9 @@ class Corpus:
         """Minor compaction: many small parts -> one part (see compaction.merge_parts)."""
         return compaction.merge_parts(self, table, memory_limit)
 
-    def compact_if_needed(self, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25) -> None:
+    def compact_if_needed(
+        self, tables: Iterable[str], max_parts: int = 64, min_ratio: float = 0.25
+    ) -> None:
         """The end-of-run compaction check (see compaction.compact_if_needed)."""
         compaction.compact_if_needed(self, tables, max_parts, min_ratio)
 
@@ -212,7 +228,9 @@ class Corpus:
         """The manifest snapshot right for these table files (see manifest_cache.manifest_snapshot)."""
         return manifest_cache.manifest_snapshot(self, files)
 
-    def manifest_base(self, files: Mapping[str, TableFiles] | None = None) -> tuple[str, ManifestDelta | None] | None:
+    def manifest_base(
+        self, files: Mapping[str, TableFiles] | None = None
+    ) -> tuple[str, ManifestDelta | None] | None:
         """The manifest snapshot and delta right for these table files (see manifest_cache.manifest_base)."""
         return manifest_cache.manifest_base(self, files)
 
@@ -246,7 +264,12 @@ class Corpus:
         return PendingParquet(self, folder, name, schema)
 
     def write_buckets(
-        self, con: duckdb.DuckDBPyConnection, folder: str, name: str, schema: pa.Schema, queries: Iterable[str],
+        self,
+        con: duckdb.DuckDBPyConnection,
+        folder: str,
+        name: str,
+        schema: pa.Schema,
+        queries: Iterable[str],
         row_bytes: float,
     ) -> None:
         """Write the rows of each query in `queries` (the buckets, in order) into `folder/name`,
@@ -276,14 +299,18 @@ class Corpus:
             shutil.rmtree(path, ignore_errors=True)
 
     @contextlib.contextmanager
-    def bounded_connection(self, memory_limit: str | None = None, spill: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def bounded_connection(
+        self, memory_limit: str | None = None, spill: str | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """An in-memory DuckDB connection under `memory_limit` (COMPACT_MEMORY_LIMIT when not
         given), spilling past it into `spill` (a spill_dir of its own when not given)."""
         with contextlib.ExitStack() as stack:
             folder = spill if spill is not None else stack.enter_context(self.spill_dir())
             con = duckdb.connect(":memory:")
             stack.callback(con.close)
-            con.execute(f"SET memory_limit = {sql_literal(memory_limit or layout.COMPACT_MEMORY_LIMIT)}")
+            con.execute(
+                f"SET memory_limit = {sql_literal(memory_limit or layout.COMPACT_MEMORY_LIMIT)}"
+            )
             con.execute(f"SET temp_directory = {sql_literal(folder)}")
             con.execute("SET preserve_insertion_order = false")
             con.execute(f"SET threads = {COMPACT_THREADS}")
@@ -313,7 +340,10 @@ class Corpus:
         """Remove temporaries left by killed runs. Readers never look at them anyway."""
         removed = 0
         now = time.time()
-        for path in [*self.fs.glob(self.join_path(f"{TMP_PREFIX}*")), *self.fs.glob(self.join_path("*", f"{TMP_PREFIX}*"))]:
+        for path in [
+            *self.fs.glob(self.join_path(f"{TMP_PREFIX}*")),
+            *self.fs.glob(self.join_path("*", f"{TMP_PREFIX}*")),
+        ]:
             try:
                 mtime = self.fs.modified(path).timestamp()
             except Exception:  # some filesystems do not report mtimes
@@ -331,7 +361,11 @@ class Corpus:
                 names = os.listdir(folder)
             except FileNotFoundError:
                 return []
-            return sorted(os.path.join(folder, n) for n in names if n.endswith(".parquet") and not n.startswith("."))
+            return sorted(
+                os.path.join(folder, n)
+                for n in names
+                if n.endswith(".parquet") and not n.startswith(".")
+            )
         return sorted(self.fs.glob(self.join_path(table, "*.parquet")))
 
     def file_sizes(self, table: str) -> dict[str, int]:
@@ -341,7 +375,8 @@ class Corpus:
         return {
             e["name"]: int(e.get("size") or 0)
             for e in self.fs.ls(folder, detail=True)
-            if e["name"].endswith(".parquet") and not posixpath.basename(e["name"]).startswith(TMP_PREFIX)
+            if e["name"].endswith(".parquet")
+            and not posixpath.basename(e["name"]).startswith(TMP_PREFIX)
         }
 
     def table_files(self, table: str) -> TableFiles:
@@ -365,7 +400,11 @@ class Corpus:
 
     def part_files(self, table: str) -> list[str]:
         """Every file holding raw rows of the table (history + parts), oldest first."""
-        return [p for p in self.list_files(table) if posixpath.basename(p).startswith((HISTORY_PREFIX, PART_PREFIX))]
+        return [
+            p
+            for p in self.list_files(table)
+            if posixpath.basename(p).startswith((HISTORY_PREFIX, PART_PREFIX))
+        ]
 
     def part_glob_url(self, table: str) -> str:
         return self.url(self.join_path(table, PART_GLOB))

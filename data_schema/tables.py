@@ -150,9 +150,18 @@ MUSIC = register_table(
         # learned backend where the cascade ran it), the share of them within 4 % of `bpm` (an
         # octave away counts half) and where the beats came from (dsp, beatnet, madmom, beat_this)
         pa.field("bpm_agreement", pa.float64()),
-        pa.field("bpm_estimates", pa.list_(pa.struct([
-            pa.field("estimator", pa.string()), pa.field("bpm", pa.float64()), pa.field("confidence", pa.float64()),
-        ]))),
+        pa.field(
+            "bpm_estimates",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("estimator", pa.string()),
+                        pa.field("bpm", pa.float64()),
+                        pa.field("confidence", pa.float64()),
+                    ]
+                )
+            ),
+        ),
         pa.field("beat_source", pa.string()),
         pa.field("beats", pa.list_(pa.float32())),
         pa.field("downbeats", pa.list_(pa.float32())),

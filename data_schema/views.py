@@ -142,10 +142,21 @@ def files_columns(urls: tuple[str, ...]) -> frozenset[str]:
 _TYPE_NAMES: dict[str, dict[str, str]] = {}
 
 _SIMPLE_TYPES = {
-    pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
-    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
-    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.binary(): "BLOB", pa.large_binary(): "BLOB",
+    pa.string(): "VARCHAR",
+    pa.large_string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.uint8(): "UTINYINT",
+    pa.uint16(): "USMALLINT",
+    pa.uint32(): "UINTEGER",
+    pa.uint64(): "UBIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.binary(): "BLOB",
+    pa.large_binary(): "BLOB",
     pa.date32(): "DATE",
 }
 
@@ -157,7 +168,9 @@ def duckdb_type(t: pa.DataType) -> str | None:
     if pa.types.is_timestamp(t):
         if t.tz is not None:
             return "TIMESTAMP WITH TIME ZONE" if t.unit == "us" else None
-        return {"s": "TIMESTAMP_S", "ms": "TIMESTAMP_MS", "us": "TIMESTAMP", "ns": "TIMESTAMP_NS"}[t.unit]
+        return {"s": "TIMESTAMP_S", "ms": "TIMESTAMP_MS", "us": "TIMESTAMP", "ns": "TIMESTAMP_NS"}[
+            t.unit
+        ]
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         inner = duckdb_type(t.value_type)
         return None if inner is None else f"{inner}[]"
@@ -302,15 +315,19 @@ class ViewSql:
         parts = self._parts(table)
         reads = [r for r in (snapshot, parts) if r]
         if rule.partition == ("track_id",):
+
             def narrow(read: str) -> str:
                 return f"SELECT * FROM ({read}) {only}"
         else:  # keyed by something else (sources by uri): every row of the keys those tracks' rows hold
             exprs = ", ".join(f"{p} AS _k{i}" for i, p in enumerate(rule.partition))
             held = " UNION ALL BY NAME ".join(f"(SELECT * FROM ({r}) {only})" for r in reads)
-            match = " AND ".join(f"({p}) IS NOT DISTINCT FROM _held._k{i}" for i, p in enumerate(rule.partition))
+            match = " AND ".join(
+                f"({p}) IS NOT DISTINCT FROM _held._k{i}" for i, p in enumerate(rule.partition)
+            )
 
             def narrow(read: str) -> str:
                 return f"SELECT * FROM ({read}) SEMI JOIN (SELECT DISTINCT {exprs} FROM ({held})) _held ON {match}"
+
         if not reads:
             return f"({empty_select(spec)})"
         # few rows: one window over them (current_sql's anti / semi joins would read each twice)
@@ -321,7 +338,11 @@ class ViewSql:
     def restricted(self, keys: str) -> Callable[[str], str]:
         """A `restrict` for manifest_sql / tracks_joined_sql: each table's view narrowed to the
         tracks in `keys` by `current_for`, any other source by a semi join."""
-        tables = {quote(name): name for name in TABLES} | {name: name for name in TABLES} | {"_tracks_current": "tracks"}
+        tables = (
+            {quote(name): name for name in TABLES}
+            | {name: name for name in TABLES}
+            | {"_tracks_current": "tracks"}
+        )
 
         def wrap(source: str) -> str:
             if source in tables:
@@ -339,8 +360,10 @@ class ViewSql:
             if all(posixpath.basename(p) in covered for p in self.files[table].parts):
                 return None  # none yet: the first part written rebuilds the catalog (catalog_has_parts)
             names = "[" + ", ".join(literal(n) for n in sorted(covered)) + "]"
-            return (f"SELECT * EXCLUDE (filename) FROM read_parquet({self.parts_glob(table)}, union_by_name = true, "
-                    f"filename = true) WHERE NOT list_contains({names}, parse_filename(filename))")
+            return (
+                f"SELECT * EXCLUDE (filename) FROM read_parquet({self.parts_glob(table)}, union_by_name = true, "
+                f"filename = true) WHERE NOT list_contains({names}, parse_filename(filename))"
+            )
         live = tuple(p for p in self.files[table].parts if posixpath.basename(p) not in covered)
         return self._read(table, live) if live else None
 
@@ -399,7 +422,9 @@ class ViewSql:
         changed = self._changed_since_base(["tracks", "sources"])
         if changed is None:
             return joined
-        base = self._manifest_base(", ".join(quote(c) for c in [*TABLES["tracks"].schema.names, "uris"]))
+        base = self._manifest_base(
+            ", ".join(quote(c) for c in [*TABLES["tracks"].schema.names, "uris"])
+        )
         if not changed:
             return base
         keys = " UNION ".join(f"({k})" for k in changed)
@@ -415,7 +440,11 @@ class ViewSql:
             return "SELECT track_id FROM _tracks_current"
         base = self._manifest_base("track_id")
         live = self.live_parts("tracks")
-        return base if live is None else f"SELECT track_id FROM ({base}) UNION SELECT track_id FROM ({live})"
+        return (
+            base
+            if live is None
+            else f"SELECT track_id FROM ({base}) UNION SELECT track_id FROM ({live})"
+        )
 
     def changed_tracks(self, table: str, parts: str | None = None) -> str | None:
         """The track_ids whose manifest row the table's parts (or the rows of `parts`) may
@@ -445,9 +474,12 @@ def manifest_tables() -> list[str]:
     text = " ".join([*(j.sql for j in MANIFEST_JOINS.values()), *DERIVED_VIEWS.values()])
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
     return [
-        name for name, spec in TABLES.items()
-        if name in ("tracks", "sources") or (spec.stage_table and name not in MANIFEST_EXCLUDED_TABLES)
-        or name in words or f"raw_{name}" in words
+        name
+        for name, spec in TABLES.items()
+        if name in ("tracks", "sources")
+        or (spec.stage_table and name not in MANIFEST_EXCLUDED_TABLES)
+        or name in words
+        or f"raw_{name}" in words
     ]
 
 
@@ -526,7 +558,9 @@ def create_views(
     """Create every view on `con` for the given table files (or a corpus to list them from)."""
     if not isinstance(files, dict):
         files = {name: files.table_files(name) for name in TABLES}
-    views = ViewSql(files, as_of=as_of, manifest_snapshot=manifest_snapshot, manifest_delta=manifest_delta)
+    views = ViewSql(
+        files, as_of=as_of, manifest_snapshot=manifest_snapshot, manifest_delta=manifest_delta
+    )
     for name, sql in all_view_sql(views).items():
         con.execute(f"CREATE VIEW {quote(name)} AS {sql}")
     for signature, body in MACROS.items():
@@ -559,6 +593,7 @@ def stale_sql(current: Callable[[str, str], str]) -> str:
     stage_tables = [name for name, spec in TABLES.items() if spec.stage_table]
     if not stage_tables:
         return "SELECT NULL::VARCHAR AS stage_table, NULL::VARCHAR AS track_id, NULL::VARCHAR AS input_table WHERE false"
+
     def named_in_lineage(table: str) -> str:
         return f'(SELECT track_id FROM used WHERE used.i."table" = {literal(table)})'
 
@@ -610,10 +645,10 @@ def tracks_joined_sql(restrict: Callable[[str], str] | None = None) -> str:
     wrap = restrict or (lambda source: source)
     # `uris`: the list is built only for the few tracks seen under several paths (a list
     # aggregate over every source path costs seconds at millions of tracks).
-    return f"""WITH ok AS (SELECT track_id, uri FROM {wrap('sources')} WHERE {SOURCE_OK}),
-        multi AS ({_seen_under_several_paths('ok')}),
+    return f"""WITH ok AS (SELECT track_id, uri FROM {wrap("sources")} WHERE {SOURCE_OK}),
+        multi AS ({_seen_under_several_paths("ok")}),
         u AS (SELECT track_id, list(DISTINCT uri ORDER BY uri) AS uris FROM ok SEMI JOIN multi USING (track_id) GROUP BY track_id)
-      SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM {wrap('_tracks_current')} t LEFT JOIN u USING (track_id)"""
+      SELECT t.*, coalesce(u.uris, [t.uri]) AS uris FROM {wrap("_tracks_current")} t LEFT JOIN u USING (track_id)"""
 
 
 def manifest_sql(restrict: Callable[[str], str] | None = None) -> str:

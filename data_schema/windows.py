@@ -67,7 +67,9 @@ class WindowOptions:
 
     def __post_init__(self) -> None:
         if not 0 < self.length_s <= WINDOW_MAX_S:
-            raise WindowError(f"--window {self.length_s:g}: a length in (0, {WINDOW_MAX_S:g}] seconds")
+            raise WindowError(
+                f"--window {self.length_s:g}: a length in (0, {WINDOW_MAX_S:g}] seconds"
+            )
         if self.align not in ALIGNS:
             raise WindowError(f"--align {self.align!r}: one of {', '.join(ALIGNS)}")
 
@@ -79,15 +81,31 @@ class WindowOptions:
         return asdict(self)
 
 
-def cut_windows(duration_s: float, options: WindowOptions, downbeats: Sequence[float] | None,
-                section_starts: Sequence[float] | None = None) -> list[tuple[float, float]]:
+def cut_windows(
+    duration_s: float,
+    options: WindowOptions,
+    downbeats: Sequence[float] | None,
+    section_starts: Sequence[float] | None = None,
+) -> list[tuple[float, float]]:
     """(start, end) of each window. Starts are boundaries (downbeats, or section starts with the
     downbeats as a fallback where no section start lies in reach); each ends on the boundary
     nearest to `length_s` after its start (or at the track's end), at most 240 s later; the next
     window starts there. No boundary at all: no window."""
-    downbeats = sorted({round(float(b), 4) for b in (downbeats if downbeats is not None else ()) if 0 <= b < duration_s})
+    downbeats = sorted(
+        {
+            round(float(b), 4)
+            for b in (downbeats if downbeats is not None else ())
+            if 0 <= b < duration_s
+        }
+    )
     if options.align == "section":
-        bounds = sorted({round(float(b), 4) for b in (section_starts if section_starts is not None else ()) if 0 <= b < duration_s})
+        bounds = sorted(
+            {
+                round(float(b), 4)
+                for b in (section_starts if section_starts is not None else ())
+                if 0 <= b < duration_s
+            }
+        )
         fallback = downbeats
     else:
         bounds, fallback = downbeats, []
@@ -106,7 +124,11 @@ def cut_windows(duration_s: float, options: WindowOptions, downbeats: Sequence[f
             reach = [b for b in fallback if start + shortest <= b <= start + WINDOW_MAX_S]
         if duration_s - start <= WINDOW_MAX_S:
             reach.append(duration_s)
-        end = min(reach, key=lambda b: (abs(b - target), b)) if reach else min(start + options.length_s, duration_s)
+        end = (
+            min(reach, key=lambda b: (abs(b - target), b))
+            if reach
+            else min(start + options.length_s, duration_s)
+        )
         end = min(end, start + longest)
         out.append((start, end))
         start = next((b for b in every if b >= end - 1e-6), None)
@@ -124,18 +146,27 @@ _TAG_ONLY = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
 _INLINE_TAG = re.compile(r"\[[^\]\n]*\]")
 
 
-def timed_lines(segments: Sequence[dict], canonical: str | None = None, min_similarity: float = 60.0) -> list[tuple[str, float]]:
+def timed_lines(
+    segments: Sequence[dict], canonical: str | None = None, min_similarity: float = 60.0
+) -> list[tuple[str, float]]:
     """(line, time) of the words sung: the transcript segments at their middles or, given the
     matched canonical lyrics, each canonical line at the segment it matches (in order, never
     before the previous line's; several lines of one segment spread over it; a line no segment
     matches goes with the previous one), so a slice holds the canonical text, not the recogniser's."""
-    heard = [(" ".join((seg.get("text") or "").split()), float(seg["start"]), float(seg["end"])) for seg in segments]
+    heard = [
+        (" ".join((seg.get("text") or "").split()), float(seg["start"]), float(seg["end"]))
+        for seg in segments
+    ]
     heard = [h for h in heard if h[0]]
     if not canonical or not heard:
         return [(text, 0.5 * (a + b)) for text, a, b in heard]
     from rapidfuzz import fuzz
 
-    lines = [" ".join(_INLINE_TAG.sub(" ", line).split()) for line in canonical.splitlines() if not _TAG_ONLY.match(line)]
+    lines = [
+        " ".join(_INLINE_TAG.sub(" ", line).split())
+        for line in canonical.splitlines()
+        if not _TAG_ONLY.match(line)
+    ]
     lines = [line for line in lines if line]
     placed: list[int] = []
     pointer = 0
@@ -155,7 +186,9 @@ def timed_lines(segments: Sequence[dict], canonical: str | None = None, min_simi
     return out
 
 
-def lyric_slice(lines: Sequence[tuple[str, float]], sections: Sequence[dict], start: float, end: float) -> tuple[str, str]:
+def lyric_slice(
+    lines: Sequence[tuple[str, float]], sections: Sequence[dict], start: float, end: float
+) -> tuple[str, str]:
     """(tagged, plain) lyrics of the timed lines (`timed_lines`) sung in [start, end)."""
     sung = [(text, section_at(sections, t)) for text, t in lines if text and start <= t < end]
     if not sung:
@@ -173,7 +206,9 @@ def lyric_slice(lines: Sequence[tuple[str, float]], sections: Sequence[dict], st
     return "\n".join(blocks).strip(), plain
 
 
-def window_bpm(beats: Sequence[float] | None, start: float, end: float, track_bpm: float | None) -> float | None:
+def window_bpm(
+    beats: Sequence[float] | None, start: float, end: float, track_bpm: float | None
+) -> float | None:
     """Tempo from the beats inside the window (median interval), on the track's metrical level
     (a window of a 140 bpm song never reads 70); the track's tempo when too few beats."""
     inside = [float(b) for b in (beats if beats is not None else ()) if start <= b < end]
@@ -221,7 +256,9 @@ def track_windows(row: dict[str, Any], options: WindowOptions) -> list[dict[str,
     timed = segments is not None and not row.get("_w_hallucination")
     canonical = row.get("lyrics") if row.get("lyrics_source") == "canonical" else None
     sung = timed_lines(segments or [], canonical) if timed else []
-    spans = cut_windows(float(duration), options, row.get("_w_downbeats"), [s["start"] for s in sections])
+    spans = cut_windows(
+        float(duration), options, row.get("_w_downbeats"), [s["start"] for s in sections]
+    )
     base = {k: v for k, v in row.items() if k not in AUX_COLUMNS}
     out = []
     for i, (start, end) in enumerate(spans):
@@ -232,17 +269,28 @@ def track_windows(row: dict[str, Any], options: WindowOptions) -> list[dict[str,
             vocals = bool(plain)
         else:  # lyrics without times (or none known yet): which words fall here is unknown
             tagged = plain = vocals = None
-        out.append(base | {
-            "window_id": f"{row['track_id']}:{i}", "window_index": i, "offset_s": round(start, 4),
-            "duration_s": round(end - start, 4), "track_duration_s": float(duration),
-            "track_bpm": row.get("bpm"), "bpm": window_bpm(row.get("_w_beats"), start, end, row.get("bpm")),
-            "lyrics_tagged": tagged, "lyrics_plain": plain, "window_align": options.align,
-            "window_has_vocals": vocals,
-        })
+        out.append(
+            base
+            | {
+                "window_id": f"{row['track_id']}:{i}",
+                "window_index": i,
+                "offset_s": round(start, 4),
+                "duration_s": round(end - start, 4),
+                "track_duration_s": float(duration),
+                "track_bpm": row.get("bpm"),
+                "bpm": window_bpm(row.get("_w_beats"), start, end, row.get("bpm")),
+                "lyrics_tagged": tagged,
+                "lyrics_plain": plain,
+                "window_align": options.align,
+                "window_has_vocals": vocals,
+            }
+        )
     return out
 
 
-def window_batches(batches: Iterable[pa.RecordBatch], options: WindowOptions) -> Iterable[pa.RecordBatch]:
+def window_batches(
+    batches: Iterable[pa.RecordBatch], options: WindowOptions
+) -> Iterable[pa.RecordBatch]:
     """Window rows, a batch in for a batch out (memory bounded by one batch)."""
     for batch in batches:
         schema = window_schema(batch.schema)
@@ -250,8 +298,14 @@ def window_batches(batches: Iterable[pa.RecordBatch], options: WindowOptions) ->
         yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
-def window_parquet(con: Any, source_sql: str, out: str, options: WindowOptions, meta: dict[str, Any] | None = None,
-                   batch_rows: int = 4096) -> int:
+def window_parquet(
+    con: Any,
+    source_sql: str,
+    out: str,
+    options: WindowOptions,
+    meta: dict[str, Any] | None = None,
+    batch_rows: int = 4096,
+) -> int:
     """Window rows of `source_sql` (run on `con`, a corpus connection whose views include
     structure / transcripts / music) to one Parquet file, atomically; returns the rows written."""
     import json

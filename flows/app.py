@@ -22,7 +22,9 @@ def resolve_corpus_root(corpus_root: str | None) -> str:
     return corpus_root or default_corpus_root()
 
 
-def settings_for(corpus_root: str | None, config: str | None = None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+def settings_for(
+    corpus_root: str | None, config: str | None = None, overrides: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
     """Stage settings: the TOML file (default <corpus>/songmill.toml) with `stage.key=value` overrides."""
     return load_settings(config, resolve_corpus_root(corpus_root), list(overrides))
 
@@ -62,7 +64,9 @@ def annotate(
     return executor.annotate(corpus.root, names, settings or {}, where, force)
 
 
-def reprocess(corpus_root: str | None, stage_names: Sequence[str], where: str, **kwargs: Any) -> list[runner.RunSummary]:
+def reprocess(
+    corpus_root: str | None, stage_names: Sequence[str], where: str, **kwargs: Any
+) -> list[runner.RunSummary]:
     """Run stages again on the tracks chosen by SQL, even where their results are current."""
     return annotate(corpus_root, stage_names, where=where, force=True, **kwargs)
 
@@ -78,7 +82,9 @@ def manifest(corpus_root: str | None, out: str, where: str | None = None, **opti
     """Export the joined manifest (optionally filtered) to one Parquet file; returns its rows."""
     from songmill.data_schema.manifest import export_manifest
 
-    return export_manifest(Corpus(resolve_corpus_root(corpus_root), create=False), out, where, **options)
+    return export_manifest(
+        Corpus(resolve_corpus_root(corpus_root), create=False), out, where, **options
+    )
 
 
 def window_options(length_s: float | None, align: str = "downbeat") -> Any:
@@ -99,12 +105,16 @@ def window_manifest(corpus_root: str | None, manifest: str, out: str, window: An
     corpus = Corpus(resolve_corpus_root(corpus_root), create=False)
     con = corpus.connect()
     try:
-        return window_parquet(con, f"SELECT * FROM read_parquet({literal(os.path.abspath(manifest))})", out, window)
+        return window_parquet(
+            con, f"SELECT * FROM read_parquet({literal(os.path.abspath(manifest))})", out, window
+        )
     finally:
         con.close()
 
 
-def compact(corpus_root: str | None, tables: Sequence[str] | None = None) -> tuple[dict[str, int], int]:
+def compact(
+    corpus_root: str | None, tables: Sequence[str] | None = None
+) -> tuple[dict[str, int], int]:
     """Merge each table's part files; returns (table -> parts merged, stale temporaries removed)."""
     from songmill.data_schema.tables import TABLES
 
@@ -131,8 +141,15 @@ def stages(settings: dict[str, dict[str, Any]] | None = None) -> list[dict[str, 
         except (ImportError, AttributeError) as exc:
             out.append({"stage": name, "error": f"not installed: {exc}"})
             continue
-        out.append({"stage": name, "version": stage.version, "config_hash": stage.config_hash,
-                    "table": stage.table, "resources": stage.resources})
+        out.append(
+            {
+                "stage": name,
+                "version": stage.version,
+                "config_hash": stage.config_hash,
+                "table": stage.table,
+                "resources": stage.resources,
+            }
+        )
     return out
 
 
@@ -140,10 +157,16 @@ def runs(corpus_root: str | None, last: int | None = None, stage: str | None = N
     """Per stage: tracks done, errors, audio hours, wall hours, audio hours per wall hour and per core."""
     from songmill.flows.throughput import throughput
 
-    return throughput(Corpus(resolve_corpus_root(corpus_root), create=False), last=last, stage=stage)
+    return throughput(
+        Corpus(resolve_corpus_root(corpus_root), create=False), last=last, stage=stage
+    )
 
 
-def status(corpus_root: str | None, stage_names: Sequence[str] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> tuple[pa.Table, dict[str, str]]:
+def status(
+    corpus_root: str | None,
+    stage_names: Sequence[str] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+) -> tuple[pa.Table, dict[str, str]]:
     """Per stage (default all): tracks current / stale / pending / failed; and the stages that
     could not be built, with why (an optional package absent)."""
     from songmill.annotate import STAGE_CLASSES
@@ -155,7 +178,9 @@ def status(corpus_root: str | None, stage_names: Sequence[str] | None = None, se
             built.extend(build_stages([name], settings or {}))
         except (ImportError, AttributeError) as exc:
             not_installed[name] = str(exc)
-    return stage_status(Corpus(resolve_corpus_root(corpus_root), create=False), built), not_installed
+    return stage_status(
+        Corpus(resolve_corpus_root(corpus_root), create=False), built
+    ), not_installed
 
 
 def report(corpus_root: str | None, out: str) -> str:
@@ -176,15 +201,21 @@ def caption_tags(corpus_root: str | None, column: str) -> tuple[int, Any, str | 
     return len(rows), counts, warning
 
 
-def dedup(corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, full: bool = False) -> Any:
+def dedup(
+    corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, full: bool = False
+) -> Any:
     """Bring the near-duplicate index up to date (`full`: rebuild it); returns the build record."""
     from songmill.annotate.fingerprint import update_index
 
     (stage,) = build_stages(["fingerprint"], settings or {})
-    return update_index(Corpus(resolve_corpus_root(corpus_root), create=False), stage.config, full=full)
+    return update_index(
+        Corpus(resolve_corpus_root(corpus_root), create=False), stage.config, full=full
+    )
 
 
-def lyrics_database(corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, create: bool = False) -> Any:
+def lyrics_database(
+    corpus_root: str | None, settings: dict[str, dict[str, Any]] | None = None, create: bool = False
+) -> Any:
     """The corpus lyrics database, opened with the same [lyrics] settings as the stage (so that
     the index the stage opens is this one)."""
     from songmill.annotate.lyrics import LyricsConfig

@@ -33,11 +33,22 @@ PLUGIN_COMMANDS = {
 }
 
 
-def _common_parser(corpus_help: str = "corpus directory or fsspec URL (default $SONGMILL_CORPUS or ./corpus)") -> argparse.ArgumentParser:
+def _common_parser(
+    corpus_help: str = "corpus directory or fsspec URL (default $SONGMILL_CORPUS or ./corpus)",
+) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--corpus", default=None, help=corpus_help)
-    common.add_argument("--config", default=None, help="stage settings TOML (default <corpus>/songmill.toml)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override one setting (repeatable)")
+    common.add_argument(
+        "--config", default=None, help="stage settings TOML (default <corpus>/songmill.toml)"
+    )
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override one setting (repeatable)",
+    )
     return common
 
 
@@ -50,10 +61,15 @@ def _engine(args: argparse.Namespace) -> dict:
     if engine is None:
         from songmill.flows.executors import default_engine
 
-        engine, note = (("dask", None) if args.address else default_engine())
+        engine, note = ("dask", None) if args.address else default_engine()
         if note and not args.quiet:
             print(note, file=sys.stderr)
-    return {"engine": engine, "address": args.address, "workers": args.workers, "show_progress": not args.quiet}
+    return {
+        "engine": engine,
+        "address": args.address,
+        "workers": args.workers,
+        "show_progress": not args.quiet,
+    }
 
 
 # -- commands: parse, call flows/app.py, print ------------------------------------------------------
@@ -71,18 +87,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def print_summaries(summaries: list) -> None:
     for s in summaries:
-        speed = f", {s.audio_seconds / s.wall_s:.0f}x realtime" if s.wall_s > 0 and s.audio_seconds else ""
+        speed = (
+            f", {s.audio_seconds / s.wall_s:.0f}x realtime"
+            if s.wall_s > 0 and s.audio_seconds
+            else ""
+        )
         line = f"{s.stage} v{s.stage_version} [{s.config_hash}]: {s.n_input} to do, {s.n_ok} ok, {s.n_error} errors{speed}"
         print(line + (f"\n  unavailable: {runnable(s.unavailable)}" if s.unavailable else ""))
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    print_summaries(app.annotate(args.corpus, _split(args.stages) or None, settings(args), args.where, **_engine(args)))
+    print_summaries(
+        app.annotate(
+            args.corpus, _split(args.stages) or None, settings(args), args.where, **_engine(args)
+        )
+    )
     return 0
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    print_summaries(app.reprocess(args.corpus, _split(args.stages), args.where, settings=settings(args), **_engine(args)))
+    print_summaries(
+        app.reprocess(
+            args.corpus, _split(args.stages), args.where, settings=settings(args), **_engine(args)
+        )
+    )
     return 0
 
 
@@ -94,8 +122,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from songmill.data_schema.manifest import manifest_summary
 
-    app.manifest(args.corpus, args.out, args.where, split=args.split, seed=args.seed, reproduce=args.reproduce, columns=args.columns,
-                 window=app.window_options(args.window, args.align))
+    app.manifest(
+        args.corpus,
+        args.out,
+        args.where,
+        split=args.split,
+        seed=args.seed,
+        reproduce=args.reproduce,
+        columns=args.columns,
+        window=app.window_options(args.window, args.align),
+    )
     print(manifest_summary(args.out))
     return 0
 
@@ -105,15 +141,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # `prefect config set PREFECT_API_URL=...` keeps the URL) stays the user's.
     from songmill.flows.schedule import serve
 
-    return serve(corpus_root(args), args.sources, _split(args.stages) or None, args.cron, args.config, args.overrides)
+    return serve(
+        corpus_root(args),
+        args.sources,
+        _split(args.stages) or None,
+        args.cron,
+        args.config,
+        args.overrides,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from songmill.annotate.settings import load_settings
     from songmill.flows.demo import run_demo
 
-    return run_demo(args.out, args.corpus, args.tracks, train=not args.no_train, train_steps=args.train_steps,
-                    engine=args.engine, settings=load_settings(args.config, None, args.overrides))
+    return run_demo(
+        args.out,
+        args.corpus,
+        args.tracks,
+        train=not args.no_train,
+        train_steps=args.train_steps,
+        engine=args.engine,
+        settings=load_settings(args.config, None, args.overrides),
+    )
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -130,7 +180,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
         if "error" in s:
             print(f"{s['stage']:12s} {s['error']}")
         else:
-            print(f"{s['stage']:12s} v{s['version']}  config {s['config_hash']}  -> table {s['table']}  ({s['resources']})")
+            print(
+                f"{s['stage']:12s} v{s['version']}  config {s['config_hash']}  -> table {s['table']}  ({s['resources']})"
+            )
     return 0
 
 
@@ -146,23 +198,44 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     engine = argparse.ArgumentParser(add_help=False)
-    engine.add_argument("--engine", choices=ENGINES, default=None,
-                        help="prefect: a Prefect flow; local: in-process; dask: a Prefect flow on Dask workers "
-                             "(default: prefect when a Prefect server is configured (PREFECT_API_URL), else local)")
-    engine.add_argument("--address", default=None, help="with --engine dask: scheduler of an existing cluster (tcp://HOST:8786)")
-    engine.add_argument("--workers", type=int, default=None, help="with --engine dask and no --address: worker processes (default one per core)")
+    engine.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="prefect: a Prefect flow; local: in-process; dask: a Prefect flow on Dask workers "
+        "(default: prefect when a Prefect server is configured (PREFECT_API_URL), else local)",
+    )
+    engine.add_argument(
+        "--address",
+        default=None,
+        help="with --engine dask: scheduler of an existing cluster (tcp://HOST:8786)",
+    )
+    engine.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --engine dask and no --address: worker processes (default one per core)",
+    )
     engine.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("ingest", parents=[common, engine], help="register audio files (incremental)")
+    p = sub.add_parser(
+        "ingest", parents=[common, engine], help="register audio files (incremental)"
+    )
     p.add_argument("sources", nargs="+", help="files, directories, globs or fsspec URLs")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("annotate", parents=[common, engine], help="run stages on tracks lacking current results")
+    p = sub.add_parser(
+        "annotate", parents=[common, engine], help="run stages on tracks lacking current results"
+    )
     p.add_argument("--stages", default=None, help="comma-separated stages (default qc,music)")
     p.add_argument("--where", default=None, help="SQL condition over manifest columns")
     p.set_defaults(func=cmd_annotate)
 
-    p = sub.add_parser("reprocess", parents=[common, engine], help="re-run stages on tracks chosen by SQL, even if current")
+    p = sub.add_parser(
+        "reprocess",
+        parents=[common, engine],
+        help="re-run stages on tracks chosen by SQL, even if current",
+    )
     p.add_argument("--where", required=True, help="SQL condition over manifest columns")
     p.add_argument("--stages", required=True)
     p.set_defaults(func=cmd_reprocess)
@@ -175,30 +248,56 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", parents=[common], help="export the joined manifest for training")
     p.add_argument("--where", default=None)
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default=None, metavar="NAME=SHARE,...", help="add a `split` column (e.g. val=0.02); duplicate clusters never straddle splits")
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME=SHARE,...",
+        help="add a `split` column (e.g. val=0.02); duplicate clusters never straddle splits",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument(
-        "--columns", default=None, metavar="default|all|A,B,...",
+        "--columns",
+        default=None,
+        metavar="default|all|A,B,...",
         help="columns to write: default = all but the beat lists (beats, downbeats), all, or a list",
     )
-    p.add_argument("--reproduce", default=None, metavar="SIDECAR", help="write the rows an earlier export's sidecar JSON describes")
+    p.add_argument(
+        "--reproduce",
+        default=None,
+        metavar="SIDECAR",
+        help="write the rows an earlier export's sidecar JSON describes",
+    )
     add_window_arguments(p)  # the exports (flows/commands/export.py) take the same options
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("serve", parents=[common], help="scheduled ingest + annotate (needs `prefect server start`)")
+    p = sub.add_parser(
+        "serve", parents=[common], help="scheduled ingest + annotate (needs `prefect server start`)"
+    )
     p.add_argument("--cron", required=True)
-    p.add_argument("--source", dest="sources", action="append", default=[], help="source to ingest on each run (repeatable)")
+    p.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        help="source to ingest on each run (repeatable)",
+    )
     p.add_argument("--stages", default=None)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("compact", parents=[common], help="merge each table's part files into one (faster queries)")
+    p = sub.add_parser(
+        "compact", parents=[common], help="merge each table's part files into one (faster queries)"
+    )
     p.add_argument("--tables", default=None, help="comma-separated tables (default all)")
     p.set_defaults(func=cmd_compact)
 
-    p = sub.add_parser("stages", parents=[common], help="list stages with their version and config hash")
+    p = sub.add_parser(
+        "stages", parents=[common], help="list stages with their version and config hash"
+    )
     p.set_defaults(func=cmd_stages)
 
-    p = sub.add_parser("runs", parents=[common], help="per stage throughput: audio hours per wall hour, per core")
+    p = sub.add_parser(
+        "runs", parents=[common], help="per stage throughput: audio hours per wall hour, per core"
+    )
     p.add_argument("--last", type=int, default=None, help="only the last N runs")
     p.add_argument("--stage", default=None, help="only this stage")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -208,9 +307,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "the demo's corpus folder (default OUT/corpus); it must be new, empty or made by an earlier demo: "
         "the demo refuses a folder holding anything it did not make"
     )
-    p = sub.add_parser("demo", parents=[demo_common], help="the main job end to end on a generated corpus")
-    p.add_argument("--engine", choices=ENGINES, default="prefect", help="how ingest and annotate run")
-    p.add_argument("--out", default="./songmill-demo", help="working directory: audio, corpus, manifest, training run (default ./songmill-demo)")
+    p = sub.add_parser(
+        "demo", parents=[demo_common], help="the main job end to end on a generated corpus"
+    )
+    p.add_argument(
+        "--engine", choices=ENGINES, default="prefect", help="how ingest and annotate run"
+    )
+    p.add_argument(
+        "--out",
+        default="./songmill-demo",
+        help="working directory: audio, corpus, manifest, training run (default ./songmill-demo)",
+    )
     p.add_argument("--tracks", type=int, default=12)
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--no-train", action="store_true", help="skip the tiny training run")
@@ -253,7 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _closed_pipe()
-    except (CorpusError, ConfigError, ExecutorError, QueryRefused, QueryFailed, DemoFolderError) as exc:
+    except (
+        CorpusError,
+        ConfigError,
+        ExecutorError,
+        QueryRefused,
+        QueryFailed,
+        DemoFolderError,
+    ) as exc:
         if debug:
             raise
         print(runnable(f"error: {exc.args[0] if exc.args else exc}"), file=sys.stderr)
@@ -265,7 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         lines = str(exc).strip().splitlines()
-        print(runnable(f"error: {type(exc).__name__}: {lines[0] if lines else 'no message'} (--debug for a traceback)"), file=sys.stderr)
+        print(
+            runnable(
+                f"error: {type(exc).__name__}: {lines[0] if lines else 'no message'} (--debug for a traceback)"
+            ),
+            file=sys.stderr,
+        )
         return 1
 
 

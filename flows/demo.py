@@ -25,8 +25,22 @@ from songmill.flows.display import print_table
 DEMO_MARKER = ".songmill-demo"
 # What the demo (and songmill on its corpus) writes at the top of its folders; anything else
 # there is the user's, and the demo refuses the folder rather than touch it.
-OUT_ENTRIES = {DEMO_MARKER, "audio", "corpus", "manifest.parquet", "manifest.parquet.json", "train", "report.html"}
-AUDIO_FIXED_ENTRIES = {DEMO_MARKER, "broken_truncated.mp3", "broken_not_audio.wav", "truth.json", "lyrics.jsonl"}
+OUT_ENTRIES = {
+    DEMO_MARKER,
+    "audio",
+    "corpus",
+    "manifest.parquet",
+    "manifest.parquet.json",
+    "train",
+    "report.html",
+}
+AUDIO_FIXED_ENTRIES = {
+    DEMO_MARKER,
+    "broken_truncated.mp3",
+    "broken_not_audio.wav",
+    "truth.json",
+    "lyrics.jsonl",
+}
 
 
 class DemoFolderError(ValueError):
@@ -37,8 +51,22 @@ def _corpus_entries() -> set[str]:
     """Top-level names songmill writes in a corpus folder (tables, catalog, Prefect's state...)."""
     from songmill.data_schema.tables import TABLES
 
-    return {DEMO_MARKER, *TABLES, "songmill.json", "songmill.toml", "songmill.duckdb", "songmill.duckdb.json",
-            "songmill.duckdb.wal", "songmill.duckdb.tmp", "_prefect", "_manifest", ".catalog.lock", "indexes", "features", "stems"}
+    return {
+        DEMO_MARKER,
+        *TABLES,
+        "songmill.json",
+        "songmill.toml",
+        "songmill.duckdb",
+        "songmill.duckdb.json",
+        "songmill.duckdb.wal",
+        "songmill.duckdb.tmp",
+        "_prefect",
+        "_manifest",
+        ".catalog.lock",
+        "indexes",
+        "features",
+        "stems",
+    }
 
 
 def _is_songmill_entry(name: str, allowed: set[str]) -> bool:
@@ -49,7 +77,12 @@ def _is_songmill_entry(name: str, allowed: set[str]) -> bool:
 # blobs), as paths relative to the top-level folder; the demo clears a corpus folder only when
 # everything in it matches (Prefect's own home, `_prefect`, is Prefect's to fill).
 _CORPUS_FILE_PATTERNS = (
-    ".compact.lock", ".catalog.lock", ".tmp-*", "part-*.parquet", "current-*.parquet", "history-*.parquet",
+    ".compact.lock",
+    ".catalog.lock",
+    ".tmp-*",
+    "part-*.parquet",
+    "current-*.parquet",
+    "history-*.parquet",
 )
 _CORPUS_FOLDER_PATTERNS = {
     "_manifest": ("manifest-*.parquet", "delta-*.parquet"),
@@ -65,12 +98,16 @@ def _is_songmill_corpus_file(top: str, relpath: str) -> bool:
     if top == "_prefect":
         return True
     name = relpath.rsplit("/", 1)[-1]
-    if name.startswith(".tmp-") or ("/" not in relpath and any(fnmatch.fnmatchcase(name, p) for p in _CORPUS_FILE_PATTERNS)):
+    if name.startswith(".tmp-") or (
+        "/" not in relpath and any(fnmatch.fnmatchcase(name, p) for p in _CORPUS_FILE_PATTERNS)
+    ):
         return True
     return any(fnmatch.fnmatchcase(relpath, p) for p in _CORPUS_FOLDER_PATTERNS.get(top, ()))
 
 
-def _foreign_files_inside(folder: str, allowed: set[str], is_own: Callable[[str, str], bool]) -> list[str]:
+def _foreign_files_inside(
+    folder: str, allowed: set[str], is_own: Callable[[str, str], bool]
+) -> list[str]:
     """Files below the allowed top-level folders of `folder` that `is_own` does not recognise."""
     foreign = []
     for top in sorted(allowed):
@@ -79,7 +116,9 @@ def _foreign_files_inside(folder: str, allowed: set[str], is_own: Callable[[str,
             continue
         for dirpath, dirnames, filenames in os.walk(base):
             rel_dir = os.path.relpath(dirpath, base).replace(os.sep, "/")
-            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            for name in filenames + [
+                d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+            ]:
                 relpath = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if not is_own(top, relpath):
                     foreign.append(f"{top}/{relpath}")
@@ -87,7 +126,10 @@ def _foreign_files_inside(folder: str, allowed: set[str], is_own: Callable[[str,
 
 
 def claim_demo_folder(
-    folder: str, allowed: Iterable[str], what: str, is_own: Callable[[str, str], bool] | None = None,
+    folder: str,
+    allowed: Iterable[str],
+    what: str,
+    is_own: Callable[[str, str], bool] | None = None,
 ) -> None:
     """Make sure the demo may write (and clear) `folder`: it is missing, empty, or made by an
     earlier demo (it holds DEMO_MARKER) and holds nothing but what the demo writes there.
@@ -97,7 +139,9 @@ def claim_demo_folder(
     removed here."""
     allowed = set(allowed)
     if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise DemoFolderError(f"the demo's {what} {folder} exists and is not a folder; give another path")
+        raise DemoFolderError(
+            f"the demo's {what} {folder} exists and is not a folder; give another path"
+        )
     entries = os.listdir(folder) if os.path.isdir(folder) else []
     if entries and DEMO_MARKER not in entries:
         raise DemoFolderError(
@@ -110,7 +154,9 @@ def claim_demo_folder(
             f"the demo's {what} {folder} holds files the demo did not make ({_names(foreign)}); "
             "move them away or give another path"
         )
-    inside = _foreign_files_inside(folder, allowed, is_own) if is_own is not None and entries else []
+    inside = (
+        _foreign_files_inside(folder, allowed, is_own) if is_own is not None and entries else []
+    )
     if inside:
         raise DemoFolderError(
             f"the demo's {what} {folder} holds files the demo did not make ({_names(inside)}); "
@@ -146,7 +192,11 @@ def _audio_entries(folder: str) -> set[str]:
     names = set(AUDIO_FIXED_ENTRIES) | set(INSTRUMENT_RENDER_NAMES)
     for entry in os.listdir(folder) if os.path.isdir(folder) else []:
         stem, _, ext = entry.rpartition(".")
-        if stem.startswith("demo_") and ext in DEMO_FORMATS and any(f"_{s}_" in stem for s in STYLES):
+        if (
+            stem.startswith("demo_")
+            and ext in DEMO_FORMATS
+            and any(f"_{s}_" in stem for s in STYLES)
+        ):
             names.add(entry)
     return names
 
@@ -173,7 +223,14 @@ def make_demo_audio(folder: str, n_tracks: int, seed: int = 0) -> list[dict]:
     os.makedirs(folder, exist_ok=True)
     specs = demo_track_specs(n_tracks, seed)
     for spec in specs:
-        audio = render_track(spec["bpm"], spec["key_tonic"], spec["key_mode"], spec["duration_s"], seed=spec["seed"], style=spec["style"])
+        audio = render_track(
+            spec["bpm"],
+            spec["key_tonic"],
+            spec["key_mode"],
+            spec["duration_s"],
+            seed=spec["seed"],
+            style=spec["style"],
+        )
         write_track(os.path.join(folder, spec["name"]), audio)
     # Two broken files: a truncated mp3 header and text pretending to be a wav.
     with open(os.path.join(folder, "broken_truncated.mp3"), "wb") as f:
@@ -203,13 +260,24 @@ def _summary(corpus: Corpus, truth: list[dict]) -> tuple[pa.Table, dict]:
     try:
         con.register("truth", pa.Table.from_pylist(truth))
         table = con.sql(SUMMARY_SQL).to_arrow_table()
-        errors = con.sql("SELECT regexp_extract(uri, '[^/]+$') AS file, stage, error_type, message FROM errors ORDER BY file").to_arrow_table()
+        errors = con.sql(
+            "SELECT regexp_extract(uri, '[^/]+$') AS file, stage, error_type, message FROM errors ORDER BY file"
+        ).to_arrow_table()
     finally:
         con.close()
     rows = table.to_pylist()
-    bpm_ok = sum(1 for r in rows if r["bpm"] is not None and abs(r["bpm"] - r["true_bpm"]) <= 0.02 * r["true_bpm"])
+    bpm_ok = sum(
+        1
+        for r in rows
+        if r["bpm"] is not None and abs(r["bpm"] - r["true_bpm"]) <= 0.02 * r["true_bpm"]
+    )
     key_ok = sum(1 for r in rows if r["key"] == r["true_key"])
-    return table, {"tracks": len(rows), "bpm_correct": bpm_ok, "key_correct": key_ok, "errors": errors}
+    return table, {
+        "tracks": len(rows),
+        "bpm_correct": bpm_ok,
+        "key_correct": key_ok,
+        "errors": errors,
+    }
 
 
 def next_steps(root: str) -> list[str]:
@@ -219,8 +287,8 @@ def next_steps(root: str) -> list[str]:
     songmill, q = venv_command("songmill"), shlex.quote
     prefect_home = os.environ.get("PREFECT_HOME", os.path.join(root, "_prefect"))
     lines = [
-        f"  DuckDB:     {songmill} query \"SELECT track_id, uri, bpm, keyscale, qc_pass FROM manifest LIMIT 5\" --corpus {q(root)}",
-        f"              plain DuckDB, every view: {venv_command('duckdb')} {q(os.path.join(root, 'songmill.duckdb'))} -c \"SELECT uri, bpm, keyscale FROM manifest LIMIT 5\"",
+        f'  DuckDB:     {songmill} query "SELECT track_id, uri, bpm, keyscale, qc_pass FROM manifest LIMIT 5" --corpus {q(root)}',
+        f'              plain DuckDB, every view: {venv_command("duckdb")} {q(os.path.join(root, "songmill.duckdb"))} -c "SELECT uri, bpm, keyscale FROM manifest LIMIT 5"',
         f"  Status:     {songmill} status --corpus {q(root)}",
         f"  Plots:      {songmill} report --out {q(os.path.join(os.path.dirname(root), 'report.html'))} --corpus {q(root)}",
         f"  Prefect UI: PREFECT_HOME={q(prefect_home)} {venv_command('prefect')} server start",
@@ -228,7 +296,9 @@ def next_steps(root: str) -> list[str]:
     ]
     activate = activate_hint()
     if activate:
-        lines.append(f"  (or `{activate}` once in a shell, then plain `songmill`, `duckdb` and `prefect`)")
+        lines.append(
+            f"  (or `{activate}` once in a shell, then plain `songmill`, `duckdb` and `prefect`)"
+        )
     return lines
 
 
@@ -252,7 +322,9 @@ def run_demo(
     claim_demo_folder(out, OUT_ENTRIES, "working directory (--out)")
     claim_demo_folder(audio_dir, _audio_entries(audio_dir), "audio folder")
     claim_demo_folder(root, _corpus_entries(), "corpus (--corpus)", _is_songmill_corpus_file)
-    _reset_demo_folder(out, OUT_ENTRIES - {"audio", "corpus"})  # those two: checked and cleared on their own
+    _reset_demo_folder(
+        out, OUT_ENTRIES - {"audio", "corpus"}
+    )  # those two: checked and cleared on their own
     _reset_demo_folder(audio_dir, _audio_entries(audio_dir))
     _reset_demo_folder(root, _corpus_entries())
 
@@ -279,7 +351,9 @@ def run_demo(
     corpus = Corpus(root, create=False)
     table, score = _summary(corpus, truth)
     print_table(table)
-    print(f"tempo within 2 % of the truth: {score['bpm_correct']}/{score['tracks']};  key and mode exact: {score['key_correct']}/{score['tracks']}")
+    print(
+        f"tempo within 2 % of the truth: {score['bpm_correct']}/{score['tracks']};  key and mode exact: {score['key_correct']}/{score['tracks']}"
+    )
     print("error rows (the broken files):")
     print_table(score["errors"])
 

@@ -29,7 +29,9 @@ DISTRACTORS = 20
 
 # The instrument renders' file names (the demo owns them in its audio folder, flows/demo.py).
 INSTRUMENT_RENDERS = (("piano", "C", "major"), ("electronic", "A", "minor"))
-INSTRUMENT_RENDER_NAMES = tuple(f"gm_{piece}_{tonic}_{mode}.wav" for piece, tonic, mode in INSTRUMENT_RENDERS)
+INSTRUMENT_RENDER_NAMES = tuple(
+    f"gm_{piece}_{tonic}_{mode}.wav" for piece, tonic, mode in INSTRUMENT_RENDERS
+)
 
 
 def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0) -> list[dict]:
@@ -42,7 +44,9 @@ def add_instrument_renders(folder: str, truth: list[dict], seconds: float = 20.0
     for (piece, tonic, mode), name in zip(INSTRUMENT_RENDERS, INSTRUMENT_RENDER_NAMES, strict=True):
         notes, programs, bpm = getattr(render_midi, f"{piece}_piece")(seconds)
         try:
-            midi = render_midi.write_midi(os.path.join(folder, f".{piece}.mid"), notes, bpm, programs)
+            midi = render_midi.write_midi(
+                os.path.join(folder, f".{piece}.mid"), notes, bpm, programs
+            )
             render_midi.render(midi, os.path.join(folder, name))
             os.remove(midi)
         except (OSError, FileNotFoundError, RuntimeError) as exc:
@@ -66,7 +70,15 @@ def add_sung_vocals(folder: str, truth: list[dict], every: int = 3, seed: int = 
     texts = generate_lyrics(len(chosen) + DISTRACTORS, seed=seed + 11)
     records = []
     for i, text in enumerate(texts):
-        records.append({"lyric_id": f"demo-{i:03d}", "title": f"Demo song {i}", "artist": "songmill", "language": "en", "lyrics": text})
+        records.append(
+            {
+                "lyric_id": f"demo-{i:03d}",
+                "title": f"Demo song {i}",
+                "artist": "songmill",
+                "language": "en",
+                "lyrics": text,
+            }
+        )
     try:
         for spec, record in zip(chosen, records, strict=False):
             path = os.path.join(folder, spec["name"])
@@ -88,18 +100,30 @@ def annotate_text_side(root: str, records: list[dict], settings: dict | None, en
     from songmill.annotate.lyrics_db import LyricsDB
     from songmill.annotate.settings import build_config
 
-    merged = {stage: {**values, **(settings or {}).get(stage, {})} for stage, values in OFFLINE_SETTINGS.items()}
+    merged = {
+        stage: {**values, **(settings or {}).get(stage, {})}
+        for stage, values in OFFLINE_SETTINGS.items()
+    }
     merged = {**(settings or {}), **merged}
     corpus = Corpus(root, create=False)
     if records:
         params = build_config(LyricsConfig, "lyrics", merged.get("lyrics")).index_params()
-        added = LyricsDB(corpus, params).add([{k: v for k, v in r.items() if k != "file"} for r in records], source="demo")
-        print(f"  lyrics catalogue: {added.added} lyrics ({sum('file' in r for r in records)} sung over demo tracks)")
-    print(f"  annotate: {', '.join(TEXT_STAGES)} (transcribe: Whisper base on the mix; structure: DSP; caption: musicnn tags + recaption)")
+        added = LyricsDB(corpus, params).add(
+            [{k: v for k, v in r.items() if k != "file"} for r in records], source="demo"
+        )
+        print(
+            f"  lyrics catalogue: {added.added} lyrics ({sum('file' in r for r in records)} sung over demo tracks)"
+        )
+    print(
+        f"  annotate: {', '.join(TEXT_STAGES)} (transcribe: Whisper base on the mix; structure: DSP; caption: musicnn tags + recaption)"
+    )
     for s in app.annotate(root, TEXT_STAGES, merged, engine=engine):
         note = f" (unavailable: {s.unavailable.split('. ')[0]})" if s.unavailable else ""
         print(f"  {s.stage}: {s.n_ok} ok, {s.n_error} errors{note}")
-    sung = pa.Table.from_pylist([{"file": r["file"], "true_lyric_id": r["lyric_id"]} for r in records if "file" in r] or [{"file": "", "true_lyric_id": ""}])
+    sung = pa.Table.from_pylist(
+        [{"file": r["file"], "true_lyric_id": r["lyric_id"]} for r in records if "file" in r]
+        or [{"file": "", "true_lyric_id": ""}]
+    )
     con = corpus.connect()
     try:
         con.register("sung", sung)
@@ -110,7 +134,9 @@ def annotate_text_side(root: str, records: list[dict], settings: dict | None, en
                FROM manifest m LEFT JOIN sung s ON s.file = regexp_extract(m.uri, '[^/]+$')
                WHERE m.qc_pass IS NOT NULL ORDER BY file"""
         ).to_arrow_table()
-        example = con.execute("SELECT caption_recaption FROM manifest WHERE caption_recaption IS NOT NULL ORDER BY track_id LIMIT 1").fetchall()
+        example = con.execute(
+            "SELECT caption_recaption FROM manifest WHERE caption_recaption IS NOT NULL ORDER BY track_id LIMIT 1"
+        ).fetchall()
         print_table(table)
     finally:
         con.close()
@@ -118,7 +144,9 @@ def annotate_text_side(root: str, records: list[dict], settings: dict | None, en
     sung_rows = [r for r in rows if r["true_lyric_id"]]
     right = sum(1 for r in sung_rows if r["lyric_id"] == r["true_lyric_id"])
     false = sum(1 for r in rows if not r["true_lyric_id"] and r["lyric_id"])
-    print(f"lyrics matched to the sung lyric: {right}/{len(sung_rows)}; instrumental tracks given a lyric: {false}")
+    print(
+        f"lyrics matched to the sung lyric: {right}/{len(sung_rows)}; instrumental tracks given a lyric: {false}"
+    )
     if example:
         print(f"a recaption (numbers from the measurements): {example[0][0]}")
     print_captions(corpus)
@@ -139,7 +167,9 @@ def print_captions(corpus: Corpus) -> None:
     the instrument renders."""
     con = corpus.connect()
     try:
-        if "captions" not in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+        if "captions" not in {
+            r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()
+        }:
             return
         table = con.sql(CAPTIONS_SQL).to_arrow_table()
         models = con.execute("SELECT DISTINCT model FROM captions").fetchall()
@@ -149,7 +179,9 @@ def print_captions(corpus: Corpus) -> None:
         ).fetchall()
     finally:
         con.close()
-    print(f"captions ({', '.join(m[0] for m in models)}): tags heard by the tagger, numbers measured")
+    print(
+        f"captions ({', '.join(m[0] for m in models)}): tags heard by the tagger, numbers measured"
+    )
     print_table(table)
     for file, text in renders:
         print(f"  {file}: {text}")
@@ -172,8 +204,14 @@ def print_missing_weights(settings: dict | None) -> None:
     from songmill.flows.hints import venv_command
 
     songmill = venv_command("songmill")
-    print("stages whose weights are not on this machine (they write retryable errors until fetched):")
+    print(
+        "stages whose weights are not on this machine (they write retryable errors until fetched):"
+    )
     for spec in missing:
-        how = f"{songmill} models fetch {spec.name}" if spec.source != "path" else f"--set {spec.stage}.{spec.setting}=DIR"
+        how = (
+            f"{songmill} models fetch {spec.name}"
+            if spec.source != "path"
+            else f"--set {spec.stage}.{spec.setting}=DIR"
+        )
         print(f"  {spec.stage:<11} {spec.name:<26} {how}")
     print(f"  (`{songmill} models list` shows where each is looked for)")

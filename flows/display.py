@@ -106,6 +106,7 @@ def _print_grid(names: list[str], rows: list[list[str]], width: int) -> None:
         out.add_column(Text(name), overflow="fold")
     for row in rows:
         out.add_row(*[Text(_cut(v, CELL_WIDTH)) for v in row])
+
     class _PipeAwareConsole(Console):
         def on_broken_pipe(self) -> None:
             # rich's own answer is SystemExit(1); the CLI treats a closed pipe as a quiet 0
@@ -123,7 +124,12 @@ def expanded_text(names: list[str], rows: list[list[str]], width: int) -> str:
         header = f"-[ RECORD {number} ]"
         lines.append(header + "-" * max(0, min(width, key_width + 3 + value_width) - len(header)))
         for name, value in zip(names, row, strict=True):
-            folded = textwrap.wrap(value.replace("\n", " / "), value_width, break_long_words=True, break_on_hyphens=False) or [""]
+            folded = textwrap.wrap(
+                value.replace("\n", " / "),
+                value_width,
+                break_long_words=True,
+                break_on_hyphens=False,
+            ) or [""]
             if len(folded) > EXPANDED_VALUE_LINES:
                 folded = folded[:EXPANDED_VALUE_LINES]
                 folded[-1] = _cut(folded[-1] + " ...", value_width)

@@ -29,7 +29,9 @@ class ExecutorError(RuntimeError):
     """The executor cannot run the job as asked (no cluster at the address, no GPU worker...)."""
 
 
-def run_local(job: Job, show_progress: bool = False, on_group: Callable[[GroupResult], None] | None = None) -> Any:
+def run_local(
+    job: Job, show_progress: bool = False, on_group: Callable[[GroupResult], None] | None = None
+) -> Any:
     """plan -> every group in this process -> finish."""
     groups = job.plan(1)
     results: list[GroupResult] = []
@@ -55,13 +57,22 @@ class LocalExecutor:
     def __init__(self, show_progress: bool = False):
         self.show_progress = show_progress
 
-    def ingest(self, corpus_root: str, sources: list[str], settings: dict[str, Any] | None) -> IngestSummary:
+    def ingest(
+        self, corpus_root: str, sources: list[str], settings: dict[str, Any] | None
+    ) -> IngestSummary:
         job = IngestJob(corpus_root, list(sources), settings)
         job.check()
         return run_local(job, self.show_progress)
 
-    def annotate(self, corpus_root: str, stage_names: list[str], settings: dict[str, dict[str, Any]], where: str | None = None,
-                 force: bool = False, batch_size: int | None = None) -> list[runner.RunSummary]:
+    def annotate(
+        self,
+        corpus_root: str,
+        stage_names: list[str],
+        settings: dict[str, dict[str, Any]],
+        where: str | None = None,
+        force: bool = False,
+        batch_size: int | None = None,
+    ) -> list[runner.RunSummary]:
         summaries: list[runner.RunSummary] = []
         for job in annotate_jobs(corpus_root, stage_names, settings, where, batch_size, force):
             summaries.extend(run_local(job, self.show_progress))
@@ -95,25 +106,54 @@ class PrefectExecutor:
         with foreground_run():
             yield
 
-    def ingest(self, corpus_root: str, sources: list[str], settings: dict[str, Any] | None) -> IngestSummary:
-        IngestJob(corpus_root, list(sources), settings).check()  # bad settings fail before a flow starts
+    def ingest(
+        self, corpus_root: str, sources: list[str], settings: dict[str, Any] | None
+    ) -> IngestSummary:
+        IngestJob(
+            corpus_root, list(sources), settings
+        ).check()  # bad settings fail before a flow starts
         from songmill.flows.pipeline import ingest_flow
 
-        flow_kwargs = self._flow_kwargs(False)  # an unreachable cluster fails before any flow starts
+        flow_kwargs = self._flow_kwargs(
+            False
+        )  # an unreachable cluster fails before any flow starts
         with self._running():
-            return self._with_task_runner(ingest_flow)(corpus_root, list(sources), settings, show_progress=self.show_progress, **flow_kwargs)
+            return self._with_task_runner(ingest_flow)(
+                corpus_root,
+                list(sources),
+                settings,
+                show_progress=self.show_progress,
+                **flow_kwargs,
+            )
 
-    def annotate(self, corpus_root: str, stage_names: list[str], settings: dict[str, dict[str, Any]], where: str | None = None,
-                 force: bool = False, batch_size: int | None = None) -> list[runner.RunSummary]:
-        jobs = annotate_jobs(corpus_root, stage_names, settings, where, batch_size, force)  # fails fast on bad settings
+    def annotate(
+        self,
+        corpus_root: str,
+        stage_names: list[str],
+        settings: dict[str, dict[str, Any]],
+        where: str | None = None,
+        force: bool = False,
+        batch_size: int | None = None,
+    ) -> list[runner.RunSummary]:
+        jobs = annotate_jobs(
+            corpus_root, stage_names, settings, where, batch_size, force
+        )  # fails fast on bad settings
         self._check_placement(jobs)
         self._prepare_workers([t for j in jobs for t in j.targets.values()])
         from songmill.flows.pipeline import annotate_flow
 
         flow_kwargs = self._flow_kwargs(True)
         with self._running():
-            return self._with_task_runner(annotate_flow)(corpus_root, stage_names, settings, where, batch_size, force,
-                                                         show_progress=self.show_progress, **flow_kwargs)
+            return self._with_task_runner(annotate_flow)(
+                corpus_root,
+                stage_names,
+                settings,
+                where,
+                batch_size,
+                force,
+                show_progress=self.show_progress,
+                **flow_kwargs,
+            )
 
     def _check_placement(self, jobs: list[Any]) -> None:
         pass
@@ -135,8 +175,13 @@ class DaskExecutor(PrefectExecutor):
 
     name = "dask"
 
-    def __init__(self, corpus_root: str | None = None, address: str | None = None, workers: int | None = None,
-                 show_progress: bool = True):
+    def __init__(
+        self,
+        corpus_root: str | None = None,
+        address: str | None = None,
+        workers: int | None = None,
+        show_progress: bool = True,
+    ):
         super().__init__(corpus_root, show_progress)
         self.address = address
         self.workers = workers or os.cpu_count() or 1
@@ -182,7 +227,9 @@ class DaskExecutor(PrefectExecutor):
     def _check_placement(self, jobs: list[Any]) -> None:
         if not self.address or not any(j.resources == "gpu" for j in jobs):
             return
-        gpu_workers = [w for w in self._cluster_workers() if w.get("resources", {}).get(GPU_RESOURCE)]
+        gpu_workers = [
+            w for w in self._cluster_workers() if w.get("resources", {}).get(GPU_RESOURCE)
+        ]
         if not gpu_workers:
             names = ", ".join(n for j in jobs if j.resources == "gpu" for n in j.stage_names)
             raise ExecutorError(
@@ -198,7 +245,11 @@ class DaskExecutor(PrefectExecutor):
     def _running(self) -> Iterator[None]:
         import dask
 
-        method = {"distributed.worker.multiprocessing-method": "forkserver"} if getattr(self, "_forkserver", False) else {}
+        method = (
+            {"distributed.worker.multiprocessing-method": "forkserver"}
+            if getattr(self, "_forkserver", False)
+            else {}
+        )
         with super()._running(), shared_prefect_api(), dask.config.set(method):
             yield
 
@@ -221,9 +272,14 @@ def start_worker_forkserver(stage_targets: list[str]) -> bool:
     from songmill.flows.worker_preload import STAGES_ENV
 
     # Not distributed's get_mp_context(): it would replace this list with its own on first use.
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", "songmill.flows.worker_preload"])
-    env = {"PYTHONHASHSEED": "6640", **_get_env_variables("distributed.nanny.pre-spawn-environ"),
-           STAGES_ENV: ",".join(sorted(set(stage_targets)))}
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["distributed", "songmill.flows.worker_preload"]
+    )
+    env = {
+        "PYTHONHASHSEED": "6640",
+        **_get_env_variables("distributed.nanny.pre-spawn-environ"),
+        STAGES_ENV: ",".join(sorted(set(stage_targets))),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -275,8 +331,13 @@ def default_engine() -> tuple[str, str | None]:
     )
 
 
-def make_executor(engine: str, corpus_root: str | None = None, address: str | None = None, workers: int | None = None,
-                  show_progress: bool = True) -> LocalExecutor | PrefectExecutor | DaskExecutor:
+def make_executor(
+    engine: str,
+    corpus_root: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> LocalExecutor | PrefectExecutor | DaskExecutor:
     if address and engine != "dask":
         raise ExecutorError("--address needs --engine dask")
     if engine == "local":

@@ -84,7 +84,9 @@ def _duration(row: dict[str, Any]) -> float:
     return float(row.get("duration_s") or 0.0)
 
 
-def group_by_weight(batches: list[list[Any]], weights: list[float], min_weight: float, max_items: int) -> list[list[list[Any]]]:
+def group_by_weight(
+    batches: list[list[Any]], weights: list[float], min_weight: float, max_items: int
+) -> list[list[list[Any]]]:
     """Consecutive batches grouped so that each group weighs >= `min_weight` and holds at most
     `max_items` items (one process: few tasks, each carrying minutes of audio)."""
     groups: list[list[list[Any]]] = []
@@ -114,14 +116,20 @@ def even_batches(rows: list[Any], weights: list[float], n: int) -> list[list[Any
     return [b for b in batches if b]
 
 
-def parallel_groups(rows: list[Any], weights: list[float], parallelism: int, batch_size: int) -> list[list[list[Any]]]:
+def parallel_groups(
+    rows: list[Any], weights: list[float], parallelism: int, batch_size: int
+) -> list[list[list[Any]]]:
     """Groups for several workers that finish together: at least GROUPS_PER_WORKER per worker, a
     multiple of `parallelism`, of nearly equal audio. Dask hands the next group to whichever
     worker is free, so the run ends within about one group of its ideal; groups of unequal size
     (a group of two batches beside groups of one) or one group too many leave a worker idle at the
     end (160 tracks on two workers: three groups against two, a fifth of the run)."""
     total = sum(weights)
-    n_groups = max(parallelism * GROUPS_PER_WORKER, math.ceil(total / TASK_MIN_AUDIO_S), math.ceil(len(rows) / TASK_MAX_TRACKS))
+    n_groups = max(
+        parallelism * GROUPS_PER_WORKER,
+        math.ceil(total / TASK_MIN_AUDIO_S),
+        math.ceil(len(rows) / TASK_MAX_TRACKS),
+    )
     n_groups = parallelism * math.ceil(n_groups / parallelism)
     # Each group is a whole number of equal batches, each batch at most `batch_size` tracks.
     per_group = max(1, math.ceil(len(rows) / (n_groups * batch_size)))
@@ -158,7 +166,9 @@ def tune_allocator() -> bool:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this interpreter is linked against
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES)
+    )
 
 
 def _full_config_key(config: StageConfig) -> str:
@@ -167,7 +177,9 @@ def _full_config_key(config: StageConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_stage(name: str, target: str, config: StageConfig, corpus_root: str) -> tuple[tuple[Any, ...], Stage]:
+def cached_stage(
+    name: str, target: str, config: StageConfig, corpus_root: str
+) -> tuple[tuple[Any, ...], Stage]:
     """This process's instance of a stage (built on first use, not yet set up)."""
     cls = import_stage(target)
     key = (name, cls.version, _full_config_key(config), target, corpus_root)
@@ -176,7 +188,9 @@ def cached_stage(name: str, target: str, config: StageConfig, corpus_root: str) 
     return key, _STAGE_CACHE[key]
 
 
-def ready_stage(name: str, target: str, config: StageConfig, corpus_root: str, run_id: str) -> tuple[Stage, str | None]:
+def ready_stage(
+    name: str, target: str, config: StageConfig, corpus_root: str, run_id: str
+) -> tuple[Stage, str | None]:
     """The stage set up once per process, or why it cannot run (asked again by a later run)."""
     key, stage = cached_stage(name, target, config, corpus_root)
     if key in _READY:
@@ -231,10 +245,15 @@ class AnnotateJob(_DriverState):
     def __post_init__(self) -> None:
         for name in self.stage_names:
             if name not in self.configs:
-                self.configs[name] = build_config(import_stage(self.targets[name]).config_class, name, self.settings.get(name))
+                self.configs[name] = build_config(
+                    import_stage(self.targets[name]).config_class, name, self.settings.get(name)
+                )
 
     def _stages(self) -> list[Stage]:
-        return [cached_stage(n, self.targets[n], self.configs[n], self.corpus_root)[1] for n in self.stage_names]
+        return [
+            cached_stage(n, self.targets[n], self.configs[n], self.corpus_root)[1]
+            for n in self.stage_names
+        ]
 
     def check(self) -> None:
         """Fail on stages that cannot even be built before any work (and before any cluster starts)."""
@@ -245,11 +264,15 @@ class AnnotateJob(_DriverState):
 
     def plan(self, parallelism: int = 1) -> list[AnnotateGroup]:
         corpus = Corpus(self.corpus_root, create=False)
-        self._driver_plan = runner.plan(corpus, self._stages(), self.where, self.batch_size, self.run_id, self.force)
+        self._driver_plan = runner.plan(
+            corpus, self._stages(), self.where, self.batch_size, self.run_id, self.force
+        )
         batches = self._driver_plan.batches
         if parallelism > 1:
             rows = [r for b in batches for r in b]
-            groups = parallel_groups(rows, [_duration(r) for r in rows], parallelism, self.batch_size)
+            groups = parallel_groups(
+                rows, [_duration(r) for r in rows], parallelism, self.batch_size
+            )
             self._driver_plan.batches = [b for g in groups for b in g]
         else:
             weights = [sum(_duration(r) for r in b) for b in batches]
@@ -267,16 +290,24 @@ class AnnotateJob(_DriverState):
         stages, unavailable = [], {}
         for name in self.stage_names:
             if group.pending.get(name):
-                stage, why = ready_stage(name, self.targets[name], self.configs[name], self.corpus_root, self.run_id)
+                stage, why = ready_stage(
+                    name, self.targets[name], self.configs[name], self.corpus_root, self.run_id
+                )
                 unavailable[name] = why
             else:
-                stage = cached_stage(name, self.targets[name], self.configs[name], self.corpus_root)[1]
+                stage = cached_stage(
+                    name, self.targets[name], self.configs[name], self.corpus_root
+                )[1]
             stages.append(stage)
-        plan = runner.plan_for_batches(self.run_id, stages, group.pending, group.batches, unavailable)
+        plan = runner.plan_for_batches(
+            self.run_id, stages, group.pending, group.batches, unavailable
+        )
         earlier = runner.drop_already_written(corpus, plan) if may_repeat else []
         counts = runner.run_batches(corpus, plan, group.batches) + earlier
         audio = sum(float(r.get("duration_s") or 0.0) for b in group.batches for r in b)
-        return GroupResult(counts, sum(len(b) for b in group.batches), audio, time.perf_counter() - started)
+        return GroupResult(
+            counts, sum(len(b) for b in group.batches), audio, time.perf_counter() - started
+        )
 
     def finish(self, results: list[GroupResult]) -> list[runner.RunSummary]:
         for result in results:
@@ -308,7 +339,17 @@ def annotate_jobs(
         else:
             phases.append((kind, [name]))
     jobs = [
-        AnnotateJob(corpus_root, names, {n: targets[n] for n in names}, settings, where, batch_size, force, run_id, kind)
+        AnnotateJob(
+            corpus_root,
+            names,
+            {n: targets[n] for n in names},
+            settings,
+            where,
+            batch_size,
+            force,
+            run_id,
+            kind,
+        )
         for kind, names in phases
     ]
     for job in jobs:
@@ -342,7 +383,9 @@ class IngestJob(_DriverState):
         self._driver_started = utcnow()
         todo, self._driver_summary = plan_ingest(corpus, self.sources, config, self.run_id)
         batches = ingest_batches(todo, config.batch_size)
-        return [[b] for b in batches]  # a group a batch: batches are large (bytes), progress stays live
+        return [
+            [b] for b in batches
+        ]  # a group a batch: batches are large (bytes), progress stays live
 
     @property
     def summary(self) -> IngestSummary:
@@ -361,5 +404,10 @@ class IngestJob(_DriverState):
     def finish(self, results: list[GroupResult]) -> IngestSummary:
         for result in results:
             self._driver_summary.add(result.counts)
-        finish_ingest(Corpus(self.corpus_root), self._driver_summary, self._driver_started, config_hash(self.config))
+        finish_ingest(
+            Corpus(self.corpus_root),
+            self._driver_summary,
+            self._driver_started,
+            config_hash(self.config),
+        )
         return self._driver_summary

@@ -55,8 +55,13 @@ def run_group_task(job: Job, group: Any, may_repeat: bool = False) -> GroupResul
     return job.run_group(group, may_repeat)
 
 
-def run_job_in_flow(job: Job, parallelism: int = 1, gpu_resource: str | None = None, show_progress: bool = True,
-                    submit: bool = False) -> Any:
+def run_job_in_flow(
+    job: Job,
+    parallelism: int = 1,
+    gpu_resource: str | None = None,
+    show_progress: bool = True,
+    submit: bool = False,
+) -> Any:
     """Plan on this process, run the groups as tasks (called here one after another, or with
     `submit` handed to the flow's task runner: Dask workers), finish here."""
     logger = get_run_logger()
@@ -95,7 +100,9 @@ def _publish_throughput(corpus_root: str, run_id: str) -> None:
     except Exception as exc:  # the report is a nicety: never fail a finished run over it
         get_run_logger().warning("no throughput artifact: %s", exc)
         return
-    create_markdown_artifact(key="songmill-throughput", markdown=markdown, description=f"songmill run {run_id}")
+    create_markdown_artifact(
+        key="songmill-throughput", markdown=markdown, description=f"songmill run {run_id}"
+    )
 
 
 @flow(name="songmill-ingest", log_prints=True)
@@ -108,7 +115,9 @@ def ingest_flow(
     run_id: str | None = None,
     submit: bool = False,
 ) -> IngestSummary:
-    job = IngestJob(Corpus(corpus_root).root, list(sources), settings, **({"run_id": run_id} if run_id else {}))
+    job = IngestJob(
+        Corpus(corpus_root).root, list(sources), settings, **({"run_id": run_id} if run_id else {})
+    )
     summary = run_job_in_flow(job, parallelism, None, show_progress, submit)
     _publish_throughput(job.corpus_root, job.run_id)
     return summary
@@ -135,7 +144,9 @@ def annotate_flow(
         summaries.extend(run_job_in_flow(job, parallelism, gpu_resource, show_progress, submit))
     for s in summaries:
         if s.unavailable:
-            get_run_logger().warning("%s unavailable, its tracks got retryable errors rows: %s", s.stage, s.unavailable)
+            get_run_logger().warning(
+                "%s unavailable, its tracks got retryable errors rows: %s", s.stage, s.unavailable
+            )
     if jobs:
         _publish_throughput(corpus.root, jobs[0].run_id)
     return summaries

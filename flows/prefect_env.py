@@ -49,7 +49,9 @@ def configure_prefect(corpus_root: str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect waits 20 s for its ephemeral server; creating the database of a new corpus takes
     # 35 s on a busy 2-core machine, and the command then failed. A slow start is not a failure.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S)
+    )
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral server's SQLite logs "database is locked" noise under load; it retries.
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")

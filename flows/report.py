@@ -45,10 +45,18 @@ def stage_status(corpus: Corpus, stages: Sequence[Stage]) -> pa.Table:
                 SELECT count(*) FILTER (d AND NOT s), count(*) FILTER (d AND s), count(*) FILTER (NOT d AND b),
                        count(*) FILTER (NOT d AND NOT b), count(*) FROM x"""
             ).fetchall()[0]
-            out.append({
-                "stage": stage.name, "version": stage.version, "config": stage.config_hash, "tracks": total,
-                "current": current, "stale": stale, "pending": pending, "failed": failed,
-            })
+            out.append(
+                {
+                    "stage": stage.name,
+                    "version": stage.version,
+                    "config": stage.config_hash,
+                    "tracks": total,
+                    "current": current,
+                    "stale": stale,
+                    "pending": pending,
+                    "failed": failed,
+                }
+            )
     finally:
         con.close()
     return pa.Table.from_pylist(out) if out else pa.table({"stage": pa.array([], pa.string())})
@@ -90,8 +98,15 @@ def nice_ticks(y_max: float, integer: bool, n: int = 4) -> list[float]:
     return [i * step for i in range(int(round(top / step)) + 1)]
 
 
-def _frame(body: str, ticks: list[float], title: str, x_labels: str = "", x_title: str = "", y_title: str = "tracks",
-           integer: bool = True) -> str:
+def _frame(
+    body: str,
+    ticks: list[float],
+    title: str,
+    x_labels: str = "",
+    x_title: str = "",
+    y_title: str = "tracks",
+    integer: bool = True,
+) -> str:
     y_max = ticks[-1] or 1.0
     grid = []
     for value in ticks:
@@ -108,12 +123,18 @@ def _frame(body: str, ticks: list[float], title: str, x_labels: str = "", x_titl
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{_esc(title)}">'
-        f'{"".join(grid)}{body}{x_labels}{axis_titles}'
+        f"{''.join(grid)}{body}{x_labels}{axis_titles}"
         f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{H - PAD_B}" y2="{H - PAD_B}" stroke="#888"/></svg>'
     )
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, x_title: str = "tracks", empty: str | None = None) -> str:
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str,
+    x_title: str = "tracks",
+    empty: str | None = None,
+) -> str:
     """Horizontal bars, one row per category: every label whole, every count written out."""
     if not labels:
         return _empty(title, empty)
@@ -143,8 +164,15 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, x_titl
     )
 
 
-def histogram(values: Sequence[float] | pa.ChunkedArray, title: str, bins: int = 30, lo: float | None = None, hi: float | None = None,
-              x_title: str = "", empty: str | None = None) -> str:
+def histogram(
+    values: Sequence[float] | pa.ChunkedArray,
+    title: str,
+    bins: int = 30,
+    lo: float | None = None,
+    hi: float | None = None,
+    x_title: str = "",
+    empty: str | None = None,
+) -> str:
     import numpy as np
 
     if isinstance(values, pa.ChunkedArray | pa.Array):
@@ -175,7 +203,9 @@ def histogram(values: Sequence[float] | pa.ChunkedArray, title: str, bins: int =
     return _frame("".join(bars), ticks, title, labels, x_title=x_title)
 
 
-def line_chart(series: dict[str, list[tuple[datetime, float]]], title: str, y_title: str = "tracks") -> str:
+def line_chart(
+    series: dict[str, list[tuple[datetime, float]]], title: str, y_title: str = "tracks"
+) -> str:
     """Cumulative counts over time, one step line per series; each starts at zero just before its
     first point, so a series written in one run still shows (a rise, not a lone point), and the
     legend sits under the plot."""
@@ -203,8 +233,10 @@ def line_chart(series: dict[str, list[tuple[datetime, float]]], title: str, y_ti
             path += [xy(when.timestamp(), last), xy(when.timestamp(), value)]
             last = value
         path.append(xy(t0 + span, last))
-        lines.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2">'
-                     f"<title>{_esc(name)}: {_count(last)}</title></polyline>")
+        lines.append(
+            f'<polyline points="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2">'
+            f"<title>{_esc(name)}: {_count(last)}</title></polyline>"
+        )
         legend.append(f'<span style="color:{color}">&#9632; {_esc(name)} ({_count(last)})</span>')
     fmt = "%H:%M:%S" if span < 3600 else "%m-%d %H:%M" if span < 3 * 86400 else "%Y-%m-%d"
     labels = "".join(
@@ -265,7 +297,11 @@ def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table | None:
 
 
 def _values(table: pa.Table | None, column: str) -> list[Any]:
-    return table.column(column).to_pylist() if table is not None and column in table.column_names else []
+    return (
+        table.column(column).to_pylist()
+        if table is not None and column in table.column_names
+        else []
+    )
 
 
 def _array(table: pa.Table | None, column: str) -> pa.ChunkedArray | list:
@@ -273,7 +309,9 @@ def _array(table: pa.Table | None, column: str) -> pa.ChunkedArray | list:
     return table.column(column) if table is not None and column in table.column_names else []
 
 
-def _value_counts(arrays: list[Any], limit: int, field: str | None = None) -> tuple[list[str], list[float]]:
+def _value_counts(
+    arrays: list[Any], limit: int, field: str | None = None
+) -> tuple[list[str], list[float]]:
     """The most frequent values of list columns (flattened; `field` of struct items), in Arrow."""
     import pyarrow.compute as pc
 
@@ -306,14 +344,19 @@ def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "tracks": _fetch(con, "SELECT duration_s FROM tracks"),
         "qc": _fetch(con, "SELECT qc_pass, loudness_lufs FROM qc"),
         "music": _fetch(con, "SELECT * EXCLUDE (beats, downbeats, inputs) FROM music"),
-        "aesthetics": _fetch(con, "SELECT aes_ce, aes_cu, aes_pc, aes_pq, aesthetics_pass FROM aesthetics"),
+        "aesthetics": _fetch(
+            con, "SELECT aes_ce, aes_cu, aes_pc, aes_pq, aesthetics_pass FROM aesthetics"
+        ),
         "structure": _fetch(con, "SELECT n_sections, sections FROM structure"),
         "captions": _fetch(con, "SELECT genres, moods, instruments FROM captions"),
     }
     counts = {name: (data[name].num_rows if data.get(name) is not None else None) for name in data}
     data["coverage"] = {
-        name: counts[name] if counts.get(name) is not None else _one(con, f"SELECT count(*) FROM {name}")
-        for name, spec in TABLES.items() if spec.stage_table
+        name: counts[name]
+        if counts.get(name) is not None
+        else _one(con, f"SELECT count(*) FROM {name}")
+        for name, spec in TABLES.items()
+        if spec.stage_table
     }
     errors = _fetch(con, "SELECT stage, error_type, coalesce(track_id, uri) AS what FROM errors")
     data["errors"] = errors
@@ -356,25 +399,46 @@ def summary_html(s: dict[str, Any]) -> str:
     facts = [
         ("tracks", _count(tracks)),
         ("hours of audio", f"{s['hours']:.1f}" if s["hours"] >= 10 else f"{s['hours']:.2f}"),
-        ("QC pass", f"{_pct(s['qc_pass'], s['qc'])} of {_count(s['qc'])}" if s["qc"] else "not run"),
-        ("aesthetics pass", f"{_pct(s['aesthetics_pass'], s['aesthetics'])} of {_count(s['aesthetics'])}" if s["aesthetics"] else "not run"),
-        ("errors", f"{_count(s['errors'])} ({_count(s['error_tracks'])} files)"
-         + (": " + ", ".join(f"{k} {_count(v)}" for k, v in list(s["error_stages"].items())[:4]) if s["errors"] else "")),
+        (
+            "QC pass",
+            f"{_pct(s['qc_pass'], s['qc'])} of {_count(s['qc'])}" if s["qc"] else "not run",
+        ),
+        (
+            "aesthetics pass",
+            f"{_pct(s['aesthetics_pass'], s['aesthetics'])} of {_count(s['aesthetics'])}"
+            if s["aesthetics"]
+            else "not run",
+        ),
+        (
+            "errors",
+            f"{_count(s['errors'])} ({_count(s['error_tracks'])} files)"
+            + (
+                ": " + ", ".join(f"{k} {_count(v)}" for k, v in list(s["error_stages"].items())[:4])
+                if s["errors"]
+                else ""
+            ),
+        ),
     ]
-    cells = "".join(f'<div class="fact"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v in facts)
+    cells = "".join(
+        f'<div class="fact"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v in facts
+    )
     rows = "".join(
         f'<tr><td>{_esc(name)}</td><td class="n">{_count(n)}</td><td class="n">{_pct(n, tracks)}</td>'
         f'<td><div class="meter"><div style="width:{min(100.0, 100.0 * n / tracks) if tracks else 0:.1f}%"></div></div></td></tr>'
         for name, n in sorted(s["coverage"].items(), key=lambda kv: -kv[1])
     )
-    return (f'<div class="facts">{cells}</div><table class="coverage"><tr><th>stage table</th><th>tracks</th>'
-            f'<th>coverage</th><th></th></tr>{rows}</table>')
+    return (
+        f'<div class="facts">{cells}</div><table class="coverage"><tr><th>stage table</th><th>tracks</th>'
+        f"<th>coverage</th><th></th></tr>{rows}</table>"
+    )
 
 
 def _counts(values: list[Any], limit: int) -> tuple[list[str], list[float]]:
     from collections import Counter
 
-    top = sorted(Counter(v for v in values if v is not None).items(), key=lambda kv: (-kv[1], str(kv[0])))[:limit]
+    top = sorted(
+        Counter(v for v in values if v is not None).items(), key=lambda kv: (-kv[1], str(kv[0]))
+    )[:limit]
     return [str(k) for k, _ in top], [float(n) for _, n in top]
 
 
@@ -390,63 +454,213 @@ def report_sections(corpus: Corpus) -> list[tuple[str, str, str]]:
 def _sections(con: duckdb.DuckDBPyConnection, data: dict[str, Any]) -> list[tuple[str, str, str]]:
     head = _summary(data)
     n_tracks, hours = head["tracks"], head["hours"]
-    hours_text = f"{hours:.1f} hours" if hours >= 10 else f"{hours * 60:.0f} minutes" if hours < 1 else f"{hours:.2f} hours"
-    all_passed = f"Every one of the {head['qc']:,} tracks with a QC result passed." if head["qc"] else None
+    hours_text = (
+        f"{hours:.1f} hours"
+        if hours >= 10
+        else f"{hours * 60:.0f} minutes"
+        if hours < 1
+        else f"{hours:.2f} hours"
+    )
+    all_passed = (
+        f"Every one of the {head['qc']:,} tracks with a QC result passed." if head["qc"] else None
+    )
     music = data["music"]
     sections = [
-        ("Durations", f"{n_tracks:,} tracks, {hours_text}", histogram(_array(data["tracks"], "duration_s"), "Durations", x_title="duration (s)")),
-        ("Tempo", "BPM of the music stage", histogram(_array(music, "bpm"), "Tempo", lo=40, hi=220, x_title="BPM")),
+        (
+            "Durations",
+            f"{n_tracks:,} tracks, {hours_text}",
+            histogram(_array(data["tracks"], "duration_s"), "Durations", x_title="duration (s)"),
+        ),
+        (
+            "Tempo",
+            "BPM of the music stage",
+            histogram(_array(music, "bpm"), "Tempo", lo=40, hi=220, x_title="BPM"),
+        ),
     ]
     agreement = _array(music, "bpm_agreement")
     if len(agreement) and agreement.null_count < len(agreement):  # music v7 rows record it
-        sections.append(("BPM agreement", "how well the tempo estimators agree (1 = all the same)",
-                         histogram(agreement, "BPM agreement", lo=0, hi=1, x_title="agreement")))
+        sections.append(
+            (
+                "BPM agreement",
+                "how well the tempo estimators agree (1 = all the same)",
+                histogram(agreement, "BPM agreement", lo=0, hi=1, x_title="agreement"),
+            )
+        )
     else:
-        sections.append(("BPM confidence", "the music stage's tempo confidence (no music rows record bpm_agreement yet: music v7 does)",
-                         histogram(_array(music, "bpm_confidence"), "BPM confidence", lo=0, hi=1, x_title="confidence")))
+        sections.append(
+            (
+                "BPM confidence",
+                "the music stage's tempo confidence (no music rows record bpm_agreement yet: music v7 does)",
+                histogram(
+                    _array(music, "bpm_confidence"),
+                    "BPM confidence",
+                    lo=0,
+                    hi=1,
+                    x_title="confidence",
+                ),
+            )
+        )
     sections += [
         ("Keys", "key and mode", bar_chart(*_counts(_values(music, "keyscale"), 24), "Keys")),
-        ("Loudness", "integrated loudness", histogram(_array(data["qc"], "loudness_lufs"), "Loudness", x_title="loudness (LUFS)")),
-        ("QC reasons", "why tracks failed QC", bar_chart(*_pairs(con, "SELECT r, count(*) FROM (SELECT unnest(qc_reasons) AS r FROM qc) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20"), "QC reasons", empty=all_passed)),
-        ("Languages", "transcript language", bar_chart(*_pairs(con, "SELECT coalesce(language, 'unknown'), count(*) FROM transcripts GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20"), "Languages")),
+        (
+            "Loudness",
+            "integrated loudness",
+            histogram(_array(data["qc"], "loudness_lufs"), "Loudness", x_title="loudness (LUFS)"),
+        ),
+        (
+            "QC reasons",
+            "why tracks failed QC",
+            bar_chart(
+                *_pairs(
+                    con,
+                    "SELECT r, count(*) FROM (SELECT unnest(qc_reasons) AS r FROM qc) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
+                ),
+                "QC reasons",
+                empty=all_passed,
+            ),
+        ),
+        (
+            "Languages",
+            "transcript language",
+            bar_chart(
+                *_pairs(
+                    con,
+                    "SELECT coalesce(language, 'unknown'), count(*) FROM transcripts GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
+                ),
+                "Languages",
+            ),
+        ),
     ]
     aesthetics = data["aesthetics"]
     if aesthetics is None or not aesthetics.num_rows:  # one card saying so, not four empty ones
-        sections.append(("Aesthetics", "Audiobox Aesthetics scores (CE, CU, PC, PQ)", _empty("aesthetics", "No aesthetics scores yet (the aesthetics stage).")))
+        sections.append(
+            (
+                "Aesthetics",
+                "Audiobox Aesthetics scores (CE, CU, PC, PQ)",
+                _empty("aesthetics", "No aesthetics scores yet (the aesthetics stage)."),
+            )
+        )
     else:
-        for axis, name in (("ce", "content enjoyment"), ("cu", "content usefulness"), ("pc", "production complexity"), ("pq", "production quality")):
-            sections.append((f"Aesthetics {axis.upper()}", f"Audiobox Aesthetics: {name}",
-                             histogram(_array(aesthetics, f"aes_{axis}"), f"Aesthetics {axis.upper()}", lo=1, hi=10, x_title="score (1-10)")))
+        for axis, name in (
+            ("ce", "content enjoyment"),
+            ("cu", "content usefulness"),
+            ("pc", "production complexity"),
+            ("pq", "production quality"),
+        ):
+            sections.append(
+                (
+                    f"Aesthetics {axis.upper()}",
+                    f"Audiobox Aesthetics: {name}",
+                    histogram(
+                        _array(aesthetics, f"aes_{axis}"),
+                        f"Aesthetics {axis.upper()}",
+                        lo=1,
+                        hi=10,
+                        x_title="score (1-10)",
+                    ),
+                )
+            )
     captions, structure = data["captions"], data["structure"]
     sections += [
-        ("Caption genres", "genres the captions name (normalised)", bar_chart(*_value_counts([_array(captions, "genres")], 20), "Caption genres")),
-        ("Caption moods and instruments", "the most frequent caption tags",
-         bar_chart(*_value_counts([_array(captions, "moods"), _array(captions, "instruments")], 20), "Caption moods and instruments")),
-        ("Structure sections", "section labels of the structure stage", bar_chart(*_value_counts([_array(structure, "sections")], 12, field="label"), "Structure sections", x_title="sections")),
-        ("Sections per track", "number of sections", histogram(_array(structure, "n_sections"), "Sections per track", bins=20, x_title="sections")),
-        ("Errors", "failures by stage and type", bar_chart(*_counts([f"{s}: {t}" for s, t in zip(_values(data["errors"], "stage"), _values(data["errors"], "error_type"), strict=True)], 20),
-                                                      "Errors", x_title="errors", empty="No errors.")),
+        (
+            "Caption genres",
+            "genres the captions name (normalised)",
+            bar_chart(*_value_counts([_array(captions, "genres")], 20), "Caption genres"),
+        ),
+        (
+            "Caption moods and instruments",
+            "the most frequent caption tags",
+            bar_chart(
+                *_value_counts([_array(captions, "moods"), _array(captions, "instruments")], 20),
+                "Caption moods and instruments",
+            ),
+        ),
+        (
+            "Structure sections",
+            "section labels of the structure stage",
+            bar_chart(
+                *_value_counts([_array(structure, "sections")], 12, field="label"),
+                "Structure sections",
+                x_title="sections",
+            ),
+        ),
+        (
+            "Sections per track",
+            "number of sections",
+            histogram(
+                _array(structure, "n_sections"), "Sections per track", bins=20, x_title="sections"
+            ),
+        ),
+        (
+            "Errors",
+            "failures by stage and type",
+            bar_chart(
+                *_counts(
+                    [
+                        f"{s}: {t}"
+                        for s, t in zip(
+                            _values(data["errors"], "stage"),
+                            _values(data["errors"], "error_type"),
+                            strict=True,
+                        )
+                    ],
+                    20,
+                ),
+                "Errors",
+                x_title="errors",
+                empty="No errors.",
+            ),
+        ),
     ]
-    exact = _one(con, "SELECT count(*) FROM (SELECT track_id FROM sources WHERE track_id IS NOT NULL GROUP BY 1 HAVING count(DISTINCT uri) > 1)")
-    sizes = _pairs(con, "SELECT size, count(*) FROM (SELECT cluster_id, count(*) AS size FROM near_duplicates GROUP BY 1) GROUP BY size ORDER BY size LIMIT 20")
+    exact = _one(
+        con,
+        "SELECT count(*) FROM (SELECT track_id FROM sources WHERE track_id IS NOT NULL GROUP BY 1 HAVING count(DISTINCT uri) > 1)",
+    )
+    sizes = _pairs(
+        con,
+        "SELECT size, count(*) FROM (SELECT cluster_id, count(*) AS size FROM near_duplicates GROUP BY 1) GROUP BY size ORDER BY size LIMIT 20",
+    )
     clusters = int(sum(sizes[1]))
     in_clusters = int(sum(int(k) * v for k, v in zip(*sizes, strict=True)))
-    sections.append(("Duplicates", f"{exact:,} tracks found at several paths (exact copies); {in_clusters:,} tracks in {clusters:,} near-duplicate clusters",
-                     bar_chart([f"{k} tracks" for k in sizes[0]], sizes[1], "Duplicates", x_title="clusters",
-                               empty=f"No near-duplicate clusters (run the fingerprint stage and `{venv_command()} dedup`).")))
-    sections.append(("Stage coverage over time", "tracks with a result, per table (cumulative)", line_chart(_coverage_over_time(con), "Stage coverage")))
+    sections.append(
+        (
+            "Duplicates",
+            f"{exact:,} tracks found at several paths (exact copies); {in_clusters:,} tracks in {clusters:,} near-duplicate clusters",
+            bar_chart(
+                [f"{k} tracks" for k in sizes[0]],
+                sizes[1],
+                "Duplicates",
+                x_title="clusters",
+                empty=f"No near-duplicate clusters (run the fingerprint stage and `{venv_command()} dedup`).",
+            ),
+        )
+    )
+    sections.append(
+        (
+            "Stage coverage over time",
+            "tracks with a result, per table (cumulative)",
+            line_chart(_coverage_over_time(con), "Stage coverage"),
+        )
+    )
     return sections
 
 
-def _coverage_over_time(con: duckdb.DuckDBPyConnection, max_points: int = 200) -> dict[str, list[tuple[datetime, float]]]:
+def _coverage_over_time(
+    con: duckdb.DuckDBPyConnection, max_points: int = 200
+) -> dict[str, list[tuple[datetime, float]]]:
     """Per table, tracks with a first result by time: buckets of a width that gives at most
     `max_points` steps over the whole span (seconds for a demo, days for a long-lived corpus)."""
     from songmill.data_schema.tables import TABLES
 
     names = [n for n, spec in TABLES.items() if spec.stage_table or n == "tracks"]
-    firsts = " UNION ALL ".join(f"SELECT '{n}' AS t, track_id, min(created_at) AS first_seen FROM raw_{n} GROUP BY track_id" for n in names)
+    firsts = " UNION ALL ".join(
+        f"SELECT '{n}' AS t, track_id, min(created_at) AS first_seen FROM raw_{n} GROUP BY track_id"
+        for n in names
+    )
     try:
-        lo, hi = con.execute(f"SELECT epoch(min(first_seen)), epoch(max(first_seen)) FROM ({firsts})").fetchall()[0]
+        lo, hi = con.execute(
+            f"SELECT epoch(min(first_seen)), epoch(max(first_seen)) FROM ({firsts})"
+        ).fetchall()[0]
     except Exception:
         return {}
     if lo is None:
@@ -459,7 +673,12 @@ def _coverage_over_time(con: duckdb.DuckDBPyConnection, max_points: int = 200) -
     ).fetchall()
     out: dict[str, list[tuple[datetime, float]]] = {}
     for table, bucket, total in rows:
-        out.setdefault(table, []).append((datetime.fromtimestamp(lo + (bucket + 1) * width if hi > lo else lo, UTC), float(total)))
+        out.setdefault(table, []).append(
+            (
+                datetime.fromtimestamp(lo + (bucket + 1) * width if hi > lo else lo, UTC),
+                float(total),
+            )
+        )
     return out
 
 

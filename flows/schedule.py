@@ -23,7 +23,9 @@ DEPLOYMENT_NAME = "songmill-scheduled"
 
 
 @flow(name="songmill-scheduled")
-def scheduled_flow(corpus_root: str, sources: list[str], stage_names: list[str], settings: dict[str, Any]) -> None:
+def scheduled_flow(
+    corpus_root: str, sources: list[str], stage_names: list[str], settings: dict[str, Any]
+) -> None:
     if sources:
         ingest_flow(corpus_root, sources, settings.get("ingest"), show_progress=False)
     annotate_flow(corpus_root, stage_names, settings, show_progress=False)
@@ -55,17 +57,28 @@ def check_server() -> str | None:
     prefect = venv_command("prefect")
     url = get_current_settings().api.url  # env var or `prefect config set PREFECT_API_URL=...`
     if not url:
-        return (f"scheduled runs need a running Prefect server: start `{prefect} server start`, then "
-                "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+        return (
+            f"scheduled runs need a running Prefect server: start `{prefect} server start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
-        reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        reason = (
+            str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        )
         return f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); is `{prefect} server start` running?"
     return None
 
 
-def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, cron: str, config: str | None, overrides: list[str]) -> int:
+def serve(
+    corpus_root: str,
+    sources: list[str],
+    stage_names: list[str] | None,
+    cron: str,
+    config: str | None,
+    overrides: list[str],
+) -> int:
     problem = check_cron(cron)
     if problem:
         return _error(f"--cron {cron!r} is not a cron expression: {problem}")
@@ -79,7 +92,9 @@ def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, c
         return _error(problem)
     parameters = {
         "corpus_root": os.path.abspath(corpus_root) if "://" not in corpus_root else corpus_root,
-        "sources": [os.path.abspath(s) if "://" not in s and not os.path.isabs(s) else s for s in sources],
+        "sources": [
+            os.path.abspath(s) if "://" not in s and not os.path.isabs(s) else s for s in sources
+        ],
         "stage_names": stage_names,
         "settings": settings,
     }
@@ -87,9 +102,16 @@ def serve(corpus_root: str, sources: list[str], stage_names: list[str] | None, c
 
     # One run at a time: a run still busy when the next one is due makes the server cancel the new
     # one (the next due run picks up what is left), so runs never pile up or race on the corpus.
-    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    one_at_a_time = ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+    )
     # Stopping serve pauses the schedule (no runs pile up while nothing would run them); starting it
     # again updates the deployment and resumes the schedule.
-    scheduled_flow.serve(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters, global_limit=one_at_a_time,
-                         pause_on_shutdown=True)
+    scheduled_flow.serve(
+        name=DEPLOYMENT_NAME,
+        cron=cron,
+        parameters=parameters,
+        global_limit=one_at_a_time,
+        pause_on_shutdown=True,
+    )
     return 0

@@ -14,12 +14,24 @@ import pyarrow as pa
 from songmill.data_schema.store import Corpus
 
 COLUMNS = (
-    "stage", "runs", "tracks_done", "errors", "audio_hours", "wall_hours", "core_hours",
-    "audio_h_per_wall_h", "audio_h_per_core_h",
+    "stage",
+    "runs",
+    "tracks_done",
+    "errors",
+    "audio_hours",
+    "wall_hours",
+    "core_hours",
+    "audio_h_per_wall_h",
+    "audio_h_per_core_h",
 )
 
 
-def throughput(corpus: Corpus, last: int | None = None, stage: str | None = None, run_ids: Sequence[str] | None = None) -> pa.Table:
+def throughput(
+    corpus: Corpus,
+    last: int | None = None,
+    stage: str | None = None,
+    run_ids: Sequence[str] | None = None,
+) -> pa.Table:
     """One row per stage over the chosen runs (the last `last` runs, or the given run ids)."""
     conditions, params = [], []
     if run_ids is not None:
@@ -66,4 +78,6 @@ def as_markdown(table: pa.Table) -> str:
 
 def throughput_markdown(corpus: Corpus, **selection) -> str:
     table = throughput(corpus, **selection)
-    return "## songmill throughput\n\n" + (as_markdown(table) if table.num_rows else "(no stage had work)")
+    return "## songmill throughput\n\n" + (
+        as_markdown(table) if table.num_rows else "(no stage had work)"
+    )

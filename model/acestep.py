@@ -46,7 +46,9 @@ _SSL_TO_SONGMILL = {"m-hubert": "mhubert"}
 _SONGMILL_TO_SSL = {v: k for k, v in _SSL_TO_SONGMILL.items()}
 # diffusers builds these for the cross-attention but ACE-Step's processor never uses them; they
 # are kept beside the songmill checkpoint so an export gives the release's file back
-_UNUSED_CROSS_ATTENTION = re.compile(r"transformer_blocks\.\d+\.cross_attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)\.")
+_UNUSED_CROSS_ATTENTION = re.compile(
+    r"transformer_blocks\.\d+\.cross_attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)\."
+)
 # ACE-Step's constructor fixes these sizes (the config cannot change them)
 ACESTEP_LYRIC_ENCODER = {"width": 1024, "heads": 16, "ffn": 4096, "depth": 6}
 
@@ -92,8 +94,10 @@ def read_part(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = [WEIGHTS_FILE] if (directory / WEIGHTS_FILE).exists() else sorted(
-            p.name for p in directory.glob("*.safetensors")
+        files = (
+            [WEIGHTS_FILE]
+            if (directory / WEIGHTS_FILE).exists()
+            else sorted(p.name for p in directory.glob("*.safetensors"))
         )
     if not files:
         raise WeightsMissing(f"{directory}: no safetensors weights ({WEIGHTS_FILE})")
@@ -103,7 +107,9 @@ def read_part(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     return config, tensors
 
 
-def write_part(directory: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
+def write_part(
+    directory: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> Path:
     """config.json + diffusion_pytorch_model.safetensors, each written atomically."""
     from safetensors.torch import save_file
 
@@ -111,8 +117,11 @@ def write_part(directory: str | Path, config: Mapping[str, Any], tensors: Mappin
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     tmp = weights.with_suffix(".safetensors.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}, str(tmp),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())},
+        str(tmp),
+        metadata={"format": "pt"},
+    )
     tmp.replace(weights)
     config_tmp = directory / f"{CONFIG_FILE}.tmp"
     config_tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
@@ -133,9 +142,15 @@ def check_keys(
     )
     if missing or unexpected or wrong:
         parts = []
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
             if names:
-                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                shown = ", ".join(names[:8]) + (
+                    f", ... ({len(names)} in all)" if len(names) > 8 else ""
+                )
                 parts.append(f"{label}: {shown}")
         raise WeightsMismatch(f"{where}: " + "; ".join(parts))
 
@@ -148,7 +163,9 @@ def _meta_state(module_factory) -> dict[str, torch.Tensor]:
 # -- DiT --------------------------------------------------------------------------------------
 
 
-def dit_config_from_release(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> DiTConfig:
+def dit_config_from_release(
+    config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> DiTConfig:
     """songmill's DiTConfig for a release transformer; sizes the config cannot say (lyric
     encoder, patch hidden width) are read off the weight shapes."""
 
@@ -159,13 +176,19 @@ def dit_config_from_release(config: Mapping[str, Any], tensors: Mapping[str, tor
 
     depths = list(config.get("ssl_encoder_depths", [8, 8]))
     if len(set(depths)) > 1:
-        raise ReleaseFormatError(f"ssl_encoder_depths {depths}: songmill takes every REPA target after one block")
+        raise ReleaseFormatError(
+            f"ssl_encoder_depths {depths}: songmill takes every REPA target after one block"
+        )
     names = [_SSL_TO_SONGMILL.get(n, n) for n in config.get("ssl_names", ["mert", "m-hubert"])]
     dims = list(config.get("ssl_latent_dims", [1024, 768]))
     lyric_width, token_dim = shape("lyric_encoder.embed.out.0.weight")
-    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"lyric_encoder\.encoders\.(\d+)\.", k))}
+    layers = {
+        int(m.group(1)) for k in tensors if (m := re.match(r"lyric_encoder\.encoders\.(\d+)\.", k))
+    }
     heads = shape("lyric_encoder.encoders.0.self_attn.pos_bias_u")[0] if layers else 1
-    ffn = shape("lyric_encoder.encoders.0.feed_forward.w_1.weight")[0] if layers else 4 * lyric_width
+    ffn = (
+        shape("lyric_encoder.encoders.0.feed_forward.w_1.weight")[0] if layers else 4 * lyric_width
+    )
     vocab = shape("lyric_embs.weight")[0]
     width = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 64))
     repa_hidden = shape("projectors.0.0.weight")[0] if dims else 2 * width
@@ -183,8 +206,13 @@ def dit_config_from_release(config: Mapping[str, Any], tensors: Mapping[str, tor
         text_dim=int(config.get("text_embedding_dim", 768)),
         speaker_dim=int(config.get("speaker_embedding_dim", 512)),
         lyrics=LyricEncoderConfig(
-            kind="espnet", vocab_size=vocab, embed_dim=token_dim if token_dim != lyric_width else 0,
-            width=lyric_width, depth=len(layers), heads=heads, ffn_ratio=ffn / lyric_width,
+            kind="espnet",
+            vocab_size=vocab,
+            embed_dim=token_dim if token_dim != lyric_width else 0,
+            width=lyric_width,
+            depth=len(layers),
+            heads=heads,
+            ffn_ratio=ffn / lyric_width,
         ),
         patch_embed="conv",
         patch_hidden=shape("proj_in.early_conv_layers.0.weight")[0],
@@ -207,8 +235,12 @@ def acestep_incompatibilities(cfg: DiTConfig) -> tuple[list[str], list[str]]:
     constructor cannot be told (the weights still load into a reference built with them)."""
     blocking = []
     wanted = {
-        "patch_embed": "conv", "rope_layout": "interleaved", "cross_attention_rope": True,
-        "cross_attention_norm": False, "output_order": "row_channel", "timestep_freq_dim": 256,
+        "patch_embed": "conv",
+        "rope_layout": "interleaved",
+        "cross_attention_rope": True,
+        "cross_attention_norm": False,
+        "output_order": "row_channel",
+        "timestep_freq_dim": 256,
         "linear_attention_eps": 1e-15,
     }
     for name, value in wanted.items():
@@ -219,8 +251,12 @@ def acestep_incompatibilities(cfg: DiTConfig) -> tuple[list[str], list[str]]:
     sizes = []
     if cfg.patch_hidden != cfg.in_channels * 256:
         sizes.append(f"patch_hidden={cfg.patch_hidden} (ACE-Step builds in_channels x 256)")
-    lyric = {"width": cfg.lyrics.width, "heads": cfg.lyrics.heads,
-             "ffn": int(cfg.lyrics.width * cfg.lyrics.ffn_ratio), "depth": cfg.lyrics.depth}
+    lyric = {
+        "width": cfg.lyrics.width,
+        "heads": cfg.lyrics.heads,
+        "ffn": int(cfg.lyrics.width * cfg.lyrics.ffn_ratio),
+        "depth": cfg.lyrics.depth,
+    }
     if lyric != ACESTEP_LYRIC_ENCODER:
         sizes.append(f"lyric encoder {lyric} (ACE-Step builds {ACESTEP_LYRIC_ENCODER})")
     if cfg.repa_width != 2 * cfg.width:
@@ -253,8 +289,10 @@ def dit_config_to_release(cfg: DiTConfig) -> dict[str, Any]:
         "lyric_encoder_vocab_size": cfg.lyrics.vocab_size,
         "lyric_hidden_size": cfg.lyrics.token_dim,
         "songmill_lyric_encoder": {
-            "output_size": cfg.lyrics.width, "attention_heads": cfg.lyrics.heads,
-            "linear_units": int(cfg.lyrics.width * cfg.lyrics.ffn_ratio), "num_blocks": cfg.lyrics.depth,
+            "output_size": cfg.lyrics.width,
+            "attention_heads": cfg.lyrics.heads,
+            "linear_units": int(cfg.lyrics.width * cfg.lyrics.ffn_ratio),
+            "num_blocks": cfg.lyrics.depth,
         },
     }
 
@@ -277,8 +315,14 @@ def unused_cross_attention_shapes(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:
     for block in range(cfg.depth):
         prefix = f"transformer_blocks.{block}.cross_attn."
         for name in ("add_q_proj", "add_k_proj", "add_v_proj"):
-            shapes[f"{prefix}{name}.weight"], shapes[f"{prefix}{name}.bias"] = (inner, width), (inner,)
-        shapes[f"{prefix}to_add_out.weight"], shapes[f"{prefix}to_add_out.bias"] = (width, inner), (width,)
+            shapes[f"{prefix}{name}.weight"], shapes[f"{prefix}{name}.bias"] = (
+                (inner, width),
+                (inner,),
+            )
+        shapes[f"{prefix}to_add_out.weight"], shapes[f"{prefix}to_add_out.bias"] = (
+            (width, inner),
+            (width,),
+        )
     return shapes
 
 
@@ -294,14 +338,18 @@ def load_dit(src: str | Path) -> nn.Module:
     return dit.eval()
 
 
-def export_dit_tensors(dit: nn.Module, unused: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def export_dit_tensors(
+    dit: nn.Module, unused: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The release's tensor set for a songmill DiT: its state dict plus the unused cross-attention
     projections (the imported ones when known, zeros otherwise: ACE-Step never reads them)."""
     tensors = {k: v.detach().cpu() for k, v in dit.state_dict().items()}
     unused = dict(unused or {})
     for key, shape in unused_cross_attention_shapes(dit.cfg).items():
         value = unused.get(key)
-        tensors[key] = value if value is not None and tuple(value.shape) == shape else torch.zeros(shape)
+        tensors[key] = (
+            value if value is not None and tuple(value.shape) == shape else torch.zeros(shape)
+        )
     return tensors
 
 
@@ -327,8 +375,13 @@ def reference_forward(
         speaker=speaker_embeds,
     )
     timestep = torch.as_tensor(timestep, device=hidden_states.device).float().reshape(-1)
-    return dit.denoise(hidden_states, timestep.expand(hidden_states.shape[0]), cond,
-                       frame_mask=attention_mask.bool(), return_repa=False).sample
+    return dit.denoise(
+        hidden_states,
+        timestep.expand(hidden_states.shape[0]),
+        cond,
+        frame_mask=attention_mask.bool(),
+        return_repa=False,
+    ).sample
 
 
 # -- DCAE -------------------------------------------------------------------------------------
@@ -353,23 +406,41 @@ def dcae_config_from_release(config: Mapping[str, Any], tensors: Mapping[str, to
     enc_types = _per_stage(config.get("encoder_block_types", "ResBlock"), stages)
     dec_types = _per_stage(config.get("decoder_block_types", "ResBlock"), stages)
     if enc_types != dec_types or any(t not in _BLOCK_TYPES for t in enc_types):
-        raise ReleaseFormatError(f"block types {enc_types} / {dec_types}: songmill takes ResBlock / EfficientViTBlock, mirrored")
+        raise ReleaseFormatError(
+            f"block types {enc_types} / {dec_types}: songmill takes ResBlock / EfficientViTBlock, mirrored"
+        )
     checks = {
-        "upsample_block_type": "interpolate", "downsample_block_type": "Conv",
-        "encoder_out_shortcut": True, "decoder_in_shortcut": True, "decoder_conv_act_fn": "relu",
+        "upsample_block_type": "interpolate",
+        "downsample_block_type": "Conv",
+        "encoder_out_shortcut": True,
+        "decoder_in_shortcut": True,
+        "decoder_conv_act_fn": "relu",
     }
     for key, wanted in checks.items():
         if config.get(key, wanted) != wanted:
-            raise ReleaseFormatError(f"{DCAE_DIR}: {key}={config.get(key)!r}, songmill's DCAE implements {wanted!r}")
+            raise ReleaseFormatError(
+                f"{DCAE_DIR}: {key}={config.get(key)!r}, songmill's DCAE implements {wanted!r}"
+            )
     for key, wanted in (("decoder_norm_types", "rms_norm"), ("decoder_act_fns", "silu")):
         if set(_per_stage(config.get(key, wanted), stages)) != {wanted}:
-            raise ReleaseFormatError(f"{DCAE_DIR}: {key}={config.get(key)!r}, songmill's DCAE implements {wanted!r}")
+            raise ReleaseFormatError(
+                f"{DCAE_DIR}: {key}={config.get(key)!r}, songmill's DCAE implements {wanted!r}"
+            )
     kernels = set()
-    for types_key, scales_key in (("encoder_block_types", "encoder_qkv_multiscales"), ("decoder_block_types", "decoder_qkv_multiscales")):
-        for block, scales in zip(_per_stage(config.get(types_key), stages), config.get(scales_key, [[5]] * stages), strict=True):
+    for types_key, scales_key in (
+        ("encoder_block_types", "encoder_qkv_multiscales"),
+        ("decoder_block_types", "decoder_qkv_multiscales"),
+    ):
+        for block, scales in zip(
+            _per_stage(config.get(types_key), stages),
+            config.get(scales_key, [[5]] * stages),
+            strict=True,
+        ):
             if block == "EfficientViTBlock":
                 if len(scales) != 1:
-                    raise ReleaseFormatError(f"{scales_key} {scales}: songmill takes one multiscale kernel")
+                    raise ReleaseFormatError(
+                        f"{scales_key} {scales}: songmill takes one multiscale kernel"
+                    )
                 kernels.add(int(scales[0]))
     if len(kernels) > 1:
         raise ReleaseFormatError(f"multiscale kernels {sorted(kernels)} differ between stages")
@@ -398,15 +469,24 @@ def dcae_config_to_release(cfg) -> dict[str, Any]:
     scales = [[cfg.qkv_multiscale_kernel] if t == "vit" else [] for t in cfg.block_types]
     return {
         "_class_name": "AutoencoderDC",
-        "in_channels": cfg.in_channels, "latent_channels": cfg.latent_channels,
+        "in_channels": cfg.in_channels,
+        "latent_channels": cfg.latent_channels,
         "attention_head_dim": cfg.attention_head_dim,
-        "encoder_block_types": types, "decoder_block_types": types,
-        "encoder_block_out_channels": list(cfg.widths), "decoder_block_out_channels": list(cfg.widths),
-        "encoder_layers_per_block": list(cfg.encoder_depths), "decoder_layers_per_block": list(cfg.decoder_depths),
-        "encoder_qkv_multiscales": scales, "decoder_qkv_multiscales": scales,
-        "upsample_block_type": "interpolate", "downsample_block_type": "Conv",
-        "decoder_norm_types": "rms_norm", "decoder_act_fns": "silu",
-        "encoder_out_shortcut": True, "decoder_in_shortcut": True, "decoder_conv_act_fn": "relu",
+        "encoder_block_types": types,
+        "decoder_block_types": types,
+        "encoder_block_out_channels": list(cfg.widths),
+        "decoder_block_out_channels": list(cfg.widths),
+        "encoder_layers_per_block": list(cfg.encoder_depths),
+        "decoder_layers_per_block": list(cfg.decoder_depths),
+        "encoder_qkv_multiscales": scales,
+        "decoder_qkv_multiscales": scales,
+        "upsample_block_type": "interpolate",
+        "downsample_block_type": "Conv",
+        "decoder_norm_types": "rms_norm",
+        "decoder_act_fns": "silu",
+        "encoder_out_shortcut": True,
+        "decoder_in_shortcut": True,
+        "decoder_conv_act_fn": "relu",
         "scaling_factor": 1.0,
     }
 
@@ -414,9 +494,15 @@ def dcae_config_to_release(cfg) -> dict[str, Any]:
 def dcae_state_from_release(tensors: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     from songmill.model.dcae import MusicDCAE
 
-    expected = {k: v for k, v in _meta_state(lambda: MusicDCAE(cfg)).items() if k not in _DCAE_BUFFERS}
+    expected = {
+        k: v for k, v in _meta_state(lambda: MusicDCAE(cfg)).items() if k not in _DCAE_BUFFERS
+    }
     check_keys(DCAE_DIR, expected, tensors)
-    return {**tensors, "latent_shift": torch.tensor(cfg.latent_shift), "latent_scale": torch.tensor(cfg.latent_scale)}
+    return {
+        **tensors,
+        "latent_shift": torch.tensor(cfg.latent_shift),
+        "latent_scale": torch.tensor(cfg.latent_scale),
+    }
 
 
 class ReleaseDCAE(nn.Module):
@@ -510,18 +596,29 @@ RELEASE_CONFIG_FILE = "acestep_config.json"  # the part's config.json as the rel
 TRAINER_FILE = "trainer.json"
 
 
-def _write_songmill(directory: Path, name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+def _write_songmill(
+    directory: Path, name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> None:
     """`<name>.safetensors` + `<name>.json`, the pair model.weights.load_module reads."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())},
-              str(directory / f"{name}.safetensors"), metadata={"format": "pt", "name": name})
-    (directory / f"{name}.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())},
+        str(directory / f"{name}.safetensors"),
+        metadata={"format": "pt", "name": name},
+    )
+    (directory / f"{name}.json").write_text(
+        json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _relative_files(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()} if directory.is_dir() else set()
+    return (
+        {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
+        if directory.is_dir()
+        else set()
+    )
 
 
 def _check_replaceable(final: Path, would_write: set[str]) -> None:
@@ -558,10 +655,14 @@ def _replace_dir(staging: Path, final: Path) -> None:
 def release_parts(src: str | Path) -> list[str]:
     src = Path(src)
     if not src.is_dir():
-        raise WeightsMissing(f"{src} is not a directory: point at the unpacked ACE-Step v1 download")
+        raise WeightsMissing(
+            f"{src} is not a directory: point at the unpacked ACE-Step v1 download"
+        )
     found = [part for part in RELEASE_PARTS if (src / part).is_dir()]
     if not found:
-        raise ReleaseFormatError(f"{src}: none of {', '.join(RELEASE_PARTS)} inside; is this the ACE-Step v1 checkpoint directory?")
+        raise ReleaseFormatError(
+            f"{src}: none of {', '.join(RELEASE_PARTS)} inside; is this the ACE-Step v1 checkpoint directory?"
+        )
     return found
 
 
@@ -602,7 +703,9 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
             text_dir = src / TEXT_ENCODER_DIR
             refuse_pickles(text_dir)
             if not any(p.suffix == ".safetensors" for p in text_dir.iterdir()):
-                raise WeightsMissing(f"{text_dir}: no safetensors weights for the umT5 text encoder")
+                raise WeightsMissing(
+                    f"{text_dir}: no safetensors weights for the umT5 text encoder"
+                )
 
         if DCAE_NAME in plans:
             cfg, state = plans[DCAE_NAME]
@@ -611,29 +714,46 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
             cfg, state = plans[VOCODER_NAME]
             _write_songmill(staging / VOCODER_NAME, VOCODER_NAME, cfg.to_dict(), state)
         if TEXT_ENCODER_DIR in parts:
-            shutil.copytree(src / TEXT_ENCODER_DIR, staging / "text_encoder",
-                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
+            shutil.copytree(
+                src / TEXT_ENCODER_DIR,
+                staging / "text_encoder",
+                ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)),
+            )
         if DIT_NAME in plans:
             cfg, state, unused = plans[DIT_NAME]
             directory = staging / DIT_NAME
             _write_songmill(directory, DIT_NAME, cfg.to_dict(), state)
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in sorted(unused.items())}, str(directory / EXTRAS_FILE))
+            save_file(
+                {k: v.contiguous() for k, v in sorted(unused.items())}, str(directory / EXTRAS_FILE)
+            )
             # the release's mel settings are its vocoder's (music_dcae_pipeline uses vocoder.mel_transform)
             vocoder_cfg = plans[VOCODER_NAME][0] if VOCODER_NAME in plans else ADaMoSConfig()
             conditioning = {
-                "text_encoder": str((out / "text_encoder").resolve()) if TEXT_ENCODER_DIR in parts else "none",
+                "text_encoder": str((out / "text_encoder").resolve())
+                if TEXT_ENCODER_DIR in parts
+                else "none",
                 "dcae_checkpoint": str((out / DCAE_NAME).resolve()) if DCAE_NAME in plans else "",
                 "vocoder": str((out / VOCODER_NAME).resolve()) if VOCODER_NAME in plans else "",
                 "lyric_tokenizer_json": None,
                 "mel": vocoder_cfg.mel_config().to_dict(),
             }
-            trainer = {"step": 0, "kind": "dit", "lora": False, "preset": "acestep-v1",
-                       "imported_from": str(src.resolve()), "conditioning": conditioning}
-            (directory / TRAINER_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True) + "\n")
+            trainer = {
+                "step": 0,
+                "kind": "dit",
+                "lora": False,
+                "preset": "acestep-v1",
+                "imported_from": str(src.resolve()),
+                "conditioning": conditioning,
+            }
+            (directory / TRAINER_FILE).write_text(
+                json.dumps(trainer, indent=2, sort_keys=True) + "\n"
+            )
         for name, config in release_configs.items():
-            (staging / name / RELEASE_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (staging / name / RELEASE_CONFIG_FILE).write_text(
+                json.dumps(config, indent=2, sort_keys=True) + "\n"
+            )
         for child in sorted(staging.iterdir()):  # every target checked before any is replaced
             _check_replaceable(out / child.name, _relative_files(child))
         for child in sorted(staging.iterdir()):
@@ -644,7 +764,9 @@ def import_release(src: str | Path, out: str | Path) -> dict[str, str]:
     return written
 
 
-def _stored_release_config(directory: Path, current: dict[str, Any], derive) -> dict[str, Any] | None:
+def _stored_release_config(
+    directory: Path, current: dict[str, Any], derive
+) -> dict[str, Any] | None:
     """The release config.json an import kept, when it still describes the model (so a round
     trip gives the release's file back, unused fields included); None otherwise."""
     stored_file = directory / RELEASE_CONFIG_FILE
@@ -656,7 +778,11 @@ def _stored_release_config(directory: Path, current: dict[str, Any], derive) -> 
     except (ReleaseFormatError, WeightsMismatch, KeyError, ValueError):
         return None
     comparable = {k: v for k, v in current.items() if k not in _DCAE_BUFFERS}
-    return stored if {k: v for k, v in derived.items() if k not in _DCAE_BUFFERS} == comparable else None
+    return (
+        stored
+        if {k: v for k, v in derived.items() if k not in _DCAE_BUFFERS} == comparable
+        else None
+    )
 
 
 def _lora_release_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -671,8 +797,12 @@ def _lora_release_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dic
     return tensors, spec
 
 
-def export_release(checkpoint: str | Path, out: str | Path, dcae: str | Path | None = None,
-                   vocoder: str | Path | None = None) -> dict[str, Any]:
+def export_release(
+    checkpoint: str | Path,
+    out: str | Path,
+    dcae: str | Path | None = None,
+    vocoder: str | Path | None = None,
+) -> dict[str, Any]:
     """Write a songmill DiT checkpoint (and the DCAE / vocoder / text encoder its conditioning
     names, or the ones given) in ACE-Step v1's release layout under `out`; a LoRA checkpoint
     gives its base as ace_step_transformer/ and the adapters as lora/pytorch_lora_weights.safetensors
@@ -696,7 +826,10 @@ def export_release(checkpoint: str | Path, out: str | Path, dcae: str | Path | N
     if trainer.get("lora"):
         lora = _lora_release_tensors(path)
         dit_dir = Path(resolve_checkpoint(lora[1]["base_checkpoint"]))
-        trainer = {**json.loads((dit_dir / TRAINER_FILE).read_text()), **{"conditioning": trainer.get("conditioning", {})}}
+        trainer = {
+            **json.loads((dit_dir / TRAINER_FILE).read_text()),
+            **{"conditioning": trainer.get("conditioning", {})},
+        }
     name = "dit_ema" if (dit_dir / "dit_ema.safetensors").exists() else DIT_NAME
     dit = load_module(LinearDiT, dit_dir, name)
     blocking, sizes = acestep_incompatibilities(dit.cfg)
@@ -719,39 +852,72 @@ def export_release(checkpoint: str | Path, out: str | Path, dcae: str | Path | N
         tensors, spec = lora
         lora_dir = out / "lora"
         lora_dir.mkdir(parents=True, exist_ok=True)
-        peft_config = {"r": spec["rank"], "lora_alpha": spec["alpha"], "target_modules": list(spec["targets"]),
-                       "lora_dropout": spec.get("dropout", 0.0), "use_rslora": False, "bias": "none"}
-        save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(lora_dir / LORA_FILE),
-                  metadata={"format": "pt", "lora_adapter_metadata": json.dumps(peft_config, sort_keys=True)})
+        peft_config = {
+            "r": spec["rank"],
+            "lora_alpha": spec["alpha"],
+            "target_modules": list(spec["targets"]),
+            "lora_dropout": spec.get("dropout", 0.0),
+            "use_rslora": False,
+            "bias": "none",
+        }
+        save_file(
+            {k: v.contiguous() for k, v in sorted(tensors.items())},
+            str(lora_dir / LORA_FILE),
+            metadata={
+                "format": "pt",
+                "lora_adapter_metadata": json.dumps(peft_config, sort_keys=True),
+            },
+        )
         (lora_dir / "lora_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
         written["lora"] = str(lora_dir)
 
     conditioning = trainer.get("conditioning", {})
-    dcae_dir = Path(dcae) if dcae else (Path(conditioning["dcae_checkpoint"]) if conditioning.get("dcae_checkpoint") else None)
+    dcae_dir = (
+        Path(dcae)
+        if dcae
+        else (
+            Path(conditioning["dcae_checkpoint"]) if conditioning.get("dcae_checkpoint") else None
+        )
+    )
     if dcae_dir is not None:
-        dcae_dir = dcae_dir if (dcae_dir / "dcae.safetensors").exists() else Path(resolve_checkpoint(str(dcae_dir)))
+        dcae_dir = (
+            dcae_dir
+            if (dcae_dir / "dcae.safetensors").exists()
+            else Path(resolve_checkpoint(str(dcae_dir)))
+        )
         dcae_name = "dcae_ema" if (dcae_dir / "dcae_ema.safetensors").exists() else DCAE_NAME
         cfg = DCAEConfig.from_dict(json.loads((dcae_dir / f"{dcae_name}.json").read_text()))
         state = load_file(str(dcae_dir / f"{dcae_name}.safetensors"))
         shift, scale = float(state.pop("latent_shift")), float(state.pop("latent_scale"))
         if (round(shift, 4), round(scale, 4)) != (ACESTEP_LATENT_SHIFT, ACESTEP_LATENT_SCALE):
-            notes.append(f"DCAE latent shift/scale {shift:.4g}/{scale:.4g} differ from ACE-Step's fixed "
-                         f"{ACESTEP_LATENT_SHIFT}/{ACESTEP_LATENT_SCALE}: its pipeline will mis-scale latents")
+            notes.append(
+                f"DCAE latent shift/scale {shift:.4g}/{scale:.4g} differ from ACE-Step's fixed "
+                f"{ACESTEP_LATENT_SHIFT}/{ACESTEP_LATENT_SCALE}: its pipeline will mis-scale latents"
+            )
         release_config = _stored_release_config(
             dcae_dir, cfg.to_dict(), lambda c: dcae_config_from_release(c, state).to_dict()
         ) or dcae_config_to_release(cfg)
         write_part(out / DCAE_DIR, release_config, state)
         written["dcae"] = str(out / DCAE_DIR)
-    vocoder_dir = Path(vocoder) if vocoder else (Path(conditioning["vocoder"]) if conditioning.get("vocoder") else None)
+    vocoder_dir = (
+        Path(vocoder)
+        if vocoder
+        else (Path(conditioning["vocoder"]) if conditioning.get("vocoder") else None)
+    )
     if vocoder_dir is not None:
         from songmill.model.adamos import ADaMoSConfig
 
         config = json.loads((vocoder_dir / f"{VOCODER_NAME}.json").read_text())
         if "dims" not in config:
-            notes.append(f"{vocoder_dir} is a HiFi-GAN V1, not ACE-Step's ADaMoS vocoder: not exported")
+            notes.append(
+                f"{vocoder_dir} is a HiFi-GAN V1, not ACE-Step's ADaMoS vocoder: not exported"
+            )
         else:
             cfg = ADaMoSConfig.from_dict(config)
-            state = {**load_file(str(vocoder_dir / f"{VOCODER_NAME}.safetensors")), **vocoder_derived_buffers(cfg)}
+            state = {
+                **load_file(str(vocoder_dir / f"{VOCODER_NAME}.safetensors")),
+                **vocoder_derived_buffers(cfg),
+            }
             release_config = _stored_release_config(
                 vocoder_dir, cfg.to_dict(), lambda c: vocoder_config_from_release(c).to_dict()
             ) or {"_class_name": "ADaMoSHiFiGANV1", **cfg.to_dict()}
@@ -764,6 +930,8 @@ def export_release(checkpoint: str | Path, out: str | Path, dcae: str | Path | N
         _check_replaceable(target, copied)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(text, target, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
+        shutil.copytree(
+            text, target, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES))
+        )
         written["text_encoder"] = str(target)
     return {"written": written, "notes": notes}

@@ -30,7 +30,12 @@ class ADaMoSConfig(_DictConfig):
     upsample_rates: tuple[int, ...] = (4, 4, 2, 2, 2, 2, 2)
     upsample_kernel_sizes: tuple[int, ...] = (8, 8, 4, 4, 4, 4, 4)
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11, 13)
-    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5), (1, 3, 5))
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = (
+        (1, 3, 5),
+        (1, 3, 5),
+        (1, 3, 5),
+        (1, 3, 5),
+    )
     num_mels: int = 512
     upsample_initial_channel: int = 1024
     use_template: bool = False
@@ -46,8 +51,13 @@ class ADaMoSConfig(_DictConfig):
 
     def mel_config(self) -> MelConfig:
         return MelConfig(
-            sample_rate=self.sampling_rate, n_fft=self.n_fft, win_length=self.win_length,
-            hop_length=self.hop_length, n_mels=self.n_mels, f_min=float(self.f_min), f_max=float(self.f_max),
+            sample_rate=self.sampling_rate,
+            n_fft=self.n_fft,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            f_min=float(self.f_min),
+            f_max=float(self.f_max),
         )
 
 
@@ -80,8 +90,16 @@ class WNConvTranspose1d(nn.ConvTranspose1d, _WeightNorm):
         self._split_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose1d(x, self.normed_weight(), self.bias, self.stride, self.padding,
-                                  self.output_padding, self.groups, self.dilation)
+        return F.conv_transpose1d(
+            x,
+            self.normed_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
 
 
 class ChannelsFirstLayerNorm(nn.Module):
@@ -133,7 +151,9 @@ class ConvNeXtEncoder(nn.Module):
         )
         self.channel_layers = nn.ModuleList([stem])
         for i in range(len(dims) - 1):
-            self.channel_layers.append(nn.Sequential(ChannelsFirstLayerNorm(dims[i]), nn.Conv1d(dims[i], dims[i + 1], 1)))
+            self.channel_layers.append(
+                nn.Sequential(ChannelsFirstLayerNorm(dims[i]), nn.Conv1d(dims[i], dims[i + 1], 1))
+            )
 
         def block(dim: int) -> nn.Module:
             if len(cfg.kernel_sizes) == 1:
@@ -141,7 +161,8 @@ class ConvNeXtEncoder(nn.Module):
             return ParallelConvNeXtBlock(dim, tuple(cfg.kernel_sizes))
 
         self.stages = nn.ModuleList(
-            nn.Sequential(*(block(dim) for _ in range(depth))) for dim, depth in zip(dims, cfg.depths, strict=True)
+            nn.Sequential(*(block(dim) for _ in range(depth)))
+            for dim, depth in zip(dims, cfg.depths, strict=True)
         )
         self.norm = ChannelsFirstLayerNorm(dims[-1])
 
@@ -155,7 +176,8 @@ class ResBlock1(nn.Module):
     def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
-            WNConv1d(channels, channels, kernel, dilation=d, padding=(kernel * d - d) // 2) for d in dilations
+            WNConv1d(channels, channels, kernel, dilation=d, padding=(kernel * d - d) // 2)
+            for d in dilations
         )
         self.convs2 = nn.ModuleList(
             WNConv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in dilations
@@ -171,21 +193,35 @@ class HiFiGANHead(nn.Module):
     def __init__(self, cfg: ADaMoSConfig) -> None:
         super().__init__()
         if math.prod(cfg.upsample_rates) != cfg.hop_length:
-            raise ValueError(f"upsample_rates multiply to {math.prod(cfg.upsample_rates)}, not hop_length {cfg.hop_length}")
+            raise ValueError(
+                f"upsample_rates multiply to {math.prod(cfg.upsample_rates)}, not hop_length {cfg.hop_length}"
+            )
         if cfg.use_template:
-            raise ValueError("use_template=True (noise templates) is not supported; the release has it off")
+            raise ValueError(
+                "use_template=True (noise templates) is not supported; the release has it off"
+            )
         channels = cfg.upsample_initial_channel
-        self.conv_pre = WNConv1d(cfg.num_mels, channels, cfg.pre_conv_kernel_size,
-                                 padding=(cfg.pre_conv_kernel_size - 1) // 2)
+        self.conv_pre = WNConv1d(
+            cfg.num_mels,
+            channels,
+            cfg.pre_conv_kernel_size,
+            padding=(cfg.pre_conv_kernel_size - 1) // 2,
+        )
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
-        for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)):
+        for i, (rate, kernel) in enumerate(
+            zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)
+        ):
             cin, cout = channels // 2**i, channels // 2 ** (i + 1)
-            self.ups.append(WNConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2))
+            self.ups.append(
+                WNConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2)
+            )
             for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True):
                 self.resblocks.append(ResBlock1(cout, k, tuple(d)))
         self.kernels = len(cfg.resblock_kernel_sizes)
-        self.conv_post = WNConv1d(cout, 1, cfg.post_conv_kernel_size, padding=(cfg.post_conv_kernel_size - 1) // 2)
+        self.conv_post = WNConv1d(
+            cout, 1, cfg.post_conv_kernel_size, padding=(cfg.post_conv_kernel_size - 1) // 2
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
@@ -234,7 +270,7 @@ class ADaMoSVocoder:
         batch, channels, n_mels, frames = mel.shape
         log_mel = unscale_mel(mel, self.mel_cfg)
         device = next(self.generator.parameters()).device
-        wav = torch.cat([
-            self.generator(log_mel[:, c].to(device).float()) for c in range(channels)
-        ], dim=1)  # one channel at a time, as the release decodes
+        wav = torch.cat(
+            [self.generator(log_mel[:, c].to(device).float()) for c in range(channels)], dim=1
+        )  # one channel at a time, as the release decodes
         return wav.reshape(batch, channels, -1)

@@ -25,7 +25,9 @@ class Conditions:
     def batch_size(self) -> int:
         return int(self.text.shape[0])
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditions:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Conditions:
         """Move every tensor; `dtype` applies to the float tensors only."""
         return Conditions(
             text=self.text.to(device=device, dtype=dtype),
@@ -37,7 +39,10 @@ class Conditions:
 
     def index(self, rows: torch.Tensor | slice) -> Conditions:
         return Conditions(
-            self.text[rows], self.text_mask[rows], self.lyrics[rows], self.lyrics_mask[rows],
+            self.text[rows],
+            self.text_mask[rows],
+            self.lyrics[rows],
+            self.lyrics_mask[rows],
             self.speaker[rows],
         )
 

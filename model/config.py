@@ -224,7 +224,9 @@ class ModelPreset(_DictConfig):
         # the DiT owns the lyric encoder: one config object for both views
         self.dit.lyrics = self.lyrics
         if self.dit.text_dim != self.text.d_model:
-            raise ValueError(f"dit.text_dim {self.dit.text_dim} != text.d_model {self.text.d_model}")
+            raise ValueError(
+                f"dit.text_dim {self.dit.text_dim} != text.d_model {self.text.d_model}"
+            )
 
 
 PRESET_NAMES = ("tiny", "small", "base")
@@ -252,8 +254,15 @@ def preset(name: str) -> ModelPreset:
     if name == "tiny":
         text = TextEncoderConfig(kind="tiny-random", path="", d_model=32, max_length=64)
         lyrics = LyricEncoderConfig(
-            vocab_size=260, width=32, depth=1, heads=2, ffn_ratio=2.0, conv_kernel=3, max_tokens=256,
-            dropout=0.0, positional_dropout=0.0,
+            vocab_size=260,
+            width=32,
+            depth=1,
+            heads=2,
+            ffn_ratio=2.0,
+            conv_kernel=3,
+            max_tokens=256,
+            dropout=0.0,
+            positional_dropout=0.0,
         )
         return ModelPreset(
             name="tiny",

@@ -16,7 +16,9 @@ from songmill.model.config import LyricEncoderConfig
 from torch import nn
 
 
-def relative_position_encoding(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+def relative_position_encoding(
+    length: int, dim: int, device: torch.device | None = None
+) -> torch.Tensor:
     """(1, 2L - 1, dim) sinusoids for relative positions L-1 .. -(L-1) (ESPnet's RelPositionalEncoding)."""
     div_term = torch.exp(
         torch.arange(0, dim, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / dim)
@@ -63,11 +65,15 @@ class RelPositionMultiHeadedAttention(nn.Module):
         v = self.linear_v(x).view(batch, -1, self.h, self.d_k).transpose(1, 2)
         p = self.linear_pos(pos_emb).view(pos_emb.shape[0], -1, self.h, self.d_k).transpose(1, 2)
         content = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k.transpose(-2, -1))
-        position = rel_shift(torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)))
+        position = rel_shift(
+            torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1))
+        )
         scores = (content + position) / math.sqrt(self.d_k)
         padded = ~mask[:, None, None, :]
         # a row with every key padded gives NaN in softmax; ESPnet zeroes it afterwards
-        attn = torch.softmax(scores.masked_fill(padded, float("-inf")), dim=-1).masked_fill(padded, 0.0)
+        attn = torch.softmax(scores.masked_fill(padded, float("-inf")), dim=-1).masked_fill(
+            padded, 0.0
+        )
         out = torch.matmul(self.dropout(attn), v)
         return self.linear_out(out.transpose(1, 2).reshape(batch, -1, self.h * self.d_k))
 
@@ -86,8 +92,12 @@ class PositionwiseFeedForward(nn.Module):
 class ConformerEncoderLayer(nn.Module):
     def __init__(self, cfg: LyricEncoderConfig) -> None:
         super().__init__()
-        self.self_attn = RelPositionMultiHeadedAttention(cfg.heads, cfg.width, cfg.attention_dropout)
-        self.feed_forward = PositionwiseFeedForward(cfg.width, int(cfg.width * cfg.ffn_ratio), cfg.dropout)
+        self.self_attn = RelPositionMultiHeadedAttention(
+            cfg.heads, cfg.width, cfg.attention_dropout
+        )
+        self.feed_forward = PositionwiseFeedForward(
+            cfg.width, int(cfg.width * cfg.ffn_ratio), cfg.dropout
+        )
         self.norm_ff = nn.LayerNorm(cfg.width, eps=1e-5)
         self.norm_mha = nn.LayerNorm(cfg.width, eps=1e-5)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -101,7 +111,9 @@ class _LinearEmbed(nn.Module):
     def __init__(self, cfg: LyricEncoderConfig) -> None:
         super().__init__()
         self.out = nn.Sequential(
-            nn.Linear(cfg.token_dim, cfg.width), nn.LayerNorm(cfg.width, eps=1e-5), nn.Dropout(cfg.dropout)
+            nn.Linear(cfg.token_dim, cfg.width),
+            nn.LayerNorm(cfg.width, eps=1e-5),
+            nn.Dropout(cfg.dropout),
         )
 
 

@@ -45,7 +45,9 @@ class MultiscaleProjection(nn.Module):
 
     def __init__(self, channels: int, heads: int, kernel: int) -> None:
         super().__init__()
-        self.proj_in = nn.Conv2d(3 * channels, 3 * channels, kernel, padding=kernel // 2, groups=3 * channels, bias=False)
+        self.proj_in = nn.Conv2d(
+            3 * channels, 3 * channels, kernel, padding=kernel // 2, groups=3 * channels, bias=False
+        )
         self.proj_out = nn.Conv2d(3 * channels, 3 * channels, 1, groups=3 * heads, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,11 +80,15 @@ class MultiscaleLinearAttention(nn.Module):
         linear = height * width > self.head_dim
         if linear:
             qkv = qkv.float()
-        q, k, v = qkv.reshape(batch, -1, 3 * self.head_dim, height * width).chunk(3, dim=2)  # (B, heads, d, N)
+        q, k, v = qkv.reshape(batch, -1, 3 * self.head_dim, height * width).chunk(
+            3, dim=2
+        )  # (B, heads, d, N)
         q, k = F.relu(q), F.relu(k)
         if linear:
             v = F.pad(v, (0, 0, 0, 1), value=1.0)  # ones row -> normaliser in the last row
-            out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q).float()  # (B, heads, d+1, N)
+            out = torch.matmul(
+                torch.matmul(v, k.transpose(-1, -2)), q
+            ).float()  # (B, heads, d+1, N)
             out = out[:, :, :-1] / (out[:, :, -1:] + self.eps)
         else:
             scores = torch.matmul(k.transpose(-1, -2), q).float()
@@ -92,7 +98,9 @@ class MultiscaleLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x.movedim(1, -1)
-        qkv = torch.cat([self.to_q(pixels), self.to_k(pixels), self.to_v(pixels)], dim=-1).movedim(-1, 1)
+        qkv = torch.cat([self.to_q(pixels), self.to_k(pixels), self.to_v(pixels)], dim=-1).movedim(
+            -1, 1
+        )
         multiscale = torch.cat([qkv, *(branch(qkv) for branch in self.to_qkv_multiscale)], dim=1)
         out = self._attend(multiscale).to(x.dtype)
         return x + self.norm_out(self.to_out(out.movedim(1, -1)).movedim(-1, 1))
@@ -157,7 +165,9 @@ def _stage_blocks(cfg: DCAEConfig, stage: int, depth: int) -> list[nn.Module]:
         return [ResBlock(width) for _ in range(depth)]
     if cfg.block_types[stage] == "vit":
         return [
-            EfficientViTBlock(width, cfg.attention_head_dim, cfg.qkv_multiscale_kernel, cfg.ffn_expand)
+            EfficientViTBlock(
+                width, cfg.attention_head_dim, cfg.qkv_multiscale_kernel, cfg.ffn_expand
+            )
             for _ in range(depth)
         ]
     raise ValueError(f"unknown DCAE block type {cfg.block_types[stage]!r}")
@@ -221,7 +231,9 @@ class MusicDCAE(nn.Module):
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
         if any(w % cfg.latent_channels for w in cfg.widths[-1:]) or len(cfg.widths) != 4:
-            raise ValueError("DCAE expects 4 stages (f8) and a last width divisible by latent channels")
+            raise ValueError(
+                "DCAE expects 4 stages (f8) and a last width divisible by latent channels"
+            )
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)

@@ -66,7 +66,9 @@ class LinearSelfAttention(_Projections):
         q = rotate(heads(self.to_q(x)), rope, self.rope_layout)
         k = rotate(heads(self.to_k(x)), rope, self.rope_layout)
         v = heads(self.to_v(x))
-        if mask is not None:  # as ACE-Step: padded queries give zeros, padded keys count for nothing
+        if (
+            mask is not None
+        ):  # as ACE-Step: padded queries give zeros, padded keys count for nothing
             q = q.masked_fill(~mask[:, None, :, None], 0.0)
         out = relu_linear_attention(q, k, v, mask, self.eps)
         return self.to_out[0](out.transpose(1, 2).reshape(batch, frames, -1).to(x.dtype))
@@ -108,7 +110,9 @@ class CrossAttention(_Projections):
 class _Conv(nn.Module):
     """A Conv1d under `.conv`, as the release's ConvLayer names it."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, groups: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, groups: int = 1, bias: bool = True
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=bias)
 
@@ -191,9 +195,16 @@ class PatchEmbed(nn.Module):
         self.kind = cfg.patch_embed
         if self.kind == "conv":
             if cfg.patch_hidden % 32:
-                raise ValueError(f"patch_hidden {cfg.patch_hidden} must be a multiple of 32 (GroupNorm)")
+                raise ValueError(
+                    f"patch_hidden {cfg.patch_hidden} must be a multiple of 32 (GroupNorm)"
+                )
             self.early_conv_layers = nn.Sequential(
-                nn.Conv2d(cfg.in_channels, cfg.patch_hidden, (cfg.latent_height, 1), (cfg.latent_height, 1)),
+                nn.Conv2d(
+                    cfg.in_channels,
+                    cfg.patch_hidden,
+                    (cfg.latent_height, 1),
+                    (cfg.latent_height, 1),
+                ),
                 nn.GroupNorm(32, cfg.patch_hidden, eps=1e-6),
                 nn.Conv2d(cfg.patch_hidden, cfg.width, 1),
             )
@@ -270,8 +281,10 @@ class LinearDiT(nn.Module):
         # one projector per REPA target, in the order of cfg.repa_targets (ACE-Step: mert, m-hubert)
         self.projectors = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(width, hidden), nn.SiLU(),
-                nn.Linear(hidden, hidden), nn.SiLU(),
+                nn.Linear(width, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
                 nn.Linear(hidden, dim),
             )
             for dim in cfg.repa_targets.values()
@@ -325,12 +338,16 @@ class LinearDiT(nn.Module):
         tokens = self.proj_in(x.to(self.dtype), frame_mask if strict else None)
         if strict:
             tokens = tokens.masked_fill(~frame_mask[..., None], 0.0)
-        features = timestep_features(model_timestep.float().expand(batch), self.cfg.timestep_freq_dim)
+        features = timestep_features(
+            model_timestep.float().expand(batch), self.cfg.timestep_freq_dim
+        )
         time = self.timestep_embedder(features.to(tokens.dtype))
         time6 = self.t_block(time).view(batch, 6, -1)
         context, context_mask = self.encode_conditions(cond)
         rope = rope_angles(frames, self.cfg.head_dim, self.cfg.rope_theta, device=x.device)
-        context_rope = rope_angles(context.shape[1], self.cfg.head_dim, self.cfg.rope_theta, device=x.device)
+        context_rope = rope_angles(
+            context.shape[1], self.cfg.head_dim, self.cfg.rope_theta, device=x.device
+        )
         repa: dict[str, torch.Tensor] = {}
         h = tokens
         for index, block in enumerate(self.transformer_blocks):
@@ -341,7 +358,8 @@ class LinearDiT(nn.Module):
                 h = block(*args)
             if return_repa and index + 1 == self.cfg.repa_block:
                 repa = {
-                    name: head(h) for name, head in zip(self.cfg.repa_targets, self.projectors, strict=True)
+                    name: head(h)
+                    for name, head in zip(self.cfg.repa_targets, self.projectors, strict=True)
                 }
         sample = self.final_layer(h, time)
         if strict:

@@ -73,8 +73,13 @@ class TextEncoder:
 
         cfg = cfg or TextEncoderConfig(kind="tiny-random", path="", d_model=32, max_length=64)
         config = UMT5Config(
-            vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-            num_layers=cfg.num_layers, num_heads=cfg.num_heads, feed_forward_proj="gated-gelu",
+            vocab_size=cfg.vocab_size,
+            d_model=cfg.d_model,
+            d_kv=cfg.d_kv,
+            d_ff=cfg.d_ff,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            feed_forward_proj="gated-gelu",
             dropout_rate=0.0,
         )
         with torch.random.fork_rng(devices=[]):
@@ -91,7 +96,10 @@ class TextEncoder:
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length,
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         ids = batch["input_ids"].to(self.device)
@@ -123,7 +131,9 @@ def _encoder_class(model_type: str) -> type:
         "t5": transformers.T5EncoderModel,
     }
     if model_type not in classes:
-        raise ValueError(f"unsupported text encoder type {model_type!r}; expected {sorted(classes)}")
+        raise ValueError(
+            f"unsupported text encoder type {model_type!r}; expected {sorted(classes)}"
+        )
     return classes[model_type]
 
 
@@ -180,12 +190,20 @@ class _RelativeSelfAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        )
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out(out.transpose(1, 2).reshape(batch, length, width))
 
@@ -221,7 +239,9 @@ class ConformerBlock(nn.Module):
         self.ff2 = _FeedForward(cfg.width, cfg.ffn_ratio, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         x = x + 0.5 * self.ff1(x)  # macaron: half-step feed-forwards around attention and conv
         x = x + self.attention(x, mask, rope)
         x = x + self.conv(x, mask)
@@ -264,7 +284,9 @@ def build_lyric_encoder(cfg: LyricEncoderConfig) -> nn.Module:
         return EspnetConformerEncoder(cfg)
     if cfg.kind == "macaron-rope":
         return MacaronLyricEncoder(cfg)
-    raise ValueError(f"unknown lyric encoder kind {cfg.kind!r}; expected 'espnet' or 'macaron-rope'")
+    raise ValueError(
+        f"unknown lyric encoder kind {cfg.kind!r}; expected 'espnet' or 'macaron-rope'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +303,11 @@ def cfg_dropout(
     """Drop each condition independently per sample (text / speaker zeroed, lyric ids -> 0)."""
     batch = cond.batch_size
     draws = torch.rand(3, batch, generator=generator).to(cond.text.device)
-    drop_text, drop_lyrics, drop_speaker = draws[0] < p_text, draws[1] < p_lyrics, draws[2] < p_speaker
+    drop_text, drop_lyrics, drop_speaker = (
+        draws[0] < p_text,
+        draws[1] < p_lyrics,
+        draws[2] < p_speaker,
+    )
     return Conditions(
         text=cond.text.masked_fill(drop_text[:, None, None], 0.0),
         text_mask=cond.text_mask,

@@ -59,7 +59,10 @@ def _masked_mean(err: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Te
 
 
 def flow_matching_loss(
-    model_out: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, frame_mask: torch.Tensor | None = None
+    model_out: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    frame_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE against the velocity target noise - x0, averaged over real frames only."""
     err = (model_out.float() - (noise.float() - x0.float())) ** 2  # (B, C, H, F)
@@ -102,7 +105,9 @@ def denoising_loss(
 # -- sigma schedules -----------------------------------------------------------------------------
 
 
-def sampling_sigmas(steps: int, shift: float = 3.0, device: torch.device | str | None = None) -> torch.Tensor:
+def sampling_sigmas(
+    steps: int, shift: float = 3.0, device: torch.device | str | None = None
+) -> torch.Tensor:
     """steps + 1 decreasing sigmas from 1 to 0, shifted."""
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
 
@@ -212,8 +217,15 @@ class SamplerSettings:
     @classmethod
     def acestep(cls, **overrides: object) -> SamplerSettings:
         """Euler, 60 steps, APG at scale 15 in the middle half of the steps, omega 10."""
-        values = dict(method="euler", steps=60, guidance="apg", guidance_scale=15.0, guidance_interval=0.5,
-                      schedule="acestep", omega=10.0)
+        values = dict(
+            method="euler",
+            steps=60,
+            guidance="apg",
+            guidance_scale=15.0,
+            guidance_interval=0.5,
+            schedule="acestep",
+            omega=10.0,
+        )
         return cls(**{**values, **overrides})
 
     def replace(self, **overrides: object) -> SamplerSettings:
@@ -227,7 +239,9 @@ class SamplerSettings:
         if self.schedule not in ("linear", "acestep"):
             raise ValueError(f"schedule must be linear or acestep, got {self.schedule!r}")
         if self.uncond_lyric_mask not in ("keep", "zero"):
-            raise ValueError(f"uncond_lyric_mask must be keep or zero, got {self.uncond_lyric_mask!r}")
+            raise ValueError(
+                f"uncond_lyric_mask must be keep or zero, got {self.uncond_lyric_mask!r}"
+            )
         if self.steps < 1:
             raise ValueError("sampler steps must be >= 1")
         if not 0.0 <= self.guidance_interval <= 1.0:
@@ -254,13 +268,22 @@ class _Guided:
     """The (guided) velocity at one step: conditional only outside the guidance interval, the
     conditional and unconditional halves in one batch inside it."""
 
-    def __init__(self, model: Denoiser, cond: Conditions, uncond: Conditions | None, frame_mask: torch.Tensor | None, settings: SamplerSettings):
+    def __init__(
+        self,
+        model: Denoiser,
+        cond: Conditions,
+        uncond: Conditions | None,
+        frame_mask: torch.Tensor | None,
+        settings: SamplerSettings,
+    ):
         self.model, self.cond, self.frame_mask, self.settings = model, cond, frame_mask, settings
         self.guided = settings.guidance_scale != 1.0 and settings.guidance_scale != 0.0
         if self.guided and uncond is None:
             uncond = null_conditions(cond)
             if settings.uncond_lyric_mask == "zero":
-                uncond = dataclasses.replace(uncond, lyrics_mask=torch.zeros_like(uncond.lyrics_mask))
+                uncond = dataclasses.replace(
+                    uncond, lyrics_mask=torch.zeros_like(uncond.lyrics_mask)
+                )
         self.uncond = uncond if self.guided else None
         self.both = concat_conditions([cond, self.uncond]) if self.guided else None
         self.momentum = MomentumBuffer(settings.momentum) if settings.guidance == "apg" else None
@@ -271,7 +294,10 @@ class _Guided:
         if s.guidance_interval_decay <= 0:
             return s.guidance_scale
         progress = (index - self.start) / max(1, self.end - self.start - 1)
-        return s.guidance_scale - (s.guidance_scale - s.min_guidance_scale) * progress * s.guidance_interval_decay
+        return (
+            s.guidance_scale
+            - (s.guidance_scale - s.min_guidance_scale) * progress * s.guidance_interval_decay
+        )
 
     def __call__(self, x: torch.Tensor, sigma: float, index: int) -> torch.Tensor:
         batch = x.shape[0]
@@ -333,7 +359,9 @@ def euler_sample(
     shift: float = 3.0,
 ) -> torch.Tensor:
     """`steps` Euler steps from sigma 1 to 0 with plain CFG; returns x0."""
-    settings = SamplerSettings(method="euler", steps=steps, guidance_scale=guidance_scale, shift=shift)
+    settings = SamplerSettings(
+        method="euler", steps=steps, guidance_scale=guidance_scale, shift=shift
+    )
     return sample(model, noise, cond, settings, uncond, frame_mask)
 
 
@@ -349,7 +377,9 @@ def heun_sample(
 ) -> torch.Tensor:
     """Heun's second-order method (trapezoidal corrector) with plain CFG; the last step to
     sigma 0 is Euler."""
-    settings = SamplerSettings(method="heun", steps=steps, guidance_scale=guidance_scale, shift=shift)
+    settings = SamplerSettings(
+        method="heun", steps=steps, guidance_scale=guidance_scale, shift=shift
+    )
     return sample(model, noise, cond, settings, uncond, frame_mask)
 
 

@@ -31,10 +31,15 @@ def build_conditions(
     else:
         ids = [0]
     lyric_ids = torch.tensor([ids], dtype=torch.long)
-    speaker_vec = torch.zeros(1, speaker_dim) if speaker is None else speaker.reshape(1, speaker_dim)
+    speaker_vec = (
+        torch.zeros(1, speaker_dim) if speaker is None else speaker.reshape(1, speaker_dim)
+    )
     return Conditions(
-        text=text, text_mask=text_mask, lyrics=lyric_ids,
-        lyrics_mask=torch.ones_like(lyric_ids, dtype=torch.bool), speaker=speaker_vec.float(),
+        text=text,
+        text_mask=text_mask,
+        lyrics=lyric_ids,
+        lyrics_mask=torch.ones_like(lyric_ids, dtype=torch.bool),
+        speaker=speaker_vec.float(),
     ).to(device)
 
 
@@ -85,8 +90,14 @@ def generate(
     frames = mel_frames(num_samples + vocoder.hop_length - 1, vocoder.hop_length)
     latent_frames = math.ceil(frames / dcae.factor)
     cond = build_conditions(
-        text_encoder, prompt, lyrics, dit.cfg.lyrics.max_tokens, lyric_tokenizer, speaker,
-        dit.cfg.speaker_dim, device,
+        text_encoder,
+        prompt,
+        lyrics,
+        dit.cfg.lyrics.max_tokens,
+        lyric_tokenizer,
+        speaker,
+        dit.cfg.speaker_dim,
+        device,
     )
     # noise drawn on CPU so a seed gives the same start on every device
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -10,8 +10,13 @@ from torch import nn
 
 # google/umt5-base encoder, the text encoder the `small` and `base` presets expect
 UMT5_BASE = {
-    "vocab_size": 256384, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12,
-    "num_heads": 12, "feed_forward_proj": "gated-gelu",
+    "vocab_size": 256384,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_heads": 12,
+    "feed_forward_proj": "gated-gelu",
 }
 
 
@@ -24,8 +29,13 @@ def _text_encoder_params(cfg: TextEncoderConfig) -> int:
 
     if cfg.kind == "tiny-random":
         config = UMT5Config(
-            vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-            num_layers=cfg.num_layers, num_heads=cfg.num_heads, feed_forward_proj="gated-gelu",
+            vocab_size=cfg.vocab_size,
+            d_model=cfg.d_model,
+            d_kv=cfg.d_kv,
+            d_ff=cfg.d_ff,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            feed_forward_proj="gated-gelu",
         )
     else:
         config = UMT5Config(**UMT5_BASE)
@@ -50,7 +60,11 @@ def param_counts(preset_name: str) -> dict[str, Any]:
     blocks = _count(dit.transformer_blocks)
     counts: dict[str, Any] = {
         "preset": preset_name,
-        "dcae": {"encoder": _count(dcae.encoder), "decoder": _count(dcae.decoder), "total": _count(dcae)},
+        "dcae": {
+            "encoder": _count(dcae.encoder),
+            "decoder": _count(dcae.decoder),
+            "total": _count(dcae),
+        },
         "dit": {
             "blocks": blocks,
             "per_block": blocks // cfg.dit.depth,

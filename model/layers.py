@@ -111,7 +111,10 @@ def relu_linear_attention(
 
 
 def relu_quadratic_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """The same kernelised attention computed naively through the (N, N) score matrix (tests)."""

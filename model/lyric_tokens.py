@@ -26,8 +26,10 @@ _STRUCTURE_LINE = re.compile(r"\[.*?\]")  # "[verse]", "[chorus]": tagged Englis
 def _scheme_of(tokenizer) -> str:
     """ "voicebpe" for ACE-Step's vocabulary (its [START] and [SPACE] ids), so the file read as a
     plain tokenizer.json still tokenises in ACE-Step's layout; "bpe" otherwise."""
-    is_voicebpe = (tokenizer.token_to_id("[START]") == VOICEBPE_START_ID
-                   and tokenizer.token_to_id("[SPACE]") == VOICEBPE_LINE_END_ID)
+    is_voicebpe = (
+        tokenizer.token_to_id("[START]") == VOICEBPE_START_ID
+        and tokenizer.token_to_id("[SPACE]") == VOICEBPE_LINE_END_ID
+    )
     return "voicebpe" if is_voicebpe else "bpe"
 
 
@@ -56,8 +58,12 @@ def voicebpe_text(line: str, lang: str) -> str:
     if lang == "zh-cn":
         import pypinyin
 
-        text = "".join(p[0] for p in pypinyin.pinyin(text, style=pypinyin.Style.TONE3, heteronym=False,
-                                                      neutral_tone_with_five=True))
+        text = "".join(
+            p[0]
+            for p in pypinyin.pinyin(
+                text, style=pypinyin.Style.TONE3, heteronym=False, neutral_tone_with_five=True
+            )
+        )
     return f"[{lang}]{text}".replace(" ", "[SPACE]")
 
 
@@ -76,7 +82,7 @@ class LyricTokenizer:
         if not path or path == BYTES:
             return cls()
         if path.startswith(VOICEBPE):
-            vocab = path[len(VOICEBPE):]
+            vocab = path[len(VOICEBPE) :]
             if not os.path.exists(vocab):
                 raise FileNotFoundError(
                     f"VoiceBPE vocabulary {vocab} not found: it ships with ACE-Step's code as "
@@ -96,7 +102,9 @@ class LyricTokenizer:
         return cls(tokenizer, os.path.abspath(path), scheme=_scheme_of(tokenizer))
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> LyricTokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2
+    ) -> LyricTokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -121,7 +129,11 @@ class LyricTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return 256 + len(SPECIAL_TOKENS) if self._tokenizer is None else self._tokenizer.get_vocab_size()
+        return (
+            256 + len(SPECIAL_TOKENS)
+            if self._tokenizer is None
+            else self._tokenizer.get_vocab_size()
+        )
 
     @property
     def name(self) -> str:
@@ -135,7 +147,9 @@ class LyricTokenizer:
         if self._tokenizer is None:
             return None
         if self.scheme == "voicebpe":  # the scheme travels with the vocabulary
-            return json.dumps({"songmill_lyric_scheme": "voicebpe", "tokenizer": self._tokenizer.to_str()})
+            return json.dumps(
+                {"songmill_lyric_scheme": "voicebpe", "tokenizer": self._tokenizer.to_str()}
+            )
         return self._tokenizer.to_str()
 
     @classmethod

@@ -32,7 +32,9 @@ def _slaney_mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
     freqs = _SLANEY_F_SP * mels
     log_region = mels >= _SLANEY_MIN_LOG_MEL
     return torch.where(
-        log_region, _SLANEY_MIN_LOG_HZ * torch.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL)), freqs
+        log_region,
+        _SLANEY_MIN_LOG_HZ * torch.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL)),
+        freqs,
     )
 
 
@@ -41,7 +43,9 @@ def torch_slaney_filterbank(cfg: MelConfig) -> torch.Tensor:
     way torchaudio.functional.melscale_fbanks does (what ACE-Step's MelScale uses)."""
     n_freqs = cfg.n_fft // 2 + 1
     all_freqs = torch.linspace(0, cfg.sample_rate // 2, n_freqs)
-    m_pts = torch.linspace(_hz_to_slaney_mel(cfg.f_min), _hz_to_slaney_mel(cfg.f_max), cfg.n_mels + 2)
+    m_pts = torch.linspace(
+        _hz_to_slaney_mel(cfg.f_min), _hz_to_slaney_mel(cfg.f_max), cfg.n_mels + 2
+    )
     f_pts = _slaney_mel_to_hz(m_pts)
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts[None, :] - all_freqs[:, None]
@@ -59,8 +63,13 @@ def mel_filterbank(cfg: MelConfig) -> np.ndarray:
     import librosa
 
     return librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
-        htk=False, norm="slaney",
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        n_mels=cfg.n_mels,
+        fmin=cfg.f_min,
+        fmax=cfg.f_max,
+        htk=False,
+        norm="slaney",
     ).astype(np.float32)
 
 
@@ -87,9 +96,13 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg or MelConfig()
         if self.cfg.framing not in ("acestep", "centered"):
-            raise ValueError(f"unknown mel framing {self.cfg.framing!r}; expected 'acestep' or 'centered'")
+            raise ValueError(
+                f"unknown mel framing {self.cfg.framing!r}; expected 'acestep' or 'centered'"
+            )
         # derived constants, not weights: kept out of the state dict
-        self.register_buffer("mel_basis", torch.from_numpy(mel_filterbank(self.cfg)), persistent=False)
+        self.register_buffer(
+            "mel_basis", torch.from_numpy(mel_filterbank(self.cfg)), persistent=False
+        )
         self.register_buffer("window", torch.hann_window(self.cfg.win_length), persistent=False)
 
     def magnitude(self, wav: torch.Tensor) -> torch.Tensor:
@@ -98,10 +111,18 @@ class LogMel(nn.Module):
         flat = wav.reshape(-1, samples).float()
         centered = self.cfg.framing == "centered"
         if not centered:
-            flat = torch.nn.functional.pad(flat[:, None], _acestep_padding(self.cfg), mode="reflect")[:, 0]
+            flat = torch.nn.functional.pad(
+                flat[:, None], _acestep_padding(self.cfg), mode="reflect"
+            )[:, 0]
         spec = torch.stft(
-            flat, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, win_length=self.cfg.win_length,
-            window=self.window, center=centered, pad_mode="reflect", return_complex=True,
+            flat,
+            n_fft=self.cfg.n_fft,
+            hop_length=self.cfg.hop_length,
+            win_length=self.cfg.win_length,
+            window=self.window,
+            center=centered,
+            pad_mode="reflect",
+            return_complex=True,
         )
         if centered:
             magnitude = spec.abs()
@@ -140,15 +161,26 @@ class MelSpectrogram(LogMel):
 
 def _stft(x: torch.Tensor, cfg: MelConfig, window: torch.Tensor) -> torch.Tensor:
     return torch.stft(
-        x, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length, window=window,
-        center=True, pad_mode="reflect", return_complex=True,
+        x,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
     )
 
 
 def _istft(spec: torch.Tensor, cfg: MelConfig, window: torch.Tensor, length: int) -> torch.Tensor:
     return torch.istft(
-        spec, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-        window=window, center=True, length=length,
+        spec,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window=window,
+        center=True,
+        length=length,
     )
 
 

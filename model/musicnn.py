@@ -77,14 +77,23 @@ class Musicnn(nn.Module):
         m = cfg.n_mels
         self.input_bn = nn.BatchNorm2d(1, eps=BN_EPS)
         self.timbral_kernels = (int(0.4 * m), int(0.7 * m))
-        self.timbral = nn.ModuleList(nn.Conv2d(1, cfg.timbral_filters, (7, k)) for k in self.timbral_kernels)
-        self.timbral_bn = nn.ModuleList(nn.BatchNorm2d(cfg.timbral_filters, eps=BN_EPS) for _ in self.timbral_kernels)
+        self.timbral = nn.ModuleList(
+            nn.Conv2d(1, cfg.timbral_filters, (7, k)) for k in self.timbral_kernels
+        )
+        self.timbral_bn = nn.ModuleList(
+            nn.BatchNorm2d(cfg.timbral_filters, eps=BN_EPS) for _ in self.timbral_kernels
+        )
         self.temporal_kernels = (128, 64, 32)
-        self.temporal = nn.ModuleList(nn.Conv2d(1, cfg.temporal_filters, (k, 1)) for k in self.temporal_kernels)
-        self.temporal_bn = nn.ModuleList(nn.BatchNorm2d(cfg.temporal_filters, eps=BN_EPS) for _ in self.temporal_kernels)
+        self.temporal = nn.ModuleList(
+            nn.Conv2d(1, cfg.temporal_filters, (k, 1)) for k in self.temporal_kernels
+        )
+        self.temporal_bn = nn.ModuleList(
+            nn.BatchNorm2d(cfg.temporal_filters, eps=BN_EPS) for _ in self.temporal_kernels
+        )
         front = 2 * cfg.timbral_filters + 3 * cfg.temporal_filters
         self.midend = nn.ModuleList(
-            [nn.Conv1d(front, cfg.midend_filters, 7)] + [nn.Conv1d(cfg.midend_filters, cfg.midend_filters, 7) for _ in range(2)]
+            [nn.Conv1d(front, cfg.midend_filters, 7)]
+            + [nn.Conv1d(cfg.midend_filters, cfg.midend_filters, 7) for _ in range(2)]
         )
         self.midend_bn = nn.ModuleList(_bn(cfg.midend_filters) for _ in range(3))
         pooled = 2 * (front + 3 * cfg.midend_filters)
@@ -115,7 +124,9 @@ class Musicnn(nn.Module):
         return self.output(hidden)
 
 
-def log_mel_patches(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, patch_frames: int = PATCH_FRAMES) -> np.ndarray:
+def log_mel_patches(
+    audio: np.ndarray, sample_rate: int = SAMPLE_RATE, patch_frames: int = PATCH_FRAMES
+) -> np.ndarray:
     """musicnn's input: librosa's Slaney mel power spectrogram of 16 kHz mono audio, rounded to
     float16, log10(10000 x + 1) rounded to float16 (as the original extractor feeds it), cut into
     non-overlapping patches (a clip shorter than one patch is repeated to fill it).
@@ -130,7 +141,11 @@ def log_mel_patches(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, patch_fra
     mel = np.log10(10000 * mel.astype(np.float16).astype(np.float32) + 1).astype(np.float16)
     if mel.shape[0] < patch_frames:
         reps = int(np.ceil(patch_frames / max(1, mel.shape[0])))
-        mel = np.tile(mel, (reps, 1))[:patch_frames] if mel.shape[0] else np.zeros((patch_frames, N_MELS), np.float32)
+        mel = (
+            np.tile(mel, (reps, 1))[:patch_frames]
+            if mel.shape[0]
+            else np.zeros((patch_frames, N_MELS), np.float32)
+        )
     starts = range(0, mel.shape[0] - patch_frames + 1, patch_frames)
     return np.stack([mel[s : s + patch_frames] for s in starts]).astype(np.float32)
 

@@ -32,7 +32,9 @@ class HiFiGANConfig(_DictConfig):
 
 def _conv(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Module:
     padding = (kernel * dilation - dilation) // 2
-    return parametrizations.weight_norm(nn.Conv1d(cin, cout, kernel, dilation=dilation, padding=padding))
+    return parametrizations.weight_norm(
+        nn.Conv1d(cin, cout, kernel, dilation=dilation, padding=padding)
+    )
 
 
 class _MRFBlock(nn.Module):
@@ -67,7 +69,9 @@ class HiFiGANGenerator(nn.Module):
             out_channels = channels // 2
             self.ups.append(
                 parametrizations.weight_norm(
-                    nn.ConvTranspose1d(channels, out_channels, kernel, rate, padding=(kernel - rate) // 2)
+                    nn.ConvTranspose1d(
+                        channels, out_channels, kernel, rate, padding=(kernel - rate) // 2
+                    )
                 )
             )
             self.mrfs.append(
@@ -106,7 +110,11 @@ class HiFiGANVocoder:
         return cls(load_module(HiFiGANGenerator, directory, cls.NAME, device=device))  # type: ignore[arg-type]
 
     def mel_config(self) -> MelConfig:
-        return MelConfig(sample_rate=self.sample_rate, hop_length=self.hop_length, n_mels=self.generator.cfg.n_mels)
+        return MelConfig(
+            sample_rate=self.sample_rate,
+            hop_length=self.hop_length,
+            n_mels=self.generator.cfg.n_mels,
+        )
 
     @torch.no_grad()
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:

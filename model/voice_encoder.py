@@ -47,7 +47,10 @@ def partial_slices(n_samples: int, rate: float = 1.3, min_coverage: float = 0.75
     """Mel-frame slices of the 1.6 s partials covering `n_samples` samples (Resemblyzer's rule)."""
     n_frames = int(np.ceil((n_samples + 1) / HOP))
     step = int(np.round((SAMPLE_RATE / rate) / HOP))
-    slices = [slice(i, i + PARTIAL_FRAMES) for i in range(0, max(1, n_frames - PARTIAL_FRAMES + step + 1), step)]
+    slices = [
+        slice(i, i + PARTIAL_FRAMES)
+        for i in range(0, max(1, n_frames - PARTIAL_FRAMES + step + 1), step)
+    ]
     last = slices[-1]
     coverage = (n_samples - last.start * HOP) / (PARTIAL_FRAMES * HOP)
     if coverage < min_coverage and len(slices) > 1:
@@ -65,6 +68,11 @@ def embed_utterance(model: VoiceEncoder, wav: np.ndarray, batch: int = 64) -> np
     mels = np.stack([mel[s] for s in slices])
     device = next(model.parameters()).device
     with torch.inference_mode():
-        partials = torch.cat([model(torch.from_numpy(mels[i : i + batch]).to(device)) for i in range(0, len(mels), batch)])
+        partials = torch.cat(
+            [
+                model(torch.from_numpy(mels[i : i + batch]).to(device))
+                for i in range(0, len(mels), batch)
+            ]
+        )
     raw = partials.mean(0).cpu().numpy()
     return (raw / max(float(np.linalg.norm(raw)), 1e-12)).astype(np.float32)

@@ -149,7 +149,9 @@ def resolve_checkpoint(path: str) -> str:
             with open(latest) as f:
                 return os.path.join(candidate, f.read().strip())
     refuse_pickle(path)
-    raise CheckpointError(f"no checkpoint at {path} (expected {TRAINER_FILE} or checkpoints/{LATEST})")
+    raise CheckpointError(
+        f"no checkpoint at {path} (expected {TRAINER_FILE} or checkpoints/{LATEST})"
+    )
 
 
 def refuse_pickle(path: str) -> None:

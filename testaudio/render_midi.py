@@ -31,7 +31,9 @@ def _vlq(value: int) -> bytes:
 
 def write_midi(path: str | Path, notes: list[Note], bpm: float, programs: dict[int, int]) -> Path:
     """One-track (format 0) MIDI file; `programs` maps channel -> GM program (channel 9: drums)."""
-    events: list[tuple[int, int, bytes]] = []  # (tick, order, bytes): note-offs sort before note-ons
+    events: list[
+        tuple[int, int, bytes]
+    ] = []  # (tick, order, bytes): note-offs sort before note-ons
     events.append((0, 0, b"\xff\x51\x03" + struct.pack(">I", int(60_000_000 / bpm))[1:]))
     for channel, program in programs.items():
         events.append((0, 1, bytes([0xC0 | channel, program])))
@@ -54,13 +56,17 @@ def write_midi(path: str | Path, notes: list[Note], bpm: float, programs: dict[i
 def render(midi: str | Path, wav: str | Path, sample_rate: int = 44100) -> Path:
     """Render `midi` to a WAV file with FluidSynth and the GM soundfont."""
     if shutil.which("fluidsynth") is None or not SOUNDFONT.exists():
-        raise FileNotFoundError("rendering MIDI needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)")
+        raise FileNotFoundError(
+            "rendering MIDI needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)"
+        )
     subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-F", str(wav), str(SOUNDFONT), str(midi)],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
     return Path(wav)
 
 
-def piano_piece(seconds: float = 10.0, bpm: float = 84.0) -> tuple[list[Note], dict[int, int], float]:
+def piano_piece(
+    seconds: float = 10.0, bpm: float = 84.0
+) -> tuple[list[Note], dict[int, int], float]:
     """Solo acoustic grand piano: Alberti bass in C major under a stepwise melody."""
     chords = [(48, 52, 55), (48, 53, 57), (47, 50, 55), (48, 52, 55)]  # I IV V6 I
     melody = [72, 74, 76, 77, 76, 74, 72, 71, 72, 76, 79, 77, 76, 74, 72, 72]
@@ -68,13 +74,17 @@ def piano_piece(seconds: float = 10.0, bpm: float = 84.0) -> tuple[list[Note], d
     beats = int(seconds * bpm / 60) + 1
     for beat in range(beats):
         low, mid, high = chords[(beat // 4) % len(chords)]
-        for i, pitch in enumerate((low, high, mid, high)):  # Alberti: low-high-mid-high in sixteenths
+        for i, pitch in enumerate(
+            (low, high, mid, high)
+        ):  # Alberti: low-high-mid-high in sixteenths
             notes.append((beat + i * 0.25, 0.25, 0, pitch, 58))
         notes.append((beat, 1.0, 0, melody[beat % len(melody)], 76))
     return notes, {0: 0}, bpm
 
 
-def electronic_piece(seconds: float = 10.0, bpm: float = 128.0) -> tuple[list[Note], dict[int, int], float]:
+def electronic_piece(
+    seconds: float = 10.0, bpm: float = 128.0
+) -> tuple[list[Note], dict[int, int], float]:
     """GM drums (kick on every beat, clap on 2 and 4, closed hi-hat eighths, open hat off-beats),
     a synth bass (Lead 2 sawtooth, an octave down) and a square-wave lead arpeggio."""
     notes: list[Note] = []

@@ -45,7 +45,15 @@ def render_song(
         style, level = _LABEL_STYLE.get(label, ("pop", 0.7))
         # Two bars of lead-in are dropped (some renders open with music only), and one second of
         # tail keeps the fade-out away.
-        audio = render_track(bpm, key_tonic, key_mode, duration + 2 * bar_s + 1.0, sr=sr, seed=material_seed[label], style=style)
+        audio = render_track(
+            bpm,
+            key_tonic,
+            key_mode,
+            duration + 2 * bar_s + 1.0,
+            sr=sr,
+            seed=material_seed[label],
+            style=style,
+        )
         start = int(round(2 * bar_s * sr))
         piece = audio[start : start + int(round(duration * sr))] * level
         pieces.append(piece)

@@ -43,7 +43,9 @@ _VERBS = WORDS[WORDS.index("run") : WORDS.index("tonight")]
 _TIMES = WORDS[WORDS.index("tonight") :]
 
 
-def generate_lyrics(count: int, seed: int = 0, lines: tuple[int, int] = (4, 8), chorus: bool = True) -> list[str]:
+def generate_lyrics(
+    count: int, seed: int = 0, lines: tuple[int, int] = (4, 8), chorus: bool = True
+) -> list[str]:
     """`count` distinct lyric texts, one line per verse line; a chorus line may come back."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
@@ -56,8 +58,16 @@ def generate_lyrics(count: int, seed: int = 0, lines: tuple[int, int] = (4, 8), 
             pick = lambda pool: pool[int(rng.integers(len(pool)))]  # noqa: E731
             text_lines.append(
                 shape.format(
-                    a=pick(WORDS), b=pick(WORDS), c=pick(WORDS), d=pick(WORDS), v=pick(_VERBS), v2=pick(_VERBS),
-                    n=pick(_NOUNS), n2=pick(_NOUNS), adj=pick(_ADJECTIVES), t=pick(_TIMES),
+                    a=pick(WORDS),
+                    b=pick(WORDS),
+                    c=pick(WORDS),
+                    d=pick(WORDS),
+                    v=pick(_VERBS),
+                    v2=pick(_VERBS),
+                    n=pick(_NOUNS),
+                    n2=pick(_NOUNS),
+                    adj=pick(_ADJECTIVES),
+                    t=pick(_TIMES),
                 )  # fmt: skip
             )
         if chorus and n_lines >= 4 and rng.random() < 0.5:
@@ -73,7 +83,9 @@ class Espeak:
     """espeak-ng's synthesiser through ctypes; one instance per process is enough."""
 
     _lock = threading.Lock()
-    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+    _CALLBACK = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+    )
 
     def __init__(self) -> None:
         try:
@@ -83,9 +95,13 @@ class Espeak:
         except ImportError:  # the system package (apt-get install espeak-ng)
             library, data = ctypes.util.find_library("espeak-ng"), None
             if library is None:
-                raise RuntimeError("espeak-ng not found: pip install espeakng-loader, or apt-get install espeak-ng") from None
+                raise RuntimeError(
+                    "espeak-ng not found: pip install espeakng-loader, or apt-get install espeak-ng"
+                ) from None
         self._lib = ctypes.CDLL(library)
-        self.sample_rate = self._lib.espeak_Initialize(2, 0, data.encode() if data else None, 0)  # 2: synchronous
+        self.sample_rate = self._lib.espeak_Initialize(
+            2, 0, data.encode() if data else None, 0
+        )  # 2: synchronous
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak-ng failed to initialise from {library}")
         self._chunks: list[np.ndarray] = []
@@ -97,7 +113,14 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def speak(self, text: str, voice: str = "en-us", rate: int = 150, pitch: int = 50, pitch_range: int = 50) -> np.ndarray:
+    def speak(
+        self,
+        text: str,
+        voice: str = "en-us",
+        rate: int = 150,
+        pitch: int = 50,
+        pitch_range: int = 50,
+    ) -> np.ndarray:
         """float32 mono samples at `self.sample_rate` (words per minute `rate`, pitch 0-99)."""
         data = text.encode("utf-8")
         with self._lock:
@@ -107,7 +130,9 @@ class Espeak:
                 self._lib.espeak_SetParameter(parameter, int(value), 0)
             self._chunks = []
             # 1 = espeakCHARS_UTF8; the size counts the terminating NUL.
-            self._lib.espeak_Synth(ctypes.c_char_p(data), ctypes.c_size_t(len(data) + 1), 0, 0, 0, 1, None, None)
+            self._lib.espeak_Synth(
+                ctypes.c_char_p(data), ctypes.c_size_t(len(data) + 1), 0, 0, 0, 1, None, None
+            )
             self._lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
         if not chunks:
@@ -125,7 +150,9 @@ def espeak() -> Espeak:
     return _espeak
 
 
-def sing(lyrics: str, seed: int = 0, voice: str = "en-us", gap_s: float = 0.35) -> tuple[np.ndarray, int]:
+def sing(
+    lyrics: str, seed: int = 0, voice: str = "en-us", gap_s: float = 0.35
+) -> tuple[np.ndarray, int]:
     """The lyrics 'sung' line by line (pitch and tempo vary per line); mono float32 and its rate."""
     rng = np.random.default_rng(seed)
     synth = espeak()
@@ -136,7 +163,11 @@ def sing(lyrics: str, seed: int = 0, voice: str = "en-us", gap_s: float = 0.35) 
             continue
         pitch = int(rng.integers(35, 75))
         rate = int(rng.integers(135, 175))
-        pieces.append(synth.speak(line, voice=voice, rate=rate, pitch=pitch, pitch_range=int(rng.integers(40, 90))))
+        pieces.append(
+            synth.speak(
+                line, voice=voice, rate=rate, pitch=pitch, pitch_range=int(rng.integers(40, 90))
+            )
+        )
         pieces.append(np.zeros(int(gap_s * sr), np.float32))
     if not pieces:
         return np.zeros(0, np.float32), sr
@@ -156,7 +187,9 @@ def mix_vocals(
     voice = vocals.astype(np.float32)
     if vocal_sr != sr:  # soxr HQ, as annotate/audio.py resamples (testaudio imports no other layer)
         voice = soxr.resample(voice, vocal_sr, sr, quality="HQ").astype(np.float32, copy=False)
-    music = accompaniment if accompaniment.ndim == 2 else np.repeat(accompaniment[:, None], 2, axis=1)
+    music = (
+        accompaniment if accompaniment.ndim == 2 else np.repeat(accompaniment[:, None], 2, axis=1)
+    )
     start = int(start_s * sr)
     n = max(music.shape[0], start + voice.size)
     mix = np.zeros((n, 2), np.float32)

@@ -26,8 +26,20 @@ _MINOR_TRIAD = (0, 3, 7)
 
 # Chord = (root offset from the tonic in semitones, triad intervals). Every progression starts on
 # the tonic; minor ones reach the tonic through a major V (leading tone), as most minor songs do.
-_I, _ii, _IV, _V, _vi = (0, _MAJOR_TRIAD), (2, _MINOR_TRIAD), (5, _MAJOR_TRIAD), (7, _MAJOR_TRIAD), (9, _MINOR_TRIAD)
-_i, _iv, _VI, _VII, _III = (0, _MINOR_TRIAD), (5, _MINOR_TRIAD), (8, _MAJOR_TRIAD), (10, _MAJOR_TRIAD), (3, _MAJOR_TRIAD)
+_I, _ii, _IV, _V, _vi = (
+    (0, _MAJOR_TRIAD),
+    (2, _MINOR_TRIAD),
+    (5, _MAJOR_TRIAD),
+    (7, _MAJOR_TRIAD),
+    (9, _MINOR_TRIAD),
+)
+_i, _iv, _VI, _VII, _III = (
+    (0, _MINOR_TRIAD),
+    (5, _MINOR_TRIAD),
+    (8, _MAJOR_TRIAD),
+    (10, _MAJOR_TRIAD),
+    (3, _MAJOR_TRIAD),
+)
 MAJOR_PROGRESSIONS = (
     (_I, _V, _vi, _IV),
     (_I, _IV, _V, _I),
@@ -114,7 +126,9 @@ def midi_to_hz(midi: np.ndarray | float, tuning_hz: float = 440.0) -> np.ndarray
     return tuning_hz * 2.0 ** ((np.asarray(midi, dtype=float) - 69.0) / 12.0)
 
 
-def _adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release: float) -> np.ndarray:
+def _adsr(
+    n: int, sr: int, attack: float, decay: float, sustain: float, release: float
+) -> np.ndarray:
     """An envelope of n samples: linear attack, exponential decay towards `sustain`, release."""
     t = np.arange(n) / sr
     env = sustain + (1.0 - sustain) * np.exp(-np.maximum(t - attack, 0.0) / max(decay, 1e-3))
@@ -126,7 +140,12 @@ def _adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release:
 
 
 def _tone(
-    freq: float, n: int, sr: int, harmonics: np.ndarray, rng: np.random.Generator, vibrato: float = 0.0
+    freq: float,
+    n: int,
+    sr: int,
+    harmonics: np.ndarray,
+    rng: np.random.Generator,
+    vibrato: float = 0.0,
 ) -> np.ndarray:
     """Additive tone: harmonics[k] is the amplitude of partial k+1 (partials above Nyquist dropped)."""
     t = np.arange(n) / sr
@@ -273,23 +292,38 @@ def render_track(
 
     for c in range(n_chords):
         # The last full chord slot (and every 4th... via the progression) lands on the tonic.
-        root_off, intervals = (0, progression[0][1]) if c == last_chord else progression[c % len(progression)]
+        root_off, intervals = (
+            (0, progression[0][1]) if c == last_chord else progression[c % len(progression)]
+        )
         chord_start = c * chord_s
         root_pc = (tonic_pc + root_off) % 12
         chord_notes = _voice_chord(root_pc, intervals, center=62 + rng.integers(-2, 3))
         # Chord instrument: sustained pad, or re-struck on beats (comping).
-        strikes = [0.0] if sustained_keys else [i * beat_s for i in range(int(round(chord_s / beat_s)))]
+        strikes = (
+            [0.0] if sustained_keys else [i * beat_s for i in range(int(round(chord_s / beat_s)))]
+        )
         for k, offset in enumerate(strikes):
             length = chord_s - offset if sustained_keys else beat_s * rng.choice([0.9, 1.0])
             dur_n = int(length * sr)
-            env = _adsr(dur_n, sr, 0.08 if sustained_keys else 0.005, 1.5 if sustained_keys else 0.35,
-                        0.6 if sustained_keys else 0.15, 0.05)
+            env = _adsr(
+                dur_n,
+                sr,
+                0.08 if sustained_keys else 0.005,
+                1.5 if sustained_keys else 0.35,
+                0.6 if sustained_keys else 0.15,
+                0.05,
+            )
             accent = 1.0 if k == 0 else 0.7
             for note in chord_notes:
                 freq = float(midi_to_hz(note, tuning_hz))
                 wave = _tone(freq, dur_n, sr, keys_harmonics, rng) * env
-                place(music, chord_start + offset + rng.normal(0, 0.003), wave, 0.11 * accent,
-                      rng.uniform(-0.4, 0.4))
+                place(
+                    music,
+                    chord_start + offset + rng.normal(0, 0.003),
+                    wave,
+                    0.11 * accent,
+                    rng.uniform(-0.4, 0.4),
+                )
 
         # Bass: chord root, on beats 1 and 3 (pop), eighths (rock / dnb), offbeats (edm).
         bass_midi = 36 + (root_pc - 36) % 12
@@ -334,7 +368,9 @@ def render_track(
             prev = note
             dur_n = int(length * 0.95 * sr)
             env = _adsr(dur_n, sr, 0.02, 0.6, 0.6, 0.05)
-            wave = _tone(float(midi_to_hz(note, tuning_hz)), dur_n, sr, lead_harmonics, rng, vibrato=0.01)
+            wave = _tone(
+                float(midi_to_hz(note, tuning_hz)), dur_n, sr, lead_harmonics, rng, vibrato=0.01
+            )
             place(music, chord_start + t, wave * env, 0.1, rng.uniform(-0.2, 0.2))
             t += length
 

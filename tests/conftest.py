@@ -34,7 +34,10 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     # No heartbeats: each flow exit otherwise waits on its heartbeat thread.
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
+    with (
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield
 
 
@@ -43,7 +46,14 @@ def corpus(tmp_path) -> Corpus:
     return Corpus(tmp_path / "corpus")
 
 
-def tone(seconds: float = 2.0, sr: int = 44100, channels: int = 2, freq: float = 440.0, amp: float = 0.3, seed: int = 0) -> np.ndarray:
+def tone(
+    seconds: float = 2.0,
+    sr: int = 44100,
+    channels: int = 2,
+    freq: float = 440.0,
+    amp: float = 0.3,
+    seed: int = 0,
+) -> np.ndarray:
     """A tone with a little noise, shaped (frames, channels); the seed makes the bytes distinct."""
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(seed)
@@ -61,4 +71,6 @@ def write_audio(path, data: np.ndarray, sr: int = 44100, **kwargs) -> str:
 def rows(corpus: Corpus, sql: str) -> list[tuple]:
     """Result rows of `sql` over the corpus views, as tuples."""
     table = corpus.sql(sql)
-    return list(zip(*(c.to_pylist() for c in table.columns), strict=True)) if table.num_columns else []
+    return (
+        list(zip(*(c.to_pylist() for c in table.columns), strict=True)) if table.num_columns else []
+    )

@@ -18,7 +18,9 @@ register_table("test_derived", [pa.field("rms_db", pa.float64())])
 @dataclass
 class LevelConfig(StageConfig):
     gain: float = 1.0
-    delay_s: float = field(default=0.0, metadata=RUNTIME)  # slows the stage so a test can kill it mid-run
+    delay_s: float = field(
+        default=0.0, metadata=RUNTIME
+    )  # slows the stage so a test can kill it mid-run
     fail_on_substring: str = "broken"
     weights: str = ""
 
@@ -38,7 +40,10 @@ class LevelStage(Stage):
             raise ValueError(f"refusing {os.path.basename(track.uri)}")
         time.sleep(self.config.delay_s)
         audio, _ = track.audio()
-        return {"rms": float(np.sqrt(np.mean(audio**2))) * self.config.gain, "gain": self.config.gain}
+        return {
+            "rms": float(np.sqrt(np.mean(audio**2))) * self.config.gain,
+            "gain": self.config.gain,
+        }
 
 
 class DerivedStage(Stage):

@@ -34,7 +34,7 @@ def imported(tmp_path_factory):
 
 def _dit_inputs():
     io = fixture_io()
-    return io, {k[len("dit.in."):]: v for k, v in io.items() if k.startswith("dit.in.")}
+    return io, {k[len("dit.in.") :]: v for k, v in io.items() if k.startswith("dit.in.")}
 
 
 def test_import_writes_checkpoints_the_rest_of_songmill_loads(imported):
@@ -72,22 +72,28 @@ def test_import_export_import_round_trip_is_exact(imported, tmp_path):
         original = load_file(str(release / part / WEIGHTS))
         exported = load_file(str(tmp_path / "export" / part / WEIGHTS))
         if part == "music_vocoder":  # the release also stores its mel front end's constants
-            assert {"mel_transform.spectrogram.window", "mel_transform.mel_scale.fb"} <= set(exported)
+            assert {"mel_transform.spectrogram.window", "mel_transform.mel_scale.fb"} <= set(
+                exported
+            )
             exported = {k: v for k, v in exported.items() if not k.startswith("mel_transform.")}
         assert original.keys() == exported.keys(), part
         assert all(torch.equal(original[k], exported[k]) for k in original), part
     # the configs come back as the release had them (unused fields included)
     for part in PARTS.values():
         assert json.loads((tmp_path / "export" / part / "config.json").read_text()) == json.loads(
-            (release / part / "config.json").read_text()), part
+            (release / part / "config.json").read_text()
+        ), part
     # and importing the export gives the same songmill files again
     again = acestep.import_release(tmp_path / "export", tmp_path / "again")
     for part, name in (("dit", "dit"), ("dcae", "dcae"), ("vocoder", "vocoder")):
         first = load_file(str(out / part / f"{name}.safetensors"))
         second = load_file(str(Path(again[part]) / f"{name}.safetensors"))
-        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+        assert first.keys() == second.keys() and all(
+            torch.equal(first[k], second[k]) for k in first
+        )
         assert json.loads((out / part / f"{name}.json").read_text()) == json.loads(
-            (Path(again[part]) / f"{name}.json").read_text())
+            (Path(again[part]) / f"{name}.json").read_text()
+        )
 
 
 def test_lora_exports_in_acestep_peft_naming(imported, tmp_path):
@@ -96,7 +102,16 @@ def test_lora_exports_in_acestep_peft_naming(imported, tmp_path):
 
     _, out, _ = imported
     dit, _ = load_dit(str(out / "dit"))
-    targets = ["speaker_embedder", "linear_q", "linear_k", "linear_v", "to_q", "to_k", "to_v", "to_out.0"]
+    targets = [
+        "speaker_embedder",
+        "linear_q",
+        "linear_k",
+        "linear_v",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+    ]
     dit = add_lora(dit, rank=2, alpha=4.0, targets=targets)
     torch.manual_seed(0)
     for name, param in dit.named_parameters():
@@ -118,7 +133,11 @@ def test_lora_exports_in_acestep_peft_naming(imported, tmp_path):
 
     with safe_open(str(lora_file), "pt") as f:
         metadata = json.loads(f.metadata()["lora_adapter_metadata"])
-    assert metadata["r"] == 2 and metadata["lora_alpha"] == 4.0 and "to_out.0" in metadata["target_modules"]
+    assert (
+        metadata["r"] == 2
+        and metadata["lora_alpha"] == 4.0
+        and "to_out.0" in metadata["target_modules"]
+    )
     assert result["written"]["transformer"].endswith("ace_step_transformer")
     # the adapters load back into the base and change its output
     io, inputs = _dit_inputs()
@@ -192,10 +211,24 @@ def test_cli_import_export_and_one_line_errors(tmp_path, capsys):
     assert main(["model", "import-acestep", str(release), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "dit").iterdir()) == listing
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dit"]
-    assert main(["model", "export-acestep", str(tmp_path / "out" / "dit"), "--out", str(tmp_path / "exp")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "export-acestep",
+                str(tmp_path / "out" / "dit"),
+                "--out",
+                str(tmp_path / "exp"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "exp" / "ace_step_transformer" / WEIGHTS).exists()
     capsys.readouterr()
-    assert main(["model", "import-acestep", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) != 0
+    assert (
+        main(["model", "import-acestep", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+        != 0
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a directory" in err
 
@@ -209,14 +242,18 @@ def test_generate_from_the_imported_release_decodes_with_its_vocoder(tmp_path):
     from songmill.train.export import generate_from_checkpoint
 
     release = release_dir(tmp_path / "release")
-    text = TextEncoder.tiny_random(TextEncoderConfig(kind="tiny-random", path="", d_model=768, max_length=32))
+    text = TextEncoder.tiny_random(
+        TextEncoderConfig(kind="tiny-random", path="", d_model=768, max_length=32)
+    )
     text.model.save_pretrained(release / "umt5-base")
     text.tokenizer.save_pretrained(release / "umt5-base")
     written = acestep.import_release(release, tmp_path / "songmill")
     assert set(written) == {"dit", "dcae", "vocoder", "text_encoder"}
     conditioning = json.loads((Path(written["dit"]) / "trainer.json").read_text())["conditioning"]
     assert conditioning["vocoder"] == str(Path(written["vocoder"]).resolve())
-    out = generate_from_checkpoint(written["dit"], "lofi piano", None, 0.5, str(tmp_path / "a.wav"), steps=2)
+    out = generate_from_checkpoint(
+        written["dit"], "lofi piano", None, 0.5, str(tmp_path / "a.wav"), steps=2
+    )
     audio, rate = sf.read(out)
     assert rate == 44100 and audio.shape == (22050, 2) and abs(audio).max() > 0
 
@@ -226,7 +263,17 @@ def _voicebpe_vocab(path: Path) -> Path:
     pre-tokenizer) standing in for ACE-Step's vocab.json, which stays with ACE-Step's code."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["[STOP]", "[UNK]", "[SPACE]", "[en]", "[zh-cn]", "hello", "world", "ni3hao3", "[chorus]"]
+    words = [
+        "[STOP]",
+        "[UNK]",
+        "[SPACE]",
+        "[en]",
+        "[zh-cn]",
+        "hello",
+        "world",
+        "ni3hao3",
+        "[chorus]",
+    ]
     vocab = {w: i for i, w in enumerate(words)} | {"[START]": 261}  # VoiceBPE's [START] id
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -246,7 +293,11 @@ def test_voicebpe_lyric_tokenizer_follows_acestep_layout(tmp_path):
     assert ids[1:] == [3, 8, 2, 3, 5, 2, 6, 2, 2, 4, 7, 2]
     # the scheme survives the trip through a checkpoint's conditioning (to_json / from_json)
     again = LyricTokenizer.from_json(tokenizer.to_json())
-    assert again.encode_ids("hello world") == tokenizer.encode_ids("hello world") == [261, 3, 5, 2, 6, 2]
+    assert (
+        again.encode_ids("hello world")
+        == tokenizer.encode_ids("hello world")
+        == [261, 3, 5, 2, 6, 2]
+    )
     assert tokenizer.name.startswith("voicebpe-")
     # read as a plain tokenizer.json (how a checkpoint's conditioning embeds the features'
     # tokenizer file), ACE-Step's vocabulary is still recognised by its [START] / [SPACE] ids

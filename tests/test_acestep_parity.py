@@ -35,13 +35,15 @@ def test_fixture_weights_are_the_ones_the_reference_ran():
             continue
         state = seeded_state(manifest[part]["shapes"], manifest["seed"])
         for key, value in state.items():
-            assert checksum(value) == pytest.approx(manifest[part]["checksums"][key], rel=1e-6, abs=1e-6), key
+            assert checksum(value) == pytest.approx(
+                manifest[part]["checksums"][key], rel=1e-6, abs=1e-6
+            ), key
 
 
 def test_dit_reference_forward_matches_acestep(release):
     io = fixture_io()
     dit = acestep.load_dit(release)
-    inputs = {k[len("dit.in."):]: v for k, v in io.items() if k.startswith("dit.in.")}
+    inputs = {k[len("dit.in.") :]: v for k, v in io.items() if k.startswith("dit.in.")}
     # the padded frames of the second sample are part of the comparison: ACE-Step's masking
     assert inputs["attention_mask"][1].min() == 0
     with torch.no_grad():
@@ -62,10 +64,14 @@ def test_dit_parity_needs_the_release_details(release):
     from songmill.model.dit import LinearDiT
 
     io = fixture_io()
-    inputs = {k[len("dit.in."):]: v for k, v in io.items() if k.startswith("dit.in.")}
+    inputs = {k[len("dit.in.") :]: v for k, v in io.items() if k.startswith("dit.in.")}
     good = acestep.load_dit(release)
-    for change in ({"rope_layout": "half"}, {"cross_attention_rope": False}, {"rope_theta": 1e4},
-                   {"output_order": "channel_row"}):
+    for change in (
+        {"rope_layout": "half"},
+        {"cross_attention_rope": False},
+        {"rope_theta": 1e4},
+        {"output_order": "channel_row"},
+    ):
         dit = LinearDiT(DiTConfig.from_dict({**good.cfg.to_dict(), **change}))
         dit.load_state_dict(good.state_dict())
         with torch.no_grad():
@@ -101,7 +107,10 @@ def test_log_mel_matches_music_log_mel_on_mkl_reproducible_kernels():
     env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
     out = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent), str(FIXTURES)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["shape_equal"] == 1.0
@@ -169,9 +178,24 @@ def test_full_size_release_maps_key_for_key():
     tensors = {k: torch.empty(v, device="meta") for k, v in transformer["shapes"].items()}
     cfg = acestep.dit_config_from_release(transformer["config"], tensors)
     state, unused = acestep.split_release_dit(tensors, cfg)  # raises on any key / shape difference
-    assert (cfg.width, cfg.depth, cfg.heads, cfg.head_dim, cfg.ffn_ratio) == (2560, 24, 20, 128, 2.5)
-    assert (cfg.lyrics.width, cfg.lyrics.depth, cfg.lyrics.heads, cfg.lyrics.vocab_size) == (1024, 6, 16, 6693)
-    assert cfg.repa_block == 9 and cfg.repa_targets == {"mert": 1024, "mhubert": 768} and cfg.patch_hidden == 2048
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.head_dim, cfg.ffn_ratio) == (
+        2560,
+        24,
+        20,
+        128,
+        2.5,
+    )
+    assert (cfg.lyrics.width, cfg.lyrics.depth, cfg.lyrics.heads, cfg.lyrics.vocab_size) == (
+        1024,
+        6,
+        16,
+        6693,
+    )
+    assert (
+        cfg.repa_block == 9
+        and cfg.repa_targets == {"mert": 1024, "mhubert": 768}
+        and cfg.patch_hidden == 2048
+    )
     assert len(unused) == 24 * 8
     assert acestep.acestep_incompatibilities(cfg) == ([], [])
     # the base preset is the release's DiT
@@ -180,10 +204,14 @@ def test_full_size_release_maps_key_for_key():
     base = preset("base").dit
     with torch.device("meta"):
         base_state = LinearDiT(base).state_dict()
-    assert {k: tuple(v.shape) for k, v in base_state.items()} == {k: tuple(v.shape) for k, v in state.items()}
+    assert {k: tuple(v.shape) for k, v in base_state.items()} == {
+        k: tuple(v.shape) for k, v in state.items()
+    }
     vocoder = shapes["music_vocoder"]
     vocoder_cfg = acestep.vocoder_config_from_release(vocoder["config"])
     with torch.device("meta"):
         ours = ADaMoSHiFiGAN(vocoder_cfg).state_dict()
     theirs = {k: torch.empty(v, device="meta") for k, v in vocoder["shapes"].items()}
-    acestep.check_keys("music_vocoder", ours, acestep.vocoder_state_from_release(theirs, vocoder_cfg))
+    acestep.check_keys(
+        "music_vocoder", ours, acestep.vocoder_state_from_release(theirs, vocoder_cfg)
+    )

@@ -26,7 +26,12 @@ TINY_WAVLM = {
     "encoder_attention_heads": 2, "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
     "conv_pos": 16, "conv_pos_groups": 4, "num_buckets": 32, "max_distance": 100,
 }  # fmt: skip
-TRANSFORM = {"CE": {"mean": 5.5, "std": 1.5}, "CU": {"mean": 6.0, "std": 1.2}, "PC": {"mean": 4.0, "std": 1.0}, "PQ": {"mean": 6.5, "std": 1.1}}
+TRANSFORM = {
+    "CE": {"mean": 5.5, "std": 1.5},
+    "CU": {"mean": 6.0, "std": 1.2},
+    "PC": {"mean": 4.0, "std": 1.0},
+    "PQ": {"mean": 6.5, "std": 1.1},
+}
 
 
 def save_tiny(directory, seed: int = 0) -> str:
@@ -99,7 +104,9 @@ def test_batched_windows_across_tracks_equal_one_track_at_a_time(model_dir):
 def test_scores_use_the_target_transform(model_dir):
     stage = stage_for(model_dir)
     model = stage.model
-    wav = torch.from_numpy(0.1 * np.random.default_rng(1).standard_normal((1, 1, 160000)).astype(np.float32))
+    wav = torch.from_numpy(
+        0.1 * np.random.default_rng(1).standard_normal((1, 1, 160000)).astype(np.float32)
+    )
     with torch.no_grad():
         raw = model({"wav": wav, "mask": torch.ones_like(wav, dtype=torch.bool)})
     score = stage.scores([wav[0, 0].numpy()])[0]
@@ -114,7 +121,9 @@ def test_stage_writes_scores_and_the_filter_is_queryable(tmp_path, corpus, model
     ingest(corpus, [str(tmp_path / "in")])
     # Thresholds around the scores this model gives: some tracks pass and some fail.
     stage = stage_for(model_dir)
-    scores = stage.scores([tone(3.0 + i, sr=16000, channels=1, freq=220 * (i + 1), seed=i)[:, 0] for i in range(3)])
+    scores = stage.scores(
+        [tone(3.0 + i, sr=16000, channels=1, freq=220 * (i + 1), seed=i)[:, 0] for i in range(3)]
+    )
     pq = sorted(s["PQ"][0] for s in scores)
     threshold = (pq[0] + pq[1]) / 2
     cfg = AestheticsConfig(model=model_dir, device="cpu", min_ce=0, min_cu=0, min_pq=threshold)
@@ -135,12 +144,20 @@ def test_stage_writes_scores_and_the_filter_is_queryable(tmp_path, corpus, model
     assert later.n_input == 2 and later.n_ok == 2
 
 
-def test_missing_weights_write_retryable_errors_naming_the_fetch_command(tmp_path, corpus, monkeypatch):
+def test_missing_weights_write_retryable_errors_naming_the_fetch_command(
+    tmp_path, corpus, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.delenv("SONGMILL_MODELS", raising=False)
     write_audio(tmp_path / "in" / "a.wav", tone(2.0))
     ingest(corpus, [str(tmp_path / "in")])
     [summary] = run_stages(corpus, [AestheticsStage(AestheticsConfig(device="cpu"))])
     assert summary.n_error == 1 and summary.unavailable
-    [(message, retryable)] = rows(corpus, "SELECT message, retryable FROM errors WHERE stage = 'aesthetics'")
-    assert retryable and "songmill models fetch audiobox-aesthetics" in message and "model.safetensors" in message
+    [(message, retryable)] = rows(
+        corpus, "SELECT message, retryable FROM errors WHERE stage = 'aesthetics'"
+    )
+    assert (
+        retryable
+        and "songmill models fetch audiobox-aesthetics" in message
+        and "model.safetensors" in message
+    )

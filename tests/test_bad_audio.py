@@ -45,9 +45,19 @@ def test_every_bad_file_ends_as_a_row_or_an_error_and_the_run_goes_on(tmp_path, 
     write_audio(tmp_path / "in" / "good.wav", tone(6.0, freq=330.0, seed=5))
     ingest(corpus, [str(tmp_path / "in")])
     stages = [
-        AestheticsStage(AestheticsConfig(model=save_tiny(tmp_path / "aes"), device="cpu", window_batch=8)),
+        AestheticsStage(
+            AestheticsConfig(model=save_tiny(tmp_path / "aes"), device="cpu", window_batch=8)
+        ),
         StructureStage(StructureConfig(max_duration_s=90.0)),  # longer tracks: their first 90 s
-        CaptionStage(CaptionConfig(backend="qwen2-audio", model=save_qwen2_audio(tmp_path / "qa"), device="cpu", max_new_tokens_scale=0.05, styles=("tags", "description"))),
+        CaptionStage(
+            CaptionConfig(
+                backend="qwen2-audio",
+                model=save_qwen2_audio(tmp_path / "qa"),
+                device="cpu",
+                max_new_tokens_scale=0.05,
+                styles=("tags", "description"),
+            )
+        ),
         LyricSectionsStage(LyricSectionsConfig(), corpus=corpus),
     ]
     summaries = run_stages(corpus, stages, batch_size=3)
@@ -63,7 +73,13 @@ def test_every_bad_file_ends_as_a_row_or_an_error_and_the_run_goes_on(tmp_path, 
     for stage in ("aesthetics", "structure", "caption"):
         [(file, message)] = [(f, m) for f, s, m in errors if s == stage]
         assert file == "nan.wav" and "NaN" in message
-    got = {r[0]: r[1:] for r in rows(corpus, "SELECT regexp_extract(uri, '[^/]+$'), aes_windows, structure_form, caption_recaption, lyrics_source FROM manifest")}
+    got = {
+        r[0]: r[1:]
+        for r in rows(
+            corpus,
+            "SELECT regexp_extract(uri, '[^/]+$'), aes_windows, structure_form, caption_recaption, lyrics_source FROM manifest",
+        )
+    }
     assert got["thirty_minutes.wav"][0] == 30  # the window cap keeps a long file cheap
     assert got["one_second.wav"][0] == 1 and got["one_second.wav"][1] == "intro"
     assert got["silence.wav"][1] == "intro"  # 5 s: too short for two sections

@@ -14,8 +14,17 @@ from songmill.model.weights import WeightsMissing
 pytest.importorskip("beat_this")
 
 # A small BeatThis (the published one has transformer_dim 512, 6 layers): same code, seconds to run.
-TINY = {"spect_dim": 128, "transformer_dim": 32, "ff_mult": 2, "n_layers": 1, "head_dim": 16, "stem_dim": 16,
-        "dropout": {"frontend": 0.0, "transformer": 0.0}, "sum_head": True, "partial_transformers": True}
+TINY = {
+    "spect_dim": 128,
+    "transformer_dim": 32,
+    "ff_mult": 2,
+    "n_layers": 1,
+    "head_dim": 16,
+    "stem_dim": 16,
+    "dropout": {"frontend": 0.0, "transformer": 0.0},
+    "sum_head": True,
+    "partial_transformers": True,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +58,9 @@ def test_converted_weights_reproduce_the_saved_network(weights_dir):
     spect = bt.log_mel(np.random.default_rng(0).standard_normal(22050 * 1).astype(np.float32) * 0.1)
     with torch.inference_mode():
         expected, got = original(spect.unsqueeze(0)), loaded(spect.unsqueeze(0))
-    assert torch.allclose(expected["beat"], got["beat"]) and torch.allclose(expected["downbeat"], got["downbeat"])
+    assert torch.allclose(expected["beat"], got["beat"]) and torch.allclose(
+        expected["downbeat"], got["downbeat"]
+    )
     # a differently seeded network gives other logits: the comparison above can fail
     torch.manual_seed(1)
     other = bt.model_from_config(TINY).eval()
@@ -66,15 +77,24 @@ def test_front_end_matches_the_published_parameters():
     band = int(spect.mean(axis=0).argmax())
     import librosa
 
-    centres = librosa.mel_frequencies(n_mels=bt.N_MELS + 2, fmin=bt.F_MIN, fmax=bt.F_MAX, htk=False)[1:-1]
+    centres = librosa.mel_frequencies(
+        n_mels=bt.N_MELS + 2, fmin=bt.F_MIN, fmax=bt.F_MAX, htk=False
+    )[1:-1]
     assert abs(centres[band] - 440.0) < 40.0
 
 
 def test_mel_filters_equal_librosas_slaney_filters():
     import librosa
 
-    reference = librosa.filters.mel(sr=bt.SAMPLE_RATE, n_fft=bt.N_FFT, n_mels=bt.N_MELS, fmin=bt.F_MIN,
-                                    fmax=bt.F_MAX, htk=False, norm=None)
+    reference = librosa.filters.mel(
+        sr=bt.SAMPLE_RATE,
+        n_fft=bt.N_FFT,
+        n_mels=bt.N_MELS,
+        fmin=bt.F_MIN,
+        fmax=bt.F_MAX,
+        htk=False,
+        norm=None,
+    )
     assert np.allclose(bt.mel_filters(), reference, atol=1e-5)
 
 
@@ -88,8 +108,16 @@ def test_long_tracks_are_chunked_and_stitched(weights_dir):
     assert float(beat.min()) > -1000.0, "every frame is covered by a chunk"
     # frames inside the first chunk equal a direct run on that chunk (left border padded)
     with torch.inference_mode():
-        direct = original(torch.nn.functional.pad(spect[: chunk - bt.BORDER_FRAMES], (0, 0, bt.BORDER_FRAMES, 0)).unsqueeze(0))
-        tail = original(torch.nn.functional.pad(spect[-(chunk - bt.BORDER_FRAMES) :], (0, 0, 0, bt.BORDER_FRAMES)).unsqueeze(0))
+        direct = original(
+            torch.nn.functional.pad(
+                spect[: chunk - bt.BORDER_FRAMES], (0, 0, bt.BORDER_FRAMES, 0)
+            ).unsqueeze(0)
+        )
+        tail = original(
+            torch.nn.functional.pad(
+                spect[-(chunk - bt.BORDER_FRAMES) :], (0, 0, 0, bt.BORDER_FRAMES)
+            ).unsqueeze(0)
+        )
     keep = slice(bt.BORDER_FRAMES, chunk - bt.BORDER_FRAMES)
     assert torch.allclose(beat[: keep.stop - keep.start], direct["beat"][0][keep], atol=1e-5)
     # the last chunk ends at the track's end (where chunks overlap, the earlier one is kept)
@@ -120,7 +148,11 @@ def test_stage_uses_beat_this_for_beats_and_downbeats(weights_dir, tmp_path):
     audio = render_track(120, "D", "major", 12.0, seed=3, style="pop")
     sf.write(str(tmp_path / "t.wav"), audio, 44100)
     track = Track({"track_id": "t", "uri": str(tmp_path / "t.wav"), "duration_s": 12.0})
-    stage = MusicStage(MusicConfig(beat_backend="beat_this", beat_this_weights=str(folder / "weights"), neural="always"))
+    stage = MusicStage(
+        MusicConfig(
+            beat_backend="beat_this", beat_this_weights=str(folder / "weights"), neural="always"
+        )
+    )
     stage.setup()
     assert stage.learned_name == "beat_this"
     [row] = stage.process([track])
@@ -129,7 +161,9 @@ def test_stage_uses_beat_this_for_beats_and_downbeats(weights_dir, tmp_path):
     assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beat_this"]
     if beats.shape[0] >= 4:  # random weights: whatever it found is what the row holds
         assert row["beat_source"] == "beat_this"
-        if abs(row["bpm"] - row["bpm_estimates"][2]["bpm"]) <= 0.04 * row["bpm"]:  # same metrical level
+        if (
+            abs(row["bpm"] - row["bpm_estimates"][2]["bpm"]) <= 0.04 * row["bpm"]
+        ):  # same metrical level
             assert row["beats"] == pytest.approx(list(beats), abs=1e-4)
             assert row["downbeats"] == pytest.approx(list(downbeats), abs=1e-4)
     assert row["keyscale"] == "D major"  # key still comes from the DSP path

@@ -29,8 +29,13 @@ def _ids(start: int, n: int) -> list[str]:
 
 def _stage_columns(name: str, ids: list[str], keys: dict[str, tuple[int, str]], now) -> dict:
     n = len(ids)
-    return {"track_id": ids, "stage_version": [keys[name][0]] * n, "config_hash": [keys[name][1]] * n,
-            "run_id": ["bulk"] * n, "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC"))}
+    return {
+        "track_id": ids,
+        "stage_version": [keys[name][0]] * n,
+        "config_hash": [keys[name][1]] * n,
+        "run_id": ["bulk"] * n,
+        "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    }
 
 
 def _write_bulk(corpus, keys: dict[str, tuple[int, str]]) -> None:
@@ -41,43 +46,96 @@ def _write_bulk(corpus, keys: dict[str, tuple[int, str]]) -> None:
         rng = np.random.default_rng(first)
         now = utcnow()
         uris = [f"/lib/{i}.flac" for i in range(first, first + ROWS)]
-        corpus.write("tracks", pa.table({"track_id": ids, "uri": uris, "duration_s": rng.uniform(60, 300, ROWS),
-                                         "created_at": pa.array([now] * ROWS, pa.timestamp("us", tz="UTC"))}))
-        corpus.write("sources", [dict(uri=u, size_bytes=1, mtime=1.0, track_id=t, status="ok", run_id="bulk", created_at=now)
-                                 for u, t in zip(uris, ids, strict=True)])
-        corpus.write("qc", pa.table(_stage_columns("qc", ids, keys, now) | {"qc_pass": [True] * ROWS, "loudness_lufs": rng.uniform(-30, -6, ROWS)}))
-        beats = pa.ListArray.from_arrays(pa.array(np.arange(ROWS + 1, dtype=np.int32) * BEATS),
-                                         pa.array(rng.random(ROWS * BEATS, dtype=np.float32)))  # random: no compression
-        corpus.write("music", pa.table(_stage_columns("music", ids, keys, now) | {"bpm": rng.uniform(60, 180, ROWS), "beats": beats}))
+        corpus.write(
+            "tracks",
+            pa.table(
+                {
+                    "track_id": ids,
+                    "uri": uris,
+                    "duration_s": rng.uniform(60, 300, ROWS),
+                    "created_at": pa.array([now] * ROWS, pa.timestamp("us", tz="UTC")),
+                }
+            ),
+        )
+        corpus.write(
+            "sources",
+            [
+                dict(
+                    uri=u,
+                    size_bytes=1,
+                    mtime=1.0,
+                    track_id=t,
+                    status="ok",
+                    run_id="bulk",
+                    created_at=now,
+                )
+                for u, t in zip(uris, ids, strict=True)
+            ],
+        )
+        corpus.write(
+            "qc",
+            pa.table(
+                _stage_columns("qc", ids, keys, now)
+                | {"qc_pass": [True] * ROWS, "loudness_lufs": rng.uniform(-30, -6, ROWS)}
+            ),
+        )
+        beats = pa.ListArray.from_arrays(
+            pa.array(np.arange(ROWS + 1, dtype=np.int32) * BEATS),
+            pa.array(rng.random(ROWS * BEATS, dtype=np.float32)),
+        )  # random: no compression
+        corpus.write(
+            "music",
+            pa.table(
+                _stage_columns("music", ids, keys, now)
+                | {"bpm": rng.uniform(60, 180, ROWS), "beats": beats}
+            ),
+        )
 
 
 def _stage_keys() -> dict[str, tuple[int, str]]:
-    return {name: (stage_class(name)().version, stage_class(name)().config_hash) for name in ("qc", "music")}
+    return {
+        name: (stage_class(name)().version, stage_class(name)().config_hash)
+        for name in ("qc", "music")
+    }
 
 
 def _state(corpus) -> list:
-    return [corpus.sql(q).to_pylist() for q in (
-        "SELECT count(*) AS n, count(DISTINCT track_id) AS ids, round(sum(bpm), 3) AS bpm, sum(len(beats)) AS beats, "
-        "max(run_id) AS run FROM music",
-        "SELECT count(*) AS n FROM raw_music",
-        "SELECT count(*) AS n, round(sum(loudness_lufs), 3) AS lufs FROM qc",
-        "SELECT count(*) AS n, count(DISTINCT uri) AS uris FROM sources",
-        "SELECT count(*) AS n, round(sum(bpm), 3) AS bpm, sum(len(beats)) AS beats FROM manifest WHERE qc_pass",
-    )]
+    return [
+        corpus.sql(q).to_pylist()
+        for q in (
+            "SELECT count(*) AS n, count(DISTINCT track_id) AS ids, round(sum(bpm), 3) AS bpm, sum(len(beats)) AS beats, "
+            "max(run_id) AS run FROM music",
+            "SELECT count(*) AS n FROM raw_music",
+            "SELECT count(*) AS n, round(sum(loudness_lufs), 3) AS lufs FROM qc",
+            "SELECT count(*) AS n, count(DISTINCT uri) AS uris FROM sources",
+            "SELECT count(*) AS n, round(sum(bpm), 3) AS bpm, sum(len(beats)) AS beats FROM manifest WHERE qc_pass",
+        )
+    ]
 
 
 def test_compaction_of_a_bulk_state_holds_a_small_memory_limit(corpus, monkeypatch):
     monkeypatch.setattr(layout, "ROW_GROUP_BYTES", ROW_GROUP_BYTES, raising=False)
     keys = _stage_keys()
     _write_bulk(corpus, keys)
-    redone = corpus.sql("SELECT * FROM music ORDER BY track_id LIMIT 300")  # a second run redoes some tracks
+    redone = corpus.sql(
+        "SELECT * FROM music ORDER BY track_id LIMIT 300"
+    )  # a second run redoes some tracks
     redone = redone.set_column(redone.schema.get_field_index("bpm"), "bpm", pa.array([1.0] * 300))
-    redone = redone.set_column(redone.schema.get_field_index("run_id"), "run_id", pa.array(["redo"] * 300))
-    redone = redone.set_column(redone.schema.get_field_index("created_at"), "created_at",
-                               pa.array([utcnow()] * 300, pa.timestamp("us", tz="UTC")))
+    redone = redone.set_column(
+        redone.schema.get_field_index("run_id"), "run_id", pa.array(["redo"] * 300)
+    )
+    redone = redone.set_column(
+        redone.schema.get_field_index("created_at"),
+        "created_at",
+        pa.array([utcnow()] * 300, pa.timestamp("us", tz="UTC")),
+    )
     corpus.write("music", redone)
     before = _state(corpus)  # the views over the parts: the oracle
-    assert before[0][0]["n"] == PARTS * ROWS and before[1][0]["n"] == PARTS * ROWS + 300 and before[0][0]["run"] == "redo"
+    assert (
+        before[0][0]["n"] == PARTS * ROWS
+        and before[1][0]["n"] == PARTS * ROWS + 300
+        and before[0][0]["run"] == "redo"
+    )
 
     for table in ("tracks", "sources", "qc", "music"):
         assert corpus.compact(table, memory_limit=LIMIT, manifest=False) > 0
@@ -90,16 +148,25 @@ def test_compaction_of_a_bulk_state_holds_a_small_memory_limit(corpus, monkeypat
     assert ids == sorted(ids) and len(ids) == len(set(ids))
     meta = pq.read_metadata(snapshot)  # row groups bounded in bytes, not only in rows
     assert meta.num_row_groups > 1
-    assert max(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) <= 2 * ROW_GROUP_BYTES
-    assert not [n for n in os.listdir(corpus.path) if n.startswith(".tmp-")]  # the spill folder is gone
+    assert (
+        max(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        <= 2 * ROW_GROUP_BYTES
+    )
+    assert not [
+        n for n in os.listdir(corpus.path) if n.startswith(".tmp-")
+    ]  # the spill folder is gone
 
 
-def test_an_annotate_run_with_nothing_pending_plans_and_compacts_a_bulk_state_under_the_limit(corpus, monkeypatch):
+def test_an_annotate_run_with_nothing_pending_plans_and_compacts_a_bulk_state_under_the_limit(
+    corpus, monkeypatch
+):
     monkeypatch.setattr(layout, "ROW_GROUP_BYTES", ROW_GROUP_BYTES, raising=False)
     keys = _stage_keys()
     _write_bulk(corpus, keys)
     before = _state(corpus)
-    monkeypatch.setattr(layout, "COMPACT_MEMORY_LIMIT", MANIFEST_LIMIT)  # what the end-of-run compaction runs under
+    monkeypatch.setattr(
+        layout, "COMPACT_MEMORY_LIMIT", MANIFEST_LIMIT
+    )  # what the end-of-run compaction runs under
     stages = [stage_class("qc")(), stage_class("music")()]
     summaries = runner.run_stages(corpus, stages)
     assert [s.n_input for s in summaries] == [0, 0]  # nothing pending

@@ -20,7 +20,9 @@ def test_demo_runs_end_to_end_and_reports_against_truth(prefect_server, tmp_path
     assert "broken_not_audio.wav" in text and "broken_truncated.mp3" in text
     manifest = pq.read_table(out / "manifest.parquet")
     assert manifest.num_rows >= 1
-    assert {"track_id", "uri", "bpm", "keyscale", "qc_pass", "loudness_lufs"} <= set(manifest.column_names)
+    assert {"track_id", "uri", "bpm", "keyscale", "qc_pass", "loudness_lufs"} <= set(
+        manifest.column_names
+    )
     assert os.path.isdir(out / "corpus" / "music")
     # a second demo starts from scratch rather than piling onto the first corpus
     assert main(["demo", "--out", str(out), "--tracks", "3", "--no-train"]) == 0

@@ -17,9 +17,15 @@ from songmill.annotate.runner import run_stages
 from songmill.data_schema.shards import FeatureShard
 from songmill.data_schema.store import utcnow
 
-SMALL_SSL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                 conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-
+SMALL_SSL = dict(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    conv_dim=(8,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +49,32 @@ def models(tmp_path_factory) -> dict[str, str]:
     HubertModel(HubertConfig(**{**SMALL_SSL, "hidden_size": 24})).save_pretrained(paths["mert"])
     Wav2Vec2FeatureExtractor(sampling_rate=24000, do_normalize=True).save_pretrained(paths["mert"])
     HubertModel(HubertConfig(**SMALL_SSL)).save_pretrained(paths["mhubert"])
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(paths["mhubert"])
-    xvector = WavLMConfig(**SMALL_SSL, tdnn_dim=(8, 8), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=512)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(
+        paths["mhubert"]
+    )
+    xvector = WavLMConfig(
+        **SMALL_SSL,
+        tdnn_dim=(8, 8),
+        tdnn_kernel=(3, 1),
+        tdnn_dilation=(1, 1),
+        xvector_output_dim=512,
+    )
     WavLMForXVector(xvector).save_pretrained(paths["speaker"])
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(paths["speaker"])
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(
+        paths["speaker"]
+    )
     return paths
 
 
 def features_config(models, **overrides) -> FeaturesConfig:
-    values = dict(dcae_checkpoint=models["dcae"], text_encoder="tiny-random", mert=models["mert"],
-                  mhubert=models["mhubert"], speaker=models["speaker"], ssl_chunk_s=30.0)
+    values = dict(
+        dcae_checkpoint=models["dcae"],
+        text_encoder="tiny-random",
+        mert=models["mert"],
+        mhubert=models["mhubert"],
+        speaker=models["speaker"],
+        ssl_chunk_s=30.0,
+    )
     return FeaturesConfig(**{**values, **overrides})
 
 
@@ -63,11 +85,32 @@ def two_tracks(corpus, tmp_path):
     rows, now = [], utcnow()
     for i, seconds in enumerate((2.0, 1.3)):
         path = write_audio(tmp_path / f"t{i}.wav", tone(seconds, freq=220.0 * (i + 1), seed=i))
-        rows.append({"track_id": f"track{i}", "uri": path, "duration_s": seconds, "sample_rate": 44100,
-                     "channels": 2, "run_id": "r", "created_at": now})
+        rows.append(
+            {
+                "track_id": f"track{i}",
+                "uri": path,
+                "duration_s": seconds,
+                "sample_rate": 44100,
+                "channels": 2,
+                "run_id": "r",
+                "created_at": now,
+            }
+        )
     corpus.write("tracks", rows)
-    corpus.write("music", [{"track_id": "track0", "stage_version": 1, "config_hash": "x", "run_id": "r",
-                            "created_at": now, "bpm": 120.0, "keyscale": "A minor"}])
+    corpus.write(
+        "music",
+        [
+            {
+                "track_id": "track0",
+                "stage_version": 1,
+                "config_hash": "x",
+                "run_id": "r",
+                "created_at": now,
+                "bpm": 120.0,
+                "keyscale": "A minor",
+            }
+        ],
+    )
     return rows
 
 
@@ -76,7 +119,9 @@ def test_stage_writes_content_addressed_float16_shards(corpus, two_tracks, model
     summary = run_stages(corpus, [stage])[0]
     assert (summary.n_ok, summary.n_error) == (2, 0)
     con = corpus.connect()
-    rows = {r["track_id"]: r for r in con.sql("SELECT * FROM features").to_arrow_table().to_pylist()}
+    rows = {
+        r["track_id"]: r for r in con.sql("SELECT * FROM features").to_arrow_table().to_pylist()
+    }
     assert set(rows) == {"track0", "track1"}
     for track in two_tracks:
         row = rows[track["track_id"]]
@@ -90,8 +135,14 @@ def test_stage_writes_content_addressed_float16_shards(corpus, two_tracks, model
         assert shard._get("latent").dtype == torch.float16
         assert shard.latent().shape == (8, 16, shard.latent_frames)
         targets = shard.repa_targets()
-        assert abs(targets["mert"].shape[0] - track["duration_s"] * 75) <= 2 and targets["mert"].shape[1] == 24
-        assert abs(targets["mhubert"].shape[0] - track["duration_s"] * 50) <= 2 and targets["mhubert"].shape[1] == 16
+        assert (
+            abs(targets["mert"].shape[0] - track["duration_s"] * 75) <= 2
+            and targets["mert"].shape[1] == 24
+        )
+        assert (
+            abs(targets["mhubert"].shape[0] - track["duration_s"] * 50) <= 2
+            and targets["mhubert"].shape[1] == 16
+        )
         assert shard.text_embedding("tags").shape[-1] == 32
         assert row["repa_targets"] == ["mert", "mhubert"] and "tags" in row["caption_styles"]
     assert FeatureShard.open(rows["track0"]["features_url"]).caption("tags") == "120 bpm, A minor"
@@ -109,21 +160,33 @@ def test_lyrics_become_token_ids_and_instrumentals_get_no_speaker(models, tmp_pa
     texts = ["sing the night away", "light my heart again", "dance slow tonight"] * 20
     tokenizer_path = str(tmp_path / "bpe.json")
     LyricTokenizer.train(texts, vocab_size=300, min_frequency=1).save(tokenizer_path)
-    corpus.write("lyrics", [{"lyric_id": "L1", "lyrics": "sing the night away", "created_at": utcnow()}])
+    corpus.write(
+        "lyrics", [{"lyric_id": "L1", "lyrics": "sing the night away", "created_at": utcnow()}]
+    )
     stage = FeaturesStage(features_config(models, lyric_tokenizer=tokenizer_path), corpus=corpus)
     stage.setup()
     path = write_audio(tmp_path / "v.wav", tone(1.0))
     # the matched lyric's text comes from the corpus lyrics catalog
-    sung = Track({"track_id": "a", "uri": path, "duration_s": 1.0},
-                 {"lyrics_matches": {"lyric_id": "L1", "matched": True, "score": 0.9}})
-    instrumental = Track({"track_id": "b", "uri": path, "duration_s": 1.0}, {"separation": {"is_instrumental": True}})
+    sung = Track(
+        {"track_id": "a", "uri": path, "duration_s": 1.0},
+        {"lyrics_matches": {"lyric_id": "L1", "matched": True, "score": 0.9}},
+    )
+    instrumental = Track(
+        {"track_id": "b", "uri": path, "duration_s": 1.0}, {"separation": {"is_instrumental": True}}
+    )
     rows = stage.process([sung, instrumental])
     assert rows[0]["lyric_tokenizer"].startswith("bpe-")
     sung_shard, inst_shard = (FeatureShard.open(r["features_url"]) for r in rows)
     ids = sung_shard.lyric_ids()
-    assert ids[0] == 1 and ids[-1] == 2 and 2 < len(ids) < len("sing the night away") + 2  # BPE merges
+    assert (
+        ids[0] == 1 and ids[-1] == 2 and 2 < len(ids) < len("sing the night away") + 2
+    )  # BPE merges
     assert int(ids.max()) < 300
-    assert rows[0]["has_speaker"] and sung_shard.speaker().shape == (512,) and sung_shard.speaker().abs().sum() > 0
+    assert (
+        rows[0]["has_speaker"]
+        and sung_shard.speaker().shape == (512,)
+        and sung_shard.speaker().abs().sum() > 0
+    )
     assert not rows[1]["has_speaker"] and float(inst_shard.speaker().abs().sum()) == 0.0
     assert len(inst_shard.lyric_ids()) == 0 and "instrumental" in inst_shard.caption("tags")
 
@@ -135,7 +198,9 @@ def test_missing_weights_make_the_stage_unavailable(models, corpus, two_tracks, 
         stage.setup()
     summary = run_stages(corpus, [stage])[0]
     assert summary.unavailable and "no-mert" in summary.unavailable
-    errors = corpus.connect().execute("SELECT retryable FROM errors WHERE stage = 'features'").fetchall()
+    errors = (
+        corpus.connect().execute("SELECT retryable FROM errors WHERE stage = 'features'").fetchall()
+    )
     assert errors and all(r[0] for r in errors)
     with pytest.raises(StageUnavailable, match="DCAE"):
         FeaturesStage(features_config(models, dcae_checkpoint=""), corpus=corpus).setup()
@@ -147,7 +212,9 @@ def test_pickle_dcae_checkpoint_is_refused(models, tmp_path, corpus):
     (tmp_path / "dcae").mkdir()
     torch.save({"w": torch.zeros(1)}, tmp_path / "dcae" / "dcae.pt")
     with pytest.raises(StageUnavailable, match="pickle"):
-        FeaturesStage(features_config(models, dcae_checkpoint=str(tmp_path / "dcae")), corpus=corpus).setup()
+        FeaturesStage(
+            features_config(models, dcae_checkpoint=str(tmp_path / "dcae")), corpus=corpus
+        ).setup()
 
 
 def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, models, tmp_path):
@@ -158,8 +225,18 @@ def test_dit_trains_with_repa_on_the_exported_manifest(corpus, two_tracks, model
     run_stages(corpus, [stage])
     manifest = str(tmp_path / "manifest.parquet")
     pq.write_table(corpus.connect().sql("SELECT * FROM manifest").to_arrow_table(), manifest)
-    cfg = TrainConfig(kind="dit", batch_size=2, max_steps=2, max_crop_s=1.0, repa_weight=1.0, progress=False,
-                      val_every=0, ckpt_every=0, log_every=1, warmup_steps=1)
+    cfg = TrainConfig(
+        kind="dit",
+        batch_size=2,
+        max_steps=2,
+        max_crop_s=1.0,
+        repa_weight=1.0,
+        progress=False,
+        val_every=0,
+        ckpt_every=0,
+        log_every=1,
+        warmup_steps=1,
+    )
     result = train(cfg, manifest, str(tmp_path / "run"))
     from songmill.train.checkpoint import load_checkpoint
 

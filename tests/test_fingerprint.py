@@ -39,9 +39,20 @@ def _copies(folder, name, audio, n=6):
     """The original (lossless) and up to n-1 transformed copies; returns their paths."""
     makers = [
         lambda: _write(f"{folder}/{name}.wav", audio),
-        lambda: _write(f"{folder}/{name}-128k.mp3", audio, format="MP3", subtype="MPEG_LAYER_III", compression_level=0.6, bitrate_mode="CONSTANT"),
-        lambda: _write(f"{folder}/{name}.opus", resample(audio, SR, 48000), 48000, format="OGG", subtype="OPUS"),
-        lambda: _write(f"{folder}/{name}-22k-mono.flac", resample(audio.mean(axis=1), SR, 22050), 22050),
+        lambda: _write(
+            f"{folder}/{name}-128k.mp3",
+            audio,
+            format="MP3",
+            subtype="MPEG_LAYER_III",
+            compression_level=0.6,
+            bitrate_mode="CONSTANT",
+        ),
+        lambda: _write(
+            f"{folder}/{name}.opus", resample(audio, SR, 48000), 48000, format="OGG", subtype="OPUS"
+        ),
+        lambda: _write(
+            f"{folder}/{name}-22k-mono.flac", resample(audio.mean(axis=1), SR, 22050), 22050
+        ),
         lambda: _write(f"{folder}/{name}-quiet.ogg", audio * 0.35, format="OGG", subtype="VORBIS"),
         lambda: _write(f"{folder}/{name}-trimmed.wav", audio[int(4.0 * SR) : -int(3.0 * SR)]),
     ]
@@ -55,7 +66,11 @@ def library(tmp_path_factory):
     a = render_track(110, "A", "minor", 26.0, seed=1, style="pop")
     b = render_track(110, "A", "minor", 26.0, seed=2, style="pop")
     c = render_track(128, "D", "major", 26.0, seed=3, style="edm")
-    families = {"a": _copies(folder, "a", a), "b": _copies(folder, "b", b, n=3), "c": [_write(f"{folder}/c.flac", c)]}
+    families = {
+        "a": _copies(folder, "a", a),
+        "b": _copies(folder, "b", b, n=3),
+        "c": [_write(f"{folder}/c.flac", c)],
+    }
     return folder, families
 
 
@@ -78,13 +93,18 @@ def _family_of(families):
 def test_copies_group_and_different_songs_do_not(indexed):
     corpus, families = indexed
     family = _family_of(families)
-    got = rows(corpus, "SELECT t.uri, d.cluster_id, d.canonical_track_id, d.similarity FROM near_duplicates d JOIN tracks t USING (track_id)")
+    got = rows(
+        corpus,
+        "SELECT t.uri, d.cluster_id, d.canonical_track_id, d.similarity FROM near_duplicates d JOIN tracks t USING (track_id)",
+    )
     clusters: dict[str, set[str]] = {}
     for uri, cluster_id, _, _ in got:
         clusters.setdefault(cluster_id, set()).add(family[uri])
     assert sorted(len(v) for v in clusters.values()) == [1, 1]  # no cluster mixes songs
     grouped = {os.path.basename(r[0]) for r in got}
-    assert grouped == {os.path.basename(p) for p in families["a"] + families["b"]}  # recall: every copy
+    assert grouped == {
+        os.path.basename(p) for p in families["a"] + families["b"]
+    }  # recall: every copy
     for uri, _, canonical, similarity in got:
         canon_uri = rows(corpus, f"SELECT uri FROM tracks WHERE track_id = '{canonical}'")[0][0]
         assert canon_uri.endswith((f"/{family[uri]}.wav",))  # the lossless original is kept
@@ -133,7 +153,9 @@ def test_index_rebuild_is_idempotent(indexed):
     before = rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1")
     write_index(corpus)
     assert rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1") == before
-    assert rows(corpus, "SELECT count(DISTINCT index_id) FROM dup_clusters")[0][0] >= 2  # history kept
+    assert (
+        rows(corpus, "SELECT count(DISTINCT index_id) FROM dup_clusters")[0][0] >= 2
+    )  # history kept
 
 
 def test_a_build_that_finds_no_clusters_hides_the_earlier_ones(indexed):
@@ -144,10 +166,15 @@ def test_a_build_that_finds_no_clusters_hides_the_earlier_ones(indexed):
     assert rows(corpus, "SELECT count(*) FROM manifest WHERE dup_cluster IS NOT NULL")[0][0] == 0
     update_index(corpus)  # the settings changed back: a full rebuild on its own
     assert rows(corpus, "SELECT count(*) FROM near_duplicates")[0][0] > 0
-    assert rows(corpus, "SELECT mode FROM dup_index_builds ORDER BY index_id DESC LIMIT 1")[0][0] == "full"
+    assert (
+        rows(corpus, "SELECT mode FROM dup_index_builds ORDER BY index_id DESC LIMIT 1")[0][0]
+        == "full"
+    )
 
 
-def test_new_fingerprints_join_the_clusters_without_reading_every_fingerprint(library, tmp_path, monkeypatch):
+def test_new_fingerprints_join_the_clusters_without_reading_every_fingerprint(
+    library, tmp_path, monkeypatch
+):
     from songmill.data_schema.store import Corpus
 
     folder, families = library
@@ -170,19 +197,34 @@ def test_new_fingerprints_join_the_clusters_without_reading_every_fingerprint(li
     monkeypatch.setattr(fingerprint_module, "_prints_of", recording_prints_of)
     ingest(corpus, [str(second)])
     run_stages(corpus, [FingerprintStage()])  # after_run: an incremental build
-    assert rows(corpus, "SELECT mode, new_fingerprints FROM dup_index_builds ORDER BY index_id DESC LIMIT 1")[0] == ("incremental", 3)
+    assert rows(
+        corpus, "SELECT mode, new_fingerprints FROM dup_index_builds ORDER BY index_id DESC LIMIT 1"
+    )[0] == ("incremental", 3)
     assert None not in read  # never every fingerprint
-    c_id = rows(corpus, f"SELECT track_id FROM tracks WHERE uri LIKE '%{os.path.basename(families['c'][0])}'")[0][0]
+    c_id = rows(
+        corpus,
+        f"SELECT track_id FROM tracks WHERE uri LIKE '%{os.path.basename(families['c'][0])}'",
+    )[0][0]
     assert all(c_id not in ids for ids in read)  # the unrelated song's fingerprint was not read
-    incremental = rows(corpus, "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1")
+    incremental = rows(
+        corpus, "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1"
+    )
     assert len(incremental) == len(families["a"]) + len(families["b"])
     write_index(corpus)  # the full rebuild agrees
-    assert rows(corpus, "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1") == incremental
+    assert (
+        rows(
+            corpus,
+            "SELECT track_id, cluster_id, canonical_track_id FROM near_duplicates ORDER BY 1",
+        )
+        == incremental
+    )
 
 
 def test_index_keys_do_not_depend_on_a_bit_pattern_a_track_may_lack():
     rng = np.random.default_rng(3)
-    values = rng.integers(0, 2**32, 800, dtype=np.uint64).astype(np.uint32) | np.uint32(0x300)  # bits 8-9 always set
+    values = rng.integers(0, 2**32, 800, dtype=np.uint64).astype(np.uint32) | np.uint32(
+        0x300
+    )  # bits 8-9 always set
     keys, positions = index_keys(values, FingerprintConfig())
     assert 120 < keys.size < 280  # about 1/4 of the frames, like any other track
     copy = values[37:]
@@ -197,7 +239,9 @@ def test_dedup_command_updates_and_rebuilds(indexed, capsys):
     corpus, _ = indexed
     before = rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1")
     assert main(["dedup", "--corpus", corpus.root]) == 0
-    assert capsys.readouterr().out.startswith("incremental index build")  # nothing new: clusters carried over
+    assert capsys.readouterr().out.startswith(
+        "incremental index build"
+    )  # nothing new: clusters carried over
     assert main(["dedup", "--full", "--corpus", corpus.root]) == 0
     assert capsys.readouterr().out.startswith("full index build")
     assert rows(corpus, "SELECT track_id, cluster_id FROM near_duplicates ORDER BY 1") == before

@@ -27,7 +27,9 @@ def test_every_format_becomes_a_track_with_probed_parameters(tmp_path, corpus):
         write_audio(tmp_path / "src" / name, tone(3.0, sr=sr, seed=i), sr, **kwargs)
     summary = ingest(corpus, [str(tmp_path / "src")])
     assert summary.new_tracks == len(FORMATS) and summary.errors == 0
-    found = rows(corpus, "SELECT uri, duration_s, sample_rate, channels, codec FROM tracks ORDER BY uri")
+    found = rows(
+        corpus, "SELECT uri, duration_s, sample_rate, channels, codec FROM tracks ORDER BY uri"
+    )
     assert len(found) == len(FORMATS)
     for uri, duration, sr, channels, codec in found:
         assert channels == 2
@@ -49,7 +51,9 @@ def _bad_input_set(root) -> dict[str, str]:
     lying = write_audio(root / "lying_header.wav", tone(1.0, seed=2), subtype="PCM_16")
     raw = bytearray(open(lying, "rb").read())
     data_at = raw.index(b"data")
-    raw[data_at + 4 : data_at + 8] = struct.pack("<I", 10_000_000)  # claims far more data than there is
+    raw[data_at + 4 : data_at + 8] = struct.pack(
+        "<I", 10_000_000
+    )  # claims far more data than there is
     raw[4:8] = struct.pack("<I", 10_000_036)
     open(lying, "wb").write(bytes(raw))
     write_audio(root / "one_sample.wav", np.zeros((1, 1), np.float32))
@@ -77,7 +81,10 @@ def test_bad_input_set_every_file_ends_as_track_or_error(tmp_path, corpus, verif
     expected = _bad_input_set(tmp_path / "bad")
     summary = ingest(corpus, [str(tmp_path / "bad")], IngestConfig(verify=verify))
     tracks = {os.path.basename(u): n for u, n in rows(corpus, "SELECT uri, channels FROM tracks")}
-    errors = {os.path.basename(u): (s, t, m) for u, s, t, m in rows(corpus, "SELECT uri, stage, error_type, message FROM errors")}
+    errors = {
+        os.path.basename(u): (s, t, m)
+        for u, s, t, m in rows(corpus, "SELECT uri, stage, error_type, message FROM errors")
+    }
     assert set(tracks) | set(errors) == set(expected)
     assert not set(tracks) & set(errors)
     for name, outcome in expected.items():
@@ -103,7 +110,10 @@ def test_second_run_over_unchanged_source_reads_nothing(tmp_path, corpus, monkey
 
     opened = []
     real_open = fsspec.open
-    monkeypatch.setattr("songmill.annotate.ingest.fsspec.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(
+        "songmill.annotate.ingest.fsspec.open",
+        lambda *a, **k: opened.append(a) or real_open(*a, **k),
+    )
     second = ingest(corpus, [str(tmp_path / "src")])
     assert (second.unchanged, second.new_tracks, second.errors) == (4, 0, 0)
     assert opened == []  # not read, not hashed

@@ -37,7 +37,10 @@ def hostile(tmp_path):
 def test_hostile_folder_one_error_row_each_and_the_run_goes_on(hostile, corpus):
     src, _ = hostile
     summary = ingest(corpus, [str(src)])
-    errors = {os.path.basename(r[0]): r[1] for r in rows(corpus, "SELECT uri, error_type FROM errors WHERE stage = 'ingest'")}
+    errors = {
+        os.path.basename(r[0]): r[1]
+        for r in rows(corpus, "SELECT uri, error_type FROM errors WHERE stage = 'ingest'")
+    }
     assert errors == {
         "dangling.wav": "BrokenSymlink",
         "loop": "SymlinkLoop",
@@ -48,7 +51,10 @@ def test_hostile_folder_one_error_row_each_and_the_run_goes_on(hostile, corpus):
     }
     ingested = {os.path.basename(r[0]) for r in rows(corpus, "SELECT uri FROM tracks")}
     assert ingested == {"good0.wav", "good1.wav", "noext_flac", "odd.bin", "inside.wav"}
-    skipped = {os.path.basename(r[0]): r[1] for r in rows(corpus, "SELECT uri, reason FROM sources WHERE status = 'skipped'")}
+    skipped = {
+        os.path.basename(r[0]): r[1]
+        for r in rows(corpus, "SELECT uri, reason FROM sources WHERE status = 'skipped'")
+    }
     assert set(skipped) == {"notes.txt", "README"}
     assert "'.txt' is not audio" in skipped["notes.txt"] and "no extension" in skipped["README"]
     assert summary.new_tracks == 5 and summary.skipped == 2 and summary.errors == 6
@@ -56,7 +62,9 @@ def test_hostile_folder_one_error_row_each_and_the_run_goes_on(hostile, corpus):
     again = ingest(corpus, [str(src)])  # incremental: nothing new, skipped files not re-recorded
     assert again.new_tracks == 0 and again.skipped == 0
     assert rows(corpus, "SELECT count(*) FROM sources WHERE status = 'skipped'") == [(2,)]
-    assert rows(corpus, "SELECT count(*) FROM errors WHERE stage = 'ingest'") == [(6,)]  # one row each
+    assert rows(corpus, "SELECT count(*) FROM errors WHERE stage = 'ingest'") == [
+        (6,)
+    ]  # one row each
 
 
 def test_broken_symlink_named_as_the_source_is_an_error_not_a_crash(tmp_path, corpus):
@@ -96,7 +104,13 @@ def test_unreadable_file_is_an_error_row(tmp_path):
         os.mkdir(root)
         os.chmod(root, 0o777)
         env = dict(os.environ, HOME=base)
-        out = subprocess.run([sys.executable, "-c", UNREADABLE, root, src, os.path.join(base, "warmup")], capture_output=True, text=True, env=env, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", UNREADABLE, root, src, os.path.join(base, "warmup")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["1", "1"]
         from songmill.data_schema.store import Corpus

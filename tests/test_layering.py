@@ -47,7 +47,10 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             # `from songmill.annotate import tempo` depends on the module tempo, not on the
             # package's __init__ (a parent package runs before any of its modules anyway).
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # "songmill.flows.commands.lyrics" or "songmill.annotate.qc:QCStage": what importlib loads
             target = node.value.partition(":")[0]
@@ -74,7 +77,9 @@ def _package(module: str) -> str:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_only_lower_layers(module):
     own = _package(module)
-    upward = sorted(m for m in GRAPH[module] if _package(m) != own and _package(m) not in ALLOWED[own])
+    upward = sorted(
+        m for m in GRAPH[module] if _package(m) != own and _package(m) not in ALLOWED[own]
+    )
     assert not upward, f"{module} imports from a layer it may not use: {upward}"
 
 
@@ -100,7 +105,7 @@ def test_no_import_cycles():
         path.append(node)
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if state.get(nxt) is None:
                 found = visit(nxt)
                 if found:

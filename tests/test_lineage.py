@@ -32,7 +32,9 @@ class PeakStage(Stage):
 
     def process_track(self, track):
         audio, _ = track.audio()
-        return {"peak_ratio": float(np.abs(audio).max()) / max(track.inputs["test_level"]["rms"], 1e-9)}
+        return {
+            "peak_ratio": float(np.abs(audio).max()) / max(track.inputs["test_level"]["rms"], 1e-9)
+        }
 
 
 @pytest.fixture
@@ -67,11 +69,25 @@ def test_reprocessing_an_input_makes_exactly_those_tracks_stale_for_every_reader
     assert _stale(corpus, "test_derived") == chosen
     assert _stale(corpus, "test_peak") == chosen
     assert not _stale(corpus, "test_level")  # the redone rows themselves are current
-    assert {r[0] for r in rows(corpus, "SELECT track_id FROM manifest WHERE is_stale(track_id)")} == chosen
-    assert {r[0] for r in rows(corpus, "SELECT track_id FROM manifest WHERE is_stale_in(track_id, 'test_peak')")} == chosen
+    assert {
+        r[0] for r in rows(corpus, "SELECT track_id FROM manifest WHERE is_stale(track_id)")
+    } == chosen
+    assert {
+        r[0]
+        for r in rows(
+            corpus, "SELECT track_id FROM manifest WHERE is_stale_in(track_id, 'test_peak')"
+        )
+    } == chosen
 
-    status = {r["stage"]: r for r in stage_status(corpus, [LevelStage(), DerivedStage(), PeakStage()]).to_pylist()}
-    assert (status["test_derived"]["current"], status["test_derived"]["stale"], status["test_derived"]["pending"]) == (4, 2, 0)
+    status = {
+        r["stage"]: r
+        for r in stage_status(corpus, [LevelStage(), DerivedStage(), PeakStage()]).to_pylist()
+    }
+    assert (
+        status["test_derived"]["current"],
+        status["test_derived"]["stale"],
+        status["test_derived"]["pending"],
+    ) == (4, 2, 0)
     assert (status["test_level"]["current"], status["test_level"]["stale"]) == (6, 0)
 
     # annotate redoes exactly the stale tracks, and then nothing is stale
@@ -99,15 +115,34 @@ def test_version_one_corpus_is_read_and_upgraded_on_write(tmp_path):
     (root / "songmill.json").write_text(json.dumps({"schema_version": 1}))
     (root / "test_level").mkdir()
     # a part as version 1 wrote it: no `inputs` column
-    old = pa.table({
-        "track_id": ["a"], "stage_version": pa.array([1], pa.int32()), "config_hash": ["c"], "run_id": ["r"],
-        "created_at": pa.array([utcnow()], pa.timestamp("us", tz="UTC")), "rms": [0.5], "gain": [1.0],
-    })
+    old = pa.table(
+        {
+            "track_id": ["a"],
+            "stage_version": pa.array([1], pa.int32()),
+            "config_hash": ["c"],
+            "run_id": ["r"],
+            "created_at": pa.array([utcnow()], pa.timestamp("us", tz="UTC")),
+            "rms": [0.5],
+            "gain": [1.0],
+        }
+    )
     pq.write_table(old, root / "test_level" / "part-00000000T000000000000-old.parquet")
     corpus = Corpus(root)
     assert corpus.schema_version == 1
     assert rows(corpus, "SELECT track_id, rms, inputs FROM test_level") == [("a", 0.5, None)]
     assert not _stale(corpus, "test_level")
-    corpus.write("test_level", [{"track_id": "b", "stage_version": 1, "config_hash": "c", "run_id": "r2", "created_at": utcnow(), "rms": 0.1}])
+    corpus.write(
+        "test_level",
+        [
+            {
+                "track_id": "b",
+                "stage_version": 1,
+                "config_hash": "c",
+                "run_id": "r2",
+                "created_at": utcnow(),
+                "rms": 0.1,
+            }
+        ],
+    )
     assert json.loads((root / "songmill.json").read_text())["schema_version"] == 2
     assert sorted(r[0] for r in rows(corpus, "SELECT track_id FROM test_level")) == ["a", "b"]

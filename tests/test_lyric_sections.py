@@ -46,7 +46,12 @@ def stage():
 
 
 def test_transcript_lines_get_their_section_tags(stage):
-    row = stage.process_track(track(transcripts={"text": "x", "language": "en", "segments": SEGMENTS}, structure={"sections": SECTIONS}))
+    row = stage.process_track(
+        track(
+            transcripts={"text": "x", "language": "en", "segments": SEGMENTS},
+            structure={"sections": SECTIONS},
+        )
+    )
     assert row["lyrics_source"] == "transcript"
     assert row["lyrics_tagged"] == (
         "[verse]\nwalking down the empty road\nshadow on my window\n\n[chorus]\nhold me tonight\n\n"
@@ -74,32 +79,61 @@ def test_canonical_lyric_is_aligned_to_the_sections(stage):
 
 
 def test_alignment_is_monotonic():
-    heard = [("hold me tonight", "chorus"), ("a new verse line", "verse"), ("hold me tonight", "chorus")]
+    heard = [
+        ("hold me tonight", "chorus"),
+        ("a new verse line", "verse"),
+        ("hold me tonight", "chorus"),
+    ]
     lines = align_canonical("hold me tonight\nsomething unheard\nhold me tonight", heard, 55.0)
     assert [label for _, label in lines] == ["chorus", "chorus", "chorus"]
     assert tag_lines([("a", "verse"), ("b", None)]) == "[verse]\na\n\n[verse]\nb"
 
 
 def test_instrumentals_say_so(stage):
-    row = stage.process_track(track(separation={"is_instrumental": True}, transcripts={"text": "", "input": "none", "segments": []}))
-    assert row["lyrics_tagged"] == INSTRUMENTAL and row["lyrics_plain"] == "" and row["lyrics_source"] == "instrumental"
+    row = stage.process_track(
+        track(
+            separation={"is_instrumental": True},
+            transcripts={"text": "", "input": "none", "segments": []},
+        )
+    )
+    assert (
+        row["lyrics_tagged"] == INSTRUMENTAL
+        and row["lyrics_plain"] == ""
+        and row["lyrics_source"] == "instrumental"
+    )
     assert row["n_lyric_tokens"] > 0
 
 
 def test_non_romanised_lyrics_get_g2p(stage):
     assert not is_romanised("月亮代表我的心") and is_romanised("Déjà vu, ça va")
     segments = [{"start": 12.0, "end": 16.0, "text": "月亮代表我的心"}]
-    row = stage.process_track(track(transcripts={"text": "月亮代表我的心", "language": "zh", "segments": segments}, structure={"sections": SECTIONS}))
+    row = stage.process_track(
+        track(
+            transcripts={"text": "月亮代表我的心", "language": "zh", "segments": segments},
+            structure={"sections": SECTIONS},
+        )
+    )
     assert row["lyrics_tagged"] == "[verse]\n月亮代表我的心" and row["lyrics_lang"] == "zh"
-    assert row["lyrics_phonemes"] and not any("\u4e00" <= ch <= "\u9fff" for ch in row["lyrics_phonemes"])
+    assert row["lyrics_phonemes"] and not any(
+        "\u4e00" <= ch <= "\u9fff" for ch in row["lyrics_phonemes"]
+    )
 
 
 def test_bpe_tokenizer_from_path(tmp_path):
-    tokenizer = LyricTokenizer.train(["[verse]\nhold me tonight\n[chorus]\nsummer in the city"] * 50, vocab_size=300, min_frequency=1)
+    tokenizer = LyricTokenizer.train(
+        ["[verse]\nhold me tonight\n[chorus]\nsummer in the city"] * 50,
+        vocab_size=300,
+        min_frequency=1,
+    )
     path = tokenizer.save(str(tmp_path / "tok.json"))
     stage = LyricSectionsStage(LyricSectionsConfig(lyric_tokenizer=path))
     stage.setup()
-    row = stage.process_track(track(transcripts={"text": "x", "language": "en", "segments": SEGMENTS[:1]}, structure={"sections": SECTIONS}))
+    row = stage.process_track(
+        track(
+            transcripts={"text": "x", "language": "en", "segments": SEGMENTS[:1]},
+            structure={"sections": SECTIONS},
+        )
+    )
     assert row["lyric_tokenizer"].startswith("bpe-")
     assert row["lyric_token_ids"] == LyricTokenizer.load(path).encode_ids(row["lyrics_tagged"])
 
@@ -124,6 +158,14 @@ def test_features_read_the_tagged_lyrics_and_every_caption_style():
                   "genres": ["rock"], "caption_flagged": False, "model": "qwen2-audio"},
     )  # fmt: skip
     assert lyrics_text(t) == "[verse]\nhold me"
-    assert caption_texts(t) == {"tags": "rock, happy", "description": "A rock song.", "use_case": "A road trip.", "recaption": "A happy rock track at 120 BPM."}
-    instrumental = track(lyric_sections={"lyrics_source": "instrumental", "lyrics_tagged": INSTRUMENTAL}, separation={"is_instrumental": True})
+    assert caption_texts(t) == {
+        "tags": "rock, happy",
+        "description": "A rock song.",
+        "use_case": "A road trip.",
+        "recaption": "A happy rock track at 120 BPM.",
+    }
+    instrumental = track(
+        lyric_sections={"lyrics_source": "instrumental", "lyrics_tagged": INSTRUMENTAL},
+        separation={"is_instrumental": True},
+    )
     assert lyrics_text(instrumental) == INSTRUMENTAL

@@ -15,8 +15,25 @@ from songmill.flows.cli import main
 
 
 def _write(corpus, ids, bpm):
-    corpus.write("tracks", [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0, created_at=utcnow()) for t in ids])
-    corpus.write("music", [dict(track_id=t, stage_version=1, config_hash="m", run_id="r", created_at=utcnow(), bpm=bpm, keyscale="C major") for t in ids])
+    corpus.write(
+        "tracks",
+        [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0, created_at=utcnow()) for t in ids],
+    )
+    corpus.write(
+        "music",
+        [
+            dict(
+                track_id=t,
+                stage_version=1,
+                config_hash="m",
+                run_id="r",
+                created_at=utcnow(),
+                bpm=bpm,
+                keyscale="C major",
+            )
+            for t in ids
+        ],
+    )
 
 
 def test_reproduce_writes_the_same_rows_after_the_corpus_moved_on(corpus, tmp_path):
@@ -27,7 +44,10 @@ def test_reproduce_writes_the_same_rows_after_the_corpus_moved_on(corpus, tmp_pa
     sidecar = json.loads(open(result.sidecar).read())
     assert meta["sql"] == sidecar["sql"] and "bpm < 100" in meta["sql"] and meta["seed"] == 7
     assert sidecar["rows"] == 10 and sum(sidecar["splits"].values()) == 10
-    assert set(sidecar["corpus_state"]["tables"]) >= {"tracks", "music"} and sidecar["songmill_version"]
+    assert (
+        set(sidecar["corpus_state"]["tables"]) >= {"tracks", "music"}
+        and sidecar["songmill_version"]
+    )
 
     _write(corpus, [f"n{i}" for i in range(5)], 80.0)  # new tracks that match the filter
     _write(corpus, ["t1", "t2"], 150.0)  # reprocessed: no longer match
@@ -38,8 +58,24 @@ def test_reproduce_writes_the_same_rows_after_the_corpus_moved_on(corpus, tmp_pa
     again = tmp_path / "again.parquet"
     assert reproduce_manifest(corpus, result.sidecar, str(again)).rows == 10
     assert pq.read_table(again).to_pylist() == pq.read_table(first).to_pylist()
-    assert main(["manifest", "--reproduce", result.sidecar, "--out", str(tmp_path / "cli.parquet"), "--corpus", corpus.root]) == 0
-    assert pq.read_table(tmp_path / "cli.parquet").column("track_id").to_pylist() == pq.read_table(first).column("track_id").to_pylist()
+    assert (
+        main(
+            [
+                "manifest",
+                "--reproduce",
+                result.sidecar,
+                "--out",
+                str(tmp_path / "cli.parquet"),
+                "--corpus",
+                corpus.root,
+            ]
+        )
+        == 0
+    )
+    assert (
+        pq.read_table(tmp_path / "cli.parquet").column("track_id").to_pylist()
+        == pq.read_table(first).column("track_id").to_pylist()
+    )
 
 
 def test_reproduce_refuses_when_rows_it_was_cut_from_are_gone(corpus, tmp_path):
@@ -60,13 +96,35 @@ def test_split_shares_are_checked(corpus, tmp_path):
 
 
 def test_export_leaves_out_the_beat_lists_unless_asked(corpus, tmp_path):
-    corpus.write("tracks", [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0, created_at=utcnow()) for t in "ab"])
-    corpus.write("music", [dict(track_id=t, stage_version=1, config_hash="m", run_id="r", created_at=utcnow(), bpm=90.0,
-                                beats=[0.5, 1.0], downbeats=[0.5]) for t in "ab"])
+    corpus.write(
+        "tracks",
+        [dict(track_id=t, uri=f"/m/{t}.wav", duration_s=60.0, created_at=utcnow()) for t in "ab"],
+    )
+    corpus.write(
+        "music",
+        [
+            dict(
+                track_id=t,
+                stage_version=1,
+                config_hash="m",
+                run_id="r",
+                created_at=utcnow(),
+                bpm=90.0,
+                beats=[0.5, 1.0],
+                downbeats=[0.5],
+            )
+            for t in "ab"
+        ],
+    )
     default = tmp_path / "default.parquet"
     write_manifest(corpus, str(default), where="len(beats) = 2")  # the filter may still use them
     names = pq.read_schema(default).names
-    assert "bpm" in names and "dup_cluster" in names and "beats" not in names and "downbeats" not in names
+    assert (
+        "bpm" in names
+        and "dup_cluster" in names
+        and "beats" not in names
+        and "downbeats" not in names
+    )
     every = tmp_path / "all.parquet"
     write_manifest(corpus, str(every), columns="all")
     assert pq.read_table(every).column("beats").to_pylist() == [[0.5, 1.0], [0.5, 1.0]]
@@ -78,7 +136,20 @@ def test_export_leaves_out_the_beat_lists_unless_asked(corpus, tmp_path):
     assert pq.read_table(again).to_pylist() == pq.read_table(chosen).to_pylist()
     with pytest.raises(ManifestError, match="no column 'nope'"):
         write_manifest(corpus, str(tmp_path / "x.parquet"), columns="bpm,nope")
-    assert main(["manifest", "--columns", "keyscale", "--out", str(tmp_path / "cli.parquet"), "--corpus", corpus.root]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "--columns",
+                "keyscale",
+                "--out",
+                str(tmp_path / "cli.parquet"),
+                "--corpus",
+                corpus.root,
+            ]
+        )
+        == 0
+    )
     assert pq.read_schema(tmp_path / "cli.parquet").names == ["track_id", "keyscale"]
 
 
@@ -97,7 +168,12 @@ def test_reproduce_that_does_not_match_leaves_what_was_at_out(corpus, tmp_path, 
     with pytest.raises(ManifestError, match="rows differ"):
         reproduce_manifest(corpus, result.sidecar, str(kept))
     assert kept.read_bytes() == before
-    assert main(["manifest", "--reproduce", result.sidecar, "--out", str(kept), "--corpus", corpus.root]) != 0
+    assert (
+        main(
+            ["manifest", "--reproduce", result.sidecar, "--out", str(kept), "--corpus", corpus.root]
+        )
+        != 0
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "differ" in err
     assert kept.read_bytes() == before
@@ -112,7 +188,12 @@ def test_manifest_out_refuses_what_songmill_did_not_write(corpus, tmp_path, caps
     notes = tmp_path / "notes.parquet"
     notes.write_text("my notes")
     foreign = tmp_path / "foreign.parquet"
-    pq.write_table(pq.read_table(write_manifest(corpus, str(tmp_path / "src.parquet")).out).replace_schema_metadata({}), foreign)
+    pq.write_table(
+        pq.read_table(
+            write_manifest(corpus, str(tmp_path / "src.parquet")).out
+        ).replace_schema_metadata({}),
+        foreign,
+    )
     foreign_bytes = foreign.read_bytes()
     sidecar_owner = tmp_path / "fresh.parquet"
     (tmp_path / "fresh.parquet.json").write_text('{"mine": 1}')
@@ -125,7 +206,10 @@ def test_manifest_out_refuses_what_songmill_did_not_write(corpus, tmp_path, caps
         assert main(["manifest", "--out", str(out), "--corpus", corpus.root]) != 0
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert (folder / "mine.txt").read_text() == "keep" and notes.read_text() == "my notes"
-    assert foreign.read_bytes() == foreign_bytes and (tmp_path / "fresh.parquet.json").read_text() == '{"mine": 1}'
+    assert (
+        foreign.read_bytes() == foreign_bytes
+        and (tmp_path / "fresh.parquet.json").read_text() == '{"mine": 1}'
+    )
     assert not sidecar_owner.exists()
     # songmill's own earlier manifest (and sidecar) are replaced as before
     again = write_manifest(corpus, str(tmp_path / "m.parquet"), where="track_id = 'a'")

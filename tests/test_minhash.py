@@ -19,7 +19,9 @@ ALPHABET = "abdefhijklmnopstuvwzæðŋɑɔəɛɪʊʃʒθʌɾ "
 
 def random_texts(n: int, seed: int, max_len: int = 400) -> list[str]:
     rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(list(ALPHABET), size=int(rng.integers(0, max_len)))) for _ in range(n)]
+    return [
+        "".join(rng.choice(list(ALPHABET), size=int(rng.integers(0, max_len)))) for _ in range(n)
+    ]
 
 
 def datasketch_minhash(text: str, k: int, num_perm: int, seed: int, scheme: str) -> MinHash:
@@ -65,8 +67,12 @@ def test_large_batches_are_chunked_without_changing_results(monkeypatch):
 def test_any_precomputed_hashes_work_too():
     """With sha1-hashed shingles (datasketch's default hash), the default MinHash agrees."""
     texts = random_texts(20, 5)
-    hashes = [np.array([sha1_hash32(s.encode()) for s in shingles(t, 4)], dtype=np.uint32) for t in texts]
-    signatures = MinHasher().signatures_from_hashes(np.concatenate(hashes), [h.size for h in hashes])
+    hashes = [
+        np.array([sha1_hash32(s.encode()) for s in shingles(t, 4)], dtype=np.uint32) for t in texts
+    ]
+    signatures = MinHasher().signatures_from_hashes(
+        np.concatenate(hashes), [h.size for h in hashes]
+    )
     for text, signature in zip(texts, signatures, strict=True):
         m = MinHash(num_perm=128, seed=1)
         m.update_batch([s.encode() for s in shingles(text, 4)])
@@ -79,9 +85,13 @@ def test_lean_and_full_objects_interoperate_with_datasketch():
     sig = hasher.signatures([a, b], 4)
     lean_a, full_b = hasher.lean(sig[0]), hasher.minhash(sig[1])
     ours = lean_a.jaccard(full_b)
-    theirs = datasketch_minhash(a, 4, 128, 1, "affine32").jaccard(datasketch_minhash(b, 4, 128, 1, "affine32"))
+    theirs = datasketch_minhash(a, 4, 128, 1, "affine32").jaccard(
+        datasketch_minhash(b, 4, 128, 1, "affine32")
+    )
     assert ours == theirs == pytest.approx(hasher.jaccard_estimates(sig[0], sig[1:])[0])
-    exact = len(set(shingles(a, 4)) & set(shingles(b, 4))) / len(set(shingles(a, 4)) | set(shingles(b, 4)))
+    exact = len(set(shingles(a, 4)) & set(shingles(b, 4))) / len(
+        set(shingles(a, 4)) | set(shingles(b, 4))
+    )
     assert abs(ours - exact) < 0.15
     full_b.update("ɹɪv")  # a real MinHash: it keeps the permutations and the hash function
     assert isinstance(LeanMinHash(full_b), LeanMinHash)
@@ -97,5 +107,9 @@ def test_estimates_track_exact_jaccard():
     hasher = MinHasher(num_perm=256)
     sigs = hasher.signatures([base, *variants], 5)
     estimates = hasher.jaccard_estimates(sigs[0], sigs[1:])
-    exact = [len(set(shingles(base, 5)) & set(shingles(v, 5))) / len(set(shingles(base, 5)) | set(shingles(v, 5))) for v in variants]
+    exact = [
+        len(set(shingles(base, 5)) & set(shingles(v, 5)))
+        / len(set(shingles(base, 5)) | set(shingles(v, 5)))
+        for v in variants
+    ]
     assert np.max(np.abs(estimates - np.array(exact))) < 0.1

@@ -22,7 +22,9 @@ def _tiny_dit(seed: int = 0, **overrides) -> LinearDiT:
     return dit
 
 
-def _conditions(batch: int = 2, seed: int = 0, text_len: int = 7, lyric_len: int = 12) -> Conditions:
+def _conditions(
+    batch: int = 2, seed: int = 0, text_len: int = 7, lyric_len: int = 12
+) -> Conditions:
     generator = torch.Generator().manual_seed(seed)
     text_mask = torch.ones(batch, text_len, dtype=torch.bool)
     text_mask[-1, text_len - 2 :] = False
@@ -42,7 +44,9 @@ def test_linear_attention_equals_quadratic_formula():
     q, k, v = (torch.randn(2, 3, 50, 8, generator=generator) for _ in range(3))
     mask = torch.ones(2, 50, dtype=torch.bool)
     mask[1, 31:] = False
-    assert torch.allclose(relu_linear_attention(q, k, v), relu_quadratic_attention(q, k, v), atol=1e-5)
+    assert torch.allclose(
+        relu_linear_attention(q, k, v), relu_quadratic_attention(q, k, v), atol=1e-5
+    )
     linear = relu_linear_attention(q, k, v, mask)
     assert torch.allclose(linear, relu_quadratic_attention(q, k, v, mask), atol=1e-5)
     # masking equals dropping the padded keys / values altogether
@@ -119,7 +123,9 @@ def test_conditions_matter_and_padding_in_conditions_does_not():
         assert torch.allclose(batched[:1], base, atol=1e-5)
         # padding the text moves the lyric positions; ACE-Step's rotary cross-attention sees that
         longer_text = _conditions(batch=1, seed=5, text_len=11, lyric_len=12)
-        moved = dit(torch.cat([x, x]), sigma.expand(2), concat_conditions([cond, longer_text])).sample
+        moved = dit(
+            torch.cat([x, x]), sigma.expand(2), concat_conditions([cond, longer_text])
+        ).sample
         assert not torch.allclose(moved[:1], base, atol=1e-5)
     # without rotary cross-attention (an option) any condition padding leaves the output alone
     plain = _tiny_dit(cross_attention_rope=False).eval()
@@ -142,7 +148,9 @@ def test_bf16_matches_fp32():
     assert low.sample.dtype == torch.bfloat16
     rel = (low.sample.float() - ref.sample).abs().mean() / ref.sample.abs().mean()
     assert rel < 0.05, rel
-    rel_repa = (low.repa["mert"].float() - ref.repa["mert"]).abs().mean() / ref.repa["mert"].abs().mean()
+    rel_repa = (low.repa["mert"].float() - ref.repa["mert"]).abs().mean() / ref.repa[
+        "mert"
+    ].abs().mean()
     assert rel_repa < 0.05, rel_repa
 
 
@@ -194,8 +202,10 @@ def test_espnet_lyric_encoder_masks_padding_and_knows_order():
     tokens = torch.randn(1, 9, 16)
     with torch.no_grad():
         alone = encoder(tokens)
-        padded = encoder(torch.cat([tokens, torch.randn(1, 4, 16) * 50], dim=1),
-                         torch.tensor([[True] * 9 + [False] * 4]))
+        padded = encoder(
+            torch.cat([tokens, torch.randn(1, 4, 16) * 50], dim=1),
+            torch.tensor([[True] * 9 + [False] * 4]),
+        )
         empty = encoder(torch.randn(1, 3, 16), torch.zeros(1, 3, dtype=torch.bool))
         reversed_order = encoder(tokens.flip(1)).flip(1)
     assert padded.shape == (1, 13, 16)
@@ -219,7 +229,9 @@ def test_relative_position_shift_aligns_scores_with_key_positions():
 
 def test_macaron_lyric_encoder_option_shapes_and_masking():
     torch.manual_seed(0)
-    cfg = LyricEncoderConfig(kind="macaron-rope", vocab_size=50, width=16, depth=2, heads=2, conv_kernel=5)
+    cfg = LyricEncoderConfig(
+        kind="macaron-rope", vocab_size=50, width=16, depth=2, heads=2, conv_kernel=5
+    )
     embed = torch.nn.Embedding(50, 16)
     core = build_lyric_encoder(cfg).eval()
 
@@ -244,10 +256,21 @@ def test_macaron_lyric_encoder_option_shapes_and_masking():
 
 def test_base_lyric_encoder_and_dit_numbers():
     cfg = preset("base")
-    assert (cfg.lyrics.depth, cfg.lyrics.width, cfg.lyrics.heads, cfg.lyrics.kind) == (6, 1024, 16, "espnet")
+    assert (cfg.lyrics.depth, cfg.lyrics.width, cfg.lyrics.heads, cfg.lyrics.kind) == (
+        6,
+        1024,
+        16,
+        "espnet",
+    )
     assert cfg.lyrics.dropout == 0.1 and cfg.lyrics.vocab_size == 6693
     dit = cfg.dit
-    assert (dit.depth, dit.width, dit.heads, dit.head_dim, dit.ffn_ratio) == (24, 2560, 20, 128, 2.5)
+    assert (dit.depth, dit.width, dit.heads, dit.head_dim, dit.ffn_ratio) == (
+        24,
+        2560,
+        20,
+        128,
+        2.5,
+    )
     # REPA after block index 8 (9 blocks), projectors 2 x width wide, as ACE-Step's config
     assert dit.repa_block == 9 and dit.repa_targets == {"mert": 1024, "mhubert": 768}
     assert (dit.rope_theta, dit.linear_attention_eps, dit.patch_embed) == (1e6, 1e-15, "conv")
@@ -255,7 +278,9 @@ def test_base_lyric_encoder_and_dit_numbers():
         model = LinearDiT(dit)
     assert model.transformer_blocks[0].ff.inverted_conv.conv.out_channels == 2 * 6400
     assert model.projectors[0][0].out_features == 5120
-    lyric_params = sum(p.numel() for p in model.lyric_encoder.parameters()) + model.lyric_embs.weight.numel()
+    lyric_params = (
+        sum(p.numel() for p in model.lyric_encoder.parameters()) + model.lyric_embs.weight.numel()
+    )
     assert 88e6 < lyric_params < 91e6, lyric_params
 
 
@@ -265,7 +290,9 @@ def test_tiny_text_encoder_is_frozen_deterministic_and_masks_padding():
     assert states.shape[0] == 2 and states.shape[2] == 32 and states.dtype == torch.float32
     assert mask.dtype == torch.bool and mask[0].sum() < mask[1].sum()
     assert not any(p.requires_grad for p in encoder.model.parameters())
-    again, _ = TextEncoder.tiny_random()(["upbeat synth pop", "slow piano ballad with strings and choir"])
+    again, _ = TextEncoder.tiny_random()(
+        ["upbeat synth pop", "slow piano ballad with strings and choir"]
+    )
     assert torch.equal(states, again)
 
 
@@ -295,8 +322,10 @@ def test_text_encoder_missing_weights_raise_stage_unavailable(tmp_path):
 def test_cfg_dropout_rates_and_semantics():
     batch = 4000
     cond = Conditions(
-        text=torch.ones(batch, 2, 3), text_mask=torch.ones(batch, 2, dtype=torch.bool),
-        lyrics=torch.ones(batch, 4, dtype=torch.long), lyrics_mask=torch.ones(batch, 4, dtype=torch.bool),
+        text=torch.ones(batch, 2, 3),
+        text_mask=torch.ones(batch, 2, dtype=torch.bool),
+        lyrics=torch.ones(batch, 4, dtype=torch.long),
+        lyrics_mask=torch.ones(batch, 4, dtype=torch.bool),
         speaker=torch.ones(batch, 512),
     )
     dropped = cfg_dropout(cond, generator=torch.Generator().manual_seed(0))
@@ -322,8 +351,14 @@ def test_earlier_architecture_choices_stay_available_as_options():
     cond = _conditions(batch=1)
     lyrics = {**preset("tiny").lyrics.to_dict(), "kind": "macaron-rope"}
     legacy = _tiny_dit(
-        patch_embed="linear", rope_layout="half", rope_theta=1e4, cross_attention_rope=False,
-        cross_attention_norm=True, output_order="channel_row", linear_attention_eps=1e-6, lyrics=lyrics,
+        patch_embed="linear",
+        rope_layout="half",
+        rope_theta=1e4,
+        cross_attention_rope=False,
+        cross_attention_norm=True,
+        output_order="channel_row",
+        linear_attention_eps=1e-6,
+        lyrics=lyrics,
     ).eval()
     assert isinstance(legacy.proj_in.linear, torch.nn.Linear)
     assert legacy.transformer_blocks[0].norm_cross is not None

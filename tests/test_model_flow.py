@@ -76,15 +76,21 @@ class _OracleVelocity:
         sigma = t.reshape(-1, 1, 1, 1)
         # rows whose speaker is zero are the unconditional half
         is_uncond = (cond.speaker.abs().sum(dim=1) == 0).reshape(-1, 1, 1, 1)
-        target = torch.where(is_uncond, self.uncond_x0, self.x0) if self.uncond_x0 is not None else self.x0
+        target = (
+            torch.where(is_uncond, self.uncond_x0, self.x0)
+            if self.uncond_x0 is not None
+            else self.x0
+        )
         noise = (x - (1 - sigma) * target) / sigma.clamp_min(1e-8)
         return DiTOutput(sample=noise - target)
 
 
 def _cond(batch: int = 1) -> Conditions:
     return Conditions(
-        torch.ones(batch, 2, 4), torch.ones(batch, 2, dtype=torch.bool),
-        torch.ones(batch, 3, dtype=torch.long), torch.ones(batch, 3, dtype=torch.bool),
+        torch.ones(batch, 2, 4),
+        torch.ones(batch, 2, dtype=torch.bool),
+        torch.ones(batch, 3, dtype=torch.long),
+        torch.ones(batch, 3, dtype=torch.bool),
         torch.ones(batch, 512),
     )
 
@@ -128,7 +134,13 @@ def _tiny_models():
 def test_seeded_sampling_is_deterministic():
     _, dit, text_encoder = _tiny_models()
     emb, mask = text_encoder(["ambient drone"])
-    cond = Conditions(emb, mask, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 512))
+    cond = Conditions(
+        emb,
+        mask,
+        torch.tensor([[5, 6, 7]]),
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.zeros(1, 512),
+    )
 
     def run(seed: int) -> torch.Tensor:
         noise = torch.randn(1, 8, 16, 9, generator=torch.Generator().manual_seed(seed))
@@ -141,7 +153,9 @@ def test_seeded_sampling_is_deterministic():
 def test_generate_waveform_is_seeded_and_sized():
     dcae, dit, text_encoder = _tiny_models()
     vocoder = GriffinLimVocoder(n_iter=2)
-    kwargs = dict(prompt="funk with slap bass", lyrics="la la la\nsing along", duration_s=0.5, steps=2)
+    kwargs = dict(
+        prompt="funk with slap bass", lyrics="la la la\nsing along", duration_s=0.5, steps=2
+    )
     wav, sample_rate = generate(dcae, dit, text_encoder, vocoder, seed=7, **kwargs)
     assert sample_rate == 44100
     assert wav.shape == (2, 22050) and wav.dtype == torch.float32 and torch.isfinite(wav).all()
@@ -150,7 +164,15 @@ def test_generate_waveform_is_seeded_and_sized():
     other, _ = generate(dcae, dit, text_encoder, vocoder, seed=8, **kwargs)
     assert not torch.equal(wav, other)
     instrumental, _ = generate(
-        dcae, dit, text_encoder, vocoder, prompt="drum solo", lyrics=None, duration_s=0.3, seed=1, steps=1
+        dcae,
+        dit,
+        text_encoder,
+        vocoder,
+        prompt="drum solo",
+        lyrics=None,
+        duration_s=0.3,
+        seed=1,
+        steps=1,
     )
     assert instrumental.shape == (2, 13230)
 
@@ -158,7 +180,15 @@ def test_generate_waveform_is_seeded_and_sized():
 # -- ACE-Step's sampler: APG, guidance interval, its sigma table, omega ---------------------------
 
 
-def _reference_apg(cond: np.ndarray, uncond: np.ndarray, scale: float, running, momentum=-0.75, threshold=2.5, eta=0.0):
+def _reference_apg(
+    cond: np.ndarray,
+    uncond: np.ndarray,
+    scale: float,
+    running,
+    momentum=-0.75,
+    threshold=2.5,
+    eta=0.0,
+):
     """acestep/apg_guidance.py written out in numpy (float64): MomentumBuffer.update, the norm
     clip over the last two axes, the projection onto normalize(cond), cond + (scale - 1) * update."""
     diff = cond - uncond
@@ -178,7 +208,9 @@ def test_apg_matches_hand_computed_values():
     assert torch.allclose(first, torch.tensor([[[[3.0, 4.0]]]]))
     # step 2: diff (1, -1) + -0.75 * (3, 4) = (-1.25, -4), norm 4.190763 -> x 2.5 / 4.190763;
     # orthogonal to cond (1, 0): (0, -2.386202); cond + 14 * that
-    second = apg_guidance(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]]), 15.0, buffer)
+    second = apg_guidance(
+        torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]]), 15.0, buffer
+    )
     assert torch.allclose(second, torch.tensor([[[[1.0, -33.40683]]]]), atol=1e-4)
 
 
@@ -210,7 +242,10 @@ def test_acestep_sigmas_follow_the_reference_scheduler():
 
 
 def test_guidance_interval_and_omega_as_the_pipeline():
-    assert guidance_interval_steps(60, 0.5) == (15, 45) and guidance_interval_steps(60, 1.0) == (0, 60)
+    assert guidance_interval_steps(60, 0.5) == (15, 45) and guidance_interval_steps(60, 1.0) == (
+        0,
+        60,
+    )
     dx = torch.tensor([1.0, 3.0])
     factor = float(0.9 + 0.2 / (1 + np.exp(-1.0)))  # logistic_function(10, L=0.9, U=1.1, k=0.1)
     assert torch.allclose(omega_rescale(dx, 10.0), torch.tensor([2 - factor, 2 + factor]))
@@ -235,7 +270,9 @@ def test_acestep_sampler_guides_only_inside_the_interval():
     assert torch.allclose(out, x0, atol=1e-4)
     # with the release's omega 10 the end point moves away from the exact x0
     oracle = _CountingOracle(x0, uncond_x0=x0)
-    assert not torch.allclose(acestep_sample(oracle, torch.randn(1, 8, 16, 4), _cond()), x0, atol=1e-3)
+    assert not torch.allclose(
+        acestep_sample(oracle, torch.randn(1, 8, 16, 4), _cond()), x0, atol=1e-3
+    )
 
 
 def test_generate_defaults_to_the_acestep_sampler():
@@ -247,7 +284,15 @@ def test_generate_defaults_to_the_acestep_sampler():
     default, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, **kwargs)
     hook.remove()
     assert calls == [1, 1, 2, 2, 2, 2, 1, 1]  # 8 steps, guidance interval 0.5
-    explicit, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, sampler=SamplerSettings.acestep(steps=8), **kwargs)
+    explicit, _ = generate(
+        dcae,
+        dit,
+        text_encoder,
+        vocoder,
+        steps=8,
+        sampler=SamplerSettings.acestep(steps=8),
+        **kwargs,
+    )
     assert torch.equal(default, explicit)
     plain, _ = generate(dcae, dit, text_encoder, vocoder, steps=8, sampler="euler", **kwargs)
     assert not torch.equal(default, plain)
@@ -264,6 +309,11 @@ def test_unconditional_lyric_mask_follows_the_setting():
     x0 = torch.randn(1, 8, 16, 4)
     for mode, expected in (("keep", True), ("zero", False)):
         seen.clear()
-        sample(Recording(x0, x0), torch.randn(1, 8, 16, 4), _cond(), SamplerSettings(steps=2, uncond_lyric_mask=mode))
+        sample(
+            Recording(x0, x0),
+            torch.randn(1, 8, 16, 4),
+            _cond(),
+            SamplerSettings(steps=2, uncond_lyric_mask=mode),
+        )
         assert all(m[0].all() for m in seen)  # the conditional row keeps its lyrics
         assert all(bool(m[1].all()) == expected and bool(m[1].any()) == expected for m in seen)

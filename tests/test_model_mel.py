@@ -26,7 +26,10 @@ def _music_like(seconds: float, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * SR)) / SR
     envelope = torch.exp(-((t % 0.5) * 4.0))
-    left = sum(torch.sin(2 * math.pi * f * t + 0.3 * torch.sin(2 * math.pi * 5 * t)) for f in (220, 277, 330, 880))
+    left = sum(
+        torch.sin(2 * math.pi * f * t + 0.3 * torch.sin(2 * math.pi * 5 * t))
+        for f in (220, 277, 330, 880)
+    )
     right = sum(torch.sin(2 * math.pi * f * t) for f in (110, 330, 660))
     wav = torch.stack([left * envelope, right * envelope]) * 0.15
     return (wav + 0.01 * torch.randn(wav.shape, generator=generator)).unsqueeze(0)
@@ -64,8 +67,11 @@ def test_torch_slaney_filterbank_matches_librosa():
 
     cfg = MelConfig()
     ours = torch_slaney_filterbank(cfg)
-    theirs = torch.from_numpy(librosa.filters.mel(sr=44100, n_fft=2048, n_mels=128, fmin=40.0,
-                                                  fmax=16000.0, htk=False, norm="slaney"))
+    theirs = torch.from_numpy(
+        librosa.filters.mel(
+            sr=44100, n_fft=2048, n_mels=128, fmin=40.0, fmax=16000.0, htk=False, norm="slaney"
+        )
+    )
     assert ours.shape == theirs.shape == (128, 1025)
     # fp32 (torchaudio's way) against librosa's fp64: equal to a few parts per million of the peak
     assert torch.allclose(ours, theirs, atol=1e-5 * float(theirs.max()))
@@ -109,8 +115,11 @@ def test_load_vocoder_none_is_griffin_lim():
 
 def _tiny_hifigan() -> HiFiGANGenerator:
     cfg = HiFiGANConfig(
-        initial_channels=16, upsample_rates=(8, 8, 8), upsample_kernels=(16, 16, 16),
-        resblock_kernels=(3,), resblock_dilations=((1, 3),),
+        initial_channels=16,
+        upsample_rates=(8, 8, 8),
+        upsample_kernels=(16, 16, 16),
+        resblock_kernels=(3,),
+        resblock_dilations=((1, 3),),
     )
     torch.manual_seed(0)
     return HiFiGANGenerator(cfg)

@@ -88,7 +88,9 @@ def test_model_info_counts_and_cli(capsys):
     from songmill.model.info import param_counts
 
     counts = param_counts("tiny")
-    assert counts["total"] == sum(counts[p]["total"] for p in ("dcae", "dit", "text_encoder", "vocoder"))
+    assert counts["total"] == sum(
+        counts[p]["total"] for p in ("dcae", "dit", "text_encoder", "vocoder")
+    )
     torch.manual_seed(0)
     real = sum(p.numel() for p in LinearDiT(preset("tiny").dit).parameters())
     assert counts["dit"]["total"] == real

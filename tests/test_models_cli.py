@@ -26,7 +26,14 @@ def test_list_names_every_stage_and_where_it_looked(empty_caches, capsys):
     assert main(["models", "list", "--json", "--corpus", str(empty_caches / "c")]) == 0
     entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
     assert set(entries) == set(REGISTRY)
-    assert {e["stage"] for e in entries.values()} >= {"aesthetics", "separate", "transcribe", "caption", "structure", "features"}
+    assert {e["stage"] for e in entries.values()} >= {
+        "aesthetics",
+        "separate",
+        "transcribe",
+        "caption",
+        "structure",
+        "features",
+    }
     aes = entries["audiobox-aesthetics"]
     assert not aes["present"]
     assert str(empty_caches / "models" / "audiobox-aesthetics") in aes["looked"]
@@ -55,21 +62,43 @@ def test_a_copy_under_songmill_models_is_found_with_its_size(empty_caches, capsy
 
 def test_a_model_set_in_the_config_is_looked_for_there(empty_caches, capsys):
     where = str(empty_caches / "mine")
-    assert main(["models", "list", "--json", "--corpus", str(empty_caches / "c"), "--set", f"aesthetics.model={where}"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "list",
+                "--json",
+                "--corpus",
+                str(empty_caches / "c"),
+                "--set",
+                f"aesthetics.model={where}",
+            ]
+        )
+        == 0
+    )
     entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
     assert entries["audiobox-aesthetics"]["looked"][0] == where
 
 
 def test_fetch_offline_says_so_in_one_line(empty_caches, capsys):
-    assert main(["models", "fetch", "audiobox-aesthetics", "--corpus", str(empty_caches / "c")]) == 1
+    assert (
+        main(["models", "fetch", "audiobox-aesthetics", "--corpus", str(empty_caches / "c")]) == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot download audiobox-aesthetics: no network")
+    assert len(err) == 1 and err[0].startswith(
+        "error: cannot download audiobox-aesthetics: no network"
+    )
 
 
 def test_fetch_unknown_name_and_path_only_entries(empty_caches, capsys):
     assert main(["models", "fetch", "nope", "--corpus", str(empty_caches / "c")]) == 2
     # several names: an unknown one is refused before any is fetched
-    assert main(["models", "fetch", "audiobox-aesthetics", "nope", "--corpus", str(empty_caches / "c")]) == 2
+    assert (
+        main(
+            ["models", "fetch", "audiobox-aesthetics", "nope", "--corpus", str(empty_caches / "c")]
+        )
+        == 2
+    )
     assert "unknown weights" in capsys.readouterr().err
     assert main(["models", "fetch", "structure-model", "--corpus", str(empty_caches / "c")]) == 1
     assert "no public download" in capsys.readouterr().err

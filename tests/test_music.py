@@ -96,7 +96,9 @@ def test_waltz_is_three_four(bpm, seed):
     assert row["keyscale"] == "F major"
 
 
-def compound_groove(beat_bpm: float, seconds: float, bars_of: int, sr: int = ANALYSIS_SR) -> np.ndarray:
+def compound_groove(
+    beat_bpm: float, seconds: float, bars_of: int, sr: int = ANALYSIS_SR
+) -> np.ndarray:
     """Drums in compound metre: eighth-note hats in threes per beat, a kick on each bar's first
     beat, a snare on the bar's other beats, a held chord changing every bar (A minor, E major)."""
     rng = np.random.default_rng(0)
@@ -110,7 +112,9 @@ def compound_groove(beat_bpm: float, seconds: float, bars_of: int, sr: int = ANA
         if i < n:
             out[i : i + sound.shape[0]] += sound[: n - i]
 
-    kick = (np.sin(2 * np.pi * (50 + 100 * np.exp(-t * 30)) * t) * np.exp(-t * 18)).astype(np.float32)
+    kick = (np.sin(2 * np.pi * (50 + 100 * np.exp(-t * 30)) * t) * np.exp(-t * 18)).astype(
+        np.float32
+    )
     snare = (rng.standard_normal(t.shape[0]) * np.exp(-t * 25) * 0.5).astype(np.float32)
     hat = (rng.standard_normal(t.shape[0]) * np.exp(-t * 90) * 0.2).astype(np.float32)
     hat = np.diff(hat, prepend=0).astype(np.float32)
@@ -132,7 +136,9 @@ def compound_groove(beat_bpm: float, seconds: float, bars_of: int, sr: int = ANA
 @pytest.mark.parametrize(("beat_bpm", "bars_of", "signature"), [(100, 2, "6/8"), (66, 4, "12/8")])
 def test_compound_metres(beat_bpm, bars_of, signature):
     row = analyse(compound_groove(beat_bpm, 30.0, bars_of), MusicConfig())
-    assert row["bpm"] == pytest.approx(beat_bpm, rel=0.03), "the dotted-quarter beat, not the eighths"
+    assert row["bpm"] == pytest.approx(beat_bpm, rel=0.03), (
+        "the dotted-quarter beat, not the eighths"
+    )
     assert row["time_signature"] == signature
 
 
@@ -140,7 +146,9 @@ def test_subdivision_tells_threes_from_twos():
     compound = tempo.onset_functions(compound_groove(100, 20.0, 2))
     beats = np.arange(0.0, 19.5, 0.6)
     assert tempo.subdivision(beats, compound["superflux"]) > 0.1
-    straight = tempo.onset_functions(analysis_signal(render_track(100, "C", "major", 20.0, seed=3, style="pop"), SR))
+    straight = tempo.onset_functions(
+        analysis_signal(render_track(100, "C", "major", 20.0, seed=3, style="pop"), SR)
+    )
     assert tempo.subdivision(beats, straight["superflux"]) < 0.0
 
 
@@ -161,7 +169,9 @@ def test_tempo_prior_decides_between_octaves():
     audio = render_track(128, "G", "major", 24.0, seed=13, style="edm")
     signal = analysis_signal(audio, SR)
     default = analyse(signal, MusicConfig())
-    slow_prior = analyse(signal, MusicConfig(prior_bpm=60.0, prior_width=0.2, backbeat_even_strength=-1.0))
+    slow_prior = analyse(
+        signal, MusicConfig(prior_bpm=60.0, prior_width=0.2, backbeat_even_strength=-1.0)
+    )
     assert default["bpm"] == pytest.approx(128, rel=0.02)
     assert slow_prior["bpm"] == pytest.approx(64, rel=0.02)
     assert len(slow_prior["beats"]) == pytest.approx(len(default["beats"]) / 2, abs=2)
@@ -186,8 +196,13 @@ def test_confidences_rank_clear_music_above_noise():
 def cadences(tonic_midi: int, times: int, sr: int = ANALYSIS_SR) -> np.ndarray:
     """I-IV-V-I in the major key on `tonic_midi`, as sine chords of 1.5 s, `times` times."""
     t = np.arange(int(1.5 * sr)) / sr
-    chords = [tuple(tonic_midi + step for step in triad) for triad in ((0, 4, 7), (5, 9, 12), (7, 11, 14), (0, 4, 7))]
-    y = np.concatenate([sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in c) for c in chords * times])
+    chords = [
+        tuple(tonic_midi + step for step in triad)
+        for triad in ((0, 4, 7), (5, 9, 12), (7, 11, 14), (0, 4, 7))
+    ]
+    y = np.concatenate(
+        [sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in c) for c in chords * times]
+    )
     return (0.2 * y).astype(np.float32)
 
 
@@ -198,13 +213,19 @@ def test_key_of_a_plain_scale_and_cadence():
 
 
 def test_key_confidence_drops_when_the_track_changes_key():
-    steady = tuning_and_key(np.concatenate([cadences(62, 4), cadences(62, 2)]), ANALYSIS_SR, KeyConfig())
-    modulating = tuning_and_key(np.concatenate([cadences(62, 4), cadences(68, 2)]), ANALYSIS_SR, KeyConfig())
+    steady = tuning_and_key(
+        np.concatenate([cadences(62, 4), cadences(62, 2)]), ANALYSIS_SR, KeyConfig()
+    )
+    modulating = tuning_and_key(
+        np.concatenate([cadences(62, 4), cadences(68, 2)]), ANALYSIS_SR, KeyConfig()
+    )
     assert steady["keyscale"] == modulating["keyscale"] == "D major"
     assert steady["key_confidence"] > modulating["key_confidence"]
 
 
-@pytest.mark.parametrize(("tonic", "mode", "style", "seed"), [("A#", "minor", "pop", 21), ("E", "major", "ballad", 22)])
+@pytest.mark.parametrize(
+    ("tonic", "mode", "style", "seed"), [("A#", "minor", "pop", 21), ("E", "major", "ballad", 22)]
+)
 def test_fallback_chroma_is_keyextractors_at_the_stage_rate(tonic, mode, style, seed):
     """KeyExtractor's chroma on the stage's 11025 Hz frames keys as essentia's KeyExtractor does
     at 44.1 kHz (the fallback needs no second decode)."""
@@ -214,7 +235,11 @@ def test_fallback_chroma_is_keyextractors_at_the_stage_rate(tonic, mode, style, 
     low_rate = analysis_signal(audio, SR)
     fallback = keyextractor_config(KeyConfig())
     row = key_of_chroma(hpcp_frames(low_rate, ANALYSIS_SR, fallback).sum(axis=0), fallback)
-    assert (row["key_tonic"], row["key_mode"]) == (sharp_name(extracted[0]), extracted[1]) == (tonic, mode)
+    assert (
+        (row["key_tonic"], row["key_mode"])
+        == (sharp_name(extracted[0]), extracted[1])
+        == (tonic, mode)
+    )
 
 
 @pytest.mark.parametrize("size", [12, 36])
@@ -223,7 +248,9 @@ def test_profile_correlations_are_essentia_keys(size, profile):
     """The key model's correlations are essentia Key's: its best key and strength, on chromas of
     12 and 36 bins."""
     rng = np.random.default_rng(size)
-    key = tempo.essentia_standard().Key(profileType=profile, pcpSize=size, usePolyphony=False, useThreeChords=False)
+    key = tempo.essentia_standard().Key(
+        profileType=profile, pcpSize=size, usePolyphony=False, useThreeChords=False
+    )
     for _ in range(20):
         chroma = rng.random(size).astype(np.float32) ** 3
         tonic, mode, strength, _ = key(chroma)
@@ -243,7 +270,10 @@ def profile_chroma(tonic: str, mode: str, size: int) -> np.ndarray:
 def test_key_model_follows_the_chroma_it_weighs_more():
     """Two chromas in different keys: the model's key is the more heavily weighted chroma's, and
     its probability grows with the weights (the evidence's sharpness)."""
-    chromas = {"stage": profile_chroma("D", "major", 36), "keyextractor": profile_chroma("B", "minor", 12)}
+    chromas = {
+        "stage": profile_chroma("D", "major", 36),
+        "keyextractor": profile_chroma("B", "minor", 12),
+    }
     features = (("stage", "bgate"), ("keyextractor", "bgate"))
     for weights, expected in (((6.0, 2.0), ("D", "major")), ((2.0, 6.0), ("B", "minor"))):
         posterior = key_posterior(chromas, features, weights)
@@ -259,12 +289,16 @@ def test_key_methods_agree_on_a_clear_cadence_and_the_model_is_surer_of_it_than_
     chroma_only = tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="chroma"))
     assert model["keyscale"] == chroma_only["keyscale"] == "D major"
     noise = np.random.default_rng(3).standard_normal(6 * ANALYSIS_SR).astype(np.float32) * 0.1
-    assert model["key_confidence"] > tuning_and_key(noise, ANALYSIS_SR, KeyConfig())["key_confidence"]
+    assert (
+        model["key_confidence"] > tuning_and_key(noise, ANALYSIS_SR, KeyConfig())["key_confidence"]
+    )
     with pytest.raises(ValueError):
         tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="vote"))
 
 
-def eighth_note_onsets(pattern: tuple[float, ...], seconds: float = 24.0, eighth_s: float = 0.2) -> np.ndarray:
+def eighth_note_onsets(
+    pattern: tuple[float, ...], seconds: float = 24.0, eighth_s: float = 0.2
+) -> np.ndarray:
     """An onset function at the analysis frame rate: a pulse every eighth note, with strengths
     cycling through `pattern` (three values: 6/8's grouping; two: simple metre)."""
     odf = np.zeros(int(seconds * tempo.ODF_RATE), np.float32)
@@ -284,13 +318,17 @@ def test_tracked_beats_do_not_depend_on_what_was_tracked_before(monkeypatch):
     drawn = [rand() for _ in range(3)]
     tempo.seed_libc_rand(7)
     assert [rand() for _ in range(3)] == drawn
-    signals = [analysis_signal(render_track(bpm, "C", "major", 12.0, seed=seed, style=style), SR)
-               for bpm, seed, style in ((97, 31, "ballad"), (141, 32, "pop"))]
+    signals = [
+        analysis_signal(render_track(bpm, "C", "major", 12.0, seed=seed, style=style), SR)
+        for bpm, seed, style in ((97, 31, "ballad"), (141, 32, "pop"))
+    ]
     odfs = [tempo.onset_functions(y) for y in signals]
     config = MusicConfig().tempo_config()
     seeded = []
     original = tempo.seed_libc_rand
-    monkeypatch.setattr(tempo, "seed_libc_rand", lambda seed=0: (seeded.append(seed), original(seed)))
+    monkeypatch.setattr(
+        tempo, "seed_libc_rand", lambda seed=0: (seeded.append(seed), original(seed))
+    )
     first = tempo.tracked_beats(odfs[0], config)
     assert len(seeded) == len(tempo.ODF_NAMES)  # before every tracker
     tempo.tracked_beats(odfs[1], config)
@@ -306,7 +344,10 @@ def test_refined_period_is_the_mean_period_of_a_drifting_pulse():
     rng = np.random.default_rng(8)
     periods = 0.48 * (1 + 0.03 * np.linspace(-1, 1, 60))
     t = np.arange(int(31 * tempo.ODF_RATE)) / tempo.ODF_RATE
-    odf = sum((1.0 + 0.2 * rng.random()) * np.exp(-0.5 * ((t - at) / 0.02) ** 2) for at in np.cumsum(periods))
+    odf = sum(
+        (1.0 + 0.2 * rng.random()) * np.exp(-0.5 * ((t - at) / 0.02) ** 2)
+        for at in np.cumsum(periods)
+    )
     acf = tempo.periodicity(odf.astype(np.float32))
     mean_period = float(np.mean(periods))
     for off in (0.96, 1.03):
@@ -325,7 +366,9 @@ def test_six_eight_tracked_at_the_quarter_note_moves_to_the_dotted_quarter():
     offset = np.abs(((dotted + 0.3) % 0.6) - 0.3)
     assert np.median(offset) < 0.03
     straight = eighth_note_onsets((1.0, 0.45))  # eighths in twos: the quarter is the beat
-    assert not dotted_quarter_tracked(quarters, tempo.periodicity(straight), straight, MusicConfig())
+    assert not dotted_quarter_tracked(
+        quarters, tempo.periodicity(straight), straight, MusicConfig()
+    )
     assert not dotted_quarter_tracked(quarters, jig_acf, jig, MusicConfig(dotted_ratio=2.0))
     assert set(LEVEL_ODFS) <= set(tempo.ODF_NAMES)
 
@@ -352,8 +395,15 @@ def test_stage_on_files_any_rate_and_channel_count(tmp_path):
 
 def test_silence_gives_a_row_without_tempo_or_key(tmp_path):
     sf.write(str(tmp_path / "silence.wav"), np.zeros((10 * SR, 2), np.float32), SR)
-    [row] = MusicStage().process([Track({"track_id": "s", "uri": str(tmp_path / "silence.wav"), "duration_s": 10})])
-    assert row["bpm"] is None and row["key_tonic"] is None and row["beats"] == [] and row["downbeats"] == []
+    [row] = MusicStage().process(
+        [Track({"track_id": "s", "uri": str(tmp_path / "silence.wav"), "duration_s": 10})]
+    )
+    assert (
+        row["bpm"] is None
+        and row["key_tonic"] is None
+        and row["beats"] == []
+        and row["downbeats"] == []
+    )
 
 
 @pytest.mark.parametrize(("frames", "sr"), [(1, SR), (3 * 8000, 8000), (3 * 192000, 192000)])
@@ -361,12 +411,16 @@ def test_odd_files_give_a_row_or_a_clear_error(tmp_path, frames, sr):
     rng = np.random.default_rng(1)
     path = tmp_path / f"odd_{sr}_{frames}.wav"
     sf.write(str(path), (0.1 * rng.standard_normal((frames, 2))).astype(np.float32), sr)
-    [result] = MusicStage().process([Track({"track_id": "o", "uri": str(path), "duration_s": frames / sr})])
+    [result] = MusicStage().process(
+        [Track({"track_id": "o", "uri": str(path), "duration_s": frames / sr})]
+    )
     if isinstance(result, Exception):
         assert "too short" in str(result)
     else:
         assert set(result) >= {"bpm", "key_tonic", "tuning_hz"}
-    assert analysis_signal(np.zeros((sr, 2), np.float32), sr).shape[0] == pytest.approx(ANALYSIS_SR, abs=2)
+    assert analysis_signal(np.zeros((sr, 2), np.float32), sr).shape[0] == pytest.approx(
+        ANALYSIS_SR, abs=2
+    )
 
 
 def test_bad_backend_setting_is_a_clear_error():
@@ -374,14 +428,27 @@ def test_bad_backend_setting_is_a_clear_error():
         MusicStage(MusicConfig(beat_backend="madmom")).setup()
 
 
-def sine_chords(chords: list[tuple[int, ...]], seconds: float = 1.5, sr: int = ANALYSIS_SR) -> np.ndarray:
+def sine_chords(
+    chords: list[tuple[int, ...]], seconds: float = 1.5, sr: int = ANALYSIS_SR
+) -> np.ndarray:
     """Sine chords (MIDI notes), each with its root an octave down in the bass."""
     t = np.arange(int(seconds * sr)) / sr
-    y = np.concatenate([sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (*c, c[0] - 12)) for c in chords])
+    y = np.concatenate(
+        [
+            sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (*c, c[0] - 12))
+            for c in chords
+        ]
+    )
     return (0.2 * y).astype(np.float32)
 
 
-A_MINOR, G_MAJOR, E_MAJOR, C_MAJOR, F_MAJOR = (57, 60, 64), (55, 59, 62), (52, 56, 59), (48, 52, 55), (53, 57, 60)
+A_MINOR, G_MAJOR, E_MAJOR, C_MAJOR, F_MAJOR = (
+    (57, 60, 64),
+    (55, 59, 62),
+    (52, 56, 59),
+    (48, 52, 55),
+    (53, 57, 60),
+)
 
 
 @pytest.mark.parametrize("size", [12, 36])
@@ -398,8 +465,10 @@ def test_natural_seventh_is_the_minor_keys_subtonic_over_leading_tone(size):
 
 def key_chromas(y: np.ndarray) -> dict[str, np.ndarray]:
     stage, fallback = KeyConfig(), keyextractor_config(KeyConfig())
-    return {name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config).sum(axis=0), config)
-            for name, config in (("stage", stage), ("keyextractor", fallback))}
+    return {
+        name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config).sum(axis=0), config)
+        for name, config in (("stage", stage), ("keyextractor", fallback))
+    }
 
 
 def test_an_aeolian_vamp_stays_minor_and_the_natural_seventh_is_why():
@@ -414,9 +483,20 @@ def test_an_aeolian_vamp_stays_minor_and_the_natural_seventh_is_why():
     assert tuning_and_key(vamp, ANALYSIS_SR, KeyConfig())["keyscale"] == "A minor"
     chromas = key_chromas(vamp)
     a_minor, c_major = 12 + PITCH_CLASSES.index("A"), PITCH_CLASSES.index("C")
-    with_feature, without_feature = key_posterior(chromas), key_posterior(chromas, KEY_MODEL_FEATURES, without)
+    with_feature, without_feature = (
+        key_posterior(chromas),
+        key_posterior(chromas, KEY_MODEL_FEATURES, without),
+    )
     assert with_feature[a_minor] > 1.5 * without_feature[a_minor]
-    assert with_feature[a_minor] - with_feature[c_major] > without_feature[a_minor] - without_feature[c_major] + 0.2
-    assert tuning_and_key(sine_chords([A_MINOR, E_MAJOR] * 4 + [A_MINOR]), ANALYSIS_SR, KeyConfig())["keyscale"] == "A minor"
+    assert (
+        with_feature[a_minor] - with_feature[c_major]
+        > without_feature[a_minor] - without_feature[c_major] + 0.2
+    )
+    assert (
+        tuning_and_key(sine_chords([A_MINOR, E_MAJOR] * 4 + [A_MINOR]), ANALYSIS_SR, KeyConfig())[
+            "keyscale"
+        ]
+        == "A minor"
+    )
     cadence = sine_chords([C_MAJOR, F_MAJOR, G_MAJOR, C_MAJOR] * 3)
     assert tuning_and_key(cadence, ANALYSIS_SR, KeyConfig())["keyscale"] == "C major"

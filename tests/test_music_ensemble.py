@@ -14,7 +14,9 @@ from songmill.annotate import music, music_learned
 from songmill.annotate.base import Track
 from songmill.annotate.music import MusicConfig, MusicStage
 
-pytest.importorskip("BeatNet", reason="BeatNet not installed (setup.sh installs it from requirements-nodeps.txt)")
+pytest.importorskip(
+    "BeatNet", reason="BeatNet not installed (setup.sh installs it from requirements-nodeps.txt)"
+)
 
 SR = 44100
 LMMS_SNIPPET = Path("/usr/share/lmms/projects/shorties/Greshz-CoolSnip.mmpz")  # 140 BPM, 13.7 s
@@ -26,7 +28,9 @@ def drum_loop(bpm: float, seconds: float, sr: int = SR, seed: int = 0) -> np.nda
     y = np.zeros(int(seconds * sr), np.float32)
     beat = 60.0 / bpm
     t = np.arange(int(0.25 * sr)) / sr
-    kick = (np.sin(2 * np.pi * (50 + 90 * np.exp(-t * 30)) * t) * np.exp(-t * 12)).astype(np.float32)
+    kick = (np.sin(2 * np.pi * (50 + 90 * np.exp(-t * 30)) * t) * np.exp(-t * 12)).astype(
+        np.float32
+    )
     snare = (rng.standard_normal(t.shape[0]) * np.exp(-t * 25) * 0.6).astype(np.float32)
     hat = np.diff(rng.standard_normal(t.shape[0]), prepend=0) * np.exp(-t * 90) * 0.25
     for i in range(int(seconds / beat * 2)):
@@ -59,7 +63,10 @@ def test_beatnet_real_weights_find_a_drum_loops_tempo(beatnet):
     assert np.allclose(found.beats, again.beats)
 
 
-@pytest.mark.skipif(shutil.which("lmms") is None or not LMMS_SNIPPET.exists(), reason="lmms / lmms-common not installed")
+@pytest.mark.skipif(
+    shutil.which("lmms") is None or not LMMS_SNIPPET.exists(),
+    reason="lmms / lmms-common not installed",
+)
 def test_beatnet_on_a_real_lmms_production(beatnet, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "devset"))
     import build_lmms_devset
@@ -79,7 +86,9 @@ def test_refined_tempo_resolves_a_fraction_of_a_frame():
     fps, bpm = music_learned.FPS, 140.0
     activation = np.zeros(fps * 20)
     activation[np.round(np.arange(0, 20, 60 / bpm) * fps).astype(int) % activation.shape[0]] = 1.0
-    activation = np.convolve(activation, [0.25, 0.5, 1.0, 0.5, 0.25], mode="same")  # peaks as wide as a network's
+    activation = np.convolve(
+        activation, [0.25, 0.5, 1.0, 0.5, 0.25], mode="same"
+    )  # peaks as wide as a network's
     # a DBN that steps whole frames reads 142.9 (21 frames); the 8-beat comb resolves an eighth of
     # a frame (21.5 frames: 139.5)
     assert abs(music_learned.refine_bpm(activation, 142.86) - bpm) < 0.6
@@ -87,12 +96,18 @@ def test_refined_tempo_resolves_a_fraction_of_a_frame():
 
 def test_vote_records_disagreement():
     config = MusicConfig()
-    agreeing = [{"estimator": "dsp", "bpm": 120.0, "confidence": 0.9}, {"estimator": "percival", "bpm": 121.0, "confidence": None},
-                {"estimator": "beatnet", "bpm": 119.5, "confidence": 0.8}]
+    agreeing = [
+        {"estimator": "dsp", "bpm": 120.0, "confidence": 0.9},
+        {"estimator": "percival", "bpm": 121.0, "confidence": None},
+        {"estimator": "beatnet", "bpm": 119.5, "confidence": 0.8},
+    ]
     best, _, agreement = music.vote(agreeing, config)
     assert agreement == 1.0 and abs(best["bpm"] - 120) < 2
-    split = [{"estimator": "dsp", "bpm": 120.0, "confidence": 0.9}, {"estimator": "percival", "bpm": 93.0, "confidence": None},
-             {"estimator": "beatnet", "bpm": 60.0, "confidence": 0.8}]
+    split = [
+        {"estimator": "dsp", "bpm": 120.0, "confidence": 0.9},
+        {"estimator": "percival", "bpm": 93.0, "confidence": None},
+        {"estimator": "beatnet", "bpm": 60.0, "confidence": 0.8},
+    ]
     best, _, agreement = music.vote(split, config)
     assert agreement < 1.0
     # the two that agree on the pulse (120 and its half) outvote the odd one out
@@ -128,9 +143,17 @@ def test_each_network_votes_when_asked(tmp_path):
     found = tracker(y)
     assert [v["estimator"] for v in found.votes] == ["beatnet1", "beatnet2"]
     assert all(abs(v["bpm"] - 128.0) <= 0.04 * 128.0 for v in found.votes)
-    analysis = music.dsp_analysis(resample(drum_loop(128.0, 12.0), SR, music.ANALYSIS_SR), MusicConfig())
+    analysis = music.dsp_analysis(
+        resample(drum_loop(128.0, 12.0), SR, music.ANALYSIS_SR), MusicConfig()
+    )
     row = music.finish(analysis, MusicConfig(), found, "beatnet")
-    assert [e["estimator"] for e in row["bpm_estimates"]] == ["dsp", "percival", "beatnet", "beatnet1", "beatnet2"]
+    assert [e["estimator"] for e in row["bpm_estimates"]] == [
+        "dsp",
+        "percival",
+        "beatnet",
+        "beatnet1",
+        "beatnet2",
+    ]
     with pytest.raises(ValueError, match="beatnet_models"):
         MusicStage(MusicConfig(beatnet_models="1,4")).setup()
 
@@ -160,9 +183,14 @@ def test_cascade_setting_decides_whether_the_learned_model_runs(beatnet, tmp_pat
     always.learned = CountingTracker(always.learned)
     [row] = always.process([track])
     assert always.learned.calls == 1
-    assert row["beat_source"] == "beatnet" and [e["estimator"] for e in row["bpm_estimates"]][-1] == "beatnet"
+    assert (
+        row["beat_source"] == "beatnet"
+        and [e["estimator"] for e in row["bpm_estimates"]][-1] == "beatnet"
+    )
 
-    auto = MusicStage(MusicConfig(neural="auto", neural_below_confidence=2.0))  # nothing is confident enough
+    auto = MusicStage(
+        MusicConfig(neural="auto", neural_below_confidence=2.0)
+    )  # nothing is confident enough
     auto.setup()
     auto.learned = CountingTracker(auto.learned)
     auto.process([track])
@@ -197,7 +225,11 @@ def test_madmom_models_need_the_licence_named(tmp_path, capsys):
 
 
 def test_models_list_shows_the_beat_backends():
-    out = subprocess.run([sys.executable, "-m", "songmill.flows.cli", "models", "list"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "songmill.flows.cli", "models", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "beatnet" in out.stdout and "CC BY 4.0" in out.stdout and "madmom-rnn" in out.stdout

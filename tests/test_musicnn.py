@@ -25,7 +25,9 @@ def tagger() -> MusicTagger:
     return MusicTagger.load()
 
 
-@pytest.mark.parametrize("variant,key", [("musicnn-mtt", "MTT_musicnn"), ("musicnn-msd", "MSD_musicnn")])
+@pytest.mark.parametrize(
+    "variant,key", [("musicnn-mtt", "MTT_musicnn"), ("musicnn-msd", "MSD_musicnn")]
+)
 def test_torch_port_equals_the_tensorflow_original(tagger, variant, key):
     """reference.npz: the wheel's own TF graph and checkpoint on FluidSynth renders
     (tests/fixtures/musicnn/make_reference.py, run in a throwaway TensorFlow venv)."""
@@ -71,11 +73,27 @@ def test_top_tags_on_real_instrument_renders(tagger, renders):
 
 
 def test_normalise_maps_into_the_caption_vocabulary():
-    terms = normalise({"techno": 0.6, "electronica": 0.3, "synth": 0.2, "fast": 0.2, "00s": 0.9, "beat": 0.5, "piano": 0.05})
-    assert terms == {"genres": ["techno", "electronic"], "moods": ["energetic"], "instruments": ["synthesizer"]}
+    terms = normalise(
+        {
+            "techno": 0.6,
+            "electronica": 0.3,
+            "synth": 0.2,
+            "fast": 0.2,
+            "00s": 0.9,
+            "beat": 0.5,
+            "piano": 0.05,
+        }
+    )
+    assert terms == {
+        "genres": ["techno", "electronic"],
+        "moods": ["energetic"],
+        "instruments": ["synthesizer"],
+    }
 
 
-def test_annotate_caption_offline_writes_real_captions(tmp_path, renders, tagger, monkeypatch, capsys):
+def test_annotate_caption_offline_writes_real_captions(
+    tmp_path, renders, tagger, monkeypatch, capsys
+):
     """A fresh offline install: no audio-LM weights, so the default (auto) captions with the tagger."""
     from songmill.flows.cli import main
 
@@ -105,7 +123,9 @@ def test_vocals_are_cross_checked_against_separate(tagger, renders):
         Track({"track_id": "b", "uri": piano, "duration_s": 10.0}, {"separation": {"is_instrumental": False}}),
     ])  # fmt: skip
     assert not agree["caption_flagged"] and agree["contradictions"] == []
-    assert disagree["caption_flagged"] and disagree["contradictions"][0].startswith("vocals: tagger hears no vocals")
+    assert disagree["caption_flagged"] and disagree["contradictions"][0].startswith(
+        "vocals: tagger hears no vocals"
+    )
 
 
 def test_an_audio_lm_and_the_tagger_disagreeing_on_genre_is_recorded():
@@ -113,6 +133,13 @@ def test_an_audio_lm_and_the_tagger_disagreeing_on_genre_is_recorded():
     from songmill.annotate.tagger import TagResult
 
     heard = TagResult({"techno": 0.6}, ["techno", "electronic"], [], ["synthesizer"], 0.05, 0.4)
-    assert tagger_disagreements(heard, {"genres": ["jazz"]}, None) == ["genre: audio LM says jazz, tagger hears techno, electronic"]
-    assert tagger_disagreements(heard, {"genres": ["electronic", "house"]}, {"is_instrumental": True}) == []
-    assert tagger_disagreements(heard, {"genres": []}, {"is_instrumental": False})[0].startswith("vocals: tagger hears no vocals")
+    assert tagger_disagreements(heard, {"genres": ["jazz"]}, None) == [
+        "genre: audio LM says jazz, tagger hears techno, electronic"
+    ]
+    assert (
+        tagger_disagreements(heard, {"genres": ["electronic", "house"]}, {"is_instrumental": True})
+        == []
+    )
+    assert tagger_disagreements(heard, {"genres": []}, {"is_instrumental": False})[0].startswith(
+        "vocals: tagger hears no vocals"
+    )

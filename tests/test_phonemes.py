@@ -62,7 +62,9 @@ def test_unknown_language_is_an_error_not_english():
 def test_chinese_hanzi_and_pinyin_meet():
     hanzi = to_ipa("我爱你中国，月亮代表我的心", "zh")
     assert hanzi == "wo ai ni ʈʂʊŋ kwo yɛ ljaŋ tai pjau wo tɤ ɕin"
-    assert phoneme_key(to_ipa("wo3 ai4 ni3 zhong1 guo2 yue4 liang4 dai4 biao3 wo3 de5 xin1", "zh")) == phoneme_key(hanzi)
+    assert phoneme_key(
+        to_ipa("wo3 ai4 ni3 zhong1 guo2 yue4 liang4 dai4 biao3 wo3 de5 xin1", "zh")
+    ) == phoneme_key(hanzi)
     assert phoneme_key(to_ipa("wǒ ài nǐ zhōngguó", "zh")) == phoneme_key(to_ipa("我爱你中国", "zh"))
     # A recogniser that writes a homophone still gives the same phonemes.
     assert to_ipa("我爱你", "zh") == to_ipa("我碍妳", "zh")
@@ -76,9 +78,13 @@ def test_japanese_kanji_kana_and_romaji_meet():
     kanji = to_ipa("桜の花が咲いている", "ja")
     kana = to_ipa("さくらのはながさいている", "ja")
     romaji = to_ipa("sakura no hana ga saite iru", "ja")
-    assert phoneme_key(kanji) == phoneme_key(kana) == phoneme_key(romaji) == "sakɯɾanohanagasaiteiɾɯ"
+    assert (
+        phoneme_key(kanji) == phoneme_key(kana) == phoneme_key(romaji) == "sakɯɾanohanagasaiteiɾɯ"
+    )
     # は as a particle is 'wa', long vowels and small tsu go, like every length mark.
-    assert phoneme_key(to_ipa("東京へ行きます", "ja")) == phoneme_key(to_ipa("toukyou e ikimasu", "ja"))
+    assert phoneme_key(to_ipa("東京へ行きます", "ja")) == phoneme_key(
+        to_ipa("toukyou e ikimasu", "ja")
+    )
     assert kana_to_romaji("ちょっと シャツ ファン") == "choto shatsu fan"
 
 
@@ -88,4 +94,6 @@ def test_korean_rules_and_romanisation():
     assert hangul_to_ipa("신라") == "ɕilla"  # lateralisation
     assert hangul_to_ipa("읽어") == "ilkʌ"  # a cluster carries its second consonant over
     assert hangul_to_ipa("좋아") == "tɕoa"  # ㅎ falls silent before a vowel
-    assert phoneme_key(to_ipa("사랑해요 안녕하세요", "ko")) == phoneme_key(to_ipa("saranghaeyo annyeonghaseyo", "ko"))
+    assert phoneme_key(to_ipa("사랑해요 안녕하세요", "ko")) == phoneme_key(
+        to_ipa("saranghaeyo annyeonghaseyo", "ko")
+    )

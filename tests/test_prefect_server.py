@@ -42,13 +42,22 @@ def test_explicit_nulls_in_a_filter_body_mean_defaults():
     app = FastAPI()
 
     @app.post("/flows/filter")
-    def read_flows(limit: int = LimitBody(), flow_runs: FlowRunFilter = None,
-                   sort: FlowSort = Body(FlowSort.NAME_ASC)) -> dict:
+    def read_flows(
+        limit: int = LimitBody(),
+        flow_runs: FlowRunFilter = None,
+        sort: FlowSort = Body(FlowSort.NAME_ASC),
+    ) -> dict:
         return {"limit": limit, "flow_runs": flow_runs is None, "sort": sort.value}
 
-    response = TestClient(app).post("/flows/filter", json={"limit": None, "flow_runs": None, "sort": None})
+    response = TestClient(app).post(
+        "/flows/filter", json={"limit": None, "flow_runs": None, "sort": None}
+    )
     assert response.status_code == 200, response.text
-    assert response.json() == {"limit": PREFECT_SERVER_API_DEFAULT_LIMIT.value(), "flow_runs": True, "sort": "NAME_ASC"}
+    assert response.json() == {
+        "limit": PREFECT_SERVER_API_DEFAULT_LIMIT.value(),
+        "flow_runs": True,
+        "sort": "NAME_ASC",
+    }
 
 
 def _free_port() -> int:
@@ -59,7 +68,11 @@ def _free_port() -> int:
 
 def _base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
     return env
 
 
@@ -81,7 +94,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _tail(path: Path, n: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "(no log)"
+    return (
+        "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        if path.exists()
+        else "(no log)"
+    )
 
 
 @dataclass
@@ -103,7 +120,10 @@ def real_prefect_server(tmp_path) -> Iterator[PrefectServer]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = PrefectServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api", log)
     try:
@@ -118,7 +138,9 @@ def real_prefect_server(tmp_path) -> Iterator[PrefectServer]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {SERVER_START_TIMEOUT_S} s:\n{_tail(log)}")
+                pytest.fail(
+                    f"prefect server not healthy after {SERVER_START_TIMEOUT_S} s:\n{_tail(log)}"
+                )
             time.sleep(0.5)
         yield server
     finally:
@@ -133,12 +155,16 @@ def _wait_for_first_run(client, serve_process: subprocess.Popen, serve_log: Path
     deadline = time.monotonic() + FIRST_RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         if serve_process.poll() is not None:
-            pytest.fail(f"songmill serve exited with {serve_process.returncode}:\n{_tail(serve_log)}")
+            pytest.fail(
+                f"songmill serve exited with {serve_process.returncode}:\n{_tail(serve_log)}"
+            )
         for run in client.read_flow_runs(flow_filter=flow_filter):
             if run.state is not None and run.state.is_final():
                 return run
         time.sleep(2)
-    pytest.fail(f"no scheduled run finished in {FIRST_RUN_TIMEOUT_S} s; songmill serve said:\n{_tail(serve_log)}")
+    pytest.fail(
+        f"no scheduled run finished in {FIRST_RUN_TIMEOUT_S} s; songmill serve said:\n{_tail(serve_log)}"
+    )
 
 
 def _wait_until_final(client, run_id, serve_log: Path, timeout_s: float = 120):
@@ -148,7 +174,9 @@ def _wait_until_final(client, run_id, serve_log: Path, timeout_s: float = 120):
         if run.state is not None and run.state.is_final():
             return run
         time.sleep(1)
-    pytest.fail(f"flow run {run_id} not finished in {timeout_s} s; songmill serve said:\n{_tail(serve_log)}")
+    pytest.fail(
+        f"flow run {run_id} not finished in {timeout_s} s; songmill serve said:\n{_tail(serve_log)}"
+    )
 
 
 @pytest.mark.slow
@@ -176,31 +204,63 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
     env.update(PREFECT_API_URL=real_prefect_server.api_url, PREFECT_RUNNER_POLL_FREQUENCY="2")
     with open(serve_log, "wb") as out:
         serve_process = subprocess.Popen(
-            [str(BIN / "songmill"), "serve", "--cron", "* * * * *", "--source", str(source), "--stages", "qc",
-             "--corpus", str(corpus_root)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(BIN / "songmill"),
+                "serve",
+                "--cron",
+                "* * * * *",
+                "--source",
+                str(source),
+                "--stages",
+                "qc",
+                "--corpus",
+                str(corpus_root),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        with temporary_settings({PREFECT_API_URL: real_prefect_server.api_url}), get_client(sync_client=True) as client:
+        with (
+            temporary_settings({PREFECT_API_URL: real_prefect_server.api_url}),
+            get_client(sync_client=True) as client,
+        ):
             run = _wait_for_first_run(client, serve_process, serve_log)
             assert run.state.type == StateType.COMPLETED, f"{run.state}:\n{_tail(serve_log)}"
-            assert run.deployment_id is not None and run.auto_scheduled, "the run came from the cron schedule"
+            assert run.deployment_id is not None and run.auto_scheduled, (
+                "the run came from the cron schedule"
+            )
             deployment = client.read_deployment(run.deployment_id)
-            assert deployment.parameters["sources"] == [str(source)] and deployment.parameters["stage_names"] == ["qc"]
+            assert deployment.parameters["sources"] == [str(source)] and deployment.parameters[
+                "stage_names"
+            ] == ["qc"]
             # One run at a time: a run due while another is busy is cancelled, not raced.
             assert deployment.global_concurrency_limit.limit == 1
             assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
             # The client's filter calls: issue 8 had them answer 422 (`limit: null` in the body).
             completed = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
+                    )
+                )
             )
             assert run.id in {r.id for r in completed}
-            progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+            progress = client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+            )
             # ingest and annotate each publish one progress artifact, left at 100 % when done.
-            assert len(progress) >= 2 and all(a.data == pytest.approx(100.0) for a in progress), [(a.description, a.data) for a in progress]
-            markdown = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["markdown"])))
-            assert any(a.key == "songmill-throughput" and "qc" in str(a.data) for a in markdown), [a.key for a in markdown]
+            assert len(progress) >= 2 and all(a.data == pytest.approx(100.0) for a in progress), [
+                (a.description, a.data) for a in progress
+            ]
+            markdown = client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["markdown"]))
+            )
+            assert any(a.key == "songmill-throughput" and "qc" in str(a.data) for a in markdown), [
+                a.key for a in markdown
+            ]
 
             # The next run finds nothing new: it must neither re-ingest nor re-annotate.
             again = client.create_flow_run_from_deployment(run.deployment_id)
@@ -209,8 +269,13 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
 
         # The prefect CLI reads the same server (it also sent `limit: null`). Checked while serve
         # still runs: stopping the runner cancels a run whose process has not exited yet.
-        ls = subprocess.run([str(BIN / "prefect"), "flow-run", "ls", "--state-type", "COMPLETED"],
-                            env={**env, "COLUMNS": "300"}, capture_output=True, text=True, timeout=120)
+        ls = subprocess.run(
+            [str(BIN / "prefect"), "flow-run", "ls", "--state-type", "COMPLETED"],
+            env={**env, "COLUMNS": "300"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ls.returncode == 0, ls.stdout + ls.stderr
         assert str(run.id) in ls.stdout and "songmill-scheduled" in ls.stdout, ls.stdout
     finally:
@@ -221,7 +286,10 @@ def test_cron_schedule_runs_ingest_and_annotate_on_a_real_server(real_prefect_se
     assert [Path(u).name for u in uris] == ["take 0.wav", "take 1.flac", "take 2.wav"]
     qc = corpus.sql("SELECT count(*) AS n, count(loudness_lufs) AS with_loudness FROM qc")
     assert (qc.column("n")[0].as_py(), qc.column("with_loudness")[0].as_py()) == (3, 3)
-    written = {t: corpus.sql(f"SELECT count(*) AS n FROM raw_{t}").column("n")[0].as_py() for t in ("tracks", "qc")}
+    written = {
+        t: corpus.sql(f"SELECT count(*) AS n FROM raw_{t}").column("n")[0].as_py()
+        for t in ("tracks", "qc")
+    }
     assert written == {"tracks": 3, "qc": 3}, "the second run wrote rows again"
 
     # The UI is served at the root.
@@ -249,15 +317,23 @@ def test_serve_without_a_server_is_one_clear_line(tmp_path, capsys):
     assert len(err) == 1 and "prefect server start" in err[0] and "PREFECT_API_URL" in err[0], err
 
 
-def test_serve_with_an_unreachable_server_is_one_clear_line(tmp_path, capsys, api_url_with_nobody_listening):
+def test_serve_with_an_unreachable_server_is_one_clear_line(
+    tmp_path, capsys, api_url_with_nobody_listening
+):
     from songmill.flows.cli import main
 
     assert main(["serve", "--cron", "0 * * * *", "--corpus", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and api_url_with_nobody_listening in err[0] and "no Prefect server answers" in err[0], err
+    assert (
+        len(err) == 1
+        and api_url_with_nobody_listening in err[0]
+        and "no Prefect server answers" in err[0]
+    ), err
 
 
-def test_serve_rejects_a_bad_cron_before_contacting_the_server(tmp_path, capsys, api_url_with_nobody_listening):
+def test_serve_rejects_a_bad_cron_before_contacting_the_server(
+    tmp_path, capsys, api_url_with_nobody_listening
+):
     from songmill.flows.cli import main
 
     assert main(["serve", "--cron", "every minute", "--corpus", str(tmp_path / "c")]) == 2
@@ -265,8 +341,17 @@ def test_serve_rejects_a_bad_cron_before_contacting_the_server(tmp_path, capsys,
     assert len(err) == 1 and "'every minute' is not a cron expression" in err[0], err
 
 
-@pytest.mark.parametrize("bad", [["--stages", "qc,no_such_stage"], ["--set", "qc.no_such_setting=1"], ["--set", "ingest.no_such_setting=1"]])
-def test_serve_refuses_bad_stages_and_settings_once_not_in_every_run(tmp_path, capsys, api_url_with_nobody_listening, bad):
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--stages", "qc,no_such_stage"],
+        ["--set", "qc.no_such_setting=1"],
+        ["--set", "ingest.no_such_setting=1"],
+    ],
+)
+def test_serve_refuses_bad_stages_and_settings_once_not_in_every_run(
+    tmp_path, capsys, api_url_with_nobody_listening, bad
+):
     from songmill.flows.cli import main
 
     assert main(["serve", "--cron", "0 * * * *", "--corpus", str(tmp_path / "c"), *bad]) == 2

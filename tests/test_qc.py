@@ -28,13 +28,19 @@ def music() -> np.ndarray:
     return render_track(118, "G", "major", 12.0, seed=11, style="rock")
 
 
-def sine(freq: float, seconds: float, rms_dbfs: float, sr: int = SR, channels: int = 2) -> np.ndarray:
+def sine(
+    freq: float, seconds: float, rms_dbfs: float, sr: int = SR, channels: int = 2
+) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     amplitude = np.sqrt(2) * 10 ** (rms_dbfs / 20)
-    return np.repeat((amplitude * np.sin(2 * np.pi * freq * t))[:, None], channels, axis=1).astype(np.float32)
+    return np.repeat((amplitude * np.sin(2 * np.pi * freq * t))[:, None], channels, axis=1).astype(
+        np.float32
+    )
 
 
-def track_for(tmp_path, audio: np.ndarray, sr: int, name: str = "t.wav", subtype: str = "FLOAT") -> Track:
+def track_for(
+    tmp_path, audio: np.ndarray, sr: int, name: str = "t.wav", subtype: str = "FLOAT"
+) -> Track:
     path = tmp_path / name
     sf.write(str(path), audio, sr, subtype=subtype)
     return Track({"track_id": name, "uri": str(path), "duration_s": audio.shape[0] / sr})
@@ -45,7 +51,9 @@ def test_stereo_sine_loudness_is_bs1770_and_matches_pyloudnorm():
     lufs = integrated_loudness(audio, SR)
     # -20 dBFS RMS per channel, K-weighting ~+0.7 dB at 1 kHz, stereo sums two channels: ~-17 LUFS
     assert lufs == pytest.approx(-17.0, abs=0.1)
-    assert lufs == pytest.approx(pyloudnorm.Meter(SR).integrated_loudness(audio.astype(np.float64)), abs=0.01)
+    assert lufs == pytest.approx(
+        pyloudnorm.Meter(SR).integrated_loudness(audio.astype(np.float64)), abs=0.01
+    )
 
 
 @pytest.mark.parametrize("sr", [8000, 48000, 192000])
@@ -67,7 +75,9 @@ def test_loudness_gates_silence_and_needs_a_block():
     # The gates drop the silent half (only the blocks straddling the edge count): ~unchanged.
     gated = integrated_loudness(with_silence, SR)
     assert gated == pytest.approx(integrated_loudness(audio, SR), abs=0.3)
-    assert gated == pytest.approx(pyloudnorm.Meter(SR).integrated_loudness(with_silence.astype(np.float64)), abs=0.01)
+    assert gated == pytest.approx(
+        pyloudnorm.Meter(SR).integrated_loudness(with_silence.astype(np.float64)), abs=0.01
+    )
     assert integrated_loudness(np.zeros((SR, 2), np.float32), SR) is None
     assert integrated_loudness(audio[: int(0.3 * SR)], SR) is None
 

@@ -16,9 +16,24 @@ from songmill.flows.display import render_csv, render_json
 
 
 def _seed(corpus):
-    corpus.write("tracks", [dict(track_id="a", uri="/x/a.wav", duration_s=1.0, created_at=utcnow())])
-    corpus.write("qc", [dict(track_id="a", stage_version=1, config_hash="c", run_id="r", created_at=utcnow(),
-                             duration_s=1.0, qc_pass=False, qc_reasons=["silence", "clipping"])])
+    corpus.write(
+        "tracks", [dict(track_id="a", uri="/x/a.wav", duration_s=1.0, created_at=utcnow())]
+    )
+    corpus.write(
+        "qc",
+        [
+            dict(
+                track_id="a",
+                stage_version=1,
+                config_hash="c",
+                run_id="r",
+                created_at=utcnow(),
+                duration_s=1.0,
+                qc_pass=False,
+                qc_reasons=["silence", "clipping"],
+            )
+        ],
+    )
 
 
 @pytest.fixture
@@ -34,7 +49,9 @@ def _refused(corpus, sql, match="read-only|reads only|parse"):
 
 def test_plain_select_and_explain_run(seeded):
     assert run_query(seeded, "SELECT track_id FROM tracks").to_pylist() == [{"track_id": "a"}]
-    assert run_query(seeded, "FROM qc SELECT qc_reasons").to_pylist() == [{"qc_reasons": ["silence", "clipping"]}]
+    assert run_query(seeded, "FROM qc SELECT qc_reasons").to_pylist() == [
+        {"qc_reasons": ["silence", "clipping"]}
+    ]
     assert run_query(seeded, "EXPLAIN SELECT * FROM manifest").num_rows >= 1
 
 
@@ -95,20 +112,43 @@ def test_statements_other_than_select_are_refused(seeded, sql):
 
 def test_configuration_cannot_be_changed_from_inside_a_select(seeded):
     with pytest.raises(Exception, match="(?i)lock|config|permission|refused|not allowed|read-only"):
-        run_query(seeded, "SELECT current_setting('enable_external_access') AS v FROM (SELECT set_config('enable_external_access', 'true'))")
+        run_query(
+            seeded,
+            "SELECT current_setting('enable_external_access') AS v FROM (SELECT set_config('enable_external_access', 'true'))",
+        )
 
 
 def test_list_and_struct_columns_render_in_every_format(seeded, capsys):
     table = run_query(seeded, "SELECT track_id, qc_reasons, {'a': 1, 'b': [2, 3]} AS s FROM qc")
     rows = list(csv.reader(io.StringIO(render_csv(table))))
     assert rows[0] == ["track_id", "qc_reasons", "s"]
-    assert json.loads(rows[1][1]) == ["silence", "clipping"] and json.loads(rows[1][2]) == {"a": 1, "b": [2, 3]}
-    assert json.loads(render_json(table)) == [{"track_id": "a", "qc_reasons": ["silence", "clipping"], "s": {"a": 1, "b": [2, 3]}}]
+    assert json.loads(rows[1][1]) == ["silence", "clipping"] and json.loads(rows[1][2]) == {
+        "a": 1,
+        "b": [2, 3],
+    }
+    assert json.loads(render_json(table)) == [
+        {"track_id": "a", "qc_reasons": ["silence", "clipping"], "s": {"a": 1, "b": [2, 3]}}
+    ]
     root = seeded.root
     for fmt in ("csv", "json", "table"):
-        assert main(["query", "SELECT uris, {'n': 1} AS s FROM tracks", "--format", fmt, "--corpus", root]) == 0
+        assert (
+            main(
+                [
+                    "query",
+                    "SELECT uris, {'n': 1} AS s FROM tracks",
+                    "--format",
+                    fmt,
+                    "--corpus",
+                    root,
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
-        assert "/x/a.wav" in out and "n" in out.split("\n", 1)[1] and ": 1" in out, (fmt, out)  # list and struct
+        assert "/x/a.wav" in out and "n" in out.split("\n", 1)[1] and ": 1" in out, (
+            fmt,
+            out,
+        )  # list and struct
 
 
 def test_cli_errors_are_one_line_without_traceback(seeded, capsys, tmp_path):
@@ -119,13 +159,22 @@ def test_cli_errors_are_one_line_without_traceback(seeded, capsys, tmp_path):
         ["query", "SELEC 1"],
         ["manifest", "--out", str(tmp_path / "m.parquet"), "--where", "no_such_column > 1"],
         ["manifest", "--out", str(tmp_path / "m.parquet"), "--split", "val=2"],
-        ["manifest", "--out", str(tmp_path / "m.parquet"), "--reproduce", str(tmp_path / "missing.json")],
+        [
+            "manifest",
+            "--out",
+            str(tmp_path / "m.parquet"),
+            "--reproduce",
+            str(tmp_path / "missing.json"),
+        ],
     ]
     for argv in cases:
         code = main([*argv, "--corpus", root])
         err = capsys.readouterr().err
         assert code != 0, argv
-        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (
+            argv,
+            err,
+        )
     assert main(["query", "SELECT 1", "--corpus", str(tmp_path / "nowhere")]) != 0
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(QueryFailed, match="no_such_column"):  # --debug: the exception itself

@@ -10,12 +10,57 @@ from songmill.flows.cli import main
 
 def _corpus(corpus):
     now = utcnow()
-    corpus.write("tracks", [dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0 + i, created_at=now) for i in range(20)])
-    corpus.write("qc", [dict(track_id=f"t{i}", stage_version=1, config_hash="c", run_id="r", created_at=now, loudness_lufs=-14.0 - i % 5,
-                             qc_pass=i % 4 != 0, qc_reasons=[] if i % 4 else ["too_quiet"]) for i in range(20)])
-    corpus.write("music", [dict(track_id=f"t{i}", stage_version=1, config_hash="m", run_id="r", created_at=now, bpm=80.0 + 5 * i,
-                                keyscale=("A minor" if i < 15 else "C major")) for i in range(20)])
-    corpus.write("errors", [dict(track_id=None, uri="/m/bad.wav", stage="ingest", error_type="DecodeError", message="x", created_at=now)])
+    corpus.write(
+        "tracks",
+        [
+            dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0 + i, created_at=now)
+            for i in range(20)
+        ],
+    )
+    corpus.write(
+        "qc",
+        [
+            dict(
+                track_id=f"t{i}",
+                stage_version=1,
+                config_hash="c",
+                run_id="r",
+                created_at=now,
+                loudness_lufs=-14.0 - i % 5,
+                qc_pass=i % 4 != 0,
+                qc_reasons=[] if i % 4 else ["too_quiet"],
+            )
+            for i in range(20)
+        ],
+    )
+    corpus.write(
+        "music",
+        [
+            dict(
+                track_id=f"t{i}",
+                stage_version=1,
+                config_hash="m",
+                run_id="r",
+                created_at=now,
+                bpm=80.0 + 5 * i,
+                keyscale=("A minor" if i < 15 else "C major"),
+            )
+            for i in range(20)
+        ],
+    )
+    corpus.write(
+        "errors",
+        [
+            dict(
+                track_id=None,
+                uri="/m/bad.wav",
+                stage="ingest",
+                error_type="DecodeError",
+                message="x",
+                created_at=now,
+            )
+        ],
+    )
 
 
 def test_report_is_one_offline_file_with_the_corpus_numbers(corpus, tmp_path, capsys):
@@ -56,7 +101,9 @@ def test_report_has_a_summary_labelled_axes_whole_counts_and_a_coverage_plot(cor
     assert ">ingest: DecodeError<" in html
     # the coverage plot draws a rise even when a table was written in one run, legend under it
     coverage = re.search(r'aria-label="Stage coverage".*?</p>', html, re.S).group(0)
-    assert coverage.count("<polyline") == 3 and all(len(p.split()) >= 4 for p in re.findall(r'points="([^"]+)"', coverage))
+    assert coverage.count("<polyline") == 3 and all(
+        len(p.split()) >= 4 for p in re.findall(r'points="([^"]+)"', coverage)
+    )
     assert 'class="legend"' in coverage and "qc (20)" in coverage
     # no music row records bpm_agreement yet (the column exists, all null): the tempo confidence instead
     assert "BPM confidence" in html
@@ -64,20 +111,63 @@ def test_report_has_a_summary_labelled_axes_whole_counts_and_a_coverage_plot(cor
 
 def test_report_says_every_track_passed_qc_instead_of_no_data(corpus, tmp_path):
     now = utcnow()
-    corpus.write("tracks", [dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0, created_at=now) for i in range(3)])
-    corpus.write("qc", [dict(track_id=f"t{i}", stage_version=1, config_hash="c", run_id="r", created_at=now, loudness_lufs=-14.0,
-                             qc_pass=True, qc_reasons=[]) for i in range(3)])
+    corpus.write(
+        "tracks",
+        [
+            dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0, created_at=now)
+            for i in range(3)
+        ],
+    )
+    corpus.write(
+        "qc",
+        [
+            dict(
+                track_id=f"t{i}",
+                stage_version=1,
+                config_hash="c",
+                run_id="r",
+                created_at=now,
+                loudness_lufs=-14.0,
+                qc_pass=True,
+                qc_reasons=[],
+            )
+            for i in range(3)
+        ],
+    )
     out = tmp_path / "report.html"
     assert main(["report", "--out", str(out), "--corpus", corpus.root]) == 0
     html = out.read_text()
-    assert "Every one of the 3 tracks with a QC result passed" in html and "No data for qc reasons" not in html
+    assert (
+        "Every one of the 3 tracks with a QC result passed" in html
+        and "No data for qc reasons" not in html
+    )
 
 
 def test_report_plots_bpm_agreement_once_music_rows_record_it(corpus, tmp_path):
     now = utcnow()
-    corpus.write("tracks", [dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0, created_at=now) for i in range(4)])
-    corpus.write("music", [dict(track_id=f"t{i}", stage_version=7, config_hash="m", run_id="r", created_at=now, bpm=120.0,
-                                bpm_confidence=0.9, bpm_agreement=[1.0, 1.0, 0.5, 0.25][i]) for i in range(4)])
+    corpus.write(
+        "tracks",
+        [
+            dict(track_id=f"t{i}", uri=f"/m/{i}.wav", duration_s=30.0, created_at=now)
+            for i in range(4)
+        ],
+    )
+    corpus.write(
+        "music",
+        [
+            dict(
+                track_id=f"t{i}",
+                stage_version=7,
+                config_hash="m",
+                run_id="r",
+                created_at=now,
+                bpm=120.0,
+                bpm_confidence=0.9,
+                bpm_agreement=[1.0, 1.0, 0.5, 0.25][i],
+            )
+            for i in range(4)
+        ],
+    )
     out = tmp_path / "report.html"
     assert main(["report", "--out", str(out), "--corpus", corpus.root]) == 0
     html = out.read_text()

@@ -18,7 +18,6 @@ from stages_for_tests import DerivedStage, LevelConfig, LevelStage
 TESTS = os.path.dirname(__file__)
 
 
-
 @pytest.fixture
 def small_corpus(tmp_path, corpus):
     for i in range(5):
@@ -36,13 +35,21 @@ def test_runs_only_what_is_missing_and_records_errors_and_runs(small_corpus):
     (err,) = rows(corpus, "SELECT stage, error_type, message, retryable FROM errors")
     assert err[:2] == ("test_level", "ValueError") and "broken_take" in err[2] and err[3] is False
     # louder tones give larger rms, computed from the real audio
-    levels = [r[0] for r in rows(corpus, "SELECT q.rms FROM test_level q JOIN tracks USING (track_id) ORDER BY uri")]
+    levels = [
+        r[0]
+        for r in rows(
+            corpus, "SELECT q.rms FROM test_level q JOIN tracks USING (track_id) ORDER BY uri"
+        )
+    ]
     assert levels == sorted(levels) and levels[0] > 0
 
     (again,) = run_stages(corpus, [LevelStage()])
     assert again.n_input == 0  # done tracks and non-retryable failures are skipped
     assert rows(corpus, "SELECT count(*) FROM raw_test_level")[0][0] == 5
-    runs = rows(corpus, "SELECT stage, n_input, n_ok, n_error FROM runs WHERE stage <> 'ingest' ORDER BY started_at")
+    runs = rows(
+        corpus,
+        "SELECT stage, n_input, n_ok, n_error FROM runs WHERE stage <> 'ingest' ORDER BY started_at",
+    )
     assert runs == [("test_level", 6, 5, 1)]
 
 
@@ -61,7 +68,10 @@ def test_reads_and_requires_within_one_run_and_where(small_corpus):
     corpus = small_corpus
     summaries = run_stages(corpus, [LevelStage(), DerivedStage()], where="uri NOT LIKE '%t4%'")
     assert [(s.stage, s.n_ok) for s in summaries] == [("test_level", 4), ("test_derived", 4)]
-    pairs = rows(corpus, "SELECT d.rms_db, 20*log10(l.rms) FROM test_derived d JOIN test_level l USING (track_id)")
+    pairs = rows(
+        corpus,
+        "SELECT d.rms_db, 20*log10(l.rms) FROM test_derived d JOIN test_level l USING (track_id)",
+    )
     assert pairs and all(a == pytest.approx(b) for a, b in pairs)
     # the derived stage alone waits for its requirement
     (derived,) = run_stages(corpus, [DerivedStage()])
@@ -113,7 +123,9 @@ def _annotate_in_subprocess(corpus_root, delay):
 
 
 def _stage_table(corpus, table="test_level"):
-    return sorted(rows(corpus, f"SELECT track_id, rms, gain, stage_version, config_hash FROM {table}"))
+    return sorted(
+        rows(corpus, f"SELECT track_id, rms, gain, stage_version, config_hash FROM {table}")
+    )
 
 
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):

@@ -32,16 +32,28 @@ def test_runs_reports_per_stage_throughput_with_last_and_stage(tmp_path, src, te
     root = str(tmp_path / "corpus")
     app.ingest(root, [folder], engine="local")
     app.annotate(root, ["test_level", "test_derived"], {}, engine="local")
-    app.annotate(root, ["test_level"], {"test_level": {"gain": 3.0}}, engine="local")  # a second run
+    app.annotate(
+        root, ["test_level"], {"test_level": {"gain": 3.0}}, engine="local"
+    )  # a second run
 
     report = {r["stage"]: r for r in app.runs(root).to_pylist()}
     level, derived = report["test_level"], report["test_derived"]
-    assert (level["runs"], level["tracks_done"], level["errors"]) == (2, 6, 2)  # broken_take fails each time
+    assert (level["runs"], level["tracks_done"], level["errors"]) == (
+        2,
+        6,
+        2,
+    )  # broken_take fails each time
     assert level["audio_hours"] == pytest.approx(2 * audio_s / 3600, rel=1e-3)
     assert (derived["runs"], derived["tracks_done"], derived["errors"]) == (1, 3, 0)
     assert report["ingest"]["tracks_done"] == 4 and report["ingest"]["errors"] == 0
-    stored = Corpus(root).sql("SELECT sum(epoch(finished_at) - epoch(started_at)) AS wall, sum(wall_s) AS core "
-                              "FROM runs WHERE stage = 'test_level'").to_pylist()[0]
+    stored = (
+        Corpus(root)
+        .sql(
+            "SELECT sum(epoch(finished_at) - epoch(started_at)) AS wall, sum(wall_s) AS core "
+            "FROM runs WHERE stage = 'test_level'"
+        )
+        .to_pylist()[0]
+    )
     assert level["wall_hours"] == pytest.approx(stored["wall"] / 3600)
     assert level["audio_h_per_wall_h"] == pytest.approx(level["audio_hours"] / level["wall_hours"])
     assert level["audio_h_per_core_h"] == pytest.approx(2 * audio_s / stored["core"])
@@ -66,7 +78,9 @@ def test_each_flow_run_publishes_the_throughput_table(prefect_server, tmp_path, 
     app.ingest(root, [folder], engine="prefect", show_progress=False)
     (summary,) = app.annotate(root, ["test_level"], {}, engine="prefect", show_progress=False)
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["songmill-throughput"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["songmill-throughput"]))
+        )
     mine = [a for a in artifacts if summary.run_id in (a.description or "")]
     assert len(mine) == 1
     table = mine[0].data

@@ -45,7 +45,9 @@ def test_stages(monkeypatch):
 
 def test_s3_corpus_from_s3_sources_end_to_end(s3, tmp_path, test_stages, capsys):
     for i in range(4):
-        local = write_audio(tmp_path / "src" / f"song{i}.flac", tone(0.5, amp=0.05 * (i + 1), seed=i))
+        local = write_audio(
+            tmp_path / "src" / f"song{i}.flac", tone(0.5, amp=0.05 * (i + 1), seed=i)
+        )
         s3.put(local, f"{BUCKET}/incoming/song{i}.flac")
     s3.pipe(f"{BUCKET}/incoming/broken_notes.wav", b"liner notes, not audio")
     root = f"s3://{BUCKET}/corpus"
@@ -59,7 +61,9 @@ def test_s3_corpus_from_s3_sources_end_to_end(s3, tmp_path, test_stages, capsys)
     assert (level.n_ok, level.n_error) == (4, 0)
     assert s3.glob(f"{BUCKET}/corpus/test_level/part-*.parquet")
 
-    table = app.query(root, "SELECT uri, rms FROM test_level JOIN tracks USING (track_id) ORDER BY uri")
+    table = app.query(
+        root, "SELECT uri, rms FROM test_level JOIN tracks USING (track_id) ORDER BY uri"
+    )
     uris, levels = table.column("uri").to_pylist(), table.column("rms").to_pylist()
     assert all(u.startswith(f"s3://{BUCKET}/incoming/song") for u in uris)
     assert levels == sorted(levels) and levels[0] > 0  # louder sources, larger rms: real audio read
@@ -77,7 +81,10 @@ def test_s3_corpus_from_s3_sources_end_to_end(s3, tmp_path, test_stages, capsys)
     assert {r["gain"] for r in before} == {2.0}
     assert main(["compact", "--corpus", root, "--tables", "test_level"]) == 0
     assert "test_level" in capsys.readouterr().out
-    assert app.query(root, "SELECT track_id, rms, gain FROM test_level ORDER BY 1").to_pylist() == before
+    assert (
+        app.query(root, "SELECT track_id, rms, gain FROM test_level ORDER BY 1").to_pylist()
+        == before
+    )
     assert not s3.glob(f"{BUCKET}/corpus/*/.tmp-*")
 
     report = {r["stage"]: r for r in app.runs(root).to_pylist()}

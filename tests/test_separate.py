@@ -83,12 +83,16 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
 
 def test_missing_weights_name_the_file_and_the_url(tmp_path, no_caches, corpus):
-    stage = SeparateStage(SeparateConfig(model="htdemucs", model_dir=str(tmp_path / "models")), corpus=corpus)
+    stage = SeparateStage(
+        SeparateConfig(model="htdemucs", model_dir=str(tmp_path / "models")), corpus=corpus
+    )
     with pytest.raises(StageUnavailable) as info:
         stage.setup()
     message = str(info.value)
     assert str(tmp_path / "models" / "955717e8-8726e21a.th") in message
-    assert "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th" in message
+    assert (
+        "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th" in message
+    )
 
 
 def test_vocal_activity_counts_frames_where_the_voice_sounds():
@@ -110,11 +114,15 @@ def test_stage_writes_flac_stems_and_rows_through_the_runner(tmp_path, corpus, m
     write_audio(src / "broken.wav", tone(1.0))
     (src / "broken.wav").write_bytes(b"RIFF not really a wav")
     ingest(corpus, [str(src)])
-    stage = SeparateStage(SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=1), corpus=corpus)
+    stage = SeparateStage(
+        SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=1), corpus=corpus
+    )
     (summary,) = run_stages(corpus, [stage])
     assert (summary.n_ok, summary.unavailable) == (2, None)
 
-    rows = corpus.sql("SELECT s.*, t.duration_s FROM separation s JOIN tracks t USING (track_id)").to_pylist()
+    rows = corpus.sql(
+        "SELECT s.*, t.duration_s FROM separation s JOIN tracks t USING (track_id)"
+    ).to_pylist()
     assert len(rows) == 2
     for row in rows:
         assert row["model"] == "tinybag" and row["sample_rate"] == 44100
@@ -122,11 +130,16 @@ def test_stage_writes_flac_stems_and_rows_through_the_runner(tmp_path, corpus, m
         for uri in (row["vocals_uri"], row["accompaniment_uri"]):
             with open(uri, "rb") as f:
                 data, sr = sf.read(io.BytesIO(f.read()), dtype="float32")
-            assert sr == 44100 and data.shape == (round(row["duration_s"] * 44100), 2)  # mono in, stereo out
+            assert sr == 44100 and data.shape == (
+                round(row["duration_s"] * 44100),
+                2,
+            )  # mono in, stereo out
             assert np.isfinite(data).all()
         assert 0.0 <= row["vocal_activity_ratio"] <= 1.0 and row["vocal_energy_ratio"] >= 0.0
         assert row["is_instrumental"] == (row["vocal_activity_ratio"] < 0.05)
-    manifest = corpus.sql("SELECT track_id, is_instrumental, vocals_uri FROM manifest WHERE vocals_uri IS NOT NULL")
+    manifest = corpus.sql(
+        "SELECT track_id, is_instrumental, vocals_uri FROM manifest WHERE vocals_uri IS NOT NULL"
+    )
     assert manifest.num_rows == 2
 
     # Re-running skips the tracks that are done.
@@ -140,8 +153,14 @@ def test_batched_tracks_keep_their_own_lengths(model_dir, corpus):
     shift demucs' own `shifts` averages over), and gets back stems of its own length."""
     rng = np.random.default_rng(3)
     audios = [0.1 * rng.standard_normal((n, 2)).astype(np.float32) for n in (44100, 40000)]
-    one = SeparateStage(SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0, batch_tracks=1), corpus=corpus)
-    two = SeparateStage(SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0, batch_tracks=2), corpus=corpus)
+    one = SeparateStage(
+        SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0, batch_tracks=1),
+        corpus=corpus,
+    )
+    two = SeparateStage(
+        SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0, batch_tracks=2),
+        corpus=corpus,
+    )
     one.setup()
     two.setup()
     batched = two._separate(audios, ["a", "b"])
@@ -154,11 +173,16 @@ def test_batched_tracks_keep_their_own_lengths(model_dir, corpus):
 
 
 def test_undecodable_track_fails_alone(model_dir, corpus, tmp_path):
-    stage = SeparateStage(SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0), corpus=corpus)
+    stage = SeparateStage(
+        SeparateConfig(model="tinybag", model_dir=str(model_dir), shifts=0), corpus=corpus
+    )
     good_path = write_audio(tmp_path / "good.wav", tone(1.0, seed=5))
     bad_path = tmp_path / "bad.wav"
     bad_path.write_bytes(b"nothing")
-    tracks = [Track({"track_id": "bad0", "uri": str(bad_path)}), Track({"track_id": "good", "uri": good_path})]
+    tracks = [
+        Track({"track_id": "bad0", "uri": str(bad_path)}),
+        Track({"track_id": "good", "uri": good_path}),
+    ]
     bad, good = stage.process(tracks)
     assert isinstance(bad, Exception)
     assert good["vocals_uri"].endswith("-vocals.flac")

@@ -31,6 +31,12 @@ def test_coerce_follows_the_type_hint():
     assert coerce("a, b", list[str]) == ["a", "b"]
     assert coerce([1, 2], tuple[float, float]) == (1.0, 2.0)
     assert coerce([1, 2, 3], tuple[int, ...]) == (1, 2, 3)
-    for value, hint in [("maybe", bool), (True, int), ([1], str), ([1, 2, 3], tuple[float, float]), (float("inf"), int)]:
+    for value, hint in [
+        ("maybe", bool),
+        (True, int),
+        ([1], str),
+        ([1, 2, 3], tuple[float, float]),
+        (float("inf"), int),
+    ]:
         with pytest.raises(ValueError):
             coerce(value, hint)

@@ -13,7 +13,10 @@ from packaged import packaged
 from songmill.annotate.audio import resample
 from songmill.annotate.base import Track
 
-LINES = ["I hold your hand tonight\nwe walk the golden road", "the river runs away\noh my heart burn again"]
+LINES = [
+    "I hold your hand tonight\nwe walk the golden road",
+    "the river runs away\noh my heart burn again",
+]
 VOICES = ("en-us", "en-us+f3", "en-us+klatt")
 
 
@@ -43,7 +46,9 @@ def test_port_equals_resemblyzers_own_encoder(embedder):
     assert 1.0 < wav.size / 16000 < 10.0
     from songmill.model.voice_encoder import embed_utterance
 
-    np.testing.assert_allclose(embed_utterance(embedder.model, wav), original.embed_utterance(wav), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_utterance(embedder.model, wav), original.embed_utterance(wav), atol=1e-5
+    )
 
 
 def test_one_voice_is_closer_to_itself_than_to_other_voices(embedder):
@@ -51,7 +56,13 @@ def test_one_voice_is_closer_to_itself_than_to_other_voices(embedder):
     assert all(abs(float(np.linalg.norm(e)) - 1.0) < 1e-4 for e in emb.values())
     for voice in VOICES:
         same = float(emb[(voice, 0)] @ emb[(voice, 1)])  # different lyrics, same voice
-        others = [float(emb[(voice, i)] @ emb[(other, j)]) for other in VOICES if other != voice for i in (0, 1) for j in (0, 1)]
+        others = [
+            float(emb[(voice, i)] @ emb[(other, j)])
+            for other in VOICES
+            if other != voice
+            for i in (0, 1)
+            for j in (0, 1)
+        ]
         assert same > max(others) + 0.05, (voice, same, max(others))
 
 
@@ -83,11 +94,19 @@ def test_features_stage_embeds_the_vocal_stem(embedder, corpus, tmp_path):
     sung = Track({"track_id": "a", "uri": mix, "duration_s": 4.0},
                  {"lyrics_matches": {"lyric_id": "L1", "matched": True, "score": 0.9},
                   "separation": {"is_instrumental": False, "vocals_uri": stem}})  # fmt: skip
-    instrumental = Track({"track_id": "b", "uri": mix, "duration_s": 4.0}, {"separation": {"is_instrumental": True}})
+    instrumental = Track(
+        {"track_id": "b", "uri": mix, "duration_s": 4.0}, {"separation": {"is_instrumental": True}}
+    )
     rows = stage.process([sung, instrumental])
     sung_shard, inst_shard = (FeatureShard.open(r["features_url"]) for r in rows)
     vector = sung_shard.speaker().numpy()
-    assert rows[0]["has_speaker"] and vector.shape == (256,) and sung_shard.meta["speaker_dim"] == 256
+    assert (
+        rows[0]["has_speaker"] and vector.shape == (256,) and sung_shard.meta["speaker_dim"] == 256
+    )
     assert float(vector @ embedder.embed(voice)) > 0.99  # the stem's voice (float16 in the shard)
     assert float(vector @ embedder.embed(_sung(1, "en-us"))) < 0.9
-    assert not rows[1]["has_speaker"] and inst_shard.speaker().shape == (256,) and not inst_shard.speaker().any()
+    assert (
+        not rows[1]["has_speaker"]
+        and inst_shard.speaker().shape == (256,)
+        and not inst_shard.speaker().any()
+    )

@@ -12,12 +12,26 @@ from songmill.data_schema.store import Corpus, CorpusError, utcnow
 
 
 def _qc(track_id, version=1, config="c", **values):
-    row = dict(track_id=track_id, stage_version=version, config_hash=config, run_id="r", created_at=utcnow())
+    row = dict(
+        track_id=track_id,
+        stage_version=version,
+        config_hash=config,
+        run_id="r",
+        created_at=utcnow(),
+    )
     return row | {"duration_s": 1.0, "qc_pass": True, "qc_reasons": []} | values
 
 
 def _track(track_id, uri):
-    return dict(track_id=track_id, uri=uri, duration_s=1.0, sample_rate=44100, channels=2, codec="pcm_16", created_at=utcnow())
+    return dict(
+        track_id=track_id,
+        uri=uri,
+        duration_s=1.0,
+        sample_rate=44100,
+        channels=2,
+        codec="pcm_16",
+        created_at=utcnow(),
+    )
 
 
 def test_latest_result_wins_by_version_then_time(corpus):
@@ -25,7 +39,10 @@ def test_latest_result_wins_by_version_then_time(corpus):
     corpus.write("qc", [_qc("a", 2, duration_s=2.0)])
     corpus.write("qc", [_qc("a", 1, duration_s=3.0)])  # newer but older stage version
     corpus.write("qc", [_qc("b", 1, duration_s=6.0)])  # same version, newer time
-    rows = {r["track_id"]: r["duration_s"] for r in corpus.sql("SELECT track_id, duration_s FROM qc").to_pylist()}
+    rows = {
+        r["track_id"]: r["duration_s"]
+        for r in corpus.sql("SELECT track_id, duration_s FROM qc").to_pylist()
+    }
     assert rows == {"a": 2.0, "b": 6.0}
 
 
@@ -82,8 +99,22 @@ def test_query_is_read_only(corpus):
 def test_manifest_export_joins_latest_stage_rows_and_loads_with_datasets(corpus, tmp_path):
     corpus.write("tracks", [_track("a", "/x/a.wav"), _track("b", "/x/b.wav")])
     corpus.write("qc", [_qc("a", qc_pass=True), _qc("b", qc_pass=False, qc_reasons=["silent"])])
-    corpus.write("music", [dict(track_id="a", stage_version=1, config_hash="m", run_id="r", created_at=utcnow(),
-                                bpm=120.0, key_tonic="F#", key_mode="minor", keyscale="F# minor")])
+    corpus.write(
+        "music",
+        [
+            dict(
+                track_id="a",
+                stage_version=1,
+                config_hash="m",
+                run_id="r",
+                created_at=utcnow(),
+                bpm=120.0,
+                key_tonic="F#",
+                key_mode="minor",
+                keyscale="F# minor",
+            )
+        ],
+    )
     out = tmp_path / "out" / "manifest.parquet"
     assert export_manifest(corpus, str(out), where="qc_pass") == 1
     import pyarrow.parquet as pq
@@ -94,7 +125,9 @@ def test_manifest_export_joins_latest_stage_rows_and_loads_with_datasets(corpus,
     assert "qc_duration_s" in table.column_names  # a name clash is prefixed, not dropped
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf")
+    )
     assert ds[0]["bpm"] == 120.0 and ds.num_rows == 1
 
 
@@ -105,6 +138,8 @@ def test_compact_merges_parts_and_keeps_every_view_row(corpus):
     raw_before = corpus.sql("SELECT count(*) AS n FROM raw_qc").column("n")[0].as_py()
     assert corpus.compact("qc") == 5
     assert len(corpus.part_files("qc")) == 1
-    assert corpus.sql("SELECT * EXCLUDE (created_at) FROM qc ORDER BY track_id").to_pylist() == before
+    assert (
+        corpus.sql("SELECT * EXCLUDE (created_at) FROM qc ORDER BY track_id").to_pylist() == before
+    )
     assert corpus.sql("SELECT count(*) AS n FROM raw_qc").column("n")[0].as_py() == raw_before
     assert corpus.compact("qc") == 0  # one part: nothing to do

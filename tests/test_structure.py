@@ -32,7 +32,9 @@ def grid_beats(bpm: float, duration: float) -> list[float]:
 
 @pytest.fixture(scope="module")
 def song():
-    audio, truth = render_song(FORM, bpm=120, key_tonic="D", key_mode="major", bars=8, sr=SR, seed=3)
+    audio, truth = render_song(
+        FORM, bpm=120, key_tonic="D", key_mode="major", bars=8, sr=SR, seed=3
+    )
     return audio.mean(1), truth
 
 
@@ -75,7 +77,14 @@ def test_labels_from_repetition_and_energy():
 def test_sections_without_words_become_instrumental():
     sections = [{"start": 0.0, "end": 10.0, "label": "intro"}, {"start": 10.0, "end": 30.0, "label": "verse"},
                 {"start": 30.0, "end": 50.0, "label": "bridge"}, {"start": 50.0, "end": 70.0, "label": "chorus"}]  # fmt: skip
-    transcript = {"text": "hello there", "input": "vocals", "segments": [{"start": 12.0, "end": 20.0, "text": "hello"}, {"start": 55.0, "end": 60.0, "text": "there"}]}
+    transcript = {
+        "text": "hello there",
+        "input": "vocals",
+        "segments": [
+            {"start": 12.0, "end": 20.0, "text": "hello"},
+            {"start": 55.0, "end": 60.0, "text": "there"},
+        ],
+    }
     mark_instrumental(sections, transcript)
     assert [s["label"] for s in sections] == ["intro", "verse", "instrumental", "chorus"]
 
@@ -90,14 +99,22 @@ def test_model_backend_loads_a_saved_network_and_decodes_sections(tmp_path, song
 
     torch.manual_seed(0)
     net = StructureNet({"width": 32, "layers": 1, "heads": 2, "max_frames": 512})
-    with torch.no_grad():  # a boundary head that fires on loudness jumps is still a random net otherwise
+    with (
+        torch.no_grad()
+    ):  # a boundary head that fires on loudness jumps is still a random net otherwise
         net.boundary.bias.fill_(-1.0)
     save_structure_model(net, str(tmp_path / "m"))
-    stage = StructureStage(StructureConfig(backend="model", model_path=str(tmp_path / "m"), device="cpu"))
+    stage = StructureStage(
+        StructureConfig(backend="model", model_path=str(tmp_path / "m"), device="cpu")
+    )
     stage.setup()
     mono, _ = song
     frames = torch.randn(1, 40, 76)
-    assert torch.allclose(load_structure_model(str(tmp_path / "m"), "cpu")(frames)[1], net.eval()(frames)[1], atol=1e-5)
+    assert torch.allclose(
+        load_structure_model(str(tmp_path / "m"), "cpu")(frames)[1],
+        net.eval()(frames)[1],
+        atol=1e-5,
+    )
     sections = stage.model.sections(mono, SR, 6.0)
     assert sections and all(s["label"] in SECTION_LABELS for s in sections)
     assert sections[-1]["end"] == pytest.approx(len(mono) / SR)

@@ -37,7 +37,10 @@ from songmill.train.loop import lr_factor
 
 def test_ranks_read_disjoint_samples_and_cover_the_epoch():
     lengths = [float(x) for x in np.random.default_rng(0).uniform(5, 200, 37)]
-    orders = [BucketBatchOrder(lengths, batch_size=3, bucket=30.0, seed=7, rank=r, world_size=2) for r in range(2)]
+    orders = [
+        BucketBatchOrder(lengths, batch_size=3, bucket=30.0, seed=7, rank=r, world_size=2)
+        for r in range(2)
+    ]
     epochs = [o.epoch_batches(0) for o in orders]
     assert len(epochs[0]) == len(epochs[1]) == 37 // 6
     seen: list[int] = []
@@ -48,7 +51,9 @@ def test_ranks_read_disjoint_samples_and_cover_the_epoch():
     assert len(seen) == len(set(seen))  # no sample twice in an epoch
     # same order for the same seed and epoch, another one for the next epoch
     assert [k.index for k in orders[0].epoch_batches(0)[0]] == [k.index for k in epochs[0][0]]
-    assert [[k.index for k in b] for b in orders[0].epoch_batches(1)] != [[k.index for k in b] for b in epochs[0]]
+    assert [[k.index for k in b] for b in orders[0].epoch_batches(1)] != [
+        [k.index for k in b] for b in epochs[0]
+    ]
 
 
 def test_buckets_group_similar_lengths():
@@ -81,14 +86,19 @@ def test_batch_stream_resumes_at_the_same_batch_with_the_same_random_draws():
     reference = [next(full) for _ in range(8)]  # crosses an epoch boundary (3 batches / epoch)
     first = BatchStream(_Echo(), order, _collate)
     head = [next(first) for _ in range(4)]
-    resumed = BatchStream(_Echo(), order, _collate, position=DataPosition(**first.position.to_dict()))
+    resumed = BatchStream(
+        _Echo(), order, _collate, position=DataPosition(**first.position.to_dict())
+    )
     tail = [next(resumed) for _ in range(4)]
     assert head + tail == reference
     assert first.position == DataPosition(1, 1)
 
 
 def test_collate_mel_pads_to_multiple_of_8_with_mask():
-    items = [{"mel": torch.zeros(2, 128, 13), "track_id": "a"}, {"mel": torch.ones(2, 128, 5), "track_id": "b"}]
+    items = [
+        {"mel": torch.zeros(2, 128, 13), "track_id": "a"},
+        {"mel": torch.ones(2, 128, 5), "track_id": "b"},
+    ]
     batch = collate_mel(items)
     assert batch["mel"].shape == (2, 2, 128, 16)
     assert batch["frame_mask"].sum(1).tolist() == [13, 5]
@@ -98,9 +108,13 @@ def test_collate_mel_pads_to_multiple_of_8_with_mask():
 def test_collate_features_pads_every_sequence():
     def item(frames, text_len, lyric_len, repa_len):
         return {
-            "track_id": "t", "caption": "c", "latent": torch.randn(8, 16, frames),
-            "text": torch.randn(text_len, 32), "lyrics": torch.arange(1, lyric_len + 1),
-            "speaker": torch.zeros(512), "repa": {"mert": torch.randn(repa_len, 24)},
+            "track_id": "t",
+            "caption": "c",
+            "latent": torch.randn(8, 16, frames),
+            "text": torch.randn(text_len, 32),
+            "lyrics": torch.arange(1, lyric_len + 1),
+            "speaker": torch.zeros(512),
+            "repa": {"mert": torch.randn(repa_len, 24)},
         }
 
     batch = collate_features([item(5, 3, 4, 30), item(9, 6, 2, 60)])
@@ -114,7 +128,17 @@ def test_collate_features_pads_every_sequence():
 
 def test_read_manifest_requires_columns_and_drops_failed_qc(tmp_path):
     path = str(tmp_path / "m.parquet")
-    pq.write_table(pa.table({"track_id": ["a", "b"], "uri": ["x", "y"], "duration_s": [1.0, 2.0], "qc_pass": [True, False]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "track_id": ["a", "b"],
+                "uri": ["x", "y"],
+                "duration_s": [1.0, 2.0],
+                "qc_pass": [True, False],
+            }
+        ),
+        path,
+    )
     assert [r.track_id for r in read_manifest(path)] == ["a"]
     with pytest.raises(ManifestError, match="features_url"):
         read_manifest(path, require=("track_id", "features_url"))
@@ -163,7 +187,14 @@ def test_rng_state_round_trip():
 def test_checkpoint_is_atomic_and_keeps_the_last_ones(tmp_path):
     net = torch.nn.Linear(2, 2)
     for step in (1, 2, 3):
-        save_checkpoint(str(tmp_path), step, {"net": (net, {"width": 2})}, {"x": torch.ones(1)}, {"config": {}}, keep=2)
+        save_checkpoint(
+            str(tmp_path),
+            step,
+            {"net": (net, {"width": 2})},
+            {"x": torch.ones(1)},
+            {"config": {}},
+            keep=2,
+        )
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names == ["latest", "step-00000002", "step-00000003"]
     ckpt = load_checkpoint(str(tmp_path))
@@ -198,7 +229,9 @@ def test_lr_warms_up_then_decays():
     cfg = TrainConfig(warmup_steps=10, max_steps=110, decay="cosine", min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(110)]
     # warm-up from 0 as ACE-Step's lr_lambda (step / warmup_steps), full LR at the warm-up's end
-    assert factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
+    assert (
+        factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
+    )
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
     assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint
@@ -209,10 +242,24 @@ def test_lyric_tokenizer_is_trained_on_the_corpus_lyrics(corpus, tmp_path):
     from songmill.flows.cli import main
     from songmill.model.lyric_tokens import LyricTokenizer
 
-    lines = ["sing the night away", "light my heart again", "dance slow tonight", "sing my heart away"]
-    corpus.write("lyrics", [{"lyric_id": f"L{i}", "lyrics": line, "created_at": utcnow()} for i, line in enumerate(lines * 5)])
+    lines = [
+        "sing the night away",
+        "light my heart again",
+        "dance slow tonight",
+        "sing my heart away",
+    ]
+    corpus.write(
+        "lyrics",
+        [
+            {"lyric_id": f"L{i}", "lyrics": line, "created_at": utcnow()}
+            for i, line in enumerate(lines * 5)
+        ],
+    )
     out = str(tmp_path / "bpe.json")
-    assert main(["train", "tokenizer", "--corpus", corpus.root, "--out", out, "--vocab-size", "300"]) == 0
+    assert (
+        main(["train", "tokenizer", "--corpus", corpus.root, "--out", out, "--vocab-size", "300"])
+        == 0
+    )
     tokenizer = LyricTokenizer.load(out)
     ids = tokenizer.encode_ids("sing my heart away")
     assert ids[0] == 1 and ids[-1] == 2 and len(ids) < len("sing my heart away")
@@ -230,17 +277,28 @@ def test_manifest_records_are_typed_and_features_are_counted_from_the_footer(tmp
     from songmill.data_schema.manifest import features_count
 
     path = str(tmp_path / "m.parquet")
-    table = pa.table({
-        "track_id": ["a", "b", "c"], "uri": ["x", "y", "z"], "duration_s": [1.0, 2.0, 3.0],
-        "qc_pass": [True, None, False], "features_url": ["fa", None, "fc"], "lyrics": ["la la", None, None],
-        "beats": [[0.5, 1.0], [], [0.2]],  # a column the trainer never reads
-    })
+    table = pa.table(
+        {
+            "track_id": ["a", "b", "c"],
+            "uri": ["x", "y", "z"],
+            "duration_s": [1.0, 2.0, 3.0],
+            "qc_pass": [True, None, False],
+            "features_url": ["fa", None, "fc"],
+            "lyrics": ["la la", None, None],
+            "beats": [[0.5, 1.0], [], [0.2]],  # a column the trainer never reads
+        }
+    )
     pq.write_table(table, path)
     records = read_manifest(path)
-    assert records == [ManifestRecord("a", "x", 1.0, "fa", "la la"), ManifestRecord("b", "y", 2.0, None, None)]
+    assert records == [
+        ManifestRecord("a", "x", 1.0, "fa", "la la"),
+        ManifestRecord("b", "y", 2.0, None, None),
+    ]
     assert [r.track_id for r in read_manifest(path, require=("features_url",))] == ["a"]
     assert features_count(path) == (2, 3)
-    pq.write_table(table, path, write_statistics=False)  # no null counts in the footer: read the column
+    pq.write_table(
+        table, path, write_statistics=False
+    )  # no null counts in the footer: read the column
     assert features_count(path) == (2, 3)
     pq.write_table(table.drop(["features_url"]), path)
     assert features_count(path) == (0, 3)
@@ -248,7 +306,12 @@ def test_manifest_records_are_typed_and_features_are_counted_from_the_footer(tmp
     estimates = pa.array([[{"estimator": "dsp", "bpm": 120.0}], None, None])
     pq.write_table(pa.table({"bpm_estimates": estimates, "features_url": ["fa", "fb", None]}), path)
     assert features_count(path) == (2, 3)
-    pq.write_table(pa.table({"track_id": ["a"], "uri": ["x"], "duration_s": [1.0], "qc_pass": pa.array([None])}), path)
+    pq.write_table(
+        pa.table(
+            {"track_id": ["a"], "uri": ["x"], "duration_s": [1.0], "qc_pass": pa.array([None])}
+        ),
+        path,
+    )
     assert [r.track_id for r in read_manifest(path)] == ["a"]  # qc never ran: nothing failed it
     with pytest.raises(ManifestError, match="cannot read manifest"):
         read_manifest(str(tmp_path / "absent.parquet"))

@@ -17,4 +17,9 @@ def test_train_demo_trains_both_networks_and_writes_a_sample(tmp_path):
     for run in (result["dcae_run"], result["dit_run"]):
         assert os.path.exists(os.path.join(run, "checkpoints", "latest"))
         assert any(f.endswith(".wav") for f in os.listdir(os.path.join(run, "samples")))
-    assert " -> " in result["dit_loss"] and set(result["seconds_per_phase"]) == {"dcae", "features", "dit", "generate"}
+    assert " -> " in result["dit_loss"] and set(result["seconds_per_phase"]) == {
+        "dcae",
+        "features",
+        "dit",
+        "generate",
+    }

@@ -24,7 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(progress=False, val_every=0, ckpt_every=0, log_every=1)
 
 
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
     return synthetic_manifest(str(tmp_path_factory.mktemp("data")), n_tracks=4, duration_s=2.0)
@@ -33,7 +32,9 @@ def manifest(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def dcae_run(manifest, tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("dcae"))
-    cfg = TrainConfig(kind="dcae", batch_size=2, max_crop_s=1.0, max_steps=3, warmup_steps=1, **QUIET)
+    cfg = TrainConfig(
+        kind="dcae", batch_size=2, max_crop_s=1.0, max_steps=3, warmup_steps=1, **QUIET
+    )
     train(cfg, manifest, run)
     return run
 
@@ -42,23 +43,47 @@ def dcae_run(manifest, tmp_path_factory) -> str:
 def feature_manifest(manifest, dcae_run, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("features")
     return cache_features(
-        manifest, str(out / "corpus"), str(out / "manifest.parquet"), dcae_checkpoint=dcae_run,
-        text_encoder="tiny-random", mert="none", mhubert="none", speaker="none",
+        manifest,
+        str(out / "corpus"),
+        str(out / "manifest.parquet"),
+        dcae_checkpoint=dcae_run,
+        text_encoder="tiny-random",
+        mert="none",
+        mhubert="none",
+        speaker="none",
     )
 
 
 def dit_config(**overrides) -> TrainConfig:
-    values = dict(kind="dit", batch_size=2, max_crop_s=2.0, max_steps=6, warmup_steps=2, lr=1e-3, **QUIET)
+    values = dict(
+        kind="dit", batch_size=2, max_crop_s=2.0, max_steps=6, warmup_steps=2, lr=1e-3, **QUIET
+    )
     return TrainConfig(**{**values, **overrides})
 
 
 def test_dcae_phase1_writes_safetensors_checkpoint_and_sample(manifest, tmp_path):
-    cfg = TrainConfig(kind="dcae", batch_size=2, max_crop_s=1.0, max_steps=2, progress=False,
-                      val_every=2, val_duration_s=1.0, griffin_lim_iters=2, ckpt_every=0)
+    cfg = TrainConfig(
+        kind="dcae",
+        batch_size=2,
+        max_crop_s=1.0,
+        max_steps=2,
+        progress=False,
+        val_every=2,
+        val_duration_s=1.0,
+        griffin_lim_iters=2,
+        ckpt_every=0,
+    )
     result = train(cfg, manifest, str(tmp_path))
     ckpt = result.checkpoint
     files = set(os.listdir(ckpt))
-    assert {"dcae.safetensors", "dcae.json", "dcae_ema.safetensors", "state.safetensors", "state.json", "trainer.json"} <= files
+    assert {
+        "dcae.safetensors",
+        "dcae.json",
+        "dcae_ema.safetensors",
+        "state.safetensors",
+        "state.json",
+        "trainer.json",
+    } <= files
     assert not [f for f in files if f.endswith((".pt", ".pth", ".bin", ".pkl"))]
     sample = result.samples[-1]
     assert sf.info(sample["wav"]).duration > 0.5
@@ -68,14 +93,31 @@ def test_dcae_phase1_writes_safetensors_checkpoint_and_sample(manifest, tmp_path
 
 def test_dcae_loss_falls_on_an_overfit_batch(tmp_path):
     one = synthetic_manifest(str(tmp_path / "one"), n_tracks=1, duration_s=1.0)
-    cfg = TrainConfig(kind="dcae", batch_size=2, max_crop_s=1.0, max_steps=30, warmup_steps=1, lr=3e-3,
-                      ema_decay=0.0, decay="constant", **QUIET)
+    cfg = TrainConfig(
+        kind="dcae",
+        batch_size=2,
+        max_crop_s=1.0,
+        max_steps=30,
+        warmup_steps=1,
+        lr=3e-3,
+        ema_decay=0.0,
+        decay="constant",
+        **QUIET,
+    )
     losses = train(cfg, one, str(tmp_path / "run")).losses
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
 
 def test_dcae_phase2_trains_decoder_and_discriminator_only(manifest, dcae_run, tmp_path):
-    cfg = TrainConfig(kind="dcae", dcae_phase=2, init_from=dcae_run, batch_size=2, max_crop_s=1.0, max_steps=2, **QUIET)
+    cfg = TrainConfig(
+        kind="dcae",
+        dcae_phase=2,
+        init_from=dcae_run,
+        batch_size=2,
+        max_crop_s=1.0,
+        max_steps=2,
+        **QUIET,
+    )
     result = train(cfg, manifest, str(tmp_path))
     ckpt = load_checkpoint(result.checkpoint)
     assert "disc_optimizer" in ckpt.state and ckpt.has("discriminator")
@@ -89,7 +131,9 @@ def test_dcae_phase2_trains_decoder_and_discriminator_only(manifest, dcae_run, t
     from songmill.model.config import preset
 
     assert before["latent_scale"].item() != pytest.approx(preset("tiny").dcae.latent_scale)
-    assert torch.equal(before["latent_shift"], after["latent_shift"]) and torch.equal(before["latent_scale"], after["latent_scale"])
+    assert torch.equal(before["latent_shift"], after["latent_shift"]) and torch.equal(
+        before["latent_scale"], after["latent_scale"]
+    )
 
 
 def test_dit_trains_on_cached_features(feature_manifest, tmp_path):
@@ -101,10 +145,26 @@ def test_dit_trains_on_cached_features(feature_manifest, tmp_path):
 
 def test_dit_loss_falls_on_an_overfit_batch(tmp_path, dcae_run):
     one = synthetic_manifest(str(tmp_path / "one"), n_tracks=1, duration_s=2.0)
-    features = cache_features(one, str(tmp_path / "corpus"), str(tmp_path / "m.parquet"), dcae_checkpoint=dcae_run,
-                              text_encoder="tiny-random", mert="none", mhubert="none", speaker="none")
-    cfg = dit_config(batch_size=4, max_steps=60, lr=3e-3, ema_decay=0.0, decay="constant", cfg_p_text=0.0,
-                     cfg_p_lyrics=0.0, cfg_p_speaker=0.0)
+    features = cache_features(
+        one,
+        str(tmp_path / "corpus"),
+        str(tmp_path / "m.parquet"),
+        dcae_checkpoint=dcae_run,
+        text_encoder="tiny-random",
+        mert="none",
+        mhubert="none",
+        speaker="none",
+    )
+    cfg = dit_config(
+        batch_size=4,
+        max_steps=60,
+        lr=3e-3,
+        ema_decay=0.0,
+        decay="constant",
+        cfg_p_text=0.0,
+        cfg_p_lyrics=0.0,
+        cfg_p_speaker=0.0,
+    )
     losses = train(cfg, features, str(tmp_path / "run")).losses
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
 
@@ -130,20 +190,48 @@ def test_resume_with_changed_settings_is_refused_unless_forced(feature_manifest,
     changed = cfg.updated({"max_steps": 2, "lr": 5e-4})
     with pytest.raises(CheckpointError, match="lr"):
         train(changed, feature_manifest, str(tmp_path), resume=str(tmp_path))
-    assert train(changed, feature_manifest, str(tmp_path), resume=str(tmp_path), force=True).step == 2
+    assert (
+        train(changed, feature_manifest, str(tmp_path), resume=str(tmp_path), force=True).step == 2
+    )
 
 
 def test_sigterm_writes_a_checkpoint_and_stops(feature_manifest, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "songmill.flows.cli", "train", "dit", "--manifest", feature_manifest, "--run-dir", str(run),
-           "--max-steps", "100000", "--set", "train.progress=false", "--set", "train.ckpt_every=0",
-           "--set", "train.val_every=0", "--set", "train.max_crop_s=2.0", "--batch-size", "2", "--set", "train.trace=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "songmill.flows.cli",
+        "train",
+        "dit",
+        "--manifest",
+        feature_manifest,
+        "--run-dir",
+        str(run),
+        "--max-steps",
+        "100000",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.ckpt_every=0",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.max_crop_s=2.0",
+        "--batch-size",
+        "2",
+        "--set",
+        "train.trace=true",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         trace = run / "trace-rank0.jsonl"
         deadline = time.time() + 60
-        while time.time() < deadline and (not trace.exists() or len(trace.read_text().splitlines()) < 3):
+        while time.time() < deadline and (
+            not trace.exists() or len(trace.read_text().splitlines()) < 3
+        ):
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -163,8 +251,23 @@ def test_generate_writes_audio_of_the_requested_duration(feature_manifest, tmp_p
     lyrics = tmp_path / "lyrics.txt"
     lyrics.write_text("[verse]\nsing the night away\n")
     out = tmp_path / "song.wav"
-    code = main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "funk, 104 bpm", "--lyrics",
-                 str(lyrics), "--duration", "1.5", "--out", str(out), "--steps", "2"])
+    code = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--prompt",
+            "funk, 104 bpm",
+            "--lyrics",
+            str(lyrics),
+            "--duration",
+            "1.5",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+        ]
+    )
     assert code == 0
     info = sf.info(out)
     assert info.samplerate == 44100 and info.channels == 2 and info.frames == round(1.5 * 44100)
@@ -175,7 +278,17 @@ def test_generate_refuses_a_pickle_checkpoint_in_one_line(tmp_path, capsys):
     from songmill.flows.cli import main
 
     torch.save({"dit": torch.zeros(1)}, tmp_path / "dit.pt")
-    args = ["generate", "--checkpoint", str(tmp_path), "--prompt", "x", "--duration", "1", "--out", str(tmp_path / "o.wav")]
+    args = [
+        "generate",
+        "--checkpoint",
+        str(tmp_path),
+        "--prompt",
+        "x",
+        "--duration",
+        "1",
+        "--out",
+        str(tmp_path / "o.wav"),
+    ]
     assert main(args) != 0
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "pickle" in err and "Traceback" not in err
@@ -192,7 +305,14 @@ def test_dcae_fine_tunes_from_a_weights_dir_keeping_its_latent_constants(manifes
     torch.manual_seed(123)  # not the run's seed: the weights must come from the dir
     save_module(MusicDCAE(dcae_cfg), dcae_cfg.to_dict(), tmp_path / "release", "dcae")
     start = load_file(str(tmp_path / "release" / "dcae.safetensors"))
-    cfg = TrainConfig(kind="dcae", init_from=str(tmp_path / "release"), batch_size=2, max_crop_s=1.0, max_steps=1, **QUIET)
+    cfg = TrainConfig(
+        kind="dcae",
+        init_from=str(tmp_path / "release"),
+        batch_size=2,
+        max_crop_s=1.0,
+        max_steps=1,
+        **QUIET,
+    )
     after = load_checkpoint(train(cfg, manifest, str(tmp_path / "run")).checkpoint).weights("dcae")
     # the first step runs at LR 0 (warm-up from 0): the weights are still exactly the dir's
     assert all(torch.equal(start[k], after[k]) for k in start)
@@ -220,15 +340,25 @@ def test_features_for_a_manifest_go_through_the_runner(manifest, dcae_run, tmp_p
     rows.append({**rows[0], "track_id": bad_id, "uri": str(gone), "duration_s": 2.0})
     mixed = str(tmp_path / "mixed.parquet")
     pq.write_table(pa.Table.from_pylist(rows), mixed)
-    settings = dict(dcae_checkpoint=dcae_run, text_encoder="tiny-random", mert="none", mhubert="none", speaker="none")
+    settings = dict(
+        dcae_checkpoint=dcae_run,
+        text_encoder="tiny-random",
+        mert="none",
+        mhubert="none",
+        speaker="none",
+    )
     out = cache_features(mixed, str(tmp_path / "corpus"), str(tmp_path / "f.parquet"), **settings)
     assert "moved_away.wav" in capsys.readouterr().err
     written = pq.read_table(out)
-    assert sorted(written.column("track_id").to_pylist()) == sorted(r["track_id"] for r in rows[:-1])
+    assert sorted(written.column("track_id").to_pylist()) == sorted(
+        r["track_id"] for r in rows[:-1]
+    )
     corpus = Corpus(str(tmp_path / "corpus"), create=False)
     assert corpus.sql("SELECT count(*) FROM tracks").column(0)[0].as_py() == len(rows)
     features = corpus.sql("SELECT track_id, inputs, run_id FROM features").to_pylist()
-    assert len(features) == len(rows) - 1 and all(f["run_id"] == features[0]["run_id"] for f in features)
+    assert len(features) == len(rows) - 1 and all(
+        f["run_id"] == features[0]["run_id"] for f in features
+    )
     errors = corpus.sql("SELECT track_id, stage FROM errors WHERE stage = 'features'").to_pylist()
     assert errors == [{"track_id": bad_id, "stage": "features"}]
     runs = corpus.sql("SELECT stage, n_ok, n_error FROM runs WHERE stage = 'features'").to_pylist()

@@ -12,8 +12,15 @@ from songmill.train.config import TrainConfig
 from songmill.train.loop import train
 from songmill.train.prepare import cache_features, synthetic_manifest
 
-QUIET = dict(progress=False, val_every=0, ckpt_every=0, log_every=1, batch_size=2, max_crop_s=2.0, warmup_steps=1)
-
+QUIET = dict(
+    progress=False,
+    val_every=0,
+    ckpt_every=0,
+    log_every=1,
+    batch_size=2,
+    max_crop_s=2.0,
+    warmup_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +28,26 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     manifest = synthetic_manifest(str(root / "data"), n_tracks=2, duration_s=2.0)
     train(TrainConfig(kind="dcae", max_steps=1, **QUIET), manifest, str(root / "dcae"))
-    features = cache_features(manifest, str(root / "corpus"), str(root / "m.parquet"), dcae_checkpoint=str(root / "dcae"),
-                              text_encoder="tiny-random", mert="none", mhubert="none", speaker="none")
+    features = cache_features(
+        manifest,
+        str(root / "corpus"),
+        str(root / "m.parquet"),
+        dcae_checkpoint=str(root / "dcae"),
+        text_encoder="tiny-random",
+        mert="none",
+        mhubert="none",
+        speaker="none",
+    )
     base = train(TrainConfig(kind="dit", max_steps=2, **QUIET), features, str(root / "base"))
-    lora_cfg = TrainConfig(kind="dit", max_steps=3, lora_rank=4, lora_alpha=8.0, base_checkpoint=str(root / "base"),
-                           lr=1e-2, **QUIET)
+    lora_cfg = TrainConfig(
+        kind="dit",
+        max_steps=3,
+        lora_rank=4,
+        lora_alpha=8.0,
+        base_checkpoint=str(root / "base"),
+        lr=1e-2,
+        **QUIET,
+    )
     lora = train(lora_cfg, features, str(root / "lora"))
     return {"root": root, "features": features, "base": base, "lora": lora, "lora_cfg": lora_cfg}
 
@@ -35,9 +57,13 @@ def _inputs(dit):
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 16, 12, generator=gen)
-    cond = Conditions(torch.randn(2, 5, dit.cfg.text_dim, generator=gen), torch.ones(2, 5, dtype=torch.bool),
-                      torch.randint(1, 200, (2, 7), generator=gen), torch.ones(2, 7, dtype=torch.bool),
-                      torch.randn(2, dit.cfg.speaker_dim, generator=gen))
+    cond = Conditions(
+        torch.randn(2, 5, dit.cfg.text_dim, generator=gen),
+        torch.ones(2, 5, dtype=torch.bool),
+        torch.randint(1, 200, (2, 7), generator=gen),
+        torch.ones(2, 7, dtype=torch.bool),
+        torch.randn(2, dit.cfg.speaker_dim, generator=gen),
+    )
     return x, torch.tensor([0.3, 0.8]), cond
 
 
@@ -73,8 +99,13 @@ def test_lora_resume_and_merge_export(runs, tmp_path):
     from songmill.model.weights import load_module
     from songmill.train.export import merge_lora_checkpoint
 
-    resumed = train(runs["lora_cfg"].updated({"max_steps": 4}), runs["features"], str(runs["root"] / "lora"),
-                    resume=str(runs["root"] / "lora"), force=True)
+    resumed = train(
+        runs["lora_cfg"].updated({"max_steps": 4}),
+        runs["features"],
+        str(runs["root"] / "lora"),
+        resume=str(runs["root"] / "lora"),
+        force=True,
+    )
     assert resumed.step == 4 and load_checkpoint(resumed.checkpoint).trainer["lora"] is True
     out = merge_lora_checkpoint(resumed.checkpoint, str(tmp_path / "merged"))
     dit = load_module(LinearDiT, out, "dit")

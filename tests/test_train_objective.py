@@ -40,7 +40,9 @@ def write_feature_manifest(root, tracks: list[dict], seed: int = 0) -> str:
         tensors = {
             "latent": torch.randn(8, 16, frames, generator=gen).half(),
             "text.tags": torch.randn(5, 32, generator=gen).half(),
-            "lyrics": torch.tensor(tokenizer.encode_ids(track.get("lyrics", "")), dtype=torch.int32),
+            "lyrics": torch.tensor(
+                tokenizer.encode_ids(track.get("lyrics", "")), dtype=torch.int32
+            ),
         }
         repa_fps = {}
         if track.get("repa", True):
@@ -48,18 +50,34 @@ def write_feature_manifest(root, tracks: list[dict], seed: int = 0) -> str:
             tensors["repa.mhubert"] = torch.randn(int(duration * 50), 768, generator=gen).half()
             repa_fps = {"mert": 75.0, "mhubert": 50.0}
         metadata = {
-            "latent_frames": frames, "latent_fps": LATENT_FPS, "captions": {"tags": f"track {i}"},
-            "repa_fps": repa_fps, "speaker_dim": 512, "lyric_tokenizer_path": "", "lyric_vocab_size": 260,
-            "text_encoder": "tiny-random", "dcae_checkpoint": "", "lyric_lines": track.get("lyric_lines", []),
-            "lyrics_untimed": track.get("lyrics_untimed", bool(track.get("lyrics")) and not track.get("lyric_lines")),
+            "latent_frames": frames,
+            "latent_fps": LATENT_FPS,
+            "captions": {"tags": f"track {i}"},
+            "repa_fps": repa_fps,
+            "speaker_dim": 512,
+            "lyric_tokenizer_path": "",
+            "lyric_vocab_size": 260,
+            "text_encoder": "tiny-random",
+            "dcae_checkpoint": "",
+            "lyric_lines": track.get("lyric_lines", []),
+            "lyrics_untimed": track.get(
+                "lyrics_untimed", bool(track.get("lyrics")) and not track.get("lyric_lines")
+            ),
         }
         blob = shard_bytes(tensors, metadata)
         path = os.path.join(root, f"shard{i}.safetensors")
         with open(path, "wb") as f:
             f.write(blob)
-        rows.append({"track_id": hashlib.sha256(blob).hexdigest(), "uri": f"/nonexistent/track{i}.wav",
-                     "duration_s": duration, "qc_pass": True, "features_url": path,
-                     "lyrics": track.get("lyrics", "")})
+        rows.append(
+            {
+                "track_id": hashlib.sha256(blob).hexdigest(),
+                "uri": f"/nonexistent/track{i}.wav",
+                "duration_s": duration,
+                "qc_pass": True,
+                "features_url": path,
+                "lyrics": track.get("lyrics", ""),
+            }
+        )
     manifest = os.path.join(root, "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     return manifest
@@ -84,7 +102,9 @@ def test_x0_loss_is_the_sigma_squared_weighted_velocity_loss():
     # it is not the plain velocity loss, and a perfect velocity makes both zero
     assert got.item() < 0.5 * flow_matching_loss(v, x0, noise, mask).item()
     assert x0_space_loss(noise - x0, noisy, x0, sigma, mask).item() == pytest.approx(0.0, abs=1e-10)
-    assert denoising_loss("velocity", v, noisy, x0, noise, sigma, mask) == flow_matching_loss(v, x0, noise, mask)
+    assert denoising_loss("velocity", v, noisy, x0, noise, sigma, mask) == flow_matching_loss(
+        v, x0, noise, mask
+    )
     assert denoising_loss("x0", v, noisy, x0, noise, sigma, mask) == got
 
 
@@ -93,7 +113,9 @@ def test_training_defaults_are_acestep_and_the_old_ones_stay_settings():
     assert (cfg.loss_space, cfg.repa_reduce, cfg.cfg_drop_lyric_mask) == ("x0", "mean", True)
     assert cfg.betas == (0.8, 0.9) and cfg.grad_clip == 0.5 and cfg.weight_decay == 0.01
     assert (cfg.decay, cfg.warmup_steps, cfg.min_lr_ratio) == ("linear", 10, 0.0)
-    old = cfg.updated({"loss_space": "velocity", "repa_reduce": "sum", "betas": [0.9, 0.999], "decay": "cosine"})
+    old = cfg.updated(
+        {"loss_space": "velocity", "repa_reduce": "sum", "betas": [0.9, 0.999], "decay": "cosine"}
+    )
     assert old.betas == (0.9, 0.999) and old.config_hash() != cfg.config_hash()
     with pytest.raises(TrainConfigError, match="loss_space"):
         cfg.updated({"loss_space": "eps"})
@@ -108,7 +130,9 @@ def test_schedule_is_acestep_lr_lambda():
 
 def test_the_loop_builds_adamw_and_clips_with_the_defaults(tmp_path):
     manifest = write_feature_manifest(tmp_path / "data", [{"duration_s": 2.0}, {"duration_s": 2.0}])
-    result = train(TrainConfig(kind="dit", batch_size=2, max_steps=3, **QUIET), manifest, str(tmp_path / "run"))
+    result = train(
+        TrainConfig(kind="dit", batch_size=2, max_steps=3, **QUIET), manifest, str(tmp_path / "run")
+    )
     from songmill.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(result.checkpoint)
@@ -119,7 +143,10 @@ def test_the_loop_builds_adamw_and_clips_with_the_defaults(tmp_path):
     # generation from this run gives the unconditional branch the zeroed lyric mask it was trained on
     from songmill.train.tasks import uncond_lyric_mask
 
-    assert uncond_lyric_mask(ckpt.trainer["conditioning"]) == "zero" and uncond_lyric_mask({}) == "keep"
+    assert (
+        uncond_lyric_mask(ckpt.trainer["conditioning"]) == "zero"
+        and uncond_lyric_mask({}) == "keep"
+    )
 
 
 # -- REPA ----------------------------------------------------------------------------------------
@@ -130,17 +157,30 @@ def test_repa_state_is_taken_after_block_index_8():
     from songmill.model.dit import LinearDiT
 
     tiny = preset("tiny").dit
-    cfg = type(tiny).from_dict({**tiny.to_dict(), "depth": 10, "repa_block": preset("base").dit.repa_block})
+    cfg = type(tiny).from_dict(
+        {**tiny.to_dict(), "depth": 10, "repa_block": preset("base").dit.repa_block}
+    )
     dit = LinearDiT(cfg).eval()
     blocks = getattr(dit, "transformer_blocks", None) or dit.blocks
-    projectors = dit.projectors if isinstance(dit.projectors, torch.nn.ModuleList) else list(dit.projectors.values())
+    projectors = (
+        dit.projectors
+        if isinstance(dit.projectors, torch.nn.ModuleList)
+        else list(dit.projectors.values())
+    )
     seen: dict[str, torch.Tensor] = {}
-    hooks = [blocks[8].register_forward_hook(lambda m, i, o: seen.__setitem__("block8", o)),
-             blocks[7].register_forward_hook(lambda m, i, o: seen.__setitem__("block7", o)),
-             projectors[0].register_forward_hook(lambda m, i, o: seen.__setitem__("projector_in", i[0]))]
+    hooks = [
+        blocks[8].register_forward_hook(lambda m, i, o: seen.__setitem__("block8", o)),
+        blocks[7].register_forward_hook(lambda m, i, o: seen.__setitem__("block7", o)),
+        projectors[0].register_forward_hook(lambda m, i, o: seen.__setitem__("projector_in", i[0])),
+    ]
     gen = torch.Generator().manual_seed(0)
-    cond = Conditions(torch.randn(1, 3, cfg.text_dim, generator=gen), torch.ones(1, 3, dtype=torch.bool),
-                      torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.bool), torch.randn(1, 512, generator=gen))
+    cond = Conditions(
+        torch.randn(1, 3, cfg.text_dim, generator=gen),
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.tensor([[5, 6, 7]]),
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.randn(1, 512, generator=gen),
+    )
     with torch.no_grad():
         dit(torch.randn(1, 8, 16, 6, generator=gen), torch.tensor([0.5]), cond, return_repa=True)
     for h in hooks:
@@ -158,7 +198,9 @@ def test_repa_terms_are_averaged_by_default(tmp_path):
         torch.manual_seed(0)
         task = DiTTask(TrainConfig(kind="dit", repa_reduce=reduce, **QUIET), manifest)
         batch = task.collate([task.dataset[key] for key in task_keys(task)])
-        loss, logs = task.loss(task.model, batch, torch.Generator().manual_seed(1), torch.device("cpu"))
+        loss, logs = task.loss(
+            task.model, batch, torch.Generator().manual_seed(1), torch.device("cpu")
+        )
         losses[reduce] = (loss.item(), logs)
     mean_loss, logs = losses["mean"]
     terms = [logs["loss/repa_mert"], logs["loss/repa_mhubert"]]
@@ -179,9 +221,13 @@ def task_keys(task):
 
 def _cond(batch: int = 4) -> Conditions:
     gen = torch.Generator().manual_seed(0)
-    return Conditions(torch.randn(batch, 3, 32, generator=gen), torch.ones(batch, 3, dtype=torch.bool),
-                      torch.randint(5, 200, (batch, 6), generator=gen), torch.ones(batch, 6, dtype=torch.bool),
-                      torch.randn(batch, 512, generator=gen))
+    return Conditions(
+        torch.randn(batch, 3, 32, generator=gen),
+        torch.ones(batch, 3, dtype=torch.bool),
+        torch.randint(5, 200, (batch, 6), generator=gen),
+        torch.ones(batch, 6, dtype=torch.bool),
+        torch.randn(batch, 512, generator=gen),
+    )
 
 
 def test_dropped_lyrics_lose_their_mask_too():
@@ -215,7 +261,9 @@ def test_the_dit_step_sees_the_zeroed_lyric_mask_and_stays_finite(tmp_path):
 
     batch = task.collate([task.dataset[k] for k in task_keys(task)])
     assert batch["lyrics_mask"].any()
-    loss, _ = task.loss(Recording(task.model), batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+    loss, _ = task.loss(
+        Recording(task.model), batch, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     loss.backward()
     assert not seen[0].lyrics_mask.any() and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in task.model.parameters() if p.grad is not None)
@@ -224,8 +272,11 @@ def test_the_dit_step_sees_the_zeroed_lyric_mask_and_stays_finite(tmp_path):
 # -- lyrics and audio crops agree ------------------------------------------------------------------
 
 
-LINES = [{"start": 0.5, "end": 1.5, "text": "first line"}, {"start": 4.5, "end": 5.5, "text": "second line"},
-         {"start": 8.5, "end": 9.5, "text": "third line"}]
+LINES = [
+    {"start": 0.5, "end": 1.5, "text": "first line"},
+    {"start": 4.5, "end": 5.5, "text": "second line"},
+    {"start": 8.5, "end": 9.5, "text": "third line"},
+]
 
 
 def _crops(manifest, lyric_crop: str, n: int = 24):
@@ -247,15 +298,20 @@ def test_timestamped_lyrics_are_sliced_to_the_crop(tmp_path):
     import songmill.train.data as data
 
     text = " ".join(line["text"] for line in LINES)
-    manifest = write_feature_manifest(tmp_path, [{"duration_s": 10.0, "lyrics": text, "lyric_lines": LINES}])
+    manifest = write_feature_manifest(
+        tmp_path, [{"duration_s": 10.0, "lyrics": text, "lyric_lines": LINES}]
+    )
     starts = set()
     for item, tokenizer in _crops(manifest, "timestamps"):
         latent = item["latent"]
         from songmill.data_schema.shards import FeatureShard
 
         full = FeatureShard.open(pq.read_table(manifest).column("features_url")[0].as_py()).latent()
-        start = next(s for s in range(full.shape[-1] - latent.shape[-1] + 1)
-                     if torch.equal(full[..., s : s + latent.shape[-1]], latent))
+        start = next(
+            s
+            for s in range(full.shape[-1] - latent.shape[-1] + 1)
+            if torch.equal(full[..., s : s + latent.shape[-1]], latent)
+        )
         starts.add(start)
         begin_s, end_s = start / data.LATENT_FPS, (start + latent.shape[-1]) / data.LATENT_FPS
         sung = [ln["text"] for ln in LINES if begin_s <= (ln["start"] + ln["end"]) / 2 < end_s]
@@ -266,7 +322,9 @@ def test_timestamped_lyrics_are_sliced_to_the_crop(tmp_path):
 
 def test_lyric_crop_start_and_full(tmp_path):
     text = " ".join(line["text"] for line in LINES)
-    timed = write_feature_manifest(tmp_path / "timed", [{"duration_s": 10.0, "lyrics": text, "lyric_lines": LINES}])
+    timed = write_feature_manifest(
+        tmp_path / "timed", [{"duration_s": 10.0, "lyrics": text, "lyric_lines": LINES}]
+    )
     untimed = write_feature_manifest(tmp_path / "untimed", [{"duration_s": 10.0, "lyrics": text}])
     from songmill.data_schema.shards import FeatureShard
 
@@ -280,24 +338,41 @@ def test_lyric_crop_start_and_full(tmp_path):
     for item, _ in _crops(untimed, "timestamps", 6):
         assert torch.equal(item["latent"], untimed_shard.latent(0, item["latent"].shape[-1]))
     # an instrumental ("[instrumental]" ids, nothing sung: lyrics_untimed false) crops anywhere
-    inst = write_feature_manifest(tmp_path / "inst", [{"duration_s": 10.0, "lyrics": "[instrumental]", "lyrics_untimed": False}])
+    inst = write_feature_manifest(
+        tmp_path / "inst",
+        [{"duration_s": 10.0, "lyrics": "[instrumental]", "lyrics_untimed": False}],
+    )
     inst_shard = FeatureShard.open(pq.read_table(inst).column("features_url")[0].as_py())
     inst_items = [item for item, _ in _crops(inst, "timestamps", 12)]
-    assert any(not torch.equal(item["latent"], inst_shard.latent(0, item["latent"].shape[-1])) for item in inst_items)
+    assert any(
+        not torch.equal(item["latent"], inst_shard.latent(0, item["latent"].shape[-1]))
+        for item in inst_items
+    )
     anywhere = [item for item, _ in _crops(timed, "full", 12)]
     assert all(item["lyrics"].tolist() == everything for item in anywhere)
-    assert any(not torch.equal(item["latent"], full.latent(0, item["latent"].shape[-1])) for item in anywhere)
+    assert any(
+        not torch.equal(item["latent"], full.latent(0, item["latent"].shape[-1]))
+        for item in anywhere
+    )
 
 
 def test_features_stage_keeps_the_transcript_timestamps():
     from songmill.annotate.base import Track
     from songmill.annotate.features import FeaturesConfig, lyric_lines, lyrics_untimed
 
-    segments = [{"start": 0.0, "end": 2.0, "text": " hello there"}, {"start": 3.0, "end": 4.5, "text": " general"}]
-    track = Track({"track_id": "t", "uri": "x"}, {"transcripts": {"text": "hello there general", "segments": segments}})
+    segments = [
+        {"start": 0.0, "end": 2.0, "text": " hello there"},
+        {"start": 3.0, "end": 4.5, "text": " general"},
+    ]
+    track = Track(
+        {"track_id": "t", "uri": "x"},
+        {"transcripts": {"text": "hello there general", "segments": segments}},
+    )
     lines = lyric_lines(track, "hello there general")
     assert [(ln["start"], ln["end"]) for ln in lines] == [(0.0, 2.0), (3.0, 4.5)]
-    assert lyric_lines(track, "a catalog lyric with other words") == []  # not the transcript: no times
+    assert (
+        lyric_lines(track, "a catalog lyric with other words") == []
+    )  # not the transcript: no times
     # the tokens stage's section-tagged transcript: each tag goes with the segment it starts in
     tagged = lyric_lines(track, "[verse]\nhello there\n[chorus]\ngeneral")
     assert [ln["text"] for ln in tagged] == ["[verse]\nhello there", "[chorus]\ngeneral"]
@@ -321,12 +396,23 @@ def test_dit_fine_tunes_from_a_checkpoint_with_its_own_config(tmp_path):
     torch.manual_seed(5)
     save_module(LinearDiT(cfg), cfg.to_dict(), tmp_path / "pretrained", "dit")
     start = load_file(str(tmp_path / "pretrained" / "dit.safetensors"))
-    run = train(TrainConfig(kind="dit", init_from=str(tmp_path / "pretrained"), batch_size=2, max_steps=1, **QUIET),
-                manifest, str(tmp_path / "run"))
+    run = train(
+        TrainConfig(
+            kind="dit", init_from=str(tmp_path / "pretrained"), batch_size=2, max_steps=1, **QUIET
+        ),
+        manifest,
+        str(tmp_path / "run"),
+    )
     after = load_checkpoint(run.checkpoint).weights("dit")
-    assert set(after) == set(start) and all(torch.equal(start[k], after[k]) for k in start)  # LR 0 at step 0
+    assert set(after) == set(start) and all(
+        torch.equal(start[k], after[k]) for k in start
+    )  # LR 0 at step 0
     # features from another text encoder are refused, in one sentence
     wide = type(tiny).from_dict({**tiny.to_dict(), "text_dim": 768})
     save_module(LinearDiT(wide), wide.to_dict(), tmp_path / "wide", "dit")
     with pytest.raises(ValueError, match="768-d text states but the features hold 32-d"):
-        train(TrainConfig(kind="dit", init_from=str(tmp_path / "wide"), max_steps=1, **QUIET), manifest, str(tmp_path / "r2"))
+        train(
+            TrainConfig(kind="dit", init_from=str(tmp_path / "wide"), max_steps=1, **QUIET),
+            manifest,
+            str(tmp_path / "r2"),
+        )

@@ -32,11 +32,17 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def speech_over_music(text: str, seconds_before: float = 1.0, vocal_db: float = 6.0, seed: int = 0) -> np.ndarray:
+def speech_over_music(
+    text: str, seconds_before: float = 1.0, vocal_db: float = 6.0, seed: int = 0
+) -> np.ndarray:
     synth = espeak()
     voice = synth.speak(text, rate=140)
-    music = render_track(110, "D", "major", voice.size / synth.sample_rate + 2 * seconds_before, seed=seed)
-    return mix_vocals(voice, synth.sample_rate, music, 44100, vocal_to_music_db=vocal_db, start_s=seconds_before)
+    music = render_track(
+        110, "D", "major", voice.size / synth.sample_rate + 2 * seconds_before, seed=seed
+    )
+    return mix_vocals(
+        voice, synth.sample_rate, music, 44100, vocal_to_music_db=vocal_db, start_s=seconds_before
+    )
 
 
 # -- guards and VAD ---------------------------------------------------------------------------
@@ -54,8 +60,12 @@ def test_hallucination_flags():
     assert {"repeated_ngram", "compression_ratio"} <= set(looped)
     assert hallucination_flags("Thanks for watching!", [ok_segment], cfg) == ["known_phrase"]
     assert "no_speech" in hallucination_flags("hmm", [dict(ok_segment, no_speech_prob=0.9)], cfg)
-    assert "low_logprob" in hallucination_flags("hmm hmm", [dict(ok_segment, avg_logprob=-1.6)], cfg)
-    assert hallucination_flags("la la la la", [ok_segment], cfg) == []  # a sung 'la la la la' is fine
+    assert "low_logprob" in hallucination_flags(
+        "hmm hmm", [dict(ok_segment, avg_logprob=-1.6)], cfg
+    )
+    assert (
+        hallucination_flags("la la la la", [ok_segment], cfg) == []
+    )  # a sung 'la la la la' is fine
 
 
 def test_energy_vad_finds_the_spoken_stretch():
@@ -70,7 +80,9 @@ def test_energy_vad_finds_the_spoken_stretch():
 
 # -- missing weights ---------------------------------------------------------------------------
 def test_missing_openai_whisper_weights_say_which_file(tmp_path):
-    stage = TranscribeStage(TranscribeConfig(backend="openai-whisper", model="tiny", model_dir=str(tmp_path)))
+    stage = TranscribeStage(
+        TranscribeConfig(backend="openai-whisper", model="tiny", model_dir=str(tmp_path))
+    )
     with pytest.raises(StageUnavailable, match=re.escape(str(tmp_path / "tiny.pt"))):
         stage.setup()
 
@@ -85,14 +97,21 @@ def test_missing_faster_whisper_weights_name_the_repo(tmp_path):
 def test_missing_weights_give_retryable_errors_and_the_run_goes_on(tmp_path, corpus, tiny_en):
     write_audio(tmp_path / "src" / "a.wav", speech_over_music("hello there my friend", seed=1))
     ingest(corpus, [str(tmp_path / "src")])
-    missing = TranscribeStage(TranscribeConfig(backend="openai-whisper", model="tiny", model_dir=str(tmp_path / "none")))
+    missing = TranscribeStage(
+        TranscribeConfig(backend="openai-whisper", model="tiny", model_dir=str(tmp_path / "none"))
+    )
     working = tiny_en
     first, second = run_stages(corpus, [missing, working])
     assert first.unavailable and "tiny.pt" in first.unavailable and first.n_error == 1
     assert second.n_ok == 1
     errors = corpus.sql("SELECT stage, error_type, message, retryable FROM errors").to_pylist()
     assert errors == [
-        {"stage": "transcribe", "error_type": "StageUnavailable", "message": first.unavailable, "retryable": True}
+        {
+            "stage": "transcribe",
+            "error_type": "StageUnavailable",
+            "message": first.unavailable,
+            "retryable": True,
+        }
     ]
 
 
@@ -125,8 +144,13 @@ def test_input_choice_vocals_mix_and_instrumental(tmp_path, corpus, tiny_en):
     write_audio(tmp_path / "src" / "plain.wav", speech_over_music(SENTENCE, seed=3))
     write_audio(tmp_path / "src" / "instrumental.wav", render_track(120, "A", "minor", 4.0, seed=4))
     ingest(corpus, [str(tmp_path / "src")])
-    ids = {r["uri"].rsplit("/", 1)[1]: r["track_id"] for r in corpus.sql("SELECT track_id, uri FROM tracks").to_pylist()}
-    vocals_uri = corpus.write_bytes("stems/test/vocals.flac", flac_bytes(voice, espeak().sample_rate))
+    ids = {
+        r["uri"].rsplit("/", 1)[1]: r["track_id"]
+        for r in corpus.sql("SELECT track_id, uri FROM tracks").to_pylist()
+    }
+    vocals_uri = corpus.write_bytes(
+        "stems/test/vocals.flac", flac_bytes(voice, espeak().sample_rate)
+    )
     separation = [
         {"track_id": ids["separated.wav"], "vocals_uri": vocals_uri, "is_instrumental": False},
         {"track_id": ids["instrumental.wav"], "vocals_uri": None, "is_instrumental": True},
@@ -137,13 +161,28 @@ def test_input_choice_vocals_mix_and_instrumental(tmp_path, corpus, tiny_en):
     (summary,) = run_stages(corpus, [tiny_en])
     assert summary.n_ok == 3
     rows = {r["track_id"]: r for r in corpus.sql("SELECT * FROM transcripts").to_pylist()}
-    separated, plain, instrumental = (rows[ids[n]] for n in ("separated.wav", "plain.wav", "instrumental.wav"))
+    separated, plain, instrumental = (
+        rows[ids[n]] for n in ("separated.wav", "plain.wav", "instrumental.wav")
+    )
     assert (separated["input"], separated["input_uri"]) == ("vocals", vocals_uri)
-    assert (plain["input"], plain["input_uri"]) == ("mix", corpus.sql(f"SELECT uri FROM tracks WHERE track_id = '{ids['plain.wav']}'").column("uri")[0].as_py())
-    assert (instrumental["input"], instrumental["text"], instrumental["segments"]) == ("none", "", [])
+    assert (plain["input"], plain["input_uri"]) == (
+        "mix",
+        corpus.sql(f"SELECT uri FROM tracks WHERE track_id = '{ids['plain.wav']}'")
+        .column("uri")[0]
+        .as_py(),
+    )
+    assert (instrumental["input"], instrumental["text"], instrumental["segments"]) == (
+        "none",
+        "",
+        [],
+    )
     for row in (separated, plain):
-        assert len(set(words(SENTENCE)) & set(words(row["text"]))) >= 0.7 * len(set(words(SENTENCE)))
-    manifest = corpus.sql("SELECT track_id, transcript, transcript_language FROM manifest").to_pylist()
+        assert len(set(words(SENTENCE)) & set(words(row["text"]))) >= 0.7 * len(
+            set(words(SENTENCE))
+        )
+    manifest = corpus.sql(
+        "SELECT track_id, transcript, transcript_language FROM manifest"
+    ).to_pylist()
     assert {r["track_id"]: r["transcript"] for r in manifest}[ids["plain.wav"]] == plain["text"]
 
 
@@ -177,7 +216,12 @@ def random_whisper_checkpoint(tmp_path_factory):
 def test_openai_whisper_checkpoint_loads_and_transcribes(tmp_path, random_whisper_checkpoint):
     import whisper.tokenizer
 
-    config = TranscribeConfig(backend="openai-whisper", model=str(random_whisper_checkpoint), beam_size=1, temperatures=(0.0,))
+    config = TranscribeConfig(
+        backend="openai-whisper",
+        model=str(random_whisper_checkpoint),
+        beam_size=1,
+        temperatures=(0.0,),
+    )
     stage = TranscribeStage(config)
     stage.setup()
     assert stage.model.dims.n_text_state == 32  # the checkpoint's own dimensions
@@ -187,15 +231,30 @@ def test_openai_whisper_checkpoint_loads_and_transcribes(tmp_path, random_whispe
     padded = np.concatenate([np.zeros(espeak().sample_rate), voice, np.zeros(espeak().sample_rate)])
     speech = write_audio(tmp_path / "speech.wav", padded, sr=espeak().sample_rate)
     silence = write_audio(tmp_path / "silence.wav", np.zeros((44100 * 2, 2), np.float32))
-    spoken, silent = stage.process([Track({"track_id": "a", "uri": speech}), Track({"track_id": "b", "uri": silence})])
+    spoken, silent = stage.process(
+        [Track({"track_id": "a", "uri": speech}), Track({"track_id": "b", "uri": silence})]
+    )
     assert not isinstance(spoken, Exception), spoken
-    assert spoken["language"] in whisper.tokenizer.LANGUAGES and 0.0 <= spoken["language_prob"] <= 1.0
+    assert (
+        spoken["language"] in whisper.tokenizer.LANGUAGES and 0.0 <= spoken["language_prob"] <= 1.0
+    )
     assert spoken["backend"] == "openai-whisper" and spoken["speech_seconds"] > 0
     for segment in spoken["segments"]:
-        assert set(segment) == {"start", "end", "text", "avg_logprob", "no_speech_prob", "compression_ratio"}
+        assert set(segment) == {
+            "start",
+            "end",
+            "text",
+            "avg_logprob",
+            "no_speech_prob",
+            "compression_ratio",
+        }
     # Random weights babble: whatever it says is flagged rather than trusted.
     assert not spoken["text"] or spoken["hallucination"]
-    assert (silent["text"], silent["segments"], silent["speech_seconds"]) == ("", [], 0.0)  # VAD: no decoding
+    assert (silent["text"], silent["segments"], silent["speech_seconds"]) == (
+        "",
+        [],
+        0.0,
+    )  # VAD: no decoding
 
 
 def test_corrupt_whisper_checkpoint_is_unavailable(tmp_path):

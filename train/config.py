@@ -95,7 +95,14 @@ class TrainConfig:
     # speaker projection, the lyric encoder's and every block's attention projections.
     lora_targets: list[str] = field(
         default_factory=lambda: [
-            "speaker_embedder", "linear_q", "linear_k", "linear_v", "to_q", "to_k", "to_v", "to_out.0"
+            "speaker_embedder",
+            "linear_q",
+            "linear_k",
+            "linear_v",
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
         ]
     )
     base_checkpoint: str = ""  # DiT weights LoRA adapts
@@ -161,13 +168,21 @@ class TrainConfig:
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise TrainConfigError(f"strategy must be auto, ddp or fsdp, got {self.strategy!r}")
         if self.kind == "dit" and self.lora_rank > 0 and self.strategy == "fsdp":
-            raise TrainConfigError("LoRA training does not run under FSDP (it would shard the adapters); "
-                                   "use strategy=ddp, or auto (DDP for LoRA)")
-        choices = {"loss_space": ("x0", "velocity"), "repa_reduce": ("mean", "sum"),
-                   "lyric_crop": ("timestamps", "start", "full"), "dcae_latent_stats": ("auto", "fixed", "calibrate")}
+            raise TrainConfigError(
+                "LoRA training does not run under FSDP (it would shard the adapters); "
+                "use strategy=ddp, or auto (DDP for LoRA)"
+            )
+        choices = {
+            "loss_space": ("x0", "velocity"),
+            "repa_reduce": ("mean", "sum"),
+            "lyric_crop": ("timestamps", "start", "full"),
+            "dcae_latent_stats": ("auto", "fixed", "calibrate"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise TrainConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
 
 
 # What runs saved before a setting existed did: a checkpoint lacking the key resumes with this
@@ -186,7 +201,11 @@ def with_legacy_values(saved: dict[str, Any], hashed_only: bool = False) -> dict
     """A saved config (trainer.json) completed with LEGACY_VALUES for the keys it predates
     (`hashed_only`: only those that are part of config_hash, for its "config" record)."""
     runtime = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("runtime", False)}
-    legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in saved and not (hashed_only and k in runtime)}
+    legacy = {
+        k: v
+        for k, v in LEGACY_VALUES.items()
+        if k not in saved and not (hashed_only and k in runtime)
+    }
     return {**legacy, **saved}
 
 

@@ -49,7 +49,15 @@ class BucketBatchOrder:
     A corpus smaller than one global batch is repeated to fill it.
     """
 
-    def __init__(self, lengths: Sequence[float], batch_size: int, bucket: float, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        lengths: Sequence[float],
+        batch_size: int,
+        bucket: float,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not lengths:
             raise ManifestError("no samples to train on")
         self.lengths = list(lengths)
@@ -110,7 +118,14 @@ class BatchStream:
     `position` always names the batch the next `next()` returns, whatever the loader prefetched.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, order: BucketBatchOrder, collate, num_workers: int = 0, position: DataPosition | None = None):
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        order: BucketBatchOrder,
+        collate,
+        num_workers: int = 0,
+        position: DataPosition | None = None,
+    ):
         self.dataset, self.order, self.collate = dataset, order, collate
         self.num_workers = num_workers
         self.position = position or DataPosition()
@@ -244,8 +259,14 @@ class FeatureDataset(torch.utils.data.Dataset):
     all the lyrics.
     """
 
-    def __init__(self, rows: Sequence[ManifestRecord], max_crop_s: float, max_lyric_tokens: int = 4096,
-                 lyric_crop: str = "full", tokenizer_json: str | None = None):
+    def __init__(
+        self,
+        rows: Sequence[ManifestRecord],
+        max_crop_s: float,
+        max_lyric_tokens: int = 4096,
+        lyric_crop: str = "full",
+        tokenizer_json: str | None = None,
+    ):
         self.rows, self.max_crop_s = rows, max_crop_s
         self.max_lyric_tokens = max_lyric_tokens
         self.lyric_crop = lyric_crop
@@ -274,17 +295,28 @@ class FeatureDataset(torch.utils.data.Dataset):
         # A window row (offset_s + duration_s) is cropped inside its window, its lyrics by time.
         window = row.offset_s is not None
         first = min(int(float(row.offset_s or 0.0) * LATENT_FPS), max(shard.latent_frames - 1, 0))
-        total = min(shard.latent_frames, first + int(math.ceil(float(row.duration_s) * LATENT_FPS))) - first if window else shard.latent_frames
+        total = (
+            min(shard.latent_frames, first + int(math.ceil(float(row.duration_s) * LATENT_FPS)))
+            - first
+            if window
+            else shard.latent_frames
+        )
         frames = min(total, max(1, int(self.max_crop_s * LATENT_FPS)))
         start = first + int(rng.integers(0, total - frames + 1))
         lyrics = shard.lyric_ids()
         lines = shard.meta.get("lyric_lines") or []
-        untimed = shard.meta.get("lyrics_untimed", bool(len(lyrics)) and not lines)  # older shards: any ids
-        if not window and (self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and untimed)):
+        untimed = shard.meta.get(
+            "lyrics_untimed", bool(len(lyrics)) and not lines
+        )  # older shards: any ids
+        if not window and (
+            self.lyric_crop == "start" or (self.lyric_crop == "timestamps" and untimed)
+        ):
             start = 0
         elif (self.lyric_crop == "timestamps" or window) and lines:
             begin_s, end_s = start / LATENT_FPS, (start + frames) / LATENT_FPS
-            sung = [ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s]
+            sung = [
+                ln["text"] for ln in lines if begin_s <= 0.5 * (ln["start"] + ln["end"]) < end_s
+            ]
             lyrics = self._encode("\n".join(sung)) if sung else torch.zeros(0, dtype=torch.long)
         item: dict[str, Any] = {"track_id": row.track_id, "latent": shard.latent(start, frames)}
         styles = shard.text_styles
@@ -299,7 +331,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         return item
 
 
-def _pad_stack(seqs: list[torch.Tensor | None], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_stack(
+    seqs: list[torch.Tensor | None], fill: float | int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, ...) padded to the longest and a (B, L) bool mask; None counts as empty."""
     present = [s for s in seqs if s is not None]
     length = max([s.shape[0] for s in present] + [1])

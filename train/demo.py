@@ -42,21 +42,53 @@ def _train_demo(manifest_path: str, out_dir: str, steps: int, seed: int) -> dict
         seconds[name] = round(now - clock, 1)
         clock = now
 
-    common = dict(preset="tiny", seed=seed, max_steps=steps, warmup_steps=max(1, steps // 20), lr=2e-3,
-                  ema_decay=0.99, ckpt_every=steps, val_every=steps, val_duration_s=4.0, val_steps=8,
-                  progress=False, log_every=max(1, steps // 10))
+    common = dict(
+        preset="tiny",
+        seed=seed,
+        max_steps=steps,
+        warmup_steps=max(1, steps // 20),
+        lr=2e-3,
+        ema_decay=0.99,
+        ckpt_every=steps,
+        val_every=steps,
+        val_duration_s=4.0,
+        val_steps=8,
+        progress=False,
+        log_every=max(1, steps // 10),
+    )
     dcae_dir = os.path.join(out_dir, "dcae")
-    dcae = train(TrainConfig(kind="dcae", batch_size=4, max_crop_s=1.0, **common), manifest_path, dcae_dir)
+    dcae = train(
+        TrainConfig(kind="dcae", batch_size=4, max_crop_s=1.0, **common), manifest_path, dcae_dir
+    )
     lap("dcae")
     features_manifest = cache_features(
-        manifest_path, os.path.join(out_dir, "features_corpus"), os.path.join(out_dir, "manifest_features.parquet"),
-        dcae_checkpoint=dcae_dir, text_encoder="tiny-random", mert="none", mhubert="none", speaker="none",
+        manifest_path,
+        os.path.join(out_dir, "features_corpus"),
+        os.path.join(out_dir, "manifest_features.parquet"),
+        dcae_checkpoint=dcae_dir,
+        text_encoder="tiny-random",
+        mert="none",
+        mhubert="none",
+        speaker="none",
     )
     lap("features")
     dit_dir = os.path.join(out_dir, "dit")
-    dit = train(TrainConfig(kind="dit", batch_size=8, max_crop_s=10.0, repa_weight=0.0, **common), features_manifest, dit_dir)
+    dit = train(
+        TrainConfig(kind="dit", batch_size=8, max_crop_s=10.0, repa_weight=0.0, **common),
+        features_manifest,
+        dit_dir,
+    )
     lap("dit")
-    sample = generate_from_checkpoint(dit_dir, "120 bpm, C major", None, 8.0, os.path.join(out_dir, "sample.wav"), seed=seed, steps=16, guidance=3.0)
+    sample = generate_from_checkpoint(
+        dit_dir,
+        "120 bpm, C major",
+        None,
+        8.0,
+        os.path.join(out_dir, "sample.wav"),
+        seed=seed,
+        steps=16,
+        guidance=3.0,
+    )
     lap("generate")
     return {
         "dcae_run": dcae_dir,

@@ -35,7 +35,9 @@ class DistInfo:
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     device = torch.device(requested)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
@@ -79,7 +81,9 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when it is True on any (a stop signal reaching one rank stops all)."""
     if not info.distributed:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        [1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu"
+    )
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -90,8 +94,10 @@ def choose_strategy(strategy: str, preset: str, lora: bool = False) -> str:
     and adapter files of DTensor shards), so an explicit fsdp + LoRA is refused."""
     if lora:
         if strategy == "fsdp":
-            raise ValueError("LoRA training does not run under FSDP (it would shard the adapters); "
-                             "use strategy=ddp or auto (DDP for LoRA)")
+            raise ValueError(
+                "LoRA training does not run under FSDP (it would shard the adapters); "
+                "use strategy=ddp or auto (DDP for LoRA)"
+            )
         return "ddp"
     if strategy == "auto":
         return "fsdp" if preset == "base" else "ddp"
@@ -141,5 +147,7 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     if is_fsdp(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_model_state_dict(
+            module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return {k: v.detach().cpu() for k, v in unwrap(module).state_dict().items()}

@@ -16,7 +16,9 @@ from songmill.train.checkpoint import TRAINER_FILE, resolve_checkpoint, save_wei
 from torch import nn
 
 
-def load_dit(checkpoint: str, device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[nn.Module, dict]:
+def load_dit(
+    checkpoint: str, device: str | torch.device = "cpu", prefer_ema: bool = True
+) -> tuple[nn.Module, dict]:
     """The DiT of a checkpoint (EMA weights when present; LoRA adapters merged in) and its
     trainer record."""
     from songmill.model.dit import LinearDiT
@@ -33,7 +35,11 @@ def load_dit(checkpoint: str, device: str | torch.device = "cpu", prefer_ema: bo
         base, _ = load_dit(spec["base_checkpoint"], "cpu", prefer_ema)
         dit = merge_lora(load_adapter(base, path))
         return dit.to(device).eval(), trainer
-    name = "dit_ema" if prefer_ema and os.path.exists(os.path.join(path, "dit_ema.safetensors")) else "dit"
+    name = (
+        "dit_ema"
+        if prefer_ema and os.path.exists(os.path.join(path, "dit_ema.safetensors"))
+        else "dit"
+    )
     return load_module(LinearDiT, path, name, device=device).eval(), trainer
 
 
@@ -82,15 +88,32 @@ def generate_from_checkpoint(
     dev = pick_device(device)
     dit, trainer = load_dit(checkpoint, dev)
     conditioning = trainer.get("conditioning", {})
-    settings = sampler_settings(sampler, steps, guidance, float(conditioning.get("timestep_shift", 3.0)),
-                                guidance=guidance_type, guidance_interval=guidance_interval, omega=omega,
-                                uncond_lyric_mask=uncond_lyric_mask(conditioning))
+    settings = sampler_settings(
+        sampler,
+        steps,
+        guidance,
+        float(conditioning.get("timestep_shift", 3.0)),
+        guidance=guidance_type,
+        guidance_interval=guidance_interval,
+        omega=omega,
+        uncond_lyric_mask=uncond_lyric_mask(conditioning),
+    )
     parts = load_conditioning(conditioning, dev, dcae_override=dcae)
     if parts["dcae"] is None:
-        raise FileNotFoundError("no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)")
+        raise FileNotFoundError(
+            "no DCAE to decode with: pass --dcae DIR (a `songmill train dcae` run)"
+        )
     mel_cfg = MelConfig.from_dict(conditioning["mel"]) if "mel" in conditioning else MelConfig()
     wav, sr = generate(
-        parts["dcae"], dit, parts["text_encoder"], load_vocoder(vocoder or conditioning.get("vocoder") or None, mel_cfg, dev), prompt, lyrics,
-        duration_s, seed, lyric_tokenizer=parts["tokenizer"], sampler=settings,
+        parts["dcae"],
+        dit,
+        parts["text_encoder"],
+        load_vocoder(vocoder or conditioning.get("vocoder") or None, mel_cfg, dev),
+        prompt,
+        lyrics,
+        duration_s,
+        seed,
+        lyric_tokenizer=parts["tokenizer"],
+        sampler=settings,
     )
     return write_wav(out, wav, sr)

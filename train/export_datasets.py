@@ -86,7 +86,9 @@ class ExportOptions:
     conflicts: str = "drop"
     name: str = "songmill"
     hf_dataset: str | None = None  # acestep-v1: also save the HF dataset under DIR/<name>
-    repeat: int = 1  # acestep-v1: rows per sample in the HF dataset (convert2hf_dataset's repeat_count)
+    repeat: int = (
+        1  # acestep-v1: rows per sample in the HF dataset (convert2hf_dataset's repeat_count)
+    )
     split: str | None = None  # only the rows of this split (a manifest cut with --split)
     # bpm / keyscale whose calibrated confidence (the music stage's probability of being right)
     # is below this are written blank (ACE-Step's "N/A"), not asserted
@@ -100,7 +102,9 @@ class ExportOptions:
         if self.conflicts not in CONFLICT_MODES:
             raise ExportError(f"--conflicts {self.conflicts!r}: one of {', '.join(CONFLICT_MODES)}")
         if self.caption_style not in CAPTION_STYLES:
-            raise ExportError(f"--caption-style {self.caption_style!r}: one of {', '.join(CAPTION_STYLES)}")
+            raise ExportError(
+                f"--caption-style {self.caption_style!r}: one of {', '.join(CAPTION_STYLES)}"
+            )
         if self.repeat < 1:
             raise ExportError("--repeat: at least 1")
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -123,14 +127,18 @@ class ExportResult:
         drops = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
         audio = ", ".join(f"{n} {how}" for how, n in sorted(self.audio.items())) or "no audio"
         extra = f", HF dataset {self.hf_dataset}" if self.hf_dataset else ""
-        return (f"export {self.kind}: {self.written} samples ({self.flagged} flagged) -> {self.out}{extra}; "
-                f"left out: {drops}; audio: {audio}; reasons per sample in {os.path.join(self.out, REPORT)}")
+        return (
+            f"export {self.kind}: {self.written} samples ({self.flagged} flagged) -> {self.out}{extra}; "
+            f"left out: {drops}; audio: {audio}; reasons per sample in {os.path.join(self.out, REPORT)}"
+        )
 
 
 # -- labels ---------------------------------------------------------------------------------------
 def title_tag(label: str) -> str:
     """`pre-chorus` -> `Pre-Chorus`, `verse 2` -> `Verse 2` (ACE-Step 1.5's spelling of tags)."""
-    return "-".join(" ".join(w[:1].upper() + w[1:] for w in part.split(" ")) for part in label.split("-"))
+    return "-".join(
+        " ".join(w[:1].upper() + w[1:] for w in part.split(" ")) for part in label.split("-")
+    )
 
 
 def retag(lyrics: str, kind: str) -> str:
@@ -146,7 +154,9 @@ def normalise_language(code: str | None) -> str | None:
     code = code.strip().lower().replace("_", "-")
     if code.startswith("zh") and code not in ("zh-yue",):
         return "zh"
-    return {"zh-yue": "yue", "nb": "no", "nn": "no", "iw": "he", "jw": "jv"}.get(code, code.split("-")[0])
+    return {"zh-yue": "yue", "nb": "no", "nn": "no", "iw": "he", "jw": "jv"}.get(
+        code, code.split("-")[0]
+    )
 
 
 def bpm_label(value: Any) -> int | None:
@@ -163,7 +173,11 @@ def trusted(row: dict[str, Any], confidence_column: str, minimum: float) -> bool
 
 
 def keyscale_label(row: dict[str, Any]) -> str:
-    text = row.get("keyscale") or (f"{row['key_tonic']} {row['key_mode']}" if row.get("key_tonic") and row.get("key_mode") else "")
+    text = row.get("keyscale") or (
+        f"{row['key_tonic']} {row['key_mode']}"
+        if row.get("key_tonic") and row.get("key_mode")
+        else ""
+    )
     return text if _KEYSCALE.match(text or "") else ""
 
 
@@ -173,9 +187,17 @@ def lyrics_of(row: dict[str, Any]) -> tuple[str | None, bool | None]:
     tagged = row.get("lyrics_tagged")
     if row.get("window_id") is not None and tagged is None and not row.get("is_instrumental"):
         return None, None  # a window of a track whose lyrics have no times
-    if row.get("is_instrumental") or row.get("lyrics_source") == "instrumental" or (tagged or "").strip().lower() == "[instrumental]":
+    if (
+        row.get("is_instrumental")
+        or row.get("lyrics_source") == "instrumental"
+        or (tagged or "").strip().lower() == "[instrumental]"
+    ):
         return "", True
-    for text in (tagged, row.get("lyrics"), None if row.get("transcript_hallucination") else row.get("transcript")):
+    for text in (
+        tagged,
+        row.get("lyrics"),
+        None if row.get("transcript_hallucination") else row.get("transcript"),
+    ):
         if text and text.strip():
             return text.strip(), False
     return None, None
@@ -208,8 +230,15 @@ def caption_of(row: dict[str, Any], style: str) -> tuple[str, str | None]:
             text = " ".join(text.split())
             if row.get("window_id") is not None:
                 if row.get("bpm"):
-                    text = _CAPTION_BPM.sub(lambda m: f"{round(float(row['bpm']))}{m.group(1)}", text)
-                text = _CAPTION_LENGTH.sub(lambda m: f"{m.group(1) or ''}{_length_phrase(float(row['duration_s']))}{m.group(3)}", text)
+                    text = _CAPTION_BPM.sub(
+                        lambda m: f"{round(float(row['bpm']))}{m.group(1)}", text
+                    )
+                text = _CAPTION_LENGTH.sub(
+                    lambda m: (
+                        f"{m.group(1) or ''}{_length_phrase(float(row['duration_s']))}{m.group(3)}"
+                    ),
+                    text,
+                )
                 text = _CAPTION_FORM.sub("", text)  # the track's form is not the window's
             return text, name
     return "", None
@@ -222,11 +251,21 @@ _KEY_TAG = re.compile(r"^[A-G][#b]? (major|minor)$")
 def tags_of(row: dict[str, Any], min_confidence: float = 0.0) -> list[str]:
     """Comma-free tags: the `tags` caption style's, else genres + moods + instruments; a tempo or
     key tag whose measurement is below `min_confidence` is left out."""
-    raw = (row.get("caption_tags") or "").split(",") if row.get("caption_tags") else [
-        *(row.get("genres") or []), *(row.get("moods") or []), *(row.get("instruments") or [])]
+    raw = (
+        (row.get("caption_tags") or "").split(",")
+        if row.get("caption_tags")
+        else [
+            *(row.get("genres") or []),
+            *(row.get("moods") or []),
+            *(row.get("instruments") or []),
+        ]
+    )
     tags = (" ".join(str(x).replace(",", " ").split()) for x in raw)
-    untrusted = [pattern for pattern, column in ((_BPM_TAG, "bpm_confidence"), (_KEY_TAG, "key_confidence"))
-                 if not trusted(row, column, min_confidence)]
+    untrusted = [
+        pattern
+        for pattern, column in ((_BPM_TAG, "bpm_confidence"), (_KEY_TAG, "key_confidence"))
+        if not trusted(row, column, min_confidence)
+    ]
     return list(dict.fromkeys(t for t in tags if t and not any(p.match(t) for p in untrusted)))
 
 
@@ -237,18 +276,33 @@ def label_problems(row: dict[str, Any], kind: str) -> list[str]:
         problems.append("caption: flagged by the caption stage")
     lyrics, instrumental = lyrics_of(row)
     if row.get("is_instrumental") and row.get("lyric_id") and row.get("lyrics"):
-        problems.append(f"instrumental: separation hears no vocals, lyrics {row['lyric_id']} matched")
+        problems.append(
+            f"instrumental: separation hears no vocals, lyrics {row['lyric_id']} matched"
+        )
     if row.get("is_instrumental") is False and instrumental:
         problems.append("lyrics: separation hears vocals, no lyrics found")
     if lyrics is None and row.get("is_instrumental") is False:
-        problems.append("lyrics: vocals without timed lyrics" if row.get("window_id") else "lyrics: vocals without lyrics")
-    heard, matched = normalise_language(row.get("transcript_language")), normalise_language(row.get("lyrics_language"))
+        problems.append(
+            "lyrics: vocals without timed lyrics"
+            if row.get("window_id")
+            else "lyrics: vocals without lyrics"
+        )
+    heard, matched = (
+        normalise_language(row.get("transcript_language")),
+        normalise_language(row.get("lyrics_language")),
+    )
     if heard and matched and heard != matched and not instrumental:
         problems.append(f"language: transcript {heard}, matched lyrics {matched}")
     if row.get("transcript_hallucination") and row.get("lyrics_source") == "transcript":
         problems.append("lyrics: from a transcript flagged as hallucinated")
     language = language_of(row)
-    if kind == "acestep-v1" and lyrics and not instrumental and language and language not in ACESTEP_V1_LANGUAGES:
+    if (
+        kind == "acestep-v1"
+        and lyrics
+        and not instrumental
+        and language
+        and language not in ACESTEP_V1_LANGUAGES
+    ):
         problems.append(f"language: {language} is not one ACE-Step v1's lyric tokenizer reads")
     return problems
 
@@ -269,7 +323,9 @@ def manifest_rows(path: str, batch_rows: int = 2048) -> Iterator[dict[str, Any]]
         raise ExportError(f"cannot read manifest {path}: {exc}") from None
     missing = {"track_id", "uri", "duration_s"} - set(parquet.schema_arrow.names)
     if missing:
-        raise ExportError(f"manifest {path} lacks column(s) {sorted(missing)}; export it with `songmill manifest --out FILE`")
+        raise ExportError(
+            f"manifest {path} lacks column(s) {sorted(missing)}; export it with `songmill manifest --out FILE`"
+        )
     for batch in parquet.iter_batches(batch_size=batch_rows):
         yield from batch.to_pylist()
 
@@ -293,13 +349,17 @@ class ExportDir:
             except (OSError, ValueError) as exc:
                 raise ExportError(f"cannot read {marker}: {exc}") from None
             if meta.get("kind") != kind:
-                raise ExportError(f"{self.out} holds a songmill {meta.get('kind')} export; write {kind} to another directory")
+                raise ExportError(
+                    f"{self.out} holds a songmill {meta.get('kind')} export; write {kind} to another directory"
+                )
             self.previous = set(meta.get("files") or [])
         if JOURNAL in entries:
             with open(os.path.join(self.out, JOURNAL)) as f:
                 self.previous |= {line.rstrip("\n") for line in f if line.strip()}
         elif MARKER not in entries and entries:
-            raise ExportError(f"{self.out} is not empty and was not written by songmill export; choose a new or empty directory")
+            raise ExportError(
+                f"{self.out} is not empty and was not written by songmill export; choose a new or empty directory"
+            )
         self.previous |= {MARKER, JOURNAL}
         for name in entries:  # temporaries of a killed run of ours
             if name.startswith(".tmp-") and name[38:] in self.previous:
@@ -310,7 +370,9 @@ class ExportDir:
         """(final path, temporary path) for a file of this export; refuses a file songmill did not write."""
         path = os.path.join(self.out, name)
         if name not in self.previous and os.path.lexists(path):
-            raise ExportError(f"{path} exists and was not written by songmill export; not overwriting it")
+            raise ExportError(
+                f"{path} exists and was not written by songmill export; not overwriting it"
+            )
         if name not in self.previous:
             self._journal.write(name + "\n")
             self._journal.flush()
@@ -350,9 +412,13 @@ class ExportDir:
 
 
 # -- audio ----------------------------------------------------------------------------------------
-def _ffmpeg(src: str, dst: str, codec: list[str], offset: float | None, duration: float | None) -> None:
+def _ffmpeg(
+    src: str, dst: str, codec: list[str], offset: float | None, duration: float | None
+) -> None:
     if shutil.which("ffmpeg") is None:
-        raise ExportError("ffmpeg is needed to cut windows or transcode audio (Debian package ffmpeg)")
+        raise ExportError(
+            "ffmpeg is needed to cut windows or transcode audio (Debian package ffmpeg)"
+        )
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
     if offset is not None:
         cmd += ["-ss", f"{offset:.4f}"]
@@ -366,11 +432,18 @@ def _ffmpeg(src: str, dst: str, codec: list[str], offset: float | None, duration
 
 def _local(uri: str) -> str | None:
     if uri.startswith("file://"):
-        return uri[len("file://"):]
+        return uri[len("file://") :]
     return uri if "://" not in uri else None
 
 
-def place_audio(out: ExportDir, row: dict[str, Any], stem: str, mode: str, allowed: frozenset[str], transcode_ext: str) -> tuple[str, str]:
+def place_audio(
+    out: ExportDir,
+    row: dict[str, Any],
+    stem: str,
+    mode: str,
+    allowed: frozenset[str],
+    transcode_ext: str,
+) -> tuple[str, str]:
     """(path the trainer reads, how it got there): copied, linked, cut or transcoded into DIR, or
     (mode none) the source itself."""
     uri = str(row["uri"])
@@ -390,7 +463,13 @@ def place_audio(out: ExportDir, row: dict[str, Any], stem: str, mode: str, allow
                 shutil.copyfileobj(fin, fout, 1 << 20)
         path, tmp = out.claim(stem + transcode_ext)
         try:
-            _ffmpeg(src, tmp, codec, row.get("offset_s") if window else None, row.get("duration_s") if window else None)
+            _ffmpeg(
+                src,
+                tmp,
+                codec,
+                row.get("offset_s") if window else None,
+                row.get("duration_s") if window else None,
+            )
             os.replace(tmp, path)
         finally:
             for p in (tmp, src if local is None else None):
@@ -447,7 +526,16 @@ def prepare(row: dict[str, Any], options: ExportOptions) -> tuple[Prepared | Non
         lyrics_text = retag(lyrics, options.kind)
     if options.kind == "acestep15":
         language = language if language in ACESTEP15_LANGUAGES and not instrumental else "unknown"
-    return Prepared(row, sample_stem(row), caption, style, lyrics_text, bool(instrumental), language or "unknown", problems), None
+    return Prepared(
+        row,
+        sample_stem(row),
+        caption,
+        style,
+        lyrics_text,
+        bool(instrumental),
+        language or "unknown",
+        problems,
+    ), None
 
 
 def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> dict[str, Any]:
@@ -455,7 +543,8 @@ def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> di
     row = p.row
     labeled = bool(p.caption) and not (p.problems and options.conflicts == "review")
     sample = {
-        "id": row["track_id"][:16] + (f"-w{int(row['window_index']):03d}" if row.get("window_index") is not None else ""),
+        "id": row["track_id"][:16]
+        + (f"-w{int(row['window_index']):03d}" if row.get("window_index") is not None else ""),
         "audio_path": audio_path,
         "filename": os.path.basename(audio_path),
         "caption": p.caption,
@@ -463,8 +552,12 @@ def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> di
         "lyrics": p.lyrics,
         "raw_lyrics": "" if p.instrumental else p.lyrics,
         "formatted_lyrics": "",
-        "bpm": bpm_label(row.get("bpm")) if trusted(row, "bpm_confidence", options.min_confidence) else None,
-        "keyscale": keyscale_label(row) if trusted(row, "key_confidence", options.min_confidence) else "",
+        "bpm": bpm_label(row.get("bpm"))
+        if trusted(row, "bpm_confidence", options.min_confidence)
+        else None,
+        "keyscale": keyscale_label(row)
+        if trusted(row, "key_confidence", options.min_confidence)
+        else "",
         "timesignature": ACESTEP15_TIME_SIGNATURES.get(str(row.get("time_signature") or ""), ""),
         "duration": int(math.floor(float(row["duration_s"]))),
         "language": p.language,
@@ -474,8 +567,14 @@ def acestep15_sample(p: Prepared, audio_path: str, options: ExportOptions) -> di
         "prompt_override": None,
     }
     # Not an AudioSample field: its from_dict leaves it out; kept for lineage and review.
-    sample["songmill"] = {"track_id": row["track_id"], "window_id": row.get("window_id"), "offset_s": row.get("offset_s"),
-                          "caption_style": p.caption_style, "flags": p.problems, "split": row.get("split")}
+    sample["songmill"] = {
+        "track_id": row["track_id"],
+        "window_id": row.get("window_id"),
+        "offset_s": row.get("offset_s"),
+        "caption_style": p.caption_style,
+        "flags": p.problems,
+        "split": row.get("split"),
+    }
     return sample
 
 
@@ -487,39 +586,68 @@ def export_dataset(manifest: str, out: str, options: ExportOptions) -> ExportRes
     rows = manifest_rows(manifest)
     first = next(rows, None)
     if first is not None and first.get("window_id") is not None and options.audio != "copy":
-        raise ExportError("a windowed manifest needs --audio copy (each window is a cut of its track)")
+        raise ExportError(
+            "a windowed manifest needs --audio copy (each window is a cut of its track)"
+        )
     directory = ExportDir(out, options.kind)
     result = ExportResult(directory.out, options.kind)
     dropped: Counter[str] = Counter()
     audio: Counter[str] = Counter()
     flagged: list[dict[str, Any]] = []
     all_instrumental = True
-    sink = _RowSink(directory, DATASET_JSON if options.kind == "acestep15" else (f"{options.hf_dataset}.rows.jsonl" if options.hf_dataset else None))
+    sink = _RowSink(
+        directory,
+        DATASET_JSON
+        if options.kind == "acestep15"
+        else (f"{options.hf_dataset}.rows.jsonl" if options.hf_dataset else None),
+    )
     try:
         for row in _chain(first, rows):
             prepared, why = prepare(row, options)
             if prepared is None:
                 dropped[why or "left out"] += 1
                 if why == "label conflicts":
-                    flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": True,
-                                    "reasons": label_problems(row, options.kind)})
+                    flagged.append(
+                        {
+                            "track_id": row["track_id"],
+                            "window_id": row.get("window_id"),
+                            "dropped": True,
+                            "reasons": label_problems(row, options.kind),
+                        }
+                    )
                 continue
             try:
                 if options.kind == "acestep15":
-                    path, how = place_audio(directory, row, prepared.stem, options.audio, ACESTEP15_AUDIO, ".flac")
+                    path, how = place_audio(
+                        directory, row, prepared.stem, options.audio, ACESTEP15_AUDIO, ".flac"
+                    )
                 else:
-                    path, how = place_audio(directory, row, prepared.stem, options.audio, frozenset({".mp3"}), ".mp3")
+                    path, how = place_audio(
+                        directory, row, prepared.stem, options.audio, frozenset({".mp3"}), ".mp3"
+                    )
             except (OSError, ValueError) as exc:
                 if isinstance(exc, ExportError):
                     raise
                 dropped["audio unreadable"] += 1
-                flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": True,
-                                "reasons": [f"audio: {str(exc).strip()[:200]}"]})
+                flagged.append(
+                    {
+                        "track_id": row["track_id"],
+                        "window_id": row.get("window_id"),
+                        "dropped": True,
+                        "reasons": [f"audio: {str(exc).strip()[:200]}"],
+                    }
+                )
                 continue
             audio[how] += 1
             if prepared.problems:
-                flagged.append({"track_id": row["track_id"], "window_id": row.get("window_id"), "dropped": False,
-                                "reasons": prepared.problems})
+                flagged.append(
+                    {
+                        "track_id": row["track_id"],
+                        "window_id": row.get("window_id"),
+                        "dropped": False,
+                        "reasons": prepared.problems,
+                    }
+                )
             if options.kind == "acestep15":
                 sample = acestep15_sample(prepared, path, options)
                 all_instrumental &= prepared.instrumental
@@ -529,18 +657,35 @@ def export_dataset(manifest: str, out: str, options: ExportOptions) -> ExportRes
                 sink.add(_acestep_v1_files(directory, prepared, path, options))
             result.written += 1
         if options.kind == "acestep15":
-            metadata = {"name": options.name, "custom_tag": options.custom_tag, "tag_position": "prepend",
-                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "num_samples": result.written,
-                        "all_instrumental": all_instrumental and result.written > 0, "genre_ratio": 0}
+            metadata = {
+                "name": options.name,
+                "custom_tag": options.custom_tag,
+                "tag_position": "prepend",
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "num_samples": result.written,
+                "all_instrumental": all_instrumental and result.written > 0,
+                "genre_ratio": 0,
+            }
             result.dataset = sink.close_json(metadata)
         elif options.hf_dataset:
-            result.hf_dataset = _save_hf_dataset(directory, options.hf_dataset, sink.close_rows(), options.repeat)
+            result.hf_dataset = _save_hf_dataset(
+                directory, options.hf_dataset, sink.close_rows(), options.repeat
+            )
     finally:
         sink.discard()
     result.dropped, result.audio, result.flagged = dict(dropped), dict(audio), len(flagged)
-    directory.write_json(REPORT, {"manifest": os.path.abspath(manifest), "options": options.__dict__, "written": result.written,
-                                  "dropped": result.dropped, "audio": result.audio, "flagged": flagged,
-                                  "seconds": round(time.perf_counter() - started, 3)})
+    directory.write_json(
+        REPORT,
+        {
+            "manifest": os.path.abspath(manifest),
+            "options": options.__dict__,
+            "written": result.written,
+            "dropped": result.dropped,
+            "audio": result.audio,
+            "flagged": flagged,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
     result.removed_stale = directory.finish({"manifest": os.path.abspath(manifest)})
     return result
 
@@ -596,7 +741,9 @@ class _RowSink:
             os.remove(self.tmp)
 
 
-def _chain(first: dict[str, Any] | None, rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _chain(
+    first: dict[str, Any] | None, rest: Iterator[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
     if first is not None:
         yield first
         yield from rest
@@ -616,7 +763,9 @@ def _acestep15_sidecars(directory: ExportDir, p: Prepared, sample: dict[str, Any
     directory.write_json(p.stem + ".json", meta)
 
 
-def _acestep_v1_files(directory: ExportDir, p: Prepared, audio_path: str, options: ExportOptions) -> dict[str, Any]:
+def _acestep_v1_files(
+    directory: ExportDir, p: Prepared, audio_path: str, options: ExportOptions
+) -> dict[str, Any]:
     """`X_prompt.txt` (tags joined by ", ", as convert2hf_dataset splits them) and `X_lyrics.txt`;
     returns the HF dataset row."""
     tags = tags_of(p.row, options.min_confidence)
@@ -624,7 +773,11 @@ def _acestep_v1_files(directory: ExportDir, p: Prepared, audio_path: str, option
         tags = [options.custom_tag, *[t for t in tags if t != options.custom_tag]]
     directory.write_text(p.stem + "_prompt.txt", ", ".join(tags) + "\n")
     directory.write_text(p.stem + "_lyrics.txt", p.lyrics + "\n")
-    recaption = {style: " ".join((p.row.get(f"caption_{style}") or "").split()) for style in CAPTION_STYLES if style != "tags"}
+    recaption = {
+        style: " ".join((p.row.get(f"caption_{style}") or "").split())
+        for style in CAPTION_STYLES
+        if style != "tags"
+    }
     return {
         "keys": p.stem,
         "filename": audio_path,
@@ -644,7 +797,9 @@ def _save_hf_dataset(directory: ExportDir, name: str, rows_jsonl: str, repeat: i
         from datasets import Dataset
         from datasets.utils import logging as hf_logging
     except ImportError:
-        raise ExportError("--hf-dataset needs the `datasets` package (pip install datasets)") from None
+        raise ExportError(
+            "--hf-dataset needs the `datasets` package (pip install datasets)"
+        ) from None
     if os.path.getsize(rows_jsonl) == 0:
         raise ExportError("no samples to put in the HF dataset")
     if os.sep in name or name.startswith("."):
@@ -661,7 +816,9 @@ def _save_hf_dataset(directory: ExportDir, name: str, rows_jsonl: str, repeat: i
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        Dataset.from_generator(generate, gen_kwargs={"path": rows_jsonl, "times": repeat}, cache_dir=cache).save_to_disk(tmp)
+        Dataset.from_generator(
+            generate, gen_kwargs={"path": rows_jsonl, "times": repeat}, cache_dir=cache
+        ).save_to_disk(tmp)
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)

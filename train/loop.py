@@ -78,12 +78,17 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         current = self._tracked(module)
         keys = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[k] for k in keys], [current[k].float() for k in keys], 1.0 - self.decay)
+        torch._foreach_lerp_(
+            [self.shadow[k] for k in keys], [current[k].float() for k in keys], 1.0 - self.decay
+        )
 
     def full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """Unsharded EMA weights on CPU, as a complete state dict of `module` (collective under FSDP)."""
         # Gather every shard first (all ranks take part); under FSDP only rank 0 gets the state.
-        gathered = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in self.shadow.items()}
+        gathered = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+            for k, v in self.shadow.items()
+        }
         state = {k: v.detach() for k, v in dist.full_state_dict(module).items()}
         if not state:
             return {}
@@ -136,7 +141,9 @@ def _log(message: str, info: dist.DistInfo) -> None:
         print(message, flush=True)
 
 
-def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = None, force: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = None, force: bool = False
+) -> TrainResult:
     info = dist.setup(cfg.device)
     device = info.device
     os.makedirs(run_dir, exist_ok=True)
@@ -162,11 +169,16 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
         if cfg.max_steps != saved_max:
             # The commonest resume: go on for longer. The LR schedule is a function of max_steps,
             # so it stretches to the new end from this step on.
-            _log(f"extending the run: max_steps {saved_max} -> {cfg.max_steps}; the {cfg.decay} LR "
-                 f"schedule now ends at step {cfg.max_steps}", info)
+            _log(
+                f"extending the run: max_steps {saved_max} -> {cfg.max_steps}; the {cfg.decay} LR "
+                f"schedule now ends at step {cfg.max_steps}",
+                info,
+            )
         if ckpt.step >= cfg.max_steps:
-            raise CheckpointError(f"the checkpoint is at step {ckpt.step}, already at max_steps {cfg.max_steps}: "
-                                  f"pass a larger --max-steps to continue")
+            raise CheckpointError(
+                f"the checkpoint is at step {ckpt.step}, already at max_steps {cfg.max_steps}: "
+                f"pass a larger --max-steps to continue"
+            )
         if lora:
             from peft import set_peft_model_state_dict
 
@@ -180,14 +192,24 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
         _log(f"resuming from {ckpt.path} at step {start_step}", info)
 
     strategy = dist.choose_strategy(cfg.strategy, cfg.preset, lora)
-    if lora and info.distributed and cfg.strategy == "auto" and dist.choose_strategy("auto", cfg.preset) == "fsdp":
-        _log("LoRA trains with DDP, not FSDP (the base preset's usual choice): FSDP would shard the adapters", info)
+    if (
+        lora
+        and info.distributed
+        and cfg.strategy == "auto"
+        and dist.choose_strategy("auto", cfg.preset) == "fsdp"
+    ):
+        _log(
+            "LoRA trains with DDP, not FSDP (the base preset's usual choice): FSDP would shard the adapters",
+            info,
+        )
     wrapped = dist.wrap(model, info, strategy)
     fsdp = dist.is_fsdp(model)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 and not lora else None
     # The training step's own randomness (noise, timesteps, CFG dropout), one stream per rank.
@@ -206,14 +228,19 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
         else:  # more ranks than the run was saved with: new ranks start fresh streams
             _log(f"checkpoint has RNG states for {len(rngs)} ranks; ranks beyond start fresh", info)
 
-    order = BucketBatchOrder(task.dataset.lengths(), cfg.batch_size, cfg.bucket_s, cfg.seed, info.rank, info.world_size)
+    order = BucketBatchOrder(
+        task.dataset.lengths(), cfg.batch_size, cfg.bucket_s, cfg.seed, info.rank, info.world_size
+    )
     stream = BatchStream(task.dataset, order, task.collate, cfg.num_workers, position)
     writer = _tensorboard(run_dir) if info.is_main else None
     sample_dir = os.path.join(run_dir, "samples")
     result = TrainResult(run_dir=run_dir, step=start_step)
     n_params = sum(p.numel() for p in params)
-    _log(f"training {task.name} ({cfg.preset}, {n_params / 1e6:.2f} M trainable parameters) on {device} "
-         f"x{info.world_size}, steps {start_step} -> {cfg.max_steps}", info)
+    _log(
+        f"training {task.name} ({cfg.preset}, {n_params / 1e6:.2f} M trainable parameters) on {device} "
+        f"x{info.world_size}, steps {start_step} -> {cfg.max_steps}",
+        info,
+    )
 
     progress = _progress_bar(cfg, info, start_step)
     with StopSignal() as stop:
@@ -225,13 +252,24 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
             for micro in range(cfg.grad_accum):
                 batch = next(stream)
                 if cfg.trace:
-                    _trace(run_dir, info, {"step": step, "micro": micro, "track_ids": batch["track_ids"]})
-                sync = micro == cfg.grad_accum - 1 or not isinstance(wrapped, nn.parallel.DistributedDataParallel)
-                with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(cfg, device):
+                    _trace(
+                        run_dir,
+                        info,
+                        {"step": step, "micro": micro, "track_ids": batch["track_ids"]},
+                    )
+                sync = micro == cfg.grad_accum - 1 or not isinstance(
+                    wrapped, nn.parallel.DistributedDataParallel
+                )
+                with (
+                    contextlib.nullcontext() if sync else wrapped.no_sync(),
+                    _autocast(cfg, device),
+                ):
                     loss, logs = task.loss(wrapped, batch, generator, device)
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+            )
             optimizer.step()
             scheduler.step()
             logs |= task.after_step(device)
@@ -253,7 +291,9 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
                     writer.add_scalar(key, value, step)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                progress.set_postfix(
+                    loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                )
             if cfg.val_every and step % cfg.val_every == 0:
                 sample = _validate(task, model, ema, cfg, info, sample_dir, step, device)
                 if sample:
@@ -266,7 +306,21 @@ def train(cfg: TrainConfig, manifest: str, run_dir: str, resume: str | None = No
             if cfg.stop_at_step and step >= cfg.stop_at_step:
                 stop_now = True
             if stop_now or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-                result.checkpoint = _save(task, model, ema, optimizer, scheduler, generator, stream.position, cfg, info, run_dir, step, lora, fsdp)
+                result.checkpoint = _save(
+                    task,
+                    model,
+                    ema,
+                    optimizer,
+                    scheduler,
+                    generator,
+                    stream.position,
+                    cfg,
+                    info,
+                    run_dir,
+                    step,
+                    lora,
+                    fsdp,
+                )
             if stop_now:
                 result.stopped_by_signal = stop.requested
                 _log(f"stopping at step {step}" + (" (signal)" if stop.requested else ""), info)
@@ -290,7 +344,9 @@ def weights_digest(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(dist.full_state_dict(model).items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -329,28 +385,42 @@ def _progress_bar(cfg: TrainConfig, info: dist.DistInfo, start: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.max_steps, initial=start, desc=f"train {cfg.kind}", unit="step", dynamic_ncols=True)
+    return tqdm(
+        total=cfg.max_steps,
+        initial=start,
+        desc=f"train {cfg.kind}",
+        unit="step",
+        dynamic_ncols=True,
+    )
 
 
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict[str, Any]:
+def _optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool
+) -> dict[str, Any]:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_optimizer_state_dict,
         )
 
-        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return optimizer.state_dict()
 
 
-def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool) -> None:
+def _load_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool
+) -> None:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
         )
 
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+        )
     else:
         optimizer.load_state_dict(state)
 
@@ -367,7 +437,21 @@ def _gather_rng(generator: torch.Generator, info: dist.DistInfo) -> list[dict[st
     return gathered
 
 
-def _save(task, model, ema, optimizer, scheduler, generator, position, cfg, info, run_dir, step, lora, fsdp) -> str | None:
+def _save(
+    task,
+    model,
+    ema,
+    optimizer,
+    scheduler,
+    generator,
+    position,
+    cfg,
+    info,
+    run_dir,
+    step,
+    lora,
+    fsdp,
+) -> str | None:
     if hasattr(task, "before_checkpoint") and not fsdp:
         task.before_checkpoint(dist.unwrap(model))
     # Collectives first, on every rank; then rank 0 writes.
@@ -377,11 +461,17 @@ def _save(task, model, ema, optimizer, scheduler, generator, position, cfg, info
         from songmill.train.lora import adapter_state_dict
 
         networks = {
-            "dit_lora": (adapter_state_dict(model), {
-                "rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
-                "dropout": cfg.lora_dropout, "base_checkpoint": os.path.abspath(cfg.base_checkpoint),
-                "dit": task.config_dict,
-            })
+            "dit_lora": (
+                adapter_state_dict(model),
+                {
+                    "rank": cfg.lora_rank,
+                    "alpha": cfg.lora_alpha,
+                    "targets": list(cfg.lora_targets),
+                    "dropout": cfg.lora_dropout,
+                    "base_checkpoint": os.path.abspath(cfg.base_checkpoint),
+                    "dit": task.config_dict,
+                },
+            )
         }
     else:
         networks = {task.name: (dist.full_state_dict(model), task.config_dict)}
@@ -392,7 +482,11 @@ def _save(task, model, ema, optimizer, scheduler, generator, position, cfg, info
     if not info.is_main:
         dist.barrier(info)
         return None
-    state: dict[str, Any] = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rngs}
+    state: dict[str, Any] = {
+        "optimizer": opt_state,
+        "scheduler": scheduler.state_dict(),
+        "rng": rngs,
+    }
     for name, opt in _extra_optimizers(task).items():
         state[name] = opt.state_dict()
     trainer = {

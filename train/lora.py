@@ -20,10 +20,14 @@ ADAPTER_CONFIG = "dit_lora.json"
 def lora_config(rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0):
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none"
+    )
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0) -> nn.Module:
+def add_lora(
+    model: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0
+) -> nn.Module:
     """Inject LoRA layers in place (base weights frozen, adapters trainable); returns `model`."""
     from peft import inject_adapter_in_model
 
@@ -43,7 +47,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_adapter(model: nn.Module, directory: str, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0) -> str:
+def save_adapter(
+    model: nn.Module,
+    directory: str,
+    rank: int,
+    alpha: float,
+    targets: Sequence[str],
+    dropout: float = 0.0,
+) -> str:
     """`dit_lora.safetensors` + `dit_lora.json` (the peft LoraConfig) in `directory`."""
     from safetensors.torch import save_file
 
@@ -51,7 +62,11 @@ def save_adapter(model: nn.Module, directory: str, rank: int, alpha: float, targ
     path = os.path.join(directory, f"{ADAPTER_NAME}.safetensors")
     save_file(adapter_state_dict(model), path)
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
-        json.dump({"rank": rank, "alpha": alpha, "targets": list(targets), "dropout": dropout}, f, indent=2)
+        json.dump(
+            {"rank": rank, "alpha": alpha, "targets": list(targets), "dropout": dropout},
+            f,
+            indent=2,
+        )
     return path
 
 
@@ -63,7 +78,9 @@ def load_adapter(model: nn.Module, directory: str, inject: bool = True) -> nn.Mo
     with open(os.path.join(directory, ADAPTER_CONFIG)) as f:
         spec = json.load(f)
     if inject:
-        model = add_lora(model, spec["rank"], spec["alpha"], spec["targets"], spec.get("dropout", 0.0))
+        model = add_lora(
+            model, spec["rank"], spec["alpha"], spec["targets"], spec.get("dropout", 0.0)
+        )
     tensors = load_file(os.path.join(directory, f"{ADAPTER_NAME}.safetensors"))
     result = set_peft_model_state_dict(model, tensors)
     unexpected = getattr(result, "unexpected_keys", None)

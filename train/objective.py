@@ -12,7 +12,9 @@ from songmill.model.conditions import Conditions
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of values (B, ..., F) over the frames where mask (B, F) is True."""
-    weights = mask.to(values.dtype).reshape(mask.shape[0], *([1] * (values.dim() - 2)), mask.shape[1])
+    weights = mask.to(values.dtype).reshape(
+        mask.shape[0], *([1] * (values.dim() - 2)), mask.shape[1]
+    )
     weights = weights.expand_as(values)
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
@@ -30,7 +32,11 @@ def drop_conditions(
     (ACE-Step), the lyric mask set all False too, so a dropped lyric tells the network nothing,
     not even its length. One (3, B) uniform draw from `generator`: text, lyrics, speaker."""
     draws = torch.rand(3, cond.batch_size, generator=generator).to(cond.text.device)
-    drop_text, drop_lyrics, drop_speaker = draws[0] < p_text, draws[1] < p_lyrics, draws[2] < p_speaker
+    drop_text, drop_lyrics, drop_speaker = (
+        draws[0] < p_text,
+        draws[1] < p_lyrics,
+        draws[2] < p_speaker,
+    )
     lyrics_mask = cond.lyrics_mask
     if drop_lyric_mask:
         lyrics_mask = lyrics_mask & ~drop_lyrics[:, None].to(lyrics_mask.device)
@@ -43,7 +49,12 @@ def drop_conditions(
     )
 
 
-def repa_loss(projected: torch.Tensor, frame_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def repa_loss(
+    projected: torch.Tensor,
+    frame_mask: torch.Tensor,
+    target: torch.Tensor,
+    target_mask: torch.Tensor,
+) -> torch.Tensor:
     """1 - cosine between the projector output, interpolated per sample from its latent frames to
     its target frames (10.77 Hz -> 75 / 50 Hz), and the SSL features; mean over frames, then
     over the samples that have both."""

@@ -15,7 +15,9 @@ from songmill.data_schema.views import STAGE_KEY_COLUMNS
 from songmill.model.config import SAMPLE_RATE
 
 
-def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0, seed: int = 0, lyrics: bool = True) -> str:
+def synthetic_manifest(
+    out_dir: str, n_tracks: int = 4, duration_s: float = 3.0, seed: int = 0, lyrics: bool = True
+) -> str:
     """Render `n_tracks` short stereo tracks (testaudio.synth) as wavs and write a manifest Parquet
     with the columns `songmill manifest` exports. Returns the manifest path."""
     import hashlib
@@ -31,17 +33,33 @@ def synthetic_manifest(out_dir: str, n_tracks: int = 4, duration_s: float = 3.0,
         tonic = PITCH_CLASSES[int(rng.integers(12))]
         mode = "major" if i % 2 == 0 else "minor"
         bpm = float(rng.integers(80, 160))
-        audio = render_track(bpm, tonic, mode, duration_s, seed=seed * 1000 + i, style=STYLES[i % len(STYLES)])
+        audio = render_track(
+            bpm, tonic, mode, duration_s, seed=seed * 1000 + i, style=STYLES[i % len(STYLES)]
+        )
         path = os.path.join(out_dir, f"track_{i:02d}.wav")
         write_track(path, audio)
         with open(path, "rb") as f:
             track_id = hashlib.sha256(f.read()).hexdigest()
-        lyric = " ".join(words[int(j)] for j in rng.integers(0, len(words), 8)) if lyrics and i % 2 == 0 else ""
-        rows.append({
-            "track_id": track_id, "uri": os.path.abspath(path), "duration_s": audio.shape[0] / SAMPLE_RATE,
-            "sample_rate": SAMPLE_RATE, "channels": 2, "bpm": bpm, "keyscale": f"{tonic} {mode}",
-            "key_tonic": tonic, "key_mode": mode, "qc_pass": True, "lyrics": lyric,
-        })
+        lyric = (
+            " ".join(words[int(j)] for j in rng.integers(0, len(words), 8))
+            if lyrics and i % 2 == 0
+            else ""
+        )
+        rows.append(
+            {
+                "track_id": track_id,
+                "uri": os.path.abspath(path),
+                "duration_s": audio.shape[0] / SAMPLE_RATE,
+                "sample_rate": SAMPLE_RATE,
+                "channels": 2,
+                "bpm": bpm,
+                "keyscale": f"{tonic} {mode}",
+                "key_tonic": tonic,
+                "key_mode": mode,
+                "qc_pass": True,
+                "lyrics": lyric,
+            }
+        )
     manifest = os.path.join(out_dir, "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     return manifest
@@ -87,7 +105,7 @@ def refuse_textless_features(features_settings: dict[str, Any]) -> None:
     so say so before the features stage runs rather than after."""
     if str(features_settings.get("text_encoder", "")).strip().lower() == "none":
         raise FeaturesMissing(
-            "features.text_encoder = \"none\" computes features without text embeddings, and the DiT trains on "
+            'features.text_encoder = "none" computes features without text embeddings, and the DiT trains on '
             "them: name a text encoder (a umT5 directory), or offline `--set features.text_encoder=tiny-random` "
             "(the tiny preset's encoder with random weights, as `songmill demo` trains)"
         )
@@ -108,7 +126,9 @@ def features_manifest_path(manifest: str) -> str:
     return f"{root}.features.parquet"
 
 
-def ensure_features(manifest: str, dcae_checkpoint: str, corpus_root: str, **features_settings: Any) -> tuple[str, bool]:
+def ensure_features(
+    manifest: str, dcae_checkpoint: str, corpus_root: str, **features_settings: Any
+) -> tuple[str, bool]:
     """The manifest to train the DiT on: `manifest` itself when its rows have features, else a
     copy with them (`<manifest>.features.parquet`), computed by the features stage with
     `dcae_checkpoint` into the corpus at `corpus_root`. Returns (path, computed now).
@@ -119,11 +139,15 @@ def ensure_features(manifest: str, dcae_checkpoint: str, corpus_root: str, **fea
         raise FeaturesMissing(missing_features_message(manifest))
     check_features_settings(features_settings)
     out = features_manifest_path(manifest)
-    cache_features(manifest, corpus_root, out, **{**features_settings, "dcae_checkpoint": dcae_checkpoint})
+    cache_features(
+        manifest, corpus_root, out, **{**features_settings, "dcae_checkpoint": dcae_checkpoint}
+    )
     return out, True
 
 
-def cache_features(manifest: str, corpus_root: str, out_manifest: str, **features_settings: Any) -> str:
+def cache_features(
+    manifest: str, corpus_root: str, out_manifest: str, **features_settings: Any
+) -> str:
     """Run the features stage over a manifest's tracks through the annotate runner (what
     `songmill annotate --stages features` runs): the tracks are ingested into the corpus at
     `corpus_root` if they are not there yet, the stage writes its shards, its `features` rows
@@ -140,33 +164,59 @@ def cache_features(manifest: str, corpus_root: str, out_manifest: str, **feature
     from songmill.annotate.runner import run_stages
     from songmill.data_schema.store import Corpus
 
-    rows = [{k: v for k, v in r.items() if k not in FEATURE_COLUMNS} for r in pq.read_table(manifest).to_pylist()]
+    rows = [
+        {k: v for k, v in r.items() if k not in FEATURE_COLUMNS}
+        for r in pq.read_table(manifest).to_pylist()
+    ]
     corpus = Corpus(corpus_root)
     ids = [r["track_id"] for r in rows]
-    known = set(corpus.sql("SELECT track_id FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).column(0).to_pylist())
+    known = set(
+        corpus.sql(
+            "SELECT track_id FROM tracks WHERE track_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+        )
+        .column(0)
+        .to_pylist()
+    )
     unknown = [r["uri"] for r in rows if r["track_id"] not in known and r.get("uri")]
     if unknown:
         ingest(corpus, unknown)
-    stage = FeaturesStage(build_config(FeaturesConfig, "features", features_settings), corpus=corpus)
-    (summary,) = run_stages(corpus, [stage], track_ids=ids, given_inputs={r["track_id"]: track_inputs(r) for r in rows})
+    stage = FeaturesStage(
+        build_config(FeaturesConfig, "features", features_settings), corpus=corpus
+    )
+    (summary,) = run_stages(
+        corpus, [stage], track_ids=ids, given_inputs={r["track_id"]: track_inputs(r) for r in rows}
+    )
     if summary.unavailable:
         raise StageUnavailable(summary.unavailable)
-    current = {r["track_id"]: r for r in corpus.sql(
-        "SELECT * FROM features WHERE config_hash = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))", [stage.config_hash, ids]
-    ).to_pylist()}
-    failed = {e["track_id"]: e["message"] for e in corpus.sql(
-        "SELECT track_id, message FROM errors WHERE run_id = ? AND stage = 'features'", [summary.run_id]
-    ).to_pylist()}
+    current = {
+        r["track_id"]: r
+        for r in corpus.sql(
+            "SELECT * FROM features WHERE config_hash = ? AND track_id IN (SELECT unnest(?::VARCHAR[]))",
+            [stage.config_hash, ids],
+        ).to_pylist()
+    }
+    failed = {
+        e["track_id"]: e["message"]
+        for e in corpus.sql(
+            "SELECT track_id, message FROM errors WHERE run_id = ? AND stage = 'features'",
+            [summary.run_id],
+        ).to_pylist()
+    }
     out_rows = []
     for row in rows:
         features = current.get(row["track_id"])
         if features is None:
-            why = failed.get(row["track_id"], "not in the corpus after ingest (the file changed or is unreadable)")
+            why = failed.get(
+                row["track_id"],
+                "not in the corpus after ingest (the file changed or is unreadable)",
+            )
             print(f"features: {row.get('uri', row['track_id'])}: {why}", file=sys.stderr)
             continue
         out_rows.append({**row, **{c: features[c] for c in FEATURE_COLUMNS}})
     if not out_rows:
-        raise ValueError(f"features: no track of {manifest} could be processed (see the lines above)")
+        raise ValueError(
+            f"features: no track of {manifest} could be processed (see the lines above)"
+        )
     tmp = f"{out_manifest}.tmp-{os.getpid()}"
     pq.write_table(pa.Table.from_pylist(out_rows), tmp)
     os.replace(tmp, out_manifest)  # atomic: a killed run leaves no half-written manifest
@@ -175,4 +225,6 @@ def cache_features(manifest: str, corpus_root: str, out_manifest: str, **feature
 
 # Columns the features stage adds (its table's, data_schema/features.py): a manifest that has
 # them (null) gets them replaced.
-FEATURE_COLUMNS: tuple[str, ...] = tuple(n for n in FEATURES.schema.names if n not in STAGE_KEY_COLUMNS)
+FEATURE_COLUMNS: tuple[str, ...] = tuple(
+    n for n in FEATURES.schema.names if n not in STAGE_KEY_COLUMNS
+)

@@ -54,7 +54,14 @@ def write_mel_png(path: str, mel: torch.Tensor, title: str = "") -> str | None:
     return path
 
 
-def write_sample(sample_dir: str, step: int, wav: torch.Tensor | None, sample_rate: int, mel: torch.Tensor, text: str) -> dict[str, str]:
+def write_sample(
+    sample_dir: str,
+    step: int,
+    wav: torch.Tensor | None,
+    sample_rate: int,
+    mel: torch.Tensor,
+    text: str,
+) -> dict[str, str]:
     os.makedirs(sample_dir, exist_ok=True)
     stem = os.path.join(sample_dir, f"step-{step:08d}")
     paths = {}

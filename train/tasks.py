@@ -34,10 +34,18 @@ class TrainTask:
 
     name: str
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
+    def validate(
+        self, model: nn.Module, sample_dir: str, step: int, device: torch.device
+    ) -> dict[str, str]:
         raise NotImplementedError
 
     def after_step(self, device: torch.device) -> dict[str, float]:
@@ -61,7 +69,7 @@ class DiTTask(TrainTask):
         first = FeatureShard.open(self.rows[0].features_url)
         if not first.text_styles:
             raise ValueError(
-                "the features hold no text embeddings (computed with features.text_encoder = \"none\"): run the "
+                'the features hold no text embeddings (computed with features.text_encoder = "none"): run the '
                 "features stage again with a text encoder, offline `--set features.text_encoder=tiny-random`"
             )
         meta = first.meta
@@ -77,19 +85,25 @@ class DiTTask(TrainTask):
             # The DiT's input widths follow the cached features it is trained on.
             dit_cfg.text_dim = text_dim
             dit_cfg.speaker_dim = int(meta.get("speaker_dim", dit_cfg.speaker_dim))
-            dit_cfg.lyrics.vocab_size = max(int(meta.get("lyric_vocab_size", 0)), dit_cfg.lyrics.vocab_size)
+            dit_cfg.lyrics.vocab_size = max(
+                int(meta.get("lyric_vocab_size", 0)), dit_cfg.lyrics.vocab_size
+            )
             # One REPA projector per cached target (none when REPA is off).
             targets = first.repa_targets() if cfg.repa_weight > 0 else {}
             dit_cfg.repa_targets = {name: int(t.shape[-1]) for name, t in targets.items()}
             self.model = LinearDiT(dit_cfg)
-        if cfg.repa_weight <= 0:  # a pretrained DiT's projectors would get no gradient (stalling DDP)
+        if (
+            cfg.repa_weight <= 0
+        ):  # a pretrained DiT's projectors would get no gradient (stalling DDP)
             for projector in getattr(self.model, "projectors", []):
                 projector.requires_grad_(False)
         dit_cfg.gradient_checkpointing = cfg.grad_checkpointing
         self.dit_cfg = dit_cfg
         self.model_preset = model_preset
         tokenizer_json = _tokenizer_json(meta.get("lyric_tokenizer_path", ""))
-        self.dataset = FeatureDataset(self.rows, cfg.max_crop_s, dit_cfg.lyrics.max_tokens, cfg.lyric_crop, tokenizer_json)
+        self.dataset = FeatureDataset(
+            self.rows, cfg.max_crop_s, dit_cfg.lyrics.max_tokens, cfg.lyric_crop, tokenizer_json
+        )
         self.collate = collate_features
         self.conditioning = {
             "text_encoder": meta.get("text_encoder", "none"),
@@ -107,7 +121,13 @@ class DiTTask(TrainTask):
     def config_dict(self) -> dict[str, Any]:
         return self.dit_cfg.to_dict()
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """ACE-Step's objective by default: x0-space denoising loss + the mean of the REPA terms
         (settings loss_space, repa_reduce, cfg_drop_lyric_mask give the other choices)."""
         from songmill.model.conditions import Conditions
@@ -119,9 +139,21 @@ class DiTTask(TrainTask):
         # Noise, timesteps and dropout draw from the trainer's own generator (saved in checkpoints).
         noise = torch.randn(x0.shape, generator=generator).to(device)
         sigma = sample_sigmas(x0.shape[0], cfg.timestep_shift, generator=generator, device=device)
-        cond = Conditions(batch["text"], batch["text_mask"], batch["lyrics"], batch["lyrics_mask"], batch["speaker"])
-        cond = drop_conditions(cond, cfg.cfg_p_text, cfg.cfg_p_lyrics, cfg.cfg_p_speaker, generator=generator,
-                               drop_lyric_mask=cfg.cfg_drop_lyric_mask).to(device)
+        cond = Conditions(
+            batch["text"],
+            batch["text_mask"],
+            batch["lyrics"],
+            batch["lyrics_mask"],
+            batch["speaker"],
+        )
+        cond = drop_conditions(
+            cond,
+            cfg.cfg_p_text,
+            cfg.cfg_p_lyrics,
+            cfg.cfg_p_speaker,
+            generator=generator,
+            drop_lyric_mask=cfg.cfg_drop_lyric_mask,
+        ).to(device)
         # Every projector takes part in every step, with a zero-weighted term when its target is
         # missing from the batch: a parameter without a gradient on one rank stalls DDP.
         want_repa = cfg.repa_weight > 0 and bool(self.dit_cfg.repa_targets)
@@ -145,7 +177,9 @@ class DiTTask(TrainTask):
                 loss = loss + cfg.repa_weight * repa
         return loss, logs
 
-    def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
+    def validate(
+        self, model: nn.Module, sample_dir: str, step: int, device: torch.device
+    ) -> dict[str, str]:
         """Generate from the first manifest track's caption and lyrics with the given weights."""
         from songmill.model.generate import generate, sampler_settings
         from songmill.model.mel import MelSpectrogram, load_vocoder
@@ -158,11 +192,21 @@ class DiTTask(TrainTask):
                 f.write("validation audio needs the DCAE checkpoint (set dcae_checkpoint)\n")
             return {}
         wav, sr = generate(
-            val["dcae"], model, val["text_encoder"], load_vocoder(None, self.model_preset.mel),
-            val["prompt"], val["lyrics"], self.cfg.val_duration_s, seed=self.cfg.seed,
-            steps=self.cfg.val_steps, guidance_scale=self.cfg.val_guidance,
-            sampler=sampler_settings(self.cfg.val_sampler, uncond_lyric_mask=uncond_lyric_mask(self.conditioning)),
-            lyric_tokenizer=val["tokenizer"], shift=self.cfg.timestep_shift,
+            val["dcae"],
+            model,
+            val["text_encoder"],
+            load_vocoder(None, self.model_preset.mel),
+            val["prompt"],
+            val["lyrics"],
+            self.cfg.val_duration_s,
+            seed=self.cfg.seed,
+            steps=self.cfg.val_steps,
+            guidance_scale=self.cfg.val_guidance,
+            sampler=sampler_settings(
+                self.cfg.val_sampler, uncond_lyric_mask=uncond_lyric_mask(self.conditioning)
+            ),
+            lyric_tokenizer=val["tokenizer"],
+            shift=self.cfg.timestep_shift,
         )
         mel = MelSpectrogram(self.model_preset.mel)(wav.unsqueeze(0))[0]
         return write_sample(sample_dir, step, wav, sr, mel, text)
@@ -187,7 +231,9 @@ def pretrained_dit(path: str, text_dim: int, lyric_vocab: int) -> nn.Module:
     from songmill.model.weights import load_module
     from songmill.train.checkpoint import resolve_checkpoint
 
-    directory = path if os.path.exists(os.path.join(path, "dit.safetensors")) else resolve_checkpoint(path)
+    directory = (
+        path if os.path.exists(os.path.join(path, "dit.safetensors")) else resolve_checkpoint(path)
+    )
     dit = load_module(LinearDiT, directory, "dit")
     ema = os.path.join(directory, "dit_ema.safetensors")
     if os.path.exists(ema):
@@ -206,7 +252,7 @@ def pretrained_dit(path: str, text_dim: int, lyric_vocab: int) -> nn.Module:
 
 
 def uncond_lyric_mask(conditioning: dict[str, Any]) -> str:
-    """"zero" for a DiT trained with dropped lyrics masked out (cfg_drop_lyric_mask), else
+    """ "zero" for a DiT trained with dropped lyrics masked out (cfg_drop_lyric_mask), else
     "keep" (ACE-Step's pipeline; imported release checkpoints and older runs)."""
     return "zero" if conditioning.get("cfg_drop_lyric_mask") else "keep"
 
@@ -218,7 +264,9 @@ def _tokenizer_json(path: str) -> str | None:
     return None
 
 
-def load_conditioning(conditioning: dict[str, Any], device: torch.device | str, dcae_override: str | None = None) -> dict[str, Any]:
+def load_conditioning(
+    conditioning: dict[str, Any], device: torch.device | str, dcae_override: str | None = None
+) -> dict[str, Any]:
     """The frozen pieces generation needs besides the DiT: text encoder, lyric tokenizer, DCAE."""
     from songmill.annotate.features import build_text_encoder, load_dcae_for_features
     from songmill.model.config import TextEncoderConfig
@@ -227,7 +275,9 @@ def load_conditioning(conditioning: dict[str, Any], device: torch.device | str, 
 
     spec = conditioning.get("text_encoder", "none")
     if spec == "tiny-random":
-        text_encoder = TextEncoder.tiny_random(TextEncoderConfig.from_dict(conditioning["text_encoder_config"]))
+        text_encoder = TextEncoder.tiny_random(
+            TextEncoderConfig.from_dict(conditioning["text_encoder_config"])
+        )
     else:
         text_encoder = build_text_encoder(spec, str(device))
     text_encoder.to(device)
@@ -245,7 +295,12 @@ def load_conditioning(conditioning: dict[str, Any], device: torch.device | str, 
 # -- DCAE ---------------------------------------------------------------------------------------
 
 
-def spectral_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scales: tuple[int, ...] = (1, 2, 4, 8)) -> torch.Tensor:
+def spectral_loss(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    scales: tuple[int, ...] = (1, 2, 4, 8),
+) -> torch.Tensor:
     """Multi-resolution spectral loss on mel images: L1 at several time-frequency poolings (coarse
     scales weigh spectral envelope, fine ones detail) plus L1 of the frame-to-frame difference,
     which keeps onsets sharp where plain MSE blurs them."""
@@ -269,7 +324,11 @@ class PatchDiscriminator(nn.Module):
         convs, c_in = [], channels
         for i in range(layers):
             c_out = width * 2 ** min(i, 3)
-            convs.append(nn.utils.parametrizations.spectral_norm(nn.Conv2d(c_in, c_out, 4, stride=2 if i < layers - 1 else 1, padding=1)))
+            convs.append(
+                nn.utils.parametrizations.spectral_norm(
+                    nn.Conv2d(c_in, c_out, 4, stride=2 if i < layers - 1 else 1, padding=1)
+                )
+            )
             c_in = c_out
         self.convs = nn.ModuleList(convs)
         self.head = nn.Conv2d(c_in, 1, 3, padding=1)
@@ -306,7 +365,9 @@ class DCAETask(TrainTask):
             # DiT sees) is frozen, the decoder learns against a discriminator.
             self.model.encoder.requires_grad_(False)
             self.discriminator = PatchDiscriminator(self.dcae_cfg.in_channels)
-            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
+            self.disc_optimizer = torch.optim.AdamW(
+                self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9)
+            )
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -318,7 +379,13 @@ class DCAETask(TrainTask):
     def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"disc_optimizer": self.disc_optimizer} if self.disc_optimizer is not None else {}
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         mel = batch["mel"].to(device)
         mask = batch["frame_mask"].to(device)
         recon, latent = model(mel)
@@ -332,9 +399,16 @@ class DCAETask(TrainTask):
             with torch.no_grad():
                 _, real_features = self.discriminator(mel)
             adversarial = -fake_logits.mean()  # hinge generator loss
-            matching = sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features, strict=True)) / len(fake_features)
-            loss = loss + self.cfg.adv_weight * adversarial + self.cfg.feature_match_weight * matching
-            logs |= {"loss/adversarial": float(adversarial.detach()), "loss/feature_match": float(matching.detach())}
+            matching = sum(
+                F.l1_loss(f, r) for f, r in zip(fake_features, real_features, strict=True)
+            ) / len(fake_features)
+            loss = (
+                loss + self.cfg.adv_weight * adversarial + self.cfg.feature_match_weight * matching
+            )
+            logs |= {
+                "loss/adversarial": float(adversarial.detach()),
+                "loss/feature_match": float(matching.detach()),
+            }
             self._last = (mel.detach(), recon.detach())
         self._stats_mel = mel.detach()
         return loss, logs
@@ -366,7 +440,9 @@ class DCAETask(TrainTask):
             with torch.no_grad():
                 model.set_latent_stats(model.encode_raw(mel))
 
-    def validate(self, model: nn.Module, sample_dir: str, step: int, device: torch.device) -> dict[str, str]:
+    def validate(
+        self, model: nn.Module, sample_dir: str, step: int, device: torch.device
+    ) -> dict[str, str]:
         """Reconstruct the start of the first track: input mel above, reconstruction below."""
         from songmill.model.mel import griffin_lim
         from songmill.train.data import SampleKey
@@ -378,7 +454,9 @@ class DCAETask(TrainTask):
             recon, _ = model(mel)
         recon = recon.clamp(-1, 1)
         wav = griffin_lim(recon.float().cpu(), self.cfg.griffin_lim_iters, self.model_preset.mel)[0]
-        both = torch.cat([mel[0].cpu(), recon[0].cpu()], dim=0)  # input channels above, reconstruction below
+        both = torch.cat(
+            [mel[0].cpu(), recon[0].cpu()], dim=0
+        )  # input channels above, reconstruction below
         mse = float(((recon - mel) ** 2).mean())
         text = f"reconstruction of {self.rows[0].uri} (first {self.cfg.val_duration_s:g} s)\nstep: {step}\nmse: {mse:.5f}"
         return write_sample(sample_dir, step, wav, self.model_preset.mel.sample_rate, both, text)
@@ -390,7 +468,9 @@ def _phase1_weights(path: str) -> dict[str, torch.Tensor]:
     from songmill.train.checkpoint import resolve_checkpoint
 
     # a plain weights dir (`songmill model import-acestep --out DIR`) or a training run / checkpoint
-    ckpt = path if os.path.exists(os.path.join(path, "dcae.safetensors")) else resolve_checkpoint(path)
+    ckpt = (
+        path if os.path.exists(os.path.join(path, "dcae.safetensors")) else resolve_checkpoint(path)
+    )
     name = "dcae_ema" if os.path.exists(os.path.join(ckpt, "dcae_ema.safetensors")) else "dcae"
     return load_file(os.path.join(ckpt, f"{name}.safetensors"))
 

@@ -77,13 +77,17 @@ class Performance:
     reverb_room: float | None = None  # fluidsynth's synth.reverb.room-size (None: its default)
     snr_db: float | None = None  # room noise mixed in at this signal-to-noise ratio
 
-    def tempo_multipliers(self, n_beats: int, beats_per_bar: int, rng: np.random.Generator) -> np.ndarray | None:
+    def tempo_multipliers(
+        self, n_beats: int, beats_per_bar: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         """Per-beat tempo factors: a smooth random walk over bars, constant within a bar."""
         if self.drift <= 0:
             return None
         walk, value = [], 0.0
         for _ in range(n_beats // max(beats_per_bar, 1) + 2):
-            value = float(np.clip(0.8 * value + rng.normal(0.0, self.drift), -self.max_drift, self.max_drift))
+            value = float(
+                np.clip(0.8 * value + rng.normal(0.0, self.drift), -self.max_drift, self.max_drift)
+            )
             walk.append(value)
         return np.exp(np.repeat(walk, max(beats_per_bar, 1))[: n_beats + beats_per_bar])
 
@@ -172,7 +176,11 @@ def load_piece(source: str) -> Piece | None:
         part_notes = part.stripTies().flatten().notes
         for element in part_notes:
             for pitch in element.pitches:
-                notes.append(Note(float(element.offset), float(element.quarterLength), int(pitch.midi), voice))
+                notes.append(
+                    Note(
+                        float(element.offset), float(element.quarterLength), int(pitch.midi), voice
+                    )
+                )
         if part_notes:
             last = part_notes[-1]
             if voice == len(parts) - 1 or lowest_last is None:
@@ -193,24 +201,48 @@ def load_piece(source: str) -> Piece | None:
         bar_starts = list(np.arange(0.0, max(n.start_ql + n.length_ql for n in notes), bar_ql))
     end_ql = max(n.start_ql + n.length_ql for n in notes)
     tonic = PITCH_CLASSES[final_pc]
-    name = Path(str(source).split("#")[0]).stem + (f"_X{str(source).rsplit('#', 1)[1]}" if "#" in str(source) else "")
+    name = Path(str(source).split("#")[0]).stem + (
+        f"_X{str(source).rsplit('#', 1)[1]}" if "#" in str(source) else ""
+    )
     return Piece(name, notes, numerator, denominator, bar_starts, end_ql, tonic, mode, len(parts))
 
 
 def as_twelve_eight(piece: Piece) -> Piece:
     """A 6/8 tune felt as 12/8: two bars make one (the first full bar starts a 12/8 bar)."""
     full = [b for b in piece.bar_starts_ql if b >= 0]
-    return Piece(piece.name + "_12-8", piece.notes, 12, 8, full[::2], piece.end_ql, piece.key_tonic,
-                 piece.key_mode, piece.n_voices)
+    return Piece(
+        piece.name + "_12-8",
+        piece.notes,
+        12,
+        8,
+        full[::2],
+        piece.end_ql,
+        piece.key_tonic,
+        piece.key_mode,
+        piece.n_voices,
+    )
 
 
 def repeated(piece: Piece, times: int) -> Piece:
     """The piece played `times` times in a row (a song's verses), for full-length renders."""
     span = piece.bar_starts_ql[-1] + piece.numerator * 4.0 / piece.denominator
-    notes = [Note(n.start_ql + k * span, n.length_ql, n.pitch, n.voice) for k in range(times) for n in piece.notes]
+    notes = [
+        Note(n.start_ql + k * span, n.length_ql, n.pitch, n.voice)
+        for k in range(times)
+        for n in piece.notes
+    ]
     bars = [b + k * span for k in range(times) for b in piece.bar_starts_ql if b >= 0 or k == 0]
-    return Piece(piece.name + f"_x{times}", notes, piece.numerator, piece.denominator, bars,
-                 piece.end_ql + (times - 1) * span, piece.key_tonic, piece.key_mode, piece.n_voices)
+    return Piece(
+        piece.name + f"_x{times}",
+        notes,
+        piece.numerator,
+        piece.denominator,
+        bars,
+        piece.end_ql + (times - 1) * span,
+        piece.key_tonic,
+        piece.key_mode,
+        piece.n_voices,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +291,10 @@ def drum_hits(piece: Piece, groove: str, rng: np.random.Generator) -> list[tuple
             for b in range(piece.beats_per_bar):
                 hits.append((start + b * beat, SNARE if b % 2 else KICK, 105 if b % 2 else 110))
     jitter = rng.normal(0.0, 6.0, len(hits))
-    return [(q, note, int(np.clip(v + j, 30, 127))) for (q, note, v), j in zip(hits, jitter, strict=True)]
+    return [
+        (q, note, int(np.clip(v + j, 30, 127)))
+        for (q, note, v), j in zip(hits, jitter, strict=True)
+    ]
 
 
 ENSEMBLES = {
@@ -277,8 +312,15 @@ ENSEMBLES = {
 }
 
 
-def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str, seed: int,
-               multipliers: np.ndarray | None = None) -> None:
+def write_midi(
+    path: Path,
+    piece: Piece,
+    bpm: float,
+    ensemble: str,
+    groove: str,
+    seed: int,
+    multipliers: np.ndarray | None = None,
+) -> None:
     """`multipliers`: tempo factor per beat (a tempo map), or None for one tempo throughout."""
     import mido
 
@@ -290,7 +332,9 @@ def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str,
     events: list[tuple[int, int, mido.Message]] = []  # (tick, order, message): note-offs first
     voices = max(piece.n_voices, 1)
     for channel in range(min(len(programs) if len(programs) > 1 else 1, 8)):
-        events.append((0, 0, mido.Message("program_change", channel=channel, program=programs[channel])))
+        events.append(
+            (0, 0, mido.Message("program_change", channel=channel, program=programs[channel]))
+        )
     for note in piece.notes:
         if len(programs) == 1:
             channels = [(0, 0)]
@@ -305,17 +349,47 @@ def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str,
             start = int(round(note.start_ql * ticks + rng.normal(0, 4)))
             end = int(round((note.start_ql + note.length_ql * 0.95) * ticks))
             velocity = int(np.clip(rng.normal(80, 8), 40, 120))
-            events.append((max(start, 0), 1, mido.Message("note_on", channel=channel, note=pitch, velocity=velocity)))
-            events.append((max(end, start + 1), 0, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
+            events.append(
+                (
+                    max(start, 0),
+                    1,
+                    mido.Message("note_on", channel=channel, note=pitch, velocity=velocity),
+                )
+            )
+            events.append(
+                (
+                    max(end, start + 1),
+                    0,
+                    mido.Message("note_off", channel=channel, note=pitch, velocity=0),
+                )
+            )
     if groove != "none":
         for q, drum, velocity in drum_hits(piece, groove, rng):
             start = int(round(q * ticks + rng.normal(0, 3)))
-            events.append((max(start, 0), 1, mido.Message("note_on", channel=DRUM_CHANNEL, note=drum, velocity=velocity)))
-            events.append((max(start, 0) + ticks // 8, 0, mido.Message("note_off", channel=DRUM_CHANNEL, note=drum, velocity=0)))
+            events.append(
+                (
+                    max(start, 0),
+                    1,
+                    mido.Message("note_on", channel=DRUM_CHANNEL, note=drum, velocity=velocity),
+                )
+            )
+            events.append(
+                (
+                    max(start, 0) + ticks // 8,
+                    0,
+                    mido.Message("note_off", channel=DRUM_CHANNEL, note=drum, velocity=0),
+                )
+            )
     if multipliers is not None:  # order 0: a tempo change applies before the notes at its tick
         for k, factor in enumerate(multipliers):
             tick = int(round(k * piece.beat_ql * ticks))
-            events.append((tick, 0, mido.MetaMessage("set_tempo", tempo=int(round(60e6 / (quarter_bpm * factor))))))
+            events.append(
+                (
+                    tick,
+                    0,
+                    mido.MetaMessage("set_tempo", tempo=int(round(60e6 / (quarter_bpm * factor)))),
+                )
+            )
     else:
         events.append((0, 0, mido.MetaMessage("set_tempo", tempo=int(round(60e6 / quarter_bpm)))))
     track = mido.MidiTrack()
@@ -327,8 +401,9 @@ def write_midi(path: Path, piece: Piece, bpm: float, ensemble: str, groove: str,
     midi.save(str(path))
 
 
-def beat_grid(piece: Piece, bpm: float, seconds: float,
-              multipliers: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+def beat_grid(
+    piece: Piece, bpm: float, seconds: float, multipliers: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
     """Beat and downbeat times (s) of the render, from the bar lines, within `seconds`
     (through the tempo map when the tempo drifts)."""
     seconds_per_ql = 60.0 / (bpm * piece.beat_ql)
@@ -363,12 +438,29 @@ def excerpt(piece: Piece, bpm: float, seconds: float) -> Piece:
     limit_ql = seconds * bpm * piece.beat_ql / 60.0
     notes = [n for n in piece.notes if n.start_ql < limit_ql]
     bars = [b for b in piece.bar_starts_ql if b < limit_ql]
-    return Piece(piece.name, notes, piece.numerator, piece.denominator, bars, piece.end_ql,
-                 piece.key_tonic, piece.key_mode, piece.n_voices)
+    return Piece(
+        piece.name,
+        notes,
+        piece.numerator,
+        piece.denominator,
+        bars,
+        piece.end_ql,
+        piece.key_tonic,
+        piece.key_mode,
+        piece.n_voices,
+    )
 
 
-def render(piece: Piece, out: Path, bpm: float, ensemble: str, groove: str, seed: int, seconds: float,
-           performance: Performance | None = None) -> dict | None:
+def render(
+    piece: Piece,
+    out: Path,
+    bpm: float,
+    ensemble: str,
+    groove: str,
+    seed: int,
+    seconds: float,
+    performance: Performance | None = None,
+) -> dict | None:
     import soundfile as sf
 
     performance = performance or Performance()
@@ -380,13 +472,43 @@ def render(piece: Piece, out: Path, bpm: float, ensemble: str, groove: str, seed
         with tempfile.TemporaryDirectory(prefix="devset-") as tmp:
             mid, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
             slowest = bpm * (1 - performance.max_drift) if multipliers is not None else bpm
-            write_midi(mid, excerpt(piece, slowest, seconds + 2.0), bpm, ensemble, groove, seed, multipliers)
-            reverb = [] if performance.reverb_room is None else [
-                "-o", f"synth.reverb.room-size={performance.reverb_room}", "-o", "synth.reverb.level=0.9"]
+            write_midi(
+                mid,
+                excerpt(piece, slowest, seconds + 2.0),
+                bpm,
+                ensemble,
+                groove,
+                seed,
+                multipliers,
+            )
+            reverb = (
+                []
+                if performance.reverb_room is None
+                else [
+                    "-o",
+                    f"synth.reverb.room-size={performance.reverb_room}",
+                    "-o",
+                    "synth.reverb.level=0.9",
+                ]
+            )
             subprocess.run(
-                ["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SR), *reverb, "-F", str(wav),
-                 str(performance.soundfont), str(mid)],
-                check=True, capture_output=True, timeout=600,
+                [
+                    "fluidsynth",
+                    "-ni",
+                    "-q",
+                    "-g",
+                    "0.5",
+                    "-r",
+                    str(SR),
+                    *reverb,
+                    "-F",
+                    str(wav),
+                    str(performance.soundfont),
+                    str(mid),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=600,
             )
             audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
             audio = audio[: int(seconds * sr)]
@@ -406,9 +528,17 @@ def render(piece: Piece, out: Path, bpm: float, ensemble: str, groove: str, seed
     if multipliers is not None:  # the felt tempo of a drifting render: its median beat rate
         bpm = 60.0 / float(np.median(np.diff(beats)))
     return {
-        "path": str(flac), "bpm": round(bpm, 3), "beats": beats, "downbeats": downbeats,
-        "time_signature": signature, "key_tonic": piece.key_tonic, "key_mode": piece.key_mode,
-        "ensemble": ensemble, "groove": groove, "piece": piece.name, "duration_s": round(duration, 3),
+        "path": str(flac),
+        "bpm": round(bpm, 3),
+        "beats": beats,
+        "downbeats": downbeats,
+        "time_signature": signature,
+        "key_tonic": piece.key_tonic,
+        "key_mode": piece.key_mode,
+        "ensemble": ensemble,
+        "groove": groove,
+        "piece": piece.name,
+        "duration_s": round(duration, 3),
     }
 
 
@@ -434,8 +564,12 @@ def sources() -> dict[str, list[str]]:
         return sorted(str(p) for p in corpus.getComposer(name))
 
     quartets = [p for c in ("haydn", "mozart", "beethoven") for p in listing(c)]
-    return {"bach": listing("bach"), "quartets": quartets, "ryans": listing("ryansMammoth"),
-            "oneills": tunes_in_metre(listing("oneills1850"), "3/4")}
+    return {
+        "bach": listing("bach"),
+        "quartets": quartets,
+        "ryans": listing("ryansMammoth"),
+        "oneills": tunes_in_metre(listing("oneills1850"), "3/4"),
+    }
 
 
 def tunes_in_metre(books: list[str], metre: str) -> list[str]:
@@ -454,8 +588,15 @@ def tunes_in_metre(books: list[str], metre: str) -> list[str]:
     return found
 
 
-def pick(pool: list[str], rng: np.random.Generator, want: int, accept, used: set[str],
-         parsed: dict[str, Piece | None], budget: int = 400) -> list[Piece]:
+def pick(
+    pool: list[str],
+    rng: np.random.Generator,
+    want: int,
+    accept,
+    used: set[str],
+    parsed: dict[str, Piece | None],
+    budget: int = 400,
+) -> list[Piece]:
     """Up to `want` pieces from the pool (random order) that load and pass `accept`; `parsed`
     memoises music21's parsing (the slow part of a rebuild)."""
     chosen: list[Piece] = []
@@ -479,22 +620,40 @@ def subset_plan(n: int) -> list[tuple[str, str, object, tuple[float, float], lis
     four = lambda p: (p.numerator, p.denominator) == (4, 4)  # noqa: E731
     triple = lambda p: (p.numerator, p.denominator) == (3, 4)  # noqa: E731
     jig = lambda p: (p.numerator, p.denominator) == (6, 8)  # noqa: E731
-    chamber = lambda p: (p.numerator, p.denominator) in ((4, 4), (3, 4), (2, 4), (2, 2), (6, 8)) and p.n_voices >= 2  # noqa: E731
+    chamber = lambda p: (  # noqa: E731
+        (p.numerator, p.denominator) in ((4, 4), (3, 4), (2, 4), (2, 2), (6, 8)) and p.n_voices >= 2
+    )
     return [
         ("piano", "bach", four, (60, 120), ["piano"], ["none"]),
         ("chamber", "quartets", chamber, (70, 140), ["strings"], ["none"]),
-        ("chamber", "bach", four, (60, 110), ["strings", "winds", "organ", "brass", "choir_strings"], ["none"]),
+        (
+            "chamber",
+            "bach",
+            four,
+            (60, 110),
+            ["strings", "winds", "organ", "brass", "choir_strings"],
+            ["none"],
+        ),
         ("band", "bach", four, (85, 135), ["band", "band_keys"], ["rock"]),
         ("band_slow", "bach", four, (60, 80), ["ballad", "band_keys"], ["ballad"]),
         ("band_fast", "bach", four, (140, 180), ["band", "band_keys"], ["fast"]),
         ("triple", "bach", triple, (70, 150), ["piano", "strings", "band"], ["none", "waltz"]),
         ("triple", "oneills", triple, (80, 160), ["folk", "folk_accordion"], ["none", "waltz"]),
-        ("compound", "ryans", jig, (70, 120), ["folk", "folk_accordion", "band"], ["none", "six-eight"]),
+        (
+            "compound",
+            "ryans",
+            jig,
+            (70, 120),
+            ["folk", "folk_accordion", "band"],
+            ["none", "six-eight"],
+        ),
         ("compound_12-8", "ryans", jig, (50, 80), ["ballad", "band_keys"], ["twelve-eight"]),
     ]
 
 
-def alt_plan() -> list[tuple[str, str, object, tuple[float, float], list[str], list[str], Performance]]:
+def alt_plan() -> list[
+    tuple[str, str, object, tuple[float, float], list[str], list[str], Performance]
+]:
     """(subset, source pool, accept, BPM range, ensembles, grooves, performance) of the alt_* subsets."""
     four = lambda p: (p.numerator, p.denominator) == (4, 4)  # noqa: E731
     triple = lambda p: (p.numerator, p.denominator) == (3, 4)  # noqa: E731
@@ -505,22 +664,64 @@ def alt_plan() -> list[tuple[str, str, object, tuple[float, float], list[str], l
 
     return [
         ("alt_piano", "bach", four, (60, 120), ["piano"], ["none"], played("musescore")),
-        ("alt_chamber", "bach", four, (60, 110), ["strings", "winds", "brass", "choir_strings"], ["none"], played("musescore")),
+        (
+            "alt_chamber",
+            "bach",
+            four,
+            (60, 110),
+            ["strings", "winds", "brass", "choir_strings"],
+            ["none"],
+            played("musescore"),
+        ),
         ("alt_band", "bach", four, (85, 135), ["band", "band_keys"], ["rock"], played("timgm6mb")),
-        ("alt_band_fast", "bach", four, (140, 180), ["band", "band_keys"], ["fast"], played("musescore")),
-        ("alt_triple", "oneills", triple, (80, 160), ["folk", "folk_accordion", "piano"], ["none", "waltz"], played("timgm6mb")),
-        ("alt_compound", "ryans", jig, (70, 120), ["folk", "folk_accordion", "band"], ["none", "six-eight"], played("musescore")),
+        (
+            "alt_band_fast",
+            "bach",
+            four,
+            (140, 180),
+            ["band", "band_keys"],
+            ["fast"],
+            played("musescore"),
+        ),
+        (
+            "alt_triple",
+            "oneills",
+            triple,
+            (80, 160),
+            ["folk", "folk_accordion", "piano"],
+            ["none", "waltz"],
+            played("timgm6mb"),
+        ),
+        (
+            "alt_compound",
+            "ryans",
+            jig,
+            (70, 120),
+            ["folk", "folk_accordion", "band"],
+            ["none", "six-eight"],
+            played("musescore"),
+        ),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--per-subset", type=int, default=20, help="excerpts per subset row of the plan")
+    parser.add_argument(
+        "--per-subset", type=int, default=20, help="excerpts per subset row of the plan"
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--full", type=int, default=4, help="3.5-minute band renders for the speed figure")
-    parser.add_argument("--alt-per-subset", type=int, default=12,
-                        help="excerpts per alt_* subset (other soundfonts, drifting tempo, reverb, noise; 0: none)")
+    parser.add_argument(
+        "--full", type=int, default=4, help="3.5-minute band renders for the speed figure"
+    )
+    parser.add_argument(
+        "--alt-per-subset",
+        type=int,
+        default=12,
+        help="excerpts per alt_* subset (other soundfonts, drifting tempo, reverb, noise; 0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     problems = missing_tools()
@@ -531,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     pools = sources()
     args.out.mkdir(parents=True, exist_ok=True)
     memo_path = args.out / "parsed-scores.pkl"
-    parsed: dict[str, Piece | None] = pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}
+    parsed: dict[str, Piece | None] = (
+        pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}
+    )
     used: set[str] = set()
     labels: list[dict] = []
     for subset, pool, accept, (lo, hi), ensembles, grooves in subset_plan(args.per_subset):
@@ -547,7 +750,15 @@ def main(argv: list[str] | None = None) -> int:
             bpm = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
             ensemble, groove = ensembles[index % len(ensembles)], grooves[index % len(grooves)]
             seed = int(rng.integers(2**31))
-            row = render(piece, folder / f"{pool}_{index:03d}_{piece.name}", bpm, ensemble, groove, seed, args.seconds)
+            row = render(
+                piece,
+                folder / f"{pool}_{index:03d}_{piece.name}",
+                bpm,
+                ensemble,
+                groove,
+                seed,
+                args.seconds,
+            )
             if row is not None:
                 row["subset"] = subset
                 labels.append(row)
@@ -557,13 +768,27 @@ def main(argv: list[str] | None = None) -> int:
     # Full-length renders for the speed figure: band chorales repeated like verses.
     folder = args.out / "full"
     folder.mkdir(parents=True, exist_ok=True)
-    full = pick(pools["bach"], rng, args.full, lambda p: (p.numerator, p.denominator) == (4, 4), used, parsed)
+    full = pick(
+        pools["bach"],
+        rng,
+        args.full,
+        lambda p: (p.numerator, p.denominator) == (4, 4),
+        used,
+        parsed,
+    )
     for index, piece in enumerate(full):
         bpm = float(rng.uniform(90, 130))
         one_pass_s = (piece.end_ql / piece.beat_ql) * 60.0 / bpm
         long_piece = repeated(piece, int(np.ceil(215.0 / max(one_pass_s, 1.0))))
-        row = render(long_piece, folder / f"bach_{index:03d}_{long_piece.name}", bpm, "band", "rock",
-                     int(rng.integers(2**31)), 215.0)
+        row = render(
+            long_piece,
+            folder / f"bach_{index:03d}_{long_piece.name}",
+            bpm,
+            "band",
+            "rock",
+            int(rng.integers(2**31)),
+            215.0,
+        )
         if row is not None:
             row["subset"] = "full"
             labels.append(row)
@@ -572,8 +797,12 @@ def main(argv: list[str] | None = None) -> int:
     alt = alt_plan() if args.alt_per_subset else []
     missing = sorted({str(p.soundfont) for *_, p in alt if not p.soundfont.exists()})
     if missing:
-        print("alt_* subsets skipped, missing " + ", ".join(missing) +
-              ": apt-get install timgm6mb-soundfont musescore-general-soundfont-small", file=sys.stderr)
+        print(
+            "alt_* subsets skipped, missing "
+            + ", ".join(missing)
+            + ": apt-get install timgm6mb-soundfont musescore-general-soundfont-small",
+            file=sys.stderr,
+        )
         alt = []
     for subset, pool, accept, (lo, hi), ensembles, grooves, performance in alt:
         pieces = pick(pools[pool], rng, args.alt_per_subset, accept, used, parsed)
@@ -584,12 +813,27 @@ def main(argv: list[str] | None = None) -> int:
             ensemble, groove = ensembles[index % len(ensembles)], grooves[index % len(grooves)]
             seed = int(rng.integers(2**31))
             snr = float(rng.uniform(15.0, 30.0))
-            played = Performance(performance.soundfont, performance.drift, performance.max_drift,
-                                 performance.reverb_room, snr)
-            row = render(piece, folder / f"{pool}_{index:03d}_{piece.name}", bpm, ensemble, groove, seed,
-                         args.seconds, played)
+            played = Performance(
+                performance.soundfont,
+                performance.drift,
+                performance.max_drift,
+                performance.reverb_room,
+                snr,
+            )
+            row = render(
+                piece,
+                folder / f"{pool}_{index:03d}_{piece.name}",
+                bpm,
+                ensemble,
+                groove,
+                seed,
+                args.seconds,
+                played,
+            )
             if row is not None:
-                row.update(subset=subset, soundfont=performance.soundfont.stem, snr_db=round(snr, 1))
+                row.update(
+                    subset=subset, soundfont=performance.soundfont.stem, snr_db=round(snr, 1)
+                )
                 labels.append(row)
         print(f"{subset:<14} {pool:<9} {len(pieces)} pieces", flush=True)
         memo_path.with_suffix(".tmp").write_bytes(pickle.dumps(parsed))

@@ -58,7 +58,11 @@ MIN_RMS = 1e-3  # an excerpt quieter than this (-60 dBFS) is an intro, a break o
 def lmms_xml(path: Path) -> str:
     """An LMMS project's XML: .mmpz is zlib with a 4-byte big-endian length prefix."""
     raw = path.read_bytes()
-    return zlib.decompress(raw[4:]).decode("utf-8", "replace") if path.suffix == ".mmpz" else raw.decode("utf-8", "replace")
+    return (
+        zlib.decompress(raw[4:]).decode("utf-8", "replace")
+        if path.suffix == ".mmpz"
+        else raw.decode("utf-8", "replace")
+    )
 
 
 def lmms_truth(path: Path) -> dict | None:
@@ -99,10 +103,13 @@ def shortened_project(project: Path, max_song_s: float, folder: Path) -> Path:
     truth = lmms_truth(project)
     limit = max_song_s * (truth["bpm"] if truth else 120.0) / 60.0 * 48
     song = root.find("song")
-    for container in (song.iter() if song is not None else ()):
+    for container in song.iter() if song is not None else ():
         for child in list(container):
-            if child.tag in ("pattern", "bbtco", "sampletco", "automationpattern") and float(child.get("pos", 0)) >= limit \
-                    and container.tag == "track":
+            if (
+                child.tag in ("pattern", "bbtco", "sampletco", "automationpattern")
+                and float(child.get("pos", 0)) >= limit
+                and container.tag == "track"
+            ):
                 container.remove(child)
     out = folder / (project.name.split(".")[0] + ".mmp")
     out.write_bytes(ET.tostring(root, encoding="utf-8"))
@@ -120,9 +127,23 @@ def render_lmms(project: Path, wav: Path, max_song_s: float = 0.0) -> bool:
 
 
 def _render_lmms(project: Path, wav: Path, env: dict) -> bool:
-    cmd = ["nice", "-n", "10", "lmms", "--allowroot", "-r", str(project), "-o", str(wav), "-f", "wav"]
+    cmd = [
+        "nice",
+        "-n",
+        "10",
+        "lmms",
+        "--allowroot",
+        "-r",
+        str(project),
+        "-o",
+        str(wav),
+        "-f",
+        "wav",
+    ]
     try:
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+        subprocess.run(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+        )
     except subprocess.TimeoutExpired:
         return False
     return wav.exists() and wav.stat().st_size > 10000
@@ -132,7 +153,9 @@ def render_hydrogen(song: Path, wav: Path) -> bool:
     cmd = ["nice", "-n", "10", "h2cli", "-s", str(song), "-o", str(wav)]
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     try:
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+        subprocess.run(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+        )
     except subprocess.TimeoutExpired:
         return False
     return wav.exists() and wav.stat().st_size > 10000
@@ -168,13 +191,45 @@ def variant(source: Path, kind: str, out: Path) -> bool:
     tmp = out.with_suffix(".tmp.wav")
     if kind == "mp3":
         mp3 = out.with_suffix(".mp3")
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-c:a", "libmp3lame", "-b:a", "128k",
-                        str(mp3)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "128k",
+                str(mp3),
+            ],
+            check=True,
+        )
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(mp3), str(tmp)], check=True)
         mp3.unlink()
     else:  # fx: a duller, roomier mix (bass cut, treble boost, reverb), peak-normalised
-        subprocess.run(["sox", str(source), str(tmp), "gain", "-h", "bass", "-6", "treble", "+4", "reverb", "50", "50", "80",
-                        "norm", "-1"], check=True)
+        subprocess.run(
+            [
+                "sox",
+                str(source),
+                str(tmp),
+                "gain",
+                "-h",
+                "bass",
+                "-6",
+                "treble",
+                "+4",
+                "reverb",
+                "50",
+                "50",
+                "80",
+                "norm",
+                "-1",
+            ],
+            check=True,
+        )
     tmp.replace(out)
     return True
 
@@ -201,17 +256,28 @@ def projects() -> list[tuple[str, str, Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--sets", default="lmms,hydrogen")
-    parser.add_argument("--max-song-s", type=float, default=120.0,
-                        help="render and excerpt only the first this many seconds of each song (0: all)")
-    parser.add_argument("--no-render", action="store_true", help="label only the songs already rendered")
+    parser.add_argument(
+        "--max-song-s",
+        type=float,
+        default=120.0,
+        help="render and excerpt only the first this many seconds of each song (0: all)",
+    )
+    parser.add_argument(
+        "--no-render", action="store_true", help="label only the songs already rendered"
+    )
     args = parser.parse_args(argv)
     missing = [tool for tool in ("lmms", "h2cli", "ffmpeg", "sox") if shutil.which(tool) is None]
     if missing:
-        print(f"missing tools: {', '.join(missing)} (apt-get install lmms hydrogen ffmpeg sox)", file=sys.stderr)
+        print(
+            f"missing tools: {', '.join(missing)} (apt-get install lmms hydrogen ffmpeg sox)",
+            file=sys.stderr,
+        )
     renders = args.out / "renders"
     renders.mkdir(parents=True, exist_ok=True)
     labels, skipped = [], []
@@ -229,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             if shutil.which(tool) is None or args.no_render:
                 continue
             tmp = wav.with_suffix(".part.wav")
-            ok = render_lmms(path, tmp, args.max_song_s) if kind == "lmms" else render_hydrogen(path, tmp)
+            ok = (
+                render_lmms(path, tmp, args.max_song_s)
+                if kind == "lmms"
+                else render_hydrogen(path, tmp)
+            )
             if not ok:
                 skipped.append(f"{name}: render failed")
                 continue
@@ -241,16 +311,27 @@ def main(argv: list[str] | None = None) -> int:
         length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
         for share in OFFSETS:
             start = round(max(0.0, min(share * duration, duration - length)), 2)
-            if length < MIN_EXCERPT_S or start in starts:  # a short song: one excerpt, not three copies
+            if (
+                length < MIN_EXCERPT_S or start in starts
+            ):  # a short song: one excerpt, not three copies
                 continue
             starts.add(start)
             out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
             if not out.exists() and not write_excerpt(audio, start, length, out):
                 continue
             beats, downbeats = grid(truth, start, length)
-            base = {"subset": kind, "piece": f"{kind}:{name}", "bpm": truth["bpm"], "beats": beats,
-                    "downbeats": downbeats, "time_signature": signature, "key_tonic": None, "key_mode": None,
-                    "start_s": start, "source": str(path)}
+            base = {
+                "subset": kind,
+                "piece": f"{kind}:{name}",
+                "bpm": truth["bpm"],
+                "beats": beats,
+                "downbeats": downbeats,
+                "time_signature": signature,
+                "key_tonic": None,
+                "key_mode": None,
+                "start_s": start,
+                "source": str(path),
+            }
             labels.append({**base, "path": str(out), "variant": "orig"})
             made += 1
             if share == VARIANT_OFFSET:
@@ -260,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
                         labels.append({**base, "path": str(other), "variant": variant_kind})
         if not made:
             skipped.append(f"{name}: no audible excerpt ({duration:.1f} s)")
-        print(f"{kind} {name}: {truth['bpm']:g} BPM {signature}, {duration:.0f} s, {made} excerpts", flush=True)
+        print(
+            f"{kind} {name}: {truth['bpm']:g} BPM {signature}, {duration:.0f} s, {made} excerpts",
+            flush=True,
+        )
     tmp = args.out / "labels.jsonl.tmp"
     tmp.write_text("".join(json.dumps(row) + "\n" for row in labels))
     tmp.replace(args.out / "labels.jsonl")

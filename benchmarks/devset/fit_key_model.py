@@ -47,12 +47,22 @@ FALLBACK = keyextractor_config(STAGE)
 SIX = tuple((c, p) for p in ("bgate", "temperley2005", "noland") for c in ("stage", "keyextractor"))
 CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     "both chromas, bgate": (("stage", "bgate"), ("keyextractor", "bgate")),
-    "both chromas, bgate + temperley2005": tuple((c, p) for p in ("bgate", "temperley2005") for c in ("stage", "keyextractor")),
+    "both chromas, bgate + temperley2005": tuple(
+        (c, p) for p in ("bgate", "temperley2005") for c in ("stage", "keyextractor")
+    ),
     "both chromas, bgate + temperley2005 + noland": SIX,
     "both chromas, three profiles, KeyExtractor's natural seventh": KEY_MODEL_FEATURES,
-    "both chromas, three profiles, both natural sevenths": (*SIX, ("keyextractor", "natural_seventh"), ("stage", "natural_seventh")),
-    "KeyExtractor's chroma, three profiles": tuple(("keyextractor", p) for p in ("bgate", "temperley2005", "noland")),
-    "stage chroma, three profiles": tuple(("stage", p) for p in ("bgate", "temperley2005", "noland")),
+    "both chromas, three profiles, both natural sevenths": (
+        *SIX,
+        ("keyextractor", "natural_seventh"),
+        ("stage", "natural_seventh"),
+    ),
+    "KeyExtractor's chroma, three profiles": tuple(
+        ("keyextractor", p) for p in ("bgate", "temperley2005", "noland")
+    ),
+    "stage chroma, three profiles": tuple(
+        ("stage", p) for p in ("bgate", "temperley2005", "noland")
+    ),
 }
 PENALTIES = (0.01, 0.03, 0.1, 0.3)
 V4_RATIO = 0.81
@@ -65,16 +75,31 @@ def features(rows: list[dict]) -> list[dict[tuple[str, str], np.ndarray]]:
         samples, sr = decode(row["path"])
         y = np.ascontiguousarray(to_mono_resampled(samples, sr, ANALYSIS_SR), dtype=np.float32)
         tuning = estimate_tuning(y, ANALYSIS_SR)
-        reference = tuning if tuning and abs(1200 * np.log2(tuning / 440.0)) >= STAGE.min_tuning_cents else 440.0
-        chromas = {name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config, reference).sum(axis=0), config)
-                   for name, config in (("stage", STAGE), ("keyextractor", FALLBACK))}
-        out.append({(name, feature): key_feature(chroma, feature)
-                    for name, chroma in chromas.items() for feature in (*PROFILES, "natural_seventh")})
+        reference = (
+            tuning
+            if tuning and abs(1200 * np.log2(tuning / 440.0)) >= STAGE.min_tuning_cents
+            else 440.0
+        )
+        chromas = {
+            name: model_chroma(hpcp_frames(y, ANALYSIS_SR, config, reference).sum(axis=0), config)
+            for name, config in (("stage", STAGE), ("keyextractor", FALLBACK))
+        }
+        out.append(
+            {
+                (name, feature): key_feature(chroma, feature)
+                for name, chroma in chromas.items()
+                for feature in (*PROFILES, "natural_seventh")
+            }
+        )
     return out
 
 
-def fit(feats: list[dict], truths: list[int], names: tuple[tuple[str, str], ...], l2: float) -> np.ndarray:
-    x = np.stack([np.stack([f[n] for n in names], axis=1) for f in feats])  # excerpts x 24 keys x features
+def fit(
+    feats: list[dict], truths: list[int], names: tuple[tuple[str, str], ...], l2: float
+) -> np.ndarray:
+    x = np.stack(
+        [np.stack([f[n] for n in names], axis=1) for f in feats]
+    )  # excerpts x 24 keys x features
     rows = np.arange(x.shape[0])
     truth = np.asarray(truths)
 
@@ -110,15 +135,24 @@ def summary(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devset", type=Path, required=True)
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in (args.devset / "labels.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["subset"] != "full"]
     feats = features(rows)
     train = [i for i, r in enumerate(rows) if split_of(r) == "train"]
-    groups = {f"{part}-{kind}": [i for i, r in enumerate(rows) if split_of(r) == part and r["subset"].startswith("alt_") == (kind == "alt")]
-              for part in ("train", "test") for kind in ("dev", "alt")}
+    groups = {
+        f"{part}-{kind}": [
+            i
+            for i, r in enumerate(rows)
+            if split_of(r) == part and r["subset"].startswith("alt_") == (kind == "alt")
+        ]
+        for part in ("train", "test")
+        for kind in ("dev", "alt")
+    }
     truths = [key_index(r) for r in rows]
     pieces = sorted({rows[i]["piece"] for i in train})
     print(f"{len(rows)} excerpts; exact/MIREX; leave-one-piece-out over {len(pieces)} train pieces")
@@ -127,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         own, other = feats[i][("stage", "bgate")], feats[i][("keyextractor", "bgate")]
         return int(np.argmax(own)) if own.max() >= V4_RATIO * other.max() else int(np.argmax(other))
 
-    print(f"{'v4 rule (fallback ratio 0.81)':<64}" + "  ".join(f"{g} {summary([mirex(v4(i), rows[i]) for i in idx])}" for g, idx in groups.items()))
+    print(
+        f"{'v4 rule (fallback ratio 0.81)':<64}"
+        + "  ".join(
+            f"{g} {summary([mirex(v4(i), rows[i]) for i in idx])}" for g, idx in groups.items()
+        )
+    )
     best: tuple[float, str, float] | None = None
     for name, names in CANDIDATES.items():
         for l2 in PENALTIES:
@@ -135,9 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             for piece in pieces:
                 keep = [i for i in train if rows[i]["piece"] != piece]
                 w = fit([feats[i] for i in keep], [truths[i] for i in keep], names, l2)
-                held_out += [mirex(predict(feats[i], names, w)[0], rows[i]) for i in train if rows[i]["piece"] == piece]
+                held_out += [
+                    mirex(predict(feats[i], names, w)[0], rows[i])
+                    for i in train
+                    if rows[i]["piece"] == piece
+                ]
             w = fit([feats[i] for i in train], [truths[i] for i in train], names, l2)
-            cells = "  ".join(f"{g} {summary([mirex(predict(feats[i], names, w)[0], rows[i]) for i in idx])}" for g, idx in groups.items())
+            cells = "  ".join(
+                f"{g} {summary([mirex(predict(feats[i], names, w)[0], rows[i]) for i in idx])}"
+                for g, idx in groups.items()
+            )
             print(f"{name + f', L2 {l2}':<52}LOPO {summary(held_out)}  {cells}", flush=True)
             score = float(np.mean(np.equal(held_out, 1.0)) + 1e-3 * np.mean(held_out))
             if best is None or score > best[0] + 1e-9:
@@ -152,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     for g, idx in groups.items():
         p = np.array([predict(feats[i], names, w)[1] for i in idx])
         hit = np.array([mirex(predict(feats[i], names, w)[0], rows[i]) == 1.0 for i in idx], float)
-        print(f"key_confidence on {g}: Brier {np.mean((p - hit) ** 2):.3f} (constant rate {np.mean((hit.mean() - hit) ** 2):.3f}),"
-              f" mean {p.mean():.2f}, right {hit.mean():.2f}")
+        print(
+            f"key_confidence on {g}: Brier {np.mean((p - hit) ** 2):.3f} (constant rate {np.mean((hit.mean() - hit) ** 2):.3f}),"
+            f" mean {p.mean():.2f}, right {hit.mean():.2f}"
+        )
     return 0
 
 

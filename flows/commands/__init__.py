@@ -25,6 +25,16 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def add_window_arguments(p: argparse.ArgumentParser) -> None:
     """--window / --align, on `songmill manifest` and on the exports."""
-    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
-                   help="one row per window of about SECONDS (at most 240) cut on musical boundaries, each with its own lyric slice")
-    p.add_argument("--align", choices=("downbeat", "section"), default="downbeat", help="with --window: windows start on a downbeat or a section start")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="one row per window of about SECONDS (at most 240) cut on musical boundaries, each with its own lyric slice",
+    )
+    p.add_argument(
+        "--align",
+        choices=("downbeat", "section"),
+        default="downbeat",
+        help="with --window: windows start on a downbeat or a section start",
+    )

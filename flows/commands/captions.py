@@ -28,7 +28,11 @@ def _cmd_tags(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     captions = subparsers.add_parser("captions", help="caption tag statistics", parents=[common])
     sub = captions.add_subparsers(dest="captions_command", required=True)
-    tags = sub.add_parser("tags", help="distribution of the normalised genre / mood / instrument tags", parents=[common])
+    tags = sub.add_parser(
+        "tags",
+        help="distribution of the normalised genre / mood / instrument tags",
+        parents=[common],
+    )
     tags.add_argument("--column", choices=["genres", "moods", "instruments"], default="genres")
     tags.add_argument("--top", type=int, default=25)
     tags.set_defaults(func=_cmd_tags)

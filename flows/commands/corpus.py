@@ -28,11 +28,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = subparsers.add_parser("status", parents=[common], help="per stage: tracks current / stale / pending / failed")
+    p = subparsers.add_parser(
+        "status", parents=[common], help="per stage: tracks current / stale / pending / failed"
+    )
     p.add_argument("--stages", default=None, help="comma-separated stages (default all)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("report", parents=[common], help="plots of the corpus in one self-contained HTML file")
+    p = subparsers.add_parser(
+        "report", parents=[common], help="plots of the corpus in one self-contained HTML file"
+    )
     p.add_argument("--out", default="report.html")
     p.set_defaults(func=cmd_report)

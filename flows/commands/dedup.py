@@ -20,6 +20,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = subparsers.add_parser("dedup", parents=[common], help="update the near-duplicate clusters (--full: rebuild)")
-    p.add_argument("--full", action="store_true", help="rebuild from every fingerprint instead of matching new ones")
+    p = subparsers.add_parser(
+        "dedup", parents=[common], help="update the near-duplicate clusters (--full: rebuild)"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="rebuild from every fingerprint instead of matching new ones",
+    )
     p.set_defaults(func=cmd_dedup)

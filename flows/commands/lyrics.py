@@ -51,12 +51,16 @@ def cmd_add(args: argparse.Namespace) -> int:
             f"{summary.unchanged} unchanged, {len(summary.invalid)} invalid -> {db.corpus.root}"
         )
     index = db.index()
-    print(f"lyrics database: {len(index)} lyrics indexed (LSH threshold {db.params.lsh_threshold}, {db.params.num_perm} permutations)")
+    print(
+        f"lyrics database: {len(index)} lyrics indexed (LSH threshold {db.params.lsh_threshold}, {db.params.num_perm} permutations)"
+    )
     return status
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     db = _database(args, create=False)
     index = db.index()
-    print(f"{db.count()} lyrics, {len(index)} in the LSH index {db.index_relpath} (fingerprint {index.fingerprint})")
+    print(
+        f"{db.count()} lyrics, {len(index)} in the LSH index {db.index_relpath} (fingerprint {index.fingerprint})"
+    )
     return 0

@@ -26,8 +26,10 @@ def _import_acestep(args: argparse.Namespace) -> int:
         from songmill.flows.hints import venv_command
 
         songmill, dit = venv_command("songmill"), shlex.quote(written["dit"])
-        print(f"next: {songmill} generate --checkpoint {dit} --prompt \"funk, 104 bpm\" --duration 30 --out song.wav\n"
-              f"  or a LoRA: {songmill} train dit --manifest train.parquet --lora-rank 16 --base-checkpoint {dit} --run-dir runs/lora")
+        print(
+            f'next: {songmill} generate --checkpoint {dit} --prompt "funk, 104 bpm" --duration 30 --out song.wav\n'
+            f"  or a LoRA: {songmill} train dit --manifest train.parquet --lora-rank 16 --base-checkpoint {dit} --run-dir runs/lora"
+        )
     return 0
 
 
@@ -51,19 +53,31 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     info.add_argument("--preset", choices=PRESET_NAMES, default="base")
     info.set_defaults(func=_info)
     imp = model_sub.add_parser(
-        "import-acestep", parents=[common],
+        "import-acestep",
+        parents=[common],
         help="convert an ACE-Step v1 checkpoint directory (ace_step_transformer/, music_dcae_f8c8/, "
         "music_vocoder/, umt5-base/; any subset) into songmill checkpoints",
     )
     imp.add_argument("src", help="the ACE-Step v1 download (safetensors only; pickles are refused)")
-    imp.add_argument("--out", required=True, help="directory for dit/, dcae/, vocoder/, text_encoder/")
+    imp.add_argument(
+        "--out", required=True, help="directory for dit/, dcae/, vocoder/, text_encoder/"
+    )
     imp.set_defaults(func=_import_acestep)
     exp = model_sub.add_parser(
-        "export-acestep", parents=[common],
+        "export-acestep",
+        parents=[common],
         help="write a songmill DiT checkpoint (or LoRA run) in ACE-Step v1's release layout",
     )
-    exp.add_argument("checkpoint", help="a run, checkpoints dir or checkpoint of `songmill train dit`")
-    exp.add_argument("--out", required=True, help="directory for ace_step_transformer/ (and lora/, ...)")
-    exp.add_argument("--dcae", default=None, help="DCAE to export (default: the one the checkpoint names)")
-    exp.add_argument("--vocoder", default=None, help="ADaMoS vocoder dir to export (default: the checkpoint's)")
+    exp.add_argument(
+        "checkpoint", help="a run, checkpoints dir or checkpoint of `songmill train dit`"
+    )
+    exp.add_argument(
+        "--out", required=True, help="directory for ace_step_transformer/ (and lora/, ...)"
+    )
+    exp.add_argument(
+        "--dcae", default=None, help="DCAE to export (default: the one the checkpoint names)"
+    )
+    exp.add_argument(
+        "--vocoder", default=None, help="ADaMoS vocoder dir to export (default: the checkpoint's)"
+    )
     exp.set_defaults(func=_export_acestep)

@@ -35,16 +35,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
         licence = f"  [{e['licence']}]" if e["licence"] else ""
         print(f"{e['name']:<{width}}  {e['setting']:<24} {state}{licence}{unused}")
         if not e["present"]:
-            print(f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}")
+            print(
+                f"{'':<{width}}  looked in: {'; '.join(e['looked']) or '(set ' + e['setting'] + ')'}"
+            )
     from songmill.annotate.music_learned import beat_backends
 
     print("\nmusic beat backends (learned; the DSP path needs none):")
     for b in beat_backends(str((settings(args).get("music") or {}).get("beat_this_weights", ""))):
-        print(f"  {b['name']:<11} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}")
+        print(
+            f"  {b['name']:<11} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}"
+        )
     missing = [e["name"] for e in entries if not e["present"]]
     if missing:
         songmill = venv_command("songmill")
-        print(f"\n{len(missing)} missing; `{songmill} models fetch NAME` or `{songmill} models fetch --all` downloads them")
+        print(
+            f"\n{len(missing)} missing; `{songmill} models fetch NAME` or `{songmill} models fetch --all` downloads them"
+        )
     return 0
 
 
@@ -55,11 +61,17 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     elif args.names:
         unknown = [n for n in args.names if n not in REGISTRY]
         if unknown:
-            print(f"error: unknown weights {', '.join(map(repr, unknown))}; known: {', '.join(REGISTRY)}", file=sys.stderr)
+            print(
+                f"error: unknown weights {', '.join(map(repr, unknown))}; known: {', '.join(REGISTRY)}",
+                file=sys.stderr,
+            )
             return 2
         names = list(args.names)
     else:
-        print(f"error: name the weights to fetch, or --all (see `{venv_command()} models list`)", file=sys.stderr)
+        print(
+            f"error: name the weights to fetch, or --all (see `{venv_command()} models list`)",
+            file=sys.stderr,
+        )
         return 2
     failed = 0
     for name in names:
@@ -71,7 +83,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         try:
             path = fetch(spec, conf)
         except FetchError as exc:
-            print(runnable(f"error: {exc}"), file=sys.stderr)  # FetchError's text says `songmill models fetch`
+            print(
+                runnable(f"error: {exc}"), file=sys.stderr
+            )  # FetchError's text says `songmill models fetch`
             failed += 1
             continue
         print(f"{name}: fetched -> {path}")
@@ -79,9 +93,15 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    models = subparsers.add_parser("models", help="weights each stage needs: where looked, present, fetch", parents=[common])
+    models = subparsers.add_parser(
+        "models", help="weights each stage needs: where looked, present, fetch", parents=[common]
+    )
     sub = models.add_subparsers(dest="models_command", required=True)
-    show = sub.add_parser("list", help="every stage's weights, where songmill looks, present or missing", parents=[common])
+    show = sub.add_parser(
+        "list",
+        help="every stage's weights, where songmill looks, present or missing",
+        parents=[common],
+    )
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_cmd_list)
     get = sub.add_parser("fetch", help="download weights (needs network)", parents=[common])

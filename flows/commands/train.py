@@ -39,7 +39,9 @@ FLAG_SETTINGS = {  # argparse dest -> TrainConfig field
 }
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser | None = None) -> None:
+def register(
+    subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser | None = None
+) -> None:
     parents = [common] if common is not None else []
     # --corpus (in `common`) sits on the leaf parsers only: a parent's value would be overwritten
     # by the leaf's default.
@@ -49,29 +51,43 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         p = kinds.add_parser(kind, parents=parents, help=f"train the {kind.upper()}")
         add_train_arguments(p)
         p.set_defaults(func=run_train, kind=kind)
-    tok = kinds.add_parser("tokenizer", parents=parents, help="train the lyric BPE tokenizer on the corpus lyrics")
+    tok = kinds.add_parser(
+        "tokenizer", parents=parents, help="train the lyric BPE tokenizer on the corpus lyrics"
+    )
     tok.add_argument("--out", required=True, help="tokenizer.json to write")
     tok.add_argument("--vocab-size", type=int, default=4096)
     tok.set_defaults(func=run_tokenizer)
-    merge = kinds.add_parser("merge-lora", parents=parents, help="fold a LoRA run's adapters into its base DiT")
+    merge = kinds.add_parser(
+        "merge-lora", parents=parents, help="fold a LoRA run's adapters into its base DiT"
+    )
     merge.add_argument("--checkpoint", required=True, help="LoRA run or checkpoint dir")
     merge.add_argument("--out", required=True, help="directory for the merged DiT checkpoint")
     merge.set_defaults(func=run_merge_lora)
 
-    gen = subparsers.add_parser("generate", parents=parents, help="generate audio from a DiT checkpoint")
+    gen = subparsers.add_parser(
+        "generate", parents=parents, help="generate audio from a DiT checkpoint"
+    )
     gen.add_argument("--checkpoint", required=True, help="DiT run dir or checkpoint dir")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--lyrics", help="text file with the lyrics (none: instrumental)")
     gen.add_argument("--duration", type=float, required=True, help="seconds")
     gen.add_argument("--out", required=True, help="output .wav")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--sampler", choices=("acestep", "euler", "heun"), default="acestep",
-                     help="acestep: ACE-Step v1's Euler 60 steps + APG 15, guidance interval 0.5, omega 10 "
-                          "(default); euler / heun: 27 steps, plain CFG 7")
+    gen.add_argument(
+        "--sampler",
+        choices=("acestep", "euler", "heun"),
+        default="acestep",
+        help="acestep: ACE-Step v1's Euler 60 steps + APG 15, guidance interval 0.5, omega 10 "
+        "(default); euler / heun: 27 steps, plain CFG 7",
+    )
     gen.add_argument("--steps", type=int, help="integration steps (default: the sampler's)")
     gen.add_argument("--guidance", type=float, help="guidance scale (default: the sampler's)")
-    gen.add_argument("--guidance-type", choices=("apg", "cfg"), help="APG or plain classifier-free guidance")
-    gen.add_argument("--guidance-interval", type=float, help="centred fraction of the steps that get guidance")
+    gen.add_argument(
+        "--guidance-type", choices=("apg", "cfg"), help="APG or plain classifier-free guidance"
+    )
+    gen.add_argument(
+        "--guidance-interval", type=float, help="centred fraction of the steps that get guidance"
+    )
     gen.add_argument("--omega", type=float, help="ACE-Step's Euler step rescale (0: none)")
     gen.add_argument("--dcae", help="DCAE checkpoint (default: the one the DiT was trained with)")
     gen.add_argument("--vocoder", help="vocoder dir (default: Griffin-Lim)")
@@ -93,11 +109,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--lora-targets", help="comma-separated module names to adapt")
     p.add_argument("--base-checkpoint", help="DiT checkpoint LoRA adapts")
-    p.add_argument("--dcae-checkpoint", help="DCAE checkpoint (DiT): decodes validation audio, and computes the "
-                   "features first when the manifest has none")
-    p.add_argument("--phase", type=int, choices=(1, 2), help="DCAE phase: 1 reconstruction, 2 adversarial")
-    p.add_argument("--init-from", help="weights to fine-tune: a DCAE / DiT run, checkpoint or imported release dir "
-                   "(`songmill model import-acestep`); DCAE phase 2 starts from the phase-1 run")
+    p.add_argument(
+        "--dcae-checkpoint",
+        help="DCAE checkpoint (DiT): decodes validation audio, and computes the "
+        "features first when the manifest has none",
+    )
+    p.add_argument(
+        "--phase", type=int, choices=(1, 2), help="DCAE phase: 1 reconstruction, 2 adversarial"
+    )
+    p.add_argument(
+        "--init-from",
+        help="weights to fine-tune: a DCAE / DiT run, checkpoint or imported release dir "
+        "(`songmill model import-acestep`); DCAE phase 2 starts from the phase-1 run",
+    )
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--num-workers", type=int)
 
@@ -111,9 +135,15 @@ def build_config(args: argparse.Namespace):
     if getattr(args, "resume", None):
         saved = load_checkpoint(args.resume, with_state=False).trainer["full_config"]
         config = config.updated(with_legacy_values(saved))
-    settings = load_settings(getattr(args, "config", None), getattr(args, "corpus", None), getattr(args, "overrides", []))
+    settings = load_settings(
+        getattr(args, "config", None), getattr(args, "corpus", None), getattr(args, "overrides", [])
+    )
     config = config.updated(settings.get("train", {}))
-    explicit = {field: getattr(args, dest) for dest, field in FLAG_SETTINGS.items() if getattr(args, dest, None) is not None}
+    explicit = {
+        field: getattr(args, dest)
+        for dest, field in FLAG_SETTINGS.items()
+        if getattr(args, dest, None) is not None
+    }
     return config.updated({**explicit, "kind": args.kind})
 
 
@@ -132,15 +162,22 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if config.kind == "dcae" and config.dcae_phase == 2 and not (config.init_from or args.resume):
-        print("error: DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR", file=sys.stderr)
+        print(
+            "error: DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR",
+            file=sys.stderr,
+        )
         return 2
     manifest = args.manifest
     if config.kind == "dit":
         manifest = dit_manifest(args, config)
     result = train(config, manifest, default_run_dir(args), resume=args.resume, force=args.force)
-    summary = {"run_dir": result.run_dir, "step": result.step, "checkpoint": result.checkpoint,
-               "final_loss": result.losses[-1] if result.losses else None,
-               "stopped_by_signal": result.stopped_by_signal}
+    summary = {
+        "run_dir": result.run_dir,
+        "step": result.step,
+        "checkpoint": result.checkpoint,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "stopped_by_signal": result.stopped_by_signal,
+    }
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0
@@ -164,20 +201,33 @@ def dit_manifest(args: argparse.Namespace, config) -> str:
     if features_count(args.manifest)[0] > 0:
         return args.manifest
     computed = features_manifest_path(args.manifest)
-    if (os.path.exists(computed) and os.path.getmtime(computed) >= os.path.getmtime(args.manifest)
-            and features_count(computed)[0] > 0):
+    if (
+        os.path.exists(computed)
+        and os.path.getmtime(computed) >= os.path.getmtime(args.manifest)
+        and features_count(computed)[0] > 0
+    ):
         # computed from this manifest by an earlier `train dit` (a --resume, a second run): reuse
-        print(f"{args.manifest} has no features: training on {computed}, computed from it earlier", file=sys.stderr)
+        print(
+            f"{args.manifest} has no features: training on {computed}, computed from it earlier",
+            file=sys.stderr,
+        )
         return computed
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would compute them
-        raise FeaturesMissing(missing_features_message(args.manifest) + " (in one process, before torchrun)")
+        raise FeaturesMissing(
+            missing_features_message(args.manifest) + " (in one process, before torchrun)"
+        )
     corpus = getattr(args, "corpus", None) or default_corpus_root()
     settings = load_settings(getattr(args, "config", None), corpus, getattr(args, "overrides", []))
     if config.dcae_checkpoint:
         check_features_settings(settings.get("features", {}))
-        print(f"{args.manifest} has no features: running the features stage with DCAE {config.dcae_checkpoint} "
-              f"into {corpus} -> {features_manifest_path(args.manifest)}", file=sys.stderr)
-    path, _ = ensure_features(args.manifest, config.dcae_checkpoint, corpus, **settings.get("features", {}))
+        print(
+            f"{args.manifest} has no features: running the features stage with DCAE {config.dcae_checkpoint} "
+            f"into {corpus} -> {features_manifest_path(args.manifest)}",
+            file=sys.stderr,
+        )
+    path, _ = ensure_features(
+        args.manifest, config.dcae_checkpoint, corpus, **settings.get("features", {})
+    )
     return path
 
 
@@ -207,9 +257,21 @@ def run_generate(args: argparse.Namespace) -> int:
         with open(args.lyrics, encoding="utf-8") as f:
             lyrics = f.read()
     path = generate_from_checkpoint(
-        args.checkpoint, args.prompt, lyrics, args.duration, args.out, seed=args.seed, steps=args.steps,
-        guidance=args.guidance, sampler=args.sampler, dcae=args.dcae, vocoder=args.vocoder, device=args.device,
-        guidance_type=args.guidance_type, guidance_interval=args.guidance_interval, omega=args.omega,
+        args.checkpoint,
+        args.prompt,
+        lyrics,
+        args.duration,
+        args.out,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        dcae=args.dcae,
+        vocoder=args.vocoder,
+        device=args.device,
+        guidance_type=args.guidance_type,
+        guidance_interval=args.guidance_interval,
+        omega=args.omega,
     )
     print(json.dumps({"out": path, "duration_s": args.duration}))
     return 0
