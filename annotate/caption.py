@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from songmill.annotate.base import RUNTIME, Stage, StageConfig, StageUnavailable, Track
+from songmill.annotate.key import sharp_name
 from songmill.annotate.weights import REGISTRY, locate, missing_message
 from songmill.data_schema.labels import CAPTION_STYLES
 
@@ -193,17 +194,6 @@ _LANGUAGE_NAMES = {
     "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ru": "Russian", "nl": "Dutch", "sv": "Swedish",
     "pl": "Polish", "tr": "Turkish", "ar": "Arabic", "hi": "Hindi",
 }  # fmt: skip
-_FLATS = {
-    "Db": "C#",
-    "Eb": "D#",
-    "Gb": "F#",
-    "Ab": "G#",
-    "Bb": "A#",
-    "Cb": "B",
-    "Fb": "E",
-    "E#": "F",
-    "B#": "C",
-}
 
 
 def measurements(track: Track) -> dict[str, Any]:
@@ -318,7 +308,7 @@ def contradictions(texts: Iterable[str], facts: dict[str, Any]) -> list[str]:
             r"\b([A-G])([#b♯♭]?)[ -](major|minor)\b", text, flags=re.I
         ):
             name = tonic.upper() + accidental.replace("♯", "#").replace("♭", "b")
-            said = f"{_FLATS.get(name, name)} {mode.lower()}"
+            said = f"{sharp_name(name)} {mode.lower()}"
             if said != facts["keyscale"]:
                 found.append(f"key: caption says {said}, measured {facts['keyscale']}")
     if facts.get("time_signature"):
