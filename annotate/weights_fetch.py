@@ -10,11 +10,11 @@ where the stages look.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
+from songmill.annotate.packaged_weights import sha256_file
 from songmill.annotate.weights import REGISTRY, WeightSpec, hf_cache_dir, locate, models_dir
 
 
@@ -78,14 +78,6 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_hf(spec: WeightSpec, repo: str) -> str:
     """Download the repo's wanted files (progress bars from huggingface_hub) and check each LFS
     file against the sha256 the hub lists for it."""
@@ -104,7 +96,7 @@ def fetch_hf(spec: WeightSpec, repo: str) -> str:
         if lfs is None or not local.exists():
             continue
         expected = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
-        actual = _sha256(local)
+        actual = sha256_file(local)
         if actual != expected:
             raise FetchError(
                 f"{local}: sha256 {actual} differs from the hub's {expected}; delete it and fetch again"
