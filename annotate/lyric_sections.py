@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 
 from songmill.annotate.base import Stage, StageConfig, StageUnavailable, Track
 from songmill.annotate.phonemes import normalise_language, strip_section_tags
+from songmill.data_schema.windows import INSTRUMENTAL_TAG, section_at, tag_lines
 
-INSTRUMENTAL = "[instrumental]"
+INSTRUMENTAL = INSTRUMENTAL_TAG
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _LETTER = re.compile(r"[^\W\d_]")
 
@@ -40,13 +41,6 @@ class LyricSectionsConfig(StageConfig):
 def is_romanised(text: str) -> bool:
     letters = _LETTER.findall(text)
     return not letters or sum(bool(_LATIN.match(ch)) for ch in letters) >= 0.8 * len(letters)
-
-
-def section_at(sections: list[dict], t: float) -> str | None:
-    for s in sections:
-        if s["start"] <= t < s["end"]:
-            return s["label"]
-    return sections[-1]["label"] if sections and t >= sections[-1]["start"] else None
 
 
 def transcript_lines(transcript: dict, sections: list[dict]) -> list[tuple[str, str | None]]:
@@ -79,18 +73,6 @@ def align_canonical(
             pointer, current = best + 1, heard[best][1]
         out.append((line, current))
     return out
-
-
-def tag_lines(lines: list[tuple[str, str | None]]) -> str:
-    """`[label]` before each run of lines of one section; blank lines between runs."""
-    blocks: list[str] = []
-    previous: object = object()
-    for line, label in lines:
-        if label != previous:
-            blocks.append(f"\n[{label or 'verse'}]")
-            previous = label
-        blocks.append(line)
-    return "\n".join(blocks).strip()
 
 
 class LyricSectionsStage(Stage):

@@ -142,6 +142,19 @@ def section_at(sections: Sequence[dict], t: float) -> str | None:
     return sections[-1]["label"] if sections and t >= sections[-1]["start"] else None
 
 
+def tag_lines(lines: Sequence[tuple[str, str | None]]) -> str:
+    """`[label]` before each run of lines of one section; blank lines between runs (the tagged
+    lyrics of the lyric_sections stage and of a window's slice)."""
+    blocks: list[str] = []
+    previous: object = object()
+    for line, label in lines:
+        if label != previous:
+            blocks.append(f"\n[{label or 'verse'}]")
+            previous = label
+        blocks.append(line)
+    return "\n".join(blocks).strip()
+
+
 _TAG_ONLY = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
 _INLINE_TAG = re.compile(r"\[[^\]\n]*\]")
 
@@ -196,14 +209,7 @@ def lyric_slice(
     plain = "\n".join(line for line, _ in sung)
     if not sections:
         return plain, plain
-    blocks: list[str] = []
-    previous: object = object()
-    for line, label in sung:
-        if label != previous:
-            blocks.append(f"\n[{label or 'verse'}]")
-            previous = label
-        blocks.append(line)
-    return "\n".join(blocks).strip(), plain
+    return tag_lines(sung), plain
 
 
 def window_bpm(
