@@ -236,6 +236,9 @@ class MusicConfig(StageConfig):
     weight_percival: float = 0.3
     weight_learned: float = 1.5
     octave_credit: float = 0.0
+    # the level step's prior: this much weight lost per octave away from `prior_bpm` (fitted; a
+    # tie-breaker at 0.01, a real prior near the weight of one estimator)
+    level_prior: float = 0.01
     max_analysis_s: float = 600.0  # longer tracks: analyse the first 10 minutes
 
     def tempo_config(self) -> TempoConfig:
@@ -378,9 +381,18 @@ def metre_and_downbeats(
 
 OCTAVE_FACTORS = (2.0, 0.5, 3.0, 1.0 / 3.0)
 AGREEMENT_TOLERANCE = 0.04
-# Logistic calibration of bpm_confidence on (the winner's share of the vote, the learned backend
-# ran), fitted on the real-production development set's train half (--fit).
-ENSEMBLE_CONFIDENCE_COEF = (0.753, 3.005, 0.753)
+# Logistic calibration of bpm_confidence on ensemble_confidence_features, fitted on the
+# real-production development set's train half (--fit).
+ENSEMBLE_CONFIDENCE_COEF = (0.753, 3.005, 0.753, 0.0)
+
+
+def ensemble_confidence_features(
+    share: float, agreement: float, learned: Any = None
+) -> tuple[float, float, float]:
+    """What bpm_confidence is fitted on: the winner's share of the weighted vote, bpm_agreement,
+    and the learned backend's own confidence (its mean activation at its beats; 0 when it did not
+    run)."""
+    return share, agreement, float(learned.confidence) if learned is not None else 0.0
 
 
 def _within(bpm: float, reference: float, tolerance: float = AGREEMENT_TOLERANCE) -> bool:
@@ -409,7 +421,7 @@ def vote(
     level (within 4 % of a candidate, its double, half, triple or third; each estimator one vote,
     the weights break ties); the level within that pulse is the candidate with the most weight
     exactly within 4 % (`weight_*`: the learned backend's levels are the most reliable on real
-    productions); a weak prior (120 BPM) last. bpm_agreement: the share of estimators within 4 % of
+    productions), less `level_prior` per octave away from `prior_bpm`. bpm_agreement: the share of estimators within 4 % of
     the choice, an octave / a third away counting half (they found the pulse, not the level)."""
     usable = [e for e in estimates if e["bpm"] and e["bpm"] > 0]
     if not usable:
@@ -431,7 +443,7 @@ def vote(
             for o in usable
             if not _within(o["bpm"], candidate["bpm"]) and _related(o["bpm"], candidate["bpm"])
         )
-        prior = -0.01 * abs(np.log2(candidate["bpm"] / 120.0))
+        prior = -config.level_prior * abs(np.log2(candidate["bpm"] / config.prior_bpm))
         return exact + config.octave_credit * octave + prior + 1e-3 * weight[id(candidate)]
 
     best = max(members, key=level)
@@ -569,7 +581,9 @@ def finish(
     if downbeats is None:
         downbeats = dsp_downbeats
     confidence = (
-        _logistic((share, float(learned is not None)), ENSEMBLE_CONFIDENCE_COEF) if bpm > 0 else 0.0
+        _logistic(ensemble_confidence_features(share, agreement, learned), ENSEMBLE_CONFIDENCE_COEF)
+        if bpm > 0
+        else 0.0
     )
     row: dict[str, Any] = {
         "bpm": round(bpm, 2) if bpm > 0 else None,

@@ -465,7 +465,8 @@ MIN_CASCADE_SPEED = 60.0  # x realtime per core on the train half, decode includ
 
 
 def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> MusicConfig:
-    """The BeatNet networks, the cascade threshold, vote weights and octave credit with the best
+    """The BeatNet networks, the cascade threshold, vote weights, octave credit and the level
+    prior's weight with the best
     acc1 of the cascade on these (train) rows among the settings whose cascade runs at
     MIN_CASCADE_SPEED or faster there (ties: acc2, then fewer network runs), then the logistic
     calibration of bpm_confidence on the same rows."""
@@ -478,9 +479,10 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         (0.3, 0.6, 0.9),
         (1.0, 1.5, 2.0, 3.0),
         (0.0, 0.25, 0.5),
-        (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
+        (0.01, 0.25, 0.5, 1.0),
+        (0.0, 0.5, 0.7, 0.8, 0.9, 1.01),
     )
-    for combo, separate, w_perc, w_learned, credit, threshold in grid:
+    for combo, separate, w_perc, w_learned, credit, prior, threshold in grid:
         if separate and "," not in combo:
             continue
         trial = dataclasses.replace(
@@ -488,6 +490,7 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
             weight_percival=w_perc,
             weight_learned=w_learned,
             octave_credit=credit,
+            level_prior=prior,
             neural_below_confidence=threshold,
             beatnet_models=combo,
             beatnet_separate_votes=separate,
@@ -520,32 +523,32 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     print(
         f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
         f"beatnet_separate_votes={best.beatnet_separate_votes} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
-        f"octave_credit={best.octave_credit} neural_below_confidence={best.neural_below_confidence} "
+        f"octave_credit={best.octave_credit} level_prior={best.level_prior} neural_below_confidence={best.neural_below_confidence} "
         f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network + decode runs per track {-best_key[2] / n:.2f})"
     )
-    # bpm_confidence: logistic regression of acc1 on (the winner's vote share, learned ran)
+    # bpm_confidence: logistic regression of acc1 on music.ensemble_confidence_features
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
         estimates = list(c["analysis"].estimates)
-        ran = music.needs_learned(estimates, best)
-        if ran:
+        learned = c["learned"] if music.needs_learned(estimates, best) else None
+        if learned is not None:
             estimates += [
-                {"estimator": "beatnet", "bpm": c["learned"].bpm, "confidence": 0.0},
-                *c["learned"].votes,
+                {"estimator": "beatnet", "bpm": learned.bpm, "confidence": 0.0},
+                *learned.votes,
             ]
-        choice, share, _ = music.vote(estimates, best)
-        features.append((1.0, share, float(ran)))
+        choice, share, agreement = music.vote(estimates, best)
+        features.append((1.0, *music.ensemble_confidence_features(share, agreement, learned)))
         hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))
     x, y = np.asarray(features), np.asarray(hits)
-    coef = np.zeros(3)
-    for _ in range(50):  # Newton steps, L2 0.1 (few excerpts: keep the coefficients modest)
+    coef = np.zeros(x.shape[1])
+    for _ in range(50):  # Newton steps, L2 0.1 (few projects: keep the coefficients modest)
         p = 1.0 / (1.0 + np.exp(-x @ coef))
         gradient = x.T @ (p - y) + 0.1 * coef
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + 0.1 * np.eye(3)
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 0.1 * np.eye(x.shape[1])
         coef -= np.linalg.solve(hessian, gradient)
     print(
-        f"bpm_confidence logistic on (1, vote share, learned ran): ENSEMBLE_CONFIDENCE_COEF = "
-        f"({coef[0]:.3f}, {coef[1]:.3f}, {coef[2]:.3f})"
+        "bpm_confidence logistic on (1, vote share, bpm_agreement, learned confidence): "
+        f"ENSEMBLE_CONFIDENCE_COEF = ({', '.join(f'{v:.3f}' for v in coef)})"
     )
     music.ENSEMBLE_CONFIDENCE_COEF = tuple(round(float(v), 3) for v in coef)
     return best
@@ -618,8 +621,24 @@ def real_sets(args: argparse.Namespace) -> int:
                 f"essentia {e['bpm']:.1f}  dsp conf {c['analysis'].estimates[0]['confidence']}"
             )
     if args.fit:
+        from songmill.annotate import music
+
+        test = [i for i, r in enumerate(labels) if split_of(r) == "test"]
+        # the other way round first (fitted on the test half, scored on the train half): how
+        # much the fitted settings depend on which projects they saw
+        swapped = fit_ensemble([labels[i] for i in test], [cache[i] for i in test], config)
         train = [i for i, r in enumerate(labels) if split_of(r) == "train"]
+        swapped_runs = method_runs([cache[i] for i in train], swapped)
+        swapped_scores = scores(
+            [labels[i] for i in train], swapped_runs["cascade (neural=auto)"][0]
+        )
         config = fit_ensemble([labels[i] for i in train], [cache[i] for i in train], config)
+        print(
+            f"cross-fit: fitted on the test half, scored on the train half ({len(train)}): "
+            f"cascade acc1 {swapped_scores['acc1']:.3f} acc2 {swapped_scores['acc2']:.3f} "
+            f"beat F {swapped_scores['beat_f']:.3f} (stage defaults = the fit on the train half; "
+            f"ENSEMBLE_CONFIDENCE_COEF = {music.ENSEMBLE_CONFIDENCE_COEF})"
+        )
     end_to_end = None
     if (
         args.check_stage

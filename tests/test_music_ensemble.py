@@ -116,6 +116,43 @@ def test_vote_records_disagreement():
     assert not music.needs_learned(split[:2], MusicConfig(neural="never"))
 
 
+def test_level_prior_decides_a_tied_level_and_weights_outvote_it():
+    # dsp and the learned backend find the same pulse at two levels, with equal weight
+    tied = [
+        {"estimator": "dsp", "bpm": 180.0, "confidence": 0.9},
+        {"estimator": "beatnet", "bpm": 90.0, "confidence": 0.8},
+    ]
+    even = MusicConfig(weight_dsp=1.0, weight_learned=1.0, level_prior=0.5)
+    assert music.vote(tied, even)[0]["bpm"] == 90.0  # nearer 120 BPM (prior_bpm) in octaves
+    # a learned vote of weight 2 at 240 BPM, one octave above the prior's 120: a prior of 0.5 an
+    # octave leaves it ahead of dsp's 120 (2 - 0.5 > 1), a prior of 2 an octave does not
+    octave = [dict(tied[0], bpm=120.0), dict(tied[1], bpm=240.0)]
+    assert music.vote(octave, MusicConfig(weight_learned=2.0, level_prior=0.5))[0]["bpm"] == 240.0
+    assert music.vote(octave, MusicConfig(weight_learned=2.0, level_prior=2.0))[0]["bpm"] == 120.0
+
+
+def test_bpm_confidence_follows_the_learned_backends_own_confidence(monkeypatch):
+    """bpm_confidence: a logistic of (vote share, agreement, the learned backend's confidence)."""
+    monkeypatch.setattr(music, "ENSEMBLE_CONFIDENCE_COEF", (-2.0, 1.0, 1.0, 3.0))
+    analysis = music.DspAnalysis(
+        odfs={"superflux": np.zeros(100)},
+        duration_s=1.0,
+        result={"bpm": 120.0, "bpm_confidence": 0.9, "beats": np.zeros(0)},
+        estimates=[
+            {"estimator": "dsp", "bpm": 120.0, "confidence": 0.9},
+            {"estimator": "percival", "bpm": 120.0, "confidence": None},
+        ],
+        key={},
+    )
+    sure, unsure = (
+        music_learned.LearnedBeats(np.zeros(0), np.zeros(0), 120.0, c) for c in (0.9, 0.1)
+    )
+    rows = [music.finish(analysis, MusicConfig(), found, "beatnet") for found in (sure, unsure)]
+    assert rows[0]["bpm"] == rows[1]["bpm"] == 120.0
+    assert rows[0]["bpm_confidence"] > rows[1]["bpm_confidence"] + 0.3
+    assert music.ensemble_confidence_features(0.5, 0.4) == (0.5, 0.4, 0.0)
+
+
 def _track(tmp_path: Path, y: np.ndarray, name: str = "t") -> Track:
     path = tmp_path / f"{name}.wav"
     sf.write(str(path), y, SR)

@@ -17,12 +17,15 @@ pointing at it, or Hydrogen's timeline tempo markers) are left out: a fixed grid
 
 Songs are cut at `--max-song-s` (120 s: the clips that start later are removed from a copy of the
 project before rendering; a full render is cut there too), so the excerpts' positions do not
-depend on how the render was made. Excerpts: `--seconds` long (30; the whole song when shorter, from 12 s) at 20 %, 45 % and 70 % of
-that (the `orig` variant), and at
-45 % two more variants of the same stretch: `mp3` (ffmpeg libmp3lame 128 kbit/s, decoded back)
-and `fx` (sox: bass cut, treble boost, reverb). Silent stretches are skipped. Split by project
-(benchmarks/bench_music_accuracy.py: split_of, a CRC-32 of the project name); every excerpt of a
-project lands in the same half.
+depend on how the render was made. Excerpts: `--seconds` long (30; the whole song when
+shorter, from 12 s) at 20 %, 45 % and 70 % of that (the `orig` variant); at 45 % two more
+variants of the same stretch: `mp3` (ffmpeg libmp3lame 128 kbit/s, decoded back) and `fx` (sox:
+bass cut, treble boost, reverb); and the whole cut song (`song`: as the stage sees a track, with
+more context than 30 s). Silent stretches are skipped. Every project is also rendered at
+`--tempi` times its tempo (0.75 and 1.3, kept within 60-200 BPM; `orig` excerpts and the song
+only): the musicians' notes at another tempo, so that a genre's usual tempo does not decide the
+answer. Split by project (benchmarks/bench_music_accuracy.py: split_of, a CRC-32 of the project
+name); every excerpt of a project, at every tempo, lands in the same half.
 
 Needs `apt-get install lmms lmms-common hydrogen hydrogen-data ffmpeg sox` (setup.sh lists
 them). Installs nothing itself; renders once, cached by file name; run under `nice`, one render
@@ -52,6 +55,9 @@ OFFSETS = (0.20, 0.45, 0.70)
 VARIANT_OFFSET = 0.45
 SR = 44100
 MIN_EXCERPT_S = 12.0
+# The same songs at other tempi: each project's notes at `--tempi` times its tempo (a song's
+# style then no longer fixes its tempo), kept between 60 and 200 BPM.
+RETIMED_RANGE = (60.0, 200.0)
 MIN_RMS = 1e-3  # an excerpt quieter than this (-60 dBFS) is an intro, a break or the tail
 
 
@@ -96,12 +102,20 @@ def hydrogen_truth(path: Path) -> dict | None:
     return {"bpm": bpm, "numerator": 4 if sizes <= {192} else 0, "denominator": 4}
 
 
-def shortened_project(project: Path, max_song_s: float, folder: Path) -> Path:
-    """The project without the clips that start after `max_song_s` (LMMS renders a song to its
-    last clip: cutting a 4-minute song at 2 minutes halves the render). Ticks: 48 a quarter note."""
+def prepared_project(project: Path, max_song_s: float, folder: Path, bpm: float = 0.0) -> Path:
+    """A copy of the project to render: at `bpm` when given (the musicians' notes, at another
+    tempo: LMMS places notes in ticks, 48 a quarter note, so they follow the header), without the
+    clips that start after `max_song_s` (LMMS renders a song to its last clip: cutting a 4-minute
+    song at 2 minutes halves the render)."""
     root = ET.fromstring(lmms_xml(project))
     truth = lmms_truth(project)
-    limit = max_song_s * (truth["bpm"] if truth else 120.0) / 60.0 * 48
+    head = root.find("head")
+    if bpm and head is not None:
+        head.set("bpm", f"{bpm:g}")
+        for model in head.findall("bpm"):
+            model.set("value", f"{bpm:g}")
+    bpm = bpm or (truth["bpm"] if truth else 120.0)
+    limit = max_song_s * bpm / 60.0 * 48 if max_song_s else float("inf")
     song = root.find("song")
     for container in song.iter() if song is not None else ():
         for child in list(container):
@@ -116,13 +130,13 @@ def shortened_project(project: Path, max_song_s: float, folder: Path) -> Path:
     return out
 
 
-def render_lmms(project: Path, wav: Path, max_song_s: float = 0.0) -> bool:
+def render_lmms(project: Path, wav: Path, max_song_s: float = 0.0, bpm: float = 0.0) -> bool:
     import tempfile
 
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     with tempfile.TemporaryDirectory(prefix="lmms-project-") as folder:
-        if max_song_s:
-            project = shortened_project(project, max_song_s, Path(folder))
+        if max_song_s or bpm:
+            project = prepared_project(project, max_song_s, Path(folder), bpm)
         return _render_lmms(project, wav, env)
 
 
@@ -149,15 +163,23 @@ def _render_lmms(project: Path, wav: Path, env: dict) -> bool:
     return wav.exists() and wav.stat().st_size > 10000
 
 
-def render_hydrogen(song: Path, wav: Path) -> bool:
-    cmd = ["nice", "-n", "10", "h2cli", "-s", str(song), "-o", str(wav)]
+def render_hydrogen(song: Path, wav: Path, bpm: float = 0.0) -> bool:
+    import tempfile
+
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    try:
-        subprocess.run(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
-        )
-    except subprocess.TimeoutExpired:
-        return False
+    with tempfile.TemporaryDirectory(prefix="hydrogen-song-") as folder:
+        if bpm:  # the same song at another tempo: Hydrogen places notes in ticks
+            root = ET.fromstring(song.read_text(errors="replace"))
+            root.find("bpm").text = f"{bpm:g}"
+            song = Path(folder) / song.name
+            song.write_bytes(ET.tostring(root, encoding="utf-8"))
+        cmd = ["nice", "-n", "10", "h2cli", "-s", str(song), "-o", str(wav)]
+        try:
+            subprocess.run(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+            )
+        except subprocess.TimeoutExpired:
+            return False
     return wav.exists() and wav.stat().st_size > 10000
 
 
@@ -234,6 +256,28 @@ def variant(source: Path, kind: str, out: Path) -> bool:
     return True
 
 
+def loops_samples(path: Path) -> bool:
+    """Whether an LMMS project plays a loop sample (LMMS's `beats/` folder, or a file named
+    loop / break): a loop keeps its own tempo, so the project cannot be rendered at another."""
+    if path.suffix not in (".mmp", ".mmpz"):
+        return False
+    root = ET.fromstring(lmms_xml(path))
+    sources = [(p.get("src") or "").lower() for p in root.iter("audiofileprocessor")]
+    return any(s.startswith("beats/") or "loop" in s or "break" in s for s in sources)
+
+
+def tempi(bpm: float, factors: str, path: Path) -> list[float]:
+    """The project's own tempo, then the same song at each of `factors` times it (whole BPM,
+    kept within RETIMED_RANGE; none for a project that plays a loop sample)."""
+    found = [bpm]
+    if factors and not loops_samples(path):
+        for factor in (float(f) for f in factors.split(",")):
+            other = float(round(bpm * factor))
+            if RETIMED_RANGE[0] <= other <= RETIMED_RANGE[1] and other not in found:
+                found.append(other)
+    return found
+
+
 def grid(truth: dict, start_s: float, seconds: float) -> tuple[list[float], list[float]]:
     """Beats and downbeats of the project's grid inside [start_s, start_s + seconds), in excerpt time."""
     period = 60.0 / truth["bpm"]
@@ -269,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         help="render and excerpt only the first this many seconds of each song (0: all)",
     )
     parser.add_argument(
+        "--tempi",
+        default="0.75,1.3",
+        help="also render every project at these multiples of its tempo (orig excerpts only; '' for none)",
+    )
+    parser.add_argument(
         "--no-render", action="store_true", help="label only the songs already rendered"
     )
     args = parser.parse_args(argv)
@@ -288,63 +337,86 @@ def main(argv: list[str] | None = None) -> int:
         if truth is None:
             skipped.append(f"{name}: tempo automated or unreadable")
             continue
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-        wav = renders / f"{kind}-{slug}.wav"
-        if not wav.exists():
-            tool = "lmms" if kind == "lmms" else "h2cli"
-            if shutil.which(tool) is None or args.no_render:
-                continue
-            tmp = wav.with_suffix(".part.wav")
-            ok = (
-                render_lmms(path, tmp, args.max_song_s)
-                if kind == "lmms"
-                else render_hydrogen(path, tmp)
+        for bpm in tempi(truth["bpm"], args.tempi, path):
+            retimed = bpm != truth["bpm"]
+            at = {**truth, "bpm": bpm}
+            slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name) + (f"@{bpm:g}" if retimed else "")
+            wav = renders / f"{kind}-{slug}.wav"
+            if not wav.exists():
+                tool = "lmms" if kind == "lmms" else "h2cli"
+                if shutil.which(tool) is None or args.no_render:
+                    continue
+                tmp = wav.with_suffix(".part.wav")
+                ok = (
+                    render_lmms(path, tmp, args.max_song_s, bpm if retimed else 0.0)
+                    if kind == "lmms"
+                    else render_hydrogen(path, tmp, bpm if retimed else 0.0)
+                )
+                if not ok:
+                    skipped.append(f"{name} at {bpm:g} BPM: render failed")
+                    continue
+                tmp.replace(wav)
+            audio = read_wav(wav)[: int(args.max_song_s * SR) if args.max_song_s else None]
+            duration = audio.shape[0] / SR
+            signature = (
+                f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
             )
-            if not ok:
-                skipped.append(f"{name}: render failed")
-                continue
-            tmp.replace(wav)
-        audio = read_wav(wav)[: int(args.max_song_s * SR) if args.max_song_s else None]
-        duration = audio.shape[0] / SR
-        signature = f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
-        made, starts = 0, set()
-        length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
-        for share in OFFSETS:
-            start = round(max(0.0, min(share * duration, duration - length)), 2)
+            made, starts = 0, set()
+            length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
+            for share in OFFSETS:
+                start = round(max(0.0, min(share * duration, duration - length)), 2)
+                if (
+                    length < MIN_EXCERPT_S or start in starts
+                ):  # a short song: one excerpt, not three copies
+                    continue
+                starts.add(start)
+                out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
+                if not out.exists() and not write_excerpt(audio, start, length, out):
+                    continue
+                beats, downbeats = grid(at, start, length)
+                base = {
+                    "subset": kind,
+                    "piece": f"{kind}:{name}",
+                    "bpm": bpm,
+                    "project_bpm": truth["bpm"],
+                    "beats": beats,
+                    "downbeats": downbeats,
+                    "time_signature": signature,
+                    "key_tonic": None,
+                    "key_mode": None,
+                    "start_s": start,
+                    "source": str(path),
+                }
+                labels.append({**base, "path": str(out), "variant": "orig"})
+                made += 1
+                if share == VARIANT_OFFSET and not retimed:
+                    for variant_kind in ("mp3", "fx"):
+                        other = out.with_name(out.stem + f"-{variant_kind}.wav")
+                        if variant(out, variant_kind, other):
+                            labels.append({**base, "path": str(other), "variant": variant_kind})
+            whole = args.out / f"{kind}-{slug}-song.wav"
             if (
-                length < MIN_EXCERPT_S or start in starts
-            ):  # a short song: one excerpt, not three copies
-                continue
-            starts.add(start)
-            out = args.out / f"{kind}-{slug}-{int(share * 100):02d}.wav"
-            if not out.exists() and not write_excerpt(audio, start, length, out):
-                continue
-            beats, downbeats = grid(truth, start, length)
-            base = {
-                "subset": kind,
-                "piece": f"{kind}:{name}",
-                "bpm": truth["bpm"],
-                "beats": beats,
-                "downbeats": downbeats,
-                "time_signature": signature,
-                "key_tonic": None,
-                "key_mode": None,
-                "start_s": start,
-                "source": str(path),
-            }
-            labels.append({**base, "path": str(out), "variant": "orig"})
-            made += 1
-            if share == VARIANT_OFFSET:
-                for variant_kind in ("mp3", "fx"):
-                    other = out.with_name(out.stem + f"-{variant_kind}.wav")
-                    if variant(out, variant_kind, other):
-                        labels.append({**base, "path": str(other), "variant": variant_kind})
-        if not made:
-            skipped.append(f"{name}: no audible excerpt ({duration:.1f} s)")
-        print(
-            f"{kind} {name}: {truth['bpm']:g} BPM {signature}, {duration:.0f} s, {made} excerpts",
-            flush=True,
-        )
+                made
+                and duration > length + 1
+                and (whole.exists() or write_excerpt(audio, 0.0, duration, whole))
+            ):  # the whole (cut) song, as the stage sees tracks: more context than an excerpt
+                beats, downbeats = grid(at, 0.0, duration)
+                labels.append(
+                    {
+                        **base,
+                        "path": str(whole),
+                        "variant": "song",
+                        "start_s": 0.0,
+                        "beats": beats,
+                        "downbeats": downbeats,
+                    }
+                )
+            if not made:
+                skipped.append(f"{name} at {bpm:g} BPM: no audible excerpt ({duration:.1f} s)")
+            print(
+                f"{kind} {name}: {bpm:g} BPM {signature}, {duration:.0f} s, {made} excerpts",
+                flush=True,
+            )
     tmp = args.out / "labels.jsonl.tmp"
     tmp.write_text("".join(json.dumps(row) + "\n" for row in labels))
     tmp.replace(args.out / "labels.jsonl")
