@@ -303,6 +303,7 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
                 t = time.process_time()
                 acts[model] = tracker.model_activations(feats, model)
                 nn_cpu[model] = time.process_time() - t
+            item["activations_by"] = {m: a.astype(np.float32) for m, a in acts.items()}
             for combo in BEATNET_COMBOS:
                 models = tuple(int(m) for m in combo.split(","))
                 t = time.process_time()
