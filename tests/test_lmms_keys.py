@@ -28,12 +28,15 @@ def notes_xml(keys: list[int], ticks: int = 96, repeats: int = 4) -> str:
     return "".join(out)
 
 
-def instrument_track(name: str, instrument: str, notes: str, pos: int = 0, **attrs: str) -> str:
+def instrument_track(
+    name: str, instrument: str, notes: str, pos: int = 0, src: str = "", **attrs: str
+) -> str:
     fields = {"vol": "100", "basenote": "57", "pitch": "0", "usemasterpitch": "1", **attrs}
     head = " ".join(f'{k}="{v}"' for k, v in fields.items())
+    sample = f' src="{src}" sframe="0" eframe="1" looped="0"' if src else ""
     return (
         f'<track type="0" name="{name}" muted="0"><instrumenttrack {head}>'
-        f'<instrument name="{instrument}"><{instrument}/></instrument></instrumenttrack>'
+        f'<instrument name="{instrument}"><{instrument}{sample}/></instrument></instrumenttrack>'
         f'<pattern pos="{pos}" len="100000" muted="0">{notes}</pattern></track>'
     )
 
@@ -49,7 +52,10 @@ def project(*tracks: str, masterpitch: int = 0) -> str:
 
 # A drum-sample track whose keys, if they counted, would pull the key to F# major
 DRUMS_IN_F_SHARP = instrument_track(
-    "drums", "audiofileprocessor", notes_xml([54, 61, 58, 66, 54, 61], ticks=192)
+    "loop 1",
+    "audiofileprocessor",
+    notes_xml([54, 61, 58, 66, 54, 61], ticks=192),
+    src="drums/x.ogg",
 )
 SNARE_SYNTH = instrument_track("Snare 2", "tripleoscillator", notes_xml([54, 61, 58], ticks=192))
 
@@ -65,7 +71,7 @@ def test_c_major_scale_and_a_minor_tune_with_drums_ignored():
     )
     notes = lmms_keys.read_project(xml)
     assert notes.used_tracks == ["piano", "lead"]
-    assert any(s.startswith("drums: audiofileprocessor") for s in notes.skipped_tracks)
+    assert any(s.startswith("loop 1: audiofileprocessor drum") for s in notes.skipped_tracks)
     assert any(s.startswith("Snare 2: named like a drum") for s in notes.skipped_tracks)
     first = lmms_keys.excerpt_key(notes, 0.0, 30.0)
     assert (first["key_tonic"], first["key_mode"], first["key_evidence"]) == (
@@ -112,6 +118,47 @@ def test_beat_bassline_clips_loop_their_pattern():
     # three pitch classes only: a key, but no label (LABEL_RULE asks for five)
     result = lmms_keys.span_key(notes, 0.0, 30.0)
     assert not result["labelled"] and "pitch classes" in result["reason"]
+
+
+def test_a_sample_of_unknown_pitch_played_melodically_blocks_the_label():
+    # LMMS synthesises .ds presets itself: their pitch is unknown, so where one plays more
+    # than one key the notes do not tell the key
+    piano = instrument_track("piano", "tripleoscillator", notes_xml(SCALE_UP))
+    preset = instrument_track(
+        "E-Piano",
+        "audiofileprocessor",
+        notes_xml([C4, E4], repeats=2),
+        src="drumsynth/instrument/E_Piano.ds",
+    )
+    alone = lmms_keys.read_project(project(piano))
+    assert lmms_keys.excerpt_key(alone, 0.0, 30.0)["key_tonic"] == "C"
+    both = lmms_keys.read_project(project(piano, preset))
+    result = lmms_keys.span_key(both, 0.0, 30.0)
+    assert (result["key_tonic"], result["key_mode"]) == ("C", "major")
+    assert not result["labelled"] and "unknown pitch" in result["reason"]
+    assert lmms_keys.excerpt_key(both, 0.0, 30.0)["key_tonic"] is None
+    assert lmms_keys.excerpt_key(both, 40.0, 20.0)["key_tonic"] == "C"  # after its 8 s
+
+
+@pytest.mark.skipif(
+    not (lmms_keys.SAMPLES / "instruments" / "piano01.ogg").exists(),
+    reason="lmms-common not installed",
+)
+def test_a_shipped_sample_sounds_at_its_own_pitch_moved_by_the_note():
+    # piano01.ogg is one piano note, C: played on key 57 + 2 it sounds D; the scale of D major
+    profile, seconds = lmms_keys.sample_profile("instruments/piano01.ogg")
+    assert int(profile.argmax()) == 0 and 0.5 < seconds < 2.0
+    scale_on_d = [k + 2 + (A4 - C4) for k in SCALE_UP]  # C4 -> key 59: two above the base note
+    notes = lmms_keys.read_project(
+        project(
+            instrument_track(
+                "keys", "audiofileprocessor", notes_xml(scale_on_d), src="instruments/piano01.ogg"
+            )
+        )
+    )
+    assert lmms_keys.span_key(notes, 0.0, 30.0)["key_tonic"] == "D"
+    # unlooped: each half-second-plus note sounds only as long as the sample, not its 1 s
+    assert all(n.end_tick - n.start_tick < 96 for n in notes.notes)
 
 
 @pytest.mark.parametrize("name", ["Kick", "hihat_closed02", "FX Sweep", "tom_low01.ogg"])

@@ -12,8 +12,19 @@ as written), the song's `masterpitch` when the track uses it, and the track's fi
 (cents, rounded to semitones). TripleOscillator's oscillators sound at their `coarse` offsets
 (each weighted by its share of the oscillators' volume).
 
-Left out (no pitch the notes fix, or no pitch at all): muted tracks, patterns and clips;
-AudioFileProcessor tracks (a sample's own pitch is unknown), sfxr, Kicker tracks unless both its
+Sample tracks (AudioFileProcessor): a note plays the sample moved by (key - basenote) semitones
+(the sample sounds at its own pitch on the base note). The sample's own pitch classes come from
+the file LMMS ships (/usr/share/lmms/samples; its sframe..eframe region): essentia's HPCP of the
+sample alone: a single note when its top pitch class holds SINGLE_NOTE_SHARE of the HPCP or
+more (then that class), otherwise (chords, strums, noisy tails) its pitch counts as unknown;
+a note of an unlooped sample sounds at most the sample's length. (The first version took a
+chord sample's whole HPCP: StrictProduction-DearJonDoe's only pitched track, the reversed tail
+of a guitar strum, then read B minor where every audio method read C; a diffuse profile is
+not a pitch the project fixes.) Samples from drum, beat, loop and effect folders count as drums;
+LMMS's DrumSynth presets (.ds) are synthesised by LMMS, so their pitch is unknown: a span where
+such a sample plays more than one key gets no label.
+
+Left out (no pitch the notes fix, or no pitch at all): muted tracks, patterns and clips; sfxr, Kicker tracks unless both its
 start and end frequency follow the note, tracks named like drums or effects (kick, snare, hat,
 drum, perc, clap, crash, ride, cymbal, tom, shaker, noise, fx, woosh, sweep, riser, ...), tracks
 whose notes are all one pitch, and tracks that stack chords or arpeggios other than octaves
@@ -83,7 +94,10 @@ LABEL_RULE = (
     f">= {MIN_AGREE} of {len(KEY_PROFILES)} profiles agree, mean-correlation margin >= {MIN_MARGIN}, "
     f">= {MIN_NOTE_SECONDS:g} s of pitched notes over >= {MIN_PITCH_CLASSES} pitch classes"
 )
-UNPITCHED_INSTRUMENTS = {"audiofileprocessor", "sfxr"}
+UNPITCHED_INSTRUMENTS = {"sfxr"}
+SAMPLES = Path("/usr/share/lmms/samples")
+UNPITCHED_SAMPLE_FOLDERS = ("drums", "drumsynth", "beats", "bassloops", "effects", "misc")
+SINGLE_NOTE_SHARE = 0.5
 DRUM_NAME = re.compile(
     r"kick|snare|hi.?hat|\bhats?\d*\b|drum|perc|clap|crash|\bride|cymbal|\btoms?(?:\b|_)|shaker|"
     r"tambou?rine|conga|bongo|cowbell|\brim|noise|\bs?fx\b|woosh|whoosh|sweep|riser|impact|"
@@ -100,6 +114,8 @@ class Note:
     weight: float  # velocity x track volume (x oscillator share)
     track: str
     first_voice: bool = True  # False for a TripleOscillator's further oscillators
+    # a sample's own pitch classes (12, from C, sum 1), moved by pitch_class; None: one pitch
+    profile: np.ndarray | None = None
 
 
 @dataclass
@@ -126,6 +142,70 @@ def _float(element: ET.Element | None, name: str, default: float = 0.0) -> float
         return default
 
 
+_SAMPLE_PROFILES: dict[tuple[str, float, float], tuple[np.ndarray, float] | None] = {}
+
+
+def sample_profile(
+    src: str, start: float = 0.0, end: float = 1.0
+) -> tuple[np.ndarray, float] | None:
+    """(12 pitch-class shares from C, seconds) of a shipped sample's start..end region (shares
+    of its length) when it is one note: essentia HPCP (8 harmonics, 440 Hz reference) summed
+    over the sample, whose top class holds SINGLE_NOTE_SHARE or more (returned one-hot: the
+    HPCP's harmonic spreading would otherwise credit the fourth below). None when it cannot be
+    read (LMMS's .ds DrumSynth presets, missing files) or is not one note."""
+    key = (src, round(start, 4), round(end, 4))
+    if key in _SAMPLE_PROFILES:
+        return _SAMPLE_PROFILES[key]
+    path = Path(src) if Path(src).is_absolute() else SAMPLES / src
+    result = None
+    if path.suffix.lower() in (".ogg", ".wav", ".flac") and path.exists():
+        import essentia
+        import soundfile
+
+        essentia.log.infoActive = False
+        import essentia.standard as es
+
+        audio, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+        mono = np.ascontiguousarray(audio.mean(axis=1))
+        lo, hi = int(max(0.0, start) * len(mono)), int(min(1.0, end) * len(mono))
+        mono = np.ascontiguousarray(mono[lo : max(hi, lo + 1)])
+        window = es.Windowing(type="blackmanharris62", size=4096)
+        spectrum = es.Spectrum(size=4096)
+        peaks = es.SpectralPeaks(
+            sampleRate=sr,
+            minFrequency=40,
+            maxFrequency=5000,
+            maxPeaks=60,
+            magnitudeThreshold=1e-5,
+            orderBy="magnitude",
+        )
+        hpcp = es.HPCP(
+            size=12,
+            sampleRate=sr,
+            referenceFrequency=440,
+            harmonics=8,
+            bandPreset=False,
+            minFrequency=40,
+            maxFrequency=5000,
+            weightType="cosine",
+            nonLinear=False,
+            normalized="none",
+        )
+        total = np.zeros(12)
+        padded = np.ascontiguousarray(np.pad(mono, (0, 4096)))
+        for frame in es.FrameGenerator(padded, frameSize=4096, hopSize=1024, startFromZero=True):
+            freqs, mags = peaks(spectrum(window(frame)))
+            if freqs.shape[0]:
+                total += hpcp(freqs, mags)
+        classes = np.roll(total, 9)  # HPCP bin 0 is A: pitch classes from C
+        if classes.sum() > 0:
+            classes = classes / classes.sum()
+            if classes.max() >= SINGLE_NOTE_SHARE:
+                result = (np.eye(12)[int(np.argmax(classes))], mono.shape[0] / sr)
+    _SAMPLE_PROFILES[key] = result
+    return result
+
+
 def _skip_reason(track: ET.Element, instrument_track: ET.Element, name: str) -> str | None:
     """Why a track's notes cannot count towards the key (None: they count)."""
     instrument = instrument_track.find("instrument")
@@ -140,6 +220,18 @@ def _skip_reason(track: ET.Element, instrument_track: ET.Element, name: str) -> 
             return "kicker (its sweep does not follow the note)"
     if DRUM_NAME.search(name):
         return "named like a drum or effect"
+    if kind == "audiofileprocessor":
+        afp = instrument.find("audiofileprocessor")
+        src = afp.get("src", "") if afp is not None else ""
+        if src.split("/")[0] in UNPITCHED_SAMPLE_FOLDERS and not src.startswith(
+            "drumsynth/instrument"
+        ):
+            return f"audiofileprocessor drum / effect sample ({src})"
+        if (
+            afp is None
+            or sample_profile(src, _float(afp, "sframe"), _float(afp, "eframe", 1.0)) is None
+        ):
+            return f"audiofileprocessor sample of unknown pitch ({src})"
     for tag, flag, chord in (
         ("chordcreator", "chord-enabled", "chord"),
         ("arpeggiator", "arp-enabled", "arp"),
@@ -190,7 +282,7 @@ def read_project(xml_text: str) -> ProjectNotes:
     if song is None:
         return project
 
-    def track_voices(track: ET.Element) -> tuple[str, list[tuple[int, float]], float] | None:
+    def track_voices(track: ET.Element) -> tuple[str, list] | None:
         instrument_track = track.find("instrumenttrack")
         name = track.get("name", "")
         if instrument_track is None:
@@ -201,11 +293,7 @@ def read_project(xml_text: str) -> ProjectNotes:
             reason = "no notes" if not keys else "one pitch only"
         if reason is not None:
             project.skipped_tracks.append(f"{name}: {reason}")
-            if (
-                reason.startswith("audiofileprocessor")
-                and len(keys) > 1
-                and not DRUM_NAME.search(name)
-            ):
+            if reason.startswith("audiofileprocessor sample of unknown pitch") and len(keys) > 1:
                 melodic_samples.add(id(track))
             return None
         shift = DEFAULT_BASENOTE - round(_float(instrument_track, "basenote", 57))
@@ -214,19 +302,40 @@ def read_project(xml_text: str) -> ProjectNotes:
             shift += round(master_pitch)
         volume = _float(instrument_track, "vol", 100.0) / 100.0
         project.used_tracks.append(name)
+        afp = instrument_track.find("instrument/audiofileprocessor")
+        if afp is not None:
+            start, end = _float(afp, "sframe"), _float(afp, "eframe", 1.0)
+            profile, seconds = sample_profile(afp.get("src", ""), start, end)
+            looped = afp.get("looped", "0") not in ("0", "")
+            # the sample sounds at its own pitch on the base note: moved by key + shift - 57
+            return name, [(shift - DEFAULT_BASENOTE, volume, profile, None if looped else seconds)]
         return (
             name,
-            [(shift + o, volume * share) for o, share in _oscillator_offsets(instrument_track)],
-            1.0,
+            [
+                (shift + o, volume * share, None, None)
+                for o, share in _oscillator_offsets(instrument_track)
+            ],
         )
 
+    ticks_per_s = bpm / 60.0 * TICKS_PER_BEAT
+
     def add(name: str, voices, start: float, end: float, key: int, velocity: float) -> None:
-        if voices == [(0, 0.0)]:  # a melodic sample: only where it sounds
+        if voices is None:  # a sample of unknown pitch: only where it sounds
             project.sample_notes.append(Note(start, end, key % 12, 0.0, name))
             return
-        for voice, (shift, weight) in enumerate(voices):
+        for voice, (shift, weight, profile, sample_s) in enumerate(voices):
+            if sample_s is not None:  # an unlooped sample, played faster on higher keys
+                end = min(end, start + sample_s * ticks_per_s / 2 ** ((key + shift) / 12))
             project.notes.append(
-                Note(start, end, (key + shift) % 12, weight * velocity / 100.0, name, voice == 0)
+                Note(
+                    start,
+                    end,
+                    (key + shift) % 12,
+                    weight * velocity / 100.0,
+                    name,
+                    voice == 0,
+                    profile,
+                )
             )
 
     # song-editor instrument tracks: each pattern plays once at its position, cut at its length
@@ -240,7 +349,7 @@ def read_project(xml_text: str) -> ProjectNotes:
         voiced = track_voices(track)
         if voiced is None and id(track) not in melodic_samples:
             continue
-        name, voices, _ = voiced or (track.get("name", ""), [(0, 0.0)], 0.0)
+        name, voices = voiced or (track.get("name", ""), None)
         for pattern in track.findall("pattern"):
             if pattern.get("muted") == "1":
                 continue
@@ -272,7 +381,7 @@ def read_project(xml_text: str) -> ProjectNotes:
         if voiced is not None:
             inner.append((voiced[0], voiced[1], patterns))
         elif id(track) in melodic_samples:
-            inner.append((track.get("name", ""), [(0, 0.0)], patterns))
+            inner.append((track.get("name", ""), None, patterns))
     all_patterns = [
         {int(round(float(p.get("pos", 0)) / ticks_per_bar)): p for p in t.findall("pattern")}
         for t in container.findall("track")
@@ -309,8 +418,10 @@ def pitch_class_weights(project: ProjectNotes, start_s: float, seconds: float) -
     out = np.zeros(12)
     for note in project.notes:
         overlap = min(note.end_tick, hi) - max(note.start_tick, lo)
-        if overlap > 0:
+        if overlap > 0 and note.profile is None:
             out[note.pitch_class] += overlap / ticks_per_s * note.weight
+        elif overlap > 0:
+            out += overlap / ticks_per_s * note.weight * np.roll(note.profile, note.pitch_class)
     return out
 
 
