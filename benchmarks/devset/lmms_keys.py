@@ -24,11 +24,11 @@ not a pitch the project fixes.) Samples from drum, beat, loop and effect folders
 LMMS's DrumSynth presets (.ds) are synthesised by LMMS, so their pitch is unknown: a span where
 such a sample plays more than one key gets no label.
 
-Left out (no pitch the notes fix, or no pitch at all): muted tracks, patterns and clips; sfxr, Kicker tracks unless both its
-start and end frequency follow the note, tracks named like drums or effects (kick, snare, hat,
-drum, perc, clap, crash, ride, cymbal, tom, shaker, noise, fx, woosh, sweep, riser, ...), tracks
-whose notes are all one pitch, and tracks that stack chords or arpeggios other than octaves
-(their pitch classes would need LMMS's chord table).
+Left out (no pitch the notes fix, or no pitch at all): muted tracks, patterns and clips; sfxr;
+Kicker tracks unless both its start and end frequency follow the note; tracks named like drums
+or effects (kick, snare, hat, drum, perc, clap, crash, ride, cymbal, tom, shaker, noise, fx,
+woosh, sweep, riser, ...); tracks whose notes are all one pitch; and tracks that stack chords or
+arpeggios other than octaves (their pitch classes would need LMMS's chord table).
 
 Each note is weighted by its duration inside the span (seconds) times its velocity (vol / 100)
 times its track's volume (vol / 100). The 12 pitch-class weights are correlated (Pearson) with
@@ -39,12 +39,13 @@ correlation; key_confidence is its margin over the runner-up key (mean correlati
 Labelled (LABEL_RULE) only when at least MIN_AGREE of the five profiles' own best keys are the
 chosen key, the margin is at least MIN_MARGIN, the span has at least MIN_NOTE_SECONDS of pitched
 notes over at least MIN_PITCH_CLASSES pitch classes (each >= ACTIVE_SHARE of the top one), and no
-sample track plays melodically in it (an AudioFileProcessor track with more than one key, not
-named like a drum: its notes sound at the sample's unknown pitch); otherwise no key label, with
-the reason. The rule was set by reading the projects' notes, before any audio method was scored
-against the labels.
+sample of unknown pitch plays more than one key in it; otherwise no key label, with the reason
+(excerpt_key also labels an excerpt with its song's key when the song's first 120 s meet the rule
+and the excerpt's own best key is the same: key_evidence "song"). The rule was set by reading the
+projects' notes before any audio method was scored against the labels; the one later change is
+the sample rule above.
 
-    .venv/bin/python benchmarks/devset/lmms_keys.py [--seconds 30 --offsets 20,45,70]   # a report
+    .venv/bin/python benchmarks/devset/lmms_keys.py [--labels DIR/labels.jsonl]   # per project
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ class ProjectNotes:
     notes: list[Note] = field(default_factory=list)
     used_tracks: list[str] = field(default_factory=list)
     skipped_tracks: list[str] = field(default_factory=list)  # "name: why"
-    # notes of sample tracks played melodically (AudioFileProcessor, more than one key, not
-    # named like a drum): their pitch is unknown, so a span where they sound gets no label
+    # notes of sample tracks of unknown pitch played on more than one key (DrumSynth presets,
+    # chord samples): a span where they sound gets no label
     sample_notes: list[Note] = field(default_factory=list)
 
 
