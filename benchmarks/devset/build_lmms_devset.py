@@ -11,7 +11,10 @@ Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_de
                   render at tick 0 and play metronomically), downbeats every `timesig_numerator`
                   beats for x/4 metres (none for others)
   time_signature  LMMS's header (Hydrogen songs: 4/4 when every pattern is a 4/4 bar)
-  key_tonic, key_mode  null: no key label (the projects' notes are not read here)
+  key_tonic, key_mode, key_confidence, key_evidence  LMMS: the key of the project's own notes
+                  in the excerpt (lmms_keys.py: symbolic key-finding, key_confidence its
+                  profiles' margin; key_evidence "excerpt" or "song": lmms_keys.excerpt_key),
+                  only where its rule holds; null otherwise and for Hydrogen (drums)
 Projects whose tempo is automated (an LMMS `<bpm id=...>` model with an automation pattern
 pointing at it, or Hydrogen's timeline tempo markers) are left out: a fixed grid would be wrong.
 
@@ -48,6 +51,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lmms_keys  # noqa: E402  (this folder)
 
 LMMS_PROJECTS = Path("/usr/share/lmms/projects")
 HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
@@ -362,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
             )
             made, starts = 0, set()
+            notes = lmms_keys.read_project(lmms_xml(path)) if kind == "lmms" else None
+            stretch = truth["bpm"] / bpm  # the notes' times are at the project's own tempo
             length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
             for share in OFFSETS:
                 start = round(max(0.0, min(share * duration, duration - length)), 2)
@@ -382,8 +390,21 @@ def main(argv: list[str] | None = None) -> int:
                     "beats": beats,
                     "downbeats": downbeats,
                     "time_signature": signature,
-                    "key_tonic": None,
-                    "key_mode": None,
+                    **(
+                        lmms_keys.excerpt_key(
+                            notes,
+                            start / stretch,
+                            length / stretch,
+                            (args.max_song_s or 120.0) / stretch,
+                        )
+                        if notes is not None
+                        else {
+                            "key_tonic": None,
+                            "key_mode": None,
+                            "key_confidence": None,
+                            "key_evidence": None,
+                        }
+                    ),
                     "start_s": start,
                     "source": str(path),
                 }
@@ -409,6 +430,13 @@ def main(argv: list[str] | None = None) -> int:
                         "start_s": 0.0,
                         "beats": beats,
                         "downbeats": downbeats,
+                        **(
+                            lmms_keys.excerpt_key(
+                                notes, 0.0, duration / stretch, duration / stretch
+                            )
+                            if notes is not None
+                            else {}
+                        ),
                     }
                 )
             if not made:
