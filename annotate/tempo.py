@@ -109,8 +109,13 @@ def onset_functions(y: np.ndarray) -> dict[str, np.ndarray]:
 
     # Complex domain: target = |X[n-1]| * exp(j(2 phi[n-1] - phi[n-2])) = X[n-1] * u[n-1] *
     # conj(u[n-2]) with u = X / |X| (u = 1 where |X| = 0: angle 0); rising energy only.
-    unit = np.divide(stft, magnitude, out=np.ones_like(stft), where=magnitude > 0)
-    target = stft[1:-1] * unit[1:-1] * np.conj(unit[:-2])
+    silent = magnitude == 0
+    pairs = stft.view(np.float32).reshape(*stft.shape, 2)  # (re, im): two real divisions
+    unit = (pairs / np.where(silent, np.float32(1), magnitude)[..., None]).view(np.complex64)[
+        ..., 0
+    ]
+    unit[silent] = 1
+    target = stft[1:-1] * (unit[1:-1] * np.conj(unit[:-2]))
     deviation = np.abs(stft[2:] - target) * (magnitude[2:] >= magnitude[1:-1])
     complex_odf = np.concatenate([[0.0, 0.0], deviation.sum(axis=1, dtype=np.float64)])
 
