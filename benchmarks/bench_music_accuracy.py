@@ -307,6 +307,7 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
                 acts[model] = tracker.model_activations(feats, model)
                 nn_cpu[model] = time.process_time() - t
             item["activations_by"] = {m: a.astype(np.float32) for m, a in acts.items()}
+            add_votes(item, tracker)
             for combo in BEATNET_COMBOS:
                 models = tuple(int(m) for m in combo.split(","))
                 t = time.process_time()
@@ -324,6 +325,16 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
         track.release_audio()
         cache.append(item)
     return cache
+
+
+def add_votes(item: dict, tracker) -> None:
+    """Each network's own tempo vote (BeatNetTracker.vote) and its CPU seconds, from the cached
+    activations (older caches gain them on loading)."""
+    item["vote_by"], item["vote_cpu_by"] = {}, {}
+    for model, activations in item["activations_by"].items():
+        t = time.process_time()
+        item["vote_by"][model] = tracker.vote(activations, f"beatnet{model}")
+        item["vote_cpu_by"][model] = time.process_time() - t
 
 
 class CpuTimer:
@@ -354,16 +365,9 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
     combo = config.beatnet_models
     found, cpu = c["learned_by"][combo], c["learned_cpu_by"][combo]
     if config.beatnet_separate_votes and "," in combo:
-        votes = [
-            {
-                "estimator": f"beatnet{m}",
-                "bpm": round(float(c["learned_by"][m].bpm), 2),
-                "confidence": round(float(c["learned_by"][m].confidence), 3),
-            }
-            for m in combo.split(",")
-        ]
-        found = dataclasses.replace(found, votes=votes)
-        cpu += sum(c["dbn_cpu_by"][m] for m in combo.split(","))
+        models = [int(m) for m in combo.split(",")]
+        found = dataclasses.replace(found, votes=[c["vote_by"][m] for m in models])
+        cpu += sum(c["vote_cpu_by"][m] for m in models)
     return found, cpu
 
 
@@ -608,6 +612,9 @@ def real_sets(args: argparse.Namespace) -> int:
         args.cache and args.cache.exists()
     ):  # a previous run's measurements (re-fitting, re-printing)
         cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
+        for item in cache:
+            if "vote_by" not in item and "activations_by" in item:
+                add_votes(item, tracker)
     else:
         cache = run_estimators(labels, config, tracker, madmom)
         essentia_results, _, essentia_timer = run_essentia(labels)
@@ -680,21 +687,47 @@ def real_sets(args: argparse.Namespace) -> int:
                 cascade = runs.get("cascade (neural=auto)")
                 if cascade:
                     print("cascade " + calibration(rows, cascade[0]))
-                by_variant = {}
-                for i in keep:
-                    by_variant.setdefault(labels[i].get("variant", "orig"), []).append(i)
-                for variant, idx in sorted(by_variant.items()):
-                    vr = method_runs([cache[i] for i in idx], config)
-                    c = (
-                        vr.get("cascade (neural=auto)")
-                        or vr["DSP ensemble (dsp + Percival; neural=never)"]
-                    )
-                    sc = scores([labels[i] for i in idx], c[0])
-                    print(
-                        f"  variant {variant:<5} ({len(idx)}): cascade acc1 {sc['acc1']:.3f} acc2 {sc['acc2']:.3f} "
-                        f"beatF {sc['beat_f']:.3f}"
-                    )
+                print("  (acc1 / acc2 / beat F)")
+                print_groups(labels, keep, cache, config, essentia_results)
     return 0
+
+
+def tempo_range(bpm: float) -> str:
+    """The truth's tempo range: where the metrical level is least ambiguous (68-150, the range
+    of most songs) and the slow / fast ends, where a grid's quarter note and the felt beat part."""
+    return "< 68" if bpm < 68 else "68-150" if bpm <= 150 else "> 150"
+
+
+def print_groups(
+    labels: list[dict], keep: list[int], cache: list[dict], config: MusicConfig, essentia: list
+) -> None:
+    """acc1 / acc2 / beat F of the cascade, the averaged BeatNet alone and essentia's defaults
+    by variant, by the truth's tempo range, and for the projects' own tempi vs the retimed."""
+    groups: dict[str, list[int]] = {}
+    for i in keep:
+        row = labels[i]
+        groups.setdefault(f"variant {row.get('variant', 'orig')}", []).append(i)
+        groups.setdefault(f"truth {tempo_range(row['bpm'])} BPM", []).append(i)
+        own = row.get("project_bpm", row["bpm"]) == row["bpm"]
+        groups.setdefault("project's own tempo" if own else "retimed (0.75x / 1.3x)", []).append(i)
+    for name, idx in groups.items():
+        runs = method_runs([cache[i] for i in idx], config)
+        rows = [labels[i] for i in idx]
+        cascade = (
+            runs.get("cascade (neural=auto)") or runs["DSP ensemble (dsp + Percival; neural=never)"]
+        )
+        parts = [("cascade", scores(rows, cascade[0]))]
+        alone = f"BeatNet {config.beatnet_models} + madmom DBN alone"
+        if alone in runs:
+            parts.append((f"BeatNet {config.beatnet_models}", scores(rows, runs[alone][0])))
+        parts.append(("essentia defaults", scores(rows, [essentia[i] for i in idx])))
+        print(
+            f"  {name:<26} ({len(idx):>3}): "
+            + "; ".join(
+                f"{label} {sc['acc1']:.3f} / {sc['acc2']:.3f} / {sc['beat_f']:.3f}"
+                for label, sc in parts
+            )
+        )
 
 
 def speed_on_songs(
