@@ -476,9 +476,42 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     """The BeatNet networks, the cascade threshold, vote weights, octave credit and the level
     prior's weight with the best
     acc1 of the cascade on these (train) rows among the settings whose cascade runs at
-    MIN_CASCADE_SPEED or faster there (ties: acc2, then fewer network runs), then the logistic
-    calibration of bpm_confidence on the same rows."""
+    MIN_CASCADE_SPEED or faster there, preferring settings not below the best single estimator
+    of any subset (ties: acc2, beat F, then fewer network runs), then the logistic calibration
+    of bpm_confidence on the same rows."""
     from songmill.annotate import music
+
+    # beat F of each track's beats from the learned backend (per network combination) and from
+    # the DSP path: the cascade's beats are the learned ones where it ran
+    truth_beats = [np.asarray(row.get("beats") or []) for row in rows]
+    dsp_beat_f = [
+        f_measure(np.asarray(c["analysis"].result["beats"]), t) if t.size else 0.0
+        for c, t in zip(cache, truth_beats, strict=True)
+    ]
+    learned_beat_f = {
+        combo: [
+            f_measure(c["learned_by"][combo].beats, t) if t.size else 0.0
+            for c, t in zip(cache, truth_beats, strict=True)
+        ]
+        for combo in BEATNET_COMBOS
+    }
+    # the best single estimator per subset on these rows: the ensemble may not fall below it
+    subsets = sorted({row["subset"] for row in rows})
+    singles = {
+        subset: max(
+            sum(
+                acc1(bpm, row["bpm"])
+                for bpm, row in zip(found, rows, strict=True)
+                if row["subset"] == subset
+            )
+            for found in [
+                [c["analysis"].estimates[0]["bpm"] for c in cache],
+                [c["analysis"].estimates[1]["bpm"] for c in cache],
+                *([c["learned_by"][combo].bpm for c in cache] for combo in BEATNET_COMBOS),
+            ]
+        )
+        for subset in subsets
+    }
 
     best, best_key = config, None
     grid = itertools.product(
@@ -504,9 +537,11 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
             beatnet_separate_votes=separate,
         )
         hits1 = hits2 = sent = 0
+        beat_f = 0.0
+        by_subset = dict.fromkeys(subsets, 0)
         networks = len(combo.split(",")) * (2 if separate else 1)  # decodes count too
         cpu = sum(c["decode"] + c["dsp"] for c in cache)
-        for row, c in zip(rows, cache, strict=True):
+        for i, (row, c) in enumerate(zip(rows, cache, strict=True)):
             estimates = list(c["analysis"].estimates)
             if music.needs_learned(estimates, trial):
                 sent += 1
@@ -516,13 +551,20 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
                     {"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0},
                     *found.votes,
                 ]
+                beat_f += learned_beat_f[combo][i]
+            else:
+                beat_f += dsp_beat_f[i]
             choice, _, _ = music.vote(estimates, trial)
             bpm = choice["bpm"] if choice else 0.0
             hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
+            by_subset[row["subset"]] += acc1(bpm, row["bpm"])
         if sum(c["seconds"] for c in cache) / cpu < MIN_CASCADE_SPEED:
             continue  # the issue's speed target for the cascade, as a constraint of the fit
-        # ties: the cheaper cascade (networks run = tracks sent x networks averaged)
-        key = (hits1, hits2, -sent * networks)
+        # the issue's "never below any single estimator it contains", per subset, first; then
+        # acc1, acc2, beat F (the learned beats are the better ones), the cheaper cascade last
+        # (networks run = tracks sent x networks averaged)
+        never_below = all(by_subset[s] >= singles[s] for s in subsets)
+        key = (never_below, hits1, hits2, round(beat_f, 6), -sent * networks)
         if best_key is None or key > best_key:
             best, best_key = trial, key
     for c in cache:
@@ -532,34 +574,50 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
         f"beatnet_separate_votes={best.beatnet_separate_votes} weight_percival={best.weight_percival} weight_learned={best.weight_learned} "
         f"octave_credit={best.octave_credit} level_prior={best.level_prior} neural_below_confidence={best.neural_below_confidence} "
-        f"(train acc1 {best_key[0] / n:.3f}, acc2 {best_key[1] / n:.3f}, network + decode runs per track {-best_key[2] / n:.2f})"
+        f"(train acc1 {best_key[1] / n:.3f}, acc2 {best_key[2] / n:.3f}, beat F {best_key[3] / n:.3f}, "
+        f"not below any single estimator per subset: {best_key[0]}, "
+        f"network + decode runs per track {-best_key[4] / n:.2f})"
     )
-    # bpm_confidence: logistic regression of acc1 on music.ensemble_confidence_features
+    fit_confidence(rows, cache, best)
+    return best
+
+
+def fit_confidence(rows: list[dict], cache: list[dict], config: MusicConfig) -> None:
+    """bpm_confidence: a logistic regression of acc1 on music.ensemble_confidence_features
+    (with the learned backend's answer under `config` in each cached track), its slopes kept
+    non-negative: more agreement never means less confidence (unconstrained, the collinear
+    share and agreement took opposite signs and pure noise came out more confident than music)."""
+    from songmill.annotate import music
+
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
         estimates = list(c["analysis"].estimates)
-        learned = c["learned"] if music.needs_learned(estimates, best) else None
+        found, _ = learned_as_configured(c, config)
+        learned = found if music.needs_learned(estimates, config) else None
         if learned is not None:
             estimates += [
                 {"estimator": "beatnet", "bpm": learned.bpm, "confidence": 0.0},
                 *learned.votes,
             ]
-        choice, share, agreement = music.vote(estimates, best)
+        choice, share, agreement = music.vote(estimates, config)
         features.append((1.0, *music.ensemble_confidence_features(share, agreement, learned)))
         hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))
     x, y = np.asarray(features), np.asarray(hits)
-    coef = np.zeros(x.shape[1])
-    for _ in range(50):  # Newton steps, L2 0.1 (few projects: keep the coefficients modest)
-        p = 1.0 / (1.0 + np.exp(-x @ coef))
-        gradient = x.T @ (p - y) + 0.1 * coef
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + 0.1 * np.eye(x.shape[1])
-        coef -= np.linalg.solve(hessian, gradient)
+    from scipy.optimize import minimize
+
+    def loss(coef: np.ndarray) -> tuple[float, np.ndarray]:  # L2 0.1: few projects
+        z = x @ coef
+        p = 1.0 / (1.0 + np.exp(-z))
+        value = float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.05 * coef @ coef)
+        return value, x.T @ (p - y) + 0.1 * coef
+
+    bounds = [(None, None)] + [(0.0, None)] * (x.shape[1] - 1)
+    coef = minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds).x
     print(
-        "bpm_confidence logistic on (1, vote share, bpm_agreement, learned confidence): "
-        f"ENSEMBLE_CONFIDENCE_COEF = ({', '.join(f'{v:.3f}' for v in coef)})"
+        "bpm_confidence logistic on (1, vote share, bpm_agreement, learned confidence), slopes "
+        f">= 0: ENSEMBLE_CONFIDENCE_COEF = ({', '.join(f'{v:.3f}' for v in coef)})"
     )
     music.ENSEMBLE_CONFIDENCE_COEF = tuple(round(float(v), 3) for v in coef)
-    return best
 
 
 def print_methods(name: str, rows: list[dict], runs: dict[str, tuple]) -> None:
@@ -650,6 +708,9 @@ def real_sets(args: argparse.Namespace) -> int:
             f"beat F {swapped_scores['beat_f']:.3f} (stage defaults = the fit on the train half; "
             f"ENSEMBLE_CONFIDENCE_COEF = {music.ENSEMBLE_CONFIDENCE_COEF})"
         )
+    elif args.fit_confidence:  # the stage's settings as they are; bpm_confidence on the train half
+        train = [i for i, r in enumerate(labels) if split_of(r) == "train"]
+        fit_confidence([labels[i] for i in train], [cache[i] for i in train], config)
     end_to_end = None
     if (
         args.check_stage
@@ -856,6 +917,11 @@ def main(argv: list[str] | None = None) -> int:
         "--devset", type=Path, help="folder written by benchmarks/devset/build_devset.py"
     )
     parser.add_argument("--split", choices=("all", "train", "test"), default="all")
+    parser.add_argument(
+        "--fit-confidence",
+        action="store_true",
+        help="with --real and without --fit: fit only bpm_confidence's calibration, on the train half",
+    )
     parser.add_argument(
         "--synthetic", type=int, default=16, help="tracks from testaudio/synth.py (0: none)"
     )

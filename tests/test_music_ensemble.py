@@ -1,4 +1,4 @@
-"""The music stage's v7 tempo ensemble and cascade, and its learned backend (BeatNet's real weights)."""
+"""The music stage's tempo ensemble and cascade (v7, refitted in v8), and its learned backend (BeatNet's real weights)."""
 
 from __future__ import annotations
 
@@ -220,10 +220,14 @@ def test_cascade_setting_decides_whether_the_learned_model_runs(beatnet, tmp_pat
     always.learned = CountingTracker(always.learned)
     [row] = always.process([track])
     assert always.learned.calls == 1
-    assert (
-        row["beat_source"] == "beatnet"
-        and [e["estimator"] for e in row["bpm_estimates"]][-1] == "beatnet"
-    )
+    # the averaged networks' estimate, then each network's own vote (the v8 defaults)
+    assert row["beat_source"] == "beatnet"
+    assert [e["estimator"] for e in row["bpm_estimates"]][2:] == [
+        "beatnet",
+        "beatnet1",
+        "beatnet2",
+        "beatnet3",
+    ]
 
     auto = MusicStage(
         MusicConfig(neural="auto", neural_below_confidence=2.0)
