@@ -1,6 +1,6 @@
 """The `music` stage: tempo, beats, downbeats, metre, key and tuning, from one decode.
 
-v7, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
+v7/v8, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
 
 - Every track: the v6 DSP path (`dsp`, with its calibrated confidence) and essentia's
   PercivalBpmEstimator (`percival`, ~700x realtime at 11025 Hz).
@@ -8,19 +8,24 @@ v7, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now o
   + madmom's DBN; or madmom's RNNs on opt-in; or Beat This when its weights are set) runs where
   `needs_learned` says: the DSP estimators disagree (not within 4 %) or the v6 confidence is
   below `neural_below_confidence` (`neural = auto`; `always`, `never`). Its beats and downbeats
-  replace the DSP path's where it ran.
+  replace the DSP path's where it ran. v8: BeatNet's three trainings averaged (`beatnet`), and
+  each one also votes with its own tempo (`beatnet1..3`, madmom's beat-only DBN).
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   with the most weight exactly within 4 % (weights fitted on the train half of the real-production
-  set, benchmarks/devset/build_lmms_devset.py), a weak 120 BPM prior last. The row records every
-  estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on
-  (the winner's vote share, learned ran) fitted on that train half.
+  set, benchmarks/devset/build_lmms_devset.py), less `level_prior` per octave from 120 BPM. The
+  row records every estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`;
+  bpm_confidence is a logistic on (vote share, agreement, the learned backend's own confidence),
+  slopes >= 0, fitted on that train half.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
   prior fitted on our General-MIDI renders); learned activations know the level of a produced
-  mix. Measured (benchmarks/RESULTS.md, issue 19; LMMS + Hydrogen demo songs, test half of 71
-  excerpts, settings fitted on the other 51): acc1 / acc2 / beat F 0.789 / 0.958 / 0.846 against
-  v6's 0.634 / 0.831 / 0.723 and essentia's defaults 0.732 / 0.958 / 0.741; 78x realtime per
-  core (v6 DSP path 182x). Short of the 0.92 / 0.98 targets; weak on songs whose written tempo
-  is double the felt beat and on drum & bass.
+  mix. Measured (benchmarks/RESULTS.md, issue 19; 25 LMMS + 7 Hydrogen demo songs, each also
+  rendered at 0.75x and 1.3x its tempo, excerpts and whole songs; settings fitted on the train
+  half, 135 excerpts, test half 191): acc1 / acc2 / beat F 0.723 / 0.984 / 0.803 against v6's
+  0.518 / 0.806 / 0.694, BeatNet alone 0.717 / 0.937 / 0.809 and essentia's defaults
+  0.681 / 0.969 / 0.718; 0.844 / 0.978 where the truth is 68-150 BPM, 0.849 / 1.000 at the
+  projects' own tempi. Short of the 0.92 / 0.98 targets: the written tempo is often double or
+  half the felt beat (drum & bass, reggaeton, the retimed songs), where every estimator agrees
+  with itself and not with the header.
 
 Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
 
