@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from songmill.annotate.key import PROFILES as AUDIO_KEY_PROFILES
 
 TICKS_PER_BEAT = 48  # LMMS: 48 ticks a quarter note, 192 a 4/4 bar
 DEFAULT_BASENOTE = 57  # LMMS's A4 (440 Hz): a track with this base note plays as written
@@ -69,10 +70,7 @@ KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
         (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88),
         (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17),
     ),
-    "temperley": (
-        (0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400),
-        (0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330),
-    ),
+    "temperley": AUDIO_KEY_PROFILES["temperley2005"],  # the same table the stage's key uses
     "albrecht_shanahan": (
         (0.238, 0.006, 0.111, 0.006, 0.137, 0.094, 0.016, 0.214, 0.009, 0.080, 0.008, 0.081),
         (0.220, 0.006, 0.104, 0.123, 0.019, 0.103, 0.012, 0.214, 0.062, 0.022, 0.061, 0.052),
