@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 SAMPLE_RATE = 22050
-FPS = 50
+FPS = 50  # BeatNet's activations
+MADMOM_FPS = 100  # madmom's RNN activations
 MADMOM_MODELS_LICENCE = "CC BY-NC-SA 4.0"
 BEATNET_LICENCE = "CC BY 4.0 (weights in the BeatNet wheel)"
 BEATNET_MODELS = {1: "model_1_weights.pt", 2: "model_2_weights.pt", 3: "model_3_weights.pt"}
@@ -94,48 +95,54 @@ def refine_bpm(
     bpm: float,
     span: float = 0.03,
     multiples: tuple[int, ...] = (1, 2, 4, 8),
+    fps: float = FPS,
 ) -> float:
     """The BPM within +-span of `bpm` whose autocorrelation comb of the beat activation (1, 2, 4
     and 8 beats, interpolated between frames) is strongest: the DBN's tempo states are whole
     frames (21 frames = 142.9 BPM, 22 = 136.4), and a sequence that mostly steps 21 frames reads
     a 140 BPM song 2 % fast; the 8-beat lag resolves an eighth of a frame."""
-    if bpm <= 0 or activation.shape[0] < FPS * 4:
+    if bpm <= 0 or activation.shape[0] < fps * 4:
         return bpm
     x = activation.astype(np.float64) - float(activation.mean())
     n = 1 << int(np.ceil(np.log2(2 * x.shape[0])))
     spectrum = np.fft.rfft(x, n)
     acf = np.fft.irfft(spectrum * np.conj(spectrum), n)[: x.shape[0]]
-    periods = 60.0 * FPS / bpm * np.exp(np.linspace(-np.log1p(span), np.log1p(span), 241))
+    periods = 60.0 * fps / bpm * np.exp(np.linspace(-np.log1p(span), np.log1p(span), 241))
     lags = np.asarray(multiples, np.float64)[None, :] * periods[:, None]
     usable = lags < x.shape[0] * 0.5  # long lags overlap little: noisy
     values = np.where(
         usable, np.interp(np.minimum(lags, x.shape[0] - 1), np.arange(x.shape[0]), acf), 0.0
     )
-    return float(60.0 * FPS / periods[int(np.argmax(values.sum(axis=1)))])
+    return float(60.0 * fps / periods[int(np.argmax(values.sum(axis=1)))])
 
 
 def _decoded(
-    activations: np.ndarray, beats_per_bar: tuple[int, ...], min_bpm: float, max_bpm: float
+    activations: np.ndarray,
+    beats_per_bar: tuple[int, ...],
+    min_bpm: float,
+    max_bpm: float,
+    fps: float = FPS,
 ) -> LearnedBeats:
-    """Beats and downbeats from (frames, 2) beat / downbeat activations by madmom's DBN."""
+    """Beats and downbeats from (frames, 2) beat / downbeat activations at `fps` frames a second
+    (BeatNet: 50, madmom's RNNs: 100) by madmom's DBN."""
     import_madmom()
     from madmom.features.downbeats import DBNDownBeatTrackingProcessor
 
     empty = LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
-    if activations.shape[0] < FPS * 2 or float(activations.max()) <= 0:
+    if activations.shape[0] < fps * 2 or float(activations.max()) <= 0:
         return empty
     dbn = DBNDownBeatTrackingProcessor(
-        beats_per_bar=list(beats_per_bar), fps=FPS, min_bpm=min_bpm, max_bpm=max_bpm
+        beats_per_bar=list(beats_per_bar), fps=fps, min_bpm=min_bpm, max_bpm=max_bpm
     )
     out = np.asarray(dbn(activations.astype(np.float64)))
     if out.ndim != 2 or out.shape[0] < 2:
         return empty
     beats = out[:, 0].astype(np.float64)
     downbeats = beats[out[:, 1] == 1]
-    frames = np.clip(np.round(beats * FPS).astype(int), 0, activations.shape[0] - 1)
+    frames = np.clip(np.round(beats * fps).astype(int), 0, activations.shape[0] - 1)
     confidence = float(np.clip(activations[frames].sum(axis=1).mean(), 0.0, 1.0))
     return LearnedBeats(
-        beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats)), confidence
+        beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats), fps=fps), confidence
     )
 
 
@@ -363,7 +370,7 @@ class MadmomTracker:
         signal = Signal(np.asarray(y, dtype=np.float32), sample_rate=SAMPLE_RATE)
         activations = np.asarray(self.rnn(signal))
         beat_only = np.stack([activations[:, 0], activations[:, 1]], axis=1)
-        return _decoded(beat_only, (3, 4), self.min_bpm, self.max_bpm)
+        return _decoded(beat_only, (3, 4), self.min_bpm, self.max_bpm, fps=MADMOM_FPS)
 
 
 def beat_backends(beat_this_weights: str = "") -> list[dict[str, Any]]:
