@@ -357,6 +357,16 @@ def _as_result(row: dict) -> dict:
 BEATNET_COMBOS = ("1", "2", "3", "1,2", "1,3", "2,3", "1,2,3")
 
 
+def _tracked(found) -> dict:
+    """A learned tracker's own answer (music_learned.LearnedBeats) as a result row."""
+    return {
+        "bpm": found.bpm,
+        "beats": found.beats,
+        "downbeats": found.downbeats,
+        "time_signature": None,
+    }
+
+
 def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
     """The learned backend's answer for one cached track under `config` (which networks, their
     own votes or not) and its CPU seconds, from the per-network measurements."""
@@ -369,6 +379,20 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
         found = dataclasses.replace(found, votes=[c["vote_by"][m] for m in models])
         cpu += sum(c["vote_cpu_by"][m] for m in models)
     return found, cpu
+
+
+def cascade_estimates(c: dict, config: MusicConfig) -> tuple[list[dict], object, float]:
+    """One cached track's estimates as the cascade under `config` sees them (the DSP ones, and
+    the learned backend's with its per-network votes where `needs_learned` sends the track), the
+    learned answer (None where it did not run) and its CPU seconds."""
+    from songmill.annotate.music import needs_learned
+
+    estimates = list(c["analysis"].estimates)
+    if not needs_learned(estimates, config):
+        return estimates, None, 0.0
+    found, cpu = learned_as_configured(c, config)
+    estimates += [{"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0}, *found.votes]
+    return estimates, found, cpu
 
 
 def method_runs(
@@ -408,15 +432,7 @@ def method_runs(
     for combo in BEATNET_COMBOS if cache and cache[0]["learned_by"] else ():
         if "," in combo and combo not in ("1,2,3", config.beatnet_models):
             continue
-        alone = [
-            {
-                "bpm": c["learned_by"][combo].bpm,
-                "beats": c["learned_by"][combo].beats,
-                "downbeats": c["learned_by"][combo].downbeats,
-                "time_signature": None,
-            }
-            for c in cache
-        ]
+        alone = [_tracked(c["learned_by"][combo]) for c in cache]
         learned_cpu = sum(c["learned_cpu_by"][combo] for c in cache)
         runs[f"BeatNet {combo} + madmom DBN alone"] = (
             alone,
@@ -425,15 +441,7 @@ def method_runs(
             1.0,
         )
     if cache and "madmom" in cache[0]:
-        alone = [
-            {
-                "bpm": c["madmom"].bpm,
-                "beats": c["madmom"].beats,
-                "downbeats": c["madmom"].downbeats,
-                "time_signature": None,
-            }
-            for c in cache
-        ]
+        alone = [_tracked(c["madmom"]) for c in cache]
         runs["madmom RNN (opt-in) alone"] = (
             alone,
             seconds,
@@ -542,18 +550,10 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         networks = len(combo.split(",")) * (2 if separate else 1)  # decodes count too
         cpu = sum(c["decode"] + c["dsp"] for c in cache)
         for i, (row, c) in enumerate(zip(rows, cache, strict=True)):
-            estimates = list(c["analysis"].estimates)
-            if music.needs_learned(estimates, trial):
-                sent += 1
-                found, learned_cpu = learned_as_configured(c, trial)
-                cpu += learned_cpu
-                estimates += [
-                    {"estimator": "beatnet", "bpm": found.bpm, "confidence": 0.0},
-                    *found.votes,
-                ]
-                beat_f += learned_beat_f[combo][i]
-            else:
-                beat_f += dsp_beat_f[i]
+            estimates, found, learned_cpu = cascade_estimates(c, trial)
+            cpu += learned_cpu
+            sent += found is not None
+            beat_f += learned_beat_f[combo][i] if found is not None else dsp_beat_f[i]
             choice, _, _ = music.vote(estimates, trial)
             bpm = choice["bpm"] if choice else 0.0
             hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
@@ -567,8 +567,6 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         key = (never_below, hits1, hits2, round(beat_f, 6), -sent * networks)
         if best_key is None or key > best_key:
             best, best_key = trial, key
-    for c in cache:
-        c["learned"], _ = learned_as_configured(c, best)
     n = len(rows)
     print(
         f"fitted on {n} train excerpts: beatnet_models={best.beatnet_models} "
@@ -591,14 +589,7 @@ def fit_confidence(rows: list[dict], cache: list[dict], config: MusicConfig) -> 
 
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
-        estimates = list(c["analysis"].estimates)
-        found, _ = learned_as_configured(c, config)
-        learned = found if music.needs_learned(estimates, config) else None
-        if learned is not None:
-            estimates += [
-                {"estimator": "beatnet", "bpm": learned.bpm, "confidence": 0.0},
-                *learned.votes,
-            ]
+        estimates, learned, _ = cascade_estimates(c, config)
         choice, share, agreement = music.vote(estimates, config)
         features.append((1.0, *music.ensemble_confidence_features(share, agreement, learned)))
         hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))

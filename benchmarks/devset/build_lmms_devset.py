@@ -398,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                             (args.max_song_s or 120.0) / stretch,
                         )
                         if notes is not None
-                        else {
-                            "key_tonic": None,
-                            "key_mode": None,
-                            "key_confidence": None,
-                            "key_evidence": None,
-                        }
+                        else lmms_keys.NO_KEY
                     ),
                     "start_s": start,
                     "source": str(path),

@@ -84,6 +84,8 @@ KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
         (18.16, 0.69, 12.99, 13.34, 1.07, 11.15, 1.38, 21.07, 7.49, 1.53, 0.92, 10.21),
     ),
 }
+# the label fields of an excerpt without a key label
+NO_KEY = {"key_tonic": None, "key_mode": None, "key_confidence": None, "key_evidence": None}
 MIN_MARGIN = 0.05
 MIN_AGREE = 4  # of the five profiles' own best keys, this many are the chosen key
 MIN_NOTE_SECONDS = 8.0
@@ -538,7 +540,7 @@ def excerpt_key(
         same = (song["key_tonic"], song["key_mode"]) == (result["key_tonic"], result["key_mode"])
         evidence = "song" if song["labelled"] and same else None
     if evidence is None:
-        return {"key_tonic": None, "key_mode": None, "key_confidence": None, "key_evidence": None}
+        return dict(NO_KEY)
     return {
         **{k: result[k] for k in ("key_tonic", "key_mode", "key_confidence")},
         "key_evidence": evidence,
