@@ -169,3 +169,41 @@ def test_drum_names(name):
 def test_melodic_names_are_not_drums():
     for name in ("Bass", "Progressive Pluck", "Strings", "Lead 1", "Rock Organ", "Choir"):
         assert not lmms_keys.DRUM_NAME.search(name), name
+
+
+def midi_song(path: Path, parts: dict[int, list[int]], bpm: float = 120.0) -> Path:
+    """A type-1 MIDI song: per channel (9 = General MIDI drums) the keys as quarter notes."""
+    import mido
+
+    song = mido.MidiFile(ticks_per_beat=480)
+    head = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm))])
+    song.tracks.append(head)
+    for channel, keys in parts.items():
+        track = mido.MidiTrack(
+            [mido.Message("control_change", channel=channel, control=7, value=100)]
+        )
+        for key in keys:
+            track.append(mido.Message("note_on", channel=channel, note=key, velocity=100, time=0))
+            track.append(mido.Message("note_off", channel=channel, note=key, velocity=0, time=480))
+        song.tracks.append(track)
+    song.save(str(path))
+    return path
+
+
+def test_midi_notes_find_the_key_and_leave_the_drums_out(tmp_path):
+    # MIDI 60 = C4; the drum channel's keys spell F# major and must not count
+    scale = [k + 12 for k in SCALE_UP] * 4
+    drums = [54, 61, 58, 66, 54, 61] * 10
+    song = midi_song(tmp_path / "c.mid", {0: scale, 9: drums})
+    project = lmms_keys.read_midi(song)
+    assert project.bpm == pytest.approx(120.0)
+    assert project.used_tracks == ["ch1"] and "ch10: General MIDI drums" in project.skipped_tracks
+    found = lmms_keys.span_key(project, 0.0, 32.0)
+    assert (found["key_tonic"], found["key_mode"], found["labelled"]) == ("C", "major", True)
+    # the same scale a whole tone up, at another tempo: D major, and the span is read in seconds
+    up = midi_song(tmp_path / "d.mid", {0: [k + 2 for k in scale]}, bpm=90.0)
+    found = lmms_keys.span_key(lmms_keys.read_midi(up), 0.0, 40.0)
+    assert (found["key_tonic"], found["key_mode"]) == ("D", "major")
+    # one pitch only is no key evidence
+    drone = lmms_keys.read_midi(midi_song(tmp_path / "e.mid", {1: [60, 72] * 40}))
+    assert drone.notes == [] and "ch2: one pitch only" in drone.skipped_tracks

@@ -82,6 +82,64 @@ def test_beatnet_on_a_real_lmms_production(beatnet, tmp_path):
     assert abs(found.bpm - 140.0) < abs(music_learned.tempo_of(found.beats) - 140.0) + 0.5
 
 
+GM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+
+
+def groove_midi(path: Path, bpm: float, bars: int = 12, tempi: tuple[float, ...] = ()) -> Path:
+    """A General MIDI groove: kick on beats 1 and 3, snare on 2 and 4, hi-hat eighths, a bass line
+    on every beat (`tempi`: more tempo changes, a quarter of the way in each)."""
+    import mido
+
+    song = mido.MidiFile(ticks_per_beat=480)
+    head = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm))])
+    for other in tempi:
+        head.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(other), time=480 * bars))
+    drums, bass = mido.MidiTrack(), mido.MidiTrack()
+    for beat in range(bars * 4):
+        hits = [42, 36 if beat % 2 == 0 else 38]
+        for key in hits:
+            drums.append(mido.Message("note_on", channel=9, note=key, velocity=110, time=0))
+        drums.append(mido.Message("note_off", channel=9, note=hits[0], velocity=0, time=240))
+        drums.append(mido.Message("note_on", channel=9, note=42, velocity=70, time=0))
+        drums.append(mido.Message("note_off", channel=9, note=42, velocity=0, time=240))
+        key = (36, 43, 41, 43)[beat % 4]
+        bass.append(mido.Message("note_on", channel=1, note=key, velocity=100, time=0))
+        bass.append(mido.Message("note_off", channel=1, note=key, velocity=0, time=400))
+        bass.append(mido.Message("note_off", channel=1, note=key, velocity=0, time=80))
+    song.tracks += [head, drums, bass]
+    song.save(str(path))
+    return path
+
+
+@pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not GM_SOUNDFONT.exists(),
+    reason="fluidsynth / fluid-soundfont-gm not installed",
+)
+def test_midi_songs_rendered_by_fluidsynth_at_their_own_tempo_and_retimed(beatnet, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "devset"))
+    import build_lmms_devset
+
+    song = groove_midi(tmp_path / "groove.mid", 96.0)
+    truth = build_lmms_devset.midi_truth(song)
+    assert truth == {"bpm": 96.0, "numerator": 4, "denominator": 4}
+    # more than one tempo: no fixed grid, no label
+    assert (
+        build_lmms_devset.midi_truth(groove_midi(tmp_path / "t.mid", 96.0, tempi=(120.0,))) is None
+    )
+    for bpm in (0.0, 124.0):  # its own tempo, then the same notes retimed
+        wav = tmp_path / f"groove-{bpm:g}.wav"
+        assert build_lmms_devset.render_midi(song, wav, bpm)
+        y, sr = sf.read(str(wav), dtype="float32")
+        want = bpm or truth["bpm"]
+        assert 0.0 <= y.shape[0] / sr - 48 * 60.0 / want < 4.0  # 12 bars, then the release tail
+        found = beatnet(resample(y.mean(axis=1), sr, 22050))
+        assert abs(found.bpm - want) <= 0.04 * want, (want, found.bpm)
+        # the grid starts at tick 0: BeatNet's beats fall on it (within 70 ms)
+        period = 60.0 / want
+        offsets = [(b + period / 2) % period - period / 2 for b in found.beats[2:-2]]
+        assert np.median(np.abs(offsets)) < 0.07
+
+
 def test_refined_tempo_resolves_a_fraction_of_a_frame():
     fps, bpm = music_learned.FPS, 140.0
     activation = np.zeros(fps * 20)

@@ -1,22 +1,28 @@
-"""Build the music development set of real productions: LMMS demo projects and Hydrogen demo songs.
+"""Build the music development set of real productions: LMMS demo projects, Hydrogen demo songs
+and OpenMSX's MIDI songs.
 
 Debian's `lmms-common` ships demo projects made by LMMS musicians (house, reggaeton, 80s rock,
-chiptune, drum & bass, ambient, ...) and `hydrogen-data` ships Hydrogen's demo drum songs. Nothing
-here was made by songmill: the projects are rendered by the programs they were made in, and the
-truth is read from each project file.
+chiptune, drum & bass, ambient, ...), `hydrogen-data` ships Hydrogen's demo drum songs and
+`openttd-openmsx` ships OpenMSX, 31 songs written as MIDI by its composers for the game OpenTTD
+(boogie, blues, jazz, rock, funk; GPL-2), rendered here by FluidSynth with the FluidR3 General MIDI
+soundfont (`fluid-soundfont-gm`). Nothing here was made by songmill: the projects are rendered by
+the programs they were made for, and the truth is read from each project file.
 
 Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_devset.py):
-  bpm             the project's tempo (LMMS: `<head bpm=...>`, Hydrogen: `<bpm>`), quarter notes
-  beats, downbeats  seconds: the tempo grid from the song's start (both programs start the
-                  render at tick 0 and play metronomically), downbeats every `timesig_numerator`
+  bpm             the project's tempo (LMMS: `<head bpm=...>`, Hydrogen: `<bpm>`, MIDI: its one
+                  `set_tempo`), quarter notes
+  beats, downbeats  seconds: the tempo grid from the song's start (the three programs start
+                  the render at tick 0 and play metronomically), downbeats every `timesig_numerator`
                   beats for x/4 metres (none for others)
-  time_signature  LMMS's header (Hydrogen songs: 4/4 when every pattern is a 4/4 bar)
-  key_tonic, key_mode, key_confidence, key_evidence  LMMS: the key of the project's own notes
-                  in the excerpt (lmms_keys.py: symbolic key-finding, key_confidence its
+  time_signature  LMMS's header (Hydrogen songs: 4/4 when every pattern is a 4/4 bar; MIDI: its
+                  one `time_signature`, 4/4 without one, none when it changes)
+  key_tonic, key_mode, key_confidence, key_evidence  LMMS and MIDI: the key of the project's own
+                  notes in the excerpt (lmms_keys.py: symbolic key-finding, key_confidence its
                   profiles' margin; key_evidence "excerpt" or "song": lmms_keys.excerpt_key),
                   only where its rule holds; null otherwise and for Hydrogen (drums)
 Projects whose tempo is automated (an LMMS `<bpm id=...>` model with an automation pattern
-pointing at it, or Hydrogen's timeline tempo markers) are left out: a fixed grid would be wrong.
+pointing at it, Hydrogen's timeline tempo markers, a MIDI song with more than one tempo) are left
+out: a fixed grid would be wrong.
 
 Songs are cut at `--max-song-s` (120 s: the clips that start later are removed from a copy of the
 project before rendering; a full render is cut there too), so the excerpts' positions do not
@@ -30,9 +36,9 @@ only): the musicians' notes at another tempo, so that a genre's usual tempo does
 answer. Split by project (benchmarks/bench_music_accuracy.py: split_of, a CRC-32 of the project
 name); every excerpt of a project, at every tempo, lands in the same half.
 
-Needs `apt-get install lmms lmms-common hydrogen hydrogen-data ffmpeg sox` (setup.sh lists
-them). Installs nothing itself; renders once, cached by file name; run under `nice`, one render
-at a time:
+Needs `apt-get install lmms lmms-common hydrogen hydrogen-data openttd-openmsx fluidsynth
+fluid-soundfont-gm ffmpeg sox` (setup.sh installs lmms; `--sets` picks the sources). Installs
+nothing itself; renders once, cached by file name; run under `nice`, one render at a time:
 
     nice -n 10 .venv/bin/python benchmarks/devset/build_lmms_devset.py --out /tmp/songmill-lmms
 """
@@ -57,6 +63,9 @@ import lmms_keys  # noqa: E402  (this folder)
 
 LMMS_PROJECTS = Path("/usr/share/lmms/projects")
 HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
+OPENMSX_SONGS = Path("/usr/share/games/openttd/baseset/openmsx")
+GM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+RENDERERS = {"lmms": "lmms", "hydrogen": "h2cli", "openmsx": "fluidsynth"}
 OFFSETS = (0.20, 0.45, 0.70)
 VARIANT_OFFSET = 0.45
 SR = 44100
@@ -106,6 +115,55 @@ def hydrogen_truth(path: Path) -> dict | None:
     # Hydrogen patterns are 192 ticks a 4/4 bar; other sizes make mixed-length bars
     sizes = {int(p.findtext("size") or 192) for p in root.iter("pattern")}
     return {"bpm": bpm, "numerator": 4 if sizes <= {192} else 0, "denominator": 4}
+
+
+def midi_truth(path: Path) -> dict | None:
+    """bpm and metre of a MIDI song; None with more than one tempo. MIDI's default tempo is 120
+    BPM; without a time signature the song is 4/4; a signature that changes leaves no bars."""
+    import mido
+
+    song = mido.MidiFile(str(path))
+    messages = list(mido.merge_tracks(song.tracks))
+    tempi = {m.tempo for m in messages if m.type == "set_tempo"}
+    signatures = {(m.numerator, m.denominator) for m in messages if m.type == "time_signature"}
+    if len(tempi) > 1:
+        return None
+    bpm = round(mido.tempo2bpm(tempi.pop()), 3) if tempi else 120.0
+    numerator, denominator = signatures.pop() if len(signatures) == 1 else (4, 4)
+    if len(signatures) > 1 or (denominator == 8 and numerator % 3 == 0):
+        numerator = 0  # changing bars, or a compound metre (its beat is not the quarter note)
+    return {"bpm": bpm, "numerator": numerator, "denominator": denominator}
+
+
+def render_midi(song: Path, wav: Path, bpm: float = 0.0) -> bool:
+    """FluidSynth renders a MIDI song with the General MIDI soundfont from tick 0 (the grid's
+    start); at `bpm` when given (the notes are in ticks: only the tempo changes)."""
+    import tempfile
+
+    import mido
+
+    with tempfile.TemporaryDirectory(prefix="midi-song-") as folder:
+        if bpm:
+            midi = mido.MidiFile(str(song))
+            for track in midi.tracks:
+                for message in track:
+                    if message.type == "set_tempo":
+                        message.tempo = mido.bpm2tempo(bpm)
+            if not any(m.type == "set_tempo" for t in midi.tracks for m in t):
+                midi.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
+            song = Path(folder) / song.name
+            midi.save(str(song))
+        cmd = ["nice", "-n", "10", "fluidsynth", "-ni", "-q", "-r", str(SR), "-F", str(wav)]
+        try:
+            subprocess.run(
+                [*cmd, str(GM_SOUNDFONT), str(song)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=300,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+    return wav.exists() and wav.stat().st_size > 10000
 
 
 def prepared_project(project: Path, max_song_s: float, folder: Path, bpm: float = 0.0) -> Path:
@@ -302,7 +360,22 @@ def projects() -> list[tuple[str, str, Path]]:
             found.append(("lmms", path.name.split(".")[0], path))
     for path in sorted(HYDROGEN_SONGS.glob("*.h2song")):
         found.append(("hydrogen", path.stem, path))
+    for path in sorted(OPENMSX_SONGS.glob("*.mid")):
+        found.append(("openmsx", path.stem, path))
     return found
+
+
+def truth_of(kind: str, path: Path) -> dict | None:
+    return {"lmms": lmms_truth, "hydrogen": hydrogen_truth, "openmsx": midi_truth}[kind](path)
+
+
+def render(kind: str, path: Path, wav: Path, max_song_s: float, bpm: float) -> bool:
+    """`path` rendered by its own program to `wav` (at `bpm` when given: retimed)."""
+    if kind == "lmms":
+        return render_lmms(path, wav, max_song_s, bpm)
+    if kind == "hydrogen":
+        return render_hydrogen(path, wav, bpm)
+    return render_midi(path, wav, bpm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--sets", default="lmms,hydrogen")
+    parser.add_argument("--sets", default="lmms,hydrogen,openmsx")
     parser.add_argument(
         "--max-song-s",
         type=float,
@@ -327,10 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-render", action="store_true", help="label only the songs already rendered"
     )
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("lmms", "h2cli", "ffmpeg", "sox") if shutil.which(tool) is None]
+    tools = ("lmms", "h2cli", "fluidsynth", "ffmpeg", "sox")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         print(
-            f"missing tools: {', '.join(missing)} (apt-get install lmms hydrogen ffmpeg sox)",
+            f"missing tools: {', '.join(missing)} "
+            "(apt-get install lmms hydrogen fluidsynth fluid-soundfont-gm openttd-openmsx ffmpeg sox)",
             file=sys.stderr,
         )
     renders = args.out / "renders"
@@ -339,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, name, path in projects():
         if kind not in args.sets.split(","):
             continue
-        truth = lmms_truth(path) if kind == "lmms" else hydrogen_truth(path)
+        truth = truth_of(kind, path)
         if truth is None:
             skipped.append(f"{name}: tempo automated or unreadable")
             continue
@@ -349,16 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name) + (f"@{bpm:g}" if retimed else "")
             wav = renders / f"{kind}-{slug}.wav"
             if not wav.exists():
-                tool = "lmms" if kind == "lmms" else "h2cli"
-                if shutil.which(tool) is None or args.no_render:
+                if shutil.which(RENDERERS[kind]) is None or args.no_render:
                     continue
                 tmp = wav.with_suffix(".part.wav")
-                ok = (
-                    render_lmms(path, tmp, args.max_song_s, bpm if retimed else 0.0)
-                    if kind == "lmms"
-                    else render_hydrogen(path, tmp, bpm if retimed else 0.0)
-                )
-                if not ok:
+                if not render(kind, path, tmp, args.max_song_s, bpm if retimed else 0.0):
                     skipped.append(f"{name} at {bpm:g} BPM: render failed")
                     continue
                 tmp.replace(wav)
@@ -368,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{truth['numerator']}/{truth['denominator']}" if truth["numerator"] else None
             )
             made, starts = 0, set()
-            notes = lmms_keys.read_project(lmms_xml(path)) if kind == "lmms" else None
+            notes = (
+                lmms_keys.read_project(lmms_xml(path))
+                if kind == "lmms"
+                else lmms_keys.read_midi(path)
+                if kind == "openmsx"
+                else None
+            )
             stretch = truth["bpm"] / bpm  # the notes' times are at the project's own tempo
             length = min(args.seconds, duration)  # Hydrogen's demo songs are 20-60 s
             for share in OFFSETS:

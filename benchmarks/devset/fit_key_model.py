@@ -4,14 +4,17 @@ The model is a conditional logit over the 24 keys: P(key) = softmax(sum_j w_j f_
 f_j is the correlation of one of the two chromas (the stage's HPCP and KeyExtractor's, both
 computed on the stage's 11025 Hz frames) with one essentia profile, or a chroma's natural
 seventh (annotate/key.py: natural_seventh; v6). The weights are fitted by
-maximum likelihood with an L2 penalty on the pooled `train` halves of the development set and its
-alt_* subsets. Which features and which penalty: the best leave-one-piece-out exact score on
-those train halves (the test halves play no part in any choice). Printed: per candidate, the
-leave-one-piece-out train score, the in-sample train scores and the test-half scores (dev and
-alt_* apart), the v4 rule for reference, the weights of the chosen model, and the Brier score of
+maximum likelihood with an L2 penalty on the pooled `train` halves of the excerpts with a key
+label: the rendered-score development set and its alt_* subsets (build_devset.py), or the real
+productions (build_lmms_devset.py: LMMS and OpenMSX, labelled from their own notes). Which
+features and which penalty: the best leave-one-piece-out exact score on those train halves (the
+test halves play no part in any choice). Printed: per candidate, the leave-one-piece-out train
+score, the in-sample train scores and the test-half scores (per set: dev, alt_*, lmms, openmsx),
+the v4 rule for reference, the weights of the chosen model, and the Brier score of
 its probability as key_confidence.
 
     .venv/bin/python benchmarks/devset/fit_key_model.py --devset /tmp/songmill-devset
+    .venv/bin/python benchmarks/devset/fit_key_model.py --devset /tmp/songmill-lmms   # real productions
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 PENALTIES = (0.01, 0.03, 0.1, 0.3)
+REAL_SETS = ("lmms", "hydrogen", "openmsx")
 V4_RATIO = 0.81
 
 
@@ -130,6 +134,13 @@ def mirex(index: int, row: dict) -> float:
     return mirex_key(*key_name(index), row["key_tonic"], row["key_mode"])
 
 
+def kind_of(row: dict) -> str:
+    """The set an excerpt is reported with: the rendered scores (`dev`), their `alt` subsets, or
+    a real-production set (build_lmms_devset.py: `lmms`, `openmsx`)."""
+    subset = row["subset"]
+    return "alt" if subset.startswith("alt_") else subset if subset in REAL_SETS else "dev"
+
+
 def summary(values: list[float]) -> str:
     return f"{np.mean(np.equal(values, 1.0)):.2f}/{np.mean(values):.2f}" if values else "-"
 
@@ -141,17 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devset", type=Path, required=True)
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in (args.devset / "labels.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["subset"] != "full"]
+    rows = [r for r in rows if r["subset"] != "full" and r.get("key_tonic")]
     feats = features(rows)
     train = [i for i, r in enumerate(rows) if split_of(r) == "train"]
     groups = {
         f"{part}-{kind}": [
-            i
-            for i, r in enumerate(rows)
-            if split_of(r) == part and r["subset"].startswith("alt_") == (kind == "alt")
+            i for i, r in enumerate(rows) if split_of(r) == part and kind_of(r) == kind
         ]
         for part in ("train", "test")
-        for kind in ("dev", "alt")
+        for kind in sorted({kind_of(r) for r in rows})
     }
     truths = [key_index(r) for r in rows]
     pieces = sorted({rows[i]["piece"] for i in train})

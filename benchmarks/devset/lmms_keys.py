@@ -547,6 +547,53 @@ def excerpt_key(
     }
 
 
+def read_midi(path: Path) -> ProjectNotes:
+    """Every pitched note of a MIDI song (the same label rule as LMMS projects): channel 10 (General
+    MIDI's drums) left out, and channels that play one pitch only; each note weighted by its
+    velocity and its channel's volume (controller 7, 100 by default) as LMMS notes are. Ticks
+    are moved to LMMS's 48 a quarter note, at the song's first tempo (build_lmms_devset takes only
+    songs with one)."""
+    import mido
+
+    song = mido.MidiFile(str(path))
+    scale = TICKS_PER_BEAT / song.ticks_per_beat
+    messages = list(mido.merge_tracks(song.tracks))
+    tempo = next((m.tempo for m in messages if m.type == "set_tempo"), mido.bpm2tempo(120))
+    project = ProjectNotes(bpm=float(mido.tempo2bpm(tempo)))
+    volume = dict.fromkeys(range(16), 100)
+    sounding: dict[tuple[int, int], tuple[float, float]] = {}  # (channel, key): (tick, weight)
+    by_channel: dict[int, list[Note]] = {}
+    tick = 0
+    for message in messages:
+        tick += message.time
+        if message.type == "control_change" and message.control == 7:
+            volume[message.channel] = message.value
+        elif message.type in ("note_on", "note_off") and message.channel != 9:
+            key = (message.channel, message.note)
+            if key in sounding:  # any note_on / note_off of a sounding key ends it
+                start, weight = sounding.pop(key)
+                if tick > start:
+                    by_channel.setdefault(message.channel, []).append(
+                        Note(
+                            start * scale,
+                            tick * scale,
+                            message.note % 12,
+                            weight,
+                            f"ch{key[0] + 1}",
+                        )
+                    )
+            if message.type == "note_on" and message.velocity > 0:
+                sounding[key] = (tick, message.velocity / 100 * volume[message.channel] / 100)
+    for channel, notes in sorted(by_channel.items()):
+        if len({n.pitch_class for n in notes}) <= 1:
+            project.skipped_tracks.append(f"ch{channel + 1}: one pitch only")
+            continue
+        project.notes += notes
+        project.used_tracks.append(f"ch{channel + 1}")
+    project.skipped_tracks.append("ch10: General MIDI drums")
+    return project
+
+
 def main(argv: list[str] | None = None) -> int:
     """A report: per LMMS project, its key over the first 120 s and per excerpt position."""
     import sys
