@@ -278,11 +278,10 @@ def test_cascade_setting_decides_whether_the_learned_model_runs(beatnet, tmp_pat
     always.learned = CountingTracker(always.learned)
     [row] = always.process([track])
     assert always.learned.calls == 1
-    # the averaged networks' estimate, then each network's own vote (the v8 defaults)
+    # the averaged networks' estimate, then each network's own vote (the v9 defaults: 2 and 3)
     assert row["beat_source"] == "beatnet"
     assert [e["estimator"] for e in row["bpm_estimates"]][2:] == [
         "beatnet",
-        "beatnet1",
         "beatnet2",
         "beatnet3",
     ]
