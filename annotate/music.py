@@ -15,10 +15,9 @@ v7-v9, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, no
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   with the most weight within 4 %, plus `octave_credit` of the weight an octave away (weights
   fitted on the real-production set, benchmarks/devset/build_lmms_devset.py), less `level_prior`
-  per octave from 120 BPM. The
-  row records every estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`;
-  bpm_confidence is a logistic on (vote share, agreement, the learned backend's own confidence),
-  slopes >= 0, fitted on the same rows.
+  per octave from 120 BPM. The row records every estimate (`bpm_estimates`), `bpm_agreement` and
+  `beat_source`; bpm_confidence is a logistic on (vote share, agreement, the learned backend's
+  own confidence), slopes >= 0, fitted on the same rows.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
   prior fitted on our General-MIDI renders); learned activations know the level of a produced
   mix. Measured (benchmarks/RESULTS.md, issue 19): v9's settings are fitted on three sources of
