@@ -16,8 +16,9 @@ step() {
 }
 [ -x .venv/bin/python ] || step "creating the virtualenv .venv" "5 s" "$PYTHON" -m venv .venv
 # The fingerprint stage needs libchromaprint (Debian's libchromaprint-tools, which also brings
-# fpcalc). Installed only when missing.
-if ! ldconfig -p 2>/dev/null | grep -q libchromaprint && command -v apt-get >/dev/null; then
+# fpcalc). Installed only when missing. (Not `ldconfig -p | grep -q`: under pipefail, grep's
+# early exit can end ldconfig with SIGPIPE, and the check then says missing when it is there.)
+if ! grep -q libchromaprint <(ldconfig -p 2>/dev/null) && command -v apt-get >/dev/null; then
     step "Debian's libchromaprint-tools (fingerprints)" "30 s" \
         bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libchromaprint-tools'
 fi
