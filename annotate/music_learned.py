@@ -390,7 +390,7 @@ def beat_backends(beat_this_weights: str = "") -> list[dict[str, Any]]:
             "present": present,
             "licence": BEATNET_LICENCE,
             "where": where,
-            "setting": "music.neural (auto: where the DSP estimators disagree)",
+            "setting": "music.neural (auto, at the default threshold: every track)",
         }
     )
     try:
