@@ -22,7 +22,7 @@ Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_de
                   only where its rule holds; null otherwise and for Hydrogen (drums)
 Projects whose tempo is automated (an LMMS `<bpm id=...>` model with an automation pattern
 pointing at it, Hydrogen's timeline tempo markers, a MIDI song with more than one tempo) are left
-out: a fixed grid would be wrong.
+out: a fixed grid would be wrong; so are MIDI songs in a compound metre.
 
 Songs are cut at `--max-song-s` (120 s: the clips that start later are removed from a copy of the
 project before rendering; a full render is cut there too), so the excerpts' positions do not
@@ -118,7 +118,8 @@ def hydrogen_truth(path: Path) -> dict | None:
 
 
 def midi_truth(path: Path) -> dict | None:
-    """bpm and metre of a MIDI song; None with more than one tempo. MIDI's default tempo is 120
+    """bpm and metre of a MIDI song; None with more than one tempo or in a compound metre (6/8,
+    9/8, 12/8: the beat is not the quarter note the tempo counts). MIDI's default tempo is 120
     BPM; without a time signature the song is 4/4; a signature that changes leaves no bars."""
     import mido
 
@@ -126,12 +127,12 @@ def midi_truth(path: Path) -> dict | None:
     messages = list(mido.merge_tracks(song.tracks))
     tempi = {m.tempo for m in messages if m.type == "set_tempo"}
     signatures = {(m.numerator, m.denominator) for m in messages if m.type == "time_signature"}
-    if len(tempi) > 1:
+    if len(tempi) > 1 or any(d == 8 and n % 3 == 0 for n, d in signatures):
         return None
     bpm = round(mido.tempo2bpm(tempi.pop()), 3) if tempi else 120.0
-    numerator, denominator = signatures.pop() if len(signatures) == 1 else (4, 4)
-    if len(signatures) > 1 or (denominator == 8 and numerator % 3 == 0):
-        numerator = 0  # changing bars, or a compound metre (its beat is not the quarter note)
+    numerator, denominator = next(iter(signatures)) if len(signatures) == 1 else (4, 4)
+    if len(signatures) > 1:
+        numerator = 0  # the bars change: no downbeats
     return {"bpm": bpm, "numerator": numerator, "denominator": denominator}
 
 
