@@ -592,6 +592,17 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
     return best
 
 
+ESSENTIA_RUN = "essentia RhythmExtractor2013 + KeyExtractor"
+
+
+def essentia_run(keep: list[int], cache: list[dict], essentia: list, essentia_cpu: float) -> tuple:
+    """essentia's defaults on the rows `keep` as a method run: their results, audio seconds, and
+    the measured CPU seconds shared out by audio length (essentia ran once over every row)."""
+    seconds = sum(cache[i]["seconds"] for i in keep)
+    share = seconds / sum(c["seconds"] for c in cache)
+    return [essentia[i] for i in keep], seconds, CpuTimer(essentia_cpu * share), 0.0
+
+
 def fit_by_source(
     labels: list[dict],
     cache: list[dict],
@@ -613,14 +624,7 @@ def fit_by_source(
         runs["stage defaults (MusicConfig())"] = method_runs([cache[i] for i in out], config)[
             "cascade (neural=auto)"
         ]
-        seconds = sum(cache[i]["seconds"] for i in out)
-        share = seconds / sum(c["seconds"] for c in cache)
-        runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
-            [essentia[i] for i in out],
-            seconds,
-            CpuTimer(essentia_cpu * share),
-            0.0,
-        )
+        runs[ESSENTIA_RUN] = essentia_run(out, cache, essentia, essentia_cpu)
         print_methods(f"{held}, held out (every row)", [labels[i] for i in out], runs)
     print("\nfitted on every row of every source (the stage's defaults; its tables are in-sample):")
     return fit_ensemble(labels, cache, config)
@@ -773,13 +777,7 @@ def real_sets(args: argparse.Namespace) -> int:
                 continue
             rows = [labels[i] for i in keep]
             runs = method_runs([cache[i] for i in keep], config)
-            share = sum(cache[i]["seconds"] for i in keep) / sum(c["seconds"] for c in cache)
-            runs["essentia RhythmExtractor2013 + KeyExtractor"] = (
-                [essentia_results[i] for i in keep],
-                sum(cache[i]["seconds"] for i in keep),
-                CpuTimer(essentia_cpu * share),
-                0.0,
-            )
+            runs[ESSENTIA_RUN] = essentia_run(keep, cache, essentia_results, essentia_cpu)
             if end_to_end and subset == "all real" and part == "test":
                 results, secs, timer = end_to_end[1]
                 sent = float(np.mean([len(x.get("bpm_estimates") or []) > 2 for x in results]))
