@@ -1,6 +1,6 @@
 """The `music` stage: tempo, beats, downbeats, metre, key and tuning, from one decode.
 
-v7-v9, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
+v7-v10, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
 
 - Every track: the v6 DSP path (`dsp`, with its calibrated confidence) and essentia's
   PercivalBpmEstimator (`percival`, ~700x realtime at 11025 Hz).
@@ -15,9 +15,11 @@ v7-v9, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, no
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   with the most weight within 4 %, plus `octave_credit` of the weight an octave away (weights
   fitted on the real-production set, benchmarks/devset/build_lmms_devset.py), less `level_prior`
-  per octave from 120 BPM. The row records every estimate (`bpm_estimates`), `bpm_agreement` and
-  `beat_source`; bpm_confidence is a logistic on (vote share, agreement, the learned backend's
-  own confidence), slopes >= 0, fitted on the same rows.
+  per octave from 120 BPM. v10: where the DSP path and Percival agree on a beat that divides in
+  three (`compound_pulse`), a choice at 1.5 or 3 times it (a jig followed in simple time, as
+  BeatNet does) gives way to their dotted quarter. The row records every estimate
+  (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on (vote
+  share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same rows.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
   prior fitted on our General-MIDI renders); learned activations know the level of a produced
   mix. Measured (benchmarks/RESULTS.md, issue 19): v9's settings are fitted on three sources of
@@ -62,9 +64,13 @@ Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
    subtonic's weight minus its leading tone's: minor without the harmonic minor's raised
    seventh, which temperley2005's minor profile expects); seven weights fitted by maximum
    likelihood on the pooled train halves (benchmarks/devset/fit_key_model.py).
+   v10: the key is the majority of three: that model's key, KeyExtractor's chroma with bgate,
+   and essentia KeyExtractor with temperley2005 (93 ms frames on the analysis signal, ~2000x
+   realtime); the model's key where all three differ. Chosen on the real productions' train
+   half (bench_key_real.py; annotate/key.py: VOTE_PROFILE's note has the figures).
 7. Confidences: bpm_confidence = P(tempo within 4 %), a logistic calibration on (tracker
    agreement, level-score margin, periodicity) fitted on the development set's training half;
-   key_confidence = the key model's probability of its key.
+   key_confidence = the key model's probability of the key chosen.
 
 Chosen by measurement on the development set's training half (67 of 160 excerpts; split by a
 hash of the piece name): the prior (centre 120 BPM, width 1.0 in log units, evidence weight 2,
@@ -212,9 +218,11 @@ class MusicConfig(StageConfig):
     key_profile: str = "bgate"
     key_frame: int = 2048
     key_harmonics: int = 8
-    # "model": the key model over the stage's and KeyExtractor's chromas (annotate/key.py);
+    # "vote" (v10): the majority of the key model, KeyExtractor's chroma with bgate and essentia
+    # KeyExtractor with temperley2005, the model's key where all differ (annotate/key.py);
+    # "model": the key model over the stage's and KeyExtractor's chromas;
     # "chroma": the stage chroma and `key_profile` alone.
-    key_method: str = "model"
+    key_method: str = "vote"
     # "dsp": the DSP estimators alone (as neural = never); "beat_this": Beat This is the learned
     # backend (unavailable without weights); "auto": Beat This when `beat_this_weights` holds its
     # weights, else `learned_backend`.
@@ -393,9 +401,10 @@ def metre_and_downbeats(
 OCTAVE_FACTORS = (2.0, 0.5, 3.0, 1.0 / 3.0)
 AGREEMENT_TOLERANCE = 0.04
 # Logistic calibration of bpm_confidence on ensemble_confidence_features, fitted on the
-# real-production development set (v9: bench --fit-by-source, every row; --fit-confidence for
-# the settings as they are), slopes kept >= 0.
-ENSEMBLE_CONFIDENCE_COEF = (0.21, 0.203, 1.082, 0.0)
+# real-production development set (v10: bench --fit-by-source, every row, with the compound
+# rule; --fit-confidence for the settings as they are), slopes kept >= 0. Share and agreement
+# are collinear: v9's fit, (0.21, 0.203, 1.082, 0), scored nearly the same.
+ENSEMBLE_CONFIDENCE_COEF = (-0.175, 0.907, 0.8, 0.0)
 
 
 def ensemble_confidence_features(
@@ -424,8 +433,26 @@ def _related(bpm: float, reference: float) -> bool:
     return _within(bpm, reference) or any(_within(bpm, reference * f) for f in OCTAVE_FACTORS)
 
 
+def compound_pulse(analysis: DspAnalysis, config: MusicConfig) -> bool:
+    """The two DSP estimators agree on a beat that divides in three (a compound metre's dotted
+    quarter: onsets at the thirds of the DSP path's beats beat those halfway by
+    `compound_threshold`)."""
+    found = {e["estimator"]: e["bpm"] for e in analysis.estimates}
+    dsp, percival = found.get("dsp"), found.get("percival")
+    beats = np.asarray(analysis.result.get("beats", ()))
+    return bool(
+        dsp
+        and percival
+        and _within(percival, dsp)
+        and tempo.subdivision(beats, analysis.odfs["superflux"]) > config.compound_threshold
+    )
+
+
+HEMIOLA_FACTORS = (1.5, 3.0)  # the quarter note and the eighth of a dotted-quarter beat
+
+
 def vote(
-    estimates: list[dict[str, Any]], config: MusicConfig
+    estimates: list[dict[str, Any]], config: MusicConfig, compound: bool = False
 ) -> tuple[dict[str, Any] | None, float, float]:
     """The estimate the ensemble chooses, its share of the weighted vote, and bpm_agreement.
 
@@ -434,7 +461,12 @@ def vote(
     the weights break ties); the level within that pulse is the candidate with the most weight
     exactly within 4 % (`weight_*`: the learned backend's levels are the most reliable on real
     productions), less `level_prior` per octave away from `prior_bpm`. bpm_agreement: the share of estimators within 4 % of
-    the choice, an octave / a third away counting half (they found the pulse, not the level)."""
+    the choice, an octave / a third away counting half (they found the pulse, not the level).
+
+    `compound` (compound_pulse: the DSP estimators agree on a beat divided in three): a choice at
+    1.5 or 3 times the DSP path's tempo is the quarter or the eighth of a 6/8 or 12/8 tracked as
+    if it were simple time (BeatNet does so on jigs), so the DSP path's dotted quarter is chosen
+    (v10; music v9 scored 0.30 acc1 on the development set's jigs, its DSP path 0.95)."""
     usable = [e for e in estimates if e["bpm"] and e["bpm"] > 0]
     if not usable:
         return None, 0.0, 0.0
@@ -459,6 +491,10 @@ def vote(
         return exact + config.octave_credit * octave + prior + 1e-3 * weight[id(candidate)]
 
     best = max(members, key=level)
+    if compound:
+        dsp = next((e for e in usable if e["estimator"] == "dsp"), None)
+        if dsp is not None and any(_within(best["bpm"], dsp["bpm"] * f) for f in HEMIOLA_FACTORS):
+            best = dsp
     exact = sum(_within(e["bpm"], best["bpm"]) for e in estimates)
     octave = sum(
         not _within(e["bpm"], best["bpm"]) and _related(e["bpm"], best["bpm"]) for e in estimates
@@ -559,7 +595,7 @@ def finish(
             }
         )
         estimates += [dict(v) for v in getattr(learned, "votes", ())]
-    best, share, agreement = vote(estimates, config)
+    best, share, agreement = vote(estimates, config, compound_pulse(analysis, config))
     bpm = float(best["bpm"]) if best is not None else 0.0
     odfs, duration_s = analysis.odfs, analysis.duration_s
     if learned is not None and learned.beats.shape[0] >= 4:
@@ -647,7 +683,10 @@ class MusicStage(Stage):
     # the level prior; bpm_confidence on (vote share, agreement, the learned backend's own).
     # v9: refitted with a third source (OpenMSX's MIDI songs) and left-out sources as the check:
     # BeatNet 2,3, weights 1 / 0.3 / 3, octave credit 0.5, level prior 2, on every track.
-    version = 9
+    # v10: the key is the majority of the key model, KeyExtractor's chroma with bgate and essentia
+    # KeyExtractor with temperley2005 (key_method = "vote"), chosen on real productions; a
+    # compound beat both DSP estimators find outvotes its hemiola (vote's `compound`).
+    version = 10
     table = "music"
     config_class = MusicConfig
 

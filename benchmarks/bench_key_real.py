@@ -1,5 +1,8 @@
 """Key methods on real productions: the LMMS excerpts whose projects' notes fix the key.
 
+Also reads build_devset.py's render set (scores' key signatures; no mp3 / fx variants): the
+same table on the set the key model was fitted on.
+
 Data: benchmarks/devset/build_lmms_devset.py's set (LMMS demo projects rendered by LMMS); an
 excerpt has a key label only where its project's own notes support one (devset/lmms_keys.py:
 symbolic key-finding, LABEL_RULE). Split by project (bench_music_accuracy.split_of): the choice
@@ -8,8 +11,9 @@ is made on the train half only, and both halves are printed.
 Methods, all in this one run on the same decoded audio (songmill's decode):
   essentia KeyExtractor defaults (profile bgate; mono 44.1 kHz): the baseline;
   essentia KeyExtractor with each of its other profiles;
-  the stage's key as configured (MusicConfig's key_* defaults: annotate/key.py's key model over
-  two chromas at 11025 Hz), and its `chroma` method;
+  the stage's key as configured (MusicConfig's key_* defaults: v10's vote of annotate/key.py's
+  key model over two chromas at 11025 Hz and two essentia keys), its `model` method (v6-v9) and
+  its `chroma` method;
   annotate/key.py's chromas (the stage's 36-bin HPCP and KeyExtractor's 12-bin one, on the
   stage's 11025 Hz frames) with each essentia profile (key_of_chroma);
   madmom's key CNN (opt-in: its model is CC BY-NC-SA 4.0; `--madmom` runs it);
@@ -121,6 +125,8 @@ def analyse(row: dict, use_madmom: bool) -> dict[str, tuple[str | None, str | No
     config = MusicConfig().key_config()
     stage = tuning_and_key(y, ANALYSIS_SR, config)
     out[DEFAULT] = (stage["key_tonic"], stage["key_mode"])
+    model_only = tuning_and_key(y, ANALYSIS_SR, replace(config, method="model"))
+    out["stage key_method=model (v6-v9)"] = (model_only["key_tonic"], model_only["key_mode"])
     chroma_only = tuning_and_key(y, ANALYSIS_SR, replace(config, method="chroma"))
     out["stage key_method=chroma (bgate)"] = (chroma_only["key_tonic"], chroma_only["key_mode"])
     tuning = estimate_tuning(y, ANALYSIS_SR)
@@ -198,7 +204,7 @@ def summary(rows: list[dict], results: list[dict], method: str) -> dict:
         scores = [
             mirex_key(*r[method], row["key_tonic"], row["key_mode"])
             for row, r in zip(rows, results, strict=True)
-            if split_of(row) == "test" and row["variant"] == variant
+            if split_of(row) == "test" and row.get("variant", "orig") == variant
         ]
         out[variant] = np.mean(np.equal(scores, 1.0)) if scores else np.nan
     return out
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("answers on the original excerpts (truth: stage default / baseline / chosen):")
     for row, r in zip(rows, results, strict=True):
-        if row["variant"] == "orig":
+        if row.get("variant") == "orig":  # the real sets (build_lmms_devset.py) only
             name = Path(row["path"]).stem
             print(
                 f"  {split_of(row):<6}{name:<48} {row['key_tonic']} {row['key_mode']} "

@@ -319,12 +319,18 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
                     shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
                 )
         if madmom is not None:
-            t5 = time.process_time()
-            item["madmom"] = madmom(track.audio(22050, mono=True)[0])
-            item["madmom_cpu"] = time.process_time() - t5
+            add_madmom(item, track, madmom)
         track.release_audio()
         cache.append(item)
     return cache
+
+
+def add_madmom(item: dict, track: Track, madmom) -> None:
+    """The opt-in madmom backend's answer on one track and its CPU seconds (its 22.05 kHz
+    audio included, as BeatNet's)."""
+    t = time.process_time()
+    item["madmom"] = madmom(track.audio(22050, mono=True)[0])
+    item["madmom_cpu"] = time.process_time() - t
 
 
 def add_votes(item: dict, tracker) -> None:
@@ -379,6 +385,17 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
         found = dataclasses.replace(found, votes=[c["vote_by"][m] for m in models])
         cpu += sum(c["vote_cpu_by"][m] for m in models)
     return found, cpu
+
+
+def compound_of(c: dict, config: MusicConfig) -> bool:
+    """music.compound_pulse of one cached track (the vote's compound flag, as `finish` sets it),
+    kept in the cache per compound_threshold: the fit's grid asks for it many times."""
+    from songmill.annotate.music import compound_pulse
+
+    key = ("compound", config.compound_threshold)
+    if key not in c:
+        c[key] = compound_pulse(c["analysis"], config)
+    return c[key]
 
 
 def cascade_estimates(c: dict, config: MusicConfig) -> tuple[list[dict], object, float]:
@@ -565,7 +582,7 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
             cpu += learned_cpu
             sent += found is not None
             beat_f += learned_beat_f[combo][i] if found is not None else dsp_beat_f[i]
-            choice, _, _ = music.vote(estimates, trial)
+            choice, _, _ = music.vote(estimates, trial, compound_of(c, trial))
             bpm = choice["bpm"] if choice else 0.0
             hits1, hits2 = hits1 + acc1(bpm, row["bpm"]), hits2 + acc2(bpm, row["bpm"])
             by_subset[row["subset"]] += acc1(bpm, row["bpm"])
@@ -640,7 +657,7 @@ def fit_confidence(rows: list[dict], cache: list[dict], config: MusicConfig) -> 
     features, hits = [], []
     for row, c in zip(rows, cache, strict=True):
         estimates, learned, _ = cascade_estimates(c, config)
-        choice, share, agreement = music.vote(estimates, config)
+        choice, share, agreement = music.vote(estimates, config, compound_of(c, config))
         features.append((1.0, *music.ensemble_confidence_features(share, agreement, learned)))
         hits.append(float(acc1(choice["bpm"] if choice else 0.0, row["bpm"])))
     x, y = np.asarray(features), np.asarray(hits)
@@ -714,6 +731,14 @@ def real_sets(args: argparse.Namespace) -> int:
         for item in cache:
             if "vote_by" not in item and "activations_by" in item:
                 add_votes(item, tracker)
+        if madmom is not None and any("madmom" not in item for item in cache):
+            # --madmom on a cache measured without it: madmom's answers join the cache
+            for i, (row, item) in enumerate(zip(labels, cache, strict=True)):
+                if "madmom" not in item:
+                    track = Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
+                    add_madmom(item, track, madmom)
+                    track.release_audio()
+            args.cache.write_bytes(pickle.dumps((cache, essentia_results, essentia_cpu)))
     else:
         cache = run_estimators(labels, config, tracker, madmom)
         essentia_results, _, essentia_timer = run_essentia(labels)
@@ -975,7 +1000,10 @@ def main(argv: list[str] | None = None) -> int:
         "--subsets", default="", help="comma-separated subsets to run (default: all)"
     )
     parser.add_argument(
-        "--real", type=Path, help="folder written by benchmarks/devset/build_lmms_devset.py"
+        "--real",
+        type=Path,
+        help="folder written by benchmarks/devset/build_lmms_devset.py (or build_devset.py: the "
+        "renders, through the same per-estimator report)",
     )
     parser.add_argument(
         "--fit",

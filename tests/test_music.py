@@ -18,6 +18,7 @@ from songmill.annotate.key import (
     PROFILES,
     KeyConfig,
     hpcp_frames,
+    index_of,
     key_name,
     key_of_chroma,
     key_posterior,
@@ -26,17 +27,21 @@ from songmill.annotate.key import (
     natural_seventh,
     profile_correlations,
     tuning_and_key,
+    voted_key,
 )
 from songmill.annotate.music import (
     ANALYSIS_SR,
     LEVEL_ODFS,
     PITCH_CLASSES,
+    DspAnalysis,
     MusicConfig,
     MusicStage,
     analyse,
     analysis_signal,
+    compound_pulse,
     dotted_quarter_tracked,
     sharp_name,
+    vote,
 )
 from songmill.data_schema.tables import MUSIC, STAGE_KEY_FIELDS
 from songmill.testaudio.synth import render_track
@@ -292,15 +297,16 @@ def test_key_model_follows_the_chroma_it_weighs_more():
 
 def test_key_methods_agree_on_a_clear_cadence_and_the_model_is_surer_of_it_than_of_noise():
     y = cadences(62, 3)
-    model = tuning_and_key(y, ANALYSIS_SR, KeyConfig())
+    model = tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="model"))
     chroma_only = tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="chroma"))
-    assert model["keyscale"] == chroma_only["keyscale"] == "D major"
+    voted = tuning_and_key(y, ANALYSIS_SR, KeyConfig())
+    assert model["keyscale"] == chroma_only["keyscale"] == voted["keyscale"] == "D major"
     noise = np.random.default_rng(3).standard_normal(6 * ANALYSIS_SR).astype(np.float32) * 0.1
-    assert (
-        model["key_confidence"] > tuning_and_key(noise, ANALYSIS_SR, KeyConfig())["key_confidence"]
-    )
+    for method in ("model", "vote"):
+        on_noise = tuning_and_key(noise, ANALYSIS_SR, KeyConfig(method=method))
+        assert model["key_confidence"] > on_noise["key_confidence"]
     with pytest.raises(ValueError):
-        tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="vote"))
+        tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="majority"))
 
 
 def eighth_note_onsets(
@@ -378,6 +384,38 @@ def test_six_eight_tracked_at_the_quarter_note_moves_to_the_dotted_quarter():
     )
     assert not dotted_quarter_tracked(quarters, jig_acf, jig, MusicConfig(dotted_ratio=2.0))
     assert set(LEVEL_ODFS) <= set(tempo.ODF_NAMES)
+
+
+def test_a_compound_beat_both_dsp_estimators_find_outvotes_its_hemiola():
+    """Learned trackers follow a jig at 1.5 times its dotted quarter (two eighths a beat, as in
+    simple time): where the DSP path and Percival agree on a beat that divides in three, the vote
+    keeps their dotted quarter; a straight pulse, or Percival elsewhere, leaves the vote alone."""
+    jig, straight = eighth_note_onsets((1.0, 0.45, 0.7)), eighth_note_onsets((1.0, 0.45))
+
+    def analysis(odf: np.ndarray, eighths: int, percival_bpm: float) -> DspAnalysis:
+        """The DSP path's beats every `eighths` eighth notes of 0.2 s, Percival's tempo."""
+        bpm = 60.0 / (0.2 * eighths)
+        estimates = [
+            {"estimator": "dsp", "bpm": bpm, "confidence": 0.9},
+            {"estimator": "percival", "bpm": percival_bpm, "confidence": None},
+        ]
+        beats = np.arange(0.0, 23.5, 0.2 * eighths)
+        return DspAnalysis({"superflux": odf}, 24.0, {"beats": beats}, estimates, {})
+
+    config = MusicConfig()
+    assert compound_pulse(analysis(jig, 3, 101.0), config)  # dotted quarters of 100 BPM
+    assert not compound_pulse(analysis(straight, 2, 151.0), config)  # quarters, eighths in twos
+    assert not compound_pulse(analysis(jig, 3, 150.0), config)
+    learned = [
+        {"estimator": name, "bpm": 150.0, "confidence": 0.8}
+        for name in ("beatnet", "beatnet2", "beatnet3")
+    ]
+    estimates = analysis(jig, 3, 101.0).estimates + learned
+    assert vote(estimates, config)[0]["bpm"] == 150.0
+    best, _, agreement = vote(estimates, config, compound=True)
+    assert best["estimator"] == "dsp" and agreement == pytest.approx(2 / 5)
+    octave = analysis(jig, 3, 101.0).estimates + [dict(e, bpm=200.0) for e in learned]
+    assert vote(octave, config, compound=True)[0]["bpm"] == vote(octave, config)[0]["bpm"]
 
 
 def test_stage_on_files_any_rate_and_channel_count(tmp_path):
@@ -507,3 +545,34 @@ def test_an_aeolian_vamp_stays_minor_and_the_natural_seventh_is_why():
     )
     cadence = sine_chords([C_MAJOR, F_MAJOR, G_MAJOR, C_MAJOR] * 3)
     assert tuning_and_key(cadence, ANALYSIS_SR, KeyConfig())["keyscale"] == "C major"
+
+
+def test_key_vote_takes_two_agreeing_methods_over_the_model_and_the_model_when_all_differ():
+    """v10's key: KeyExtractor's chroma and essentia KeyExtractor agreeing on D major outvote a
+    model that said B minor; with the chroma in another key, all three differ: the model's."""
+    y = cadences(62, 3)  # D major
+    fallback = keyextractor_config(KeyConfig())
+    d_major_chroma = hpcp_frames(y, ANALYSIS_SR, fallback).sum(axis=0)
+    b_minor, d_major = index_of("B", "minor"), index_of("D", "major")
+    assert voted_key(b_minor, d_major_chroma, fallback, y, ANALYSIS_SR) == d_major
+    assert voted_key(d_major, d_major_chroma, fallback, y, ANALYSIS_SR) == d_major
+    g_sharp_chroma = hpcp_frames(cadences(68, 3), ANALYSIS_SR, fallback).sum(axis=0)
+    assert key_of_chroma(g_sharp_chroma, fallback)["keyscale"] == "G# major"
+    assert voted_key(b_minor, g_sharp_chroma, fallback, y, ANALYSIS_SR) == b_minor
+    row = tuning_and_key(y, ANALYSIS_SR, KeyConfig(method="vote"))
+    assert row["keyscale"] == "D major" and 0.0 < row["key_confidence"] <= 1.0
+
+
+@pytest.mark.parametrize(("tonic", "mode", "seed"), [("F", "minor", 23), ("A", "major", 24)])
+def test_the_votes_keyextractor_keys_at_the_stage_rate_as_at_44k(tonic, mode, seed):
+    """The vote's essentia KeyExtractor (temperley2005) runs on the stage's 11025 Hz signal with
+    its own 93 ms frames and keys as it does at 44.1 kHz: no second decode."""
+    audio = render_track(105, tonic, mode, 12.0, seed=seed, style="pop")
+    mono = np.ascontiguousarray(audio.mean(axis=1) if audio.ndim == 2 else audio, dtype=np.float32)
+    extractor = tempo.essentia_standard().KeyExtractor
+    full_rate = extractor(profileType="temperley2005")(mono)
+    stage_rate = extractor(
+        profileType="temperley2005", sampleRate=ANALYSIS_SR, frameSize=1024, hopSize=1024
+    )(analysis_signal(audio, SR))
+    assert (sharp_name(stage_rate[0]), stage_rate[1]) == (sharp_name(full_rate[0]), full_rate[1])
+    assert (sharp_name(stage_rate[0]), stage_rate[1]) == (tonic, mode)
