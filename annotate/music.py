@@ -15,9 +15,10 @@ v7-v10, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, n
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   with the most weight within 4 %, plus `octave_credit` of the weight an octave away (weights
   fitted on the real-production set, benchmarks/devset/build_lmms_devset.py), less `level_prior`
-  per octave from 120 BPM. v10: where the DSP path and Percival agree on a beat that divides in
-  three (`compound_pulse`), a choice at 1.5 or 3 times it (a jig followed in simple time, as
-  BeatNet does) gives way to their dotted quarter. The row records every estimate
+  per octave from 120 BPM. v10, `compound_level = "dotted"` (opt-in): where the DSP path and
+  Percival agree on a beat that divides in three (`compound_pulse`), a choice at 1.5 or 3 times
+  it (a jig followed at its quarter note, as BeatNet does) gives way to their dotted quarter; the
+  default keeps the quarter note, the tempo DAWs and MIDI files state. The row records every estimate
   (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on (vote
   share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same rows.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
@@ -203,6 +204,12 @@ class MusicConfig(StageConfig):
     compound_threshold: float = 0.1
     # Compound metres with a beat slower than this are written 12/8 (slow shuffles), else 6/8.
     twelve_eight_below_bpm: float = 80.0
+    # The level reported for a compound metre (6/8, 12/8): "quarter", the ensemble's choice as it
+    # stands (BeatNet follows a 6/8 at its quarter note, the tempo a DAW or a MIDI file states:
+    # they count quarter notes, as the real-production sets' labels do), or "dotted", the felt
+    # dotted-quarter beat where both DSP estimators agree on a beat divided in three
+    # (compound_pulse; the renders' labels: their jigs 0.30 -> 0.75 acc1).
+    compound_level: str = "quarter"
     # A beat divided in two whose periodicity at 1.5 beats is at least `dotted_ratio` of that at
     # the beat, with onsets halfway stronger than at the thirds by `dotted_halves` (relative to the
     # beat's own): a compound metre tracked at the quarter note (the hemiola of 6/8). The beat
@@ -401,10 +408,9 @@ def metre_and_downbeats(
 OCTAVE_FACTORS = (2.0, 0.5, 3.0, 1.0 / 3.0)
 AGREEMENT_TOLERANCE = 0.04
 # Logistic calibration of bpm_confidence on ensemble_confidence_features, fitted on the
-# real-production development set (v10: bench --fit-by-source, every row, with the compound
-# rule; --fit-confidence for the settings as they are), slopes kept >= 0. Share and agreement
-# are collinear: v9's fit, (0.21, 0.203, 1.082, 0), scored nearly the same.
-ENSEMBLE_CONFIDENCE_COEF = (-0.175, 0.907, 0.8, 0.0)
+# real-production development set (v9: bench --fit-by-source, every row; --fit-confidence for
+# the settings as they are), slopes kept >= 0.
+ENSEMBLE_CONFIDENCE_COEF = (0.21, 0.203, 1.082, 0.0)
 
 
 def ensemble_confidence_features(
@@ -463,10 +469,10 @@ def vote(
     productions), less `level_prior` per octave away from `prior_bpm`. bpm_agreement: the share of estimators within 4 % of
     the choice, an octave / a third away counting half (they found the pulse, not the level).
 
-    `compound` (compound_pulse: the DSP estimators agree on a beat divided in three): a choice at
-    1.5 or 3 times the DSP path's tempo is the quarter or the eighth of a 6/8 or 12/8 tracked as
-    if it were simple time (BeatNet does so on jigs), so the DSP path's dotted quarter is chosen
-    (v10; music v9 scored 0.30 acc1 on the development set's jigs, its DSP path 0.95)."""
+    `compound` (`compound_level = "dotted"` and compound_pulse: the DSP estimators agree on a
+    beat divided in three): a choice at 1.5 or 3 times the DSP path's tempo is the quarter or the
+    eighth of a 6/8 or 12/8 (BeatNet follows jigs at the quarter), so the DSP path's dotted
+    quarter is chosen (the renders' jigs: 0.30 acc1 at the quarter, 0.75 with it)."""
     usable = [e for e in estimates if e["bpm"] and e["bpm"] > 0]
     if not usable:
         return None, 0.0, 0.0
@@ -595,7 +601,8 @@ def finish(
             }
         )
         estimates += [dict(v) for v in getattr(learned, "votes", ())]
-    best, share, agreement = vote(estimates, config, compound_pulse(analysis, config))
+    compound = config.compound_level == "dotted" and compound_pulse(analysis, config)
+    best, share, agreement = vote(estimates, config, compound)
     bpm = float(best["bpm"]) if best is not None else 0.0
     odfs, duration_s = analysis.odfs, analysis.duration_s
     if learned is not None and learned.beats.shape[0] >= 4:
@@ -684,8 +691,8 @@ class MusicStage(Stage):
     # v9: refitted with a third source (OpenMSX's MIDI songs) and left-out sources as the check:
     # BeatNet 2,3, weights 1 / 0.3 / 3, octave credit 0.5, level prior 2, on every track.
     # v10: the key is the majority of the key model, KeyExtractor's chroma with bgate and essentia
-    # KeyExtractor with temperley2005 (key_method = "vote"), chosen on real productions; a
-    # compound beat both DSP estimators find outvotes its hemiola (vote's `compound`).
+    # KeyExtractor with temperley2005 (key_method = "vote"), chosen on real productions;
+    # compound_level = "dotted" reports a compound metre's dotted quarter (opt-in).
     version = 10
     table = "music"
     config_class = MusicConfig
@@ -703,6 +710,10 @@ class MusicStage(Stage):
         if config.learned_backend not in ("beatnet", "madmom"):
             raise ValueError(
                 f"music: learned_backend must be beatnet or madmom, not {config.learned_backend!r}"
+            )
+        if config.compound_level not in ("quarter", "dotted"):
+            raise ValueError(
+                f"music: compound_level must be quarter or dotted, not {config.compound_level!r}"
             )
         if not set(config.beatnet_models.replace(" ", "").split(",")) <= {"1", "2", "3"}:
             raise ValueError(

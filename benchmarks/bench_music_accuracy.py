@@ -388,10 +388,13 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
 
 
 def compound_of(c: dict, config: MusicConfig) -> bool:
-    """music.compound_pulse of one cached track (the vote's compound flag, as `finish` sets it),
-    kept in the cache per compound_threshold: the fit's grid asks for it many times."""
+    """The vote's compound flag for one cached track, as `finish` sets it (compound_level
+    "dotted" and music.compound_pulse), kept in the cache per compound_threshold: the fit's grid
+    asks for it many times."""
     from songmill.annotate.music import compound_pulse
 
+    if config.compound_level != "dotted":
+        return False
     key = ("compound", config.compound_threshold)
     if key not in c:
         c[key] = compound_pulse(c["analysis"], config)
@@ -490,6 +493,14 @@ def method_runs(
         ]
         runs["ensemble on every track (neural=always)"] = (
             everywhere,
+            seconds,
+            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
+            1.0,
+        )
+        # the other convention for compound metres: their dotted quarter, not the quarter note
+        dotted = dataclasses.replace(config, compound_level="dotted")
+        runs["ensemble, compound_level=dotted (opt-in)"] = (
+            [_as_result(finish(c["analysis"], dotted, c["learned"], learned_name)) for c in cache],
             seconds,
             CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
             1.0,

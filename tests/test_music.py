@@ -40,9 +40,11 @@ from songmill.annotate.music import (
     analysis_signal,
     compound_pulse,
     dotted_quarter_tracked,
+    finish,
     sharp_name,
     vote,
 )
+from songmill.annotate.music_learned import LearnedBeats
 from songmill.data_schema.tables import MUSIC, STAGE_KEY_FIELDS
 from songmill.testaudio.synth import render_track
 
@@ -386,10 +388,11 @@ def test_six_eight_tracked_at_the_quarter_note_moves_to_the_dotted_quarter():
     assert set(LEVEL_ODFS) <= set(tempo.ODF_NAMES)
 
 
-def test_a_compound_beat_both_dsp_estimators_find_outvotes_its_hemiola():
+def test_compound_level_dotted_keeps_the_beat_both_dsp_estimators_find_over_its_quarter():
     """Learned trackers follow a jig at 1.5 times its dotted quarter (two eighths a beat, as in
-    simple time): where the DSP path and Percival agree on a beat that divides in three, the vote
-    keeps their dotted quarter; a straight pulse, or Percival elsewhere, leaves the vote alone."""
+    simple time): with compound_level "dotted", where the DSP path and Percival agree on a beat
+    that divides in three, the vote keeps their dotted quarter; a straight pulse, or Percival
+    elsewhere, leaves the vote alone; the default keeps the quarter note."""
     jig, straight = eighth_note_onsets((1.0, 0.45, 0.7)), eighth_note_onsets((1.0, 0.45))
 
     def analysis(odf: np.ndarray, eighths: int, percival_bpm: float) -> DspAnalysis:
@@ -416,6 +419,16 @@ def test_a_compound_beat_both_dsp_estimators_find_outvotes_its_hemiola():
     assert best["estimator"] == "dsp" and agreement == pytest.approx(2 / 5)
     octave = analysis(jig, 3, 101.0).estimates + [dict(e, bpm=200.0) for e in learned]
     assert vote(octave, config, compound=True)[0]["bpm"] == vote(octave, config)[0]["bpm"]
+    # the stage reports the quarter note (what DAWs and MIDI files state) unless asked otherwise
+    found = analysis(jig, 3, 101.0)
+    found.odfs.update(low=jig, mel_bands=np.ones((jig.shape[0], 4), np.float32))
+    tracked = LearnedBeats(np.arange(0.0, 23.5, 0.4), np.zeros(0), 150.0, 0.8, learned[1:])
+    assert finish(found, config, tracked, "beatnet")["bpm"] == 150.0
+    row = finish(found, MusicConfig(compound_level="dotted"), tracked, "beatnet")
+    assert row["bpm"] == 100.0
+    assert np.median(np.diff(row["beats"])) == pytest.approx(0.6, abs=0.02)
+    with pytest.raises(ValueError, match="compound_level"):
+        MusicStage(MusicConfig(compound_level="dotted quarter")).setup()
 
 
 def test_stage_on_files_any_rate_and_channel_count(tmp_path):
