@@ -359,9 +359,10 @@ def model_chroma(chroma: np.ndarray, config: KeyConfig) -> np.ndarray:
 KEY_METHODS = ("vote", "model", "chroma")
 # v10's vote, chosen on real productions (benchmarks/bench_key_real.py: the majority votes of three
 # of the six best methods on the train half, LMMS + OpenMSX projects whose own notes fix the key):
-# the best train MIREX (0.889; the model alone 0.858), on the test half 0.685 / 0.759 (LMMS) and
-# 0.722 / 0.828 (OpenMSX) exact / MIREX against the model's 0.685 / 0.759 and 0.722 / 0.795. On
-# the real sets essentia KeyExtractor keys the same at 11025 Hz with 93 ms frames as at 44.1 kHz.
+# the best train MIREX (0.889; the model alone 0.858); on the test half exact / MIREX 0.706 /
+# 0.798 against the model's 0.706 / 0.779 (LMMS 0.685 / 0.759 as the model; OpenMSX 0.722 / 0.828
+# against 0.722 / 0.795). On the real sets essentia KeyExtractor keys the same at 11025 Hz with
+# 93 ms frames as at 44.1 kHz.
 VOTE_PROFILE = "temperley2005"
 KEYEXTRACTOR_FRAME_S = 4096 / 44100  # KeyExtractor's default frame, in seconds
 

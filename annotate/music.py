@@ -17,10 +17,11 @@ v7-v10, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, n
   fitted on the real-production set, benchmarks/devset/build_lmms_devset.py), less `level_prior`
   per octave from 120 BPM. v10, `compound_level = "dotted"` (opt-in): where the DSP path and
   Percival agree on a beat that divides in three (`compound_pulse`), a choice at 1.5 or 3 times
-  it (a jig followed at its quarter note, as BeatNet does) gives way to their dotted quarter; the
-  default keeps the quarter note, the tempo DAWs and MIDI files state. The row records every estimate
-  (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on (vote
-  share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same rows.
+  it (a jig followed at its quarter note, as BeatNet does) gives way to their dotted quarter;
+  the default keeps the quarter note, the tempo DAWs and MIDI files state. The row records every
+  estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on
+  (vote share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same
+  rows.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
   prior fitted on our General-MIDI renders); learned activations know the level of a produced
   mix. Measured (benchmarks/RESULTS.md, issue 19): v9's settings are fitted on three sources of
@@ -68,7 +69,7 @@ Pipeline (arrays in; essentia never decodes here, it cannot read Opus):
    v10: the key is the majority of three: that model's key, KeyExtractor's chroma with bgate,
    and essentia KeyExtractor with temperley2005 (93 ms frames on the analysis signal, ~2000x
    realtime); the model's key where all three differ. Chosen on the real productions' train
-   half (bench_key_real.py; annotate/key.py: VOTE_PROFILE's note has the figures).
+   half (bench_key_real.py; the figures in annotate/key.py, at KEY_METHODS).
 7. Confidences: bpm_confidence = P(tempo within 4 %), a logistic calibration on (tracker
    agreement, level-score margin, periodicity) fitted on the development set's training half;
    key_confidence = the key model's probability of the key chosen.
