@@ -415,11 +415,29 @@ def cascade_estimates(c: dict, config: MusicConfig) -> tuple[list[dict], object,
     return estimates, found, cpu
 
 
+def cascade_run(cache: list[dict], config: MusicConfig, learned_name: str = "beatnet") -> tuple:
+    """The cascade under `config` as a method run: the learned backend's answer (as configured)
+    where `needs_learned` sends the track, the DSP ensemble elsewhere."""
+    from songmill.annotate.music import finish, needs_learned
+
+    results, sent = [], 0
+    cpu = sum(c["decode"] + c["dsp"] for c in cache)
+    for c in cache:
+        if needs_learned(c["analysis"].estimates, config):
+            learned, learned_cpu = learned_as_configured(c, config)
+            results.append(_as_result(finish(c["analysis"], config, learned, learned_name)))
+            sent, cpu = sent + 1, cpu + learned_cpu
+        else:
+            results.append(_as_result(finish(c["analysis"], config)))
+    seconds = sum(c["seconds"] for c in cache)
+    return results, seconds, CpuTimer(cpu), sent / len(cache)
+
+
 def method_runs(
     cache: list[dict], config: MusicConfig, learned_name: str = "beatnet"
 ) -> dict[str, tuple]:
     """(results, audio seconds, timer, share sent to the learned backend) of each method."""
-    from songmill.annotate.music import finish, needs_learned
+    from songmill.annotate.music import finish
 
     for c in cache:
         c["learned"], c["learned_cpu"] = learned_as_configured(c, config)
@@ -478,16 +496,7 @@ def method_runs(
         0.0,
     )
     if cache and cache[0]["learned"] is not None:
-        cascade, sent, cpu = [], 0, dsp_cpu
-        for c in cache:
-            if needs_learned(c["analysis"].estimates, config):
-                cascade.append(
-                    _as_result(finish(c["analysis"], config, c["learned"], learned_name))
-                )
-                sent, cpu = sent + 1, cpu + c["learned_cpu"]
-            else:
-                cascade.append(_as_result(finish(c["analysis"], config)))
-        runs["cascade (neural=auto)"] = (cascade, seconds, CpuTimer(cpu), sent / len(cache))
+        runs["cascade (neural=auto)"] = cascade_run(cache, config, learned_name)
         everywhere = [
             _as_result(finish(c["analysis"], config, c["learned"], learned_name)) for c in cache
         ]
@@ -649,9 +658,7 @@ def fit_by_source(
         print(f"\nfitted on {', '.join(s for s in sources if s != held)} (every row):")
         fitted = fit_ensemble([labels[i] for i in fit_rows], [cache[i] for i in fit_rows], config)
         runs = method_runs([cache[i] for i in out], fitted)
-        runs["stage defaults (MusicConfig())"] = method_runs([cache[i] for i in out], config)[
-            "cascade (neural=auto)"
-        ]
+        runs["stage defaults (MusicConfig())"] = cascade_run([cache[i] for i in out], config)
         runs[ESSENTIA_RUN] = essentia_run(out, cache, essentia, essentia_cpu)
         print_methods(f"{held}, held out (every row)", [labels[i] for i in out], runs)
     print("\nfitted on every row of every source (the stage's defaults; its tables are in-sample):")
