@@ -1,6 +1,6 @@
 """The `music` stage: tempo, beats, downbeats, metre, key and tuning, from one decode.
 
-v7-v10, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
+v7-v11, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
 
 - Every track: the v6 DSP path (`dsp`, with its calibrated confidence) and essentia's
   PercivalBpmEstimator (`percival`, ~700x realtime at 11025 Hz).
@@ -8,7 +8,10 @@ v7-v10, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, n
   + madmom's DBN; or madmom's RNNs on opt-in; or Beat This when its weights are set) runs where
   `needs_learned` says: the DSP estimators disagree (not within 4 %) or the v6 confidence is
   below `neural_below_confidence` (`neural = auto`; `always`, `never`). Its beats and downbeats
-  replace the DSP path's where it ran. v8: BeatNet's trainings averaged (`beatnet`), and each
+  replace the DSP path's where it ran; v11 (`beat_choice = "agreement"`): its beats, each
+  network's own and the DSP path's, moved to the chosen tempo, go to a committee, and the
+  sequence the others agree with most (mean beat F) is the row's (`beat_source` names it;
+  downbeats then from the DSP metre step). v8: BeatNet's trainings averaged (`beatnet`), and each
   one also votes with its own tempo (`beatnet1..3`, madmom's beat-only DBN). v9: trainings 2
   and 3 (the fit's choice, a third less network time), and the learned backend on every track
   (`auto` = `always`: the DSP path's confidence is no guide on produced mixes, measured twice).
@@ -246,6 +249,10 @@ class MusicConfig(StageConfig):
     # each of those networks also votes with its own tempo (more independent votes on the pulse;
     # madmom's beat-only DBN per network, a tenth of the downbeat decode)
     beatnet_separate_votes: bool = True
+    # Where the beats come from: "agreement" (v11): of the learned backend's beats, each
+    # network's own (its vote's beats) and the DSP path's, each moved to the chosen tempo, the
+    # sequence the others agree with most (tempo.most_agreed); "learned": the backend's (v7-v10).
+    beat_choice: str = "agreement"
     madmom_models_licence: str = ""
     # auto: the learned backend where the DSP estimators disagree or the stage's confidence is
     # below `neural_below_confidence`; always: on every track; never: DSP only.
@@ -591,7 +598,8 @@ def finish(
     analysis: DspAnalysis, config: MusicConfig, learned: Any = None, learned_name: str = ""
 ) -> dict[str, Any]:
     """The music row: the ensemble's tempo, and beats / downbeats from the learned backend where
-    it ran (`learned`: a music_learned.LearnedBeats), else from the DSP path."""
+    it ran (`learned`: a music_learned.LearnedBeats), else from the DSP path; with beat_choice
+    "agreement", the beats the candidates agree on most (its networks' own, the DSP path's)."""
     estimates = [dict(e) for e in analysis.estimates]
     if learned is not None:
         estimates.append(
@@ -605,7 +613,6 @@ def finish(
     compound = config.compound_level == "dotted" and compound_pulse(analysis, config)
     best, share, agreement = vote(estimates, config, compound)
     bpm = float(best["bpm"]) if best is not None else 0.0
-    odfs, duration_s = analysis.odfs, analysis.duration_s
     if learned is not None and learned.beats.shape[0] >= 4:
         source, beats, downbeats, source_bpm = (
             learned_name,
@@ -620,19 +627,21 @@ def finish(
             None,
             analysis.result["bpm"],
         )
-    if bpm > 0 and source_bpm > 0 and beats.shape[0] >= 4 and not _within(bpm, source_bpm):
-        # the ensemble chose another level than the beats' source: move the beats to it
-        ratio = bpm / source_bpm
-        factor = min(
-            (0.5, 2.0, 1.0 / 3.0, 3.0, 2.0 / 3.0, 1.5), key=lambda f: abs(np.log(ratio / f))
-        )
-        if abs(np.log(ratio / factor)) < 0.08:
-            beats, downbeats = (
-                tempo.beats_at_level(beats, factor, odfs["superflux"], duration_s),
-                None,
-            )
+    moved = beats_at_tempo(beats, source_bpm, bpm, analysis)
+    if moved is not None and moved is not beats:
+        beats, downbeats = moved, None  # the ensemble chose another level than the beats' source
+    if config.beat_choice == "agreement" and learned is not None and bpm > 0:
+        candidates = {source: beats}
+        others = {**getattr(learned, "alternatives", {}), "dsp": analysis.result["beats"]}
+        for name, other in others.items():
+            other = beats_at_tempo(np.asarray(other), 0.0, bpm, analysis)
+            if other is not None:
+                candidates[name] = other
+        chosen = tempo.most_agreed(candidates)
+        if chosen != source:
+            source, beats, downbeats = chosen, candidates[chosen], None
     signature, dsp_downbeats = (
-        metre_and_downbeats(beats, bpm, odfs, config) if bpm > 0 else (None, np.zeros(0))
+        metre_and_downbeats(beats, bpm, analysis.odfs, config) if bpm > 0 else (None, np.zeros(0))
     )
     if downbeats is None:
         downbeats = dsp_downbeats
@@ -653,6 +662,29 @@ def finish(
     }
     row.update(analysis.key)
     return row
+
+
+LEVEL_FACTORS = (0.5, 2.0, 1.0 / 3.0, 3.0, 2.0 / 3.0, 1.5)
+
+
+def beats_at_tempo(
+    beats: np.ndarray, beats_bpm: float, bpm: float, analysis: DspAnalysis
+) -> np.ndarray | None:
+    """`beats` (at `beats_bpm`; 0: their own regression tempo) at the ensemble's `bpm`: as they
+    are within 4 %, moved to another metrical level (LEVEL_FACTORS) within 8 %, else None (and
+    None for fewer than four beats); `beats` itself when unchanged."""
+    if beats.shape[0] < 4:
+        return None
+    from songmill.annotate.music_learned import tempo_of
+
+    beats_bpm = beats_bpm or tempo_of(beats)
+    if bpm <= 0 or beats_bpm <= 0 or _within(bpm, beats_bpm):
+        return beats
+    ratio = bpm / beats_bpm
+    factor = min(LEVEL_FACTORS, key=lambda f: abs(np.log(ratio / f)))
+    if abs(np.log(ratio / factor)) >= 0.08:
+        return None
+    return tempo.beats_at_level(beats, factor, analysis.odfs["superflux"], analysis.duration_s)
 
 
 def analyse(
@@ -694,7 +726,10 @@ class MusicStage(Stage):
     # v10: the key is the majority of the key model, KeyExtractor's chroma with bgate and essentia
     # KeyExtractor with temperley2005 (key_method = "vote"), chosen on real productions;
     # compound_level = "dotted" reports a compound metre's dotted quarter (opt-in).
-    version = 10
+    # v11: the beats are the candidates' committee choice (beat_choice = "agreement": the learned
+    # backend's, each network's own and the DSP path's, at the chosen tempo), chosen on the train
+    # halves; on recorded songs (Frets on Fire) beat F 0.610 -> 0.659.
+    version = 11
     table = "music"
     config_class = MusicConfig
 
@@ -711,6 +746,10 @@ class MusicStage(Stage):
         if config.learned_backend not in ("beatnet", "madmom"):
             raise ValueError(
                 f"music: learned_backend must be beatnet or madmom, not {config.learned_backend!r}"
+            )
+        if config.beat_choice not in ("agreement", "learned"):
+            raise ValueError(
+                f"music: beat_choice must be agreement or learned, not {config.beat_choice!r}"
             )
         if config.compound_level not in ("quarter", "dotted"):
             raise ValueError(

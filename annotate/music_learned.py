@@ -51,6 +51,8 @@ class LearnedBeats:
     # with several networks and `separate_votes`: each network's own tempo (BeatNetTracker.vote), as more
     # votes for the ensemble ({estimator, bpm, confidence}); the beats are the averaged ones
     votes: list = dataclasses.field(default_factory=list)
+    # the beats those votes decoded ({estimator: beats}): more candidates for the beats
+    alternatives: dict = dataclasses.field(default_factory=dict)
 
 
 def import_madmom() -> Any:
@@ -312,15 +314,15 @@ class BeatNetTracker:
         per_model = {m: self.model_activations(feats, m) for m in self.models}
         found = self.decode(sum(per_model.values()) / len(per_model))
         if self.separate_votes and len(per_model) > 1:
-            found.votes.extend(
-                self.vote(activations, f"beatnet{model}")
-                for model, activations in per_model.items()
-            )
+            for model, activations in per_model.items():
+                vote, beats = self.vote(activations, f"beatnet{model}")
+                found.votes.append(vote)
+                found.alternatives[vote["estimator"]] = beats
         return found
 
-    def vote(self, activations: np.ndarray, estimator: str) -> dict[str, Any]:
-        """One network's own tempo, as one more vote: madmom's beat-only DBN on its summed
-        beat + downbeat activation (a tenth of the downbeat DBN's cost; only the tempo is kept)."""
+    def vote(self, activations: np.ndarray, estimator: str) -> tuple[dict[str, Any], np.ndarray]:
+        """One network's own tempo, as one more vote, and its beats: madmom's beat-only DBN on
+        its summed beat + downbeat activation (a tenth of the downbeat DBN's cost)."""
         import_madmom()
         from madmom.features.beats import DBNBeatTrackingProcessor
 
@@ -331,13 +333,14 @@ class BeatNetTracker:
         beat = activations.sum(axis=1).astype(np.float64)
         beats = np.asarray(self._beat_dbn(beat)) if beat.shape[0] >= FPS * 2 else np.zeros(0)
         frames = np.clip(np.round(beats * FPS).astype(int), 0, max(beat.shape[0] - 1, 0))
-        return {
+        vote = {
             "estimator": estimator,
             "bpm": round(float(refine_bpm(beat, tempo_of(beats))), 2),
             "confidence": round(
                 float(np.clip(beat[frames].mean(), 0, 1)) if frames.size else 0.0, 3
             ),
         }
+        return vote, beats.astype(np.float64)
 
 
 class MadmomTracker:

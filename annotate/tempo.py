@@ -249,6 +249,52 @@ def max_agreement(candidates: dict[str, np.ndarray]) -> tuple[np.ndarray, float]
     return np.asarray(beats, np.float64), float(confidence)
 
 
+BEAT_WINDOW_S = 0.07  # the beat F-measure's tolerance (MIREX, mir_eval)
+
+
+def beat_f_measure(
+    estimated: np.ndarray, reference: np.ndarray, window: float = BEAT_WINDOW_S
+) -> float:
+    """Beat F-measure: one-to-one matches within +-window (greedy in time, as mir_eval's
+    beat.f_measure without its 5 s trim)."""
+    estimated, reference = np.sort(np.asarray(estimated)), np.sort(np.asarray(reference))
+    if estimated.shape[0] == 0 or reference.shape[0] == 0:
+        return 0.0
+    if reference.shape[0] < 2 or float(np.diff(reference).min()) > 2 * window:
+        # references further apart than two windows never compete for one estimate: each
+        # takes its nearest (the greedy loop's answer, a hundred times faster)
+        right = np.searchsorted(estimated, reference).clip(0, estimated.shape[0] - 1)
+        left = (right - 1).clip(0, None)
+        nearest = np.minimum(
+            np.abs(estimated[left] - reference), np.abs(estimated[right] - reference)
+        )
+        hits = int(np.count_nonzero(nearest <= window))
+    else:
+        used = np.zeros(estimated.shape[0], bool)
+        hits = 0
+        for t in reference:
+            candidates = np.flatnonzero(~used & (np.abs(estimated - t) <= window))
+            if candidates.shape[0]:
+                used[candidates[np.argmin(np.abs(estimated[candidates] - t))]] = True
+                hits += 1
+    precision, recall = hits / estimated.shape[0], hits / reference.shape[0]
+    return 0.0 if hits == 0 else 2 * precision * recall / (precision + recall)
+
+
+def most_agreed(candidates: dict[str, np.ndarray]) -> str:
+    """The name of the beat sequence with the highest mean F-measure against the others (a
+    committee of trackers: where they disagree, the one the others back is usually right;
+    Holzapfel et al. 2012). Ties go to the first; with fewer than three, the first."""
+    names = list(candidates)
+    if len(names) < 3:
+        return names[0]
+    scores = [
+        np.mean([beat_f_measure(candidates[a], candidates[b]) for b in names if b != a])
+        for a in names
+    ]
+    return names[int(np.argmax(scores))]
+
+
 def regular_grid(beats: np.ndarray) -> tuple[float, float]:
     """Beat period and phase (s): least squares of beat time over beat index, robust to a
     missed beat (counted as two periods) and to outlying beats."""

@@ -57,8 +57,8 @@ from songmill.annotate.audio import decode, to_mono_resampled  # noqa: E402
 from songmill.annotate.base import Track  # noqa: E402
 from songmill.annotate.key import PITCH_CLASSES, sharp_name  # noqa: E402
 from songmill.annotate.music import MusicConfig, MusicStage  # noqa: E402
+from songmill.annotate.tempo import beat_f_measure as f_measure  # noqa: E402
 
-BEAT_WINDOW_S = 0.07
 METRES = ("4/4", "3/4", "6/8", "12/8")
 
 
@@ -76,23 +76,6 @@ def acc1(bpm: float, truth: float) -> bool:
 
 def acc2(bpm: float, truth: float) -> bool:
     return any(abs(bpm - truth * f) <= 0.04 * truth * f for f in (1.0, 2.0, 3.0, 0.5, 1.0 / 3.0))
-
-
-def f_measure(estimated: np.ndarray, reference: np.ndarray, window: float = BEAT_WINDOW_S) -> float:
-    """Beat F-measure: one-to-one matches within +-window (greedy in time, as mir_eval's
-    beat.f_measure after its 5 s trim, which the excerpts' truth already starts after)."""
-    estimated, reference = np.sort(np.asarray(estimated)), np.sort(np.asarray(reference))
-    if estimated.shape[0] == 0 or reference.shape[0] == 0:
-        return 0.0
-    used = np.zeros(estimated.shape[0], bool)
-    hits = 0
-    for t in reference:
-        candidates = np.flatnonzero(~used & (np.abs(estimated - t) <= window))
-        if candidates.shape[0]:
-            used[candidates[np.argmin(np.abs(estimated[candidates] - t))]] = True
-            hits += 1
-    precision, recall = hits / estimated.shape[0], hits / reference.shape[0]
-    return 0.0 if hits == 0 else 2 * precision * recall / (precision + recall)
 
 
 def mirex_key(tonic: str | None, mode: str | None, true_tonic: str, true_mode: str) -> float:
@@ -334,12 +317,14 @@ def add_madmom(item: dict, track: Track, madmom) -> None:
 
 
 def add_votes(item: dict, tracker) -> None:
-    """Each network's own tempo vote (BeatNetTracker.vote) and its CPU seconds, from the cached
-    activations (older caches gain them on loading)."""
-    item["vote_by"], item["vote_cpu_by"] = {}, {}
+    """Each network's own tempo vote and beats (BeatNetTracker.vote) and its CPU seconds, from
+    the cached activations (older caches gain them on loading)."""
+    item["vote_by"], item["vote_beats_by"], item["vote_cpu_by"] = {}, {}, {}
     for model, activations in item["activations_by"].items():
         t = time.process_time()
-        item["vote_by"][model] = tracker.vote(activations, f"beatnet{model}")
+        item["vote_by"][model], item["vote_beats_by"][model] = tracker.vote(
+            activations, f"beatnet{model}"
+        )
         item["vote_cpu_by"][model] = time.process_time() - t
 
 
@@ -382,7 +367,11 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
     found, cpu = c["learned_by"][combo], c["learned_cpu_by"][combo]
     if config.beatnet_separate_votes and "," in combo:
         models = [int(m) for m in combo.split(",")]
-        found = dataclasses.replace(found, votes=[c["vote_by"][m] for m in models])
+        found = dataclasses.replace(
+            found,
+            votes=[c["vote_by"][m] for m in models],
+            alternatives={f"beatnet{m}": c["vote_beats_by"][m] for m in models},
+        )
         cpu += sum(c["vote_cpu_by"][m] for m in models)
     return found, cpu
 
@@ -502,6 +491,17 @@ def method_runs(
         ]
         runs["ensemble on every track (neural=always)"] = (
             everywhere,
+            seconds,
+            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
+            1.0,
+        )
+        # v7-v10's beats: the learned backend's own (moved to the chosen level)
+        as_learned = dataclasses.replace(config, beat_choice="learned")
+        runs["ensemble, beat_choice=learned (v10 beats)"] = (
+            [
+                _as_result(finish(c["analysis"], as_learned, c["learned"], learned_name))
+                for c in cache
+            ],
             seconds,
             CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
             1.0,
@@ -747,7 +747,7 @@ def real_sets(args: argparse.Namespace) -> int:
     ):  # a previous run's measurements (re-fitting, re-printing)
         cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
         for item in cache:
-            if "vote_by" not in item and "activations_by" in item:
+            if "vote_beats_by" not in item and "activations_by" in item:
                 add_votes(item, tracker)
         if madmom is not None and any("madmom" not in item for item in cache):
             # --madmom on a cache measured without it: madmom's answers join the cache

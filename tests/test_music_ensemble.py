@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -251,6 +252,62 @@ def test_each_network_votes_when_asked(tmp_path):
     ]
     with pytest.raises(ValueError, match="beatnet_models"):
         MusicStage(MusicConfig(beatnet_models="1,4")).setup()
+
+
+def _greedy_f_measure(estimated: np.ndarray, reference: np.ndarray, window: float = 0.07) -> float:
+    """mir_eval's matching spelled out: each reference beat takes the nearest unused estimate."""
+    used, hits = np.zeros(estimated.shape[0], bool), 0
+    for t in reference:
+        near = np.flatnonzero(~used & (np.abs(estimated - t) <= window))
+        if near.shape[0]:
+            used[near[np.argmin(np.abs(estimated[near] - t))]], hits = True, hits + 1
+    return 0.0 if hits == 0 else 2 * hits / (estimated.shape[0] + reference.shape[0])
+
+
+def test_beat_f_measure_is_mir_evals_matching():
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        reference = np.cumsum(rng.uniform(0.1 if trial % 4 == 0 else 0.2, 0.8, 40))
+        keep = rng.random(40) < 0.8
+        estimated = np.sort(
+            np.concatenate(
+                [reference[keep] + rng.normal(0, 0.05, keep.sum()), rng.uniform(0, 30, 5)]
+            )
+        )
+        assert music.tempo.beat_f_measure(estimated, reference) == pytest.approx(
+            _greedy_f_measure(estimated, reference), abs=1e-12
+        )
+
+
+def test_committee_picks_the_beats_the_others_agree_on():
+    grid = np.arange(0.5, 20.0, 0.5)
+    candidates = {"late": grid + 0.25, "a": grid, "b": grid + 0.01, "c": grid - 0.01}
+    assert music.tempo.most_agreed(candidates) in ("a", "b", "c")
+    assert music.tempo.most_agreed({"late": grid + 0.25, "a": grid}) == "late"  # two: no vote
+    assert music.tempo.beat_f_measure(grid + 0.25, grid) == 0.0
+    assert music.tempo.beat_f_measure(grid[::2], grid) == pytest.approx(2 / 3, abs=0.02)
+
+
+def test_off_beat_learned_beats_lose_to_its_networks_and_the_dsp_path():
+    """BeatNet's averaged beats half a beat late (as on recordings where its DBN slips): its
+    networks' own beats and the DSP path's agree on the grid, so the row's beats are theirs."""
+    bpm, seconds = 128.0, 16.0
+    y = drum_loop(bpm, seconds)
+    analysis = music.dsp_analysis(resample(y, SR, music.ANALYSIS_SR), MusicConfig())
+    tracker = music_learned.BeatNetTracker((2, 3), separate_votes=True)
+    found = tracker(resample(y, SR, 22050))
+    assert sorted(found.alternatives) == ["beatnet2", "beatnet3"]
+    grid = np.arange(0.0, seconds, 60.0 / bpm)
+    assert max(music.tempo.beat_f_measure(b, grid) for b in found.alternatives.values()) > 0.8
+    late = dataclasses.replace(found, beats=found.beats + 30.0 / bpm)
+    chosen = music.finish(analysis, MusicConfig(), late, "beatnet")
+    as_v10 = music.finish(analysis, MusicConfig(beat_choice="learned"), late, "beatnet")
+    assert as_v10["beat_source"] == "beatnet"
+    assert chosen["beat_source"] in ("beatnet2", "beatnet3", "dsp")
+    assert music.tempo.beat_f_measure(np.asarray(chosen["beats"]), grid) > 0.8
+    assert music.tempo.beat_f_measure(np.asarray(as_v10["beats"]), grid) < 0.2
+    with pytest.raises(ValueError, match="beat_choice"):
+        MusicStage(MusicConfig(beat_choice="vote")).setup()
 
 
 class CountingTracker:

