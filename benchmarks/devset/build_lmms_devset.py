@@ -41,8 +41,9 @@ answer. Split by project (benchmarks/bench_music_accuracy.py: split_of, a CRC-32
 name); every excerpt of a project, at every tempo, lands in the same half.
 
 Needs `apt-get install lmms lmms-common hydrogen hydrogen-data openttd-openmsx fluidsynth
-fluid-soundfont-gm fretsonfire-songs-muldjord fretsonfire-songs-sectoid ffmpeg sox` (setup.sh installs lmms; `--sets` picks the sources). Installs
-nothing itself; renders once, cached by file name; run under `nice`, one render at a time:
+fluid-soundfont-gm fretsonfire-songs-muldjord fretsonfire-songs-sectoid ffmpeg sox` (setup.sh
+installs lmms; `--sets` picks the sources). Installs nothing itself; renders once, cached by file
+name; run under `nice`, one render at a time:
 
     nice -n 10 .venv/bin/python benchmarks/devset/build_lmms_devset.py --out /tmp/songmill-lmms
 """
@@ -403,9 +404,13 @@ def projects() -> list[tuple[str, str, Path]]:
 
 
 def truth_of(kind: str, path: Path) -> dict | None:
-    if kind == "fretsonfire":
-        return fretsonfire_truth(path)
-    return {"lmms": lmms_truth, "hydrogen": hydrogen_truth, "openmsx": midi_truth}[kind](path)
+    readers = {
+        "lmms": lmms_truth,
+        "hydrogen": hydrogen_truth,
+        "openmsx": midi_truth,
+        "fretsonfire": fretsonfire_truth,
+    }
+    return readers[kind](path)
 
 
 def render(kind: str, path: Path, wav: Path, max_song_s: float, bpm: float) -> bool:
@@ -446,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(
             f"missing tools: {', '.join(missing)} "
-            "(apt-get install lmms hydrogen fluidsynth fluid-soundfont-gm openttd-openmsx ffmpeg sox)",
+            "(apt-get install lmms hydrogen fluidsynth fluid-soundfont-gm openttd-openmsx "
+            "fretsonfire-songs-muldjord fretsonfire-songs-sectoid ffmpeg sox)",
             file=sys.stderr,
         )
     renders = args.out / "renders"
