@@ -92,6 +92,21 @@ def tempo_of(beats: np.ndarray) -> float:
     return 60.0 / slope if slope > 0 else 0.0
 
 
+def median_tempo(beats: np.ndarray) -> float:
+    """BPM of a beat sequence's median interval: where a tracker holds another metrical level
+    for part of a song, the level it holds longest (a regression slope over the whole song lands
+    between the two: a 180 BPM recording read at 160)."""
+    if beats.shape[0] < 3:
+        return 0.0
+    interval = float(np.median(np.diff(beats.astype(np.float64))))
+    return 60.0 / interval if interval > 0 else 0.0
+
+
+def beats_tempo(beats: np.ndarray, activation: np.ndarray, fps: float = FPS) -> float:
+    """A learned tracker's BPM: its beats' median interval, refined on its activation."""
+    return refine_bpm(activation, median_tempo(beats), fps=fps)
+
+
 def refine_bpm(
     activation: np.ndarray,
     bpm: float,
@@ -144,7 +159,7 @@ def _decoded(
     frames = np.clip(np.round(beats * fps).astype(int), 0, activations.shape[0] - 1)
     confidence = float(np.clip(activations[frames].sum(axis=1).mean(), 0.0, 1.0))
     return LearnedBeats(
-        beats, downbeats, refine_bpm(activations.sum(axis=1), tempo_of(beats), fps=fps), confidence
+        beats, downbeats, beats_tempo(beats, activations.sum(axis=1), fps=fps), confidence
     )
 
 
@@ -335,7 +350,7 @@ class BeatNetTracker:
         frames = np.clip(np.round(beats * FPS).astype(int), 0, max(beat.shape[0] - 1, 0))
         vote = {
             "estimator": estimator,
-            "bpm": round(float(refine_bpm(beat, tempo_of(beats))), 2),
+            "bpm": round(float(beats_tempo(beats, beat)), 2),
             "confidence": round(
                 float(np.clip(beat[frames].mean(), 0, 1)) if frames.size else 0.0, 3
             ),

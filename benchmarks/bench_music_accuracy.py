@@ -328,6 +328,23 @@ def add_votes(item: dict, tracker) -> None:
         item["vote_cpu_by"][model] = time.process_time() - t
 
 
+def retempo(item: dict) -> None:
+    """The learned answers' BPM by the stage's current rule (music_learned.beats_tempo) from the
+    cached beats and activations: caches measured before v11 hold the regression slope's."""
+    from songmill.annotate.music_learned import beats_tempo
+
+    activations = item.get("activations_by")
+    if not activations:
+        return
+    for combo, found in item["learned_by"].items():
+        models = [int(m) for m in combo.split(",")]
+        mean = sum(activations[m] for m in models) / len(models)
+        found.bpm = beats_tempo(found.beats, mean.sum(axis=1))
+    for model, vote in item.get("vote_by", {}).items():
+        beat = activations[model].sum(axis=1).astype(np.float64)
+        vote["bpm"] = round(float(beats_tempo(item["vote_beats_by"][model], beat)), 2)
+
+
 class CpuTimer:
     """A Timer-shaped total of CPU seconds summed over the parts a method uses (wall = CPU here:
     the parts ran one after another in this single-threaded process)."""
@@ -749,6 +766,7 @@ def real_sets(args: argparse.Namespace) -> int:
         for item in cache:
             if "vote_beats_by" not in item and "activations_by" in item:
                 add_votes(item, tracker)
+            retempo(item)
         if madmom is not None and any("madmom" not in item for item in cache):
             # --madmom on a cache measured without it: madmom's answers join the cache
             for i, (row, item) in enumerate(zip(labels, cache, strict=True)):

@@ -279,6 +279,18 @@ def test_beat_f_measure_is_mir_evals_matching():
         )
 
 
+def test_learned_tempo_keeps_the_level_the_tracker_holds_longest():
+    """A tracker at 180 BPM for 60 beats that then holds the half level for 30: the median
+    interval stays at 180, the regression slope lands between the levels (v10 read 160)."""
+    fast = np.arange(60) * (60.0 / 180.0)
+    beats = np.concatenate([fast, fast[-1] + np.arange(1, 31) * (60.0 / 90.0)])
+    assert music_learned.median_tempo(beats) == pytest.approx(180.0, rel=1e-6)
+    assert abs(music_learned.tempo_of(beats) - 180.0) > 0.04 * 180.0
+    activation = np.zeros(int(beats[-1] * music_learned.FPS) + 10)
+    activation[np.round(beats * music_learned.FPS).astype(int)] = 1.0
+    assert music_learned.beats_tempo(beats, activation) == pytest.approx(180.0, rel=0.02)
+
+
 def test_committee_picks_the_beats_the_others_agree_on():
     grid = np.arange(0.5, 20.0, 0.5)
     candidates = {"late": grid + 0.25, "a": grid, "b": grid + 0.01, "c": grid - 0.01}
