@@ -503,33 +503,23 @@ def method_runs(
     )
     if cache and cache[0]["learned"] is not None:
         runs["cascade (neural=auto)"] = cascade_run(cache, config, learned_name)
-        everywhere = [
-            _as_result(finish(c["analysis"], config, c["learned"], learned_name)) for c in cache
-        ]
-        runs["ensemble on every track (neural=always)"] = (
-            everywhere,
-            seconds,
-            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
-            1.0,
-        )
+        learned_cpu = dsp_cpu + sum(c["learned_cpu"] for c in cache)
+
+        def everywhere(trial: MusicConfig) -> tuple:
+            """The ensemble under `trial` with the learned backend on every track."""
+            results = [
+                _as_result(finish(c["analysis"], trial, c["learned"], learned_name)) for c in cache
+            ]
+            return results, seconds, CpuTimer(learned_cpu), 1.0
+
+        runs["ensemble on every track (neural=always)"] = everywhere(config)
         # v7-v10's beats: the learned backend's own (moved to the chosen level)
-        as_learned = dataclasses.replace(config, beat_choice="learned")
-        runs["ensemble, beat_choice=learned (v10 beats)"] = (
-            [
-                _as_result(finish(c["analysis"], as_learned, c["learned"], learned_name))
-                for c in cache
-            ],
-            seconds,
-            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
-            1.0,
+        runs["ensemble, beat_choice=learned (v10 beats)"] = everywhere(
+            dataclasses.replace(config, beat_choice="learned")
         )
         # the other convention for compound metres: their dotted quarter, not the quarter note
-        dotted = dataclasses.replace(config, compound_level="dotted")
-        runs["ensemble, compound_level=dotted (opt-in)"] = (
-            [_as_result(finish(c["analysis"], dotted, c["learned"], learned_name)) for c in cache],
-            seconds,
-            CpuTimer(dsp_cpu + sum(c["learned_cpu"] for c in cache)),
-            1.0,
+        runs["ensemble, compound_level=dotted (opt-in)"] = everywhere(
+            dataclasses.replace(config, compound_level="dotted")
         )
     return runs
 
