@@ -1,6 +1,6 @@
 """The `music` stage: tempo, beats, downbeats, metre, key and tuning, from one decode.
 
-v7-v11, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
+v7-v12, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, now one estimator):
 
 - Every track: the v6 DSP path (`dsp`, with its calibrated confidence) and essentia's
   PercivalBpmEstimator (`percival`, ~700x realtime at 11025 Hz).
@@ -15,6 +15,10 @@ v7-v11, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, n
   one also votes with its own tempo (`beatnet1..3`, madmom's beat-only DBN). v9: trainings 2
   and 3 (the fit's choice, a third less network time), and the learned backend on every track
   (`auto` = `always`: the DSP path's confidence is no guide on produced mixes, measured twice).
+  v12: BeatNet's networks are causal (online trackers): a frame's beat probability sees only the
+  past. The backend's activations pass through the beat refiner (`beatnet_refiner`;
+  model/beat_refiner.py), a small bidirectional GRU over the networks' output and the onset
+  evidence, fitted on the real-production train half, before madmom's DBN decodes them.
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   with the most weight within 4 %, plus `octave_credit` of the weight an octave away (weights
   fitted on the real-production set, benchmarks/devset/build_lmms_devset.py), less `level_prior`
@@ -249,6 +253,10 @@ class MusicConfig(StageConfig):
     # each of those networks also votes with its own tempo (more independent votes on the pulse;
     # madmom's beat-only DBN per network, a tenth of the downbeat decode)
     beatnet_separate_votes: bool = True
+    # v12: the backend's activations pass through the beat refiner (model/beat_refiner.py: a
+    # bidirectional GRU over the networks' output and the onset evidence, fitted on the
+    # real-production train half; it reads trainings 2 and 3). false: the networks' mean (v11).
+    beatnet_refiner: bool = True
     # Where the beats come from: "agreement" (v11): of the learned backend's beats, each
     # network's own (its vote's beats) and the DSP path's, each moved to the chosen tempo, the
     # sequence the others agree with most (tempo.most_agreed); "learned": the backend's (v7-v10).
@@ -518,6 +526,28 @@ def vote(
     return best, share, agreement
 
 
+def _beat_refiner(models: tuple[int, ...]) -> Any:
+    """The shipped beat refiner, checked against the BeatNet trainings the stage runs (None, with
+    a one-line note, where an install left its weights out)."""
+    from songmill.model.beat_refiner import load_pretrained
+    from songmill.model.weights import WeightsMissing
+
+    try:
+        refiner = load_pretrained()
+    except WeightsMissing as exc:
+        print(
+            f"music: beat refiner unavailable ({exc}); BeatNet's own activations", file=sys.stderr
+        )
+        return None
+    wanted = tuple(refiner.config.beatnet_models)
+    if tuple(sorted(models)) != tuple(sorted(wanted)):
+        raise ValueError(
+            f"music: beatnet_refiner reads BeatNet trainings {','.join(map(str, wanted))}; set "
+            f'beatnet_models = "{",".join(map(str, wanted))}" or beatnet_refiner = false'
+        )
+    return refiner
+
+
 def needs_learned(estimates: list[dict[str, Any]], config: MusicConfig) -> bool:
     """The cascade's rule: the learned backend runs unless every DSP estimator agrees within 4 %
     and the stage's own calibrated confidence reaches `neural_below_confidence`."""
@@ -730,7 +760,10 @@ class MusicStage(Stage):
     # backend's, each network's own and the DSP path's, at the chosen tempo), chosen on the train
     # halves; on recorded songs (Frets on Fire) beat F 0.610 -> 0.659. The learned tempo is its
     # beats' median interval (refined), not their regression slope: whole songs 0.769 -> 0.796.
-    version = 11
+    # v12: BeatNet's activations pass through the beat refiner (beatnet_refiner: a bidirectional
+    # GRU fitted on the real-production train half; model/beat_refiner.py), which gives the
+    # causal networks the rest of the excerpt.
+    version = 12
     table = "music"
     config_class = MusicConfig
 
@@ -792,6 +825,7 @@ class MusicStage(Stage):
                     min_bpm=max(config.min_bpm, 55.0),
                     max_bpm=min(config.max_bpm, 215.0),
                     separate_votes=config.beatnet_separate_votes,
+                    refiner=_beat_refiner(models) if config.beatnet_refiner else None,
                 )
             self.learned_name = config.learned_backend
         except music_learned.BackendMissing as exc:

@@ -163,6 +163,9 @@ def _decoded(
     )
 
 
+N_BANDS = (
+    136  # BeatNet's log filterbank: its features are these bands, then their positive difference
+)
 BEATNET_FRAME = int(0.064 * SAMPLE_RATE)  # 1411 samples: BeatNet's window and FFT size
 BEATNET_HOP = int(0.02 * SAMPLE_RATE)  # 441 samples: 50 frames/s
 
@@ -248,8 +251,10 @@ class BeatNetTracker:
         min_bpm: float = 55.0,
         max_bpm: float = 215.0,
         separate_votes: bool = False,
+        refiner: Any = None,
     ) -> None:
         self.separate_votes = separate_votes
+        self.refiner = refiner
         self._beat_dbn = None
         import_madmom()
         try:
@@ -319,6 +324,16 @@ class BeatNetTracker:
         feats = self.spectrogram(y)
         return sum(self.model_activations(feats, m) for m in self.models) / len(self.models)
 
+    def backend_activations(
+        self, feats: np.ndarray, per_model: dict[int, np.ndarray]
+    ) -> np.ndarray:
+        """What the backend decodes: the refiner's (beat, downbeat) probabilities where one is set
+        (model/beat_refiner.py: the networks' output and the onset evidence read both ways),
+        else the networks' mean."""
+        if self.refiner is None:
+            return sum(per_model.values()) / len(per_model)
+        return self.refiner.probabilities(self.refiner.inputs(per_model, feats[:, N_BANDS:]))
+
     def decode(self, activations: np.ndarray) -> LearnedBeats:
         return _decoded(activations, (2, 3, 4), self.min_bpm, self.max_bpm)
 
@@ -327,7 +342,7 @@ class BeatNetTracker:
             return LearnedBeats(np.zeros(0), np.zeros(0), 0.0, 0.0)
         feats = self.spectrogram(y)
         per_model = {m: self.model_activations(feats, m) for m in self.models}
-        found = self.decode(sum(per_model.values()) / len(per_model))
+        found = self.decode(self.backend_activations(feats, per_model))
         if self.separate_votes and len(per_model) > 1:
             for model, activations in per_model.items():
                 vote, beats = self.vote(activations, f"beatnet{model}")

@@ -254,9 +254,12 @@ def merge(runs: list, keep: list[bool]) -> tuple:
 # The v7 ensemble: every estimator alone, the cascade, the ensemble on every track
 
 
-def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) -> list[dict]:
+def run_estimators(
+    rows: list[dict], config: MusicConfig, tracker, madmom=None, refiner=None
+) -> list[dict]:
     """Per track: the DSP analysis (music.dsp_analysis: the v6 path, Percival, the key), the
-    learned backend's beats, and the process CPU seconds of each part (decode counted once)."""
+    learned backend's beats (each network combination, and refined), and the process CPU
+    seconds of each part (decode counted once)."""
     from songmill.annotate.music import ANALYSIS_SR, dsp_analysis, percival_bpm
 
     cache = []
@@ -301,6 +304,8 @@ def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) 
                 item["learned_cpu_by"][combo] = (
                     shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
                 )
+            if refiner is not None:
+                add_refined(item, feats, tracker, refiner)
         if madmom is not None:
             add_madmom(item, track, madmom)
         track.release_audio()
@@ -328,6 +333,26 @@ def add_votes(item: dict, tracker) -> None:
         item["vote_cpu_by"][model] = time.process_time() - t
 
 
+REFINED = "+refiner"  # a learned_by key: the combination's activations through the beat refiner
+
+
+def add_refined(item: dict, feats: np.ndarray, tracker, refiner) -> None:
+    """The backend's answer with the beat refiner (model/beat_refiner.py) over its networks'
+    cached activations, and its CPU seconds: the feature pass and networks as measured for the
+    plain combination, the refiner and its own DBN decode instead of the mean's."""
+    from songmill.annotate.music_learned import N_BANDS
+
+    models = tuple(refiner.config.beatnet_models)
+    combo = ",".join(map(str, models))
+    t = time.process_time()
+    activations = {m: item["activations_by"][m] for m in models}
+    refined = refiner.probabilities(refiner.inputs(activations, feats[:, N_BANDS:]))
+    item["learned_by"][combo + REFINED] = tracker.decode(refined)
+    item["learned_cpu_by"][combo + REFINED] = (
+        item["learned_cpu_by"][combo] - item["dbn_cpu_by"][combo] + time.process_time() - t
+    )
+
+
 def retempo(item: dict) -> None:
     """The learned answers' BPM by the stage's current rule (music_learned.beats_tempo) from the
     cached beats and activations: caches measured before v11 hold the regression slope's."""
@@ -337,6 +362,8 @@ def retempo(item: dict) -> None:
     if not activations:
         return
     for combo, found in item["learned_by"].items():
+        if combo.endswith(REFINED):  # measured after v11: already by the current rule
+            continue
         models = [int(m) for m in combo.split(",")]
         mean = sum(activations[m] for m in models) / len(models)
         found.bpm = beats_tempo(found.beats, mean.sum(axis=1))
@@ -381,9 +408,11 @@ def learned_as_configured(c: dict, config: MusicConfig) -> tuple:
     if not c["learned_by"]:
         return None, 0.0
     combo = config.beatnet_models
+    if config.beatnet_refiner and combo + REFINED in c["learned_by"]:
+        combo += REFINED
     found, cpu = c["learned_by"][combo], c["learned_cpu_by"][combo]
     if config.beatnet_separate_votes and "," in combo:
-        models = [int(m) for m in combo.split(",")]
+        models = [int(m) for m in combo.removesuffix(REFINED).split(",")]
         found = dataclasses.replace(
             found,
             votes=[c["vote_by"][m] for m in models],
@@ -473,8 +502,11 @@ def method_runs(
         CpuTimer(decode + sum(c["percival"] for c in cache)),
         0.0,
     )
-    for combo in BEATNET_COMBOS if cache and cache[0]["learned_by"] else ():
-        if "," in combo and combo not in ("1,2,3", config.beatnet_models):
+    refined = config.beatnet_models + REFINED
+    for combo in (*BEATNET_COMBOS, refined) if cache and cache[0]["learned_by"] else ():
+        if "," in combo and combo not in ("1,2,3", config.beatnet_models, refined):
+            continue
+        if combo not in cache[0]["learned_by"]:
             continue
         alone = [_tracked(c["learned_by"][combo]) for c in cache]
         learned_cpu = sum(c["learned_cpu_by"][combo] for c in cache)
@@ -503,16 +535,21 @@ def method_runs(
     )
     if cache and cache[0]["learned"] is not None:
         runs["cascade (neural=auto)"] = cascade_run(cache, config, learned_name)
-        learned_cpu = dsp_cpu + sum(c["learned_cpu"] for c in cache)
 
         def everywhere(trial: MusicConfig) -> tuple:
             """The ensemble under `trial` with the learned backend on every track."""
-            results = [
-                _as_result(finish(c["analysis"], trial, c["learned"], learned_name)) for c in cache
-            ]
-            return results, seconds, CpuTimer(learned_cpu), 1.0
+            results, cpu = [], dsp_cpu
+            for c in cache:
+                learned, learned_cpu = learned_as_configured(c, trial)
+                results.append(_as_result(finish(c["analysis"], trial, learned, learned_name)))
+                cpu += learned_cpu
+            return results, seconds, CpuTimer(cpu), 1.0
 
         runs["ensemble on every track (neural=always)"] = everywhere(config)
+        # v11: the networks' mean, not refined
+        runs["ensemble, beatnet_refiner=false (v11)"] = everywhere(
+            dataclasses.replace(config, beatnet_refiner=False)
+        )
         # v7-v10's beats: the learned backend's own (moved to the chosen level)
         runs["ensemble, beat_choice=learned (v10 beats)"] = everywhere(
             dataclasses.replace(config, beat_choice="learned")
@@ -728,6 +765,7 @@ def real_sets(args: argparse.Namespace) -> int:
     """--real DIR: the real-production sets (benchmarks/devset/build_lmms_devset.py), every
     method in one run; --fit fits the ensemble on the train half and reports the test half."""
     from songmill.annotate.music_learned import MADMOM_MODELS_LICENCE, BeatNetTracker, MadmomTracker
+    from songmill.model.beat_refiner import load_pretrained
 
     labels = [json.loads(line) for line in (args.real / "labels.jsonl").read_text().splitlines()]
     if args.limit:
@@ -738,11 +776,12 @@ def real_sets(args: argparse.Namespace) -> int:
         ]
     config = MusicConfig()
     tracker = BeatNetTracker((1, 2, 3))
+    refiner = load_pretrained()
     madmom = MadmomTracker(MADMOM_MODELS_LICENCE) if args.madmom else None
     first = labels[:1]
     run_essentia(first)
     run_estimators(
-        first, config, tracker, madmom
+        first, config, tracker, madmom, refiner
     )  # imports and first calls stay out of the timings
     print(
         "one thread; x realtime per core = audio s / process CPU s (decode included); "
@@ -753,10 +792,21 @@ def real_sets(args: argparse.Namespace) -> int:
         args.cache and args.cache.exists()
     ):  # a previous run's measurements (re-fitting, re-printing)
         cache, essentia_results, essentia_cpu = pickle.loads(args.cache.read_bytes())
-        for item in cache:
+        grown = False
+        for i, (row, item) in enumerate(zip(labels, cache, strict=True)):
             if "vote_beats_by" not in item and "activations_by" in item:
                 add_votes(item, tracker)
             retempo(item)
+            if "activations_by" in item and not any(
+                k.endswith(REFINED) for k in item["learned_by"]
+            ):
+                # a cache measured before v12: the refined answer joins it (features again)
+                track = Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
+                add_refined(
+                    item, tracker.spectrogram(track.audio(22050, mono=True)[0]), tracker, refiner
+                )
+                track.release_audio()
+                grown = True
         if madmom is not None and any("madmom" not in item for item in cache):
             # --madmom on a cache measured without it: madmom's answers join the cache
             for i, (row, item) in enumerate(zip(labels, cache, strict=True)):
@@ -764,9 +814,11 @@ def real_sets(args: argparse.Namespace) -> int:
                     track = Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
                     add_madmom(item, track, madmom)
                     track.release_audio()
+            grown = True
+        if grown:
             args.cache.write_bytes(pickle.dumps((cache, essentia_results, essentia_cpu)))
     else:
-        cache = run_estimators(labels, config, tracker, madmom)
+        cache = run_estimators(labels, config, tracker, madmom, refiner)
         essentia_results, _, essentia_timer = run_essentia(labels)
         essentia_cpu = essentia_timer.cpu
         if args.cache:
@@ -909,6 +961,9 @@ def speed_on_songs(
         "MusicStage neural=never (DSP only)": MusicConfig(neural="never"),
         "MusicStage neural=auto (cascade)": MusicConfig(neural="auto"),
         "MusicStage neural=always": MusicConfig(neural="always"),
+        "MusicStage neural=always, beatnet_refiner=false (v11)": MusicConfig(
+            neural="always", beatnet_refiner=False
+        ),
     }
     stages = {}
     for label, config in paths.items():
@@ -929,14 +984,14 @@ def speed_on_songs(
                 sent = f"  learned backend on {share:.2f} of songs"
             figures[label].append(seconds / timer.cpu)
             print(
-                f"{label:<46}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}"
+                f"{label:<54}{seconds / timer.cpu:>8.1f}x ({seconds / timer.wall:.1f}x){sent}"
                 + (f"  [round {round_ + 1}]" if rounds > 1 else ""),
                 flush=True,
             )
     if rounds > 1:
         print("median of the rounds:")
         for label, values in figures.items():
-            print(f"{label:<46}{float(np.median(values)):>8.1f}x")
+            print(f"{label:<54}{float(np.median(values)):>8.1f}x")
     speed_parts(rows, stages["MusicStage neural=always"])
     return 0
 
@@ -970,11 +1025,13 @@ def speed_parts(rows: list[dict], stage: MusicStage) -> None:
         if tracker is not None and hasattr(tracker, "spectrogram"):
             y22 = timed("mono 22050 Hz", to_mono_resampled, samples, sr, 22050)
             feats = timed("BeatNet spectrogram", tracker.spectrogram, y22)
-            activations = [
-                timed("BeatNet networks", tracker.model_activations, feats, m)
+            per_model = {
+                m: timed("BeatNet networks", tracker.model_activations, feats, m)
                 for m in tracker.models
-            ]
-            timed("madmom DBN decode", tracker.decode, sum(activations) / len(activations))
+            }
+            refiner = "beat refiner" if tracker.refiner is not None else "networks' mean"
+            backend = timed(refiner, tracker.backend_activations, feats, per_model)
+            timed("madmom DBN decode", tracker.decode, backend)
     total = sum(parts.values())
     print(f"where the time goes (CPU s over {seconds:.0f} s of audio; share; x realtime alone):")
     for name, cpu in parts.items():
