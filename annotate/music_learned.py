@@ -163,9 +163,8 @@ def _decoded(
     )
 
 
-N_BANDS = (
-    136  # BeatNet's log filterbank: its features are these bands, then their positive difference
-)
+# BeatNet's log filterbank: its features are these bands, then their positive difference
+N_BANDS = 136
 BEATNET_FRAME = int(0.064 * SAMPLE_RATE)  # 1411 samples: BeatNet's window and FFT size
 BEATNET_HOP = int(0.02 * SAMPLE_RATE)  # 441 samples: 50 frames/s
 
@@ -239,7 +238,9 @@ class BeatNetTracker:
 
     `models`: which of the wheel's three trainings to use (1: GTZAN held out in training,
     2: Ballroom held out, 3: the Rock corpus held out); with several, their activations are
-    averaged before the DBN (one feature pass; each network costs about a third of a pass)."""
+    averaged before the DBN (one feature pass; each network costs about a third of a pass).
+    `refiner`: a model/beat_refiner.BeatRefiner that reads the networks' activations and the
+    onset bands both ways in time; the DBN then decodes its output instead of the mean."""
 
     name = "beatnet"
     licence = BEATNET_LICENCE
