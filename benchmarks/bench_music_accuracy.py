@@ -586,9 +586,16 @@ def fit_ensemble(rows: list[dict], cache: list[dict], config: MusicConfig) -> Mu
         f_measure(np.asarray(c["analysis"].result["beats"]), t) if t.size else 0.0
         for c, t in zip(cache, truth_beats, strict=True)
     ]
+
+    def beats_of(c: dict, combo: str) -> np.ndarray:
+        """The backend's beats with networks `combo`, as the stage decodes them (refined where
+        the refiner reads those networks)."""
+        trial = dataclasses.replace(config, beatnet_models=combo)
+        return learned_as_configured(c, trial)[0].beats
+
     learned_beat_f = {
         combo: [
-            f_measure(c["learned_by"][combo].beats, t) if t.size else 0.0
+            f_measure(beats_of(c, combo), t) if t.size else 0.0
             for c, t in zip(cache, truth_beats, strict=True)
         ]
         for combo in BEATNET_COMBOS
