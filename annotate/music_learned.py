@@ -321,9 +321,12 @@ class BeatNetTracker:
         return np.ascontiguousarray(probs[:, :2])
 
     def activations(self, y: np.ndarray) -> np.ndarray:
-        """(frames, 2) beat and downbeat probabilities of mono audio at 22050 Hz (mean over models)."""
+        """(frames, 2) beat and downbeat probabilities of mono audio at 22050 Hz: what the
+        backend decodes (`backend_activations`)."""
         feats = self.spectrogram(y)
-        return sum(self.model_activations(feats, m) for m in self.models) / len(self.models)
+        return self.backend_activations(
+            feats, {m: self.model_activations(feats, m) for m in self.models}
+        )
 
     def backend_activations(
         self, feats: np.ndarray, per_model: dict[int, np.ndarray]

@@ -254,9 +254,7 @@ def merge(runs: list, keep: list[bool]) -> tuple:
 # The v7 ensemble: every estimator alone, the cascade, the ensemble on every track
 
 
-def run_estimators(
-    rows: list[dict], config: MusicConfig, tracker, madmom=None, refiner=None
-) -> list[dict]:
+def run_estimators(rows: list[dict], config: MusicConfig, tracker, madmom=None) -> list[dict]:
     """Per track: the DSP analysis (music.dsp_analysis: the v6 path, Percival, the key), the
     learned backend's beats (each network combination, and refined), and the process CPU
     seconds of each part (decode counted once)."""
@@ -304,8 +302,8 @@ def run_estimators(
                 item["learned_cpu_by"][combo] = (
                     shared + sum(nn_cpu[m] for m in models) + item["dbn_cpu_by"][combo]
                 )
-            if refiner is not None:
-                add_refined(item, feats, tracker, refiner)
+            if tracker.refiner is not None:
+                add_refined(item, feats, tracker)
         if madmom is not None:
             add_madmom(item, track, madmom)
         track.release_audio()
@@ -336,17 +334,15 @@ def add_votes(item: dict, tracker) -> None:
 REFINED = "+refiner"  # a learned_by key: the combination's activations through the beat refiner
 
 
-def add_refined(item: dict, feats: np.ndarray, tracker, refiner) -> None:
-    """The backend's answer with the beat refiner (model/beat_refiner.py) over its networks'
-    cached activations, and its CPU seconds: the feature pass and networks as measured for the
-    plain combination, the refiner and its own DBN decode instead of the mean's."""
-    from songmill.annotate.music_learned import N_BANDS
-
-    models = tuple(refiner.config.beatnet_models)
+def add_refined(item: dict, feats: np.ndarray, tracker) -> None:
+    """The backend's answer with the tracker's beat refiner (model/beat_refiner.py) over its
+    networks' cached activations, and its CPU seconds: the feature pass and networks as measured
+    for the plain combination, the refiner and its own DBN decode instead of the mean's."""
+    models = tuple(tracker.refiner.config.beatnet_models)
     combo = ",".join(map(str, models))
     t = time.process_time()
     activations = {m: item["activations_by"][m] for m in models}
-    refined = refiner.probabilities(refiner.inputs(activations, feats[:, N_BANDS:]))
+    refined = tracker.backend_activations(feats, activations)
     item["learned_by"][combo + REFINED] = tracker.decode(refined)
     item["learned_cpu_by"][combo + REFINED] = (
         item["learned_cpu_by"][combo] - item["dbn_cpu_by"][combo] + time.process_time() - t
@@ -782,13 +778,13 @@ def real_sets(args: argparse.Namespace) -> int:
             for r in [x for x in labels if x["subset"] == s][: args.limit]
         ]
     config = MusicConfig()
-    tracker = BeatNetTracker((1, 2, 3))
-    refiner = load_pretrained()
+    # every network for the per-combination rows; the refiner only for its own rows (add_refined)
+    tracker = BeatNetTracker((1, 2, 3), refiner=load_pretrained())
     madmom = MadmomTracker(MADMOM_MODELS_LICENCE) if args.madmom else None
     first = labels[:1]
     run_essentia(first)
     run_estimators(
-        first, config, tracker, madmom, refiner
+        first, config, tracker, madmom
     )  # imports and first calls stay out of the timings
     print(
         "one thread; x realtime per core = audio s / process CPU s (decode included); "
@@ -809,9 +805,7 @@ def real_sets(args: argparse.Namespace) -> int:
             ):
                 # a cache measured before v12: the refined answer joins it (features again)
                 track = Track({"track_id": str(i), "uri": row["path"], "duration_s": None})
-                add_refined(
-                    item, tracker.spectrogram(track.audio(22050, mono=True)[0]), tracker, refiner
-                )
+                add_refined(item, tracker.spectrogram(track.audio(22050, mono=True)[0]), tracker)
                 track.release_audio()
                 grown = True
         if madmom is not None and any("madmom" not in item for item in cache):
@@ -825,7 +819,7 @@ def real_sets(args: argparse.Namespace) -> int:
         if grown:
             args.cache.write_bytes(pickle.dumps((cache, essentia_results, essentia_cpu)))
     else:
-        cache = run_estimators(labels, config, tracker, madmom, refiner)
+        cache = run_estimators(labels, config, tracker, madmom)
         essentia_results, _, essentia_timer = run_essentia(labels)
         essentia_cpu = essentia_timer.cpu
         if args.cache:
