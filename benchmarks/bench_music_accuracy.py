@@ -546,6 +546,10 @@ def method_runs(
         runs["ensemble, beatnet_refiner=false (v11)"] = everywhere(
             dataclasses.replace(config, beatnet_refiner=False)
         )
+        # v6-v12's level step: only the estimates whose own family is the largest
+        runs["ensemble, level_among=largest_family (v12)"] = everywhere(
+            dataclasses.replace(config, level_among="largest_family")
+        )
         # v7-v10's beats: the learned backend's own (moved to the chosen level)
         runs["ensemble, beat_choice=learned (v10 beats)"] = everywhere(
             dataclasses.replace(config, beat_choice="learned")

@@ -191,6 +191,29 @@ def test_level_prior_decides_a_tied_level_and_weights_outvote_it():
     assert music.vote(octave, MusicConfig(weight_learned=2.0, level_prior=2.0))[0]["bpm"] == 120.0
 
 
+def test_level_is_chosen_among_every_estimate_an_octave_from_the_pulse():
+    # the estimates on an excerpt of a recorded song (Frets on Fire "Feelings", 95 BPM): network
+    # 2's 138.7 is a third from the DSP path's 47.5 only, which gives that lone half-time reading
+    # the largest family; v12's level step chose among that family's largest members alone
+    feelings = [
+        {"estimator": "dsp", "bpm": 47.5, "confidence": 0.6},
+        {"estimator": "percival", "bpm": 95.7, "confidence": None},
+        {"estimator": "beatnet", "bpm": 94.87, "confidence": 0.7},
+        {"estimator": "beatnet2", "bpm": 138.73, "confidence": 0.5},
+        {"estimator": "beatnet3", "bpm": 72.06, "confidence": 0.5},
+    ]
+    assert abs(music.vote(feelings, MusicConfig())[0]["bpm"] - 95) < 1
+    v12 = MusicConfig(level_among="largest_family")
+    assert music.vote(feelings, v12)[0]["bpm"] == 47.5
+    # the level step stays within octaves: a third-related estimate is never the level
+    assert all(
+        music.vote(feelings, MusicConfig(weight_learned=w))[0]["bpm"] != 138.73
+        for w in (1.0, 3.0, 6.0)
+    )
+    with pytest.raises(ValueError, match="level_among"):
+        MusicStage(MusicConfig(level_among="pulse")).setup()
+
+
 def test_bpm_confidence_follows_the_learned_backends_own_confidence(monkeypatch):
     """bpm_confidence: a logistic of (vote share, agreement, the learned backend's confidence)."""
     monkeypatch.setattr(music, "ENSEMBLE_CONFIDENCE_COEF", (-2.0, 1.0, 1.0, 3.0))
