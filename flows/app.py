@@ -236,3 +236,61 @@ def train_tokenizer(corpus_root: str | None, out: str, vocab_size: int) -> int:
     if texts:
         LyricTokenizer.train(texts, vocab_size=vocab_size).save(out)
     return len(texts)
+
+
+def train_config(
+    kind: str,
+    resume: str | None = None,
+    config_path: str | None = None,
+    corpus_root: str | None = None,
+    overrides: Sequence[str] = (),
+    flags: dict[str, Any] | None = None,
+) -> Any:
+    """A training run's TrainConfig: defaults < the resumed checkpoint's settings < the [train]
+    table of the settings (`config_path`, default <corpus>/songmill.toml, with `overrides`) <
+    `flags` (TrainConfig fields the command line set)."""
+    from songmill.train.checkpoint import load_checkpoint
+    from songmill.train.config import TrainConfig, with_legacy_values
+
+    config = TrainConfig(kind=kind)
+    if resume:
+        saved = load_checkpoint(resume, with_state=False).trainer["full_config"]
+        config = config.updated(with_legacy_values(saved))
+    settings = load_settings(config_path, corpus_root, list(overrides))
+    config = config.updated(settings.get("train", {}))
+    return config.updated({**(flags or {}), "kind": kind})
+
+
+def train_run_dir(kind: str, run_dir: str | None = None, resume: str | None = None) -> str:
+    """Where a training run writes: `run_dir`, else the resumed run's, else runs/<kind>-<time>."""
+    import time
+
+    if run_dir:
+        return run_dir
+    if resume:
+        from songmill.train.checkpoint import resolve_checkpoint
+
+        return os.path.dirname(os.path.dirname(resolve_checkpoint(resume)))
+    return os.path.join("runs", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def dit_manifest(
+    manifest: str,
+    dcae_checkpoint: str | None,
+    config_path: str | None = None,
+    corpus_root: str | None = None,
+    overrides: Sequence[str] = (),
+) -> str:
+    """The manifest the DiT trains on (train.prepare.training_manifest), its features computed
+    with the settings' [features] table into the corpus (default ./corpus) where it has none."""
+    from songmill.train.prepare import training_manifest
+
+    corpus = corpus_root or default_corpus_root()
+    settings = load_settings(config_path, corpus, list(overrides))
+    return training_manifest(
+        manifest,
+        dcae_checkpoint,
+        corpus,
+        settings.get("features", {}),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )

@@ -145,6 +145,49 @@ def ensure_features(
     return out, True
 
 
+def training_manifest(
+    manifest: str,
+    dcae_checkpoint: str | None,
+    corpus_root: str,
+    features_settings: dict[str, Any],
+    world_size: int = 1,
+) -> str:
+    """The manifest a DiT run trains on: `manifest` when its rows have features; else the copy an
+    earlier run computed from it (not older than it); else, with `dcae_checkpoint`, a copy after
+    the features stage runs into the corpus at `corpus_root` (ensure_features). Without a DCAE,
+    or under torchrun (`world_size` > 1: every rank would compute them), FeaturesMissing names
+    the commands to run. Says on stderr which manifest it trains on when not `manifest`."""
+    import sys
+
+    if features_count(manifest)[0] > 0:
+        return manifest
+    computed = features_manifest_path(manifest)
+    if (
+        os.path.exists(computed)
+        and os.path.getmtime(computed) >= os.path.getmtime(manifest)
+        and features_count(computed)[0] > 0
+    ):
+        # computed from this manifest by an earlier `train dit` (a --resume, a second run): reuse
+        print(
+            f"{manifest} has no features: training on {computed}, computed from it earlier",
+            file=sys.stderr,
+        )
+        return computed
+    if world_size > 1:
+        raise FeaturesMissing(
+            missing_features_message(manifest) + " (in one process, before torchrun)"
+        )
+    if dcae_checkpoint:
+        check_features_settings(features_settings)
+        print(
+            f"{manifest} has no features: running the features stage with DCAE {dcae_checkpoint} "
+            f"into {corpus_root} -> {computed}",
+            file=sys.stderr,
+        )
+    path, _ = ensure_features(manifest, dcae_checkpoint or "", corpus_root, **features_settings)
+    return path
+
+
 def cache_features(
     manifest: str, corpus_root: str, out_manifest: str, **features_settings: Any
 ) -> str:

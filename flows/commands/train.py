@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 FLAG_SETTINGS = {  # argparse dest -> TrainConfig field
     "preset": "preset",
@@ -126,41 +125,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int)
 
 
-def build_config(args: argparse.Namespace):
-    from songmill.annotate.settings import load_settings
-    from songmill.train.checkpoint import load_checkpoint
-    from songmill.train.config import TrainConfig, with_legacy_values
+def run_train(args: argparse.Namespace) -> int:
+    from songmill.flows import app
+    from songmill.train.loop import train
 
-    config = TrainConfig(kind=args.kind)
-    if getattr(args, "resume", None):
-        saved = load_checkpoint(args.resume, with_state=False).trainer["full_config"]
-        config = config.updated(with_legacy_values(saved))
-    settings = load_settings(
-        getattr(args, "config", None), getattr(args, "corpus", None), getattr(args, "overrides", [])
-    )
-    config = config.updated(settings.get("train", {}))
-    explicit = {
+    flags = {
         field: getattr(args, dest)
         for dest, field in FLAG_SETTINGS.items()
         if getattr(args, dest, None) is not None
     }
-    return config.updated({**explicit, "kind": args.kind})
-
-
-def default_run_dir(args: argparse.Namespace) -> str:
-    if args.run_dir:
-        return args.run_dir
-    if args.resume:
-        from songmill.train.checkpoint import resolve_checkpoint
-
-        return os.path.dirname(os.path.dirname(resolve_checkpoint(args.resume)))
-    return os.path.join("runs", f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from songmill.train.loop import train
-
-    config = build_config(args)
+    # --corpus, --config and --set come from the common parser, when there is one
+    settings_from = (
+        getattr(args, "config", None),
+        getattr(args, "corpus", None),
+        getattr(args, "overrides", []),
+    )
+    config = app.train_config(args.kind, args.resume, *settings_from, flags)
     if config.kind == "dcae" and config.dcae_phase == 2 and not (config.init_from or args.resume):
         print(
             "error: DCAE phase 2 starts from a phase-1 DCAE: pass --init-from RUN_DIR",
@@ -169,8 +149,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     manifest = args.manifest
     if config.kind == "dit":
-        manifest = dit_manifest(args, config)
-    result = train(config, manifest, default_run_dir(args), resume=args.resume, force=args.force)
+        manifest = app.dit_manifest(manifest, config.dcae_checkpoint, *settings_from)
+    run_dir = app.train_run_dir(args.kind, args.run_dir, args.resume)
+    result = train(config, manifest, run_dir, resume=args.resume, force=args.force)
     summary = {
         "run_dir": result.run_dir,
         "step": result.step,
@@ -181,54 +162,6 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0
-
-
-def dit_manifest(args: argparse.Namespace, config) -> str:
-    """The manifest with cached features: the given one, or (no features, --dcae-checkpoint
-    named) a copy after running the features stage into the corpus (--corpus, default ./corpus)
-    with the [features] settings; without a DCAE, FeaturesMissing names the commands to run."""
-    from songmill.annotate.settings import load_settings
-    from songmill.data_schema.manifest import features_count
-    from songmill.data_schema.store import default_corpus_root
-    from songmill.train.prepare import (
-        FeaturesMissing,
-        check_features_settings,
-        ensure_features,
-        features_manifest_path,
-        missing_features_message,
-    )
-
-    if features_count(args.manifest)[0] > 0:
-        return args.manifest
-    computed = features_manifest_path(args.manifest)
-    if (
-        os.path.exists(computed)
-        and os.path.getmtime(computed) >= os.path.getmtime(args.manifest)
-        and features_count(computed)[0] > 0
-    ):
-        # computed from this manifest by an earlier `train dit` (a --resume, a second run): reuse
-        print(
-            f"{args.manifest} has no features: training on {computed}, computed from it earlier",
-            file=sys.stderr,
-        )
-        return computed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would compute them
-        raise FeaturesMissing(
-            missing_features_message(args.manifest) + " (in one process, before torchrun)"
-        )
-    corpus = getattr(args, "corpus", None) or default_corpus_root()
-    settings = load_settings(getattr(args, "config", None), corpus, getattr(args, "overrides", []))
-    if config.dcae_checkpoint:
-        check_features_settings(settings.get("features", {}))
-        print(
-            f"{args.manifest} has no features: running the features stage with DCAE {config.dcae_checkpoint} "
-            f"into {corpus} -> {features_manifest_path(args.manifest)}",
-            file=sys.stderr,
-        )
-    path, _ = ensure_features(
-        args.manifest, config.dcae_checkpoint, corpus, **settings.get("features", {})
-    )
-    return path
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
