@@ -22,13 +22,13 @@ v7-v13, the tempo ensemble and the cascade (steps 2-5 below are v6's DSP path, n
 - `vote`: the pulse most estimators find (up to an octave or a third), then the level within it
   (v13: among the estimates an octave apart) with the most weight within 4 %, plus
   `octave_credit` of the weight an octave away (weights fitted on the real-production set,
-  benchmarks/devset/build_lmms_devset.py), less `level_prior` per octave from 120 BPM. v10, `compound_level = "dotted"` (opt-in): where the DSP path and
-  Percival agree on a beat that divides in three (`compound_pulse`), a choice at 1.5 or 3 times
-  it (a jig followed at its quarter note, as BeatNet does) gives way to their dotted quarter;
-  the default keeps the quarter note, the tempo DAWs and MIDI files state. The row records every
-  estimate (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on
-  (vote share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same
-  rows.
+  benchmarks/devset/build_lmms_devset.py), less `level_prior` per octave from 120 BPM. v10,
+  `compound_level = "dotted"` (opt-in): where the DSP path and Percival agree on a beat that
+  divides in three (`compound_pulse`), a choice at 1.5 or 3 times it (a jig followed at its
+  quarter note, as BeatNet does) gives way to their dotted quarter; the default keeps the
+  quarter note, the tempo DAWs and MIDI files state. The row records every estimate
+  (`bpm_estimates`), `bpm_agreement` and `beat_source`; bpm_confidence is a logistic on (vote
+  share, agreement, the learned backend's own confidence), slopes >= 0, fitted on the same rows.
 - Why: on real productions the v6 prior and rules chose the wrong metrical level (a hand-tuned
   prior fitted on our General-MIDI renders); learned activations know the level of a produced
   mix. Measured (benchmarks/RESULTS.md, issue 19): v9's settings are fitted on three sources of
@@ -493,10 +493,11 @@ def vote(
     Agreement first, in two steps: the pulse is the one most estimators find at some metrical
     level (within 4 % of a candidate, its double, half, triple or third; each estimator one vote,
     the weights break ties); the level within that pulse (`level_among`: among the pulse step's
-    winner and the estimates an octave from it) is the candidate with the most weight exactly within 4 %
-    (`weight_*`: the learned backend's levels are the most reliable on real productions), less
-    `level_prior` per octave away from `prior_bpm`. bpm_agreement: the share of estimators
-    within 4 % of the choice, an octave / a third away counting half (they found the pulse, not the level).
+    winner and the estimates an octave from it) is the candidate with the most weight exactly
+    within 4 % (`weight_*`: the learned backend's levels are the most reliable on real
+    productions), less `level_prior` per octave away from `prior_bpm`. bpm_agreement: the share
+    of estimators within 4 % of the choice, an octave / a third away counting half (they found
+    the pulse, not the level).
 
     `compound` (`compound_level = "dotted"` and compound_pulse: the DSP estimators agree on a
     beat divided in three): a choice at 1.5 or 3 times the DSP path's tempo is the quarter or the
