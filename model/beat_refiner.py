@@ -11,11 +11,12 @@ real-production development set; weights ship in pretrained/.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from songmill.model.config import _DictConfig
 from torch import nn
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
@@ -23,7 +24,7 @@ NAME = "beat_refiner"
 
 
 @dataclass
-class BeatRefinerConfig:
+class BeatRefinerConfig(_DictConfig):
     # which BeatNet trainings' activations are read, in order (2 columns each)
     beatnet_models: tuple[int, ...] = (2, 3)
     # the positive spectral difference's bands averaged in groups of this many
@@ -38,13 +39,6 @@ class BeatRefinerConfig:
     @property
     def n_inputs(self) -> int:
         return 2 * len(self.beatnet_models) + self.n_bands // self.band_group
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "beatnet_models": list(self.beatnet_models)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BeatRefinerConfig:
-        return cls(**{**data, "beatnet_models": tuple(data["beatnet_models"])})
 
 
 class BeatRefiner(nn.Module):

@@ -16,11 +16,12 @@ TF's batch norm epsilon is 1e-3; dropout is inactive at inference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from songmill.model.config import _DictConfig
 from torch import nn
 
 SAMPLE_RATE = 16000
@@ -50,20 +51,13 @@ MSD_LABELS = (
 
 
 @dataclass
-class MusicnnConfig:
+class MusicnnConfig(_DictConfig):
     labels: tuple[str, ...] = MTT_LABELS
     n_mels: int = N_MELS
     timbral_filters: int = 204  # int(1.6 * 128)
     temporal_filters: int = 51  # int(1.6 * 32)
     midend_filters: int = 64
     backend_units: int = 200
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "labels": list(self.labels)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MusicnnConfig:
-        return cls(**{**data, "labels": tuple(data["labels"])})
 
 
 def _bn(channels: int) -> nn.BatchNorm1d:
